@@ -1,0 +1,90 @@
+"""Connection tuples, their inversion and the ICMP type map.
+
+Models include/net/netfilter/nf_conntrack_tuple.h and nf_ct_invert_tuple()
+(nf_conntrack_core.c, nf_conntrack_proto_icmp.c).
+
+A tuple has a manipulable source half (address + 16-bit key) and a fixed
+destination half (address + 16-bit key + protocol).  For TCP and UDP the keys
+are the ports.  For ICMP the source key is the echo identifier (the part NAT
+may rewrite) and the destination key holds type << 8 | code, exactly like the
+kernel's ``dst.u.icmp.{type,code}``.  Other protocols ("generic") have keys 0.
+
+Addresses are IPv4 addresses as unsigned 32-bit ints: cheap to hash and to
+compare, turned into dotted quads only for display.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+from typing import NamedTuple
+
+IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
+
+# nf_conntrack_proto_icmp.c: invmap[] -- the only ICMP types that have an answer.
+ICMP_INVMAP = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 17: 18, 18: 17}
+# icmp_new(): only requests may create an entry.
+ICMP_QUERY_TYPES = frozenset((8, 13, 15, 17))
+# nf_conntrack_inet_error(): ICMP errors that carry an embedded packet.
+ICMP_ERROR_TYPES = frozenset((3, 4, 5, 11, 12))
+
+# nf_conntrack_standalone.c: l4proto names as /proc and conntrack(8) print them.
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 33: "dccp", 47: "gre", 58: "icmpv6",
+               132: "sctp", 136: "udplite"}
+
+
+def ip2int(addr: str) -> int:
+    return struct.unpack("!I", socket.inet_aton(addr))[0]
+
+
+def int2ip(addr: int) -> str:
+    return socket.inet_ntoa(struct.pack("!I", addr))
+
+
+class Tuple(NamedTuple):
+    """struct nf_conntrack_tuple (IPv4): src/dst address, protocol, src/dst key."""
+    src: int
+    dst: int
+    proto: int
+    sport: int = 0      # TCP/UDP source port, ICMP id
+    dport: int = 0      # TCP/UDP destination port, ICMP type << 8 | code
+
+    @classmethod
+    def make(cls, src: str, dst: str, proto: int | str, sport: int = 0, dport: int = 0) -> Tuple:
+        """Build a tuple from dotted quads and a protocol number or name (tests, labs)."""
+        if isinstance(proto, str):
+            proto = {v: k for k, v in PROTO_NAMES.items()}[proto]
+        return cls(ip2int(src), ip2int(dst), proto, sport, dport)
+
+    @classmethod
+    def icmp(cls, src: str, dst: str, type_: int, code: int, ident: int) -> Tuple:
+        return cls(ip2int(src), ip2int(dst), IPPROTO_ICMP, ident, type_ << 8 | code)
+
+    @property
+    def icmp_type(self) -> int:
+        return self.dport >> 8
+
+    @property
+    def icmp_code(self) -> int:
+        return self.dport & 0xFF
+
+    def __repr__(self) -> str:
+        name = PROTO_NAMES.get(self.proto, str(self.proto))
+        if self.proto == IPPROTO_ICMP:
+            keys = f"type={self.dport >> 8} code={self.dport & 0xFF} id={self.sport}"
+        else:
+            keys = f"sport={self.sport} dport={self.dport}"
+        return f"<{name} src={int2ip(self.src)} dst={int2ip(self.dst)} {keys}>"
+
+
+def invert_tuple(t: Tuple) -> Tuple | None:
+    """Models nf_ct_invert_tuple(): swap addresses and ports; map the ICMP type.
+
+    Returns None where the kernel fails (an ICMP type without an answer), which
+    means no conntrack can be created for the packet.
+    """
+    if t.proto == IPPROTO_ICMP:
+        rtype = ICMP_INVMAP.get(t.dport >> 8)
+        if rtype is None:
+            return None
+        return Tuple(t.dst, t.src, IPPROTO_ICMP, t.sport, rtype << 8 | (t.dport & 0xFF))
+    return Tuple(t.dst, t.src, t.proto, t.dport, t.sport)

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One idempotent set-up for README commands, CI and the Vagrant VM:
+# Debian packages the kit drives, then a virtualenv (.venv) made from the system
+# Python with --system-site-packages so the distribution's Mininet stays importable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(python3 python3-venv python3-pip iptables conntrack iproute2 tcpdump ethtool
+              hping3 netcat-openbsd)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    if [[ $EUID -ne 0 ]]; then
+        echo "nattrack: missing Debian packages: ${missing[*]} (run this command with sudo once)" >&2
+        exit 1
+    fi
+    echo "==> installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+VENV=.venv
+stamp="$VENV/.nattrack-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "==> creating virtualenv $VENV"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    echo "==> installing nattrack and its test tools into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
+    echo "$want" > "$stamp"
+fi
