@@ -11,6 +11,17 @@ from __future__ import annotations
 
 from .tuple import Tuple
 
+# The kernel's tick rate (CONFIG_HZ of Debian's and this CI's kernels).  Deadlines
+# are kept in jiffies so that remaining times floor to the same integer seconds
+# conntrack(8) prints.
+HZ = 250
+
+
+def jiffies(seconds: float) -> int:
+    """The tick count at a clock reading in seconds."""
+    return int(seconds * HZ)
+
+
 # enum ip_conntrack_status: bit numbers and masks.
 IPS_EXPECTED = 1 << 0
 IPS_SEEN_REPLY = 1 << 1
@@ -84,7 +95,7 @@ IPCT_MARK = 1 << 10
 class Conn:
     """struct nf_conn: two tuples, status, an absolute deadline and protocol state.
 
-    ``timeout`` is an absolute deadline in seconds on the table's clock once the
+    ``timeout`` is an absolute deadline in jiffies on the table's clock once the
     entry is confirmed; while unconfirmed it holds the relative value that
     confirmation adds ``now`` to (__nf_ct_refresh_acct / __nf_conntrack_confirm).
     """
@@ -95,7 +106,7 @@ class Conn:
         self.orig = orig
         self.reply = reply
         self.status = 0
-        self.timeout = 0.0
+        self.timeout = 0
         self.proto = None        # TcpState for TCP, stream_ts (float) for UDP, else None
         self.mark = 0
         self.id = ident          # what `conntrack -o id` prints
@@ -110,13 +121,15 @@ class Conn:
     def is_confirmed(self) -> bool:
         return bool(self.status & IPS_CONFIRMED)
 
-    def expires(self, now: float) -> float:
-        """nf_ct_expires(): seconds left, never negative."""
-        return max(0.0, self.timeout - now)
+    def remaining(self, now_j: int) -> int:
+        """nf_ct_expires() / HZ: whole seconds left at jiffies now_j, never negative."""
+        if not self.status & IPS_CONFIRMED:
+            return self.timeout // HZ
+        return max(0, self.timeout - now_j) // HZ
 
-    def is_expired(self, now: float) -> bool:
+    def is_expired(self, now_j: int) -> bool:
         """nf_ct_is_expired(): the deadline has been reached."""
-        return self.timeout - now <= 0
+        return self.timeout - now_j <= 0
 
     def status_names(self) -> list[str]:
         return [name for bit, name in STATUS_NAMES.items() if self.status & bit]

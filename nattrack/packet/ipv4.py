@@ -40,7 +40,7 @@ class Packet:
     __slots__ = ("buf", "off", "ihl", "tot_len", "proto", "src", "dst", "frag", "mf", "ipid",
                  "ttl", "l4", "l4len", "l4ok", "sport", "dport", "tcpflags", "seq", "ack",
                  "win", "doff", "itype", "icode", "iif", "oif", "ts", "frag_sizes",
-                 "embedded")
+                 "embedded", "ct", "ctinfo")
 
     @classmethod
     def parse(cls, buf: bytearray, off: int = 0, iif: str | None = None, ts: float = 0.0,
@@ -67,6 +67,7 @@ class Packet:
         p.src, p.dst, p.ipid, p.ttl = src, dst, ipid, ttl
         p.frag, p.mf = (frag & 0x1FFF) * 8, bool(frag & 0x2000)
         p.iif, p.oif, p.ts, p.frag_sizes, p.embedded = iif, None, ts, None, embedded
+        p.ct = p.ctinfo = None
         p.l4 = off + ihl
         end = off + tot_len if not embedded else len(buf)
         p.l4len = max(0, min(end, len(buf)) - p.l4)

@@ -1,0 +1,464 @@
+"""The connection table and the per-packet entry point.
+
+Models net/netfilter/nf_conntrack_core.c: nf_conntrack_in() (here conntrack_in),
+resolve_normal_ct(), init_conntrack(), __nf_conntrack_confirm() (confirm),
+nf_ct_delete()/nf_ct_kill() (kill), early_drop(), gc_worker() and
+nf_conntrack_tuple_taken().
+
+Rules this module keeps
+-----------------------
+* Time is the injected clock, read as jiffies (``int(seconds * hz)``) exactly
+  like the kernel's u32 ``nfct_time_stamp``, so remaining timeouts print the
+  same integer seconds as ``conntrack -L``.
+* A new entry hangs off its packet (``pkt.ct``) until confirm() puts both of
+  its tuples in ``self.hash``; a packet dropped before that leaves no trace.
+* An entry whose deadline has passed is invisible at once: every lookup that
+  meets it reaps it (with its DESTROY event), and gc_worker() sweeps the rest
+  in slices, bucket by bucket, as the kernel's worker does.
+* Events are cached on the entry (``ct.ecache``) and delivered when a packet
+  of that entry passes the confirm hook; a plain timeout refresh sends none.
+* Nothing here refers back to the packet or the table from a Conn, so no
+  reference cycles exist and CPython frees entries by reference counting.
+"""
+from __future__ import annotations
+
+import gc
+import random
+from typing import Callable, Iterator
+
+from . import proto_generic, proto_icmp, proto_tcp, proto_udp
+from .conn import (HZ, IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_NEW, IP_CT_RELATED,
+                   IPCT_DESTROY, IPCT_NEW, IPCT_RELATED, IPS_ASSURED, IPS_CONFIRMED, IPS_DYING,
+                   IPS_EXPECTED, IPS_FIXED_TIMEOUT, IPS_SEEN_REPLY, IPCT_REPLY, Conn)
+from .sysctl import Sysctl
+from .tuple import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, invert_tuple
+
+NF_DROP, NF_ACCEPT = 0, 1
+
+# Hook numbers (enum nf_inet_hooks)
+NF_INET_PRE_ROUTING, NF_INET_LOCAL_IN, NF_INET_FORWARD, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING = range(5)
+HOOK_NAMES = ["PRE_ROUTING", "LOCAL_IN", "FORWARD", "LOCAL_OUT", "POST_ROUTING"]
+
+# gc_worker constants (seconds; GC_SCAN_EXPIRED_MAX is per slice)
+GC_SCAN_INTERVAL_MAX = 60
+GC_SCAN_INTERVAL_MIN = 1
+GC_SCAN_INTERVAL_CLAMP = 300
+GC_SCAN_INITIAL_COUNT = 100
+# The kernel ends a slice after 10 ms of CPU; a model with an injected clock
+# cannot measure that, so a slice ends after this many buckets instead.
+GC_SCAN_BUCKETS_PER_SLICE = 4096
+NF_CT_EVICTION_RANGE = 8
+
+STAT_NAMES = ("found", "invalid", "insert", "insert_failed", "drop", "early_drop", "error",
+              "search_restart", "clash_resolve", "chaintoolong")
+
+PROTO_HANDLERS = {
+    IPPROTO_TCP: proto_tcp.tcp_packet,
+    IPPROTO_UDP: proto_udp.udp_packet,
+    IPPROTO_ICMP: proto_icmp.icmp_packet,
+}
+
+# listener(kind "NEW" | "UPDATE" | "DESTROY", ct, table, event bits)
+EventListener = Callable[[str, Conn, "ConntrackTable", int], None]
+
+
+def get_tuple(pkt) -> Tuple | None:
+    """nf_ct_get_tuple(): the tuple of a packet, or None if its L4 header is unusable."""
+    proto = pkt.proto
+    if proto in (IPPROTO_TCP, IPPROTO_UDP):
+        if not pkt.l4ok:
+            return None
+        return Tuple(pkt.src, pkt.dst, proto, pkt.sport, pkt.dport)
+    if proto == IPPROTO_ICMP:
+        if not pkt.l4ok:
+            return None
+        return Tuple(pkt.src, pkt.dst, proto, pkt.sport, pkt.itype << 8 | pkt.icode)
+    return Tuple(pkt.src, pkt.dst, proto, 0, 0)
+
+
+class ConntrackTable:
+    """One network namespace's conntrack state: table, settings, counters, gc.
+
+    ``clock`` returns seconds (a float); replay and tests pass a settable one.
+    """
+
+    def __init__(self, clock: Callable[[], float], sysctl: Sysctl | dict | None = None,
+                 seed: int | None = None) -> None:
+        self.clock = clock
+        self.sysctl = sysctl if isinstance(sysctl, Sysctl) else Sysctl(sysctl)
+        self.hz = hz = HZ
+        self.rng = random.Random(seed)
+        self.hash: dict[Tuple, Conn] = {}
+        self.nbuckets = self.sysctl["nf_conntrack_buckets"]
+        self.buckets: list[list[Conn] | None] = [None] * self.nbuckets
+        self.count = 0
+        self.stats = dict.fromkeys(STAT_NAMES, 0)
+        self.listeners: list[EventListener] = []
+        self.log: list[str] = []               # what the kernel would printk
+        self.nat_bysource: dict[tuple, Conn | list[Conn]] = {}
+        self._next_id = 1
+        # gc_worker state
+        self.gc_next_bucket = 0
+        self.gc_next_run = 0
+        self.gc_avg_timeout = GC_SCAN_INTERVAL_MAX * hz
+        self.gc_count = GC_SCAN_INITIAL_COUNT
+        self.gc_start_time = 0
+        self.gc_early_drop = False
+
+    # --- time -------------------------------------------------------------------------
+
+    def jiffies(self) -> int:
+        return int(self.clock() * self.hz)
+
+    def remaining(self, ct: Conn) -> int:
+        """What conntrack -L prints: whole seconds left, never negative."""
+        return ct.remaining(self.jiffies())
+
+    def is_expired(self, ct: Conn, now_j: int | None = None) -> bool:
+        return ct.timeout - (self.jiffies() if now_j is None else now_j) <= 0
+
+    def refresh(self, ct: Conn, seconds: int) -> None:
+        """__nf_ct_refresh_acct(): the deadline becomes now + seconds (replaces, may shorten)."""
+        if ct.status & IPS_FIXED_TIMEOUT:
+            return
+        extra = seconds * self.hz
+        ct.timeout = self.jiffies() + extra if ct.status & IPS_CONFIRMED else extra
+
+    # --- lookup -----------------------------------------------------------------------
+
+    def find(self, t: Tuple) -> tuple[Conn, int] | None:
+        """__nf_conntrack_find_get(): (ct, direction); an expired entry met is reaped."""
+        ct = self.hash.get(t)
+        if ct is None:
+            return None
+        if ct.timeout - self.jiffies() <= 0:
+            self.kill(ct)
+            return None
+        return ct, (0 if ct.orig == t else 1)
+
+    def tuple_taken(self, t: Tuple, ignored: Conn) -> bool:
+        """nf_conntrack_tuple_taken(): is t a tuple of another live entry?  Counts `found`."""
+        ct = self.hash.get(t)
+        if ct is None or ct is ignored:
+            return False
+        if ct.timeout - self.jiffies() <= 0:
+            self.kill(ct)
+            return False
+        if ct.orig == ignored.orig:
+            return False          # the same flow: left to clash resolution at confirm
+        self.stats["found"] += 1
+        return True
+
+    def conns(self, reap: bool = True) -> Iterator[Conn]:
+        """Live confirmed entries, each once (a dump; expired ones met are reaped)."""
+        now_j = self.jiffies()
+        expired = []
+        for t, ct in list(self.hash.items()):
+            if ct.orig is not t and ct.orig != t:
+                continue
+            if ct.timeout - now_j <= 0:
+                expired.append(ct)
+                continue
+            yield ct
+        if reap:
+            for ct in expired:
+                self.kill(ct)
+
+    # --- buckets (for early drop and the gc worker's walk) -------------------------------
+
+    def _bucket(self, t: Tuple) -> int:
+        return hash(t) % self.nbuckets
+
+    def _bucket_add(self, ct: Conn) -> None:
+        b = self._bucket(ct.orig)
+        chain = self.buckets[b]
+        if chain is None:
+            self.buckets[b] = [ct]
+        else:
+            chain.append(ct)
+
+    def _bucket_del(self, ct: Conn) -> None:
+        b = self._bucket(ct.orig)
+        chain = self.buckets[b]
+        if chain is not None:
+            for i, other in enumerate(chain):
+                if other is ct:
+                    del chain[i]
+                    break
+            if not chain:
+                self.buckets[b] = None
+
+    # --- the packet path ------------------------------------------------------------------
+
+    def conntrack_in(self, pkt, hook: int) -> int:
+        """nf_conntrack_in(): attach a conntrack and ctinfo to pkt (pkt.ct, pkt.ctinfo).
+
+        Returns NF_ACCEPT or NF_DROP.  An INVALID packet is accepted with
+        ``pkt.ct = None``: conntrack never drops invalid packets, the ruleset does.
+        """
+        pkt.ct = pkt.ctinfo = None
+        if pkt.frag:                       # only whole datagrams are tracked
+            self.stats["invalid"] += 1
+            return NF_ACCEPT
+        prerouting = hook == NF_INET_PRE_ROUTING
+        if pkt.proto == IPPROTO_ICMP:
+            kind, ct, ctinfo = proto_icmp.icmp_error(self, pkt, prerouting)
+            if kind == "error":
+                self.stats["error"] += 1
+                return NF_ACCEPT
+            if kind == "related":
+                pkt.ct, pkt.ctinfo = ct, ctinfo
+                return NF_ACCEPT
+        handler = PROTO_HANDLERS.get(pkt.proto, proto_generic.generic_packet)
+        while True:
+            t = get_tuple(pkt)
+            if t is None:
+                self.stats["invalid"] += 1
+                return NF_ACCEPT
+            found = self.find(t)
+            if found is None:
+                ct = self.init_conntrack(t, pkt)
+                if ct is None:
+                    self.stats["invalid"] += 1
+                    return NF_ACCEPT
+                if ct is NF_DROP:
+                    self.stats["drop"] += 1
+                    return NF_DROP
+                direction = 0
+            else:
+                ct, direction = found
+            # resolve_normal_ct(): the per-packet classification.
+            if direction:
+                ctinfo = IP_CT_ESTABLISHED_REPLY
+            elif ct.status & IPS_SEEN_REPLY:
+                ctinfo = IP_CT_ESTABLISHED
+            elif ct.status & IPS_EXPECTED:
+                ctinfo = IP_CT_RELATED
+            else:
+                ctinfo = IP_CT_NEW
+            ret = handler(self, ct, pkt, ctinfo, direction, prerouting)
+            if ret == proto_tcp.REPEAT:
+                continue                   # a SYN reopened a closed connection: start over
+            if ret <= 0:
+                self.stats["invalid"] += 1
+                return NF_ACCEPT
+            break
+        if ctinfo == IP_CT_ESTABLISHED_REPLY and not ct.status & IPS_SEEN_REPLY:
+            ct.status |= IPS_SEEN_REPLY
+            ct.ecache |= IPCT_REPLY
+        if ct.counters is not None and not ct.status & IPS_DYING:
+            c = 2 if direction else 0
+            ct.counters[c] += 1
+            ct.counters[c + 1] += pkt.tot_len
+        pkt.ct, pkt.ctinfo = ct, ctinfo
+        return NF_ACCEPT
+
+    def init_conntrack(self, t: Tuple, pkt):
+        """init_conntrack(): a new, unconfirmed entry; None if no reply tuple exists,
+        NF_DROP if the table is full and nothing could be evicted."""
+        reply = invert_tuple(t)
+        if reply is None:
+            return None
+        limit = self.sysctl["nf_conntrack_max"]
+        if limit and self.count + 1 > limit and not self.early_drop(t):
+            self.gc_early_drop = True
+            self.log.append("nf_conntrack: table full, dropping packet")
+            return NF_DROP
+        ct = Conn(t, reply, self._next_id, self.clock())
+        self._next_id += 1
+        if self.sysctl["nf_conntrack_acct"]:
+            ct.counters = [0, 0, 0, 0]
+        return ct
+
+    def confirm(self, pkt) -> int:
+        """nf_conntrack_confirm() at POST_ROUTING / LOCAL_IN: insert a new entry, deliver events."""
+        ct = pkt.ct
+        if ct is None:
+            return NF_ACCEPT
+        if not ct.status & IPS_CONFIRMED:
+            if pkt.ctinfo >= IP_CT_ESTABLISHED_REPLY:
+                return NF_ACCEPT           # only original-direction packets confirm
+            if ct.status & IPS_DYING:
+                self.stats["insert_failed"] += 1
+                return NF_DROP
+            for t in (ct.orig, ct.reply):
+                other = self.hash.get(t)
+                if other is not None and self.is_expired(other):
+                    self.kill(other)
+                    other = None
+                if other is not None:
+                    # No clash resolution can merge two different flows here.
+                    self.stats["drop"] += 1
+                    self.stats["insert_failed"] += 1
+                    pkt.ct = None
+                    return NF_DROP
+            ct.timeout += self.jiffies()
+            self.hash[ct.orig] = ct
+            self.hash[ct.reply] = ct
+            self._bucket_add(ct)
+            self.count += 1
+            ct.status |= IPS_CONFIRMED
+            ct.ecache |= IPCT_RELATED if ct.status & IPS_EXPECTED else IPCT_NEW
+        if not ct.status & IPS_DYING:
+            self.deliver_cached_events(ct)
+        return NF_ACCEPT
+
+    # --- events ----------------------------------------------------------------------------
+
+    def deliver_cached_events(self, ct: Conn) -> None:
+        """nf_ct_deliver_cached_events(): one NEW or UPDATE message for all cached changes."""
+        events, ct.ecache = ct.ecache, 0
+        if not events or not self.listeners:
+            return
+        kind = "NEW" if events & (IPCT_NEW | IPCT_RELATED) else "UPDATE"
+        for listener in self.listeners:
+            listener(kind, ct, self, events)
+
+    # --- deletion ----------------------------------------------------------------------------
+
+    def kill(self, ct: Conn) -> bool:
+        """nf_ct_delete(): unlink the entry and report DESTROY (once)."""
+        if ct.status & IPS_DYING:
+            return False
+        ct.status |= IPS_DYING
+        if ct.status & IPS_CONFIRMED:
+            for listener in self.listeners:
+                listener("DESTROY", ct, self, IPCT_DESTROY)
+            if self.hash.get(ct.orig) is ct:
+                del self.hash[ct.orig]
+            if self.hash.get(ct.reply) is ct:
+                del self.hash[ct.reply]
+            self._bucket_del(ct)
+            self.count -= 1
+            self._nat_cleanup(ct)
+        return True
+
+    def flush(self) -> int:
+        """conntrack -F: delete every entry."""
+        doomed = list(self.conns(reap=False))
+        for ct in doomed:
+            self.kill(ct)
+        return len(doomed)
+
+    def _nat_cleanup(self, ct: Conn) -> None:
+        """nf_nat_cleanup_conntrack(): leave the by-source hash."""
+        key = (ct.orig.src, ct.orig.sport, ct.orig.proto)
+        entry = self.nat_bysource.get(key)
+        if entry is ct:
+            del self.nat_bysource[key]
+        elif isinstance(entry, list):
+            entry[:] = [c for c in entry if c is not ct]
+            if len(entry) == 1:
+                self.nat_bysource[key] = entry[0]
+            elif not entry:
+                del self.nat_bysource[key]
+
+    # --- table full ---------------------------------------------------------------------------
+
+    def early_drop(self, t: Tuple) -> bool:
+        """early_drop(): evict every non-ASSURED entry of the first of 8 buckets that has one."""
+        now_j = self.jiffies()
+        b = self._bucket(t)
+        for _ in range(NF_CT_EVICTION_RANGE):
+            drops = 0
+            for ct in list(self.buckets[b] or ()):
+                if ct.timeout - now_j <= 0:
+                    self.kill(ct)          # reaped in passing, not an early drop
+                    continue
+                if ct.status & (IPS_ASSURED | IPS_DYING):
+                    continue
+                if self.kill(ct):
+                    drops += 1
+            if drops:
+                self.stats["early_drop"] += drops
+                return True
+            b = (b + 1) % self.nbuckets
+        return False
+
+    # --- garbage collection --------------------------------------------------------------------
+
+    def gc_worker(self) -> int:
+        """One slice of gc_worker(): reap expired entries bucket by bucket.
+
+        Returns the delay in jiffies until the next slice should run (0 = at
+        once), and sets ``gc_next_run``.  The average remaining lifetime of
+        what it saw decides when the next full pass starts (1 to 60 s).
+        """
+        now_j = self.jiffies()
+        hz = self.hz
+        i = self.gc_next_bucket
+        max95 = 0
+        if self.gc_early_drop:
+            max95 = self.sysctl["nf_conntrack_max"] // 100 * 95
+        if i == 0:
+            self.gc_avg_timeout = GC_SCAN_INTERVAL_MAX * hz
+            self.gc_count = GC_SCAN_INITIAL_COUNT
+            self.gc_start_time = now_j
+        next_run = self.gc_avg_timeout
+        count = self.gc_count
+        expired_max = 64000 // hz
+        expired_count = 0
+        end = min(i + GC_SCAN_BUCKETS_PER_SLICE, self.nbuckets)
+        buckets = self.buckets
+        while i < end:
+            chain = buckets[i]
+            if chain:
+                for ct in list(chain):
+                    if expired_count > expired_max:
+                        self.gc_next_bucket, self.gc_avg_timeout, self.gc_count = i, next_run, count
+                        over = now_j - self.gc_start_time >= GC_SCAN_INTERVAL_MAX * hz
+                        return self._gc_schedule(0 if over else 1, now_j)
+                    if ct.timeout - now_j <= 0:
+                        self.kill(ct)
+                        expired_count += 1
+                        continue
+                    left = min(max(ct.timeout - now_j, GC_SCAN_INTERVAL_MIN * hz), GC_SCAN_INTERVAL_CLAMP * hz)
+                    count += 1
+                    next_run += int((left - next_run) / count)
+                    if not max95 or self.count < max95:
+                        continue
+                    if not ct.status & IPS_ASSURED or (
+                            ct.orig.proto == IPPROTO_TCP and proto_tcp.tcp_can_early_drop(ct.proto)):
+                        self.kill(ct)      # gc early drop near a full table
+                        expired_count += 1
+            i += 1
+        if i < self.nbuckets:
+            # Slice over: the kernel reschedules at once and goes on where it stopped.
+            self.gc_next_bucket, self.gc_avg_timeout, self.gc_count = i, next_run, count
+            return self._gc_schedule(0, now_j)
+        self.gc_next_bucket = 0
+        next_run = min(max(next_run, GC_SCAN_INTERVAL_MIN * hz), GC_SCAN_INTERVAL_MAX * hz)
+        delta = max(now_j - self.gc_start_time, 1)
+        next_run = next_run - delta if next_run > delta else 1
+        return self._gc_schedule(next_run, now_j)
+
+    def _gc_schedule(self, delay: int, now_j: int) -> int:
+        if delay:
+            self.gc_early_drop = False
+        self.gc_next_run = now_j + delay
+        return delay
+
+    def run_gc_until(self, until: float, set_clock: Callable[[float], None]) -> None:
+        """Run the gc worker at every moment it would have run up to ``until`` (replay).
+
+        ``set_clock`` moves the injected clock, so DESTROY events carry the
+        time the kernel's worker would have sent them.
+        """
+        until_j = int(until * self.hz)
+        while self.gc_next_run <= until_j:
+            set_clock(self.gc_next_run / self.hz)
+            self.gc_worker()
+        set_clock(until)
+
+
+def tune_gc() -> None:
+    """Keep CPython's cyclic collector off a million long-lived entries.
+
+    Entries have no reference cycles, so reference counting frees them; the
+    cyclic collector would only walk them (about a second for a million).
+    Freezing moves everything alive now out of its reach; call it again after
+    bulk growth (the router does so after each gc pass).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)

@@ -1,0 +1,60 @@
+"""ICMP connection tracking and ICMP errors as RELATED.
+
+Models net/netfilter/nf_conntrack_proto_icmp.c: nf_conntrack_icmp_packet(),
+nf_conntrack_icmpv4_error(), and nf_conntrack_inet_error() of
+nf_conntrack_core.c.  Query types make entries (30 s, never ASSURED, not
+removed by the reply so duplicates still match); error types are matched to
+the flow they quote through the inverted embedded tuple.
+"""
+from __future__ import annotations
+
+from .conn import IP_CT_DIR_REPLY, IP_CT_RELATED, IP_CT_RELATED_REPLY
+from .tuple import ICMP_ERROR_TYPES, ICMP_QUERY_TYPES, invert_tuple
+
+NF_ACCEPT, INVALID = 1, 0
+NR_ICMP_TYPES = 18
+
+
+def icmp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: bool) -> int:
+    """nf_conntrack_icmp_packet(): only requests may open an entry; refresh to 30 s."""
+    if ct.orig.dport >> 8 not in ICMP_QUERY_TYPES:
+        return INVALID                     # "can't create new conn with type"
+    table.refresh(ct, table.sysctl["nf_conntrack_icmp_timeout"])
+    return NF_ACCEPT
+
+
+def icmp_error(table, pkt, hook_is_prerouting: bool):
+    """nf_conntrack_icmpv4_error() + nf_conntrack_inet_error().
+
+    Returns (verdict, ct, ctinfo):
+      ("query", None, None)  not an error message: go on with normal tracking;
+      ("related", ct, ctinfo) the error belongs to ct (RELATED / RELATED_REPLY);
+      ("error", None, None)  malformed or unmatched: counted as `error`, INVALID.
+    """
+    if not pkt.l4ok:
+        return "error", None, None                     # short packet
+    if table.sysctl["nf_conntrack_checksum"] and hook_is_prerouting and not pkt.l4_checksum_ok():
+        return "error", None, None                     # bad checksum
+    if pkt.itype > NR_ICMP_TYPES:
+        return "error", None, None                     # invalid icmp type
+    if pkt.itype not in ICMP_ERROR_TYPES:
+        return "query", None, None
+    inner = pkt.embedded_packet()
+    if inner is None or inner.frag or not inner.l4ok:
+        return "error", None, None
+    from .core import get_tuple                        # core imports this module
+    origtuple = get_tuple(inner)
+    if origtuple is None:
+        return "error", None, None
+    innertuple = invert_tuple(origtuple)
+    if innertuple is None:
+        return "error", None, None
+    found = table.find(innertuple)
+    if found is None:
+        return "error", None, None
+    ct, direction = found
+    # The outer destination must be the destination of the matched direction,
+    # or anybody could forge "related" errors for other hosts.
+    if pkt.dst != ct.tuple(direction).dst:
+        return "error", None, None
+    return "related", ct, (IP_CT_RELATED_REPLY if direction == IP_CT_DIR_REPLY else IP_CT_RELATED)

@@ -1,0 +1,789 @@
+"""Crafted-packet scenarios run through the kernel (and replayed through nattrack).
+
+Each :class:`~.harness.Scenario` is data: a ruleset for the router, sysctls,
+steps (send a frame from a host, sleep) and an :class:`~.harness.Expect` with
+what the kernel is documented to do (``/work/shared/reference/kernel-conntrack.md``
+§3-§8; the section is named in each description).  The frames are built here
+with scapy; :class:`Tcp` only keeps sequence numbers consistent.
+
+Hosts: priv1 10.0.0.2, priv2 10.0.0.3 (behind the router), pub 203.0.113.2.
+The router masquerades behind 203.0.113.1 unless a scenario says otherwise.
+"""
+from __future__ import annotations
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
+
+from .harness import (PRIV1, PRIV2, PUB, ROUTER_PUB, Expect, Scenario, Send, Sleep)
+
+# ----------------------------------------------------------------------------------------
+# Rulesets.
+
+MASQ = ("*nat\n"
+        ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+        ":POSTROUTING ACCEPT [0:0]\n"
+        "-A POSTROUTING -o r-pub -j MASQUERADE\n"
+        "COMMIT\n")
+
+MASQ_DROP_INVALID = MASQ + (
+    "*filter\n"
+    ":INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+    "-A FORWARD -m conntrack --ctstate INVALID -j DROP\n"
+    "COMMIT\n")
+
+MASQ_FORWARD_POLICY = MASQ + (
+    "*filter\n"
+    ":INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+    "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+    "-A FORWARD -i r-priv -o r-pub -p udp --dport 53 -m conntrack --ctstate NEW -j ACCEPT\n"
+    "-A FORWARD -i r-priv -o r-pub -p tcp --dport 80 -m conntrack --ctstate NEW -j ACCEPT\n"
+    "COMMIT\n")
+
+SNAT_RANGE = ("*nat\n"
+              ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+              ":POSTROUTING ACCEPT [0:0]\n"
+              "-A POSTROUTING -o r-pub -p udp -j SNAT --to-source 203.0.113.1:1024-1030\n"
+              "-A POSTROUTING -o r-pub -p tcp -j SNAT --to-source 203.0.113.1:1024-1030\n"
+              "COMMIT\n")
+
+SNAT_TINY = ("*nat\n"
+             ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+             ":POSTROUTING ACCEPT [0:0]\n"
+             "-A POSTROUTING -o r-pub -p udp -j SNAT --to-source 203.0.113.1:2000-2001\n"
+             "COMMIT\n")
+
+DNAT_FORWARD = ("*nat\n"
+                ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                ":POSTROUTING ACCEPT [0:0]\n"
+                "-A PREROUTING -i r-pub -p tcp --dport 8080 -j DNAT --to-destination 10.0.0.2:80\n"
+                "-A POSTROUTING -o r-pub -j MASQUERADE\n"
+                "COMMIT\n")
+
+# ----------------------------------------------------------------------------------------
+# Frame helpers.
+
+_SEGLEN_FLAGS = {"S": 1, "F": 1}
+
+
+class Tcp:
+    """Both ends of one TCP conversation through the router, with sequence numbers kept
+    consistent: ``c(...)`` is a segment from the client, ``s(...)`` one from the server.
+
+    By default the ACK field acknowledges everything the other side has sent so far
+    (``unacked=n`` acknowledges n bytes less) and the sequence number continues the
+    sender's stream; ``seq=``/``ack=`` override.  Window 65535, no options unless given.
+    """
+
+    def __init__(self, client: str, csrc: str, cport: int, cdst: str, cdport: int,
+                 server: str, ssrc: str, sport: int, sdst: str, sdport: int,
+                 ciss: int = 1000, siss: int = 50000, win: int = 65535):
+        self.client, self.csrc, self.cport, self.cdst, self.cdport = client, csrc, cport, cdst, cdport
+        self.server, self.ssrc, self.sport, self.sdst, self.sdport = server, ssrc, sport, sdst, sdport
+        self.ciss, self.siss = ciss, siss
+        self.cnxt, self.snxt = ciss, siss      # next sequence number of each side
+        self.win = win
+
+    @classmethod
+    def masq(cls, cport: int, dport: int, client: str = "priv1", nat_port: int | None = None,
+             dst: str = PUB, **kw) -> "Tcp":
+        """priv host -> pub through MASQUERADE (port kept unless ``nat_port``)."""
+        src = {"priv1": PRIV1, "priv2": PRIV2}[client]
+        return cls(client, src, cport, dst, dport,
+                   "pub", dst, dport, ROUTER_PUB, nat_port if nat_port is not None else cport, **kw)
+
+    def _seg(self, from_client: bool, flags: str, data: bytes, seq: int | None,
+             ack: int | None, unacked: int, options=None, win: int | None = None) -> Send:
+        if from_client:
+            host, src, sport, dst, dport = self.client, self.csrc, self.cport, self.cdst, self.cdport
+            nxt, peer = self.cnxt, self.snxt
+        else:
+            host, src, sport, dst, dport = self.server, self.ssrc, self.sport, self.sdst, self.sdport
+            nxt, peer = self.snxt, self.cnxt
+        if seq is None:
+            seq = nxt
+        if ack is None:
+            ack = (peer - unacked) if "A" in flags else 0
+        seglen = len(data) + sum(_SEGLEN_FLAGS.get(f, 0) for f in flags)
+        end = seq + seglen
+        if from_client:
+            self.cnxt = max(self.cnxt, end)
+        else:
+            self.snxt = max(self.snxt, end)
+        tcp = TCP(sport=sport, dport=dport, flags=flags, seq=seq % 2**32, ack=ack % 2**32,
+                  window=self.win if win is None else win, options=options or [])
+        pkt = IP(src=src, dst=dst) / tcp
+        if data:
+            pkt = pkt / data
+        who = "client" if from_client else "server"
+        return Send(host, pkt, note=f"{who} {flags or '-'} seq={seq} ack={ack} len={len(data)}")
+
+    def c(self, flags: str, data: bytes = b"", seq: int | None = None, ack: int | None = None,
+          unacked: int = 0, **kw) -> Send:
+        return self._seg(True, flags, data, seq, ack, unacked, **kw)
+
+    def s(self, flags: str, data: bytes = b"", seq: int | None = None, ack: int | None = None,
+          unacked: int = 0, **kw) -> Send:
+        return self._seg(False, flags, data, seq, ack, unacked, **kw)
+
+    def handshake(self) -> tuple[Send, Send, Send]:
+        return (self.c("S"), self.s("SA"), self.c("A"))
+
+    def reopen(self, ciss: int) -> Send:
+        """A new SYN on the same ports with a new initial sequence number."""
+        self.ciss = self.cnxt = ciss
+        return self.c("S")
+
+
+def udp(host: str, sport: int, dport: int, payload: bytes = b"q", dst: str = PUB, **ip) -> Send:
+    src = {"priv1": PRIV1, "priv2": PRIV2, "pub": PUB}[host]
+    return Send(host, IP(src=src, dst=dst, **ip) / UDP(sport=sport, dport=dport) / payload,
+                note=f"udp {src}:{sport} > {dst}:{dport}")
+
+
+def udp_reply(sport: int, dport: int, payload: bytes = b"r", src: str = PUB) -> Send:
+    """From pub to the router's public address (a reply to a masqueraded flow)."""
+    return Send("pub", IP(src=src, dst=ROUTER_PUB) / UDP(sport=sport, dport=dport) / payload,
+                note=f"udp reply {src}:{sport} > {ROUTER_PUB}:{dport}")
+
+
+def echo(host: str, ident: int, seq: int = 1, dst: str = PUB, type: int = 8) -> Send:
+    src = {"priv1": PRIV1, "priv2": PRIV2}[host]
+    return Send(host, IP(src=src, dst=dst) / ICMP(type=type, id=ident, seq=seq) / b"ping-data",
+                note=f"icmp type {type} id={ident} seq={seq}")
+
+
+def echo_reply(ident: int, seq: int = 1, src: str = PUB) -> Send:
+    return Send("pub", IP(src=src, dst=ROUTER_PUB) / ICMP(type=0, id=ident, seq=seq) / b"ping-data",
+                note=f"echo reply id={ident} seq={seq}")
+
+
+def icmp_error(outer_dst: str, inner: IP, type: int = 3, code: int = 3, src: str = PUB) -> Send:
+    """An ICMP error from pub quoting ``inner`` (the packet as pub received it)."""
+    quoted = bytes(inner)[:28]
+    return Send("pub", IP(src=src, dst=outer_dst) / ICMP(type=type, code=code) / quoted,
+                note=f"icmp error {type}/{code} to {outer_dst}")
+
+
+def frags(host: str, sport: int, dport: int, size: int, fragsize: int, ident: int,
+          reverse: bool = False) -> Send:
+    src = {"priv1": PRIV1, "priv2": PRIV2}[host]
+    pkt = IP(src=src, dst=PUB, id=ident) / UDP(sport=sport, dport=dport) / (b"F" * size)
+    parts = fragment(pkt, fragsize=fragsize)
+    if reverse:
+        parts = list(reversed(parts))
+    return Send(host, parts, note=f"udp {size} bytes in {len(parts)} fragments"
+                                  f"{' (reversed)' if reverse else ''}")
+
+
+# Regular-expression shorthands for the expectations.
+def ev(kind: str, rest: str) -> str:
+    return rf"^\s*\[{kind}\] {rest}"
+
+
+NAT_TUPLE = r"src=10\.0\.0\.{h} dst=203\.0\.113\.2 sport={p} dport={d}"
+
+
+# ----------------------------------------------------------------------------------------
+# TCP (§3).
+
+def _tcp_lifecycle_client_close() -> Scenario:
+    t = Tcp.masq(40001, 8080)
+    return Scenario(
+        "tcp_client_close",
+        "§3.4 full lifecycle, client closes first: SYN_SENT, SYN_RECV, ESTABLISHED+ASSURED, "
+        "FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT",
+        MASQ,
+        (*t.handshake(), t.c("PA", b"hello"), t.s("A"), t.s("PA", b"world"), t.c("A"),
+         t.c("FA"), t.s("A"), t.s("FA"), t.c("A")),
+        expect=Expect(
+            events=(ev("NEW", r"tcp\s+6 120 SYN_SENT .*sport=40001 dport=8080 \[UNREPLIED\]"),
+                    ev("UPDATE", r"tcp\s+6 60 SYN_RECV "),
+                    ev("UPDATE", r"tcp\s+6 432000 ESTABLISHED .*\[ASSURED\]"),
+                    ev("UPDATE", r"tcp\s+6 120 FIN_WAIT "),
+                    ev("UPDATE", r"tcp\s+6 60 CLOSE_WAIT "),
+                    ev("UPDATE", r"tcp\s+6 30 LAST_ACK "),
+                    ev("UPDATE", r"tcp\s+6 120 TIME_WAIT ")),
+            table=(r"^tcp\s+6 1(19|20) TIME_WAIT .*\[ASSURED\]",), table_count=1,
+            stats={"invalid": 0}))
+
+
+def _tcp_server_close() -> Scenario:
+    t = Tcp.masq(40002, 8080)
+    return Scenario(
+        "tcp_server_close",
+        "§3.3 the server (reply direction) closes first",
+        MASQ,
+        (*t.handshake(), t.c("PA", b"GET"), t.s("PA", b"200"), t.c("A"),
+         t.s("FA"), t.c("A"), t.c("FA"), t.s("A")),
+        expect=Expect(
+            events=(ev("NEW", r"tcp .* SYN_SENT "), ev("UPDATE", r"tcp .* SYN_RECV "),
+                    ev("UPDATE", r"tcp .* ESTABLISHED .*\[ASSURED\]"),
+                    ev("UPDATE", r"tcp\s+6 120 FIN_WAIT "), ev("UPDATE", r"tcp\s+6 60 CLOSE_WAIT "),
+                    ev("UPDATE", r"tcp\s+6 30 LAST_ACK "), ev("UPDATE", r"tcp\s+6 120 TIME_WAIT ")),
+            table=(r"^tcp .* TIME_WAIT ",), table_count=1))
+
+
+def _tcp_fin_piggyback() -> Scenario:
+    t = Tcp.masq(40003, 8080)
+    return Scenario(
+        "tcp_fin_piggyback",
+        "§3.4 the server's FIN rides on the ACK of the client's FIN: CLOSE_WAIT is skipped",
+        MASQ,
+        (*t.handshake(), t.c("PA", b"bye"), t.s("A"), t.c("FA"), t.s("FA"), t.c("A")),
+        expect=Expect(
+            events=(ev("NEW", r"tcp .* SYN_SENT "), ev("UPDATE", r"tcp .* SYN_RECV "),
+                    ev("UPDATE", r"tcp .* ESTABLISHED "), ev("UPDATE", r"tcp .* FIN_WAIT "),
+                    ev("UPDATE", r"tcp\s+6 30 LAST_ACK "), ev("UPDATE", r"tcp .* TIME_WAIT ")),
+            no_events=(r"CLOSE_WAIT",), table=(r"^tcp .* TIME_WAIT ",), table_count=1))
+
+
+def _tcp_simultaneous_close() -> Scenario:
+    t = Tcp.masq(40004, 8080)
+    return Scenario(
+        "tcp_simultaneous_close",
+        "§3.3 both FINs cross (neither acknowledges the other's FIN), then both ACK",
+        MASQ,
+        (*t.handshake(), t.c("FA"), t.s("FA", unacked=1), t.c("A"), t.s("A")),
+        expect=Expect(
+            events=(ev("UPDATE", r"tcp .* FIN_WAIT "), ev("UPDATE", r"tcp .* LAST_ACK "),
+                    ev("UPDATE", r"tcp .* TIME_WAIT ")),
+            table=(r"^tcp .* TIME_WAIT ",), table_count=1))
+
+
+def _tcp_half_close() -> Scenario:
+    t = Tcp.masq(40005, 8080)
+    return Scenario(
+        "tcp_half_close",
+        "§3.3 half close: the client's FIN is acknowledged and the server keeps sending "
+        "(CLOSE_WAIT) before closing",
+        MASQ,
+        (*t.handshake(), t.c("FA"), t.s("A"), t.s("PA", b"more data"), t.c("A"),
+         t.s("PA", b"even more"), t.c("A"), t.s("FA"), t.c("A")),
+        expect=Expect(
+            events=(ev("UPDATE", r"tcp .* FIN_WAIT "), ev("UPDATE", r"tcp\s+6 60 CLOSE_WAIT "),
+                    ev("UPDATE", r"tcp .* LAST_ACK "), ev("UPDATE", r"tcp .* TIME_WAIT ")),
+            table=(r"^tcp .* TIME_WAIT ",), table_count=1))
+
+
+def _tcp_rst_established() -> Scenario:
+    t = Tcp.masq(40006, 8081)
+    return Scenario(
+        "tcp_rst_established",
+        "§3.4 RST on an established connection: CLOSE, 10 s; a later ACK keeps CLOSE",
+        MASQ,
+        (*t.handshake(), t.c("PA", b"hello"), t.s("A"), t.s("RA"), t.c("A")),
+        expect=Expect(
+            events=(ev("UPDATE", r"tcp .* ESTABLISHED .*\[ASSURED\]"),
+                    ev("UPDATE", r"tcp\s+6 10 CLOSE .*\[ASSURED\]")),
+            no_events=(r"DESTROY",),
+            table=(r"^tcp\s+6 (9|10) CLOSE .*\[ASSURED\]",), table_count=1))
+
+
+def _tcp_rst_answer_to_syn() -> Scenario:
+    t = Tcp.masq(40007, 81)
+    return Scenario(
+        "tcp_rst_answer_to_syn",
+        "§3.4 a RST+ACK as the only answer to a SYN (closed port) deletes the entry at once",
+        MASQ,
+        (t.c("S"), t.s("RA", seq=0)),
+        expect=Expect(
+            events=(ev("NEW", r"tcp .* SYN_SENT .*\[UNREPLIED\]"),
+                    ev("DESTROY", r"tcp\s+6 \d+ CLOSE .*\[UNREPLIED\]")),
+            table_count=0, stats={"invalid": 0},
+            egress=(("r-priv", r"tcp 203\.0\.113\.2:81 > 10\.0\.0\.2:40007 \[RA\]"),)))
+
+
+def _tcp_syn_retransmit() -> Scenario:
+    t = Tcp.masq(40008, 9001)
+    syn = t.c("S")
+    return Scenario(
+        "tcp_syn_retransmit",
+        "§3.4 a retransmitted SYN in SYN_SENT does not refresh the timeout (since v5.14)",
+        MASQ,
+        (syn, Sleep(1.6), syn),
+        expect=Expect(events=(ev("NEW", r"tcp\s+6 120 SYN_SENT "),),
+                      no_events=(r"UPDATE",),
+                      table=(r"^tcp\s+6 11[78] SYN_SENT .*\[UNREPLIED\]",), table_count=1))
+
+
+def _tcp_reopen_time_wait() -> Scenario:
+    t = Tcp.masq(40009, 8080)
+    return Scenario(
+        "tcp_reopen_time_wait",
+        "§3.4(1) a new SYN on the tuple of a TIME_WAIT entry kills it and creates a new entry",
+        MASQ,
+        (*t.handshake(), t.c("FA"), t.s("FA"), t.c("A"), Sleep(0.3), t.reopen(900000), t.s("SA"),
+         t.c("A")),
+        expect=Expect(
+            events=(ev("UPDATE", r"tcp .* TIME_WAIT "),
+                    ev("DESTROY", r"tcp\s+6 1(19|20) TIME_WAIT "),
+                    ev("NEW", r"tcp\s+6 120 SYN_SENT .*\[UNREPLIED\]"),
+                    ev("UPDATE", r"tcp .* SYN_RECV "),
+                    ev("UPDATE", r"tcp .* ESTABLISHED .*\[ASSURED\]")),
+            table=(r"^tcp .* ESTABLISHED .*\[ASSURED\]",), table_count=1))
+
+
+def _tcp_simultaneous_open() -> Scenario:
+    t = Tcp.masq(40011, 8080)
+    return Scenario(
+        "tcp_simultaneous_open",
+        "§3.3/§3.4(5) simultaneous open: a SYN from the reply side gives SYN_SENT2, then both "
+        "SYN-ACKs and an ACK establish the connection",
+        MASQ,
+        (t.c("S"), t.s("S"), t.c("SA", seq=t.ciss), t.s("SA", seq=t.siss), t.c("A")),
+        expect=Expect(
+            events=(ev("NEW", r"tcp .* SYN_SENT "), ev("UPDATE", r"tcp .* SYN_SENT2 "),
+                    ev("UPDATE", r"tcp .* SYN_RECV ")),
+            table_count=1))
+
+
+def _tcp_midstream_loose() -> Scenario:
+    t = Tcp.masq(42000, 9000)
+    return Scenario(
+        "tcp_midstream_loose",
+        "§3.7 mid-stream pickup with nf_conntrack_tcp_loose=1: a bare ACK creates an "
+        "ESTABLISHED entry capped at 300 s; after a reply the next packet sets ASSURED",
+        MASQ,
+        (t.c("PA", b"data"), t.s("A"), t.c("PA", b"more"), t.s("A")),
+        sysctls={"net.netfilter.nf_conntrack_tcp_loose": "1"},
+        expect=Expect(
+            events=(ev("NEW", r"tcp\s+6 300 ESTABLISHED .*\[UNREPLIED\]"),
+                    ev("UPDATE", r"tcp .* ESTABLISHED "),
+                    ev("UPDATE", r"tcp .* ESTABLISHED .*\[ASSURED\]")),
+            table=(r"^tcp .* ESTABLISHED .*\[ASSURED\]",), table_count=1,
+            stats={"invalid": 0}))
+
+
+def _tcp_midstream_strict() -> Scenario:
+    t = Tcp.masq(42001, 9000)
+    return Scenario(
+        "tcp_midstream_strict",
+        "§3.7 with nf_conntrack_tcp_loose=0 a mid-stream ACK is INVALID and leaks un-NATed",
+        MASQ,
+        (t.c("PA", b"data"),),
+        sysctls={"net.netfilter.nf_conntrack_tcp_loose": "0"},
+        expect=Expect(
+            no_events=(r".",), table_count=0, stats={"invalid": 1},
+            egress=(("r-pub", r"tcp 10\.0\.0\.2:42001 > 203\.0\.113\.2:9000 \[PA\]"),)))
+
+
+def _tcp_invalid_flags() -> Scenario:
+    mk = lambda port, flags: Tcp.masq(port, 9003).c(flags)   # noqa: E731
+    return Scenario(
+        "tcp_invalid_flags",
+        "§3.2 bare FIN, SYN+FIN, no flags and a stateless RST are INVALID: no entry, "
+        "counted, forwarded un-NATed (§2); a SYN afterwards is NATed",
+        MASQ,
+        (mk(42023, "F"), mk(42024, "SF"), mk(42025, ""), mk(42026, "R"), mk(42027, "S")),
+        expect=Expect(
+            events=(ev("NEW", r"tcp .* SYN_SENT .*sport=42027 "),),
+            table_count=1, stats={"invalid": 4},
+            egress=(("r-pub", r"tcp 10\.0\.0\.2:42023 > 203\.0\.113\.2:9003 \[F\]"),
+                    ("r-pub", r"tcp 10\.0\.0\.2:42024 > 203\.0\.113\.2:9003 \[FS\]"),
+                    ("r-pub", r"tcp 10\.0\.0\.2:42025 > 203\.0\.113\.2:9003 \[\]"),
+                    ("r-pub", r"tcp 10\.0\.0\.2:42026 > 203\.0\.113\.2:9003 \[R\]"),
+                    ("r-pub", r"tcp 203\.0\.113\.1:42027 > 203\.0\.113\.2:9003 \[S\]"))))
+
+
+def _out_of_window_steps(t: Tcp) -> tuple:
+    return (*t.handshake(), t.c("PA", b"hello"), t.s("A"),
+            # check I: sequence far beyond what the server allowed
+            t.c("PA", b"future", seq=t.cnxt + 300000),
+            # check III: acknowledging server data that was never sent
+            t.c("A", ack=t.snxt + 300000),
+            # a good segment afterwards
+            t.c("PA", b"fine"), t.s("A"))
+
+
+def _tcp_out_of_window() -> Scenario:
+    t = Tcp.masq(42030, 9004)
+    return Scenario(
+        "tcp_out_of_window",
+        "§3.6 checks I (SEQ over upper bound) and III (ACK over upper bound): INVALID, "
+        "leak un-NATed; the connection goes on",
+        MASQ,
+        _out_of_window_steps(t),
+        expect=Expect(
+            table=(r"^tcp .* ESTABLISHED .*\[ASSURED\]",), table_count=1, stats={"invalid": 2},
+            egress=(("r-pub", r"tcp 10\.0\.0\.2:42030 > 203\.0\.113\.2:9004 \[PA\] .* len=6"),
+                    ("r-pub", r"tcp 10\.0\.0\.2:42030 > 203\.0\.113\.2:9004 \[A\]"),
+                    ("r-pub", r"tcp 203\.0\.113\.1:42030 > 203\.0\.113\.2:9004 \[PA\] .* len=4"))))
+
+
+def _tcp_be_liberal() -> Scenario:
+    t = Tcp.masq(42031, 9004)
+    return Scenario(
+        "tcp_be_liberal",
+        "§3.6 with nf_conntrack_tcp_be_liberal=1 out-of-window segments are accepted and NATed",
+        MASQ,
+        _out_of_window_steps(t),
+        sysctls={"net.netfilter.nf_conntrack_tcp_be_liberal": "1"},
+        expect=Expect(
+            table=(r"^tcp .* ESTABLISHED .*\[ASSURED\]",), table_count=1, stats={"invalid": 0},
+            no_egress=(("r-pub", r"10\.0\.0\.2:42031"),)))
+
+
+def _tcp_unacked_data() -> Scenario:
+    t = Tcp.masq(42040, 9005)
+    return Scenario(
+        "tcp_unacked_data",
+        "§3.5 unacknowledged data caps an ESTABLISHED entry at 300 s (no event)",
+        MASQ,
+        (*t.handshake(), t.c("PA", b"x" * 100)),
+        expect=Expect(
+            events=(ev("UPDATE", r"tcp\s+6 432000 ESTABLISHED .*\[ASSURED\]"),),
+            table=(r"^tcp\s+6 (299|300) ESTABLISHED .*\[ASSURED\]",), table_count=1))
+
+
+# ----------------------------------------------------------------------------------------
+# UDP (§4), fragments (§1.5 hook table: defrag before conntrack).
+
+def _udp_unreplied() -> Scenario:
+    return Scenario(
+        "udp_unreplied",
+        "§4 a single datagram: NEW, 30 s, [UNREPLIED]",
+        MASQ,
+        (udp("priv1", 41001, 9999),),
+        expect=Expect(
+            events=(ev("NEW", r"udp\s+17 30 src=10\.0\.0\.2 dst=203\.0\.113\.2 sport=41001 "
+                              r"dport=9999 \[UNREPLIED\] src=203\.0\.113\.2 dst=203\.0\.113\.1 "
+                              r"sport=9999 dport=41001$"),),
+            table=(r"^udp\s+17 (29|30) .*\[UNREPLIED\]",), table_count=1))
+
+
+def _udp_replied() -> Scenario:
+    return Scenario(
+        "udp_replied",
+        "§4 request and reply within 2 s: UPDATE at 30 s without ASSURED; a second request "
+        "keeps 30 s",
+        MASQ,
+        (udp("priv1", 41010, 5353), udp_reply(5353, 41010), udp("priv1", 41010, 5353)),
+        expect=Expect(
+            events=(ev("NEW", r"udp\s+17 30 .*\[UNREPLIED\]"), ev("UPDATE", r"udp\s+17 30 ")),
+            no_events=(r"ASSURED",),
+            table=(r"^udp\s+17 (29|30) .*mark=0",), table_count=1))
+
+
+def _udp_assured() -> Scenario:
+    return Scenario(
+        "udp_assured_after_2s",
+        "§4 after a reply, a packet more than 2 s after creation gives 120 s and ASSURED",
+        MASQ,
+        (udp("priv1", 41000, 5353), udp_reply(5353, 41000), Sleep(2.3),
+         udp("priv1", 41000, 5353), udp_reply(5353, 41000)),
+        expect=Expect(
+            events=(ev("NEW", r"udp\s+17 30 "), ev("UPDATE", r"udp\s+17 30 "),
+                    ev("UPDATE", r"udp\s+17 120 .*\[ASSURED\]")),
+            table=(r"^udp\s+17 1(19|20) .*\[ASSURED\]",), table_count=1))
+
+
+def _udp_fragments() -> Scenario:
+    return Scenario(
+        "udp_fragments",
+        "§1.5/§2 fragments are reassembled before conntrack: one entry per datagram, "
+        "also when the fragments arrive in reverse order",
+        MASQ,
+        (frags("priv1", 41020, 7000, 1200, 400, ident=777),
+         udp_reply(7000, 41020),
+         frags("priv1", 41021, 7001, 1000, 304, ident=778, reverse=True)),
+        expect=Expect(
+            events=(ev("NEW", r"udp .*sport=41020 dport=7000 "),
+                    ev("UPDATE", r"udp .*sport=41020 dport=7000 "),
+                    ev("NEW", r"udp .*sport=41021 dport=7001 ")),
+            table_count=2, stats={"invalid": 0},
+            egress=(("r-pub", r"ip 203\.0\.113\.1 > 203\.0\.113\.2 proto=17 frag off=0 mf=1 id=777 "
+                              r"sport=41020 dport=7000"),)))
+
+
+# ----------------------------------------------------------------------------------------
+# ICMP (§5).
+
+def _icmp_echo() -> Scenario:
+    return Scenario(
+        "icmp_echo",
+        "§5 two answered echo requests share one entry: NEW, then UPDATE on the first reply",
+        MASQ,
+        (echo("priv1", 7574, 1), echo_reply(7574, 1), echo("priv1", 7574, 2),
+         echo_reply(7574, 2)),
+        expect=Expect(
+            events=(ev("NEW", r"icmp\s+1 30 src=10\.0\.0\.2 dst=203\.0\.113\.2 type=8 code=0 "
+                              r"id=7574 \[UNREPLIED\] src=203\.0\.113\.2 dst=203\.0\.113\.1 "
+                              r"type=0 code=0 id=7574$"),
+                    ev("UPDATE", r"icmp\s+1 30 ")),
+            no_events=(r"ASSURED",),
+            table=(r"^icmp\s+1 (29|30) src=10\.0\.0\.2 .* id=7574 src=.* id=7574 mark=0",),
+            table_count=1,
+            egress=(("r-priv", r"icmp 203\.0\.113\.2 > 10\.0\.0\.2 type=0 code=0 id=7574 seq=2"),)))
+
+
+def _icmp_unanswered() -> Scenario:
+    return Scenario(
+        "icmp_queries_unanswered",
+        "§5 unanswered echo and timestamp requests: entries with [UNREPLIED], reply types "
+        "0 and 14",
+        MASQ,
+        (echo("priv1", 10845, 1), echo("priv1", 10846, 1, type=13)),
+        expect=Expect(
+            events=(ev("NEW", r"icmp .*type=8 code=0 id=10845 \[UNREPLIED\] .*type=0 code=0"),
+                    ev("NEW", r"icmp .*type=13 code=0 id=10846 \[UNREPLIED\] .*type=14 code=0")),
+            table_count=2))
+
+
+def _icmp_invalid() -> Scenario:
+    return Scenario(
+        "icmp_invalid_types",
+        "§5 an unsolicited echo reply and a type without inverse (9, router advertisement) "
+        "create no entry and leak un-NATed",
+        MASQ,
+        (echo("priv1", 5555, 1, type=0), echo("priv1", 5556, 1, type=9)),
+        expect=Expect(
+            no_events=(r".",), table_count=0, stats={"invalid": 2},
+            egress=(("r-pub", r"icmp 10\.0\.0\.2 > 203\.0\.113\.2 type=0 code=0 id=5555"),)))
+
+
+def _icmp_error_related() -> Scenario:
+    quoted = IP(src=ROUTER_PUB, dst=PUB, id=4711, ttl=63) / UDP(sport=41002, dport=9999) / b"x"
+    return Scenario(
+        "icmp_error_related_udp",
+        "§5.1 a port unreachable for a masqueraded UDP flow is RELATED: outer and embedded "
+        "headers translated back, the UDP entry is neither refreshed nor marked replied",
+        MASQ,
+        (udp("priv1", 41002, 9999, b"x"), Sleep(1.2), icmp_error(ROUTER_PUB, quoted)),
+        expect=Expect(
+            events=(ev("NEW", r"udp .*sport=41002 dport=9999 \[UNREPLIED\]"),),
+            no_events=(r"UPDATE",),
+            table=(r"^udp\s+17 2[78] .*sport=41002 .*\[UNREPLIED\]",), table_count=1,
+            stats={"invalid": 0, "error": 0},
+            egress=(("r-priv", r"icmp 203\.0\.113\.2 > 10\.0\.0\.2 type=3 code=3 "
+                               r"\[inner: udp 10\.0\.0\.2:41002 > 203\.0\.113\.2:9999\]"),)))
+
+
+def _icmp_error_bad() -> Scenario:
+    quoted = IP(src=ROUTER_PUB, dst=PUB) / UDP(sport=41003, dport=9999) / b"x"
+    unknown = IP(src=ROUTER_PUB, dst=PUB) / UDP(sport=41999, dport=9999) / b"x"
+    return Scenario(
+        "icmp_error_mismatch",
+        "§5.1 an ICMP error whose outer destination is not the flow's (sent straight to "
+        "10.0.0.2) is INVALID and not translated; one quoting no known flow counts `error`",
+        MASQ,
+        (udp("priv1", 41003, 9999, b"x"), icmp_error(PRIV1, quoted), icmp_error(ROUTER_PUB, unknown)),
+        expect=Expect(
+            events=(ev("NEW", r"udp .*sport=41003 "),), no_events=(r"UPDATE",),
+            table_count=1,
+            egress=(("r-priv", r"icmp 203\.0\.113\.2 > 10\.0\.0\.2 type=3 code=3 "
+                               r"\[inner: udp 203\.0\.113\.1:41003 > 203\.0\.113\.2:9999\]"),)))
+
+
+def _icmp_id_clash(with_reply: bool) -> Scenario:
+    steps = [echo("priv1", 4242), echo("priv2", 4242), echo_reply(4242)]
+    desc = ("§8.3 two hosts ping with the same id: the second gets another id (0-65535); "
+            "the reply to the first is delivered to 10.0.0.2")
+    egress = [("r-priv", r"icmp 203\.0\.113\.2 > 10\.0\.0\.2 type=0 code=0 id=4242")]
+    if with_reply:
+        steps.append(Send("pub", lambda lab: IP(src=PUB, dst=ROUTER_PUB) / ICMP(
+            type=0, id=lab.mapped_key("icmp", PRIV2, 4242), seq=1) / b"ping-data",
+            note="echo reply to the id the kernel chose for 10.0.0.3"))
+        desc += "; the reply to the second's new id reaches 10.0.0.3 with id 4242 again"
+        egress.append(("r-priv", r"icmp 203\.0\.113\.2 > 10\.0\.0\.3 type=0 code=0 id=4242"))
+    return Scenario(
+        "icmp_id_clash_reply" if with_reply else "icmp_id_clash",
+        desc, MASQ, tuple(steps),
+        random_ports=True,
+        diff_xfail=("the reply is addressed to the id the kernel drew at random, which the "
+                    "engine cannot know") if with_reply else "",
+        expect=Expect(
+            events=(ev("NEW", r"icmp .*src=10\.0\.0\.2 .*id=4242 \[UNREPLIED\] .* id=4242$"),
+                    ev("NEW", r"icmp .*src=10\.0\.0\.3 .*id=4242 \[UNREPLIED\] .* id=(?!4242$)\d+$")),
+            table_count=2, egress=tuple(egress)))
+
+
+# ----------------------------------------------------------------------------------------
+# NAT (§8).
+
+def _udp_port_clash() -> Scenario:
+    steps = []
+    for port in (45000, 700, 550, 500):
+        steps += [udp("priv1", port, 5353), udp("priv2", port, 5353)]
+    steps.append(udp_reply(5353, 45000))
+    return Scenario(
+        "udp_port_clash",
+        "§8.3 two hosts, same UDP source port, same server: the first keeps its port, the "
+        "second gets a random one of the same class (1-511, 600-1023, 1024-65535)",
+        MASQ, tuple(steps), random_ports=True,
+        expect=Expect(
+            table=(r"^udp .*src=10\.0\.0\.2 .*sport=45000 .* dport=45000 ",
+                   r"^udp .*src=10\.0\.0\.3 .*sport=45000 .*\] src=.* dport=(10[2-9]\d|1[1-9]\d\d|[2-9]\d{3}|[1-6]\d{4}) ",
+                   r"^udp .*src=10\.0\.0\.3 .*sport=700 .*\] src=.* dport=(6\d\d|[7-9]\d\d|10[01]\d|102[0-3]) ",
+                   r"^udp .*src=10\.0\.0\.3 .*sport=550 .*\] src=.* dport=(6\d\d|[7-9]\d\d|10[01]\d|102[0-3]) ",
+                   r"^udp .*src=10\.0\.0\.3 .*sport=500 .*\] src=.* dport=([1-9]|[1-9]\d|[1-4]\d\d|50\d|51[01]) "),
+            table_count=8,
+            egress=(("r-priv", r"udp 203\.0\.113\.2:5353 > 10\.0\.0\.2:45000"),)))
+
+
+def _tcp_port_clash() -> Scenario:
+    steps = []
+    for port in (40010, 700, 500):
+        steps += [Tcp.masq(port, 80, client="priv1").c("S"), Tcp.masq(port, 80, client="priv2").c("S")]
+    t = Tcp.masq(40010, 80, client="priv1")
+    steps += [t.c("S"), t.s("SA"), t.c("A")]
+    return Scenario(
+        "tcp_port_clash",
+        "§8.3 two hosts, same TCP source port: port classes kept for the second host's "
+        "random port; the first host's connection completes",
+        MASQ, tuple(steps), random_ports=True,
+        expect=Expect(
+            table=(r"^tcp .*ESTABLISHED src=10\.0\.0\.2 .*sport=40010 .* dport=40010 \[ASSURED\]",
+                   r"^tcp .*src=10\.0\.0\.3 .*sport=40010 .*\] src=.* dport=(10[2-9]\d|1[1-9]\d\d|[2-9]\d{3}|[1-6]\d{4}) ",
+                   r"^tcp .*src=10\.0\.0\.3 .*sport=700 .*\] src=.* dport=(6\d\d|[7-9]\d\d|10[01]\d|102[0-3]) ",
+                   r"^tcp .*src=10\.0\.0\.3 .*sport=500 .*\] src=.* dport=([1-9]|[1-9]\d|[1-4]\d\d|50\d|51[01]) "),
+            table_count=6))
+
+
+def _same_reply_port(rec) -> None:
+    """10.0.0.3:40010's two flows share one translated port (endpoint-independent)."""
+    import re
+    ports = [re.findall(r"dport=(\d+)", line)[-1] for line in rec.table
+             if "src=10.0.0.3" in line and "sport=40010" in line]
+    assert len(ports) == 2 and ports[0] == ports[1] and ports[0] != "40010", rec.table
+
+
+def _eim_reuse() -> Scenario:
+    return Scenario(
+        "nat_mapping_reuse",
+        "§8.3(2) endpoint-independent mapping: a second flow from the same source ip:port "
+        "reuses the translated port the first one got after a clash",
+        MASQ,
+        (udp("priv1", 40010, 7777), udp("priv2", 40010, 7777), udp("priv2", 40010, 7778)),
+        random_ports=True,
+        expect=Expect(table_count=3, checks=(_same_reply_port,)))
+
+
+def _snat_range() -> Scenario:
+    return Scenario(
+        "snat_port_range",
+        "§8.3 SNAT --to-source 203.0.113.1:1024-1030: every flow gets a distinct port of "
+        "the range",
+        SNAT_RANGE,
+        (udp("priv1", 40000, 5353), udp("priv1", 40001, 5353), udp("priv2", 40000, 5353),
+         Tcp.masq(40000, 80).c("S")),
+        random_ports=True,
+        expect=Expect(
+            table=(r"^udp .*sport=40000 .*\] src=203\.0\.113\.2 dst=203\.0\.113\.1 sport=5353 dport=10(2[4-9]|30) ",),
+            table_count=4))
+
+
+def _snat_exhaustion() -> Scenario:
+    return Scenario(
+        "snat_exhaustion",
+        "§8.3 SNAT to a 2-port range: the third flow to the same server finds no free port, "
+        "its packet is dropped at confirmation (drop, insert_failed)",
+        SNAT_TINY,
+        (udp("priv1", 40000, 5353), udp("priv1", 40001, 5353), udp("priv2", 40000, 5353)),
+        random_ports=True,
+        expect=Expect(
+            table=(r"dport=200[01] ",), table_count=2,
+            stats={"drop": 1, "insert_failed": 1}))
+
+
+def _dnat_forward() -> Scenario:
+    t = Tcp("pub", PUB, 50000, ROUTER_PUB, 8080, "priv1", PRIV1, 80, PUB, 50000)
+    return Scenario(
+        "dnat_port_forward",
+        "§8.1 DNAT 203.0.113.1:8080 -> 10.0.0.2:80 from PREROUTING: full connection",
+        DNAT_FORWARD,
+        (*t.handshake(), t.c("PA", b"GET /"), t.s("PA", b"200 OK"), t.c("FA"), t.s("FA"),
+         t.c("A")),
+        expect=Expect(
+            events=(ev("NEW", r"tcp\s+6 120 SYN_SENT src=203\.0\.113\.2 dst=203\.0\.113\.1 "
+                              r"sport=50000 dport=8080 \[UNREPLIED\] src=10\.0\.0\.2 "
+                              r"dst=203\.0\.113\.2 sport=80 dport=50000$"),
+                    ev("UPDATE", r"tcp .* ESTABLISHED .*\[ASSURED\]"),
+                    ev("UPDATE", r"tcp .* TIME_WAIT ")),
+            table_count=1,
+            egress=(("r-priv", r"tcp 203\.0\.113\.2:50000 > 10\.0\.0\.2:80 \[S\]"),
+                    ("r-pub", r"tcp 203\.0\.113\.1:8080 > 203\.0\.113\.2:50000 \[SA\]"))))
+
+
+def _forward_policy() -> Scenario:
+    return Scenario(
+        "forward_drop_policy",
+        "§1.5 FORWARD policy DROP: a NEW packet dropped before confirmation leaves no entry "
+        "and no event; allowed flows and their replies pass",
+        MASQ_FORWARD_POLICY,
+        (udp("priv1", 41053, 53), udp_reply(53, 41053), udp("priv1", 41054, 9999),
+         udp("pub", 5000, 6000, dst=PRIV1), Tcp.masq(41080, 80).c("S"),
+         Tcp.masq(41081, 81).c("S")),
+        expect=Expect(
+            events=(ev("NEW", r"udp .*sport=41053 dport=53 "), ev("UPDATE", r"udp .*sport=41053 "),
+                    ev("NEW", r"tcp .*sport=41080 dport=80 ")),
+            no_events=(r"sport=41054", r"sport=5000", r"sport=41081"),
+            table_count=2,
+            no_egress=(("r-pub", r"41054"), ("r-priv", r"5000"), ("r-pub", r"41081"))))
+
+
+def _invalid_dropped() -> Scenario:
+    mk = lambda port, flags: Tcp.masq(port, 9010).c(flags)   # noqa: E731
+    return Scenario(
+        "ctstate_invalid_drop",
+        "§2 with `--ctstate INVALID -j DROP` the bare FIN no longer leaks; the SYN passes",
+        MASQ_DROP_INVALID,
+        (mk(42100, "F"), mk(42101, "S")),
+        expect=Expect(
+            events=(ev("NEW", r"tcp .*sport=42101 "),), table_count=1, stats={"invalid": 1},
+            no_egress=(("r-pub", r"10\.0\.0\.2:42100"),),
+            egress=(("r-pub", r"tcp 203\.0\.113\.1:42101 > 203\.0\.113\.2:9010 \[S\]"),)))
+
+
+# ----------------------------------------------------------------------------------------
+# Timeouts (§7).
+
+def _timeouts_expire() -> Scenario:
+    t = Tcp.masq(43010, 9020)
+    return Scenario(
+        "timeouts_expire",
+        "§7 shortened timeouts (UDP, ICMP, SYN_SENT, CLOSE): entries expire and are destroyed "
+        "(DESTROY without a timeout field); the table ends empty",
+        MASQ,
+        (udp("priv1", 43001, 7000), echo("priv1", 4300), Tcp.masq(43002, 9021).c("S"),
+         *t.handshake(), t.s("RA"), Sleep(3.5)),
+        sysctls={"net.netfilter.nf_conntrack_udp_timeout": "2",
+                 "net.netfilter.nf_conntrack_icmp_timeout": "2",
+                 "net.netfilter.nf_conntrack_tcp_timeout_syn_sent": "2",
+                 "net.netfilter.nf_conntrack_tcp_timeout_close": "2"},
+        expect=Expect(
+            events=(ev("NEW", r"udp\s+17 2 .*sport=43001 "), ev("NEW", r"icmp\s+1 2 "),
+                    ev("NEW", r"tcp\s+6 2 SYN_SENT .*sport=43002 "),
+                    ev("UPDATE", r"tcp\s+6 2 CLOSE .*sport=43010 ")),
+            table_count=0))
+
+
+def _udp_refresh() -> Scenario:
+    return Scenario(
+        "udp_refresh",
+        "§4/§7 every packet of an unreplied UDP flow refreshes it: with a 3 s timeout, "
+        "packets 2 s apart keep it alive",
+        MASQ,
+        (udp("priv1", 43020, 7000), Sleep(2.0), udp("priv1", 43020, 7000), Sleep(1.8),
+         udp("priv1", 43021, 7001), Sleep(1.4)),
+        sysctls={"net.netfilter.nf_conntrack_udp_timeout": "3"},
+        expect=Expect(
+            events=(ev("NEW", r"udp\s+17 3 .*sport=43020 "), ev("NEW", r"udp\s+17 3 .*sport=43021 ")),
+            no_events=(r"DESTROY.*sport=43020",),
+            table=(r"^udp\s+17 [01] .*sport=43020 ", r"^udp\s+17 [01] .*sport=43021 "),
+            table_count=2))
+
+
+SCENARIOS: list[Scenario] = [
+    _tcp_lifecycle_client_close(), _tcp_server_close(), _tcp_fin_piggyback(),
+    _tcp_simultaneous_close(), _tcp_half_close(), _tcp_rst_established(),
+    _tcp_rst_answer_to_syn(), _tcp_syn_retransmit(), _tcp_reopen_time_wait(),
+    _tcp_simultaneous_open(), _tcp_midstream_loose(), _tcp_midstream_strict(),
+    _tcp_invalid_flags(), _tcp_out_of_window(), _tcp_be_liberal(), _tcp_unacked_data(),
+    _udp_unreplied(), _udp_replied(), _udp_assured(), _udp_fragments(),
+    _icmp_echo(), _icmp_unanswered(), _icmp_invalid(), _icmp_error_related(), _icmp_error_bad(),
+    _icmp_id_clash(False), _icmp_id_clash(True),
+    _udp_port_clash(), _tcp_port_clash(), _eim_reuse(), _snat_range(), _snat_exhaustion(),
+    _dnat_forward(), _forward_policy(), _invalid_dropped(),
+    _timeouts_expire(), _udp_refresh(),
+]
+BY_NAME = {s.name: s for s in SCENARIOS}
+assert len(BY_NAME) == len(SCENARIOS), "duplicate scenario names"
