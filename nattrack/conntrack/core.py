@@ -99,7 +99,7 @@ class ConntrackTable:
         self._next_id = 1
         # gc_worker state
         self.gc_next_bucket = 0
-        self.gc_next_run = 0
+        self.gc_next_run: int | None = None     # jiffies; None until the clock is first read
         self.gc_avg_timeout = GC_SCAN_INTERVAL_MAX * hz
         self.gc_count = GC_SCAN_INITIAL_COUNT
         self.gc_start_time = 0
@@ -445,6 +445,8 @@ class ConntrackTable:
         time the kernel's worker would have sent them.
         """
         until_j = int(until * self.hz)
+        if self.gc_next_run is None:
+            self.gc_next_run = until_j          # the worker starts with the first packet
         while self.gc_next_run <= until_j:
             set_clock(self.gc_next_run / self.hz)
             self.gc_worker()

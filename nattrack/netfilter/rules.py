@@ -579,7 +579,7 @@ def _kind(rule: Rule, chains: dict) -> int:
     return _FINAL
 
 
-# --- helpers -----------------------------------------------------------------------------------
+# --- helpers ----------------------------------------------------------------------------------
 
 
 def _range_str(lo: int, hi: int, sep: str) -> str:
@@ -645,7 +645,7 @@ def _split(line: str) -> list[str]:
     return tokens
 
 
-# --- the parser ----------------------------------------------------------------------------------
+# --- the parser -------------------------------------------------------------------------------
 
 # Option spellings -> canonical name.
 _CORE_OPTS = {
@@ -711,7 +711,7 @@ class _Parser:
     def error(self, message: str, token: str | None = None, lineno: int | None = None):
         return RulesError(self.filename, self.lineno if lineno is None else lineno, message, token)
 
-    # --- file structure -------------------------------------------------------------------------
+    # --- file structure -----------------------------------------------------------------------
 
     def parse(self, text: str) -> Ruleset:
         tables: dict[str, dict[str, list[Rule]]] = {}
@@ -818,7 +818,7 @@ class _Parser:
                                      f"{rule.target} is only valid in nat "
                                      f"{', '.join(hooks)}", rule.target, rule.line)
 
-    # --- rules -------------------------------------------------------------------------------------
+    # --- rules --------------------------------------------------------------------------------
 
     def _rule_line(self, t: _TableState, line: str) -> None:
         try:
@@ -949,7 +949,7 @@ class _RuleParser:
         self.modules.append(m)
         return m
 
-    # --- core options ------------------------------------------------------------------------------
+    # --- core options -------------------------------------------------------------------------
 
     def core_option(self, tok: str, opt: str, invert: bool) -> None:
         if opt == "-m":
@@ -1057,7 +1057,7 @@ class _RuleParser:
             raise self.error("'! -p all': rule would never match protocol", arg)
         return num
 
-    # --- matches -----------------------------------------------------------------------------------
+    # --- matches ------------------------------------------------------------------------------
 
     def module_option(self, m: _ModuleState, tok: str, opt: str, invert: bool) -> None:
         if opt in m.values:
@@ -1103,7 +1103,8 @@ class _RuleParser:
             t, lo, hi = _ICMP_NAMES[low]
             return IcmpMatch(t, lo, hi, invert)
         typ, slash, code = arg.partition("/")
-        if typ.isdigit() and int(typ) <= 255 and (not slash or (code.isdigit() and int(code) <= 255)):
+        code_ok = not slash or (code.isdigit() and int(code) <= 255)
+        if typ.isdigit() and int(typ) <= 255 and code_ok:
             if int(typ) == ICMP_ANY:
                 return IcmpMatch(ICMP_ANY, 0, 255, invert)
             if slash:
@@ -1120,12 +1121,13 @@ class _RuleParser:
                 extra = (" (SNAT/DNAT need the connection's status, which nattrack's "
                          "match does not see)" if name.upper() in ("SNAT", "DNAT")
                          and module == "conntrack" else "")
-                raise self.error(f"unsupported {module} state {name!r} in {arg!r} (nattrack "
+                opt = "--ctstate" if module == "conntrack" else "--state"
+                raise self.error(f"unsupported state {name!r} in '{opt} {arg}' (nattrack "
                                  f"supports: {', '.join(STATE_BITS)}){extra}", arg)
             mask |= bit
         return mask
 
-    # --- targets -----------------------------------------------------------------------------------
+    # --- targets ------------------------------------------------------------------------------
 
     def target_option(self, tok: str, opt: str) -> None:
         if opt in self.target_opts:
@@ -1194,7 +1196,7 @@ class _RuleParser:
             flags |= NF_NAT_RANGE_PROTO_SPECIFIED
         return NatRange(min_ip, max_ip, min_port, max_port, flags)
 
-    # --- the end of the line ---------------------------------------------------------------------
+    # --- the end of the line ------------------------------------------------------------------
 
     def finish(self) -> Rule:
         proto, pinv = self.f.get("proto", 0), self.f.get("proto_invert", False)

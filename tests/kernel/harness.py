@@ -461,17 +461,20 @@ class KernelLab:
 
     def __init__(self, rules_text: str, sysctls: dict[str, str] | None = None,
                  quiet_hosts: bool = True, public_extra: Iterable[str] = (),
-                 workdir: str | Path | None = None, keep_workdir: bool = False):
+                 workdir: str | Path | None = None, keep_workdir: bool = True):
         self.rules_text = rules_text
         self.base_sysctls = dict(sysctls or {})
         self.quiet_hosts = quiet_hosts
         self.public_extra = tuple(public_extra)
         self.prefix = f"ntk{os.getpid()}x{next(_counter)}-"
+        # Recordings point into the workdir, so by default it outlives the lab; with
+        # keep_workdir=False a workdir the lab made itself is removed at teardown.
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=self.prefix))
         self.keep_workdir = keep_workdir or not self._own_workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._procs: list[subprocess.Popen] = []
+        self.started_pids: list[int] = []          # every process ever started (for checks)
         self._agents: dict[str, _Agent] = {}
         self._ns_created: list[str] = []
         self._sysctl_saved: dict[str, str] = {}     # key -> original value (router)
@@ -542,6 +545,7 @@ class KernelLab:
         # teardown then stops these in order.
         p = subprocess.Popen(full, start_new_session=True, **kw)
         self._procs.append(p)
+        self.started_pids.append(p.pid)
         return p
 
     # -- build ----------------------------------------------------------------------------

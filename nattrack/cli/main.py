@@ -1,0 +1,114 @@
+"""The `nattrack` command line.
+
+Each subcommand is a thin layer over the engine; errors are one line that
+says what is wrong and what to do, with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..conntrack import show
+from ..conntrack.sysctl import SysctlError
+from ..netfilter.rules import RulesError
+from ..packet.pcapio import CaptureError
+
+
+def _kv(items, what: str) -> dict[str, str]:
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{what} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def cmd_replay(args) -> int:
+    from ..replay import parse_iface_args, parse_source_args, replay_captures
+    from .steps import StepPrinter
+
+    if not args.iface:
+        raise ValueError("replay needs the router's interfaces: --iface NAME=ADDR/PREFIX (one per interface)")
+    ifaces = parse_iface_args(args.iface)
+    routes = _kv(args.route, "--route")
+    sysctls = _kv(args.sysctl, "--sysctl")
+    printer = StepPrinter(sys.stdout) if args.steps else None
+    res = replay_captures(parse_source_args(args.capture), ifaces, routes, sysctls=sysctls,
+                          now=args.now, seed=args.seed, rules_path=args.rules,
+                          on_packet=printer, write=args.write)
+    for name in res.truncated:
+        print(f"nattrack: warning: {name} ends in a truncated record; replayed what was complete",
+              file=sys.stderr)
+    show_all = not (args.events or args.list or args.stats)
+    if args.json:
+        out = {}
+        if args.events or show_all:
+            out["events"] = res.events_json
+        if args.list or show_all:
+            out["table"] = res.table_json
+        if args.stats or show_all:
+            out["stats"] = res.stats
+        out["packets"] = {"replayed": res.packets, "not_ipv4": res.skipped,
+                          "ip_header_errors": res.ip_hdr_errors, "dropped": res.dropped}
+        json.dump(out, sys.stdout, indent=2)
+        print()
+        return 0
+    if args.events or show_all:
+        for line in res.events:
+            print(line)
+        print(show.EVENT_SUMMARY.format(n=len(res.events)), file=sys.stderr)
+    if args.list or show_all:
+        for line in res.table:
+            print(line)
+        print(show.LIST_SUMMARY.format(n=len(res.table)), file=sys.stderr)
+    if args.stats or show_all:
+        print(show.format_stats(res.stats))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nattrack", description="Linux connection tracking and NAT, "
+                                "reproduced in Python for teaching")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("replay", help="run captures through the engine as a router (no root needed)",
+                       description="Replay pcap/pcapng captures through the conntrack+NAT engine. "
+                       "A capture is PATH (pcapng: the ingress interface is each packet's interface "
+                       "name) or IFACE=PATH (one capture per interface).")
+    r.add_argument("capture", nargs="+", help="PATH or IFACE=PATH")
+    r.add_argument("--iface", action="append", metavar="NAME=ADDR/PREFIX",
+                   help="a router interface (repeatable)")
+    r.add_argument("--route", action="append", metavar="DEST=IFACE",
+                   help="a route besides the connected subnets, e.g. default=eth1 "
+                        "or 198.51.100.0/24='eth1 via 203.0.113.254'")
+    r.add_argument("--rules", metavar="FILE", help="NAT and filter rules (iptables-save syntax)")
+    r.add_argument("--sysctl", action="append", metavar="KEY=VALUE",
+                   help="a conntrack setting, e.g. net.netfilter.nf_conntrack_udp_timeout=10")
+    r.add_argument("-E", "--events", action="store_true", help="events as `conntrack -E -o timestamp`")
+    r.add_argument("-L", "--list", action="store_true", help="the table after the last packet")
+    r.add_argument("-S", "--stats", action="store_true", help="the counters, as `conntrack -S`")
+    r.add_argument("--json", action="store_true", help="the same data as JSON")
+    r.add_argument("--now", type=float, metavar="EPOCH", help="list remaining timeouts as of this time")
+    r.add_argument("-w", "--write", metavar="OUT.pcapng", help="every packet as it leaves, after NAT")
+    r.add_argument("--steps", action="store_true",
+                   help="after each packet, show its path through the hooks and the table")
+    r.add_argument("--seed", type=int, help="seed for NAT's random port choice (reproducible runs)")
+    r.set_defaults(func=cmd_replay)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, RulesError, SysctlError, CaptureError) as exc:
+        print(f"nattrack: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
