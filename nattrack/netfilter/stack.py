@@ -143,6 +143,8 @@ class Router:
         """A datagram arrived on ``pkt.iif``: run it through the router."""
         v = Verdict()
         step = v.steps.append if trace else None
+        if step:
+            step(("received", f"on {pkt.iif}: {pkt.summary()}"))
         whole = self.defrag.add(pkt, self.clock())
         if whole is None:
             if step:
@@ -152,11 +154,12 @@ class Router:
         if self.ct.conntrack_in(pkt, NF_INET_PRE_ROUTING) == NF_DROP:
             return self._drop(v, "conntrack: table full")
         if step:
-            step(("PRE_ROUTING", "conntrack " + _ct_note(pkt)))
+            step(("PRE_ROUTING", "conntrack: " + _ct_note(pkt)))
+            before = _addr_note(pkt)
         if self._nat(NF_INET_PRE_ROUTING, pkt, None) == NF_DROP:
             return self._drop(v, "nat PREROUTING")
         if step:
-            step(("PRE_ROUTING", "DNAT -> " + _addr_note(pkt)))
+            step(("PRE_ROUTING", _nat_note("nat (destination)", before, pkt)))
         if pkt.dst in self.local:
             return self._local_in(pkt, v, step)
         if not self.ip_forward:
@@ -170,21 +173,25 @@ class Router:
         if self._filter(NF_INET_FORWARD, pkt, r.iface) == NF_DROP:
             return self._drop(v, "filter FORWARD")
         if step:
-            step(("FORWARD", f"filter ACCEPT, out {r.iface}"))
+            step(("FORWARD", f"routed out {r.iface}, TTL now {pkt.ttl}, filter: ACCEPT"))
         self._post_routing(pkt, r.iface, v, step)
         if not v.dropped:
             self.counters["forwarded"] += 1
         return v
 
     def _post_routing(self, pkt: Packet, oif: str, v: Verdict, step) -> None:
+        before = _addr_note(pkt) if step else ""
         if self._nat(NF_INET_POST_ROUTING, pkt, oif) == NF_DROP:
             self._drop(v, "nat POSTROUTING")
             return
+        new = pkt.ct is not None and not pkt.ct.is_confirmed()
         if self.ct.confirm(pkt) == NF_DROP:
-            self._drop(v, "conntrack confirm: clash")
+            self._drop(v, "conntrack confirm: the reply tuple is taken (clash)")
             return
         if step:
-            step(("POST_ROUTING", "SNAT -> " + _addr_note(pkt) + ", confirmed"))
+            step(("POST_ROUTING", _nat_note("nat (source)", before, pkt)))
+            if new:
+                step(("POST_ROUTING", "conntrack: confirmed, the entry is now in the table"))
         pkt.oif = oif
         mtu = self.ifaces[oif].mtu
         for data in refragment(pkt, mtu):
@@ -236,8 +243,7 @@ class Router:
     def _drop(self, v: Verdict, why: str) -> Verdict:
         v.dropped = why
         self.counters["dropped"] += 1
-        if v.steps is not None:
-            v.steps.append(("DROP", why))
+        v.steps.append(("DROP", why))
         return v
 
     # --- maintenance ---------------------------------------------------------------------
@@ -258,6 +264,13 @@ def _ct_note(pkt: Packet) -> str:
 
 def _addr_note(pkt: Packet) -> str:
     return f"{int2ip(pkt.src)}:{pkt.sport} > {int2ip(pkt.dst)}:{pkt.dport}"
+
+
+def _nat_note(kind: str, before: str, pkt: Packet) -> str:
+    after = _addr_note(pkt)
+    if pkt.ct is None:
+        return f"{kind}: none (INVALID packets are never translated)"
+    return f"{kind}: {before} -> {after}" if after != before else f"{kind}: no change"
 
 
 __all__ = ["Router", "Sent", "Verdict", "HOOK_NAMES", "parse_cidr"]

@@ -254,7 +254,27 @@ class Packet:
         """The datagram (link header and trailing padding excluded)."""
         return bytes(self.buf[self.off:self.off + self.tot_len])
 
+    def summary(self) -> str:
+        """A tcpdump-like one-line description."""
+        src, dst = _ntoa(self.src), _ntoa(self.dst)
+        if self.frag or self.mf:
+            return f"{src} > {dst}: fragment proto {self.proto} offset {self.frag}{' MF' if self.mf else ''}"
+        if self.proto == IPPROTO_TCP:
+            flags = "".join(ch for bit, ch in _TCP_LETTERS if self.tcpflags & bit) or "none"
+            return f"{src}.{self.sport} > {dst}.{self.dport}: tcp [{flags}] seq {self.seq} len {self.payload_len}"
+        if self.proto == IPPROTO_UDP:
+            return f"{src}.{self.sport} > {dst}.{self.dport}: udp len {self.payload_len}"
+        if self.proto == IPPROTO_ICMP:
+            ident = f" id {self.sport}" if self.itype in ICMP_QUERY_TYPES else ""
+            return f"{src} > {dst}: icmp type {self.itype} code {self.icode}{ident}"
+        return f"{src} > {dst}: proto {self.proto} len {self.l4len}"
+
     def __repr__(self) -> str:
-        from ..conntrack.tuple import int2ip
-        return (f"<Packet proto={self.proto} {int2ip(self.src)}:{self.sport} > "
-                f"{int2ip(self.dst)}:{self.dport} iif={self.iif} flags={self.tcpflags:#x}>")
+        return f"<Packet {self.summary()} iif={self.iif}>"
+
+
+_TCP_LETTERS = ((TH_SYN, "S"), (TH_FIN, "F"), (TH_RST, "R"), (TH_PSH, "P"), (TH_ACK, "."), (TH_URG, "U"))
+
+
+def _ntoa(addr: int) -> str:
+    return f"{addr >> 24}.{addr >> 16 & 255}.{addr >> 8 & 255}.{addr & 255}"
