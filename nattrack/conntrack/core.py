@@ -117,12 +117,22 @@ class ConntrackTable:
     def is_expired(self, ct: Conn, now_j: int | None = None) -> bool:
         return ct.timeout - (self.jiffies() if now_j is None else now_j) <= 0
 
-    def refresh(self, ct: Conn, seconds: int) -> None:
-        """__nf_ct_refresh_acct(): the deadline becomes now + seconds (replaces, may shorten)."""
-        if ct.status & IPS_FIXED_TIMEOUT:
-            return
-        extra = seconds * self.hz
-        ct.timeout = self.jiffies() + extra if ct.status & IPS_CONFIRMED else extra
+    def refresh(self, ct: Conn, seconds: int, pkt=None, direction: int = 0) -> None:
+        """__nf_ct_refresh_acct(): the deadline becomes now + seconds (replaces, may
+        shorten), and the packet is counted (nf_conntrack_acct)."""
+        if not ct.status & IPS_FIXED_TIMEOUT:
+            extra = seconds * self.hz
+            ct.timeout = self.jiffies() + extra if ct.status & IPS_CONFIRMED else extra
+        if pkt is not None:
+            self.acct(ct, pkt, direction)
+
+    @staticmethod
+    def acct(ct: Conn, pkt, direction: int) -> None:
+        """nf_ct_acct_update(): packets and bytes (IP total length) per direction."""
+        if ct.counters is not None:
+            c = 2 * direction
+            ct.counters[c] += 1
+            ct.counters[c + 1] += pkt.tot_len
 
     # --- lookup -----------------------------------------------------------------------
 
@@ -246,10 +256,6 @@ class ConntrackTable:
         if ctinfo == IP_CT_ESTABLISHED_REPLY and not ct.status & IPS_SEEN_REPLY:
             ct.status |= IPS_SEEN_REPLY
             ct.ecache |= IPCT_REPLY
-        if ct.counters is not None and not ct.status & IPS_DYING:
-            c = 2 if direction else 0
-            ct.counters[c] += 1
-            ct.counters[c + 1] += pkt.tot_len
         pkt.ct, pkt.ctinfo = ct, ctinfo
         return NF_ACCEPT
 

@@ -10,5 +10,5 @@ NF_ACCEPT = 1
 
 
 def generic_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: bool) -> int:
-    table.refresh(ct, table.sysctl["nf_conntrack_generic_timeout"])
+    table.refresh(ct, table.sysctl["nf_conntrack_generic_timeout"], pkt, direction)
     return NF_ACCEPT

@@ -19,7 +19,7 @@ def icmp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting:
     """nf_conntrack_icmp_packet(): only requests may open an entry; refresh to 30 s."""
     if ct.orig.dport >> 8 not in ICMP_QUERY_TYPES:
         return INVALID                     # "can't create new conn with type"
-    table.refresh(ct, table.sysctl["nf_conntrack_icmp_timeout"])
+    table.refresh(ct, table.sysctl["nf_conntrack_icmp_timeout"], pkt, direction)
     return NF_ACCEPT
 
 

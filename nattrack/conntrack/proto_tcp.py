@@ -442,6 +442,7 @@ def tcp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: 
     if not ct.status & IPS_SEEN_REPLY:
         if flags & TH_RST:
             # The only answer is a RST: no connection, delete the entry at once.
+            table.acct(ct, pkt, direction)      # nf_ct_kill_acct()
             table.kill(ct)
             return NF_ACCEPT
         if index == TCP_SYN_SET and old_state == TCP_CONNTRACK_SYN_SENT:
@@ -454,7 +455,7 @@ def tcp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: 
           and new_state == TCP_CONNTRACK_ESTABLISHED):
         ct.status |= IPS_ASSURED
         ct.ecache |= IPCT_ASSURED
-    table.refresh(ct, timeout)
+    table.refresh(ct, timeout, pkt, direction)
     return NF_ACCEPT
 
 

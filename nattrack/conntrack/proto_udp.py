@@ -37,12 +37,12 @@ def udp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: 
         if now_j > ct.proto:                                  # time_after(jiffies, stream_ts)
             extra = sysctl["nf_conntrack_udp_timeout_stream"]
             stream = not status & IPS_ASSURED
-        table.refresh(ct, extra)
+        table.refresh(ct, extra, pkt, direction)
         if status & IPS_NAT_CLASH:
             return NF_ACCEPT                                  # clash entries time out soon
         if stream and not ct.status & IPS_ASSURED:
             ct.status |= IPS_ASSURED
             ct.ecache |= IPCT_ASSURED
     else:
-        table.refresh(ct, sysctl["nf_conntrack_udp_timeout"])
+        table.refresh(ct, sysctl["nf_conntrack_udp_timeout"], pkt, direction)
     return NF_ACCEPT

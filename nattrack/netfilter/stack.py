@@ -44,6 +44,10 @@ class Route:
     plen: int
     iface: str
     gateway: int | None = None
+    mask: int = 0
+
+    def __post_init__(self) -> None:
+        self.mask = _mask(self.plen)
 
 
 @dataclass
@@ -110,7 +114,7 @@ class Router:
     def route(self, daddr: int) -> Route | None:
         """fib_lookup(): the longest matching prefix."""
         for r in self.routes:
-            if daddr & _mask(r.plen) == r.net:
+            if daddr & r.mask == r.net:
                 return r
         return None
 
