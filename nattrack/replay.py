@@ -121,7 +121,7 @@ def replay_captures(sources: Iterable[tuple[str | None, str]], ifaces: dict[str,
     if end > clock():
         table.run_gc_until(end, clock.set)
     clock.set(end)
-    listing = list(table.conns(reap=False))
+    listing = list(table.conns())        # like the kernel's dump, reaps what has expired
     now_j = table.jiffies()
     res.table = [show.format_conn(ct, now_j) for ct in listing]
     res.table_json = [show.conn_json(ct, now_j) for ct in listing]

@@ -26,7 +26,7 @@ import gc
 import random
 from typing import Callable, Iterator
 
-from . import proto_generic, proto_icmp, proto_tcp, proto_udp
+from . import proto_generic, proto_gre, proto_icmp, proto_tcp, proto_udp
 from .conn import (HZ, IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_NEW, IP_CT_RELATED,
                    IPCT_DESTROY, IPCT_NEW, IPCT_RELATED, IPS_ASSURED, IPS_CONFIRMED, IPS_DYING,
                    IPS_EXPECTED, IPS_FIXED_TIMEOUT, IPS_SEEN_REPLY, IPCT_REPLY, Conn)
@@ -56,6 +56,7 @@ PROTO_HANDLERS = {
     IPPROTO_TCP: proto_tcp.tcp_packet,
     IPPROTO_UDP: proto_udp.udp_packet,
     IPPROTO_ICMP: proto_icmp.icmp_packet,
+    proto_gre.IPPROTO_GRE: proto_gre.gre_packet,
 }
 
 # listener(kind "NEW" | "UPDATE" | "DESTROY", ct, table, event bits)
@@ -293,9 +294,12 @@ class ConntrackTable:
                     self.kill(other)
                     other = None
                 if other is not None:
-                    # No clash resolution can merge two different flows here.
+                    # No clash resolution can merge two different flows here; the
+                    # entry dies with its packet and leaves NAT's by-source hash.
                     self.stats["drop"] += 1
                     self.stats["insert_failed"] += 1
+                    ct.status |= IPS_DYING
+                    self._nat_cleanup(ct)
                     pkt.ct = None
                     return NF_DROP
             ct.timeout += self.jiffies()

@@ -38,7 +38,6 @@ TIMEOUT_SYSCTL = {
     TCP_CONNTRACK_LAST_ACK: "nf_conntrack_tcp_timeout_last_ack",
     TCP_CONNTRACK_TIME_WAIT: "nf_conntrack_tcp_timeout_time_wait",
     TCP_CONNTRACK_CLOSE: "nf_conntrack_tcp_timeout_close",
-    TCP_CONNTRACK_SYN_SENT2: "nf_conntrack_tcp_timeout_syn_sent",   # shares SYN_SENT's value
     TCP_CONNTRACK_RETRANS: "nf_conntrack_tcp_timeout_max_retrans",
     TCP_CONNTRACK_UNACK: "nf_conntrack_tcp_timeout_unacknowledged",
 }
@@ -321,7 +320,12 @@ def tcp_can_early_drop(tcp: TcpState) -> bool:
                          TCP_CONNTRACK_CLOSE, TCP_CONNTRACK_CLOSE_WAIT)
 
 
+SYN_SENT2_TIMEOUT = 120      # tcp_timeouts[TCP_CONNTRACK_SYN_SENT2]: no sysctl changes it
+
+
 def state_timeout(sysctl, state: int) -> int:
+    if state == TCP_CONNTRACK_SYN_SENT2:
+        return SYN_SENT2_TIMEOUT
     return sysctl[TIMEOUT_SYSCTL[state]]
 
 

@@ -17,6 +17,8 @@ DEFAULTS: dict[str, int] = {
     "nf_conntrack_events": 2,
     "nf_conntrack_log_invalid": 0,
     "nf_conntrack_generic_timeout": 600,
+    "nf_conntrack_gre_timeout": 30,
+    "nf_conntrack_gre_timeout_stream": 180,
     "nf_conntrack_icmp_timeout": 30,
     "nf_conntrack_udp_timeout": 30,
     "nf_conntrack_udp_timeout_stream": 120,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from ..conntrack.conn import (IP_CT_DIR_ORIGINAL, IP_CT_IS_REPLY, IP_CT_NEW, IP_CT_RELATED,
                               IP_CT_RELATED_REPLY, IPS_DST_NAT, IPS_DST_NAT_DONE, IPS_DYING,
-                              IPS_FIXED_TIMEOUT, IPS_NAT_MASK, IPS_SRC_NAT, IPS_SRC_NAT_DONE,
+                              IPS_FIXED_TIMEOUT, IPS_NAT_MASK, IPS_SEQ_ADJUST, IPS_SRC_NAT, IPS_SRC_NAT_DONE,
                               Conn, ctinfo_dir)
 from ..conntrack.core import (NF_ACCEPT, NF_DROP, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT,
                               NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING)
@@ -39,6 +39,7 @@ NF_NAT_RANGE_PROTO_RANDOM_ALL = NF_NAT_RANGE_PROTO_RANDOM | NF_NAT_RANGE_PROTO_R
 NF_NAT_MAX_ATTEMPTS = 128
 NF_NAT_HARDER_THRESH = NF_NAT_MAX_ATTEMPTS // 4
 PORT_PROTOS = (IPPROTO_TCP, IPPROTO_UDP, 33, 132, 136)       # tcp udp dccp sctp udplite
+ALLOW_CLASH = (IPPROTO_ICMP, IPPROTO_UDP, 136)              # l4proto->allow_clash
 
 # The iptables nat chain that each hook runs.
 NAT_CHAIN = {NF_INET_PRE_ROUTING: "PREROUTING", NF_INET_LOCAL_OUT: "OUTPUT",
@@ -127,16 +128,20 @@ def nf_nat_used_tuple(table, t: Tuple, ct: Conn) -> bool:
 
 
 def nf_nat_used_tuple_new(table, t: Tuple, ct: Conn) -> bool:
-    """nf_nat_used_tuple_new(): like used_tuple, but an un-NATed exact reverse flow is no clash."""
+    """nf_nat_used_tuple_new(): like used_tuple, but for protocols that allow clash
+    resolution an un-NATed flow that is our exact reverse is no clash (two first
+    packets crossing each other)."""
     if not nf_nat_used_tuple(table, t, ct):
         return False
-    found = table.find(t)
-    if found is None:
-        return False
-    other, direction = found
-    if direction != 1 or other.status & IPS_NAT_MASK:
+    if t.proto not in ALLOW_CLASH:
         return True
-    return not (other.orig == ct.reply and other.reply == ct.orig)
+    found = table.find(t) or table.find(invert_tuple(t))
+    if found is None:
+        return False                     # the clashing entry went away
+    other = found[0]
+    if other.status & (IPS_NAT_MASK | IPS_SEQ_ADJUST):
+        return True
+    return other.orig != ct.reply
 
 
 def _nf_nat_used_tuple_harder(table, t: Tuple, ct: Conn, attempts_left: int) -> bool:

@@ -98,6 +98,7 @@ class KernelRuns:
         self.recordings: dict[str, Recording] = {}
         self.errors: dict[str, BaseException] = {}
         self.durations: dict[str, float] = {}
+        self.labs = 0
 
     def get(self, name: str) -> Recording:
         if name not in self.recordings and name not in self.errors:
@@ -112,7 +113,8 @@ class KernelRuns:
         group = [s for s in SCENARIOS if s.rules == rules
                  and s.name not in self.recordings and s.name not in self.errors]
         extra = tuple(sorted({a for s in group for a in s.public_extra}))
-        workdir = self.base_dir / f"lab{len(self.durations)}"
+        workdir = self.base_dir / f"lab{self.labs}"
+        self.labs += 1
         try:
             with KernelLab(rules, public_extra=extra, workdir=workdir) as lab:
                 for sc in group:

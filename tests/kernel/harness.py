@@ -14,11 +14,12 @@ real ones), IPv6 is disabled everywhere (no stray router solicitations in
 the captures) and all neighbour entries are static, so no ARP happens during
 a scenario.  The router forwards (``ip_forward=1``, ``rp_filter=0``, no
 redirects), has a default route via pub, loads ``rules_text`` with
-``iptables-restore`` and always has connection tracking active (a separate
-nft table ``ntk_oracle`` holds one no-op ``ct state`` rule for that).  With
+``iptables-restore`` and always has connection tracking active (one rule without
+a target, ``-t mangle -A PREROUTING -m conntrack ! --ctstate UNTRACKED``, is added
+after the ruleset for that: it changes nothing but makes the kernel track).  With
 ``quiet_hosts`` the hosts' own kernels drop every incoming IP packet in their
 raw table, so they never answer crafted packets; frames are still sent by
-the per-host agents (:mod:`tests.kernel.agent`, raw AF_PACKET sockets).
+the per-host agents (``agent.py`` beside this file, raw AF_PACKET sockets).
 
 Recording (:meth:`KernelLab.start_recording` / :meth:`KernelLab.stop_recording`,
 or :meth:`KernelLab.run_scenario`) runs, in the router namespace,
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import ipaddress
 import itertools
 import os
 import re
@@ -83,7 +83,7 @@ STAT_KEYS = ("found", "invalid", "insert", "insert_failed", "drop", "early_drop"
 
 # Debian package providing each external tool (for a clear "install X" message).
 TOOLS = {"ip": "iproute2", "conntrack": "conntrack", "iptables-restore": "iptables",
-         "tcpdump": "tcpdump", "ethtool": "ethtool", "nft": "nftables", "sysctl": "procps"}
+         "tcpdump": "tcpdump", "ethtool": "ethtool", "iptables": "iptables"}
 
 PREFIX_RE = re.compile(r"^ntk(\d+)x\d+-")
 _counter = itertools.count()
@@ -193,6 +193,7 @@ class Recording:
     started_at: float
     workdir: Path
     log: list[tuple[float, str]] = dataclasses.field(default_factory=list)  # (epoch, step)
+    problems: list[str] = dataclasses.field(default_factory=list)  # recorder trouble
 
     def frames(self, iface: str, direction: str) -> list[tuple[float, bytes]]:
         return read_pcap(self.pcaps[(iface, direction)])
@@ -257,8 +258,8 @@ def read_pcap(path: Path | str) -> list[tuple[float, bytes]]:
 def summarize(frame: bytes) -> str:
     """A one-line, tcpdump-like description of an Ethernet frame (for diffs and expectations).
 
-    ``tcp 203.0.113.1:40000 > 203.0.113.2:80 [S] seq=1000 ack=0 len=0 id=1``;
-    ``udp 10.0.0.2:41000 > 203.0.113.2:5353 len=5 id=7``;
+    ``tcp 203.0.113.1:40000 > 203.0.113.2:80 [S] seq=1000 ack=0 len=0 ipid=1``;
+    ``udp 10.0.0.2:41000 > 203.0.113.2:5353 len=5 ipid=7``;
     ``icmp 10.0.0.2 > 203.0.113.2 type=8 code=0 id=4242 seq=1 ipid=3``;
     ICMP errors add ``[inner: <summary of the embedded packet>]``; fragments show
     ``frag off=N mf=1``.  ``badsum`` is appended when an IP/L4 checksum is wrong.
@@ -275,7 +276,7 @@ def _summarize_ip(ip, frame_bytes: bytes | None = None, inner: bool = False) -> 
     from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror, ICMPerror
     bad = "" if inner else _bad_checksums(frame_bytes if frame_bytes is not None else bytes(ip))
     if ip.frag or ip.flags.MF:
-        s = f"ip {ip.src} > {ip.dst} proto={ip.proto} frag off={ip.frag * 8} mf={int(bool(ip.flags.MF))} id={ip.id}"
+        s = f"ip {ip.src} > {ip.dst} proto={ip.proto} frag off={ip.frag * 8} mf={int(bool(ip.flags.MF))} ipid={ip.id}"
         if ip.frag == 0 and ip.proto == 17 and len(bytes(ip.payload)) >= 4:
             raw = bytes(ip.payload)
             s += f" sport={int.from_bytes(raw[0:2], 'big')} dport={int.from_bytes(raw[2:4], 'big')}"
@@ -300,7 +301,7 @@ def _summarize_ip(ip, frame_bytes: bytes | None = None, inner: bool = False) -> 
     else:
         s = f"ip {ip.src} > {ip.dst} proto={ip.proto}"
     if not inner:
-        s += f" id={ip.id}"
+        s += f" ipid={ip.id}"
     return s + bad
 
 
@@ -445,6 +446,30 @@ def _kill_netns_pids(ns: str) -> None:
             return
 
 
+_sigterm_prev: list = []
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    # Unwind like an exception so every live lab's context exit tears it down.
+    raise SystemExit(128 + signum)
+
+
+def _hook_sigterm() -> None:
+    """While labs are live, SIGTERM (e.g. a CI timeout) unwinds instead of killing
+    the process outright, so namespaces and recorders are still cleaned up."""
+    if _sigterm_prev or threading.current_thread() is not threading.main_thread():
+        return
+    prev = signal.getsignal(signal.SIGTERM)
+    if prev in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        _sigterm_prev.append(prev)
+
+
+def _unhook_sigterm() -> None:
+    if _sigterm_prev and not _live_labs and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_prev.pop())
+
+
 @atexit.register
 def _teardown_all() -> None:
     with _live_lock:
@@ -507,6 +532,7 @@ class KernelLab:
     def __enter__(self) -> "KernelLab":
         with _live_lock:
             _live_labs.add(self)
+        _hook_sigterm()
         try:
             self._build()
         except BaseException:
@@ -557,17 +583,17 @@ class KernelLab:
             self._ns_created.append(name)
         # Base sysctls of every namespace: no IPv6 (no RS/ND/MLD noise), lo up.
         for short in NAMESPACES:
-            self.exec(short, "sysctl", "-q", "-w",
-                      "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
-                      "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
+            self.write_sysctls(short, {
+                "net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1",
+                "net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.default.rp_filter": "0"})
         self.exec("sw", "sh", "-c",
                   "for f in /proc/sys/net/bridge/bridge-nf-call-*; do "
                   "[ -w \"$f\" ] && echo 0 > \"$f\"; done; true")
-        self.exec("rtr", "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
-                  "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0",
-                  "net.ipv4.conf.all.accept_redirects=0")
+        self.write_sysctls("rtr", {
+            "net.ipv4.ip_forward": "1", "net.ipv4.conf.all.send_redirects": "0",
+            "net.ipv4.conf.default.send_redirects": "0",
+            "net.ipv4.conf.all.accept_redirects": "0"})
 
-        sw, r, pub = self.ns("sw"), self.ns("rtr"), self.ns("pub")
         # veth pairs, created inside the namespaces (names never touch the root ns).
         links = [
             ("sw", "sw-priv1", MACS["sw-priv1"], "priv1", "eth0", MACS["priv1"]),
@@ -621,11 +647,8 @@ class KernelLab:
                 self.exec(host, "iptables", "-w", "-t", "raw", "-A", "PREROUTING", "-j", "DROP")
         # Router ruleset, and conntrack forced active whatever the ruleset says.
         self.exec("rtr", "iptables-restore", "-w", input=self.rules_text)
-        self.exec("rtr", "nft", "-f", "-", input=(
-            "table ip ntk_oracle {\n"
-            "  chain pre { type filter hook prerouting priority 1000; policy accept;"
-            " ct state != untracked counter; }\n"
-            "}\n"))
+        self.exec("rtr", "iptables", "-w", "-t", "mangle", "-A", "PREROUTING",
+                  "-m", "conntrack", "!", "--ctstate", "UNTRACKED")
         self.set_sysctls(self.base_sysctls)
         self.conntrack("-F", check=False)
         for host in HOSTS:
@@ -661,10 +684,26 @@ class KernelLab:
         self.sysctls = dict(wanted)
 
     def _read_sysctl(self, key: str) -> str:
-        return self.exec("rtr", "sysctl", "-n", key).stdout.strip()
+        return self.read_sysctl("rtr", key)
 
     def _write_sysctl(self, key: str, value: str) -> None:
-        self.exec("rtr", "sysctl", "-q", "-w", f"{key}={value}")
+        self.write_sysctls("rtr", {key: value})
+
+    @staticmethod
+    def _sysctl_path(key: str) -> str:
+        return "/proc/sys/" + key.replace(".", "/")
+
+    def read_sysctl(self, short: str, key: str) -> str:
+        """A sysctl (kernel name) as seen in one of the lab's namespaces."""
+        return self.exec(short, "cat", self._sysctl_path(key)).stdout.strip()
+
+    def write_sysctls(self, short: str, values: dict[str, str]) -> None:
+        """Write sysctls in a namespace (no procps needed: plain writes to /proc/sys)."""
+        args: list[str] = []
+        for key, value in values.items():
+            args += [self._sysctl_path(key), str(value)]
+        self.exec(short, "sh", "-ec", 'while [ $# -gt 0 ]; do printf "%s\n" "$2" > "$1"; '
+                  'shift 2; done', "sh", *args)
 
     # -- sending --------------------------------------------------------------------------
 
@@ -806,10 +845,22 @@ class KernelLab:
             time.sleep(0.2)                         # events of the listing (reaped entries)
         finally:
             self._rec = None
+            died = [p for p in rec["procs"] if p.poll() is not None]
             for p in rec["procs"]:
                 self._stop_proc(p, signal.SIGINT)
+        problems = [f"recorder exited early: {' '.join(map(str, p.args[4:]))} "
+                    f"(status {p.returncode})" for p in died]
         events = [line for line in rec["events_out"].read_text(errors="replace").splitlines()
                   if line.strip() and "flow events have been shown" not in line]
+        err = rec["events_err"].read_text(errors="replace")
+        m = re.search(r"(\d+) flow events have been shown", err)
+        if not m or int(m.group(1)) != len(events):
+            problems.append(f"conntrack -E: {len(events)} lines read but it said: {err.strip()!r}")
+        for p, errfile in rec["tcpdump_err"]:
+            m = re.search(r"(\d+) packets? dropped by kernel", errfile.read_text(errors="replace"))
+            if m and int(m.group(1)):
+                problems.append(f"tcpdump {' '.join(map(str, p.args[4:8]))}: "
+                                f"{m.group(1)} packets dropped by kernel")
         table = [line for line in table_out.splitlines()
                  if line.strip() and "flow entries have been shown" not in line]
         stats = {k: stats_after.get(k, 0) - rec["stats_before"].get(k, 0)
@@ -817,7 +868,8 @@ class KernelLab:
         return Recording(name=rec["name"], pcaps=dict(rec["pcaps"]), events=events, table=table,
                          listed_at=listed_at, stats=stats, stats_total=stats_after,
                          rules_text=self.rules_text, sysctls=dict(self.sysctls),
-                         started_at=rec["started_at"], workdir=rec["dir"], log=rec["log"])
+                         started_at=rec["started_at"], workdir=rec["dir"], log=rec["log"],
+                         problems=problems)
 
     def _stop_proc(self, p: subprocess.Popen, sig: int = signal.SIGTERM,
                    timeout: float = 3.0) -> None:
@@ -912,6 +964,7 @@ class KernelLab:
         finally:
             with _live_lock:
                 _live_labs.discard(self)
+            _unhook_sigterm()
             if old is not None:
                 signal.signal(signal.SIGINT, old)
 
@@ -921,7 +974,7 @@ class KernelLab:
 
 def check_expectations(expect: Expect, rec: Recording) -> list[str]:
     """Problems found comparing the kernel's recording with ``expect`` (empty = all good)."""
-    problems: list[str] = []
+    problems: list[str] = [f"recording: {p}" for p in rec.problems]
     events = rec.events_stripped()
     i = 0
     for pat in expect.events:

@@ -11,6 +11,8 @@ The router masquerades behind 203.0.113.1 unless a scenario says otherwise.
 """
 from __future__ import annotations
 
+import re
+
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 
 from .harness import (PRIV1, PRIV2, PUB, ROUTER_PUB, Expect, Scenario, Send, Sleep)
@@ -50,6 +52,12 @@ SNAT_TINY = ("*nat\n"
              ":POSTROUTING ACCEPT [0:0]\n"
              "-A POSTROUTING -o r-pub -p udp -j SNAT --to-source 203.0.113.1:2000-2001\n"
              "COMMIT\n")
+
+MASQ_NOTRACK = ("*raw\n"
+                ":PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                "-A PREROUTING -p udp --dport 5300 -j NOTRACK\n"
+                "-A PREROUTING -p udp --sport 5300 -j NOTRACK\n"
+                "COMMIT\n") + MASQ
 
 DNAT_FORWARD = ("*nat\n"
                 ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
@@ -180,6 +188,12 @@ def frags(host: str, sport: int, dport: int, size: int, fragsize: int, ident: in
 
 # Regular-expression shorthands for the expectations.
 def ev(kind: str, rest: str) -> str:
+    """An event line pattern; a literal timeout N also accepts N-1 (the kernel computes
+    the printed value when the event is sent, which may be a jiffy after the refresh)."""
+    def relax(m: re.Match) -> str:
+        n = int(m.group(3))
+        return f"{m.group(1)}{m.group(2)}(?:{n}|{n - 1})" if n > 0 else m.group(0)
+    rest = re.sub(r"^(tcp|udp|icmp)(\\s\+\d+ |\s+\d+ )(\d+)(?= )", relax, rest)
     return rf"^\s*\[{kind}\] {rest}"
 
 
@@ -441,6 +455,71 @@ def _tcp_unacked_data() -> Scenario:
             table=(r"^tcp\s+6 (299|300) ESTABLISHED .*\[ASSURED\]",), table_count=1))
 
 
+def _tcp_syn_in_established() -> Scenario:
+    t = Tcp.masq(42050, 9006)
+    return Scenario(
+        "tcp_syn_ignored_in_established",
+        "§3.4(2) a SYN in ESTABLISHED is ignored (sIG): still NATed, no state or timeout "
+        "change, no event",
+        MASQ,
+        (*t.handshake(), t.c("PA", b"abc"), t.s("A"), t.c("S", seq=777777, advance=False),
+         t.c("PA", b"def")),
+        expect=Expect(
+            events=(ev("UPDATE", r"tcp .* ESTABLISHED .*\[ASSURED\]"),),
+            no_events=(r"SYN_SENT .*\[ASSURED\]", r"DESTROY"),
+            # 299/300: the last segment is unacknowledged data (§3.5)
+            table=(r"^tcp\s+6 (299|300) ESTABLISHED ",), table_count=1, stats={"invalid": 0},
+            egress=(("r-pub", r"tcp 203\.0\.113\.1:42050 > 203\.0\.113\.2:9006 \[S\] seq=777777"),)))
+
+
+def _tcp_rst_inexact() -> Scenario:
+    t = Tcp.masq(42060, 9007)
+    return Scenario(
+        "tcp_rst_inexact_seq",
+        "§3.4(6) in ESTABLISHED a RST whose sequence is in the window but not the expected "
+        "one does not close the entry (it lets a challenge ACK through); the exact one does",
+        MASQ,
+        (*t.handshake(), t.c("PA", b"abc"), t.s("A"), t.s("R", seq=t.snxt + 1000, advance=False),
+         t.c("A"), t.s("R")),
+        expect=Expect(
+            events=(ev("UPDATE", r"tcp .* ESTABLISHED .*\[ASSURED\]"),
+                    ev("UPDATE", r"tcp\s+6 10 CLOSE ")),
+            table=(r"^tcp\s+6 (9|10) CLOSE ",), table_count=1))
+
+
+def _tcp_window_scale() -> Scenario:
+    opts = [("MSS", 1460), ("WScale", 7), ("SAckOK", b"")]
+    t = Tcp.masq(42070, 9008, win=502)          # 502 << 7 = 64256 bytes
+    return Scenario(
+        "tcp_window_scale",
+        "§3.6 window scaling (both SYNs carry the option): segments 30000 and 100000 bytes "
+        "ahead pass although the raw window is 502 (without the option the first is INVALID; "
+        "a segment 1000000 ahead is INVALID even scaled: observed on 6.18)",
+        MASQ,
+        (t.c("S", options=opts), t.s("SA", options=opts), t.c("A"),
+         t.s("PA", b"y" * 100, seq=t.snxt + 30000, advance=False), t.c("A"),
+         t.s("PA", b"z" * 100, seq=t.snxt + 100000, advance=False)),
+        expect=Expect(
+            events=(ev("UPDATE", r"tcp .* ESTABLISHED .*\[ASSURED\]"),),
+            table=(r"^tcp .* ESTABLISHED ",), table_count=1, stats={"invalid": 0},
+            egress=(("r-priv", r"tcp 203\.0\.113\.2:9008 > 10\.0\.0\.2:42070 \[PA\] seq=80001 "),
+                    ("r-priv", r"tcp 203\.0\.113\.2:9008 > 10\.0\.0\.2:42070 \[PA\] seq=150001 "))))
+
+
+def _tcp_retrans() -> Scenario:
+    t = Tcp.masq(42080, 9011)
+    ack = t.c("A")
+    return Scenario(
+        "tcp_retrans_counter",
+        "§3.5 identical ACKs repeated (retransmissions): from the max_retrans-th (3) on the "
+        "timeout drops to nf_conntrack_tcp_timeout_max_retrans (300 s), without an event",
+        MASQ,
+        (t.c("S"), t.s("SA"), ack, ack, ack, ack, ack),
+        expect=Expect(
+            events=(ev("UPDATE", r"tcp\s+6 432000 ESTABLISHED .*\[ASSURED\]"),),
+            table=(r"^tcp\s+6 (299|300) ESTABLISHED ",), table_count=1))
+
+
 # ----------------------------------------------------------------------------------------
 # UDP (§4), fragments (§1.5 hook table: defrag before conntrack).
 
@@ -497,8 +576,57 @@ def _udp_fragments() -> Scenario:
                     ev("UPDATE", r"udp .*sport=41020 dport=7000 "),
                     ev("NEW", r"udp .*sport=41021 dport=7001 ")),
             table_count=2, stats={"invalid": 0},
-            egress=(("r-pub", r"ip 203\.0\.113\.1 > 203\.0\.113\.2 proto=17 frag off=0 mf=1 id=777 "
+            egress=(("r-pub", r"ip 203\.0\.113\.1 > 203\.0\.113\.2 proto=17 frag off=0 mf=1 ipid=777 "
                               r"sport=41020 dport=7000"),)))
+
+
+def _udp_port_kept_other_dest() -> Scenario:
+    return Scenario(
+        "nat_port_kept_other_dest",
+        "§8.3 uniqueness is per reply tuple: the same source port from two hosts to two "
+        "different server ports is kept for both (no random search)",
+        MASQ,
+        (udp("priv1", 45100, 5353), udp("priv2", 45100, 5354), udp_reply(5354, 45100)),
+        expect=Expect(
+            table=(r"src=10\.0\.0\.2 .*sport=45100 dport=5353 .* dport=45100 ",
+                   r"src=10\.0\.0\.3 .*sport=45100 dport=5354 .* dport=45100 "),
+            table_count=2, stats={"found": 0},
+            egress=(("r-priv", r"udp 203\.0\.113\.2:5354 > 10\.0\.0\.3:45100"),)))
+
+
+def _forward_without_nat() -> Scenario:
+    return Scenario(
+        "forward_without_nat",
+        "§8.1(3) traffic between the private hosts through the router (out r-priv, not "
+        "r-pub): tracked with a null binding, not translated",
+        MASQ,
+        (Send("priv1", IP(src=PRIV1, dst=PRIV2) / UDP(sport=41300, dport=7000) / b"hi",
+              note="udp 10.0.0.2 > 10.0.0.3 via the router"),
+         Send("priv2", IP(src=PRIV2, dst=PRIV1) / UDP(sport=7000, dport=41300) / b"ho",
+              note="answer via the router")),
+        expect=Expect(
+            events=(ev("NEW", r"udp\s+17 30 src=10\.0\.0\.2 dst=10\.0\.0\.3 sport=41300 "
+                              r"dport=7000 \[UNREPLIED\] src=10\.0\.0\.3 dst=10\.0\.0\.2 "
+                              r"sport=7000 dport=41300$"),
+                    ev("UPDATE", r"udp\s+17 30 src=10\.0\.0\.2 ")),
+            table_count=1,
+            egress=(("r-priv", r"udp 10\.0\.0\.2:41300 > 10\.0\.0\.3:7000"),
+                    ("r-priv", r"udp 10\.0\.0\.3:7000 > 10\.0\.0\.2:41300"))))
+
+
+def _raw_notrack() -> Scenario:
+    return Scenario(
+        "raw_notrack",
+        "§1.5 NOTRACK in the raw table (before conntrack): no entry, not counted invalid, "
+        "not NATed; other traffic is tracked and NATed as usual",
+        MASQ_NOTRACK,
+        (udp("priv1", 41400, 5300), udp_reply(5300, 41400), udp("priv1", 41401, 5301)),
+        diff_xfail="nattrack's rules parser supports the nat and filter tables only (no raw)",
+        expect=Expect(
+            events=(ev("NEW", r"udp .*sport=41401 dport=5301 "),),
+            no_events=(r"sport=41400",), table_count=1, stats={"invalid": 0},
+            egress=(("r-pub", r"udp 10\.0\.0\.2:41400 > 203\.0\.113\.2:5300"),
+                    ("r-pub", r"udp 203\.0\.113\.1:41401 > 203\.0\.113\.2:5301"))))
 
 
 # ----------------------------------------------------------------------------------------
@@ -564,6 +692,24 @@ def _icmp_error_related() -> Scenario:
                                r"\[inner: udp 10\.0\.0\.2:41002 > 203\.0\.113\.2:9999\]"),)))
 
 
+def _icmp_error_tcp() -> Scenario:
+    t = Tcp.masq(41500, 9009)
+    syn = t.c("S")
+    quoted = IP(src=ROUTER_PUB, dst=PUB, ttl=1) / TCP(sport=41500, dport=9009, flags="S",
+                                                      seq=t.ciss, window=65535)
+    return Scenario(
+        "icmp_error_related_tcp",
+        "§5.1/§8.4 a time-exceeded quoting a masqueraded SYN is RELATED: the embedded IP and "
+        "TCP ports are rewritten back, the ICMP checksum recomputed",
+        MASQ,
+        (syn, icmp_error(ROUTER_PUB, quoted, type=11, code=0)),
+        expect=Expect(
+            events=(ev("NEW", r"tcp .*sport=41500 "),), no_events=(r"UPDATE",), table_count=1,
+            stats={"invalid": 0, "error": 0},
+            egress=(("r-priv", r"icmp 203\.0\.113\.2 > 10\.0\.0\.2 type=11 code=0 "
+                               r"\[inner: tcp 10\.0\.0\.2:41500 > 203\.0\.113\.2:9009\]"),)))
+
+
 def _icmp_error_bad() -> Scenario:
     quoted = IP(src=ROUTER_PUB, dst=PUB) / UDP(sport=41003, dport=9999) / b"x"
     unknown = IP(src=ROUTER_PUB, dst=PUB) / UDP(sport=41999, dport=9999) / b"x"
@@ -596,8 +742,6 @@ def _icmp_id_clash(with_reply: bool) -> Scenario:
         "icmp_id_clash_reply" if with_reply else "icmp_id_clash",
         desc, MASQ, tuple(steps),
         random_ports=True,
-        diff_xfail=("the reply is addressed to the id the kernel drew at random, which the "
-                    "engine cannot know") if with_reply else "",
         expect=Expect(
             events=(ev("NEW", r"icmp .*src=10\.0\.0\.2 .*id=4242 \[UNREPLIED\] .* id=4242$"),
                     ev("NEW", r"icmp .*src=10\.0\.0\.3 .*id=4242 \[UNREPLIED\] .* id=(?!4242$)\d+$")),
@@ -607,42 +751,71 @@ def _icmp_id_clash(with_reply: bool) -> Scenario:
 # ----------------------------------------------------------------------------------------
 # NAT (§8).
 
+def _port_class(port: int) -> str:
+    return "1-511" if port < 512 else "512-599" if port < 600 else \
+        "600-1023" if port < 1024 else "1024-65535"
+
+
+def _classes_of_second_host(rec) -> None:
+    """10.0.0.3's translated ports: changed, unique, and in the class of the original."""
+    import re
+    seen = set()
+    for line in rec.table:
+        if "src=10.0.0.3 " not in line:
+            continue
+        ports = [int(p) for p in re.findall(r"[sd]port=(\d+)", line)]
+        orig_sport, nat_port = ports[0], ports[3]
+        want = "600-1023" if 512 <= orig_sport < 600 else _port_class(orig_sport)
+        assert nat_port != orig_sport, f"port kept: {line}"
+        assert _port_class(nat_port) == want, f"{nat_port} not in {want}: {line}"
+        assert nat_port not in seen, f"port {nat_port} used twice"
+        seen.add(nat_port)
+    assert seen, "no entry of 10.0.0.3"
+
+
 def _udp_port_clash() -> Scenario:
     steps = []
     for port in (45000, 700, 550, 500):
         steps += [udp("priv1", port, 5353), udp("priv2", port, 5353)]
     steps.append(udp_reply(5353, 45000))
+    steps.append(Send("pub", lambda lab: IP(src=PUB, dst=ROUTER_PUB) / UDP(
+        sport=5353, dport=lab.mapped_key("udp", PRIV2, 45000)) / b"r",
+        note="reply to the port the kernel chose for 10.0.0.3:45000"))
     return Scenario(
         "udp_port_clash",
         "§8.3 two hosts, same UDP source port, same server: the first keeps its port, the "
-        "second gets a random one of the same class (1-511, 600-1023, 1024-65535)",
+        "second gets a random one of the same class (1-511, 600-1023, 1024-65535); replies "
+        "reach both hosts on their own ports",
         MASQ, tuple(steps), random_ports=True,
         expect=Expect(
-            table=(r"^udp .*src=10\.0\.0\.2 .*sport=45000 .* dport=45000 ",
-                   r"^udp .*src=10\.0\.0\.3 .*sport=45000 .*\] src=.* dport=(10[2-9]\d|1[1-9]\d\d|[2-9]\d{3}|[1-6]\d{4}) ",
-                   r"^udp .*src=10\.0\.0\.3 .*sport=700 .*\] src=.* dport=(6\d\d|[7-9]\d\d|10[01]\d|102[0-3]) ",
-                   r"^udp .*src=10\.0\.0\.3 .*sport=550 .*\] src=.* dport=(6\d\d|[7-9]\d\d|10[01]\d|102[0-3]) ",
-                   r"^udp .*src=10\.0\.0\.3 .*sport=500 .*\] src=.* dport=([1-9]|[1-9]\d|[1-4]\d\d|50\d|51[01]) "),
+            table=(r"^udp .*src=10\.0\.0\.2 .*sport=45000 .* dport=45000 ",),
+            checks=(_classes_of_second_host,),
             table_count=8,
-            egress=(("r-priv", r"udp 203\.0\.113\.2:5353 > 10\.0\.0\.2:45000"),)))
+            egress=(("r-priv", r"udp 203\.0\.113\.2:5353 > 10\.0\.0\.2:45000"),
+                    ("r-priv", r"udp 203\.0\.113\.2:5353 > 10\.0\.0\.3:45000"))))
 
 
 def _tcp_port_clash() -> Scenario:
-    steps = []
-    for port in (40010, 700, 500):
+    t1 = Tcp.masq(40010, 80, client="priv1")
+    t2 = Tcp.masq(40010, 80, client="priv2")
+    steps = [t1.c("S"), t2.c("S")]
+    for port in (700, 500):
         steps += [Tcp.masq(port, 80, client="priv1").c("S"), Tcp.masq(port, 80, client="priv2").c("S")]
-    t = Tcp.masq(40010, 80, client="priv1")
-    steps += [t.c("S"), t.s("SA"), t.c("A")]
+    steps += [t1.s("SA"), t1.c("A"),
+              Send("pub", lambda lab: IP(src=PUB, dst=ROUTER_PUB) / TCP(
+                  sport=80, dport=lab.mapped_key("tcp", PRIV2, 40010), flags="SA", seq=70000,
+                  ack=t2.ciss + 1, window=65535),
+                  note="SYN-ACK to the port the kernel chose for 10.0.0.3:40010"),
+              t2.c("A", ack=70001)]
     return Scenario(
         "tcp_port_clash",
-        "§8.3 two hosts, same TCP source port: port classes kept for the second host's "
-        "random port; the first host's connection completes",
+        "§8.3 two hosts, same TCP source port: the second host's connection gets a random "
+        "port of the same class (1-511, 600-1023, 1024-65535); both connections complete",
         MASQ, tuple(steps), random_ports=True,
         expect=Expect(
             table=(r"^tcp .*ESTABLISHED src=10\.0\.0\.2 .*sport=40010 .* dport=40010 \[ASSURED\]",
-                   r"^tcp .*src=10\.0\.0\.3 .*sport=40010 .*\] src=.* dport=(10[2-9]\d|1[1-9]\d\d|[2-9]\d{3}|[1-6]\d{4}) ",
-                   r"^tcp .*src=10\.0\.0\.3 .*sport=700 .*\] src=.* dport=(6\d\d|[7-9]\d\d|10[01]\d|102[0-3]) ",
-                   r"^tcp .*src=10\.0\.0\.3 .*sport=500 .*\] src=.* dport=([1-9]|[1-9]\d|[1-4]\d\d|50\d|51[01]) "),
+                   r"^tcp .*ESTABLISHED src=10\.0\.0\.3 .*sport=40010 .*\[ASSURED\]"),
+            checks=(_classes_of_second_host,),
             table_count=6))
 
 
@@ -784,8 +957,11 @@ SCENARIOS: list[Scenario] = [
     _tcp_rst_answer_to_syn(), _tcp_syn_retransmit(), _tcp_reopen_time_wait(),
     _tcp_simultaneous_open(), _tcp_midstream_loose(), _tcp_midstream_strict(),
     _tcp_invalid_flags(), _tcp_out_of_window(), _tcp_be_liberal(), _tcp_unacked_data(),
+    _tcp_syn_in_established(), _tcp_rst_inexact(), _tcp_window_scale(), _tcp_retrans(),
     _udp_unreplied(), _udp_replied(), _udp_assured(), _udp_fragments(),
-    _icmp_echo(), _icmp_unanswered(), _icmp_invalid(), _icmp_error_related(), _icmp_error_bad(),
+    _udp_port_kept_other_dest(), _forward_without_nat(), _raw_notrack(),
+    _icmp_echo(), _icmp_unanswered(), _icmp_invalid(), _icmp_error_related(), _icmp_error_tcp(),
+    _icmp_error_bad(),
     _icmp_id_clash(False), _icmp_id_clash(True),
     _udp_port_clash(), _tcp_port_clash(), _eim_reuse(), _snat_range(), _snat_exhaustion(),
     _dnat_forward(), _forward_policy(), _invalid_dropped(),
