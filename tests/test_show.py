@@ -571,7 +571,7 @@ def test_real_conntrack_output_matches_ours_for_udp_and_ping(netns_pair):
     def ours(line, fmt, **kw):
         p = parse_conntrack_line(line)
         ct = expected[_stream_key(p["orig"])]
-        ct.timeout, ct.id = NOW + p["timeout"] * HZ + HZ // 2, p["id"] or 0
+        ct.timeout, ct.ident = NOW + p["timeout"] * HZ + HZ // 2, p["id"] or 0
         return fmt(ct, NOW, **kw)
 
     kernel_lines = listing.stdout.splitlines()

@@ -99,21 +99,27 @@ class Conn:
     entry is confirmed; while unconfirmed it holds the relative value that
     confirmation adds ``now`` to (__nf_ct_refresh_acct / __nf_conntrack_confirm).
     """
-    __slots__ = ("orig", "reply", "status", "timeout", "proto", "mark", "id", "start",
+    __slots__ = ("orig", "reply", "status", "timeout", "proto", "mark", "ident",
                  "nat_oif", "ecache", "counters")
 
-    def __init__(self, orig: Tuple, reply: Tuple, ident: int = 0, start: float = 0.0) -> None:
+    def __init__(self, orig: Tuple, reply: Tuple, ident: int | None = None) -> None:
         self.orig = orig
         self.reply = reply
         self.status = 0
         self.timeout = 0
-        self.proto = None        # TcpState for TCP, stream_ts (float) for UDP, else None
+        self.proto = None        # TcpState (TCP), stream_ts in jiffies (UDP), GreState (GRE)
         self.mark = 0
-        self.id = ident          # what `conntrack -o id` prints
-        self.start = start       # creation time (UDP stream_ts, delta-time)
+        self.ident = ident       # an id given from outside (parsed output), else derived
         self.nat_oif = None      # MASQUERADE: the output interface recorded at set-up
         self.ecache = 0          # events cached for the packet being processed
         self.counters = None     # [orig packets, orig bytes, reply packets, reply bytes]
+
+    @property
+    def id(self) -> int:
+        """What `conntrack -o id` prints: like nf_ct_get_id(), a hash of the object's address."""
+        if self.ident is not None:
+            return self.ident
+        return hash((id(self), 0x6E66)) & 0xFFFFFFFF
 
     def tuple(self, direction: int) -> Tuple:
         return self.reply if direction else self.orig

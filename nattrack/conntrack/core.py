@@ -31,7 +31,7 @@ from .conn import (HZ, IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_NEW, IP
                    IPCT_DESTROY, IPCT_NEW, IPCT_RELATED, IPS_ASSURED, IPS_CONFIRMED, IPS_DYING,
                    IPS_EXPECTED, IPS_FIXED_TIMEOUT, IPS_SEEN_REPLY, IPCT_REPLY, Conn)
 from .sysctl import Sysctl
-from .tuple import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, invert_tuple
+from .tuple import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, bysource_key, interned, invert_tuple
 
 NF_DROP, NF_ACCEPT = 0, 1
 
@@ -96,8 +96,7 @@ class ConntrackTable:
         self.stats = dict.fromkeys(STAT_NAMES, 0)
         self.listeners: list[EventListener] = []
         self.log: list[str] = []               # what the kernel would printk
-        self.nat_bysource: dict[tuple, Conn | list[Conn]] = {}
-        self._next_id = 1
+        self.nat_bysource: dict[int, Conn | list[Conn]] = {}
         # gc_worker state
         self.gc_next_bucket = 0
         self.gc_next_run: int | None = None     # jiffies; None until the clock is first read
@@ -271,8 +270,8 @@ class ConntrackTable:
             self.gc_early_drop = True
             self.log.append("nf_conntrack: table full, dropping packet")
             return NF_DROP
-        ct = Conn(t, reply, self._next_id, self.clock())
-        self._next_id += 1
+        t = interned(t)
+        ct = Conn(t, invert_tuple(t))
         if self.sysctl["nf_conntrack_acct"]:
             ct.counters = [0, 0, 0, 0]
         return ct
@@ -352,7 +351,7 @@ class ConntrackTable:
 
     def _nat_cleanup(self, ct: Conn) -> None:
         """nf_nat_cleanup_conntrack(): leave the by-source hash."""
-        key = (ct.orig.src, ct.orig.sport, ct.orig.proto)
+        key = bysource_key(ct.orig)
         entry = self.nat_bysource.get(key)
         if entry is ct:
             del self.nat_bysource[key]

@@ -221,7 +221,8 @@ def tcp_in_window(tcp: TcpState, direction: int, index: int, pkt, sysctl) -> int
     end = segment_seq_plus_len(pkt)
     M = 0xFFFFFFFF
 
-    if receiver.flags & IP_CT_TCP_FLAG_SACK_PERM and pkt.doff > 20:
+    if (receiver.flags & IP_CT_TCP_FLAG_SACK_PERM and pkt.doff > 20
+            and 5 in pkt.buf[pkt.l4 + 20:pkt.l4 + pkt.doff]):      # a SACK block may be there
         edge = pkt.tcp_options()[2]
         if edge is not None and after(edge, sack):
             sack = edge

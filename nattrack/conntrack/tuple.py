@@ -88,3 +88,22 @@ def invert_tuple(t: Tuple) -> Tuple | None:
             return None
         return Tuple(t.dst, t.src, IPPROTO_ICMP, t.sport, rtype << 8 | (t.dport & 0xFF))
     return Tuple(t.dst, t.src, t.proto, t.dport, t.sport)
+
+
+def bysource_key(t: Tuple) -> int:
+    """The key of NAT's by-source hash: source address, source port/id, protocol."""
+    return t.src << 24 | t.sport << 8 | t.proto
+
+
+_ADDRS: dict[int, int] = {}
+_PORTS: dict[int, int] = {}
+
+
+def interned(t: Tuple) -> Tuple:
+    """The same tuple built from shared int objects: a million entries for a few hosts
+    and ports then hold references, not a million copies of the same numbers."""
+    if len(_ADDRS) > 65536:
+        _ADDRS.clear()
+    a = _ADDRS.setdefault
+    p = _PORTS.setdefault
+    return Tuple(a(t.src, t.src), a(t.dst, t.dst), t.proto, p(t.sport, t.sport), p(t.dport, t.dport))

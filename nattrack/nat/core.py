@@ -28,7 +28,7 @@ from ..conntrack.conn import (IP_CT_DIR_ORIGINAL, IP_CT_IS_REPLY, IP_CT_NEW, IP_
 from ..conntrack.core import (NF_ACCEPT, NF_DROP, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT,
                               NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING)
 from ..conntrack.proto_tcp import TCP_CONNTRACK_SYN_SENT, TCP_CONNTRACK_TIME_WAIT
-from ..conntrack.tuple import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, invert_tuple
+from ..conntrack.tuple import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, bysource_key, invert_tuple
 from ..netfilter.rules import (NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PERSISTENT,
                                NF_NAT_RANGE_PROTO_RANDOM, NF_NAT_RANGE_PROTO_RANDOM_FULLY,
                                NF_NAT_RANGE_PROTO_SPECIFIED, NatRange)
@@ -171,7 +171,7 @@ def _nf_nat_used_tuple_harder(table, t: Tuple, ct: Conn, attempts_left: int) -> 
 def find_appropriate_src(table, t: Tuple, rng: NatRange) -> Tuple | None:
     """find_appropriate_src(): reuse the mapping of another flow from the same source
     address, port and protocol (endpoint-independent mapping)."""
-    entry = table.nat_bysource.get((t.src, t.sport, t.proto))
+    entry = table.nat_bysource.get(bysource_key(t))
     if entry is None:
         return None
     for other in (entry if isinstance(entry, list) else (entry,)):
@@ -276,7 +276,7 @@ def nf_nat_setup_info(table, ct: Conn, rng: NatRange, manip: int) -> int:
         ct.reply = invert_tuple(new)                     # nf_conntrack_alter_reply()
         ct.status |= IPS_SRC_NAT if manip == NF_NAT_MANIP_SRC else IPS_DST_NAT
     if manip == NF_NAT_MANIP_SRC:
-        key = (ct.orig.src, ct.orig.sport, ct.orig.proto)
+        key = bysource_key(ct.orig)
         entry = table.nat_bysource.get(key)
         if entry is None:
             table.nat_bysource[key] = ct

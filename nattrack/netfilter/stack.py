@@ -15,7 +15,7 @@ Nothing here touches a socket or a clock: the live router, the shadow tracker,
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from ..conntrack.conn import CTINFO_NAMES
@@ -50,20 +50,22 @@ class Route:
         self.mask = _mask(self.plen)
 
 
-@dataclass
 class Sent:
     """A datagram leaving the router: its interface and its bytes (IP header first)."""
-    oif: str
-    data: bytes
-    pkt: Packet | None = None
+    __slots__ = ("oif", "data", "pkt")
+
+    def __init__(self, oif: str, data: bytes, pkt: Packet | None = None) -> None:
+        self.oif, self.data, self.pkt = oif, data, pkt
 
 
-@dataclass
 class Verdict:
-    """What happened to one received datagram (the packet trace reads this)."""
-    sent: list[Sent] = field(default_factory=list)
-    dropped: str | None = None            # why, when dropped
-    steps: list[tuple[str, str]] = field(default_factory=list)
+    """What happened to one received datagram; ``steps`` (the packet trace) only when asked."""
+    __slots__ = ("sent", "dropped", "steps")
+
+    def __init__(self, trace: bool = False) -> None:
+        self.sent: list[Sent] = []
+        self.dropped: str | None = None
+        self.steps: list[tuple[str, str]] | None = [] if trace else None
 
 
 def _mask(plen: int) -> int:
@@ -139,22 +141,24 @@ class Router:
         return NF_ACCEPT if verdict == "ACCEPT" else NF_DROP
 
     def _nat(self, hook: int, pkt: Packet, oif: str | None) -> int:
+        if pkt.ct is None:
+            return NF_ACCEPT             # INVALID: never translated (saves the call)
         return nf_nat_ipv4_fn(self.ct, self.ruleset, pkt, hook, oif, self.source_address)
 
     # --- the paths ---------------------------------------------------------------------
 
     def receive(self, pkt: Packet, trace: bool = False) -> Verdict:
         """A datagram arrived on ``pkt.iif``: run it through the router."""
-        v = Verdict()
+        v = Verdict(trace)
         step = v.steps.append if trace else None
         if step:
             step(("received", f"on {pkt.iif}: {pkt.summary()}"))
-        whole = self.defrag.add(pkt, self.clock())
-        if whole is None:
-            if step:
-                step(("defrag", "fragment queued"))
-            return v
-        pkt = whole
+        if pkt.mf or pkt.frag:
+            pkt = self.defrag.add(pkt, self.clock())
+            if pkt is None:
+                if step:
+                    step(("defrag", "fragment queued"))
+                return v
         if self.ct.conntrack_in(pkt, NF_INET_PRE_ROUTING) == NF_DROP:
             return self._drop(v, "conntrack: table full")
         if step:
@@ -198,6 +202,9 @@ class Router:
                 step(("POST_ROUTING", "conntrack: confirmed, the entry is now in the table"))
         pkt.oif = oif
         mtu = self.ifaces[oif].mtu
+        if pkt.frag_sizes is None and pkt.tot_len <= mtu:
+            v.sent.append(Sent(oif, bytes(pkt.buf[pkt.off:pkt.off + pkt.tot_len]), pkt))
+            return
         for data in refragment(pkt, mtu):
             v.sent.append(Sent(oif, data, pkt))
 
@@ -218,7 +225,7 @@ class Router:
 
     def send_local(self, pkt: Packet, v: Verdict | None = None, step=None) -> Verdict:
         """A datagram the router itself sends: LOCAL_OUT, routing, POST_ROUTING."""
-        v = v or Verdict()
+        v = v or Verdict(step is not None)
         if self.ct.conntrack_in(pkt, NF_INET_LOCAL_OUT) == NF_DROP:
             return self._drop(v, "conntrack: table full")
         if self._nat(NF_INET_LOCAL_OUT, pkt, None) == NF_DROP:
@@ -247,7 +254,8 @@ class Router:
     def _drop(self, v: Verdict, why: str) -> Verdict:
         v.dropped = why
         self.counters["dropped"] += 1
-        v.steps.append(("DROP", why))
+        if v.steps is not None:
+            v.steps.append(("DROP", why))
         return v
 
     # --- maintenance ---------------------------------------------------------------------

@@ -11,13 +11,18 @@ import struct
 
 
 def ones_sum(data: bytes | bytearray | memoryview, start: int = 0) -> int:
-    """One's-complement sum of 16-bit big-endian words, folded to 16 bits."""
+    """One's-complement sum of 16-bit big-endian words (plus ``start``), folded to 16 bits.
+
+    Folding with end-around carry is arithmetic modulo 0xFFFF, except that a
+    non-zero multiple of 0xFFFF folds to 0xFFFF, not 0; so the whole buffer can
+    be read as one big integer (C speed) instead of word by word.
+    """
+    v = int.from_bytes(data, "big")
     if len(data) & 1:
-        data = bytes(data) + b"\0"
-    s = start + sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
+        v <<= 8                                 # pad the odd byte with a zero
+    total = v + start
+    s = total % 0xFFFF
+    return 0xFFFF if s == 0 and total else s
 
 
 def checksum(data: bytes | bytearray | memoryview, start: int = 0) -> int:

@@ -60,7 +60,7 @@ class Packet:
         if not embedded:
             if tot_len < ihl or tot_len > avail:
                 return None
-            if ones_sum(memoryview(buf)[off:off + ihl]) != 0xFFFF:
+            if ones_sum(buf[off:off + ihl]) != 0xFFFF:
                 return None
         p = cls()
         p.buf, p.off, p.ihl, p.tot_len, p.proto = buf, off, ihl, tot_len, proto

@@ -1,0 +1,145 @@
+"""The Python tracker's table next to the kernel's, entry by entry.
+
+Entries are paired by their original tuple (what both trackers saw first);
+each pair is compared field by field and every disagreement gets one line that
+says what differs and what usually causes it.  The two tables are read one after
+the other, so remaining timeouts may differ by a second or two without meaning
+anything (``tolerance``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..conntrack.show import parse_conntrack_line
+
+FLAG_WHY = {
+    "ASSURED": "it saw traffic in both directions that assures the entry; the other did not",
+    "UNREPLIED": "it has seen no reply yet; the other has",
+    "OFFLOAD": "the flow was offloaded",
+}
+
+
+@dataclass
+class Row:
+    key: tuple
+    python: dict | None
+    kernel: dict | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def agree(self) -> bool:
+        return not self.problems
+
+
+def _key(p: dict) -> tuple:
+    o = p["orig"]
+    return (p["proto"],) + tuple(sorted((k, str(v)) for k, v in o.items()))
+
+
+def _endpoint(t: dict, side: str) -> str:
+    addr = t.get(side)
+    port = t.get("sport" if side == "src" else "dport")
+    if port is None and "id" in t:                       # ICMP: the id stands for the port
+        return f"{addr} id {t['id']}" if side == "src" else str(addr)
+    return f"{addr}:{port}" if port is not None else str(addr)
+
+
+def flow_text(p: dict) -> str:
+    o = p["orig"]
+    return f"{p['proto_name']} {_endpoint(o, 'src')} > {_endpoint(o, 'dst')}"
+
+
+def nat_text(p: dict) -> str:
+    """How the reply direction shows NAT: who the reply comes from and goes to."""
+    o, r = p["orig"], p["reply"]
+    parts = []
+    if r.get("dst") != o.get("src") or r.get("dport") != o.get("sport"):
+        parts.append(f"snat {_endpoint(r, 'dst')}")
+    if r.get("src") != o.get("dst") or r.get("sport") != o.get("dport"):
+        parts.append(f"dnat {_endpoint(r, 'src')}")
+    return " ".join(parts)
+
+
+def side_text(p: dict | None) -> str:
+    if p is None:
+        return "-"
+    bits = [x for x in (p.get("state"), None if p.get("timeout") is None else f"{p['timeout']}s")
+            if x]
+    bits += sorted(p["flags"])
+    nat = nat_text(p)
+    if nat:
+        bits.append(nat)
+    return " ".join(bits)
+
+
+def compare(py: dict, k: dict, tolerance: int = 2) -> list[str]:
+    out = []
+    if py.get("state") != k.get("state"):
+        out.append(f"TCP state differs: python {py.get('state')}, kernel {k.get('state')} "
+                   f"(the trackers took different transitions on the same packets)")
+    if py["reply"] != k["reply"]:
+        out.append(f"reply tuple differs: python expects the reply {_endpoint(py['reply'], 'src')}"
+                   f" > {_endpoint(py['reply'], 'dst')}, kernel {_endpoint(k['reply'], 'src')} > "
+                   f"{_endpoint(k['reply'], 'dst')} (NAT chose another address or port)")
+    for flag in ("ASSURED", "UNREPLIED", "OFFLOAD"):
+        a, b = flag in py["flags"], flag in k["flags"]
+        if a != b:
+            who = "python" if a else "kernel"
+            out.append(f"{flag} only in {who}: {FLAG_WHY[flag]}")
+    ta, tb = py.get("timeout"), k.get("timeout")
+    if ta is not None and tb is not None and abs(ta - tb) > tolerance:
+        out.append(f"timeout differs by {abs(ta - tb)} s: python {ta}, kernel {tb} (other "
+                   f"timeout settings, or a packet refreshed only one of them)")
+    if (py.get("mark") or 0) != (k.get("mark") or 0):
+        out.append(f"mark differs: python {py.get('mark')}, kernel {k.get('mark')}")
+    if py.get("counters") and k.get("counters") and py["counters"] != k["counters"]:
+        out.append(f"counters differ: python {py['counters']}, kernel {k['counters']} "
+                   f"[orig packets, bytes, reply packets, bytes] (one of them missed packets)")
+    return out
+
+
+def diff_tables(python_lines: list[str], kernel_lines: list[str],
+                tolerance: int = 2) -> list[Row]:
+    """Pair the two tables' entries and explain each disagreement."""
+    py = {}
+    for line in python_lines:
+        if line.strip():
+            p = parse_conntrack_line(line)
+            py[_key(p)] = p
+    kern = {}
+    for line in kernel_lines:
+        if line.strip():
+            p = parse_conntrack_line(line)
+            kern[_key(p)] = p
+    rows = []
+    for key in list(py) + [k for k in kern if k not in py]:
+        a, b = py.get(key), kern.get(key)
+        row = Row(key, a, b)
+        if b is None:
+            row.problems.append("only in python: the kernel has no such entry (it never "
+                                "tracked this flow, or its entry already ended there)")
+        elif a is None:
+            row.problems.append("only in the kernel: nattrack has no such entry (it never "
+                                "saw this flow, or its entry already ended)")
+        else:
+            row.problems += compare(a, b, tolerance)
+        rows.append(row)
+    return rows
+
+
+def format_rows(rows: list[Row]) -> list[str]:
+    """Side by side: the flow, what python has, what the kernel has; then one line per
+    disagreement; then a summary line."""
+    heads = ("FLOW (original direction)", "PYTHON", "KERNEL")
+    cells = [(flow_text(r.python or r.kernel), side_text(r.python), side_text(r.kernel))
+             for r in rows]
+    w0 = max([len(heads[0])] + [len(c[0]) for c in cells])
+    w1 = max([len(heads[1])] + [len(c[1]) for c in cells])
+    out = [f"{heads[0]:<{w0}}  {heads[1]:<{w1}}  {heads[2]}".rstrip()]
+    for r, c in zip(rows, cells):
+        out.append(f"{c[0]:<{w0}}  {c[1]:<{w1}}  {c[2]}".rstrip())
+        for prob in r.problems:
+            out.append(f"  ! {prob}")
+    same = sum(1 for r in rows if r.agree)
+    out.append(f"{len(rows)} flow(s): {same} agree, {len(rows) - same} differ")
+    return out

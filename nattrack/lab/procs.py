@@ -1,0 +1,111 @@
+"""Finding and ending the processes a lab started, and only those.
+
+A process belongs to a lab when its environment carries the lab's marker
+(:data:`~nattrack.lab.MARKER_ENV`) or when it lives in a network namespace the
+lab created (recorded by inode in the state file).  The root namespace is never
+one of those, whatever a state file says.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Iterable
+
+from . import MARKER_ENV
+
+
+def netns_inode(pid: int | str = "self") -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def root_netns_inode() -> int | None:
+    """The initial namespace's inode (PID 1's), never to be swept."""
+    return netns_inode(1)
+
+
+def pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def environ_marker(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    key = MARKER_ENV.encode() + b"="
+    for item in data.split(b"\0"):
+        if item.startswith(key):
+            return item[len(key):].decode(errors="replace")
+    return None
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def lab_processes(owns_marker, netns: Iterable[int] = ()) -> list[int]:
+    """PIDs marked by a lab (``owns_marker(value)`` true) or inside one of ``netns``."""
+    me = os.getpid()
+    root = root_netns_inode()
+    spaces = {n for n in netns if n and n != root}
+    found = []
+    for pid in pids():
+        if pid == me or pid == 1:
+            continue
+        mark = environ_marker(pid)
+        if mark is not None and owns_marker(mark):
+            found.append(pid)
+            continue
+        if spaces and netns_inode(pid) in spaces:
+            found.append(pid)
+    return found
+
+
+def kill_all(pids_: Iterable[int], grace: float = 0.5) -> list[int]:
+    """SIGTERM, a short wait, then SIGKILL whatever is left; returns what was signalled."""
+    targets = [p for p in pids_ if alive(p)]
+    for p in targets:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(p) for p in targets):
+        time.sleep(0.02)
+    for p in targets:
+        if alive(p):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and any(alive(p) for p in targets):
+        time.sleep(0.02)
+    return targets
+
+
+def processes_in_netns(spaces: Iterable[int], exclude: Iterable[int] = ()) -> list[int]:
+    root = root_netns_inode()
+    spaces = {n for n in spaces if n and n != root}
+    skip = set(exclude) | {os.getpid(), 1}
+    return [p for p in pids() if p not in skip and netns_inode(p) in spaces]

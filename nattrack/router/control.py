@@ -1,0 +1,506 @@
+"""The router's control socket: docs/control-protocol.md.
+
+A ThreadingUnixStreamServer in its own thread; one JSON object per line each
+way.  Every verb that reads or changes the table runs under the data path's
+lock (``Dataplane.lock``), so a verb and a batch of packets never interleave.
+
+Streams never block the data path: the conntrack event listener and the trace
+tap only format and ``put_nowait`` into a bounded per-client queue (full:
+the item is dropped and counted), and the client's own handler thread writes.
+The event listener is registered on the table only while an ``events`` client
+exists, and ``receive(trace=True)`` is asked for only while a ``trace`` client
+exists and the packet matches its filters.
+"""
+from __future__ import annotations
+
+import grp
+import json
+import logging
+import os
+import queue
+import select
+import socket
+import socketserver
+import threading
+import time
+from typing import Any, Callable
+
+from ..conntrack import show
+from ..conntrack.conn import IPCT_PROTOINFO, IPS_SEEN_REPLY, STATUS_NAMES, Conn
+from ..conntrack.core import get_tuple
+from ..conntrack.proto_tcp import TCP_CONNTRACK_NAMES
+from ..conntrack.sysctl import SysctlError
+from ..conntrack.tuple import PROTO_NAMES, ip2int
+from .dataplane import Capture, Dataplane
+
+log = logging.getLogger("nattrack.router")
+
+QUEUE_MAX = 10000
+FILTER_KEYS = ("proto", "src", "dst", "sport", "dport", "state", "status")
+PORT_PROTOS = (6, 17, 33, 132, 136)
+_STATUS_BITS = {name: bit for bit, name in STATUS_NAMES.items()}
+_PROTO_NUMBERS = {name: num for num, name in PROTO_NAMES.items()}
+
+
+class ControlError(Exception):
+    """A request that cannot be served; its message is the one-line ``error``."""
+
+
+# --- filters ------------------------------------------------------------------------------------
+
+class Filters:
+    """conntrack-tools filter names over original-direction fields."""
+
+    def __init__(self, filters: Any) -> None:
+        if filters is None:
+            filters = {}
+        if not isinstance(filters, dict):
+            raise ControlError("filters must be an object")
+        unknown = sorted(set(filters) - set(FILTER_KEYS))
+        if unknown:
+            raise ControlError(f"unknown filter {unknown[0]!r}; known: {', '.join(FILTER_KEYS)}")
+        self.empty = not any(v is not None for v in filters.values())
+        self.proto = _proto(filters.get("proto"))
+        self.src = _addr(filters.get("src"), "src")
+        self.dst = _addr(filters.get("dst"), "dst")
+        self.sport = _port(filters.get("sport"), "sport")
+        self.dport = _port(filters.get("dport"), "dport")
+        state = filters.get("state")
+        if state is not None:
+            state = str(state).upper()
+            if state not in TCP_CONNTRACK_NAMES:
+                raise ControlError(f"unknown state {state!r}; known: {', '.join(TCP_CONNTRACK_NAMES[1:])}")
+        self.state = state
+        status = filters.get("status")
+        if status is not None:
+            status = str(status).upper()
+            if status != "UNREPLIED" and status not in _STATUS_BITS:
+                raise ControlError(f"unknown status {status!r}; known: UNREPLIED, {', '.join(_STATUS_BITS)}")
+        self.status = status
+        self.needs_conn = state is not None or status is not None
+
+    def conn(self, ct: Conn) -> bool:
+        o = ct.orig
+        if self.proto is not None and o.proto != self.proto:
+            return False
+        if self.src is not None and o.src != self.src:
+            return False
+        if self.dst is not None and o.dst != self.dst:
+            return False
+        if self.sport is not None and (o.proto not in PORT_PROTOS or o.sport != self.sport):
+            return False
+        if self.dport is not None and (o.proto not in PORT_PROTOS or o.dport != self.dport):
+            return False
+        if self.state is not None and show.state_name(ct) != self.state:
+            return False
+        if self.status is not None:
+            if self.status == "UNREPLIED":
+                return not ct.status & IPS_SEEN_REPLY
+            return bool(ct.status & _STATUS_BITS[self.status])
+        return True
+
+    def packet(self, pkt, table) -> bool:
+        """A packet matches when its own header does (original direction), or when the
+        entry it belongs to does (so replies of a matching connection are traced too)."""
+        if self.empty:
+            return True
+        if not self.needs_conn and self._header(pkt):
+            return True
+        t = get_tuple(pkt)
+        ct = table.hash.get(t) if t is not None else None
+        return ct is not None and self.conn(ct)
+
+    def _header(self, pkt) -> bool:
+        if self.proto is not None and pkt.proto != self.proto:
+            return False
+        if self.src is not None and pkt.src != self.src:
+            return False
+        if self.dst is not None and pkt.dst != self.dst:
+            return False
+        if self.sport is not None and (pkt.proto not in PORT_PROTOS or pkt.sport != self.sport):
+            return False
+        if self.dport is not None and (pkt.proto not in PORT_PROTOS or pkt.dport != self.dport):
+            return False
+        return True
+
+
+def _proto(v):
+    if v is None:
+        return None
+    if isinstance(v, int) or (isinstance(v, str) and v.isdigit()):
+        return int(v)
+    num = _PROTO_NUMBERS.get(str(v).lower())
+    if num is None:
+        raise ControlError(f"unknown proto {v!r}")
+    return num
+
+
+def _addr(v, what: str):
+    if v is None:
+        return None
+    try:
+        return ip2int(str(v))
+    except OSError:
+        raise ControlError(f"{what}: {v!r} is not an IPv4 address") from None
+
+
+def _port(v, what: str):
+    if v is None:
+        return None
+    try:
+        n = int(v)
+    except (TypeError, ValueError):
+        raise ControlError(f"{what}: {v!r} is not a port number") from None
+    if not 0 <= n <= 65535:
+        raise ControlError(f"{what}: {v!r} is not a port number")
+    return n
+
+
+# --- stream subscribers -------------------------------------------------------------------------
+
+class Stream:
+    """A bounded queue between the data path (producer) and one client's thread."""
+
+    def __init__(self) -> None:
+        self.q: queue.Queue = queue.Queue(QUEUE_MAX)
+        self.dropped = 0
+        self.done = False
+
+    def put(self, item: dict) -> None:
+        try:
+            self.q.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+
+
+class EventSub(Stream):
+    def __init__(self, filters: Filters, timestamp: bool, as_json: bool) -> None:
+        super().__init__()
+        self.filters, self.timestamp, self.json = filters, timestamp, as_json
+
+
+class Tracer(Stream):
+    """A ``trace`` client: the data path asks ``matches`` per packet and ``push``es."""
+
+    def __init__(self, filters: Filters, count: int | None) -> None:
+        super().__init__()
+        self.filters = filters
+        self.left = count
+
+    def matches(self, pkt, table) -> bool:
+        return not self.done and self.filters.packet(pkt, table)
+
+    def push(self, rec: dict) -> None:
+        self.put({"ok": True, "trace": rec})
+        if self.left is not None:
+            self.left -= 1
+            if self.left <= 0:
+                self.done = True
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    control: "Control"
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        ctl = self.server.control
+        while not ctl.closing:
+            try:
+                line = self.rfile.readline()
+            except OSError:
+                return
+            if not line:
+                return
+            if not line.strip():
+                continue
+            try:
+                req = json.loads(line)
+                if not isinstance(req, dict) or not isinstance(req.get("verb"), str):
+                    raise ControlError('a request is {"verb": "...", "args": {...}}')
+                verb, args = req["verb"], req.get("args") or {}
+                if not isinstance(args, dict):
+                    raise ControlError("args must be an object")
+            except (ValueError, ControlError) as exc:
+                self._send({"ok": False, "error": _one_line(exc)})
+                continue
+            if verb in ("events", "trace"):
+                ctl.stream(verb, args, self)
+                return
+            try:
+                result = ctl.call(verb, args)
+                self._send({"ok": True, "result": result})
+            except (ControlError, SysctlError) as exc:
+                self._send({"ok": False, "error": _one_line(exc)})
+            except Exception as exc:                   # noqa: BLE001 -- answer, log, go on
+                log.exception("control verb %s failed", verb)
+                self._send({"ok": False, "error": f"internal error: {_one_line(exc)}"})
+            if verb == "stop":
+                ctl.dp.stop()
+                return
+
+    def _send(self, obj: dict) -> None:
+        self.wfile.write((json.dumps(obj) + "\n").encode())
+
+    def client_gone(self) -> bool:
+        """True once the client has closed its end (what it sends meanwhile is ignored)."""
+        sock = self.connection
+        try:
+            r, _, _ = select.select([sock], [], [], 0)
+            if not r:
+                return False
+            return sock.recv(4096, socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return " ".join(text.split())
+
+
+class Control:
+    """The verbs of docs/control-protocol.md over a Dataplane."""
+
+    def __init__(self, dp: Dataplane, path: str) -> None:
+        self.dp = dp
+        self.path = path
+        self.closing = False
+        self.events: list[EventSub] = []
+        self._listener_on = False
+        self.events_dropped = 0
+        _claim_path(path)
+        self.server = _Server(path, _Handler)
+        self.server.control = self
+        os.chmod(path, 0o660)
+        try:
+            os.chown(path, 0, grp.getgrnam("nattrack").gr_gid)
+        except (KeyError, PermissionError):
+            pass
+        self.thread = threading.Thread(target=self.server.serve_forever, name="control",
+                                       kwargs={"poll_interval": 0.1}, daemon=True)
+        self.verbs: dict[str, Callable[[dict], Any]] = {
+            "hello": self.v_hello, "list": self.v_list, "proc": self.v_proc, "stats": self.v_stats,
+            "count": self.v_count, "flush": self.v_flush, "delete": self.v_delete,
+            "sysctl": self.v_sysctl, "capture": self.v_capture, "stop": self.v_stop,
+        }
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.closing = True
+        for sub in list(self.events):
+            sub.done = True
+        for tr in list(self.dp.tracers):
+            tr.done = True
+        self.server.shutdown()
+        self.server.server_close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    # --- dispatch ---------------------------------------------------------------------------
+
+    def call(self, verb: str, args: dict) -> Any:
+        fn = self.verbs.get(verb)
+        if fn is None:
+            raise ControlError(f"unknown verb {verb!r}; known: {', '.join([*self.verbs, 'events', 'trace'])}")
+        return fn(args)
+
+    # --- verbs -------------------------------------------------------------------------------
+
+    def v_hello(self, args: dict) -> dict:
+        return self.dp.hello()
+
+    def _matching(self, filters: Filters) -> tuple[list[Conn], int]:
+        table = self.dp.router.ct
+        conns = [ct for ct in table.conns() if filters.conn(ct)]
+        return conns, table.jiffies()
+
+    def v_list(self, args: dict) -> list:
+        filters = Filters(args.get("filters"))
+        fmt = args.get("format", "text")
+        if fmt not in ("text", "json"):
+            raise ControlError(f"format must be \"text\" or \"json\", not {fmt!r}")
+        with self.dp.lock:
+            conns, now_j = self._matching(filters)
+            if fmt == "json":
+                return [show.conn_json(ct, now_j) for ct in conns]
+            return [show.format_conn(ct, now_j, extended=bool(args.get("extended")),
+                                     show_id=bool(args.get("show_id"))) for ct in conns]
+
+    def v_proc(self, args: dict) -> list:
+        with self.dp.lock:
+            conns, now_j = self._matching(Filters(None))
+            return [show.format_proc(ct, now_j) for ct in conns]
+
+    def v_stats(self, args: dict) -> dict:
+        with self.dp.lock:
+            table = self.dp.router.ct
+            router = self.dp.router_stats()
+            router["events_dropped"] = self.events_dropped + sum(s.dropped for s in self.events)
+            return {"stats": dict(table.stats), "count": table.count, "router": router}
+
+    def v_count(self, args: dict) -> int:
+        with self.dp.lock:
+            return self.dp.router.ct.count
+
+    def v_flush(self, args: dict) -> int:
+        with self.dp.lock:
+            return self.dp.router.ct.flush()
+
+    def v_delete(self, args: dict) -> int:
+        filters = Filters(args.get("filters"))
+        with self.dp.lock:
+            conns, _ = self._matching(filters)
+            return sum(1 for ct in conns if self.dp.router.ct.kill(ct))
+
+    def v_sysctl(self, args: dict) -> int:
+        key = args.get("key")
+        if not isinstance(key, str) or not key:
+            raise ControlError("sysctl needs a key, e.g. net.netfilter.nf_conntrack_udp_timeout")
+        with self.dp.lock:
+            settings = self.dp.router.ct.sysctl
+            current = settings.get_full(key)          # unknown keys -> SysctlError
+            value = args.get("value")
+            if value is not None:
+                probe = type(settings)({})
+                probe.set(key, value)                  # validate before touching the kernel
+                try:
+                    self.dp.set_kernel_sysctl(settings.short(key), probe.get_full(key))
+                except Exception as exc:               # noqa: BLE001
+                    raise ControlError(f"the kernel refused {key}={value}: {exc}") from None
+                settings.set(key, value)
+                current = settings.get_full(key)
+            return current
+
+    def v_capture(self, args: dict) -> Any:
+        action = args.get("action")
+        dp = self.dp
+        if action == "start":
+            path = args.get("path") or f"/tmp/nattrack-router-{os.getpid()}-{int(time.time())}.pcapng"
+            with dp.lock:
+                if dp.capture is not None:
+                    raise ControlError(f"a capture is already running ({dp.capture.path})")
+                try:
+                    dp.capture = Capture(str(path), list(dp.ports))
+                except OSError as exc:
+                    raise ControlError(f"cannot write {path}: {exc.strerror or exc}") from None
+            return str(path)
+        if action == "stop":
+            with dp.lock:
+                cap, dp.capture = dp.capture, None
+            if cap is None:
+                raise ControlError("no capture is running")
+            cap.close()
+            return {"path": cap.path, "packets": cap.packets}
+        raise ControlError('capture needs action "start" or "stop"')
+
+    def v_stop(self, args: dict) -> bool:
+        return True
+
+    # --- streams -------------------------------------------------------------------------------
+
+    def stream(self, verb: str, args: dict, handler: _Handler) -> None:
+        try:
+            filters = Filters(args.get("filters"))
+            if verb == "events":
+                sub: Stream = EventSub(filters, bool(args.get("timestamp")), bool(args.get("json")))
+            else:
+                count = args.get("count")
+                if count is not None:
+                    count = int(count)
+                    if count <= 0:
+                        raise ControlError("count must be a positive number")
+                sub = Tracer(filters, count)
+        except (ControlError, ValueError, TypeError) as exc:
+            handler._send({"ok": False, "error": _one_line(exc)})
+            return
+        with self.dp.lock:
+            if verb == "events":
+                self.events.append(sub)
+                if not self._listener_on:
+                    self.dp.router.ct.listeners.append(self._on_event)
+                    self._listener_on = True
+            else:
+                self.dp.tracers = [*self.dp.tracers, sub]
+        try:
+            self._pump(sub, handler)
+        finally:
+            with self.dp.lock:
+                if verb == "events":
+                    self.events.remove(sub)
+                    self.events_dropped += sub.dropped
+                    if not self.events and self._listener_on:
+                        self.dp.router.ct.listeners.remove(self._on_event)
+                        self._listener_on = False
+                else:
+                    sub.done = True
+                    self.dp.tracers = [t for t in self.dp.tracers if t is not sub]
+
+    def _pump(self, sub: Stream, handler: _Handler) -> None:
+        last_check = time.monotonic()
+        while not self.closing:
+            try:
+                item = sub.q.get(timeout=0.2)
+            except queue.Empty:
+                item = None
+            try:
+                if item is not None:
+                    handler._send(item)
+                elif sub.done:
+                    return                              # a finished trace: everything sent
+                now = time.monotonic()
+                if item is None or now - last_check > 0.5:
+                    last_check = now
+                    if handler.client_gone():
+                        return
+            except OSError:
+                return
+
+    def _on_event(self, kind: str, ct: Conn, table, bits: int) -> None:
+        """The table listener (data path thread, under the lock): format and enqueue."""
+        now_j = table.jiffies()
+        ts = table.clock()
+        destroy_timeout = ct.remaining(now_j) if kind == "DESTROY" else None
+        text = {}
+        for sub in self.events:
+            if not sub.filters.empty and not sub.filters.conn(ct):
+                continue
+            if sub.json:
+                item = {"ok": True, "event_json": show.event_json(kind, ct, now_j, ts=ts,
+                                                                  destroy_timeout=destroy_timeout)}
+            else:
+                line = text.get(sub.timestamp)
+                if line is None:
+                    line = text[sub.timestamp] = show.format_event(
+                        kind, ct, now_j, ts=ts if sub.timestamp else None,
+                        destroy_timeout=destroy_timeout, protoinfo=bool(bits & IPCT_PROTOINFO))
+                item = {"ok": True, "event": line}
+            sub.put(item)
+
+
+def _claim_path(path: str) -> None:
+    """Remove a stale socket file; refuse a path another router still answers on."""
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise ControlError(f"{path}: another process is listening on this socket")
+
+
+__all__ = ["Control", "ControlError", "Filters", "Tracer", "EventSub"]

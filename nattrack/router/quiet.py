@@ -1,0 +1,197 @@
+"""What the router process changes in its network namespace, and how it undoes it.
+
+Models nothing in the kernel: this is the lab-kit recipe for a user-space router
+(docs lab-kit-conventions.md section 2).  Every change goes through one
+:class:`NamespaceChanges` object that remembers how to take it back, so a clean
+exit (SIGTERM, SIGINT, the ``stop`` verb, an exception) leaves the namespace
+as it found it: iptables rules deleted, sysctls restored, addresses and routes
+it added removed.  Offloads are turned off and left off.
+
+Everything here acts on the namespace of the calling process (``ip``,
+``iptables``, ``ethtool`` and /proc/sys all follow the process's netns), so it
+works the same under ``ip netns exec`` and Mininet's ``mnexec``.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import struct
+import subprocess
+
+log = logging.getLogger("nattrack.router")
+
+SIOCGIFMTU = 0x8921
+SIOCGIFHWADDR = 0x8927
+ETH_P_ALL = 0x0003
+
+
+class SetupError(RuntimeError):
+    """The namespace could not be prepared (the message says which command failed)."""
+
+
+def run(cmd: list[str], check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=30)
+    if check and p.returncode != 0:
+        raise SetupError(f"{' '.join(cmd)}: {(p.stderr or p.stdout).strip() or 'exit %d' % p.returncode}")
+    return p
+
+
+def sysctl_path(key: str) -> str:
+    return "/proc/sys/" + key.replace(".", "/")
+
+
+def iface_info(name: str) -> tuple[int, bytes, int]:
+    """(ifindex, MAC address, MTU) of an interface of this namespace (ioctl, not /sys,
+    which shows the namespace /sys was mounted in)."""
+    ifindex = socket.if_nametoindex(name)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16s16x", name.encode())
+        mac = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, req)[18:24]
+        mtu = struct.unpack_from("i", fcntl.ioctl(s.fileno(), SIOCGIFMTU, req), 16)[0]
+    return ifindex, bytes(mac), mtu
+
+
+class NamespaceChanges:
+    """A journal of changes to this network namespace, undone in reverse order."""
+
+    def __init__(self) -> None:
+        self._undo: list[tuple[str, object]] = []
+
+    # --- primitives ------------------------------------------------------------------------
+
+    def sysctl(self, key: str, value: str | int) -> None:
+        """Write /proc/sys/KEY (kernel name), remembering the old value."""
+        path = sysctl_path(key)
+        try:
+            with open(path) as f:
+                old = f.read().strip()
+            if old != str(value):
+                with open(path, "w") as f:
+                    f.write(f"{value}\n")
+                self._undo.append(("sysctl", (path, old)))
+        except OSError as exc:
+            raise SetupError(f"sysctl {key}={value}: {exc.strerror or exc}") from None
+
+    def iptables(self, table: str, add: list[str], delete: list[str]) -> None:
+        """``iptables -w -t TABLE ADD...``; undone with ``iptables -w -t TABLE DELETE...``."""
+        run(["iptables", "-w", "-t", table, *add])
+        self._undo.append(("cmd", ["iptables", "-w", "-t", table, *delete]))
+
+    def iptables_restore(self, text: str) -> None:
+        """Load ``text`` with iptables-restore; undone by restoring each table it names as it
+        was before (or empty with ACCEPT policies if it did not exist)."""
+        before = run(["iptables-save"], check=False).stdout
+        saved = _split_tables(before)
+        tables = list(_split_tables(text))
+        run(["iptables-restore", "-w"], input=text)
+        restore = []
+        for t in tables:
+            restore.append(saved.get(t) or _empty_table(t))
+        self._undo.append(("restore", "".join(restore)))
+
+    def ensure_addr(self, iface: str, cidr: str) -> None:
+        """The interface is up and has ADDR/PREFIX (added, and later removed, if missing)."""
+        p = run(["ip", "-o", "-4", "addr", "show", "dev", iface])
+        if f" {cidr} " not in p.stdout + " ":
+            run(["ip", "addr", "add", cidr, "dev", iface])
+            self._undo.append(("cmd", ["ip", "addr", "del", cidr, "dev", iface]))
+        if "UP" not in run(["ip", "-o", "link", "show", "dev", iface]).stdout.split(">")[0]:
+            run(["ip", "link", "set", iface, "up"])
+
+    def ensure_route(self, dest: str, iface: str, gateway: str | None) -> None:
+        """A kernel route to DEST (``default`` or NET/LEN), added if the table has none."""
+        if run(["ip", "-4", "route", "show", dest], check=False).stdout.strip():
+            return
+        cmd = ["ip", "-4", "route", "add", dest] + (["via", gateway] if gateway else []) + ["dev", iface]
+        run(cmd)
+        self._undo.append(("cmd", ["ip", "-4", "route", "del", dest] + (["via", gateway] if gateway else [])
+                           + ["dev", iface]))
+
+    @staticmethod
+    def offloads_off(iface: str) -> None:
+        """ethtool -K IF rx off tx off tso off gso off gro off (one by one: veth and friends
+        refuse some; refusals are fine).  Not undone."""
+        for feature in ("rx", "tx", "tso", "gso", "gro"):
+            run(["ethtool", "-K", iface, feature, "off"], check=False)
+
+    # --- undo ------------------------------------------------------------------------------
+
+    def undo(self) -> list[str]:
+        """Take every change back, newest first; returns the problems met (never raises)."""
+        problems = []
+        while self._undo:
+            kind, what = self._undo.pop()
+            try:
+                if kind == "sysctl":
+                    path, old = what
+                    with open(path, "w") as f:
+                        f.write(old + "\n")
+                elif kind == "cmd":
+                    run(what)
+                elif kind == "restore":
+                    run(["iptables-restore", "-w"], input=what)
+            except Exception as exc:          # noqa: BLE001 -- keep undoing the rest
+                problems.append(f"undo {kind}: {exc}")
+                log.warning("undo %s failed: %s", kind, exc)
+        return problems
+
+
+_BUILTIN = {"filter": ("INPUT", "FORWARD", "OUTPUT"),
+            "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+            "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+            "raw": ("PREROUTING", "OUTPUT"),
+            "security": ("INPUT", "FORWARD", "OUTPUT")}
+
+
+def _split_tables(text: str) -> dict[str, str]:
+    """iptables-save text -> {table: its block from ``*table`` to ``COMMIT``}."""
+    out: dict[str, str] = {}
+    cur, lines = None, []
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("*"):
+            cur, lines = s[1:].split()[0], [s]
+        elif cur is not None:
+            lines.append(line)
+            if s == "COMMIT":
+                out[cur] = "\n".join(lines) + "\n"
+                cur = None
+    return out
+
+
+def _empty_table(table: str) -> str:
+    chains = "".join(f":{c} ACCEPT [0:0]\n" for c in _BUILTIN.get(table, ()))
+    return f"*{table}\n{chains}COMMIT\n"
+
+
+def packet_socket(ifname: str | None, rcvbuf: int = 4 << 20) -> socket.socket:
+    """An AF_PACKET SOCK_RAW socket for ETH_P_ALL, bound to one interface (or all when
+    ``ifname`` is None), non-blocking, with a big receive buffer."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    try:
+        s.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)          # SO_RCVBUFFORCE (root)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, 32, rcvbuf)          # SO_SNDBUFFORCE
+    except OSError:
+        pass
+    s.bind((ifname or "", ETH_P_ALL))
+    s.setblocking(False)
+    return s
+
+
+def packet_drops(sock: socket.socket) -> int:
+    """Frames the kernel dropped because the socket's buffer was full since the last call
+    (PACKET_STATISTICS: struct tpacket_stats {tp_packets, tp_drops}; reading resets it)."""
+    try:
+        _packets, drops = struct.unpack("II", sock.getsockopt(263, 6, 8))   # SOL_PACKET, PACKET_STATISTICS
+    except OSError:
+        return 0
+    return drops
+
+
+__all__ = ["NamespaceChanges", "SetupError", "iface_info", "packet_socket", "packet_drops",
+           "run", "sysctl_path"]
