@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3 python3-venv python3-pip iptables conntrack iproute2 tcpdump ethtool
-              hping3 netcat-openbsd)
+              hping3 netcat-openbsd iputils-ping mininet)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -96,10 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after each packet, show its path through the hooks and the table")
     r.add_argument("--seed", type=int, help="seed for NAT's random port choice (reproducible runs)")
     r.set_defaults(func=cmd_replay)
+
+    # The live lab (nattrack/cli/lab.py, nattrack/cli/conntrack.py).
+    from . import conntrack as _ct, lab as _lab
+    _lab.register(sub)
+    _ct.register(sub)
+    _lab.doctor_register(sub)
     return p
 
 
+# Commands that parse their own options like the tools they imitate (conntrack's
+# getopt order rules, trace's conntrack filters), before argparse sees them.
+def _own_parsers():
+    from . import conntrack as _ct
+    return {"conntrack": _ct.conntrack_main, "trace": _ct.trace_main}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    own = _own_parsers()
+    if argv and argv[0] in own:
+        return own[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -90,3 +90,14 @@ def node_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def router_available() -> bool:
     """Does the router process (``python -m nattrack.router``) exist yet?"""
     return (REPO_ROOT / "nattrack" / "router" / "__main__.py").exists()
+
+
+def mininet_available() -> str | None:
+    """None when Mininet can be imported, else what to do (one line)."""
+    try:
+        import mininet.net  # noqa: F401
+        import mininet.node  # noqa: F401
+    except ImportError:
+        return ("Mininet is not installed: run `sudo apt-get install mininet` "
+                "(or scripts/setup.sh), and use a Python that sees it (the kit's .venv)")
+    return None

@@ -24,7 +24,6 @@ import re
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 from . import IFACE_PREFIX, Paths
 from .procs import alive, cmdline, environ_marker, kill_all, lab_processes
@@ -93,9 +92,10 @@ def root_leftover_ifaces() -> list[str]:
     return names
 
 
-def leftovers(paths: Paths) -> list[str]:
-    """What a dead lab left (empty while a lab service runs or when all is clean)."""
-    if lock_held(paths):
+def leftovers(paths: Paths, check_lock: bool = True) -> list[str]:
+    """What a dead lab left (empty while a lab service runs or when all is clean).
+    ``check_lock=False`` when the caller holds the lock itself (lab up)."""
+    if check_lock and lock_held(paths):
         return []
     found = []
     state = read_state(paths)
@@ -168,4 +168,4 @@ def ensure_run_dir(paths: Paths) -> None:
 
 
 __all__ = ["read_state", "write_state", "lock_held", "leftovers", "force_clean",
-           "root_leftover_ifaces", "is_lab_daemon", "wait_gone", "ensure_run_dir", "Path"]
+           "root_leftover_ifaces", "is_lab_daemon", "wait_gone", "ensure_run_dir"]

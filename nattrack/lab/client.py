@@ -20,7 +20,6 @@ run as the caller (root only for root) inside the node's namespace.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -272,4 +271,4 @@ def default_client() -> LabClient:
     return LabClient()
 
 
-__all__ = ["LabClient", "ExecResult", "ExecSession", "NoLab", "json"]
+__all__ = ["LabClient", "ExecResult", "ExecSession", "NoLab", "default_client"]

@@ -302,7 +302,7 @@ class Session:
         except KeyError:
             env.update(HOME="/")
             groups = ["--clear-groups"]
-        wrap = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", *groups,
+        wrap = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", *groups, "--no-new-privs",
                 f"--inh-caps={USER_CAPS}", f"--ambient-caps={USER_CAPS}", "--"]
         return wrap, env
 

@@ -12,20 +12,10 @@ import subprocess
 import time
 from typing import Callable
 
-from . import LabError, Paths, node_env, python_for_nodes
-from .procs import kill_all, netns_inode, processes_in_netns
+from . import LabError, Paths, mininet_available, node_env, python_for_nodes
+from .procs import host_netns, kill_all, netns_inode, processes_in_netns
 from .topo import LabBridge, NatRouter, NatTopo, RouterProcess
 from .topologies import get_topology
-
-
-def mininet_available() -> str | None:
-    """None when Mininet can be imported, else what to do."""
-    try:
-        import mininet.net  # noqa: F401
-    except ImportError:
-        return ("Mininet is not installed: run `sudo apt-get install mininet` "
-                "(or scripts/setup.sh), and use a Python that sees it (.venv)")
-    return None
 
 
 class LabNet:
@@ -105,8 +95,10 @@ class LabNet:
 
     def _note_node(self, node) -> None:
         ino = netns_inode(node.pid)
-        if ino:
-            self.netns[node.name] = ino
+        if ino is None or ino in host_netns():
+            raise LabError(f"node {node.name} is not in a network namespace of its own: "
+                           f"every lab node must be (use nattrack.lab.topo's node classes)")
+        self.netns[node.name] = ino
         self._record()
 
     def _wait_bridges(self, timeout: float = 5.0) -> None:

@@ -22,9 +22,20 @@ def netns_inode(pid: int | str = "self") -> int | None:
         return None
 
 
-def root_netns_inode() -> int | None:
-    """The initial namespace's inode (PID 1's), never to be swept."""
-    return netns_inode(1)
+def host_netns() -> set[int]:
+    """Namespaces never to sweep: this process's, its parent's and PID 1's (when readable;
+    in some sandboxes PID 1's is not, and this process's is then the one to protect)."""
+    out = set()
+    for pid in ("self", os.getppid(), 1):
+        ino = netns_inode(pid)
+        if ino:
+            out.add(ino)
+    return out
+
+
+def is_mininet_shell(pid: int) -> bool:
+    argv = cmdline(pid)
+    return len(argv) >= 2 and argv[0] == "bash" and argv[-1].startswith("mininet:")
 
 
 def pids() -> list[int]:
@@ -64,20 +75,28 @@ def alive(pid: int | None) -> bool:
 
 
 def lab_processes(owns_marker, netns: Iterable[int] = ()) -> list[int]:
-    """PIDs marked by a lab (``owns_marker(value)`` true) or inside one of ``netns``."""
+    """PIDs marked by a lab (``owns_marker(value)`` true), or inside one of ``netns`` when
+    that namespace is the lab's for sure: not a host namespace, and holding a marked
+    process or a Mininet node shell.  Strangers are never swept."""
     me = os.getpid()
-    root = root_netns_inode()
-    spaces = {n for n in netns if n and n != root}
-    found = []
+    spaces = {n for n in netns if n} - host_netns()
+    found, by_ns, confirmed = [], {}, set()
     for pid in pids():
-        if pid == me or pid == 1:
+        if pid in (me, 1):
             continue
         mark = environ_marker(pid)
+        ino = netns_inode(pid) if spaces else None
         if mark is not None and owns_marker(mark):
             found.append(pid)
+            if ino in spaces:
+                confirmed.add(ino)
             continue
-        if spaces and netns_inode(pid) in spaces:
-            found.append(pid)
+        if ino in spaces:
+            by_ns.setdefault(ino, []).append(pid)
+            if is_mininet_shell(pid):
+                confirmed.add(ino)
+    for ino in confirmed:
+        found += by_ns.get(ino, [])
     return found
 
 
@@ -105,7 +124,9 @@ def kill_all(pids_: Iterable[int], grace: float = 0.5) -> list[int]:
 
 
 def processes_in_netns(spaces: Iterable[int], exclude: Iterable[int] = ()) -> list[int]:
-    root = root_netns_inode()
-    spaces = {n for n in spaces if n and n != root}
+    """Every process in ``spaces``, host namespaces excepted (see host_netns())."""
+    spaces = {n for n in spaces if n} - host_netns()
+    if not spaces:
+        return []
     skip = set(exclude) | {os.getpid(), 1}
     return [p for p in pids() if p not in skip and netns_inode(p) in spaces]

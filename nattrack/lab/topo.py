@@ -31,8 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mininet.node import Host, Node
-from mininet.nodelib import LinuxBridge
+from mininet.node import Host, Node, Switch
 from mininet.topo import Topo
 
 from . import (IFACE_PREFIX, RULES_DIR, LabError, Paths, node_env, python_for_nodes,
@@ -93,20 +92,32 @@ class PlainRouter(Node):
         return r
 
 
-class LabBridge(LinuxBridge):
-    """A Linux bridge in its own namespace (no root-namespace interfaces, no br_netfilter)."""
+class LabBridge(Switch):
+    """A Linux bridge in its own namespace (no root-namespace interfaces, no br_netfilter),
+    made with iproute2 (Mininet's LinuxBridge needs brctl and lives in the root namespace)."""
 
     def __init__(self, name, **params):
-        params.setdefault("inNamespace", True)
+        params["inNamespace"] = True                # Mininet passes False for switches
+        params.setdefault("dpid", "1")             # unused (no OpenFlow); any name is fine
         super().__init__(name, **params)
 
-    def start(self, controllers):
-        self.cmd("sysctl -qw net.bridge.bridge-nf-call-iptables=0 "
-                 "net.bridge.bridge-nf-call-ip6tables=0 net.bridge.bridge-nf-call-arptables=0 "
-                 ">/dev/null 2>&1")
-        self.cmd(_node_setup_cmds([i for i in self.intfList() if str(i) != "lo"]))
-        super().start(controllers)
-        self.cmd(f"ip link set {self.name} up; ip link set lo up")
+    def connected(self):
+        return True
+
+    def start(self, _controllers):
+        ports = [str(i) for i in self.intfList() if str(i) != "lo"]
+        cmds = ["sysctl -qw net.bridge.bridge-nf-call-iptables=0 "
+                "net.bridge.bridge-nf-call-ip6tables=0 net.bridge.bridge-nf-call-arptables=0",
+                f"ip link add name {self.name} type bridge stp_state 0 forward_delay 0",
+                "ip link set lo up"]
+        cmds += [f"ip link set {p} master {self.name}" for p in ports]
+        cmds += [f"ip link set {p} up" for p in ports] + [f"ip link set {self.name} up"]
+        self.cmd("{ " + "; ".join(cmds) + "; } >/dev/null 2>&1")
+        self.cmd(_node_setup_cmds(ports))
+
+    def stop(self, deleteIntfs=True):
+        self.cmd(f"ip link del {self.name} >/dev/null 2>&1")
+        super().stop(deleteIntfs)
 
     def ports_forwarding(self) -> bool:
         out = self.cmd("bridge link show")
@@ -263,8 +274,9 @@ class NatRouter(Node):
     process (:class:`RouterProcess`) started in it when the node is configured."""
 
     def __init__(self, name, **params):
-        super().__init__(name, **params)
         self.router: RouterProcess | None = None
+        self._own_run_dir = None
+        super().__init__(name, **params)
 
     def config(self, lab_router=None, lab_mode="python", lab_sysctls=None, lab_run_dir=None,
                lab_wait=True, **params):
@@ -274,6 +286,7 @@ class NatRouter(Node):
         cmds += _route_cmds(spec.routes, spec.ifaces)
         self.cmd("; ".join(cmds))
         paths = Paths(lab_run_dir) if lab_run_dir else Paths(_mn_run_dir())
+        self._own_run_dir = None if lab_run_dir else paths.dir     # mn's: removed at the end
         paths.dir.mkdir(parents=True, exist_ok=True)
         self.router = RouterProcess(self, spec, lab_mode, lab_sysctls or {},
                                     paths.router_sock(self.name), paths.router_log(self.name))
@@ -285,6 +298,10 @@ class NatRouter(Node):
     def terminate(self):
         if self.router is not None:
             self.router.stop()
+        own = getattr(self, "_own_run_dir", None)
+        if own is not None:
+            import shutil
+            shutil.rmtree(own, ignore_errors=True)
         super().terminate()
 
 
