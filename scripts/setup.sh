@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3 python3-venv python3-pip iptables conntrack iproute2 tcpdump ethtool
-              hping3 netcat-openbsd iputils-ping mininet)
+              hping3 netcat-openbsd iputils-ping curl iperf3 mininet)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -20,7 +20,8 @@ if ((${#missing[@]})); then
     echo "==> installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
+    # No recommends: Mininet's would pull in Open vSwitch, which the kit never uses.
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 VENV=.venv
