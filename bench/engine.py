@@ -30,7 +30,6 @@ import sys
 import time
 import tracemalloc
 
-from nattrack.conntrack import core as ct_core
 from nattrack.conntrack.core import NF_INET_PRE_ROUTING, ConntrackTable, tune_gc
 from nattrack.netfilter.rules import Ruleset
 from nattrack.netfilter.stack import Router
@@ -64,7 +63,7 @@ SIZES = {
     "table": (1_000_000, 200_000),
     "stream": (200_000, 50_000),
     "traced": (100_000, 50_000),
-    "churn": (800_000, 150_000),        # cap on new flows waiting for a gen1 collection
+    "churn": (1_500_000, 150_000),        # cap on new flows waiting for a gen1 collection
 }
 
 
@@ -143,10 +142,15 @@ def udp_datagram(src: int, dst: int, sport: int, dport: int, payload: bytes = by
 _SYN_OPTS = bytes((2, 4, 0x05, 0xB4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7))
 
 
-def tcp_syn(src: int, dst: int, sport: int, dport: int, seq: int = 12345) -> bytearray:
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 10 << 4, 0x02, 64240, 0, 0) + _SYN_OPTS
+def tcp_segment(src: int, dst: int, sport: int, dport: int, seq: int, ack: int, flags: int,
+                opts: bytes = b"", win: int = 502) -> bytearray:
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, (5 + len(opts) // 4) << 4, flags, win, 0, 0) + opts
     c = checksum(tcp, pseudo_header_sum(src, dst, 6, len(tcp)))
     return bytearray(_ip_header(src, dst, 6, len(tcp)) + tcp[:16] + struct.pack("!H", c) + tcp[18:])
+
+
+def tcp_syn(src: int, dst: int, sport: int, dport: int, seq: int = 12345) -> bytearray:
+    return tcp_segment(src, dst, sport, dport, seq, 0, 0x02, _SYN_OPTS, 64240)
 
 
 def lan_host(n: int) -> int:
@@ -424,13 +428,15 @@ def deep_size_estimate(table: ConntrackTable, sample: int = 20000) -> dict:
         seen.add(id(o))
         parts[part] += rsz(o)
 
+    slots = [x for c in type(conns[0]).__mro__ for x in getattr(c, "__slots__", ())
+             if x not in ("orig", "reply", "proto", "counters")] if conns else []
     for ct in conns:
         own(ct, "Conn")
         for t in (ct.orig, ct.reply):
             own(t, "tuples")
             for v in t:
                 own(v, "ints/floats in tuples and Conn")
-        for slot in ("status", "timeout", "mark", "id", "start", "nat_oif", "ecache"):
+        for slot in slots:
             v = getattr(ct, slot, None)
             if isinstance(v, (int, float)):
                 own(v, "ints/floats in tuples and Conn")
@@ -542,8 +548,8 @@ def child_big(n: int, stream: int, churn_cap: int) -> dict:
     # or 2 (with threshold0 x threshold1 young survivors it walks them all).
     progress(f"figure 4: new flows until the first gen1 collection (at most {churn_cap:,})")
     pauses.clear()
-    last_id = table._next_id
     churn_base = new_base + stream
+    first_churn_client = big_flow(churn_base)[0]     # client addresses grow with the flow number
     churned, t_churn = 0, 0.0
     gc.callbacks.append(on_gc)
     while churned < churn_cap and not any(g >= 1 for g, _ in pauses):
@@ -561,7 +567,7 @@ def child_big(n: int, stream: int, churn_cap: int) -> dict:
     churn = list(pauses)
     gen1 = [d for g, d in churn if g >= 1]
     # Back to the figure's table: the churn flows go.
-    for ct in [ct for ct in table.conns(reap=False) if ct.id >= last_id]:
+    for ct in [ct for ct in table.conns(reap=False) if ct.orig.src >= first_churn_client]:
         table.kill(ct)
     gc.collect()
     gc.unfreeze()
@@ -620,32 +626,48 @@ def child_big(n: int, stream: int, churn_cap: int) -> dict:
     return res
 
 
-def child_traced(n: int) -> dict:
-    """Figure 3 cross-check: tracemalloc's count of what n entries keep, and where."""
+def _traced_build(n: int, frames_of) -> tuple[float, list, int]:
+    """Bytes per entry that tracemalloc sees n entries keep, and the top allocating lines."""
     router, clock = new_router({"nf_conntrack_max": 2 * n})
     parse, receive = Packet.parse, router.receive
-    bufs = []
-    for k in range(n):
-        c, s, p = big_flow(k)
-        bufs.append(udp_datagram(c, s, p, 53))
+    bufs = [f for k in range(n) for f in frames_of(k)]
     gc.collect()
     tracemalloc.start(1)
     base = tracemalloc.get_traced_memory()[0]
     snap0 = tracemalloc.take_snapshot()
-    for buf in bufs:
-        receive(parse(buf, 0, "lan", T0))
-    del bufs
+    for iif, buf in bufs:
+        receive(parse(buf, 0, iif, T0))
     gc.collect()
     traced = tracemalloc.get_traced_memory()[0] - base
     snap1 = tracemalloc.take_snapshot()
     tracemalloc.stop()
+    count = max(1, router.ct.count)
     top = []
     for st in snap1.compare_to(snap0, "lineno")[:10]:
         fr = st.traceback[0]
         top.append({"where": f"{fr.filename.replace(ROOT + os.sep, '')}:{fr.lineno}",
-                    "bytes_per_entry": round(st.size_diff / router.ct.count, 1),
-                    "blocks_per_entry": round(st.count_diff / router.ct.count, 2)})
-    return {"n": router.ct.count, "bytes_per_entry": traced / max(1, router.ct.count), "top": top}
+                    "bytes_per_entry": round(st.size_diff / count, 1),
+                    "blocks_per_entry": round(st.count_diff / count, 2)})
+    return traced / count, top, router.ct.count
+
+
+def child_traced(n: int) -> dict:
+    """Figure 3 cross-check: tracemalloc's count of what n entries keep, and where;
+    the same for ESTABLISHED TCP entries (handshake through the router)."""
+    def udp(k):
+        c, s, p = big_flow(k)
+        return [("lan", udp_datagram(c, s, p, 53))]
+
+    def tcp(k):
+        c, s, p = big_flow(k)
+        return [("lan", tcp_segment(c, s, p, 443, 1000, 0, 0x02, _SYN_OPTS, 64240)),
+                ("wan", tcp_segment(s, PUBLIC, 443, p, 5000, 1001, 0x12, _SYN_OPTS, 65160)),
+                ("lan", tcp_segment(c, s, p, 443, 1001, 5001, 0x10, b"", 502))]
+
+    udp_b, top, count = _traced_build(n, udp)
+    tcp_b, tcp_top, tcp_count = _traced_build(n, tcp)
+    return {"n": count, "bytes_per_entry": udp_b, "top": top,
+            "tcp_n": tcp_count, "tcp_bytes_per_entry": tcp_b, "tcp_top": tcp_top}
 
 
 def run_child(kind: str, *args) -> dict:
@@ -740,6 +762,10 @@ def build_report(args, header: dict, f1: dict, f2: dict, big: dict, traced: dict
             line(f"tracemalloc at {traced['n']:,} entries", f"{traced['bytes_per_entry']:,.0f} B")
             for t in traced["top"][:8]:
                 line(f"  {t['where']}", f"{t['bytes_per_entry']:,.0f} B")
+            line(f"tracemalloc, ESTABLISHED TCP entries ({traced['tcp_n']:,})",
+                 f"{traced['tcp_bytes_per_entry']:,.0f} B")
+            for t in traced["tcp_top"][:6]:
+                line(f"  {t['where']}", f"{t['bytes_per_entry']:,.0f} B")
         line("kernel nf_conn (slabinfo objsize)", f"{kern} B" if kern else "n/a")
         line("ratio ours / kernel", f"{bpe / kern:.2f}x" if kern else "n/a")
         line("build rate at scale (includes frame crafting)", f"{f3['build_per_s']:,.0f} conn/s")
@@ -798,7 +824,7 @@ def build_report(args, header: dict, f1: dict, f2: dict, big: dict, traced: dict
             L.append(f"cProfile, {name}, sorted by own time:")
             L.extend("  " + x for x in f["profile"])
     data = {"header": header, "figures": {"1": f1, "2": f2, "3-5": big, "3-tracemalloc": traced},
-            "summary": [{k: v for k, v in s.items() if k != "shown"} for s in summary]}
+            "summary": [{k: v for k, v in s.items() if k != "shown"} for s in summary], "text": L}
     return L, data
 
 

@@ -293,6 +293,13 @@ def nf_nat_setup_info(table, ct: Conn, rng: NatRange, manip: int) -> int:
 def nf_nat_alloc_null_binding(table, ct: Conn, hook: int) -> int:
     """__nf_nat_alloc_null_binding(): map to the current address, ports free to move."""
     manip = hook2manip(hook)
+    if manip == NF_NAT_MANIP_DST and ct.orig.proto != IPPROTO_ICMP and not ct.is_confirmed():
+        # What get_unique_tuple() comes to for this range: the address stays, and
+        # without a port range a DST manip never moves a port, taken or not; only
+        # the uniqueness check (and its `found` count) is left to do.
+        nf_nat_used_tuple(table, invert_tuple(ct.reply), ct)
+        ct.status |= IPS_DST_NAT_DONE
+        return NF_ACCEPT
     ip = ct.reply.dst if manip == NF_NAT_MANIP_SRC else ct.reply.src
     return nf_nat_setup_info(table, ct, NatRange(ip, ip, 0, 0, NF_NAT_RANGE_MAP_IPS), manip)
 
