@@ -12,6 +12,7 @@ import sys
 from ..conntrack import show
 from ..conntrack.sysctl import SysctlError
 from ..netfilter.rules import RulesError
+from ..lab import LabError
 from ..packet.pcapio import CaptureError
 
 
@@ -102,7 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     _lab.register(sub)
     _ct.register(sub)
     _lab.doctor_register(sub)
+
+    d = sub.add_parser("demo", help="the same short exchange through the basic lab in python "
+                       "and in kernel mode, with both tables after every step (root)")
+    d.set_defaults(func=cmd_demo)
     return p
+
+
+def cmd_demo(args) -> int:
+    from ..lab.demo import main as demo_main
+    return demo_main()
 
 
 # Commands that parse their own options like the tools they imitate (conntrack's
@@ -120,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, RulesError, SysctlError, CaptureError) as exc:
+    except (ValueError, OSError, RulesError, SysctlError, CaptureError, LabError) as exc:
         print(f"nattrack: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
