@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         dp.run()
     except (SetupError, ControlError, OSError) as exc:
         log.error("%s", exc)
-        print(f"nattrack.router: {exc}", file=sys.stderr)
+        if args.log:                          # else the log line above was already on stderr
+            print(f"nattrack.router: {exc}", file=sys.stderr)
         status = 1
     except Exception:                         # noqa: BLE001 -- log it, then undo everything
         log.exception("the router failed")

@@ -490,6 +490,9 @@ class Control:
 
 def _claim_path(path: str) -> None:
     """Remove a stale socket file; refuse a path another router still answers on."""
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
     if not os.path.exists(path):
         return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -35,7 +35,8 @@ from ..conntrack.tuple import int2ip, ip2int
 from ..netfilter.stack import Router, Sent, Verdict, _mask
 from ..packet.ipv4 import Packet
 from ..packet.pcapio import PcapngWriter
-from .quiet import NamespaceChanges, iface_info, packet_drops, packet_socket
+from .quiet import (VNET_LEN, VNET_ZERO, NamespaceChanges, finish_checksum, iface_info,
+                    packet_drops, packet_socket)
 
 log = logging.getLogger("nattrack.router")
 
@@ -44,6 +45,7 @@ ETH_P_ARP = b"\x08\x06"
 BROADCAST = b"\xff" * 6
 PACKET_IGNORE_OUTGOING = 23
 PACKET_OUTGOING = 4
+VNET_F_NEEDS_CSUM = 1
 BATCH = 256                      # frames per socket per round (then the others get a turn)
 HOUSEKEEPING_S = 0.1
 ARP_RETRY_S = 0.25
@@ -264,10 +266,11 @@ class PythonDataplane(Dataplane):
 
     def setup(self) -> None:
         ch = self.changes
-        ch.sysctl("net.ipv4.ip_forward", 0)
-        for name, cidrs in self.ifaces.items():
+        for name, cidrs in self.ifaces.items():            # a missing interface fails here
             for cidr in cidrs:
                 ch.ensure_addr(name, cidr)
+        ch.sysctl("net.ipv4.ip_forward", 0)
+        for name in self.ifaces:
             ch.offloads_off(name)
             rule = ["PREROUTING", "-i", name, "-j", "DROP"]
             ch.iptables("raw", ["-I", *rule], ["-D", *rule])
@@ -285,6 +288,13 @@ class PythonDataplane(Dataplane):
             log.info("python mode: %s ifindex %d mac %s mtu %d %s", name, port.ifindex,
                      port.mac.hex(":"), port.mtu, " ".join(cidrs))
         self._rbuf = bytearray(65536 + 64)
+        # Destinations ip_route_input() never forwards: 0/8, 127/8 and multicast (tested
+        # in the loop), the limited broadcast and each subnet's broadcast (this set).
+        self._no_forward = {0xFFFFFFFF}
+        for port in self.ports.values():
+            for addr, plen in port.addrs:
+                if plen < 31:
+                    self._no_forward.add(addr | (~_mask(plen) & 0xFFFFFFFF))
 
     def _make_drain(self, port: Port) -> Callable[[], None]:
         return lambda: self._drain(port)
@@ -302,6 +312,7 @@ class PythonDataplane(Dataplane):
         ports = self.ports
         capture = self.capture
         check_outgoing = not self._ignore_outgoing
+        no_forward = self._no_forward
         now = time.time()
         n = 0
         tx = 0
@@ -319,8 +330,11 @@ class PythonDataplane(Dataplane):
                 except InterruptedError:
                     continue
                 n += 1
-                frame = rbuf[:size]
                 try:
+                    if rbuf[0] & VNET_F_NEEDS_CSUM:
+                        self._finish_checksum(size)
+                    frame = rbuf[VNET_LEN:size]
+                    size -= VNET_LEN
                     if capture is not None:
                         capture.write(now, name, frame)
                     if size < 34:
@@ -334,6 +348,10 @@ class PythonDataplane(Dataplane):
                     pkt = parse(frame, 14, name, now)
                     if pkt is None:
                         self.router.counters["ip_hdr_errors"] += 1
+                        continue
+                    d = pkt.dst
+                    if d >= 0xE0000000 or d < 0x01000000 or d >> 24 == 127 or d in no_forward:
+                        self._martian(pkt)
                         continue
                     if pkt.src not in neigh:
                         self._learn_ip(port, pkt.src, frame)
@@ -352,7 +370,7 @@ class PythonDataplane(Dataplane):
                             self.counters["tx_errors"] += 1
                             continue
                         if capture is not None:
-                            capture.write(now, out.name, data)
+                            capture.write(now, out.name, memoryview(data)[VNET_LEN:])
                 except Exception as exc:               # noqa: BLE001 -- one frame, not the loop
                     self.frame_error(exc)
         finally:
@@ -365,6 +383,11 @@ class PythonDataplane(Dataplane):
             self._arp_in(port, frame)
         else:
             self.counters["not_ipv4"] += 1
+
+    def _martian(self, pkt: Packet) -> None:
+        """Not for the engine: the kernel would not forward it (the Router models no
+        martian or broadcast checks yet), so it is counted and dropped here."""
+        self._count("martians")
 
     def _broadcast_ok(self, port: Port, frame: bytearray) -> bool:
         """A frame not for our MAC: only a broadcast to one of our own addresses goes on
@@ -395,7 +418,7 @@ class PythonDataplane(Dataplane):
             port.hdr.clear()
         pending = port.pending.pop(ip, None)
         if pending:
-            hdr = mac + port.mac + ETH_P_IP
+            hdr = VNET_ZERO + mac + port.mac + ETH_P_IP
             for data in pending[2]:
                 self._send_frame(port, hdr + data)
 
@@ -439,7 +462,7 @@ class PythonDataplane(Dataplane):
             if mac is not None:
                 port.neigh[nexthop] = mac
         if mac is not None:
-            hdr = mac + port.mac + ETH_P_IP
+            hdr = VNET_ZERO + mac + port.mac + ETH_P_IP
             if len(port.hdr) >= HDR_CACHE_MAX:
                 port.hdr.clear()
             port.hdr[dst] = hdr
@@ -460,10 +483,23 @@ class PythonDataplane(Dataplane):
     def _arp_request(self, port: Port, ip: int) -> None:
         frame = _ARP.pack(BROADCAST, port.mac, ETH_P_ARP, 1, 0x0800, 6, 4, 1, port.mac,
                           struct.pack("!I", port.source_for(ip)), b"\0" * 6, struct.pack("!I", ip))
-        self._send_frame(port, frame)
+        self._send_frame(port, VNET_ZERO + frame)
         self._count("arp_requests")
 
+    def _finish_checksum(self, size: int) -> None:
+        """A peer veth left the L4 checksum to offload: complete it (rare path).  A GSO
+        super-frame (the peer has tso/gso on) cannot be forwarded whole: counted, and
+        said once in the log."""
+        if self._rbuf[1]:
+            self._count("gso_frames")
+            if self.counters["gso_frames"] == 1:
+                log.warning("GSO super-frames arrive (%d bytes): turn offloads off on the peers' "
+                            "veths (ethtool -K IF tso off gso off tx off)", size - VNET_LEN)
+        if finish_checksum(self._rbuf, size):
+            self._count("csum_completed")
+
     def _send_frame(self, port: Port, frame: bytes) -> None:
+        """Send one frame (virtio_net_hdr included) outside the hot loop."""
         try:
             port.sock.send(frame)
             self.counters["tx_frames"] += 1
@@ -471,7 +507,7 @@ class PythonDataplane(Dataplane):
             self.counters["tx_errors"] += 1
             return
         if self.capture is not None:
-            self.capture.write(time.time(), port.name, frame)
+            self.capture.write(time.time(), port.name, memoryview(frame)[VNET_LEN:])
 
     def _count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n

@@ -22,38 +22,50 @@ locally).  The shadow then processes it with ``table.nat_forced[orig] =
 <tuple that left>``, which :func:`forced_get_unique_tuple` (wrapped around
 ``nattrack.nat.core.get_unique_tuple``) returns instead of searching: the
 address/port part that manipulation changes comes from the kernel's packet.
+When no copy left (the datagram waits in the kernel's ARP queue, or was
+answered locally), the kernel's table is asked instead (``conntrack -G``, at
+most 20 times a second).
 
-Datagrams of known connections are processed at once.  An outgoing IPv4
+Datagrams of known connections are processed at once, unless something is
+held: then they queue behind it, so the shadow sees everything in the
+kernel's order.  An outgoing IPv4
 frame that matches no ingress frame is counted: ``shadow_missed`` (the kernel
 forwarded something the shadow never got: a full socket buffer) or
-``kernel_originated`` (the kernel's own packets: echo replies, RSTs, ICMP errors).
+``kernel_originated`` (the kernel's own packets: RSTs, ICMP errors, echo replies),
+which the shadow runs through its LOCAL_OUT path as the kernel did (except echo
+replies, which the engine makes itself).  Within a second of a socket overflow
+every unexplained copy counts as missed: a masqueraded packet the shadow lost
+would look like one of the kernel's own.
+
+The kernel's conntrack table is flushed when the shadow starts (it starts
+empty too) and when it stops (entries must not outlive the rules that made them).
 """
 from __future__ import annotations
 
 import logging
 import socket
-import struct
+import subprocess
 import time
 from collections import deque
 
+from ..conntrack import show
 from ..conntrack.core import get_tuple
 from ..conntrack.sysctl import PREFIX
-from ..conntrack.tuple import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, invert_tuple
+from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PROTO_NAMES, Tuple, int2ip,
+                               invert_tuple)
 from ..nat import core as nat_core
 from ..netfilter.stack import Router
-from ..packet.checksum import ones_sum, pseudo_header_sum
 from ..packet.ipv4 import ICMP_QUERY_TYPES, Packet
 from .dataplane import BATCH, PACKET_OUTGOING, Dataplane, Port
-from .quiet import NamespaceChanges, packet_drops, packet_socket
+from .quiet import VNET_LEN, NamespaceChanges, finish_checksum, packet_drops, packet_socket, run
 
 log = logging.getLogger("nattrack.router")
 
 HOLD_S = 0.05                   # how long a first packet waits for the kernel's copy
-RECENT_MAX = 8192               # ingress signatures remembered for the missed-packet check
-PACKET_AUXDATA = 8
-TP_STATUS_CSUMNOTREADY = 1 << 3
+LOOKUPS_PER_S = 20              # conntrack -G calls when no copy came (rate limit)
+RECENT_MAX = 8192               # ingress datagrams remembered until their copy leaves
+STALE_S = 0.5                   # a copy this late belongs to no datagram processed at once
 FORCE_TRACKING = ["PREROUTING", "-m", "conntrack", "!", "--ctstate", "UNTRACKED"]
-_AUX = struct.Struct("IIIHHHH")
 PACKET_HOST, PACKET_BROADCAST = 0, 1
 
 # --- the NAT hook -----------------------------------------------------------------------------
@@ -94,7 +106,8 @@ def install_nat_hook() -> None:
 
 def nat_invariant_key(pkt: Packet) -> tuple:
     """What NAT leaves alone: protocol, IP id, total length, fragment offset and the L4
-    bytes past ports and checksum (the first 16 of the payload)."""
+    bytes past ports and checksum (the first 16 of the payload; for an ICMP error, the
+    quoted datagram's length, id and protocol)."""
     buf, l4 = pkt.buf, pkt.l4
     end = pkt.off + pkt.tot_len
     proto = pkt.proto
@@ -104,39 +117,31 @@ def nat_invariant_key(pkt: Packet) -> tuple:
         sig = bytes(buf[l4 + 4:min(end, l4 + 16)])                 # seq, ack, offset, flags, window
     elif proto == IPPROTO_UDP:
         sig = bytes(buf[l4 + 4:min(end, l4 + 6)]) + bytes(buf[l4 + 8:min(end, l4 + 24)])
-    elif proto == IPPROTO_ICMP:
+    elif proto == IPPROTO_ICMP and pkt.itype in ICMP_QUERY_TYPES:
         sig = bytes(buf[l4:min(end, l4 + 2)]) + bytes(buf[l4 + 6:min(end, l4 + 24)])
+    elif proto == IPPROTO_ICMP:                 # an error: NAT rewrites the quoted header too
+        sig = (bytes(buf[l4:min(end, l4 + 2)]) + bytes(buf[l4 + 10:min(end, l4 + 14)])
+               + bytes(buf[l4 + 17:min(end, l4 + 18)]))    # type, code; quoted length, id, proto
     else:
         sig = bytes(buf[l4:min(end, l4 + 16)])
     return (proto, pkt.ipid, pkt.tot_len, pkt.frag, sig)
 
 
-def complete_checksum(frame: bytearray) -> None:
-    """Finish a TCP/UDP checksum left to offload (TP_STATUS_CSUMNOTREADY): the field holds
-    only the pseudo-header sum, as a peer veth with tx checksumming on sends it."""
-    if len(frame) < 34 or frame[12:14] != b"\x08\x00":
-        return
-    ihl = (frame[14] & 15) * 4
-    tot = struct.unpack_from("!H", frame, 16)[0]
-    proto = frame[23]
-    l4 = 14 + ihl
-    end = min(14 + tot, len(frame))
-    at = {IPPROTO_TCP: 16, IPPROTO_UDP: 6}.get(proto)
-    if at is None or end - l4 < at + 2:
-        return
-    src, dst = struct.unpack_from("!II", frame, 26)
-    frame[l4 + at:l4 + at + 2] = b"\0\0"
-    c = 0xFFFF - ones_sum(memoryview(frame)[l4:end], pseudo_header_sum(src, dst, proto, end - l4))
-    if c == 0 and proto == IPPROTO_UDP:
-        c = 0xFFFF
-    struct.pack_into("!H", frame, l4 + at, c)
-
-
 class Held:
-    __slots__ = ("pkt", "key", "deadline", "egress")
+    """A datagram waiting its turn in the shadow: an ingress one (``out=False``) waits for
+    its copy to leave the kernel, a kernel-originated one (``out=True``) only for those
+    ahead of it.  ``egress`` is the tuple it left with; ``local`` marks an ingress
+    datagram the kernel answered itself (no copy will leave)."""
+    __slots__ = ("pkt", "deadline", "egress", "out", "local", "done")
 
-    def __init__(self, pkt: Packet, key: tuple, deadline: float) -> None:
-        self.pkt, self.key, self.deadline, self.egress = pkt, key, deadline, None
+    def __init__(self, pkt: Packet, deadline: float, out: bool = False) -> None:
+        self.pkt, self.deadline, self.out = pkt, deadline, out
+        self.egress = None
+        self.local = False
+        self.done = False                    # processed (a copy coming later is stale)
+
+    def ready(self, now: float) -> bool:
+        return self.out or self.local or self.egress is not None or self.deadline <= now
 
 
 class ShadowDataplane(Dataplane):
@@ -152,13 +157,16 @@ class ShadowDataplane(Dataplane):
         self.kernel_sysctls = kernel_sysctls
         self.routes = routes or {}
         self.held: deque[Held] = deque()
-        self.awaiting: dict[tuple, deque[Held]] = {}
-        self.recent: dict[tuple, int] = {}
-        self.recent_order: deque[tuple] = deque()
-        self.by_name: dict[str, Port] = {}
+        # Ingress datagrams not yet seen leaving, per NAT-invariant key, oldest first: a
+        # Held, or the time a datagram processed at once arrived.
+        self.inflight: dict[tuple, deque] = {}
+        self.inflight_order: deque[tuple] = deque()          # (key, item), for forgetting
         self.sock: socket.socket | None = None
-        self.counters.update(held=0, held_matched=0, hold_timeouts=0, shadow_missed=0,
-                             kernel_originated=0, shadow_disagrees=0, csum_completed=0)
+        self.counters.update(held=0, held_matched=0, hold_timeouts=0, late_copies=0, kernel_lookups=0,
+                             shadow_missed=0, kernel_originated=0, shadow_disagrees=0,
+                             csum_completed=0)
+        self._lookup_window, self._lookups = 0.0, 0
+        self._lossy_until = 0.0        # after socket drops, an unexplained copy counts as missed
         router.ct.nat_forced = {}
         install_nat_hook()
         nat = (router.ruleset.tables.get("nat", {}) if router.ruleset is not None else {})
@@ -175,26 +183,29 @@ class ShadowDataplane(Dataplane):
         for dest, via in self.routes.items():
             iface, _, gw = via.partition(" via ")
             ch.ensure_route(dest, iface.strip(), gw.strip() or None)
-        for key, value in self.kernel_sysctls.items():
-            ch.sysctl(key, value)
         if self.rules_text:
             ch.iptables_restore(self.rules_text)
         ch.iptables("mangle", ["-A", *FORCE_TRACKING], ["-D", *FORCE_TRACKING])
-        ch.sysctl("net.ipv4.ip_forward", 1)
+        for key, value in self.kernel_sysctls.items():     # nf_conntrack is loaded by now
+            ch.sysctl(key, value)
         for name, cidrs in self.ifaces.items():
             port = Port(name, cidrs)
             self.router.ifaces[name].mtu = port.mtu
             self.ports[name] = port
-        self.sock = packet_socket(None)
-        self.sock.setsockopt(263, PACKET_AUXDATA, 1)                 # SOL_PACKET
+        self.sock = packet_socket(None)                    # listening before the kernel forwards
         self._register(self.sock.fileno(), self._drain)
         self._rbuf = bytearray(65536 + 64)
+        run(["conntrack", "-F"], check=False)              # both tables start empty
+        ch.sysctl("net.ipv4.ip_forward", 1)
         log.info("kernel mode: shadowing %s", ", ".join(self.ports))
 
     def close(self) -> list[str]:
+        """Undo, then flush the kernel's table: what the rules made must not outlive them."""
         if self.sock is not None:
             self.sock.close()
-        return super().close()
+        problems = super().close()
+        run(["conntrack", "-F"], check=False)
+        return problems
 
     def set_kernel_sysctl(self, key: str, value) -> None:
         full = key if "." in key else PREFIX + key
@@ -213,7 +224,7 @@ class ShadowDataplane(Dataplane):
         try:
             while n < BATCH:
                 try:
-                    size, anc, _flags, addr = sock.recvmsg_into([rbuf], 64)
+                    size, addr = sock.recvfrom_into(rbuf)
                 except BlockingIOError:
                     break
                 except InterruptedError:
@@ -222,13 +233,11 @@ class ShadowDataplane(Dataplane):
                 if port is None:
                     continue
                 n += 1
-                frame = rbuf[:size]
                 try:
-                    for level, kind, data in anc:
-                        if level == 263 and kind == PACKET_AUXDATA and len(data) >= 4:
-                            if struct.unpack_from("I", data)[0] & TP_STATUS_CSUMNOTREADY:
-                                complete_checksum(frame)
-                                self.counters["csum_completed"] += 1
+                    if finish_checksum(rbuf, size):      # left to offload by a veth peer
+                        self.counters["csum_completed"] += 1
+                    frame = rbuf[VNET_LEN:size]
+                    size -= VNET_LEN
                     if self.capture is not None:
                         self.capture.write(now, port.name, frame)
                     if size < 34:
@@ -245,8 +254,16 @@ class ShadowDataplane(Dataplane):
                     self.frame_error(exc)
         finally:
             self.counters["rx_frames"] += n
+        if n == BATCH:                                     # busy: did the socket overflow?
+            self._check_drops(now)
         if self.held:
-            self._release(time.monotonic())
+            self._release(time.time())
+
+    def _check_drops(self, now: float) -> None:
+        drops = packet_drops(self.sock)
+        if drops:
+            self.counters["socket_drops"] += drops
+            self._lossy_until = now + 1.0
 
     def _ingress(self, port: Port, frame: bytearray, now: float, pkttype: int) -> None:
         pkt = Packet.parse(frame, 14, port.name, now)
@@ -257,13 +274,13 @@ class ShadowDataplane(Dataplane):
             self.counters["not_for_us"] += 1
             return
         key = nat_invariant_key(pkt)
-        self._remember(key)
         if self.held or self._may_be_new(pkt):
-            h = Held(pkt, key, time.monotonic() + HOLD_S)
+            h = Held(pkt, now + HOLD_S)
             self.held.append(h)
-            self.awaiting.setdefault(key, deque()).append(h)
+            self._inflight(key, h)
             self.counters["held"] += 1
             return
+        self._inflight(key, now)
         self.receive(pkt)
 
     def _may_be_new(self, pkt: Packet) -> bool:
@@ -274,72 +291,153 @@ class ShadowDataplane(Dataplane):
             return False                               # errors are RELATED, never new
         if pkt.dst in self.router.local and not self._dnat_possible:
             return False                               # delivered here, no copy will leave
+        if pkt.proto == IPPROTO_TCP and pkt.tcpflags & 0x12 == 0x02:
+            return True                                # a SYN may reopen an old entry anew
         t = get_tuple(pkt)
-        return t is not None and t not in self.router.ct.hash
+        if t is None:
+            return False
+        ct = self.router.ct.hash.get(t)
+        return ct is None or self.router.ct.is_expired(ct)
 
-    def _remember(self, key: tuple) -> None:
-        recent = self.recent
-        recent[key] = recent.get(key, 0) + 1
-        self.recent_order.append(key)
-        if len(self.recent_order) > RECENT_MAX:
-            old = self.recent_order.popleft()
-            left = recent.get(old, 0) - 1
-            if left > 0:
-                recent[old] = left
-            else:
-                recent.pop(old, None)
+    def _inflight(self, key: tuple, item) -> None:
+        q = self.inflight.get(key)
+        if q is None:
+            q = self.inflight[key] = deque()
+        q.append(item)
+        order = self.inflight_order
+        order.append((key, item))
+        if len(order) > RECENT_MAX:                    # forget the oldest (never seen leaving)
+            old, old_item = order.popleft()
+            oq = self.inflight.get(old)
+            if oq and oq[0] is old_item:
+                oq.popleft()
+                if not oq:
+                    del self.inflight[old]
 
     def _egress(self, port: Port, frame: bytearray) -> None:
         pkt = Packet.parse(frame, 14, None, 0.0)
         if pkt is None:
             return
         key = nat_invariant_key(pkt)
-        waiting = self.awaiting.get(key)
-        if waiting:
-            h = waiting.popleft()
-            if not waiting:
-                del self.awaiting[key]
-            h.egress = get_tuple(pkt)
-            self.counters["held_matched"] += 1
-        count = self.recent.get(key)
-        if count:
-            if count > 1:
-                self.recent[key] = count - 1
-            else:
-                del self.recent[key]
+        q = self.inflight.get(key)
+        matched = False
+        if q:
+            # The copy belongs to the oldest datagram with this key still expected out
+            # (the kernel keeps the order); stale ones (dropped or kept by the kernel) go.
+            now = time.time()
+            while q and not matched:
+                item = q.popleft()
+                if isinstance(item, Held):
+                    if not item.done:
+                        item.egress = get_tuple(pkt)
+                        self.counters["held_matched"] += 1
+                        matched = True
+                    elif now - item.deadline + HOLD_S < STALE_S:
+                        self.counters["late_copies"] += 1     # it waited for ARP, say
+                        matched = True
+                elif now - item < STALE_S:
+                    matched = True
+            if not q:
+                del self.inflight[key]
+        if matched:
             return
-        if pkt.src in self.router.local:
+        if pkt.src in self.router.local and self._lossy_until < time.time():
+            # The kernel's own packet (a RST, an ICMP error, its own traffic): the shadow
+            # runs it through LOCAL_OUT too, in its place in the queue.  Echo replies
+            # excepted: the engine's icmp_echo() already answered the request.
             self.counters["kernel_originated"] += 1
+            if pkt.proto == IPPROTO_ICMP and pkt.itype == 0:
+                return
+            t = get_tuple(pkt)
+            answered = invert_tuple(t) if t is not None else None
+            for h in self.held:                       # the request it answers was delivered here
+                if not h.out and h.egress is None and answered is not None and get_tuple(h.pkt) == answered:
+                    h.local = True
+            if self.held:
+                self.held.append(Held(pkt, 0.0, out=True))
+            else:
+                self._local_out(pkt)
         else:
             self.counters["shadow_missed"] += 1
+            if self.counters["shadow_missed"] <= 10:
+                log.info("left the kernel, never seen arriving: %s", pkt.summary())
+
+    def _local_out(self, pkt: Packet) -> None:
+        """A packet the kernel itself sent, through the shadow's LOCAL_OUT.  A new connection
+        keeps the tuple it left with (the kernel's NAT choice for it is not visible)."""
+        t = get_tuple(pkt)
+        forced = self.router.ct.nat_forced
+        new = t is not None and t not in self.router.ct.hash
+        if new:
+            forced[t] = t
+        try:
+            self.router.send_local(pkt)
+        finally:
+            if new:
+                forced.pop(t, None)
+
+    def _kernel_choice(self, t: Tuple) -> Tuple | None:
+        """The tuple a datagram of a new connection left the kernel with, read from the
+        kernel's own table (``conntrack -G``) when no copy was seen leaving (the datagram
+        waits for ARP, or was delivered locally).  Rate-limited; None if unknown."""
+        now = time.monotonic()
+        if now - self._lookup_window >= 1.0:
+            self._lookup_window, self._lookups = now, 0
+        if self._lookups >= LOOKUPS_PER_S:
+            return None
+        self._lookups += 1
+        self.counters["kernel_lookups"] += 1
+        name = PROTO_NAMES.get(t.proto)
+        if name is None:
+            return None
+        cmd = ["conntrack", "-G", "-p", name, "-s", int2ip(t.src), "-d", int2ip(t.dst)]
+        if t.proto == IPPROTO_ICMP:
+            cmd += ["--icmp-type", str(t.dport >> 8), "--icmp-code", str(t.dport & 255),
+                    "--icmp-id", str(t.sport)]
+        elif t.proto in nat_core.PORT_PROTOS:
+            cmd += ["--sport", str(t.sport), "--dport", str(t.dport)]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=2)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        for line in p.stdout.splitlines():
+            if line.strip():
+                try:
+                    reply = show.conn_from_parsed(show.parse_conntrack_line(line), 0).reply
+                except (KeyError, ValueError, IndexError):
+                    return None
+                return invert_tuple(reply)
+        return None
 
     def _release(self, now: float) -> None:
-        """Process held datagrams from the head: matched ones, and those whose wait is over."""
+        """Process held datagrams from the head while they are ready: matched ones, kernel
+        packets, locally answered ones, and those whose wait is over."""
         held = self.held
         forced = self.router.ct.nat_forced
-        while held:
-            h = held[0]
-            if h.egress is None and h.deadline > now:
-                break
-            held.popleft()
-            if h.egress is None:
-                self.counters["hold_timeouts"] += 1
-                q = self.awaiting.get(h.key)
-                if q is not None:
-                    try:
-                        q.remove(h)
-                    except ValueError:
-                        pass
-                    if not q:
-                        del self.awaiting[h.key]
+        while held and held[0].ready(now):
+            h = held.popleft()
+            if h.out:
+                try:
+                    self._local_out(h.pkt)
+                except Exception as exc:               # noqa: BLE001
+                    self.frame_error(exc)
+                continue
+            h.done = True
             orig = get_tuple(h.pkt)
-            if h.egress is not None and orig is not None:
-                forced[orig] = h.egress
+            choice = h.egress
+            if choice is None and not h.local and orig is not None:
+                self.counters["hold_timeouts"] += 1
+                if orig not in self.router.ct.hash:
+                    choice = self._kernel_choice(orig)
+            if choice is not None and orig is not None:
+                forced[orig] = choice
             try:
                 v = self.receive(h.pkt)
                 if h.egress is not None and not v.sent:
                     self.counters["shadow_disagrees"] += 1
-                    log.info("kernel forwarded %s, the shadow did not (%s)", h.pkt.summary(), v.dropped)
+                    if self.counters["shadow_disagrees"] <= 10:
+                        log.info("the kernel forwarded %s, the shadow did not (%s)",
+                                 h.pkt.summary(), v.dropped)
             except Exception as exc:                   # noqa: BLE001
                 self.frame_error(exc)
             finally:
@@ -349,10 +447,9 @@ class ShadowDataplane(Dataplane):
     def periodic(self, now: float) -> None:
         super().periodic(now)
         if self.held:
-            self._release(now)
+            self._release(time.time())
         if self.sock is not None:
-            self.counters["socket_drops"] += packet_drops(self.sock)
+            self._check_drops(time.time())
 
 
-__all__ = ["ShadowDataplane", "forced_get_unique_tuple", "install_nat_hook", "nat_invariant_key",
-           "complete_checksum"]
+__all__ = ["ShadowDataplane", "forced_get_unique_tuple", "install_nat_hook", "nat_invariant_key"]
