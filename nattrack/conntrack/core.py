@@ -97,6 +97,7 @@ class ConntrackTable:
         self.listeners: list[EventListener] = []
         self.log: list[str] = []               # what the kernel would printk
         self.nat_bysource: dict[int, Conn | list[Conn]] = {}
+        self.nat_forced: dict[Tuple, Tuple] = {}   # kernel mode: NAT choices seen leave
         # gc_worker state
         self.gc_next_bucket = 0
         self.gc_next_run: int | None = None     # jiffies; None until the clock is first read

@@ -244,8 +244,27 @@ def nf_nat_l4proto_unique_tuple(table, t: Tuple, rng: NatRange, manip: int, ct: 
         off = table.rng.getrandbits(16)
 
 
+def _forced_tuple(orig: Tuple, k: Tuple, manip: int) -> Tuple:
+    """The kernel's own choice, as the shadow tracker saw it leave (kernel mode)."""
+    keyed = orig.proto in PORT_PROTOS
+    if manip == NF_NAT_MANIP_SRC:
+        if keyed or orig.proto == IPPROTO_ICMP:
+            return orig._replace(src=k.src, sport=k.sport)
+        return orig._replace(src=k.src)
+    return orig._replace(dst=k.dst, dport=k.dport) if keyed else orig._replace(dst=k.dst)
+
+
 def get_unique_tuple(table, orig: Tuple, rng: NatRange, ct: Conn, manip: int) -> Tuple:
-    """get_unique_tuple(): the tuple this connection will have after NAT."""
+    """get_unique_tuple(): the tuple this connection will have after NAT.
+
+    A connection listed in ``table.nat_forced`` (original tuple -> the tuple its
+    first packet had when the real kernel sent it) takes the kernel's choice:
+    that is how the shadow tracker in kernel mode learns random port choices.
+    """
+    if table.nat_forced:
+        k = table.nat_forced.get(ct.orig)
+        if k is not None:
+            return _forced_tuple(orig, k, manip)
     random_all = rng.flags & NF_NAT_RANGE_PROTO_RANDOM_ALL
     if manip == NF_NAT_MANIP_SRC and not random_all:
         if nf_in_range(orig, rng):

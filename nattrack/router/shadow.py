@@ -19,8 +19,8 @@ not change: protocol, IP id, total length and the L4 bytes after the ports
 (TCP sequence numbers, UDP length and payload, ICMP type/code/sequence and
 payload) -- or until 50 ms have passed (the kernel dropped it or delivered it
 locally).  The shadow then processes it with ``table.nat_forced[orig] =
-<tuple that left>``, which :func:`forced_get_unique_tuple` (wrapped around
-``nattrack.nat.core.get_unique_tuple``) returns instead of searching: the
+<tuple that left>``, which ``nattrack.nat.core.get_unique_tuple`` returns
+instead of searching: the
 address/port part that manipulation changes comes from the kernel's packet.
 When no copy left (the datagram waits in the kernel's ARP queue, or was
 answered locally), the kernel's table is asked instead (``conntrack -G``, at
@@ -67,40 +67,6 @@ RECENT_MAX = 8192               # ingress datagrams remembered until their copy 
 STALE_S = 0.5                   # a copy this late belongs to no datagram processed at once
 FORCE_TRACKING = ["PREROUTING", "-m", "conntrack", "!", "--ctstate", "UNTRACKED"]
 PACKET_HOST, PACKET_BROADCAST = 0, 1
-
-# --- the NAT hook -----------------------------------------------------------------------------
-
-_original_get_unique_tuple = nat_core.get_unique_tuple
-
-
-def forced_get_unique_tuple(table, orig: Tuple, rng, ct, manip: int) -> Tuple:
-    """get_unique_tuple(), except that a connection listed in ``table.nat_forced``
-    (ct.orig -> the tuple its first packet had when it left the kernel) takes the
-    kernel's choice for the part ``manip`` changes.
-
-    This is the hook nat/core.py would need (see the report): consult
-    ``table.nat_forced.get(ct.orig)`` first; SRC manip takes src and sport from it,
-    DST manip dst and dport (ICMP: only the id, on the source side, moves).
-    """
-    forced = getattr(table, "nat_forced", None)
-    if forced:
-        k = forced.get(ct.orig)
-        if k is not None:
-            if manip == nat_core.NF_NAT_MANIP_SRC:
-                if orig.proto in nat_core.PORT_PROTOS or orig.proto == IPPROTO_ICMP:
-                    return orig._replace(src=k.src, sport=k.sport)
-                return orig._replace(src=k.src)
-            if orig.proto in nat_core.PORT_PROTOS:
-                return orig._replace(dst=k.dst, dport=k.dport)
-            return orig._replace(dst=k.dst)
-    return _original_get_unique_tuple(table, orig, rng, ct, manip)
-
-
-def install_nat_hook() -> None:
-    """Monkeypatch the engine's get_unique_tuple (module global looked up at call time
-    by nf_nat_setup_info); tables without ``nat_forced`` are unaffected."""
-    nat_core.get_unique_tuple = forced_get_unique_tuple
-
 
 # --- matching the ingress and egress copies of one datagram -------------------------------------
 
@@ -167,8 +133,6 @@ class ShadowDataplane(Dataplane):
                              csum_completed=0)
         self._lookup_window, self._lookups = 0.0, 0
         self._lossy_until = 0.0        # after socket drops, an unexplained copy counts as missed
-        router.ct.nat_forced = {}
-        install_nat_hook()
         nat = (router.ruleset.tables.get("nat", {}) if router.ruleset is not None else {})
         self._dnat_possible = bool(nat.get("PREROUTING"))
 
@@ -452,4 +416,4 @@ class ShadowDataplane(Dataplane):
             self._check_drops(time.time())
 
 
-__all__ = ["ShadowDataplane", "forced_get_unique_tuple", "install_nat_hook", "nat_invariant_key"]
+__all__ = ["ShadowDataplane", "nat_invariant_key"]
