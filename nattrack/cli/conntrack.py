@@ -83,27 +83,16 @@ def run_conntrack(req: CtRequest, api, out: TextIO | None = None,
         err.write(show.LIST_SUMMARY.format(n=len(lines)) + "\n")
         return 0
     if cmd == "E":
-        n = 0
         events = api.events(filters, router=router, timestamp="timestamp" in req.output,
                             json=req.json)
-        try:
-            for ev in events:
-                if req.json:
-                    if req.event_mask and ev.get("event") not in req.event_mask:
-                        continue
-                    out.write(json.dumps(ev) + "\n")
-                else:
-                    if not _keep(req, ev):
-                        continue
-                    out.write((_insert_l3(ev) if "extended" in req.output else ev) + "\n")
-                out.flush()
-                n += 1
-        except KeyboardInterrupt:
-            pass
-        finally:
-            events.close()
-        err.write(show.EVENT_SUMMARY.format(n=n) + "\n")
-        return 0
+
+        def render(ev):
+            if req.json:
+                return None if req.event_mask and ev.get("event") not in req.event_mask else json.dumps(ev)
+            if not _keep(req, ev):
+                return None
+            return _insert_l3(ev) if "extended" in req.output else ev
+        return _print_events(events, render, out, err)
     if cmd == "S":
         out.write(show.format_stats(api.stats(router=router)["stats"]) + "\n")
         return 0
@@ -127,23 +116,31 @@ def run_conntrack(req: CtRequest, api, out: TextIO | None = None,
     raise CtUsageError(f"unknown command {cmd!r}")
 
 
+def _print_events(events, render, out: TextIO, err: TextIO) -> int:
+    """Print a live event stream (``render`` gives the line, or None to skip) until it
+    ends or Ctrl-C, then conntrack's summary on stderr."""
+    n = 0
+    try:
+        for ev in events:
+            line = render(ev)
+            if line is None:
+                continue
+            out.write(line + "\n")
+            out.flush()
+            n += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        events.close()
+    err.write(show.EVENT_SUMMARY.format(n=n) + "\n")
+    return 0
+
+
 def _run_kernel(req: CtRequest, api, out: TextIO, err: TextIO) -> int:
     if req.json:
         raise CtUsageError("--json is for the Python tracker; the kernel's conntrack prints text")
     if req.command == "E":
-        n = 0
-        events = api.kernel_events(req, router=req.router)
-        try:
-            for line in events:
-                out.write(line + "\n")
-                out.flush()
-                n += 1
-        except KeyboardInterrupt:
-            pass
-        finally:
-            events.close()
-        err.write(show.EVENT_SUMMARY.format(n=n) + "\n")
-        return 0
+        return _print_events(api.kernel_events(req, router=req.router), lambda line: line, out, err)
     res = api.kernel_conntrack(req, router=req.router)
     out.write(res["stdout"])
     err.write(res["stderr"])
