@@ -39,6 +39,7 @@ class ReplayResult:
     events_json: list[dict] = field(default_factory=list)
     table: list[str] = field(default_factory=list)          # conntrack -L lines
     table_json: list[dict] = field(default_factory=list)
+    proc: list[str] = field(default_factory=list)            # /proc/net/nf_conntrack lines
     stats: dict = field(default_factory=dict)               # conntrack -S counters
     egress: list[tuple[float, str, bytes]] = field(default_factory=list)
     packets: int = 0
@@ -125,6 +126,7 @@ def replay_captures(sources: Iterable[tuple[str | None, str]], ifaces: dict[str,
     now_j = table.jiffies()
     res.table = [show.format_conn(ct, now_j) for ct in listing]
     res.table_json = [show.conn_json(ct, now_j) for ct in listing]
+    res.proc = [show.format_proc(ct, now_j) for ct in listing]
     res.stats = dict(table.stats)
     res.log = list(table.log)
     return res

@@ -42,7 +42,10 @@ def cmd_replay(args) -> int:
     for name in res.truncated:
         print(f"nattrack: warning: {name} ends in a truncated record; replayed what was complete",
               file=sys.stderr)
-    show_all = not (args.events or args.list or args.stats)
+    if args.proc:
+        for line in res.proc:
+            print(line)
+    show_all = not (args.events or args.list or args.stats or args.proc)
     if args.json:
         out = {}
         if args.events or show_all:
@@ -90,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-E", "--events", action="store_true", help="events as `conntrack -E -o timestamp`")
     r.add_argument("-L", "--list", action="store_true", help="the table after the last packet")
     r.add_argument("-S", "--stats", action="store_true", help="the counters, as `conntrack -S`")
+    r.add_argument("--proc", action="store_true", help="the table as /proc/net/nf_conntrack shows it")
     r.add_argument("--json", action="store_true", help="the same data as JSON")
     r.add_argument("--now", type=float, metavar="EPOCH", help="list remaining timeouts as of this time")
     r.add_argument("-w", "--write", metavar="OUT.pcapng", help="every packet as it leaves, after NAT")
