@@ -1,0 +1,509 @@
+"""Run untrusted (student) programs in a separate, unprivileged, resource-limited process.
+
+:func:`run_untrusted` is the only entry point.  What it does, in order:
+
+1. Checks the grader's own set-up (the folder exists, the sandbox uid is not root, the
+   tools are there) -- problems *there* raise :class:`SandboxError`; nothing the student's
+   program does ever raises.
+2. Makes the submission folder readable to the sandbox user (``o+rX`` on the folder and
+   everything in it; with ``writable=True`` the tree is given to the sandbox user).  Every
+   folder above it must already be searchable by that user.
+3. Starts a small supervisor (``python -I -c``, the grader's uid, a child subreaper) in a
+   new session; it starts ``prlimit --as --nproc --cpu --fsize --core=0 -- setpriv ... --
+   ARGV`` in a session of its own:
+
+   - as root: ``setpriv --reuid UID --regid GID --clear-groups --no-new-privs
+     --bounding-set=-all`` -- the program never runs as root and cannot regain it
+     (``no_new_privs`` disables set-uid binaries, file capabilities are gone);
+   - not as root: ``setpriv --no-new-privs`` as the current user (``RLIMIT_NPROC`` then
+     counts the user's other processes too, so the limit is raised by their number).
+4. Gives it a minimal environment (``PATH``, ``HOME`` = the folder, ``LANG``, ``TMPDIR``,
+   plus what the caller passes in ``env``) -- nothing of the grader's environment leaks.
+5. Reads stdout and stderr together up to ``max_output`` bytes; past that, or past the
+   wall-clock ``timeout``, the supervisor is told (SIGTERM) to kill the whole tree.
+6. When the program's main process ends, the supervisor SIGKILLs and reaps every process
+   it left behind (a background child, a fork bomb, a ``setsid`` double fork: as a
+   subreaper it inherits them all), then exits with the program's status.  As a last
+   resort the grader sweeps processes carrying the run's marker in their environment or
+   (as root) owned by the sandbox uid and started during the run.
+
+Limits of this sandbox (what a later step with ``bwrap`` / cgroups adds):
+
+- The file system is not hidden: the program can read every world-readable file on the
+  machine (``/etc/passwd``, other world-readable submissions...).  Only permissions keep it
+  out of ``/etc/shadow``, root's 0600 files and 0700 folders.  Hiding other files needs a
+  mount namespace (``bwrap --ro-bind SUBMISSION ...``).
+- The network is not cut off (that needs a network namespace: ``bwrap --unshare-net``).
+- ``RLIMIT_AS`` limits address space, not resident memory; a program that maps a lot
+  without touching it fails early, and memory used through other processes is bounded only
+  by ``max_procs`` x ``memory_mb``.  A cgroup (``memory.max``, ``pids.max``,
+  ``cgroup.kill``) is the exact tool.
+- ``RLIMIT_NPROC`` counts *all* processes of the sandbox uid: runs in parallel under the
+  same uid share it, and a daemon running as that uid (``nobody``) eats into it.  Use a
+  dedicated uid per parallel slot (the last-resort sweep also kills any process of the
+  sandbox uid started during the run).
+- Files the program creates in ``/tmp`` are not removed.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["SandboxError", "SandboxResult", "run_untrusted"]
+
+MARKER_VAR = "NATTRACK_SANDBOX_RUN"
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+_MEMORY_HINTS = (b"MemoryError", b"Cannot allocate memory", b"std::bad_alloc",
+                 b"out of memory", b"Out of memory")
+
+# The supervisor: a tiny root-owned (the grader's uid) process between the grader and the
+# student's program.  It is a *child subreaper*, so every process the program starts stays
+# in its subtree even after ``setsid`` + double fork (orphans are re-parented to it, not to
+# PID 1 -- which in a container may never reap them, leaving zombies that still count
+# against RLIMIT_NPROC).  When the program's main process ends, or on SIGTERM from the
+# grader (timeout, output cap), or when the grader dies (PDEATHSIG), it SIGKILLs and reaps
+# everything below it, then ends the way the program's main process ended (same exit
+# status, or killed by the same signal).  It runs as ``python -I -c`` so nothing of the
+# grader is imported.
+_SUPERVISOR = r"""
+import ctypes, os, signal, sys, time, resource
+class Stop(Exception):
+    pass
+def on_term(*_):
+    raise Stop
+signal.signal(signal.SIGTERM, on_term)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(36, 1, 0, 0, 0)                       # PR_SET_CHILD_SUBREAPER
+libc.prctl(1, signal.SIGTERM, 0, 0, 0)           # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(125)
+argv = sys.argv[2:]
+me = os.getpid()
+def children():
+    out = []
+    for n in os.listdir("/proc"):
+        if n.isdigit():
+            try:
+                with open("/proc/%s/stat" % n, "rb") as f:
+                    d = f.read()
+            except OSError:
+                continue
+            rest = d[d.rindex(b")") + 2:].split()
+            if int(rest[1]) == me and rest[0] not in (b"Z", b"X"):
+                out.append(int(n))
+    return out
+main = os.fork()
+if main == 0:
+    try:
+        os.setsid()
+        os.execv(argv[0], argv)
+    finally:
+        os._exit(127)
+status = None
+try:
+    while status is None:
+        pid, st = os.waitpid(-1, 0)
+        if pid == main:
+            status = st
+except (Stop, ChildProcessError):
+    pass
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+while True:
+    try:
+        os.killpg(main, signal.SIGKILL)
+    except OSError:
+        pass
+    for pid in children():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        while True:
+            pid, st = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            if pid == main and status is None:
+                status = st
+    except ChildProcessError:
+        break
+    time.sleep(0.002)
+if status is None:
+    os._exit(124)
+if os.WIFSIGNALED(status):
+    sig = os.WTERMSIG(status)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    try:
+        signal.signal(sig, signal.SIG_DFL)
+    except (OSError, ValueError):
+        pass
+    os.kill(me, sig)
+    time.sleep(0.5)
+    os._exit(128 + sig)
+os._exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+class SandboxError(RuntimeError):
+    """The *grader's* set-up is wrong (never raised because of the student's program)."""
+
+
+@dataclass
+class SandboxResult:
+    returncode: int | None      # negative: killed by that signal (as subprocess reports it)
+    stdout: str
+    stderr: str
+    timed_out: bool
+    killed_reason: str | None   # None when the program exited with status 0 on its own
+    output_truncated: bool
+    wall_time: float
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out and not self.output_truncated
+
+
+# --- small helpers ------------------------------------------------------------------------
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:g} s"
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, size in (("GB", 10 ** 9), ("MB", 10 ** 6), ("kB", 10 ** 3)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n} bytes"
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int, int, int] | None:
+    """(state, ppid, pgrp, session, starttime) of a process, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rindex(b")") + 2:].split()
+    return (rest[0].decode(), int(rest[1]), int(rest[2]), int(rest[3]), int(rest[19]))
+
+
+def _proc_uid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])      # the real uid
+    except OSError:
+        return None
+    return None
+
+
+def _proc_has_marker(pid: int, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _pids() -> list[int]:
+    return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+
+
+def _count_user_processes(uid: int) -> int:
+    return sum(1 for pid in _pids() if _proc_uid(pid) == uid)
+
+
+def _leftovers(sid: int, marker: bytes, uid: int | None, since: int) -> list[int]:
+    """Live (non-zombie) processes that belong to a run."""
+    me = os.getpid()
+    found = []
+    for pid in _pids():
+        if pid == me:
+            continue
+        st = _proc_stat(pid)
+        if st is None or st[0] in ("Z", "X"):
+            continue
+        state, _ppid, pgrp, session, start = st
+        if session == sid or pgrp == sid:
+            found.append(pid)
+        elif uid is not None and start >= since and _proc_uid(pid) == uid:
+            found.append(pid)
+        elif _proc_has_marker(pid, marker):
+            found.append(pid)
+    return found
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _sweep(sid: int, marker: bytes, uid: int | None, since: int, budget: float = 3.0) -> int:
+    """Kill the run's process group and everything left of the run; the number killed."""
+    _kill_group(sid)
+    killed: set[int] = set()
+    deadline = time.monotonic() + budget
+    quiet = 0
+    while time.monotonic() < deadline and quiet < 2:
+        pids = _leftovers(sid, marker, uid, since)
+        if not pids:
+            quiet += 1
+            time.sleep(0.01)
+            continue
+        quiet = 0
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGSTOP)     # freeze first: a stopped process cannot fork
+            except (ProcessLookupError, PermissionError):
+                pass
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
+    return len(killed)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ask the supervisor to kill and reap everything below it; force it if it dawdles."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=5)
+    except (subprocess.TimeoutExpired, OSError):
+        _kill_group(proc.pid)
+        proc.kill()
+        proc.wait()
+
+
+def _make_accessible(cwd: Path, uid: int, gid: int, writable: bool) -> None:
+    """Let the sandbox user read (or own) the submission tree; check the folders above."""
+    def fix(path: Path, st: os.stat_result) -> None:
+        mode = stat.S_IMODE(st.st_mode)
+        want = mode | stat.S_IROTH
+        if stat.S_ISDIR(st.st_mode) or mode & 0o111:
+            want |= stat.S_IXOTH
+        if want != mode:
+            os.chmod(path, want)
+
+    for root, dirs, files in os.walk(cwd):
+        for name in [root, *(os.path.join(root, d) for d in dirs),
+                     *(os.path.join(root, f) for f in files)]:
+            p = Path(name)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            if writable:
+                os.chown(p, uid, gid)
+            else:
+                fix(p, st)
+    for parent in cwd.parents:
+        st = os.stat(parent)
+        mode = st.st_mode
+        ok = (mode & stat.S_IXOTH or (st.st_uid == uid and mode & stat.S_IXUSR)
+              or (st.st_gid == gid and mode & stat.S_IXGRP))
+        if not ok:
+            raise SandboxError(
+                f"the sandbox user {uid} cannot reach {cwd}: {parent} is mode "
+                f"{stat.S_IMODE(mode):o}; put submissions under a searchable folder "
+                f"(e.g. tempfile.mkdtemp() in /tmp)")
+
+
+def _minimal_env(cwd: Path, marker: str, extra: dict | None) -> dict[str, str]:
+    env = {
+        "PATH": DEFAULT_PATH,
+        "HOME": str(cwd),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONNOUSERSITE": "1",
+    }
+    env.update({str(k): str(v) for k, v in (extra or {}).items()})
+    env[MARKER_VAR] = marker          # last: the caller cannot remove the run's marker
+    return env
+
+
+# --- the entry point ----------------------------------------------------------------------
+
+def run_untrusted(argv, cwd, *, timeout: float = 10.0, memory_mb: int = 256,
+                  max_procs: int = 32, max_output: int = 1_000_000, uid: int = 65534,
+                  gid: int = 65534, env: dict | None = None, max_file_mb: int = 64,
+                  writable: bool = False, stdin: bytes | None = None) -> SandboxResult:
+    """Run ``argv`` in ``cwd`` as an unprivileged, limited process; never raises because of it.
+
+    ``max_output`` bounds stdout + stderr together.  ``max_file_mb`` is ``RLIMIT_FSIZE``.
+    ``writable`` hands the submission folder to the sandbox user (default: read-only to
+    it).  ``stdin`` is sent to the program (default: ``/dev/null``).
+    """
+    argv = [str(a) for a in argv]
+    if not argv:
+        raise SandboxError("empty argv")
+    cwd = Path(cwd).resolve()
+    if not cwd.is_dir():
+        raise SandboxError(f"{cwd}: not a folder")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise SandboxError("setpriv (util-linux) is not installed")
+    as_root = os.geteuid() == 0
+    if as_root and (uid == 0 or gid == 0):
+        raise SandboxError("the sandbox uid/gid must not be root")
+    marker = secrets.token_hex(16)
+
+    if as_root:
+        _make_accessible(cwd, uid, gid, writable)
+        wrapper = [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                   "--no-new-privs", "--bounding-set=-all", "--"]
+        nproc = max_procs
+        sweep_uid: int | None = uid
+    else:
+        wrapper = [setpriv, "--no-new-privs", "--"]
+        nproc = _count_user_processes(os.getuid()) + max_procs
+        sweep_uid = None                 # our own uid: never sweep by uid
+
+    mem = int(memory_mb) * 1024 * 1024
+    cpu = max(1, int(timeout + 0.999)) + 1
+    fsize = int(max_file_mb) * 1024 * 1024
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        raise SandboxError("prlimit (util-linux) is not installed")
+    cmd = [prlimit, f"--as={mem}", f"--nproc={nproc}", f"--cpu={cpu}:{cpu + 1}",
+           f"--fsize={fsize}", "--core=0", "--", *wrapper, *argv]
+
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _SUPERVISOR, str(os.getpid()), *cmd],
+            cwd=str(cwd), env=_minimal_env(cwd, marker, env),
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
+            start_new_session=True, umask=0o022)
+    except OSError as exc:               # the grader's problem, not the student's
+        raise SandboxError(f"cannot start the sandbox: {exc}") from exc
+    sid = proc.pid
+    st = _proc_stat(sid)
+    since = st[4] if st else 0
+
+    if stdin is not None:
+        try:
+            proc.stdin.write(stdin)
+        except (BrokenPipeError, OSError):
+            pass
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+
+    out, err = bytearray(), bytearray()
+    total = 0
+    timed_out = truncated = False
+    deadline = t0 + timeout
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, out)
+    sel.register(proc.stderr, selectors.EVENT_READ, err)
+    exited_at: float | None = None
+    try:
+        while sel.get_map():
+            now = time.monotonic()
+            if now >= deadline:
+                timed_out = True
+                break
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            # The program is gone but something it started keeps the pipes open: give the
+            # pipes a moment to drain, then stop (the sweep kills the rest).
+            if exited_at is not None and now - exited_at > 0.2:
+                break
+            for key, _ in sel.select(timeout=min(0.1, deadline - now)):
+                try:
+                    chunk = os.read(key.fd, 65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                room = max_output - total
+                key.data.extend(chunk[:max(room, 0)])
+                total += len(chunk)
+                if total > max_output:
+                    truncated = True
+                    break
+            if truncated:
+                break
+        if timed_out or truncated:
+            _stop(proc)
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _stop(proc)
+    finally:
+        sel.close()
+        for f in (proc.stdout, proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+        if proc.poll() is None:
+            _stop(proc)
+        _sweep(sid, f"{MARKER_VAR}={marker}".encode(), sweep_uid, since)
+    wall = time.monotonic() - t0
+
+    rc = proc.returncode
+    reason = _reason(rc, bytes(err), timed_out=timed_out, truncated=truncated,
+                     timeout=timeout, max_output=max_output, memory_mb=memory_mb,
+                     cpu=cpu, max_file_mb=max_file_mb)
+    return SandboxResult(returncode=rc, stdout=out.decode("utf-8", "replace"),
+                         stderr=err.decode("utf-8", "replace"), timed_out=timed_out,
+                         killed_reason=reason, output_truncated=truncated, wall_time=wall)
+
+
+def _reason(rc: int | None, stderr: bytes, *, timed_out: bool, truncated: bool,
+            timeout: float, max_output: int, memory_mb: int, cpu: int,
+            max_file_mb: int) -> str | None:
+    """A short sentence for a teacher or a student: why the program did not end normally."""
+    if truncated:
+        return f"printed more than {_fmt_bytes(max_output)}"
+    if timed_out:
+        return f"timed out after {_fmt_seconds(timeout)}"
+    if rc == 0:
+        return None
+    memory = f"exceeded {memory_mb} MB of memory"
+    tail = stderr[-4096:]
+    if any(h in tail for h in _MEMORY_HINTS):
+        return memory
+    if rc is not None and rc < 0:
+        sig = -rc
+        if sig == signal.SIGKILL:           # we did not send it: the OOM killer, most likely
+            return f"killed by SIGKILL (probably {memory})"
+        if sig == signal.SIGXCPU:
+            return f"used more than {cpu - 1} s of CPU time"
+        if sig == signal.SIGXFSZ:
+            return f"wrote a file larger than {max_file_mb} MB"
+        if sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT) and b"alloc" in tail:
+            return memory
+        return f"killed by {_signal_name(sig)}"
+    if rc == 127 and b"setpriv: failed to execute" in tail:
+        return "command not found"
+    return f"exit status {rc}"
