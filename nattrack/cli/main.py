@@ -134,11 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:                    # `nattrack ... | head`: not an error
+        return 0
     except (ValueError, OSError, RulesError, SysctlError, CaptureError, LabError) as exc:
         print(f"nattrack: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":

@@ -35,7 +35,11 @@ forwarded something the shadow never got: a full socket buffer) or
 which the shadow runs through its LOCAL_OUT path as the kernel did (except echo
 replies, which the engine makes itself).  Within a second of a socket overflow
 every unexplained copy counts as missed: a masqueraded packet the shadow lost
-would look like one of the kernel's own.
+would look like one of the kernel's own.  ``shadow_missed`` is therefore a lower
+bound: when the socket drops BOTH copies of a datagram nothing shows it was ever
+there; ``socket_drops`` (frames the packet socket dropped) says how much worse it
+may be, and a shadow whose socket dropped frames may disagree with the kernel
+until the affected connections end (nothing resynchronises them).
 
 The kernel's conntrack table is flushed when the shadow starts (it starts
 empty too) and when it stops (entries must not outlive the rules that made them).
