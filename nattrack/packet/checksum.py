@@ -7,7 +7,6 @@ no -0 ambiguity), which tests/test_checksum.py checks on random packets.
 """
 from __future__ import annotations
 
-import struct
 
 
 def ones_sum(data: bytes | bytearray | memoryview, start: int = 0) -> int:
