@@ -436,6 +436,40 @@ def test_plain_snat_entry_not_killed_by_route_change(make_lab):
     assert out.src == RTR_PUB and len(lab.conns()) == 1
 
 
+def test_removing_an_unrelated_address_leaves_masqueraded_flows_alone(make_lab):
+    """§8.5 [EXP]: deleting the secondary address 203.0.113.9 left the flow alone."""
+    lab = make_lab(ifaces={"eth0": "10.0.0.1/24", "eth1": ["203.0.113.1/24", "203.0.113.9/24"]})
+    f = UdpFlow(lab, sport=44000, dport=7777)
+    f.client()
+    assert lab.router.remove_address("eth1", "203.0.113.9/24") == 0
+    assert len(lab.conns()) == 1
+
+
+def test_removing_the_masquerade_address_destroys_its_flows(make_lab):
+    """§8.5 [EXP]: deleting 203.0.113.1 produced the DESTROY of the masqueraded flow,
+    with its remaining time (killed early)."""
+    lab = make_lab()
+    f = UdpFlow(lab, sport=44000, dport=7777)
+    f.client()
+    lab.advance(1)
+    lab.raw_events.clear()
+    assert lab.router.remove_address("eth1", "203.0.113.1/24") == 1
+    assert lab.conns() == []
+    assert lab.events == ["[DESTROY] udp      17 29 src=10.0.0.2 dst=203.0.113.2 sport=44000 dport=7777 "
+                          "[UNREPLIED] src=203.0.113.2 dst=203.0.113.1 sport=7777 dport=44000"]
+
+
+def test_interface_down_destroys_masqueraded_flows_but_not_snat(make_lab):
+    """§8.5: NETDEV_DOWN deletes every entry masqueraded out of that interface;
+    plain SNAT entries are not flushed."""
+    lab = make_lab(rules=nat_rules(postrouting=["-o eth1 -p udp -j MASQUERADE",
+                                                "-o eth1 -p tcp -j SNAT --to-source 203.0.113.1"]))
+    UdpFlow(lab, sport=44000, dport=7777).client()
+    TcpFlow(lab).client("S")
+    assert lab.router.iface_down("eth1") == 1
+    assert [c.orig.proto for c in lab.conns()] == [6]
+
+
 def test_rules_not_consulted_for_established_flow(make_lab):
     """§8.1 step 4: NAT decides once per connection."""
     lab = make_lab(rules=nat_rules(postrouting=["-o eth1 -p udp --dport 7777 -j SNAT --to-source 203.0.113.1:20000"]))

@@ -24,6 +24,7 @@ from ..conntrack.core import (HOOK_NAMES, NF_ACCEPT, NF_DROP, NF_INET_FORWARD, N
                               ConntrackTable)
 from ..conntrack.tuple import IPPROTO_ICMP, int2ip, ip2int
 from ..nat.core import nf_nat_ipv4_fn
+from ..nat.masquerade import masq_device_down, masq_inet_addr_removed
 from ..packet.checksum import checksum
 from ..packet.defrag import Defrag, refragment
 from ..packet.ipv4 import Packet
@@ -257,6 +258,22 @@ class Router:
         if v.steps is not None:
             v.steps.append(("DROP", why))
         return v
+
+    # --- interface changes (what the kernel's netdevice/inetaddr notifiers do) -----------
+
+    def iface_down(self, name: str) -> int:
+        """The interface went down: its masqueraded connections are deleted."""
+        return masq_device_down(self.ct, name)
+
+    def remove_address(self, name: str, cidr: str) -> int:
+        """An address left the interface: masqueraded flows that used it are deleted."""
+        addr, plen = parse_cidr(cidr)
+        iface = self.ifaces[name]
+        iface.addrs = [a for a in iface.addrs if a != (addr, plen)]
+        self.local = {a for i in self.ifaces.values() for a, _ in i.addrs}
+        self.routes = [r for r in self.routes if not (r.iface == name and r.net == addr & r.mask
+                                                       and r.plen == plen and r.gateway is None)]
+        return masq_inet_addr_removed(self.ct, name, addr)
 
     # --- maintenance ---------------------------------------------------------------------
 
