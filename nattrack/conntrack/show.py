@@ -34,12 +34,11 @@ from typing import Any, Iterable, Mapping
 from .conn import (HZ, IPS_ASSURED, IPS_CONFIRMED, IPS_HW_OFFLOAD, IPS_OFFLOAD, IPS_SEEN_REPLY,
                    STATUS_NAMES, Conn)
 from .proto_tcp import TCP_CONNTRACK_NAMES
-from .tuple import IPPROTO_ICMP, IPPROTO_TCP, PROTO_NAMES, Tuple, int2ip, ip2int
+from .tuple import IPPROTO_ICMP, IPPROTO_TCP, PORT_PROTOS, PROTO_NAMES, Tuple, int2ip, ip2int
 
 IPPROTO_GRE = 47
 IPPROTO_ICMPV6 = 58
 # __snprintf_proto(): protocols printed with ports, ICMP-style keys, GRE keys.
-PORT_PROTOS = frozenset((6, 17, 33, 132, 136))        # tcp udp dccp sctp udplite
 ICMP_PROTOS = frozenset((IPPROTO_ICMP, IPPROTO_ICMPV6))
 UNKNOWN_PROTO = "unknown"                              # __proto2str() / l4proto_name()
 # Per-protocol state names printed after the timeout (TCP only in nattrack).

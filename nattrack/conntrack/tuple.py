@@ -30,6 +30,9 @@ ICMP_ERROR_TYPES = frozenset((3, 4, 5, 11, 12))
 # nf_conntrack_standalone.c: l4proto names as /proc and conntrack(8) print them.
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 33: "dccp", 47: "gre", 58: "icmpv6",
                132: "sctp", 136: "udplite"}
+PROTO_NUMBERS = {name: num for num, name in PROTO_NAMES.items()}
+# Protocols whose tuple keys are ports: tcp, udp, dccp, sctp, udplite.
+PORT_PROTOS = frozenset((6, 17, 33, 132, 136))
 
 
 def ip2int(addr: str) -> int:
@@ -52,7 +55,7 @@ class Tuple(NamedTuple):
     def make(cls, src: str, dst: str, proto: int | str, sport: int = 0, dport: int = 0) -> Tuple:
         """Build a tuple from dotted quads and a protocol number or name (tests, labs)."""
         if isinstance(proto, str):
-            proto = {v: k for k, v in PROTO_NAMES.items()}[proto]
+            proto = PROTO_NUMBERS[proto]
         return cls(ip2int(src), ip2int(dst), proto, sport, dport)
 
     @classmethod

@@ -15,12 +15,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import asdict, dataclass, field
 
+from ..conntrack.tuple import PORT_PROTOS as PORT_NUMBERS, PROTO_NUMBERS
+
 COMMANDS = {"-L": "L", "--dump": "L", "-E": "E", "--event": "E", "-S": "S", "--stats": "S",
             "-C": "C", "--count": "C", "-F": "F", "--flush": "F", "-D": "D", "--delete": "D"}
 COMMAND_NAMES = {"L": "-L", "E": "-E", "S": "-S", "C": "-C", "F": "-F", "D": "-D"}
-PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1, "udplite": 136, "sctp": 132, "dccp": 33,
-                 "gre": 47, "icmpv6": 58}
-PORT_PROTOS = ("tcp", "udp", "udplite", "sctp", "dccp")
+PORT_PROTOS = tuple(name for name, num in PROTO_NUMBERS.items() if num in PORT_NUMBERS)
 TCP_STATES = ("NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT",
               "LAST_ACK", "TIME_WAIT", "CLOSE", "LISTEN", "SYN_SENT2")
 STATUSES = ("EXPECTED", "SEEN_REPLY", "ASSURED", "CONFIRMED", "SNAT", "DNAT", "SEQ_ADJUST",

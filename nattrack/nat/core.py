@@ -28,7 +28,8 @@ from ..conntrack.conn import (IP_CT_DIR_ORIGINAL, IP_CT_IS_REPLY, IP_CT_NEW, IP_
 from ..conntrack.core import (NF_ACCEPT, NF_DROP, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT,
                               NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING)
 from ..conntrack.proto_tcp import TCP_CONNTRACK_SYN_SENT, TCP_CONNTRACK_TIME_WAIT
-from ..conntrack.tuple import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, bysource_key, invert_tuple
+from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_PROTOS, Tuple, bysource_key,
+                               invert_tuple)
 from ..netfilter.rules import (NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PERSISTENT,
                                NF_NAT_RANGE_PROTO_RANDOM, NF_NAT_RANGE_PROTO_RANDOM_FULLY,
                                NF_NAT_RANGE_PROTO_SPECIFIED, NatRange)
@@ -38,7 +39,6 @@ NF_NAT_MANIP_SRC, NF_NAT_MANIP_DST = 0, 1
 NF_NAT_RANGE_PROTO_RANDOM_ALL = NF_NAT_RANGE_PROTO_RANDOM | NF_NAT_RANGE_PROTO_RANDOM_FULLY
 NF_NAT_MAX_ATTEMPTS = 128
 NF_NAT_HARDER_THRESH = NF_NAT_MAX_ATTEMPTS // 4
-PORT_PROTOS = (IPPROTO_TCP, IPPROTO_UDP, 33, 132, 136)       # tcp udp dccp sctp udplite
 ALLOW_CLASH = (IPPROTO_ICMP, IPPROTO_UDP, 136)              # l4proto->allow_clash
 
 # The iptables nat chain that each hook runs.

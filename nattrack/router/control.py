@@ -30,16 +30,14 @@ from ..conntrack.conn import IPCT_PROTOINFO, IPS_SEEN_REPLY, STATUS_NAMES, Conn
 from ..conntrack.core import get_tuple
 from ..conntrack.proto_tcp import TCP_CONNTRACK_NAMES
 from ..conntrack.sysctl import SysctlError
-from ..conntrack.tuple import PROTO_NAMES, ip2int
+from ..conntrack.tuple import PORT_PROTOS, PROTO_NUMBERS, ip2int
 from .dataplane import Capture, Dataplane
 
 log = logging.getLogger("nattrack.router")
 
 QUEUE_MAX = 10000
 FILTER_KEYS = ("proto", "src", "dst", "sport", "dport", "state", "status")
-PORT_PROTOS = (6, 17, 33, 132, 136)
 _STATUS_BITS = {name: bit for bit, name in STATUS_NAMES.items()}
-_PROTO_NUMBERS = {name: num for num, name in PROTO_NAMES.items()}
 
 
 class ControlError(Exception):
@@ -129,7 +127,7 @@ def _proto(v):
         return None
     if isinstance(v, int) or (isinstance(v, str) and v.isdigit()):
         return int(v)
-    num = _PROTO_NUMBERS.get(str(v).lower())
+    num = PROTO_NUMBERS.get(str(v).lower())
     if num is None:
         raise ControlError(f"unknown proto {v!r}")
     return num

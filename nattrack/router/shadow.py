@@ -55,9 +55,8 @@ from collections import deque
 from ..conntrack import show
 from ..conntrack.core import get_tuple
 from ..conntrack.sysctl import PREFIX
-from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PROTO_NAMES, Tuple, int2ip,
-                               invert_tuple)
-from ..nat import core as nat_core
+from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_PROTOS, PROTO_NAMES, Tuple,
+                               int2ip, invert_tuple)
 from ..netfilter.stack import Router
 from ..packet.ipv4 import ICMP_QUERY_TYPES, Packet
 from .dataplane import BATCH, PACKET_OUTGOING, Dataplane, Port
@@ -362,7 +361,7 @@ class ShadowDataplane(Dataplane):
         if t.proto == IPPROTO_ICMP:
             cmd += ["--icmp-type", str(t.dport >> 8), "--icmp-code", str(t.dport & 255),
                     "--icmp-id", str(t.sport)]
-        elif t.proto in nat_core.PORT_PROTOS:
+        elif t.proto in PORT_PROTOS:
             cmd += ["--sport", str(t.sport), "--dport", str(t.dport)]
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=2)
