@@ -14,9 +14,9 @@ between scenarios), and hands out the :class:`~.harness.Recording` objects.
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
+from netns_tools import netns_problem
 
 from .harness import KernelLab, Recording, cleanup_stale, missing_tools
 from .scenarios import BY_NAME, SCENARIOS
@@ -50,12 +50,7 @@ def kernel_env_problem() -> str | None:
         problem = _kernel_env_problem()
         if problem is None:
             # Can we really make namespaces here (containers may forbid it)?
-            name = f"ntkprobe{os.getpid()}"
-            p = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-            if p.returncode != 0:
-                problem = f"cannot create network namespaces: {p.stderr.strip()}"
-            else:
-                subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            problem = netns_problem(f"ntkprobe{os.getpid()}")
         _ENV_PROBLEM.append(problem)
     return _ENV_PROBLEM[0]
 

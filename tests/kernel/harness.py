@@ -50,6 +50,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Union
 
+import netns_tools
+from netns_tools import kill_netns_pids, list_netns
+
 AGENT = Path(__file__).with_name("agent.py")
 
 # ----------------------------------------------------------------------------------------
@@ -398,52 +401,10 @@ def _run(cmd: Sequence[str], *, check: bool = True, input: str | None = None,
     return p
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def list_netns() -> list[str]:
-    p = _run(["ip", "netns", "list"], check=False)
-    return [line.split()[0] for line in p.stdout.splitlines() if line.strip()]
-
-
 def cleanup_stale(log: Callable[[str], None] | None = None) -> list[str]:
     """Delete namespaces left behind by *dead* harness runs (prefix ``ntk<pid>x<n>-`` with
     a pid that no longer exists), after stopping the processes still inside them."""
-    removed = []
-    for ns in list_netns():
-        m = PREFIX_RE.match(ns)
-        if not m or _pid_alive(int(m.group(1))):
-            continue
-        _kill_netns_pids(ns)
-        _run(["ip", "netns", "del", ns], check=False)
-        removed.append(ns)
-    if removed and log:
-        log(f"removed stale namespaces: {' '.join(removed)}")
-    return removed
-
-
-def _kill_netns_pids(ns: str) -> None:
-    p = _run(["ip", "netns", "pids", ns], check=False)
-    pids = [int(x) for x in p.stdout.split() if x.isdigit()]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline and any(_pid_alive(pid) for pid in pids):
-            time.sleep(0.02)
-        pids = [pid for pid in pids if _pid_alive(pid)]
-        if not pids:
-            return
+    return netns_tools.cleanup_stale(PREFIX_RE, log)
 
 
 _sigterm_prev: list = []
@@ -952,12 +913,12 @@ class KernelLab:
             existing = set(list_netns())
             for name in reversed(self._ns_created):
                 if name in existing:
-                    _kill_netns_pids(name)
+                    kill_netns_pids(name)
                     _run(["ip", "netns", "del", name], check=False)
             # Anything with our prefix that slipped through (e.g. created before a crash).
             for name in list_netns():
                 if name.startswith(self.prefix):
-                    _kill_netns_pids(name)
+                    kill_netns_pids(name)
                     _run(["ip", "netns", "del", name], check=False)
             if self._own_workdir and not self.keep_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)

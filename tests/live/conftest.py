@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
+from netns_tools import netns_problem
 
 from .netns import Topology, cleanup_stale
 
@@ -122,12 +123,7 @@ def live_env_problem() -> str | None:
                 problem = (f"missing tools {', '.join(sorted(missing))}: run `apt-get install "
                            f"{' '.join(sorted(set(missing.values())))}` (or scripts/setup.sh)")
             else:
-                name = f"ntlprobe{os.getpid()}"
-                p = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-                if p.returncode != 0:
-                    problem = f"cannot create network namespaces: {p.stderr.strip()}"
-                else:
-                    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+                problem = netns_problem(f"ntlprobe{os.getpid()}")
         _PROBLEM.append(problem)
     return _PROBLEM[0]
 

@@ -20,9 +20,10 @@ import atexit
 import itertools
 import os
 import re
-import signal
 import subprocess
-import time
+
+import netns_tools
+from netns_tools import kill_netns_pids, list_netns
 
 CLIENT, ROUTER_LAN, ROUTER_WAN, SERVER = "10.0.0.10", "10.0.0.1", "203.0.113.1", "203.0.113.10"
 IFACES = {"r-lan": ROUTER_LAN + "/24", "r-wan": ROUTER_WAN + "/24"}
@@ -38,47 +39,9 @@ def sh(*cmd: str, check: bool = True, timeout: float = 20, input: str | None = N
     return p
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def list_netns() -> list[str]:
-    return [line.split()[0] for line in sh("ip", "netns", "list", check=False).stdout.splitlines()
-            if line.strip()]
-
-
-def kill_netns_pids(ns: str) -> None:
-    pids = [int(x) for x in sh("ip", "netns", "pids", ns, check=False).stdout.split() if x.isdigit()]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.02)
-        pids = [p for p in pids if _alive(p)]
-        if not pids:
-            return
-
-
 def cleanup_stale() -> list[str]:
     """Delete namespaces of dead runs (prefix ntl<pid>x with a pid that is gone)."""
-    gone = []
-    for ns in list_netns():
-        m = PREFIX_RE.match(ns)
-        if m and not _alive(int(m.group(1))):
-            kill_netns_pids(ns)
-            sh("ip", "netns", "del", ns, check=False)
-            gone.append(ns)
-    return gone
+    return netns_tools.cleanup_stale(PREFIX_RE)
 
 
 class Topology:
@@ -144,7 +107,7 @@ class Topology:
             return
         self._closed = True
         for ns in reversed(self._made):
-            kill_netns_pids(ns)
+            kill_netns_pids(ns, grace=2.0)
             sh("ip", "netns", "del", ns, check=False)
         _live.discard(self)
 
