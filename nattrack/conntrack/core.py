@@ -115,8 +115,8 @@ class ConntrackTable:
         """What conntrack -L prints: whole seconds left, never negative."""
         return ct.remaining(self.jiffies())
 
-    def is_expired(self, ct: Conn, now_j: int | None = None) -> bool:
-        return ct.timeout - (self.jiffies() if now_j is None else now_j) <= 0
+    def is_expired(self, ct: Conn) -> bool:
+        return ct.is_expired(self.jiffies())
 
     def refresh(self, ct: Conn, seconds: int, pkt=None, direction: int = 0) -> None:
         """__nf_ct_refresh_acct(): the deadline becomes now + seconds (replaces, may

@@ -362,21 +362,18 @@ def nf_nat_ipv4_fn(table, ruleset, pkt, hook: int, oif: str | None, masq_source)
     if ctinfo in (IP_CT_RELATED, IP_CT_RELATED_REPLY) and pkt.proto == IPPROTO_ICMP:
         return NF_ACCEPT if nf_nat_icmp_reply_translation(pkt, ct, ctinfo, hook, hook2manip(hook)) else NF_DROP
     manip = hook2manip(hook)
-    if ctinfo in (IP_CT_NEW, IP_CT_RELATED, IP_CT_RELATED_REPLY):
+    if ctinfo in (IP_CT_NEW, IP_CT_RELATED, IP_CT_RELATED_REPLY) and not nf_nat_initialized(ct, manip):
+        # The first packet in this direction of manipulation: the rules decide, once.
+        rule = ruleset.first_match("nat", NAT_CHAIN[hook], pkt, ctinfo, pkt.iif, oif) if ruleset else None
+        if rule is not None:
+            if rule.target == "MASQUERADE":
+                verdict = nf_nat_masquerade_ipv4(table, ct, rule.nat_range, oif, masq_source(oif, pkt.dst))
+            else:
+                verdict = nf_nat_setup_info(table, ct, rule.nat_range, manip)
+            if verdict != NF_ACCEPT:
+                return verdict
         if not nf_nat_initialized(ct, manip):
-            rule = ruleset.first_match("nat", NAT_CHAIN[hook], pkt, ctinfo, pkt.iif, oif) if ruleset else None
-            if rule is not None:
-                if rule.target == "MASQUERADE":
-                    verdict = nf_nat_masquerade_ipv4(table, ct, rule.nat_range, oif, masq_source(oif, pkt.dst))
-                else:
-                    verdict = nf_nat_setup_info(table, ct, rule.nat_range, manip)
-                if verdict != NF_ACCEPT:
-                    return verdict
-            if not nf_nat_initialized(ct, manip):
-                nf_nat_alloc_null_binding(table, ct, hook)
-        elif _oif_changed(ct, ctinfo, hook, oif):
-            table.kill(ct)
-            return NF_DROP
+            nf_nat_alloc_null_binding(table, ct, hook)
     elif _oif_changed(ct, ctinfo, hook, oif):
         table.kill(ct)
         return NF_DROP
