@@ -142,8 +142,6 @@ class Router:
         return NF_ACCEPT if verdict == "ACCEPT" else NF_DROP
 
     def _nat(self, hook: int, pkt: Packet, oif: str | None) -> int:
-        if pkt.ct is None:
-            return NF_ACCEPT             # INVALID: never translated (saves the call)
         return nf_nat_ipv4_fn(self.ct, self.ruleset, pkt, hook, oif, self.source_address)
 
     # --- the paths ---------------------------------------------------------------------
