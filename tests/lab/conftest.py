@@ -8,6 +8,7 @@ touched, and a force cleanup only sees what these tests started.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -59,11 +60,17 @@ class Lab:
     def cli(self, *args: str, timeout: float = 120, input: str | None = None,
             user: int | None = None, groups: str | None = None) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-m", "nattrack.cli.main", *args]
+        env = self.env
         if user is not None:
+            # An unprivileged user may not be able to enter the checkout (a clone under a
+            # 0700 directory): give it a world-readable copy of the package, as an
+            # installed kit would be, and the system Python.
+            env = dict(env, PYTHONPATH=str(readable_package_copy()))
             argv = ["setpriv", f"--reuid={user}", f"--regid={user}",
-                    f"--groups={groups}" if groups else "--clear-groups", "--", *argv]
+                    f"--groups={groups}" if groups else "--clear-groups", "--",
+                    "/usr/bin/python3", "-m", "nattrack.cli.main", *args]
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              env=self.env, input=input, cwd="/")
+                              env=env, input=input, cwd="/")
 
     def state(self) -> dict:
         try:
@@ -78,6 +85,21 @@ class Lab:
     def paths(self):
         from nattrack.lab import Paths
         return Paths(self.run_dir)
+
+
+_PACKAGE_COPY: list[Path] = []
+
+
+def readable_package_copy() -> Path:
+    """A world-readable copy of nattrack/ (made once per test run, removed at exit)."""
+    if not _PACKAGE_COPY:
+        d = Path(tempfile.mkdtemp(prefix="ntpkg-", dir="/tmp"))
+        shutil.copytree(REPO / "nattrack", d / "nattrack",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run(["chmod", "-R", "a+rX", str(d)], check=True)
+        atexit.register(shutil.rmtree, d, True)
+        _PACKAGE_COPY.append(d)
+    return _PACKAGE_COPY[0]
 
 
 def make_run_dir() -> Path:
