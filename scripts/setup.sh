@@ -6,7 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3 python3-venv python3-pip iptables conntrack iproute2 tcpdump ethtool
-              hping3 netcat-openbsd iputils-ping curl iperf3 mininet)
+              hping3 netcat-openbsd iputils-ping curl iperf3 mininet
+              chromium bubblewrap vagrant)
+# chromium: the notebooks' browser test (Playwright drives Debian's build, CI cannot download one);
+# bubblewrap: the grader's sandbox (a submission sees only its own folder);
+# vagrant: `vagrant validate` of the kit's Vagrantfile in the tests.
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
