@@ -70,60 +70,120 @@ def svg_edges(root: ET.Element) -> list[ET.Element]:
     return with_class(root, "nt-edge")
 
 
-def test_state_diagram_draws_every_table_transition():
+# The usual life of a connection, as a textbook draws it (what the diagram must show in bold).
+TEXTBOOK_PATH = [("NONE", "SYN_SENT"), ("SYN_SENT", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED"),
+                 ("ESTABLISHED", "FIN_WAIT"), ("FIN_WAIT", "CLOSE_WAIT"),
+                 ("CLOSE_WAIT", "LAST_ACK"), ("FIN_WAIT", "LAST_ACK"), ("LAST_ACK", "TIME_WAIT")]
+SHORT = {"ORIGINAL": "ORIG", "REPLY": "REPLY"}
+
+
+def expected_label(a: str, b: str) -> str:
+    """The arrow's label as the table gives it: per direction, or bare when both agree."""
+    edges = table_edges()
+    by_dir = {d: [f for f in INDEX_NAMES if f in edges.get((d, a, b), ())]
+              for d in ("ORIGINAL", "REPLY")}
+    if by_dir["ORIGINAL"] and by_dir["ORIGINAL"] == by_dir["REPLY"]:
+        return ",".join(by_dir["ORIGINAL"])
+    return " / ".join(f"{SHORT[d]} {','.join(fl)}" for d, fl in by_dir.items() if fl)
+
+
+def table_cells():
+    """Every (direction, flag, old, new) cell of TCP_CONNTRACKS that is a transition."""
+    for d, rows in enumerate(TCP_CONNTRACKS):
+        for index, row in enumerate(rows):
+            for old, new in enumerate(row):
+                if new < TCP_CONNTRACK_MAX:
+                    yield (("ORIGINAL", "REPLY")[d], INDEX_NAMES[index],
+                           TCP_CONNTRACK_NAMES[old], TCP_CONNTRACK_NAMES[new])
+
+
+def test_state_diagram_main_path_bold_with_labels_from_the_table():
     root = parse(state_diagram_svg())
     assert root.tag == SVG + "svg"
-    edges = svg_edges(root)
-    expected = table_edges()
-    assert len(edges) == len(expected)
-    got = {(e.get("data-dir"), e.get("data-from"), e.get("data-to")):
-           set(e.get("data-flags").split(",")) for e in edges}
-    assert got == expected
-    # every non-sIV/sIG cell is one label on one edge
-    cells = sum(1 for rows in TCP_CONNTRACKS for row in rows for new in row
-                if new < TCP_CONNTRACK_MAX)
-    assert sum(len(e.get("data-flags").split(",")) for e in edges) == cells
-    # each edge has a path and a visible label; direction shows as a class
-    for e in edges:
-        assert e.find(SVG + "path") is not None
-        assert e.find(SVG + "text").text == e.get("data-flags")
-        assert has_class(e, "nt-orig") == (e.get("data-dir") == "ORIGINAL")
-        assert has_class(e, "nt-reply") == (e.get("data-dir") == "REPLY")
-        assert has_class(e, "nt-loop") == (e.get("data-from") == e.get("data-to"))
+    main = {(e.get("data-from"), e.get("data-to")): e for e in with_class(root, "nt-main")}
+    assert set(main) == set(TEXTBOOK_PATH)
+    for (a, b), e in main.items():
+        assert e.get("data-label") == expected_label(a, b)
+        assert e.find(SVG + "text").text == e.get("data-label")
+    assert main[("NONE", "SYN_SENT")].get("data-label") == "ORIG SYN"
+    assert main[("SYN_SENT", "SYN_RECV")].get("data-label") == "REPLY SYN-ACK"
+    assert main[("ESTABLISHED", "FIN_WAIT")].get("data-label") == "FIN"     # either side
+    # every other drawn arrow is a real table transition too, dimmed, and none is an RST
+    # cell or a loop: those are the one RST note and the legend
+    edges = table_edges()
+    for e in with_class(root, "nt-minor"):
+        a, b = e.get("data-from"), e.get("data-to")
+        if a is None:                                   # the arrow from the RST note
+            continue
+        assert any((d, a, b) in edges for d in ("ORIGINAL", "REPLY")), (a, b)
+        assert e.get("data-label").startswith(expected_label(a, b))
+        assert a != b and b != "CLOSE"
+    assert ("SYN_SENT", "SYN_SENT2") in {(e.get("data-from"), e.get("data-to"))
+                                         for e in with_class(root, "nt-minor")}
+    assert any("--RST--> CLOSE" in text_of(g) for g in with_class(root, "nt-rst"))
     nodes = [n.get("data-state") for n in with_class(root, "nt-node")]
     assert nodes == TCP_CONNTRACK_NAMES
     assert not with_class(root, "nt-highlight") and not with_class(root, "nt-current")
+    assert root.get("data-transition") == "" and root.get("data-state") == ""
 
 
-def test_state_diagram_highlight_and_current():
-    # SYN_SENT -> SYN_RECV on a SYN-ACK in the reply direction: a table cell
-    synack = INDEX_NAMES.index("SYN-ACK")
-    assert TCP_CONNTRACKS[1][synack][1] == TCP_CONNTRACK_NAMES.index("SYN_RECV")
-    root = parse(state_diagram_svg("SYN_SENT", "SYN_RECV", current="SYN_RECV", direction="REPLY"))
+@pytest.mark.parametrize("d, flag, old, new", list(table_cells()))
+def test_state_diagram_highlights_exactly_the_cell_taken(d, flag, old, new):
+    root = parse(state_diagram_svg(new, old, d, flag))
     hl = with_class(root, "nt-highlight")
-    assert [(e.get("data-dir"), e.get("data-from"), e.get("data-to")) for e in hl] == \
-        [("REPLY", "SYN_SENT", "SYN_RECV")]
-    assert [n.get("data-state") for n in with_class(root, "nt-current")] == ["SYN_RECV"]
-    # numbers work as well as names; no direction highlights the edge in both directions
-    root = parse(state_diagram_svg(3, 4, current=4))            # ESTABLISHED -> FIN_WAIT
-    dirs = sorted(e.get("data-dir") for e in with_class(root, "nt-highlight"))
-    assert dirs == ["ORIGINAL", "REPLY"]
-    root = parse(state_diagram_svg(3, 4, direction=0))
-    assert [e.get("data-dir") for e in with_class(root, "nt-highlight")] == ["ORIGINAL"]
+    assert [(e.get("data-from"), e.get("data-to")) for e in hl] == [(old, new)]
+    assert hl[0].get("data-label") == f"{SHORT[d]} {flag}"
+    assert hl[0].find(SVG + "path") is not None
+    assert [n.get("data-state") for n in with_class(root, "nt-current")] == [new]
+    assert root.get("data-transition") == f"{old}>{new}"
+    assert (root.get("data-dir"), root.get("data-flag")) == (d, flag)
+    assert root.get("data-cell") == new and root.get("data-in-table") == "true"
+    # an arrow normally hidden (an RST cell, a loop) is drawn just for this
+    plain = {(e.get("data-from"), e.get("data-to"))
+             for e in svg_edges(parse(state_diagram_svg()))}
+    assert has_class(hl[0], "nt-extra") == ((old, new) not in plain)
+    if old == new or (new == "CLOSE" and flag == "RST"):
+        assert has_class(hl[0], "nt-extra")
 
 
-def test_state_diagram_transition_outside_the_table_is_noted():
-    svg = state_diagram_svg("NONE", "ESTABLISHED", direction="REPLY")   # no such cell
-    root = parse(svg)
-    assert not with_class(root, "nt-highlight")
-    assert any("not in the table" in text_of(t) for t in with_class(root, "nt-note"))
-    with pytest.raises(ValueError):
-        state_diagram_svg(current="<script>")
+def test_state_diagram_special_cases_and_ignored_packets():
+    # a REPLY SYN-ACK in ESTABLISHED is an sIG cell: the state stays, the table says ignore
+    assert TCP_CONNTRACKS[1][INDEX_NAMES.index("SYN-ACK")][3] == 11     # sIG
+    root = parse(state_diagram_svg("ESTABLISHED", "ESTABLISHED", "REPLY", "SYN-ACK"))
+    assert root.get("data-cell") == "IGNORE" and root.get("data-in-table") == "false"
+    assert "ignore" in text_of(root)
+    # NONE -> SYN_RECV is no cell at all (tcp_packet special case): drawn and named
+    root = parse(state_diagram_svg("SYN_RECV", "NONE", "REPLY", "SYN-ACK"))
+    hl = with_class(root, "nt-highlight")
+    assert [(e.get("data-from"), e.get("data-to")) for e in hl] == [("NONE", "SYN_RECV")]
+    assert has_class(hl[0], "nt-extra")
+    assert root.get("data-cell") == "INVALID" and root.get("data-in-table") == "false"
+    assert "special case of tcp_packet" in text_of(root)
+    # without direction and flag, the arrow is still found in the table
+    root = parse(state_diagram_svg(4, 3))                              # ESTABLISHED -> FIN_WAIT
+    assert root.get("data-in-table") == "true" and root.get("data-transition") == \
+        "ESTABLISHED>FIN_WAIT"
+    assert [e.get("data-label") for e in with_class(root, "nt-highlight")] == ["FIN"]
 
 
-def test_state_diagram_is_deterministic():
-    assert state_diagram_svg("SYN_SENT", "SYN_RECV", "SYN_RECV", "REPLY") == \
-        state_diagram_svg("SYN_SENT", "SYN_RECV", "SYN_RECV", "REPLY")
+@pytest.mark.parametrize("text, index", [
+    ("SYN", "SYN"), ("syn-ack", "SYN-ACK"), ("SA", "SYN-ACK"), ("S.", "SYN-ACK"),
+    ("ACK", "ACK"), ("data", "ACK"), ("PSH-ACK", "ACK"), ("FIN", "FIN"), ("FIN-ACK", "FIN"),
+    ("F.", "FIN"), ("RST", "RST"), ("RST-ACK", "RST"), ("R", "RST"), (0x12, "SYN-ACK"),
+    (0x14, "RST"), (0x00, "NONE"),
+])
+def test_flag_index_follows_get_conntrack_index(text, index):
+    from nattrack.widgets import flag_index
+    assert flag_index(text) == index
+
+
+def test_state_diagram_rejects_bad_input_and_is_deterministic():
+    for bad in (dict(current="<script>"), dict(current="SYN_RECV", prev="NONE", direction="UP"),
+                dict(current="SYN_RECV", prev="NONE", flag="XMAS")):
+        with pytest.raises(ValueError):
+            state_diagram_svg(**bad)
+    assert state_diagram_svg("SYN_RECV", "SYN_SENT", "REPLY", "SYN-ACK") == \
+        state_diagram_svg("SYN_RECV", "SYN_SENT", "REPLY", "SYN-ACK")
     assert "<script" not in state_diagram_svg().lower()
 
 
@@ -219,7 +279,7 @@ def field_rows(html: str) -> dict[str, tuple[str, str, bool]]:
 @pytest.mark.parametrize("l4, changed, unchanged", [
     (TCP(sport=40000, dport=80, flags="S"),
      {"IP src", "IP ttl", "IP checksum", "TCP sport", "TCP checksum"},
-     {"IP dst", "IP proto", "TCP dport"}),
+     {"IP dst", "IP proto", "TCP dport", "TCP flags"}),
     (UDP(sport=5353, dport=53) / b"q",
      {"IP src", "IP ttl", "IP checksum", "UDP sport", "UDP checksum"},
      {"IP dst", "IP proto", "UDP dport"}),
@@ -268,7 +328,7 @@ def test_timeline_bars_scale_and_expiry():
     root = parse(svg)
     bars = with_class(root, "nt-bar")
     assert len(bars) == 4
-    widths = [float(b.find(SVG + "rect").get("width")) for b in bars]
+    widths = [float(b.find(SVG + "rect[@class='nt-fill']").get("width")) for b in bars]
     assert widths[0] > 0 and widths[1] == 0 and widths[3] == 0
     assert widths[2] == pytest.approx(2 * widths[0])           # 30 s is half the 60 s scale
     assert [has_class(b, "nt-expired") for b in bars] == [False, True, False, True]
@@ -282,7 +342,7 @@ def test_timeline_accepts_dicts_and_conns():
     ct.timeout = 130 * HZ
     root = parse(timeline_svg([ct, {"label": "x", "deadline": 90}], now=100, horizon=60))
     bars = with_class(root, "nt-bar")
-    assert "udp 10.0.0.2:5353>203.0.113.2:53" in text_of(bars[0])
+    assert "udp 10.0.0.2:5353 > 203.0.113.2:53" in text_of(bars[0])
     assert bars[0].get("data-remaining") == "30.0"
     assert has_class(bars[1], "nt-expired")
     with pytest.raises(ValueError):

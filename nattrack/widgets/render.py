@@ -6,42 +6,69 @@ a notebook widget can put into an ``ipywidgets.HTML`` as it is.  Every value tha
 comes from outside (lines, addresses, labels) goes through :func:`esc`, and the
 same input always gives the same bytes.
 
+What a fragment shows is also written, machine-readable, as ``data-*``
+attributes of its root element (see :func:`data_attrs`, read back with
+:func:`widget_state`); the attributes each view sets are listed in
+:mod:`nattrack.widgets.views`.
+
 Classes that tests and widgets rely on: ``nt-new`` (a row added since the
-previous table), ``nt-changed`` (a cell or field that changed), ``nt-differ``
-(a row on which the two trackers disagree), ``nt-ev-new``/``-update``/``-destroy``.
+previous table), ``nt-changed`` (a cell or field that changed), ``nt-hl`` (a row
+the caller asked to highlight), ``nt-differ`` (a row on which the two trackers
+disagree), ``nt-ev-new``/``-update``/``-destroy``.
+
+Colours are translucent tints over the notebook's own background and text
+colours (JupyterLab's ``--jp-*`` variables, with light fallbacks), so the same
+markup reads in light and dark themes.
 """
 from __future__ import annotations
 
 import html
 import re
 import struct
+from html.parser import HTMLParser
 from typing import Any, Iterable, Mapping
 
 from ..conntrack.show import parse_conntrack_line
 from ..lab.diff import diff_tables, flow_text
 from ..packet.ipv4 import ICMP_QUERY_TYPES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Packet
 
+# Colours shared with the SVG views (mid-tones: readable on white and on near-black).
+GREEN, BLUE, ORANGE, RED, GREY = "#2f9e44", "#3b7dd8", "#e8590c", "#e03131", "#868e96"
+
 # One stylesheet for every HTML view; class names carry an ``nt-`` prefix so that
 # they cannot clash with the notebook's own.
 STYLE = (
-    ".nt{font-family:monospace;font-size:12px}"
-    ".nt table{border-collapse:collapse;margin:2px}"
-    ".nt th,.nt td{border:1px solid #bbb;padding:1px 6px;text-align:left;white-space:nowrap}"
-    ".nt th{background:#eee}"
-    ".nt .nt-new{background:#e3f6e3}"
-    ".nt .nt-changed{background:#fff0a8;font-weight:bold}"
-    ".nt .nt-differ{background:#fde2e2}"
-    ".nt .nt-missing{color:#999}"
-    ".nt .nt-sides{display:flex;gap:12px;align-items:flex-start}"
-    ".nt .nt-ev-new{color:#1a7f1a}"
-    ".nt .nt-ev-update{color:#1f5fbf}"
-    ".nt .nt-ev-destroy{color:#b22222}"
-    ".nt .nt-note{color:#555}"
+    ".nt{font-family:var(--jp-code-font-family,monospace);font-size:12px;"
+    "color:var(--jp-content-font-color1,inherit);line-height:1.35}"
+    ".nt .nt-title{font-family:var(--jp-ui-font-family,sans-serif);font-weight:bold;"
+    "font-size:13px;margin:2px 0 4px}"
+    ".nt table{border-collapse:collapse;margin:2px 0}"
+    ".nt caption{text-align:left;font-weight:bold;padding:2px 0}"
+    ".nt th,.nt td{border:1px solid rgba(128,128,128,.45);padding:1px 6px;text-align:left;"
+    "white-space:nowrap}"
+    ".nt th{background:rgba(128,128,128,.18)}"
+    ".nt .nt-new{background:rgba(47,158,68,.22)}"
+    ".nt .nt-hl{outline:2px solid " + BLUE + ";outline-offset:-2px}"
+    ".nt .nt-changed{background:rgba(250,176,5,.38);font-weight:bold}"
+    ".nt .nt-differ{background:rgba(224,49,49,.20)}"
+    ".nt .nt-missing{color:" + GREY + "}"
+    ".nt .nt-sides{display:flex;gap:12px;align-items:flex-start;flex-wrap:wrap}"
+    ".nt .nt-ev-new{color:" + GREEN + "}"
+    ".nt .nt-ev-update{color:" + BLUE + "}"
+    ".nt .nt-ev-destroy{color:" + RED + "}"
+    ".nt .nt-note{color:" + GREY + "}"
+    ".nt .nt-state{font-weight:bold}"
+    ".nt .nt-err{color:" + RED + "}"
+    ".nt-mode{display:inline-block;padding:3px 10px;border-radius:4px;font-weight:bold;"
+    "font-family:var(--jp-ui-font-family,sans-serif);color:#fff}"
+    ".nt-mode-live{background:" + GREEN + "}.nt-mode-replay{background:" + BLUE + "}"
 )
 
 TABLE_COLUMNS = ("proto", "timeout", "state", "original", "reply", "flags")
 # Flags worth showing from a conn_json dict's status list (the ones conntrack -L prints).
 _SHOWN_STATUS = ("OFFLOAD", "HW_OFFLOAD")
+# What conntrack -L prints after the table (on stderr, but often pasted along).
+_SUMMARY_RE = re.compile(r"^conntrack v\S+ \(conntrack-tools\)|flow entries have been shown")
 
 
 def esc(value: Any) -> str:
@@ -54,8 +81,53 @@ def _cls(*names: str | None) -> str:
     return f' class="{esc(" ".join(names))}"' if names else ""
 
 
-def _wrap(kind: str, body: str) -> str:
-    return f'<div class="nt nt-{kind}"><style>{STYLE}</style>{body}</div>'
+def attr_value(value: Any) -> str:
+    """How a state value is written into a ``data-*`` attribute: lists joined by
+    commas, booleans as ``true``/``false``, None as the empty string."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def data_attrs(state: Mapping[str, Any]) -> str:
+    """`` data-key="value"`` for every key (``_`` becomes ``-``), escaped."""
+    return "".join(f' data-{k.replace("_", "-")}="{esc(attr_value(v))}"'
+                   for k, v in state.items())
+
+
+class _RootAttrs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.attrs: dict[str, str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self.attrs is None:
+            self.attrs = {k: v or "" for k, v in attrs}
+
+
+def widget_state(markup: str) -> dict[str, str]:
+    """The ``data-*`` attributes of a fragment's root element (what a view shows),
+    without the ``data-`` prefix: what a test reads from a notebook's stored widget
+    state (the ``value`` of an ``HTMLModel``)."""
+    p = _RootAttrs()
+    p.feed(markup)
+    return {k[5:]: v for k, v in (p.attrs or {}).items() if k.startswith("data-")}
+
+
+def _title(title: str | None) -> str:
+    return f'<div class="nt-title">{esc(title)}</div>' if title else ""
+
+
+def _wrap(kind: str, body: str, state: Mapping[str, Any] | None = None,
+          title: str | None = None) -> str:
+    return (f'<div class="nt nt-{kind}"{data_attrs(state or {})}><style>{STYLE}</style>'
+            f"{_title(title)}{body}</div>")
 
 
 # --------------------------------------------------------------------------- entries
@@ -77,11 +149,32 @@ def tuple_text(t: Mapping[str, Any]) -> str:
     return f"{_endpoint(t, 'src')} -> {_endpoint(t, 'dst')}"
 
 
+def is_summary_line(line: str) -> bool:
+    """True for the ``conntrack v1.4.7 (conntrack-tools): N flow entries ...`` line."""
+    return bool(_SUMMARY_RE.search(line))
+
+
+def _parse_line(line: str) -> dict[str, Any]:
+    try:
+        return parse_conntrack_line(line)
+    except (ValueError, IndexError):
+        raise ValueError(f"not a conntrack -L/-E line: {line.strip()[:80]!r} (give "
+                         f"`conntrack -L` lines or nattrack.conntrack.show.conn_json dicts)"
+                         ) from None
+
+
 def normalize_entry(entry: str | Mapping[str, Any]) -> dict[str, Any]:
     """A ``conntrack -L`` line, a parse_conntrack_line dict or a conn_json dict -> one
-    dict with ``key`` (proto and original tuple: what identifies the entry), ``cells``
-    (TABLE_COLUMNS -> text) and ``timeout`` (int or None)."""
-    p = parse_conntrack_line(entry) if isinstance(entry, str) else entry
+    dict with ``key`` (proto and original tuple: what identifies the entry), ``flow``
+    (``proto src:sport > dst:dport``, as ``nattrack diff`` names flows), ``cells``
+    (TABLE_COLUMNS -> text), ``timeout`` (int or None), ``state`` (or None),
+    ``orig``/``reply`` (tuple dicts) and ``line`` (the ``-L`` text)."""
+    if isinstance(entry, Mapping) and "cells" in entry and "key" in entry:
+        return dict(entry)                           # normalized already
+    p = _parse_line(entry) if isinstance(entry, str) else entry
+    if not isinstance(p, Mapping) or "orig" not in p:
+        raise ValueError(f"not a conntrack entry: {str(entry)[:80]!r} (give `conntrack -L` "
+                         f"lines or nattrack.conntrack.show.conn_json dicts)")
     if "protonum" in p:                              # conn_json
         proto_name, proto = p["proto"], p["protonum"]
         flags = {"UNREPLIED"} if p.get("unreplied") else set()
@@ -100,16 +193,51 @@ def normalize_entry(entry: str | Mapping[str, Any]) -> dict[str, Any]:
              "original": tuple_text(orig), "reply": tuple_text(reply),
              "flags": " ".join(sorted(flags))}
     key = (proto,) + tuple(sorted((k, str(v)) for k, v in orig.items()))
-    return {"key": key, "cells": cells, "timeout": p.get("timeout")}
+    flow = flow_text({"proto_name": proto_name, "orig": orig})
+    line = entry if isinstance(entry, str) else entry_line(p)
+    return {"key": key, "flow": flow, "cells": cells, "timeout": p.get("timeout"),
+            "state": p.get("state"), "orig": orig, "reply": reply,
+            "line": line.strip(), "proto": proto_name}
 
 
-def _entries(items: Iterable[str | Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+def entry_line(p: Mapping[str, Any]) -> str:
+    """A conn_json dict (or a parse_conntrack_line dict) as its ``conntrack -L`` line
+    (without counters), so that both forms go through the same comparison."""
+    if "protonum" in p:
+        proto_name, proto = p["proto"], p["protonum"]
+        unreplied, assured = p.get("unreplied"), p.get("assured")
+    else:
+        proto_name, proto = p.get("proto_name"), p.get("proto")
+        unreplied, assured = ("UNREPLIED" in p.get("flags", ())), ("ASSURED" in p.get("flags", ()))
+    out = [f"{proto_name:<8} {proto}"]
+    if p.get("timeout") is not None:
+        out.append(str(p["timeout"]))
+    if p.get("state"):
+        out.append(str(p["state"]))
+    out += [f"{k}={v}" for k, v in (p.get("orig") or {}).items()]
+    if unreplied:
+        out.append("[UNREPLIED]")
+    out += [f"{k}={v}" for k, v in (p.get("reply") or {}).items()]
+    if assured:
+        out.append("[ASSURED]")
+    out += [f"mark={p.get('mark') or 0}", f"use={p.get('use') or 1}"]
+    return " ".join(out)
+
+
+def normalize_entries(items: Iterable[str | Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """normalize_entry over a table; blank lines and conntrack's summary line are skipped."""
     out = []
+    if isinstance(items, (str, Mapping)):
+        items = [items]
     for item in items or ():
-        if isinstance(item, str) and not item.strip():
-            continue
+        if isinstance(item, str):
+            if not item.strip() or is_summary_line(item):
+                continue
         out.append(normalize_entry(item))
     return out
+
+
+_entries = normalize_entries
 
 
 def _header(columns: Iterable[str]) -> str:
@@ -117,34 +245,81 @@ def _header(columns: Iterable[str]) -> str:
 
 
 def _row(cells: Mapping[str, str], row_class: str | None = None,
-         changed: Iterable[str] = ()) -> str:
+         changed: Iterable[str] = (), attrs: str = "") -> str:
     changed = set(changed)
     tds = "".join(f"<td{_cls('nt-changed' if c in changed else None, 'nt-col-' + c)}>"
                   f"{esc(cells.get(c, ''))}</td>" for c in TABLE_COLUMNS)
-    return f"<tr{_cls(row_class)}>{tds}</tr>"
+    return f"<tr{_cls(row_class)}{attrs}>{tds}</tr>"
+
+
+def _row_attrs(e: Mapping[str, Any]) -> str:
+    c = e["cells"]
+    return data_attrs({"flow": e["flow"], "state": c["state"], "timeout": c["timeout"],
+                       "orig": c["original"], "reply": c["reply"], "flags": c["flags"]})
+
+
+def _matches(e: Mapping[str, Any], highlight: Any) -> bool:
+    """Does entry ``e`` match ``highlight``: a substring of its -L line / flow / tuples,
+    or an entry (line or dict) with the same original tuple."""
+    if isinstance(highlight, str) and not parse_like(highlight):
+        return any(highlight in s for s in (e["line"], e["flow"], e["cells"]["original"],
+                                            e["cells"]["reply"]))
+    return normalize_entry(highlight)["key"] == e["key"]
+
+
+def parse_like(text: str) -> bool:
+    """A whole ``conntrack -L`` line rather than a fragment of one."""
+    return bool(re.match(r"^\s*(\[\w+\]\s+)?(ipv4\s+2\s+)?[a-z]+\s+\d+\s", text))
+
+
+def table_parts(rows: list[dict[str, Any]], before: list[dict[str, Any]] | None,
+                highlight: Any = None) -> tuple[dict[str, Any], str]:
+    """(state, table markup) of conntrack_table_html, from normalized entries."""
+    prev = None if before is None else {e["key"]: e for e in before}
+    hls = [] if highlight is None else (list(highlight) if isinstance(highlight, (list, tuple))
+                                         else [highlight])
+    out = [_header(TABLE_COLUMNS)]
+    new, changed_flows, hl_flows = [], [], []
+    for e in rows:
+        hl = any(_matches(e, h) for h in hls)
+        if hl:
+            hl_flows.append(e["flow"])
+        changed: list[str] = []
+        cls = None
+        if prev is not None and e["key"] not in prev:
+            cls = "nt-new"
+            new.append(e["flow"])
+        elif prev is not None:
+            old = prev[e["key"]]["cells"]
+            changed = [c for c in TABLE_COLUMNS if e["cells"][c] != old[c]]
+            if any(c != "timeout" for c in changed):
+                changed_flows.append(e["flow"])
+        out.append(_row(e["cells"], " ".join(filter(None, (cls, "nt-hl" if hl else None)))
+                        or None, changed, _row_attrs(e)))
+    gone = [] if prev is None else [p["flow"] for k, p in prev.items()
+                                    if k not in {e["key"] for e in rows}]
+    state = {"view": "table", "entries": len(rows),
+             "states": [e["state"] or "" for e in rows],
+             "flows": [e["flow"] for e in rows], "new": new, "changed": changed_flows,
+             "gone": gone, "highlight": hl_flows}
+    note = f'<div class="nt-note">{len(rows)} flow entries</div>'
+    return state, "<table>" + "".join(out) + "</table>" + note
 
 
 def conntrack_table_html(lines_or_dicts: Iterable[str | Mapping[str, Any]],
-                         previous: Iterable[str | Mapping[str, Any]] | None = None) -> str:
+                         previous: Iterable[str | Mapping[str, Any]] | None = None,
+                         highlight: Any = None, title: str | None = None) -> str:
     """A table of conntrack entries (``conntrack -L`` lines or conn_json dicts).
 
     With ``previous`` (the table one step earlier, in either form), rows whose entry
     was not there get class ``nt-new`` and cells whose text changed ``nt-changed``.
+    ``highlight`` (a substring of a row's line or tuples, an entry, or a list of
+    them) outlines the matching rows (``nt-hl``).  Each row carries ``data-flow``,
+    ``data-state``, ``data-timeout``, ``data-orig``, ``data-reply``, ``data-flags``.
     """
-    rows = _entries(lines_or_dicts)
-    before = None if previous is None else {e["key"]: e for e in _entries(previous)}
-    out = [_header(TABLE_COLUMNS)]
-    for e in rows:
-        if before is None:
-            out.append(_row(e["cells"]))
-        elif e["key"] not in before:
-            out.append(_row(e["cells"], "nt-new"))
-        else:
-            old = before[e["key"]]["cells"]
-            out.append(_row(e["cells"], changed=[c for c in TABLE_COLUMNS
-                                                 if e["cells"][c] != old[c]]))
-    note = f'<div class="nt-note">{len(rows)} flow entries</div>'
-    return _wrap("table", "<table>" + "".join(out) + "</table>" + note)
+    state, body = table_parts(_entries(lines_or_dicts),
+                              None if previous is None else _entries(previous), highlight)
+    return _wrap("table", body, state, title)
 
 
 # --------------------------------------------------------------------------- packets
@@ -157,28 +332,44 @@ def _ip(addr: int) -> str:
     return f"{addr >> 24}.{addr >> 16 & 255}.{addr >> 8 & 255}.{addr & 255}"
 
 
-def packet_fields(p: Packet, prefix: str = "") -> list[tuple[str, str]]:
-    """(name, value) of the header fields NAT can touch, in header order."""
+_TCP_FLAG_NAMES = ((0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH"),
+                   (0x20, "URG"), (0x40, "ECE"), (0x80, "CWR"))
+
+
+def packet_fields(p: Packet, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, name, value) of the header fields NAT can touch, in header order.
+
+    Keys are what ``data-changed`` lists: ``src dst ttl ip_csum proto sport dport
+    tcp_flags l4_csum`` (ICMP: ``type code id l4_csum``; a fragment: ``frag``); the
+    header quoted in an ICMP error repeats them with an ``inner_`` prefix.
+    """
     buf = p.buf
-    out = [(prefix + "IP src", _ip(p.src)), (prefix + "IP dst", _ip(p.dst))]
+    kp = "inner_" if prefix else ""
+    out = [(kp + "src", prefix + "IP src", _ip(p.src)), (kp + "dst", prefix + "IP dst", _ip(p.dst))]
     if not prefix:
-        out += [("IP ttl", str(p.ttl)), ("IP checksum", f"0x{_u16(buf, p.off + 10):04x}")]
-    out.append((prefix + "IP proto", str(p.proto)))
+        out += [("ttl", "IP ttl", str(p.ttl)),
+                ("ip_csum", "IP checksum", f"0x{_u16(buf, p.off + 10):04x}")]
+    out.append((kp + "proto", prefix + "IP proto", str(p.proto)))
     have = p.l4len
     if p.frag:
-        return out + [(prefix + "fragment offset", str(p.frag))]
+        return out + [(kp + "frag", prefix + "fragment offset", str(p.frag))]
     if p.proto in (IPPROTO_TCP, IPPROTO_UDP) and have >= 4:
         name = "TCP" if p.proto == IPPROTO_TCP else "UDP"
-        out += [(f"{prefix}{name} sport", str(p.sport)), (f"{prefix}{name} dport", str(p.dport))]
+        out += [(kp + "sport", f"{prefix}{name} sport", str(p.sport)),
+                (kp + "dport", f"{prefix}{name} dport", str(p.dport))]
+        if p.proto == IPPROTO_TCP and not prefix and have >= 14:
+            flags = "-".join(n for bit, n in _TCP_FLAG_NAMES if p.tcpflags & bit) or "none"
+            out.append(("tcp_flags", "TCP flags", flags))
         csum_at = 16 if p.proto == IPPROTO_TCP else 6
         if not prefix and have >= csum_at + 2:
-            out.append((f"{name} checksum", f"0x{_u16(buf, p.l4 + csum_at):04x}"))
+            out.append(("l4_csum", f"{name} checksum", f"0x{_u16(buf, p.l4 + csum_at):04x}"))
     elif p.proto == IPPROTO_ICMP and have >= 8:
-        out += [(prefix + "ICMP type", str(p.itype)), (prefix + "ICMP code", str(p.icode))]
+        out += [(kp + "type", prefix + "ICMP type", str(p.itype)),
+                (kp + "code", prefix + "ICMP code", str(p.icode))]
         if p.itype in ICMP_QUERY_TYPES:
-            out.append((prefix + "ICMP id", str(p.sport)))
+            out.append((kp + "id", prefix + "ICMP id", str(p.sport)))
         if not prefix:
-            out.append(("ICMP checksum", f"0x{_u16(buf, p.l4 + 2):04x}"))
+            out.append(("l4_csum", "ICMP checksum", f"0x{_u16(buf, p.l4 + 2):04x}"))
             inner = p.embedded_packet()
             if inner is not None:                    # an ICMP error: NAT rewrites the quote too
                 out += packet_fields(inner, "inner ")
@@ -186,28 +377,56 @@ def packet_fields(p: Packet, prefix: str = "") -> list[tuple[str, str]]:
 
 
 def _parse(data: bytes, which: str) -> Packet:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValueError(f"{which}: expected the IPv4 datagram as bytes, got "
+                         f"{type(data).__name__}")
     p = Packet.parse(bytearray(data))
     if p is None:
-        raise ValueError(f"{which}: not a valid IPv4 datagram")
+        raise ValueError(f"{which}: not a valid IPv4 datagram (give the IP header onwards, "
+                         f"without the Ethernet header)")
     return p
 
 
-def packet_before_after_html(before: bytes, after: bytes) -> str:
-    """Two IPv4 datagrams side by side, field by field; changed fields marked ``nt-changed``.
+def packet_parts(before: bytes, after: bytes | None, before_label: str = "before",
+                 after_label: str = "after") -> tuple[dict[str, Any], str]:
+    """(state, markup) of packet_before_after_html."""
+    pb = _parse(before, before_label)
+    pa = None if after is None else _parse(after, after_label)
+    fb = {k: (name, v) for k, name, v in packet_fields(pb)}
+    fa = {} if pa is None else {k: (name, v) for k, name, v in packet_fields(pa)}
+    keys = list(fb) + [k for k in fa if k not in fb]
+    heads = ("field", before_label) + (() if pa is None else (after_label,))
+    rows = [_header(heads)]
+    changed = []
+    for k in keys:
+        name = (fb.get(k) or fa[k])[0]
+        vb = fb[k][1] if k in fb else "-"
+        if pa is None:
+            rows.append(f'<tr data-field="{esc(k)}"><td>{esc(name)}</td><td>{esc(vb)}</td></tr>')
+            continue
+        va = fa[k][1] if k in fa else "-"
+        if vb != va:
+            changed.append(k)
+        rows.append(f'<tr{_cls("nt-changed" if vb != va else None)} data-field="{esc(k)}">'
+                    f"<td>{esc(name)}</td><td>{esc(vb)}</td><td>{esc(va)}</td></tr>")
+    summaries = [pb.summary()] + ([] if pa is None else [pa.summary()])
+    caption = "<caption>" + "<br/>".join(esc(s) for s in summaries) + "</caption>"
+    state = {"view": "packet", "changed": changed, "before": pb.summary(),
+             "after": None if pa is None else pa.summary()}
+    return state, "<table>" + caption + "".join(rows) + "</table>"
+
+
+def packet_before_after_html(before: bytes, after: bytes | None,
+                             before_label: str = "before", after_label: str = "after",
+                             title: str | None = None) -> str:
+    """Two IPv4 datagrams side by side, field by field; changed fields marked
+    ``nt-changed`` and listed by key in ``data-changed`` (see :func:`packet_fields`).
+    ``after`` None shows one packet alone.
 
     Raises ValueError if either is not an IPv4 datagram ip_rcv() would accept.
     """
-    pb, pa = _parse(before, "before"), _parse(after, "after")
-    fb, fa = dict(packet_fields(pb)), dict(packet_fields(pa))
-    names = list(fb) + [n for n in fa if n not in fb]
-    rows = [_header(("field", "before", "after"))]
-    for name in names:
-        vb, va = fb.get(name, "-"), fa.get(name, "-")
-        cls = "nt-changed" if vb != va else None
-        rows.append(f"<tr{_cls(cls)}><td>{esc(name)}</td><td>{esc(vb)}</td>"
-                    f"<td>{esc(va)}</td></tr>")
-    caption = (f"<caption>{esc(pb.summary())}<br/>{esc(pa.summary())}</caption>")
-    return _wrap("packet", "<table>" + caption + "".join(rows) + "</table>")
+    state, body = packet_parts(before, after, before_label, after_label)
+    return _wrap("packet", body, state, title)
 
 
 # --------------------------------------------------------------------------- events
@@ -215,17 +434,32 @@ def packet_before_after_html(before: bytes, after: bytes) -> str:
 _KIND_RE = re.compile(r"\[(NEW|UPDATE|DESTROY)\]")
 
 
-def event_log_html(lines: Iterable[str], limit: int = 50) -> str:
-    """The last ``limit`` ``conntrack -E`` lines, coloured by event kind."""
-    lines = [ln.rstrip("\n") for ln in lines if ln.strip()]
+def event_kind(line: str) -> str | None:
+    """NEW, UPDATE or DESTROY from a ``conntrack -E`` line (None if none)."""
+    m = _KIND_RE.search(line)
+    return m.group(1) if m else None
+
+
+def event_parts(lines: list[str], limit: int = 50) -> tuple[dict[str, Any], str]:
+    """(state, markup) of event_log_html, from lines already stripped of blanks."""
     shown = lines[max(0, len(lines) - max(0, limit)):] if limit > 0 else []
     out = []
     for line in shown:
-        m = _KIND_RE.search(line)
-        cls = f"nt-ev-{m.group(1).lower()}" if m else None
-        out.append(f"<div{_cls('nt-event', cls)}>{esc(line)}</div>")
+        kind = event_kind(line)
+        out.append(f"<div{_cls('nt-event', kind and 'nt-ev-' + kind.lower())}>{esc(line)}</div>")
+    kinds = [event_kind(ln) for ln in lines]
+    state = {"view": "events", "events": len(lines), "shown": len(shown),
+             "new": kinds.count("NEW"), "update": kinds.count("UPDATE"),
+             "destroy": kinds.count("DESTROY"), "last": lines[-1] if lines else None}
     note = f'<div class="nt-note">last {len(shown)} of {len(lines)} events</div>'
-    return _wrap("events", "".join(out) + note)
+    return state, "".join(out) + note
+
+
+def event_log_html(lines: Iterable[str], limit: int = 50, title: str | None = None) -> str:
+    """The last ``limit`` ``conntrack -E`` lines, coloured by event kind."""
+    lines = [ln.rstrip("\n") for ln in lines if ln.strip()]
+    state, body = event_parts(lines, limit)
+    return _wrap("events", body, state, title)
 
 
 # --------------------------------------------------------------------------- kernel vs python
@@ -251,27 +485,59 @@ def _side_table(title: str, entries: list[dict[str, Any] | None],
             cells["original"] = "(no entry)"
             out.append(_row(cells, "nt-differ nt-missing"))
         else:
-            out.append(_row(e["cells"], "nt-differ" if bad else None, ch))
+            out.append(_row(e["cells"], "nt-differ" if bad else None, ch, _row_attrs(e)))
     return "<table>" + "".join(out) + "</table>"
 
 
-def kernel_comparison_html(python_lines: Iterable[str], kernel_lines: Iterable[str],
-                           tolerance: int = 1) -> str:
-    """nattrack's table next to the kernel's, rows paired by original tuple, with one
-    line per disagreement (explanations from :mod:`nattrack.lab.diff`); remaining
-    timeouts within ``tolerance`` seconds count as equal."""
-    rows = diff_tables([ln for ln in python_lines if ln.strip()],
-                       [ln for ln in kernel_lines if ln.strip()], tolerance)
+def _lines(items: Iterable[str | Mapping[str, Any]]) -> list[str]:
+    return [e["line"] for e in _entries(items)]
+
+
+def comparison_parts(python_lines: Iterable[str | Mapping[str, Any]],
+                     kernel_lines: Iterable[str | Mapping[str, Any]], tolerance: int = 1,
+                     titles: tuple[str, str] = ("nattrack (python)", "kernel")
+                     ) -> tuple[dict[str, Any], str]:
+    """(state, markup) of kernel_comparison_html."""
+    rows = diff_tables(_lines(python_lines), _lines(kernel_lines), tolerance)
     py = [None if r.python is None else normalize_entry(r.python) for r in rows]
     kern = [None if r.kernel is None else normalize_entry(r.kernel) for r in rows]
     changed = [_diff_cells(a, b, tolerance) if a and b else [] for a, b in zip(py, kern)]
     differ = [not r.agree for r in rows]
-    sides = (f'<div class="nt-sides">{_side_table("nattrack (python)", py, changed, differ)}'
-             f'{_side_table("kernel", kern, changed, differ)}</div>')
+    sides = (f'<div class="nt-sides">{_side_table(titles[0], py, changed, differ)}'
+             f'{_side_table(titles[1], kern, changed, differ)}</div>')
     problems = [f"<li>{esc(flow_text(r.python or r.kernel))}: {esc(p)}</li>"
                 for r in rows for p in r.problems]
     same = sum(1 for r in rows if r.agree)
     summary = (f'<div class="nt-note">{len(rows)} flow(s): {same} agree, '
                f'{len(rows) - same} differ</div>')
     plist = f'<ul class="nt-problems">{"".join(problems)}</ul>' if problems else ""
-    return _wrap("compare", sides + plist + summary)
+    state = {"view": "compare", "flows": len(rows), "agree": same,
+             "differ": len(rows) - same, "same": same == len(rows),
+             "differing": [flow_text(r.python or r.kernel) for r in rows if not r.agree],
+             "python": sum(1 for e in py if e), "kernel": sum(1 for e in kern if e)}
+    return state, sides + plist + summary
+
+
+def kernel_comparison_html(python_lines: Iterable[str | Mapping[str, Any]],
+                           kernel_lines: Iterable[str | Mapping[str, Any]],
+                           tolerance: int = 1, title: str | None = None) -> str:
+    """nattrack's table next to the kernel's, rows paired by original tuple, with one
+    line per disagreement (explanations from :mod:`nattrack.lab.diff`); remaining
+    timeouts within ``tolerance`` seconds count as equal.  Either side may be
+    ``conntrack -L`` lines or conn_json dicts."""
+    state, body = comparison_parts(python_lines, kernel_lines, tolerance)
+    return _wrap("compare", body, state, title)
+
+
+# --------------------------------------------------------------------------- mode banner
+
+MODE_TEXT = {"live": "LIVE", "replay": "REPLAY"}
+
+
+def mode_banner_html(mode: str, label: str = "") -> str:
+    """The badge saying where the data comes from: the live lab or a recording."""
+    if mode not in MODE_TEXT:
+        raise ValueError(f"mode must be 'live' or 'replay', not {mode!r}")
+    body = (f'<span class="nt-mode nt-mode-{mode}">{MODE_TEXT[mode]}</span> '
+            f"<span>{esc(label)}</span>")
+    return _wrap("banner", body, {"view": "mode", "mode": mode, "label": label})
