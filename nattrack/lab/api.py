@@ -168,6 +168,21 @@ class LocalLab(ConntrackAPI):
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         return _lines_until_closed(p)
 
+    def load_rules(self, name, router=None) -> dict:
+        """Restart a router's process with ``examples/rules/NAME`` (kernel mode: the
+        kernel's rules too); both tables start empty.  Only shipped files, by name."""
+        path = shipped_rules(name)
+        r = self.labnet.router(router)
+        if r.kernel_fallback:
+            raise LabError(f"router {r.node.name} runs without the router process: no rules switch")
+        import threading
+        r.stop()
+        r.spec.rules = str(path)
+        r.ready = threading.Event()
+        r.start()
+        r.wait_ready()
+        return {"router": r.node.name, "rules": path.name, "pid": r.pid}
+
     def sysctl(self, key, value=None, kernel=False, router=None):
         if not kernel:
             args = {"key": key}
@@ -200,6 +215,22 @@ def _lines_until_closed(p: subprocess.Popen) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def shipped_rules(name):
+    """``examples/rules/NAME[.rules]``: a file shipped with the kit, named without a path."""
+    import re
+    from . import RULES_DIR
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise LabError(f"rules {name!r}: give the name of a file in examples/rules/, "
+                       f"e.g. classroom-snat-range")
+    if not name.endswith(".rules"):
+        name += ".rules"
+    path = RULES_DIR / name
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in RULES_DIR.glob("*.rules")))
+        raise LabError(f"rules {name!r}: no such file in examples/rules/ (known: {known})")
+    return path
 
 
 def check_sysctl(key: str, value) -> tuple[str, str | None]:

@@ -13,6 +13,7 @@
     lab.sysctl("net.netfilter.nf_conntrack_udp_timeout", 10)
     lab.capture("out.pcapng", duration=5)
     lab.diff()                             # Python tracker vs kernel, entry by entry
+    lab.load_rules("classroom-snat-range") # another shipped rules file (both tables restart)
 
 The caller must be root or in the ``nattrack`` group.  Commands run by ``exec``
 run as the caller (root only for root) inside the node's namespace.
@@ -123,6 +124,10 @@ class LabClient(ConntrackAPI):
 
     def nodes(self) -> dict:
         return self.status()["nodes"]
+
+    def load_rules(self, name: str, router: str | None = None) -> dict:
+        """Load ``examples/rules/NAME`` into the router (kernel and tracker start over)."""
+        return self.call("rules", {"name": name, "router": router}, timeout=60)
 
     def down(self) -> dict:
         return self.call("down")

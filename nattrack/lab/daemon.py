@@ -24,6 +24,10 @@ Verbs (a fixed set; no shell strings anywhere):
                    with ``kernel`` the router namespace's own
 ``capture``        record both sides of a router to pcapng while the client waits;
                    the file comes back over the socket (``data`` chunks)
+``rules``          ``name``: load another rules file shipped in examples/rules/ (by
+                   name only) into a router: its process restarts with it, so the
+                   kernel (kernel mode) and the tracker both start over, empty,
+                   with the new rules and the lab's own sysctls
 ``down``           answer, then stop everything and exit
 =================  ===============================================================
 """
@@ -172,7 +176,7 @@ class Session:
         fn = getattr(self, f"v_{verb}", None)
         if fn is None:
             self.error(f"unknown verb {verb!r}: known are hello, status, exec, conntrack, "
-                       f"kernel_conntrack, sysctl, capture, down")
+                       f"kernel_conntrack, sysctl, capture, rules, down")
             return
         try:
             result = fn(args)
@@ -282,6 +286,11 @@ class Session:
         value = args.get("value")
         return self.svc.api.sysctl(key, value, kernel=bool(args.get("kernel")),
                                    router=args.get("router"))
+
+    def v_rules(self, args):
+        result = self.svc.api.load_rules(args.get("name"), args.get("router"))
+        self.svc.save(record=self.svc.labnet.record())
+        return result
 
     # -- exec ----------------------------------------------------------------------------
 

@@ -1,0 +1,393 @@
+"""The live backend: the classroom lab, through the lab service, as an ordinary user.
+
+Each step's packets are built here (:func:`nattrack.lab.craft.build`, sequence and
+acknowledgment numbers kept per connection, replies addressed from the tracker's
+reply tuple) and sent from their node by the service's ``exec`` (a raw socket: the
+service gives every exec CAP_NET_RAW).  While a step runs, the router's both sides
+are captured (the ``capture`` verb); the tracker's and the kernel's ``conntrack -E``
+streams are read all along by two threads; after the step both tables are listed.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from ..conntrack import show
+from ..conntrack.tuple import ip2int
+from ..lab import LabError, rpc
+from ..lab.craft import SEND_SNIPPET, build
+from ..packet.ipv4 import Packet
+from ..packet.pcapio import CaptureReader, ip_offset
+from . import scenarios as sc
+from .session import (PacketPair, Session, SessionError, StepResult, check_sysctl,
+                      default_sysctl, step_flow, transition)
+
+SETTLE_S = 0.25              # after a step's last packet: the router's answers, the shadow
+CLIENT_ISN, SERVER_ISN = 1_000_000, 5_000_000
+
+
+class NoLiveLab(SessionError):
+    """No classroom lab answers (the message says what to run)."""
+
+
+START_HINT = ("start the classroom lab with `sudo nattrack notebook` (or `sudo nattrack lab up "
+              "--topo classroom --mode kernel`)")
+
+
+# --- building each step's packets -------------------------------------------------------------
+
+class Driver:
+    """Plays both ends of the scenario's flows: what to send, from which node."""
+
+    def __init__(self, scenario: sc.Scenario, reply_of) -> None:
+        self.scenario = scenario
+        self.reply_of = reply_of                  # (proto, orig dict) -> reply tuple dict
+        self.tcp: dict[str, dict] = {}
+        self.count: dict[str, int] = {}
+        self.ipid = 0x1000
+
+    def packet(self, action: dict) -> tuple[str, bytes]:
+        """(node, datagram) for one ``send`` action."""
+        from .session import flow_orig
+        flow: sc.Flow = self.scenario.flows[action["flow"]]
+        side = action.get("side", "client")
+        self.ipid += 1
+        kind = action["send"]
+        if side == "client":
+            node = flow.client
+            src, dst = sc.NODES[flow.client], flow.to[0]
+            sport, dport = flow.cport, flow.to[1]
+        else:
+            node = flow.server
+            reply = self.reply_of(flow.proto, flow_orig(flow))
+            if reply is None:
+                raise SessionError(f"{flow.server} cannot answer: the tracker has no entry for "
+                                   f"{flow.client}:{flow.cport} (run the scenario's earlier steps)")
+            src, dst, sport, dport = reply["src"], reply["dst"], reply["sport"], reply["dport"]
+        ttl = action.get("ttl", 64)
+        if kind == "ping":
+            n = self.count[action["flow"]] = self.count.get(action["flow"], 0) + 1
+            return node, build("icmp", src, dst, ipid=self.ipid, ttl=ttl, icmp_type=8,
+                               icmp_id=flow.cport, icmp_seq=n, payload=b"nattrack ping")
+        data = action.get("data", "").encode()
+        if kind == "udp":
+            return node, build("udp", src, dst, sport, dport, payload=data, ipid=self.ipid, ttl=ttl)
+        st = self.tcp.setdefault(action["flow"], {"client": CLIENT_ISN, "server": SERVER_ISN,
+                                                  "fin": {"client": False, "server": False}})
+        flags = action["flags"]
+        other = "server" if side == "client" else "client"
+        seq = st[side] + action.get("seq_offset", 0)
+        ack = st[other]
+        if action.get("ack_fin") is False and st["fin"][other]:
+            ack -= 1                              # the FIN crossed: not acknowledged yet
+        if "A" not in flags.upper():
+            ack = 0
+        pkt = build("tcp", src, dst, sport, dport, flags, seq, ack, payload=data,
+                    ipid=self.ipid, ttl=ttl)
+        st[side] += len(data) + ("S" in flags) + ("F" in flags)
+        if "F" in flags:
+            st["fin"][side] = True
+        return node, pkt
+
+
+# --- the router's both sides -------------------------------------------------------------------
+
+def pair_frames(frames: list, router_addrs: set[int]) -> list[PacketPair]:
+    """Match each datagram that came in with its copy that left (on what NAT leaves alone,
+    as the shadow tracker does); what the router sent itself stands alone."""
+    from ..router.shadow import nat_invariant_key
+    pairs: list[PacketPair] = []
+    waiting: dict[tuple, list[PacketPair]] = {}
+    for frame in frames:
+        off = ip_offset(frame)
+        if off is None:
+            continue
+        data = bytes(frame.data[off:])
+        pkt = Packet.parse(bytearray(data))
+        if pkt is None:
+            continue
+        data = data[:pkt.tot_len]
+        key = nat_invariant_key(pkt)
+        q = waiting.get(key)
+        if q and q[0].iface_in != frame.iface:
+            pp = q.pop(0)
+            pp.iface_out, pp.after, pp.verdict = frame.iface, data, "forwarded"
+            continue
+        if pkt.src in router_addrs:
+            pairs.append(PacketPair(None, data, frame.iface, data, "sent by the router", frame.ts))
+            continue
+        pp = PacketPair(frame.iface, data, None, None,
+                        "delivered" if pkt.dst in router_addrs else "dropped", frame.ts)
+        pairs.append(pp)
+        waiting.setdefault(key, []).append(pp)
+    return pairs
+
+
+class _Pump(threading.Thread):
+    """Reads one event stream of the lab service into a list until stopped."""
+
+    def __init__(self, path: Path, verb: str, args: dict, key: str) -> None:
+        super().__init__(daemon=True, name=f"nattrack-notebook-{key}")
+        self.path, self.verb, self.args, self.key = path, verb, args, key
+        self.lines: list[str] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.error: str | None = None
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with rpc.Conn(self.path, 10.0, what="lab service") as c:
+                c.send({"verb": self.verb, "args": self.args})
+                c.settimeout(0.2)
+                self.ready.set()
+                while not self.stopping.is_set():
+                    try:
+                        msg = c.recv()
+                    except rpc.Timeout:
+                        continue
+                    if msg is None:
+                        break
+                    if not msg.get("ok"):
+                        self.error = msg.get("error")
+                        break
+                    if self.key in msg:
+                        with self.lock:
+                            self.lines.append(msg[self.key])
+        except (LabError, OSError) as exc:
+            self.error = str(exc)
+        finally:
+            self.ready.set()
+
+    def snapshot(self) -> list[str]:
+        with self.lock:
+            return list(self.lines)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.lines.clear()
+
+
+def _parse_kernel(lines: list[str]) -> list[dict]:
+    out = []
+    for line in lines:
+        try:
+            p = show.parse_conntrack_line(line)
+            ct = show.conn_from_parsed(p, 0)
+        except (KeyError, ValueError, IndexError):
+            continue
+        d = show.conn_json(ct, 0)
+        d["id"] = p["id"]
+        out.append(d)
+    return out
+
+
+# --- the session ----------------------------------------------------------------------------------
+
+class LiveSession(Session):
+    mode = "live"
+
+    def __init__(self, notebook: str, client=None) -> None:
+        super().__init__(notebook)
+        from ..lab.client import LabClient, NoLab
+        self.client = client or LabClient()
+        try:
+            hello = self.client.hello()
+            status = self.client.status()
+        except NoLab as exc:
+            raise NoLiveLab(f"no lab is running: {START_HINT}") from exc
+        except LabError as exc:
+            raise NoLiveLab(f"the lab service does not answer ({exc}): {START_HINT}") from exc
+        if hello.get("topo") != sc.TOPOLOGY:
+            raise NoLiveLab(f"the running lab is {hello.get('topo')!r}, the notebooks need "
+                            f"{sc.TOPOLOGY!r}: stop it (`sudo nattrack lab down`), then {START_HINT}")
+        self.lab_mode = hello.get("mode")
+        self.kernel_mode = self.lab_mode == "kernel"
+        self.router_addrs = {ip2int(c.split("/")[0]) for c in sc.ROUTER_IFACES.values()}
+        rules = ((status.get("routers") or {}).get(sc.ROUTER_NODE) or {}).get("rules") or ""
+        self.rules = Path(rules).stem
+        self.label = (f"Live lab: {sc.TOPOLOGY} topology, {self.lab_mode} mode "
+                      + ("(the kernel NATs, nattrack shadows it)" if self.kernel_mode else
+                         "(nattrack's router NATs; the kernel's table stays empty)"))
+        self.sysctls: dict[str, int] = {}
+        self._pumps: list[_Pump] = []
+        self._start_pumps()
+        self.last_table: list[dict] = []
+        self.driver: Driver | None = None
+
+    # -- streams -----------------------------------------------------------------------------
+    def _start_pumps(self) -> None:
+        path = self.client.path
+        self.py_events = _Pump(path, "conntrack", {"verb": "events", "args": {}}, "event")
+        pumps = [self.py_events]
+        self.k_events = None
+        if self.kernel_mode:
+            self.k_events = _Pump(path, "kernel_conntrack", {"request": {"command": "E"}}, "line")
+            pumps.append(self.k_events)
+        for p in pumps:
+            p.start()
+        for p in pumps:
+            p.ready.wait(5)
+        self._pumps = pumps
+        time.sleep(0.2)                       # the router has registered the listener
+
+    def _stop_pumps(self) -> None:
+        for p in self._pumps:
+            p.stopping.set()
+        for p in self._pumps:
+            p.join(2)
+        self._pumps = []
+
+    def _quiet(self, timeout: float = 1.5) -> None:
+        """Wait until no new event came for 0.15 s (events travel asynchronously)."""
+        deadline = time.monotonic() + timeout
+        last = -1
+        while time.monotonic() < deadline:
+            n = sum(len(p.lines) for p in self._pumps)
+            if n == last:
+                return
+            last = n
+            time.sleep(0.15)
+
+    # -- scenario life ---------------------------------------------------------------------------
+    def _start(self, scenario: sc.Scenario) -> None:
+        if scenario.rules != self.rules:
+            self._stop_pumps()
+            self.client.load_rules(scenario.rules, router=sc.ROUTER_NODE)
+            self.rules = scenario.rules
+            self.sysctls = {}                 # the router process starts from the lab's own
+            self._start_pumps()
+        wanted = {check_sysctl(k, v)[0]: v for k, v in scenario.sysctls.items()}
+        for key in list(self.sysctls):
+            if key not in wanted:
+                self.set_sysctl(key, default_sysctl(key))
+                del self.sysctls[key]
+        for key, value in wanted.items():
+            self.set_sysctl(key, value)
+        self._reset()
+        self.driver = Driver(scenario, self._reply_of)
+
+    def _reply_of(self, proto: str, orig: dict) -> dict | None:
+        from .session import find_entry
+        e = find_entry(self.table(), proto, orig)
+        return e["reply"] if e else None
+
+    def _reset(self) -> None:
+        try:
+            self.client.flush(router=sc.ROUTER_NODE)
+        except LabError as exc:
+            raise SessionError(f"flush failed: {exc}") from None
+        if self.kernel_mode:
+            self.client.kernel_conntrack({"command": "F"}, router=sc.ROUTER_NODE)
+        self._quiet()
+        for p in self._pumps:
+            p.clear()
+        self.last_table = []
+        self.driver = Driver(self.current, self._reply_of) if self.current else None
+
+    def _step(self, scenario: sc.Scenario, step: sc.Step) -> StepResult:
+        if self.driver is None or self.driver.scenario is not scenario:
+            self.driver = Driver(scenario, self._reply_of)
+        ev0 = len(self.py_events.lines)
+        kev0 = len(self.k_events.lines) if self.k_events else 0
+        before = self.last_table
+        frames = self._capture(lambda: self._actions(step))
+        pairs = pair_frames(frames, self.router_addrs)
+        table = self.table()
+        kernel = self.kernel_table()
+        self._quiet()
+        self.last_table = table
+        res = StepResult(step.name, pairs, transition(step_flow(scenario, step), before, table, pairs),
+                         table, kernel, self.py_events.snapshot()[ev0:],
+                         self.k_events.snapshot()[kev0:] if self.k_events else [], t=self.now())
+        res.frames = frames
+        return res
+
+    def _actions(self, step: sc.Step) -> None:
+        for a in step.actions:
+            if "send" in a:
+                node, pkt = self.driver.packet(a)
+                r = self.client.exec(node, ["python3", "-c", SEND_SNIPPET, pkt.hex()], timeout=20)
+                if r.returncode != 0:
+                    raise SessionError(f"sending from {node} failed: {r.stderr.strip()}")
+            elif "wait" in a:
+                time.sleep(float(a["wait"]))
+            elif "sysctl" in a:
+                for k, v in a["sysctl"].items():
+                    self.set_sysctl(k, v)
+        time.sleep(SETTLE_S)
+
+    def _capture(self, body) -> list:
+        """Run ``body()`` while the router's both sides are recorded; the frames."""
+        started, done = threading.Event(), threading.Event()
+        fd, path = tempfile.mkstemp(prefix="nattrack-step-", suffix=".pcapng")
+        os.close(fd)
+        box: dict = {}
+
+        def capture():
+            try:
+                box["res"] = self.client.capture(path, router=sc.ROUTER_NODE,
+                                                 started=started.set, stop=done.is_set)
+            except BaseException as exc:       # noqa: BLE001 -- reported below
+                box["err"] = exc
+                started.set()
+
+        t = threading.Thread(target=capture, daemon=True, name="nattrack-notebook-capture")
+        t.start()
+        try:
+            started.wait(10)
+            if "err" in box:
+                raise SessionError(f"capture failed: {box['err']}")
+            body()
+        finally:
+            done.set()
+            t.join(15)
+        try:
+            if "err" in box:
+                raise SessionError(f"capture failed: {box['err']}")
+            reader = CaptureReader(path)
+            try:
+                return list(reader)
+            finally:
+                reader.close()
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    # -- views ---------------------------------------------------------------------------------------
+    def table(self) -> list[dict]:
+        return self.client.list_json(router=sc.ROUTER_NODE)
+
+    def kernel_table(self) -> list[dict] | None:
+        if not self.kernel_mode:
+            return None
+        return _parse_kernel(self.client.kernel_list(router=sc.ROUTER_NODE))
+
+    def events(self) -> list[str]:
+        return self.py_events.snapshot()
+
+    def kernel_events(self) -> list[str]:
+        return self.k_events.snapshot() if self.k_events else []
+
+    def now(self) -> float:
+        return time.time()
+
+    def advance(self, seconds: float) -> None:
+        time.sleep(max(0.0, float(seconds)))
+
+    def set_sysctl(self, key: str, value: int) -> int:
+        full, number = check_sysctl(key, value)
+        try:
+            got = self.client.sysctl(full, number, router=sc.ROUTER_NODE)
+        except LabError as exc:
+            raise SessionError(f"{full}={number}: {exc}") from None
+        self.sysctls[full] = number
+        return got
+
+    def close(self) -> None:
+        self._stop_pumps()

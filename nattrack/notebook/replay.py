@@ -1,0 +1,219 @@
+"""The replay backend: a recorded lab run, no lab needed.
+
+``notebooks/recordings/<notebook>/<scenario>.json`` (written by ``nattrack record``)
+holds, per step, the datagrams on both sides of the router, the tracker's and the
+kernel's table and events; ``<scenario>.pcapng`` the same frames for Wireshark.
+
+The kernel's side is shown as recorded.  The tracker's side is computed again: the
+recorded ingress datagrams go through the engine (a :class:`~nattrack.netfilter.stack.Router`
+on a :class:`~nattrack.replay.ManualClock`) at their recorded times, each bound to the
+NAT choice the kernel made (``table.nat_forced``, as the shadow tracker does), so
+``advance()`` makes timeouts run down and the gc worker reap for real.  The tests check
+that this recomputation gives the recorded tables and events.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..conntrack import show
+from ..conntrack.conn import IPCT_PROTOINFO
+from ..conntrack.core import get_tuple
+from ..lab import REPO_ROOT, RULES_DIR
+from ..netfilter.rules import Ruleset
+from ..netfilter.stack import Router
+from ..packet.ipv4 import Packet
+from ..replay import ManualClock
+from . import scenarios as sc
+from .session import (PacketPair, Session, SessionError, StepResult, check_sysctl, step_flow,
+                      transition)
+
+RECORDINGS = REPO_ROOT / "notebooks" / "recordings"
+FORMAT = 1
+
+
+def recordings_dir(base: str | os.PathLike | None = None) -> Path:
+    if base is not None:
+        return Path(base)
+    env = os.environ.get("NATTRACK_RECORDINGS")
+    return Path(env) if env else RECORDINGS
+
+
+def load_recording(base: Path, notebook: str, scenario: str) -> dict:
+    path = base / notebook / f"{scenario}.json"
+    try:
+        rec = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SessionError(f"no recording {path}: record it with `sudo nattrack record "
+                           f"{notebook} --out {base}`") from None
+    except ValueError as exc:
+        raise SessionError(f"{path} is not a recording ({exc}): record it again") from None
+    if rec.get("format") != FORMAT:
+        raise SessionError(f"{path}: recording format {rec.get('format')}, expected {FORMAT}: "
+                           f"record it again with `sudo nattrack record {notebook}`")
+    return rec
+
+
+class Engine:
+    """The tracker of a replayed scenario: the router model on a manual clock."""
+
+    def __init__(self, rec: dict, overrides: dict[str, int]) -> None:
+        rules = RULES_DIR / f"{rec['rules']}.rules"
+        sysctls = {**rec.get("sysctls", {}), **overrides}
+        self.clock = ManualClock(rec["t0"])
+        self.router = Router(rec["router"]["ifaces"], rec["router"].get("routes") or {},
+                             Ruleset.load(str(rules)), sysctls, self.clock, seed=1)
+        self.events: list[str] = []
+        self.router.ct.listeners.append(self._on_event)
+
+    def _on_event(self, kind, ct, table, bits) -> None:
+        now_j = table.jiffies()
+        self.events.append(show.format_event(
+            kind, ct, now_j, destroy_timeout=ct.remaining(now_j) if kind == "DESTROY" else None,
+            protoinfo=bool(bits & IPCT_PROTOINFO)))
+
+    def until(self, t: float) -> None:
+        """Time passes until ``t``: the gc worker runs when the kernel's would."""
+        if t > self.clock():
+            self.router.ct.run_gc_until(t, self.clock.set)
+            self.clock.set(t)
+
+    def feed(self, pp: PacketPair, t: float) -> None:
+        """One recorded datagram, bound to the NAT choice it was seen leaving with."""
+        self.until(t)
+        self.router.defrag.expire(t)
+        forced = self.router.ct.nat_forced
+        if pp.iface_in is None:                  # the router's own (an ICMP error, a RST)
+            pkt = Packet.parse(bytearray(pp.before), 0, None, t)
+            if pkt is None:
+                return
+            tup = get_tuple(pkt)
+            new = tup is not None and tup not in self.router.ct.hash
+            if new:
+                forced[tup] = tup
+            try:
+                self.router.send_local(pkt)
+            finally:
+                if new:
+                    forced.pop(tup, None)
+            return
+        pkt = Packet.parse(bytearray(pp.before), 0, pp.iface_in, t)
+        if pkt is None:
+            return
+        orig = get_tuple(pkt)
+        after = Packet.parse(bytearray(pp.after), 0) if pp.after else None
+        if orig is not None and after is not None:
+            forced[orig] = get_tuple(after)
+        try:
+            self.router.receive(pkt)
+        finally:
+            if orig is not None:
+                forced.pop(orig, None)
+
+    def table(self) -> list[dict]:
+        listing = list(self.router.ct.conns())         # reaps the expired, as a dump does
+        now_j = self.router.ct.jiffies()
+        return [show.conn_json(ct, now_j) for ct in listing]
+
+
+class ReplaySession(Session):
+    mode = "replay"
+
+    def __init__(self, notebook: str, recordings: str | os.PathLike | None = None) -> None:
+        super().__init__(notebook)
+        self.base = recordings_dir(recordings)
+        self.recs: dict[str, dict] = {}
+        first = self._rec(self._scenarios[0].name)
+        day = str(first.get("recorded", ""))[:10]
+        kernel = ".".join(str(first.get("kernel", "?")).split(".")[:2])
+        self.label = (f"Replay of a recorded lab run (recorded {day} on Linux {kernel}): "
+                      f"no lab needed")
+        self.overrides: dict[str, int] = {}
+        self.engine: Engine | None = None
+        self.rec: dict | None = None
+        self.offset = 0.0
+        self._clock0 = float(first["t0"])
+        self._kernel_table: list[dict] | None = [] if first.get("lab_mode") == "kernel" else None
+        self._kernel_events: list[str] = []
+        self._events_before: list[str] = []
+        self.last_table: list[dict] = []
+
+    def _rec(self, scenario: str) -> dict:
+        if scenario not in self.recs:
+            self.recs[scenario] = load_recording(self.base, self.notebook, scenario)
+        return self.recs[scenario]
+
+    def recording(self, scenario: str) -> dict:
+        """The recorded run of one scenario (the JSON written by ``nattrack record``)."""
+        return self._rec(self.scenario(scenario).name)
+
+    # -- scenario life -------------------------------------------------------------------------
+    def _start(self, scenario: sc.Scenario) -> None:
+        rec = self._rec(scenario.name)
+        names = [s.name for s in scenario.steps]
+        got = [s["name"] for s in rec["steps"]]
+        if got != names:
+            raise SessionError(f"the recording of {self.notebook}/{scenario.name} has steps "
+                               f"{got}, the scenario {names}: record it again")
+        if self.engine is not None:
+            self._events_before = self.events()
+        self.rec = rec
+        self.engine = Engine(rec, self.overrides)
+        self.offset = 0.0
+        self.last_table: list[dict] = []
+        self._kernel_table = [] if rec.get("lab_mode") == "kernel" else None
+
+    def _reset(self) -> None:
+        if self.engine is not None:
+            self._events_before = self.events()
+        self.engine, self.rec, self.offset = None, None, 0.0
+        self.last_table = []
+        self._kernel_events = []
+        self._kernel_table = [] if self._kernel_table is not None else None
+
+    def _step(self, scenario: sc.Scenario, step: sc.Step) -> StepResult:
+        rs = self.rec["steps"][scenario.index(step.name)]
+        eng = self.engine
+        n0 = len(eng.events)
+        pairs = [PacketPair.from_json(p) for p in rs["packets"]]
+        for pp in pairs:
+            eng.feed(pp, pp.t + self.offset)
+        eng.until(rs["t"] + self.offset)
+        table = eng.table()
+        self._kernel_table = rs.get("kernel_table")
+        self._kernel_events.extend(rs.get("kernel_events") or [])
+        tr = transition(step_flow(scenario, step), self.last_table, table, pairs)
+        self.last_table = table
+        return StepResult(step.name, pairs, tr, table,
+                          self._kernel_table, eng.events[n0:], list(rs.get("kernel_events") or []),
+                          t=self.now())
+
+    # -- views ------------------------------------------------------------------------------------
+    def table(self) -> list[dict]:
+        return self.engine.table() if self.engine else []
+
+    def kernel_table(self) -> list[dict] | None:
+        return self._kernel_table
+
+    def events(self) -> list[str]:
+        return self._events_before + (list(self.engine.events) if self.engine else [])
+
+    def kernel_events(self) -> list[str]:
+        return list(self._kernel_events)
+
+    def now(self) -> float:
+        return self.engine.clock() if self.engine else self._clock0 + self.offset
+
+    def advance(self, seconds: float) -> None:
+        seconds = max(0.0, float(seconds))
+        self.offset += seconds
+        if self.engine is not None:
+            self.engine.until(self.engine.clock() + seconds)
+
+    def set_sysctl(self, key: str, value: int) -> int:
+        full, number = check_sysctl(key, value)
+        self.overrides[full] = number
+        if self.engine is not None:
+            self.engine.router.ct.sysctl.set(full, number)
+        return number
