@@ -1,6 +1,36 @@
-"""`nattrack grade` (being written; see docs)."""
+"""``nattrack grade``: grade submissions of a lab, or package the grader for a platform.
+
+The work is in :mod:`nattrack.grading.batch` (outputs), :mod:`nattrack.grading.runner`
+(tests, modes, the context) and :mod:`nattrack.grading.package` (Gradescope, Classroom).
+"""
 from __future__ import annotations
 
 
 def register(sub) -> None:
     """Add the `grade` subcommand to the top-level parser."""
+    g = sub.add_parser(
+        "grade", help="grade submissions of a lab (Gradescope, Classroom, JUnit, CSV outputs)",
+        description="Grade one submission (a folder with the lab's files) or a class (a folder "
+                    "of student folders, each named by the student id). Student code runs in "
+                    "an unprivileged sandbox, never in the grader. Exit status 0 whatever the "
+                    "scores; 2 when the grader is misused.")
+    g.add_argument("lab", help="the lab folder, e.g. labs/02-tcp-states")
+    g.add_argument("submissions", nargs="*", metavar="SUBMISSION",
+                   help="a submission folder, or a folder of them")
+    g.add_argument("--out", metavar="DIR", help="where results go (default: grading-results; "
+                                                "with --package: the current folder)")
+    g.add_argument("--hidden", metavar="DIR", help="the instructor's hidden tests (test_*.py)")
+    g.add_argument("--mode", choices=("auto", "offline", "live"), default="auto",
+                   help="auto: live when this machine can (root, namespaces), else offline")
+    g.add_argument("--student-id", metavar="ID",
+                   help="the id of a single submission (per-student variants)")
+    g.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="grade N submissions at a time (offline)")
+    g.add_argument("--package", choices=("gradescope", "classroom"),
+                   help="instead of grading: build what a teacher uploads")
+    g.set_defaults(func=_grade)
+
+
+def _grade(args) -> int:
+    from ..grading.batch import main_grade
+    return main_grade(args)

@@ -328,6 +328,9 @@ def cmd_lab(args) -> int:
             return lab_exec(args.node, args.command, args.no_stdin, args.timeout)
         if args.lab_cmd == "topologies":
             return list_topologies()
+        if args.lab_cmd == "check":
+            from ..grading.check import lab_check
+            return lab_check(args.lab, args.dir, args.live)
     except LabError as exc:
         return _err(str(exc))
     except KeyboardInterrupt:
@@ -370,6 +373,12 @@ def register(sub) -> None:
                     help="(root) also clear whatever a crashed lab left: its processes, "
                          "namespaces, interfaces, socket and pid files; nothing else")
     ls.add_parser("topologies", help="the topologies lab up knows")
+    ck = ls.add_parser("check", help="run a lab's public tests on your folder: one line per "
+                                     "unmet TODO")
+    ck.add_argument("lab", nargs="?", help="the lab folder (default: the one you are in)")
+    ck.add_argument("--dir", metavar="DIR", help="your folder (default: LAB/student)")
+    ck.add_argument("--live", action="store_true",
+                    help="also the live tests (root: builds the lab with your code)")
     lab.set_defaults(func=cmd_lab)
 
 

@@ -58,7 +58,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SandboxError", "SandboxResult", "run_untrusted"]
+__all__ = ["SandboxError", "SandboxResult", "run_untrusted", "Jail", "Untrusted",
+           "bwrap_problem"]
 
 MARKER_VAR = "NATTRACK_SANDBOX_RUN"
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -507,3 +508,148 @@ def _reason(rc: int | None, stderr: bytes, *, timed_out: bool, truncated: bool,
     if rc == 127 and b"setpriv: failed to execute" in tail:
         return "command not found"
     return f"exit status {rc}"
+
+
+# --- long-lived sandboxed processes (the grader's worker) ------------------------------------
+
+@dataclass
+class Jail:
+    """What a process started by :class:`Untrusted` sees, through ``bwrap``.
+
+    ``ro_binds`` are ``(host path, path inside)`` pairs mounted read-only; on top of them
+    the jail has the interpreter's installation read-only (``/usr`` and ``sys.base_prefix``),
+    a private ``/proc`` and ``/dev``, an empty writable ``/tmp`` (gone with the process),
+    and, unless ``network`` is true, no network at all (a new network namespace with only
+    ``lo``, down).  Nothing else of the machine exists inside: not ``/etc``, not ``/home``,
+    not the repository or the grader's files.
+    """
+    ro_binds: list[tuple[str, str]]
+    network: bool = False
+    chdir: str = "/"
+
+
+_BWRAP_CACHE: dict[bool, str | None] = {}
+
+
+def bwrap_problem() -> str | None:
+    """None when ``bwrap`` can build a jail here, else why not (one line, cached)."""
+    as_root = os.geteuid() == 0
+    if as_root in _BWRAP_CACHE:
+        return _BWRAP_CACHE[as_root]
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        problem = "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
+    else:
+        argv = [bwrap, *_jail_args(Jail([]), as_root), "--", "/bin/true"]
+        try:
+            r = subprocess.run(argv, capture_output=True, timeout=10)
+            problem = (None if r.returncode == 0 else
+                       "bwrap cannot create namespaces here: "
+                       + (r.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1])
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            problem = f"bwrap does not run: {exc}"
+    _BWRAP_CACHE[as_root] = problem
+    return problem
+
+
+def _jail_args(jail: Jail, as_root: bool) -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for link in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        p = Path("/") / link
+        if p.is_symlink():
+            args += ["--symlink", os.readlink(p), f"/{link}"]
+        elif p.is_dir():
+            args += ["--ro-bind", str(p), f"/{link}"]
+    base = os.path.realpath(sys.base_prefix)
+    if base != "/usr" and not base.startswith("/usr/"):
+        args += ["--ro-bind", base, base]
+    made: set[str] = set()
+    for src, dst in jail.ro_binds:
+        for parent in reversed(Path(dst).parents[:-1]):      # bwrap would make them 0700
+            if str(parent) not in made:
+                made.add(str(parent))
+                args += ["--perms", "0755", "--dir", str(parent)]
+        args += ["--ro-bind", str(src), str(dst)]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+             "--die-with-parent", "--new-session", "--chdir", jail.chdir]
+    if not jail.network:
+        args.append("--unshare-net")
+    if not as_root:
+        args.append("--unshare-user")          # unprivileged: a user namespace of its own
+    return args
+
+
+class Untrusted:
+    """A long-lived untrusted process with pipes: the grader's sandboxed worker.
+
+    The same layers as :func:`run_untrusted` (the subreaper supervisor, ``prlimit``,
+    ``setpriv`` to an unprivileged uid with ``no_new_privs`` and no capabilities) plus,
+    when ``jail`` is given and ``bwrap`` works here, a ``bwrap`` jail between ``prlimit``
+    and ``setpriv``: ``prlimit -- bwrap ... -- setpriv ... -- ARGV``.  ``cpu_seconds`` is
+    the CPU budget of the process's whole life (RLIMIT_CPU); wall time per request is the
+    caller's business (:meth:`stop` kills everything).  ``stdin``/``stdout``/``stderr`` are
+    the process's pipes.
+    """
+
+    def __init__(self, argv, *, jail: Jail | None = None, cpu_seconds: int = 120,
+                 memory_mb: int = 512, max_procs: int = 32, max_file_mb: int = 16,
+                 uid: int = 65534, gid: int = 65534, env: dict | None = None) -> None:
+        argv = [str(a) for a in argv]
+        as_root = os.geteuid() == 0
+        if as_root and (uid == 0 or gid == 0):
+            raise SandboxError("the sandbox uid/gid must not be root")
+        setpriv, prlimit = shutil.which("setpriv"), shutil.which("prlimit")
+        if setpriv is None or prlimit is None:
+            raise SandboxError("setpriv and prlimit (util-linux) are needed")
+        self.marker = secrets.token_hex(16)
+        self.uid = uid if as_root else None
+        self.memory_mb, self.cpu_seconds, self.max_file_mb = memory_mb, cpu_seconds, max_file_mb
+        if as_root:
+            drop = [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                    "--no-new-privs", "--bounding-set=-all", "--"]
+            nproc = max_procs
+        else:
+            drop = [setpriv, "--no-new-privs", "--"]
+            nproc = _count_user_processes(os.getuid()) + max_procs
+        self.jailed = jail is not None and bwrap_problem() is None
+        inner = [*drop, *argv]
+        if self.jailed:
+            inner = [shutil.which("bwrap"), *_jail_args(jail, as_root), "--", *inner]
+        cpu = max(1, int(cpu_seconds))
+        cmd = [prlimit, f"--as={int(memory_mb) << 20}", f"--nproc={nproc}",
+               f"--cpu={cpu}:{cpu + 1}", f"--fsize={int(max_file_mb) << 20}", "--core=0",
+               "--", *inner]
+        cwd = jail.chdir if jail is not None and not self.jailed else "/"
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _SUPERVISOR, str(os.getpid()), *cmd],
+                cwd=cwd, env=_minimal_env(Path(cwd), self.marker, env),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                close_fds=True, start_new_session=True, umask=0o022)
+        except OSError as exc:
+            raise SandboxError(f"cannot start the sandbox: {exc}") from exc
+        st = _proc_stat(self.proc.pid)
+        self.since = st[4] if st else 0
+        self.stdin, self.stdout, self.stderr = self.proc.stdin, self.proc.stdout, self.proc.stderr
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        """Kill the process and everything it started; close the pipes."""
+        for f in (self.stdin, self.stdout, self.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+        if self.proc.poll() is None:
+            _stop(self.proc)
+        _sweep(self.proc.pid, f"{MARKER_VAR}={self.marker}".encode(), self.uid, self.since)
+
+    def exit_reason(self, stderr_tail: bytes = b"") -> str:
+        """Why the process ended, in a few words (call after it ended)."""
+        rc = self.proc.poll()
+        return _reason(rc, stderr_tail, timed_out=False, truncated=False, timeout=0,
+                       max_output=0, memory_mb=self.memory_mb, cpu=self.cpu_seconds + 1,
+                       max_file_mb=self.max_file_mb) or "exited"

@@ -1,0 +1,183 @@
+"""Grade one submission or a class, write every output (``nattrack grade``).
+
+Per submission, in ``OUT/<id>/``:
+
+- ``results.json`` -- Gradescope's format, every test with its visibility (Gradescope
+  itself hides what students may not see yet);
+- ``results-student.json``, ``summary.txt`` -- what the student may see now
+  (:func:`~nattrack.grading.results.student_view`);
+- ``classroom.txt`` -- GitHub Classroom's reporter payload (base64 JSON), student view;
+- ``junit.xml``, ``summary-full.txt`` -- everything, for the instructor.
+
+For all of them: ``OUT/class.csv`` (one row per student and test) and ``OUT/grader.log``
+(problems in the tests themselves, for the instructor).  What ``nattrack grade`` prints
+(progress lines; for a single submission its student summary) never names a hidden test.
+
+A *submission* is a folder holding the lab's files; a folder without them whose
+subfolders hold them is a *class*: one student per subfolder, named by it.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from .results import (Results, human_summary, student_view, to_classroom, to_csv_rows,
+                      to_gradescope, to_junit_xml, write_class_csv)
+from .runner import GradeError, Grader, load_lab
+
+__all__ = ["discover", "grade_all", "write_outputs", "SANDBOX_UIDS"]
+
+SANDBOX_UIDS = [65534] + [65000 + i for i in range(1, 64)]   # nobody, then one uid per slot
+
+
+def _has_files(folder: Path, files: list[str]) -> bool:
+    return any((folder / f).exists() for f in files) or any(
+        (d / f).exists() for d in folder.iterdir() if d.is_dir() for f in files)
+
+
+def discover(paths, files: list[str],
+             student_id: str | None = None) -> list[tuple[str, Path, str | None]]:
+    """``[(name, folder, student id)]``: each path is a submission, or a class of them (one
+    per subfolder, whose name is the student id).  A single submission has a student id
+    (for its variant) only when ``--student-id`` gives one; its outputs are named by it or
+    by the folder."""
+    out: list[tuple[str, Path, str | None]] = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_dir():
+            raise GradeError(f"{p}: not a folder (a submission is a folder with "
+                             f"{', '.join(files)})")
+        direct = any((p / f).exists() for f in files)
+        subs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
+        members = [d for d in subs if _has_files(d, files)]
+        if direct or not members:
+            out.append((student_id or p.resolve().name, p, student_id))
+        else:
+            out.extend((d.name, d, d.name) for d in members)
+    ids = [i for i, _, _ in out]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        raise GradeError(f"two submissions share the id {sorted(dup)[0]!r}: grade them "
+                         f"separately or rename a folder")
+    return out
+
+
+def write_outputs(out: Path, sid: str, results: Results, suite: str) -> Path:
+    d = out / _safe(sid)
+    d.mkdir(parents=True, exist_ok=True)
+    seen = student_view(results)
+    (d / "results.json").write_text(json.dumps(to_gradescope(results), indent=2) + "\n")
+    (d / "results-student.json").write_text(json.dumps(to_gradescope(seen), indent=2) + "\n")
+    (d / "classroom.txt").write_text(to_classroom(seen) + "\n")
+    (d / "junit.xml").write_text(to_junit_xml(results, suite_name=suite))
+    (d / "summary.txt").write_text(human_summary(seen))
+    (d / "summary-full.txt").write_text(human_summary(results))
+    return d
+
+
+def _safe(sid: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in sid).strip(".")
+    return keep or "submission"
+
+
+# --- parallel grading: one Grader per process ----------------------------------------------------
+
+_G: dict = {}
+
+
+def _init(lab, hidden, mode, slots, log_path) -> None:
+    slot = slots.get()
+    log = open(log_path, "a", buffering=1)
+    _G["grader"] = Grader(lab, hidden=hidden, mode=mode, uid=SANDBOX_UIDS[slot],
+                          log=lambda m: log.write(m + "\n"))
+
+
+def _grade_one(sid: str, folder: str, vid: str | None) -> tuple[str, Results]:
+    g = _G["grader"]
+    return sid, g.grade(folder, student_id=vid)
+
+
+def grade_all(lab, paths, out, *, hidden=None, mode: str = "auto", student_id=None,
+              jobs: int = 1, echo=print) -> list[tuple[str, Results]]:
+    """Grade every submission, write every output; ``[(id, Results)]`` in input order."""
+    info = load_lab(lab)
+    subs = discover(paths, info.files, student_id)
+    if student_id and len(subs) > 1:
+        raise GradeError("--student-id names one submission; a class folder uses its "
+                         "subfolders' names")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "grader.log"
+    log_path.write_text("")
+    suite = f"lab{info.number:02d}-{info.slug}"
+    done: list[tuple[str, Results]] = []
+    t0 = time.monotonic()
+    n = len(subs)
+
+    def finished(i: int, sid: str, res: Results) -> None:
+        write_outputs(out, sid, res, suite)
+        done.append((sid, res))
+        echo(f"[{len(done)}/{n}] {sid}: {_num(res.total)}/{_num(res.max_total)} "
+             f"in {res.execution_time:.1f} s")
+
+    jobs = max(1, min(int(jobs), len(subs), len(SANDBOX_UIDS)))
+    if jobs == 1:
+        with open(log_path, "a", buffering=1) as log:
+            with Grader(lab, hidden=hidden, mode=mode, log=lambda m: log.write(m + "\n")) as g:
+                echo(f"grading {n} submission(s) of {info.name}, {g.mode} mode"
+                     + (f" ({g.live_problem})" if g.live_problem and mode != "offline" else ""))
+                for i, (sid, folder, vid) in enumerate(subs):
+                    finished(i, sid, g.grade(folder, student_id=vid))
+    else:
+        ctx = multiprocessing.get_context("fork")
+        slots = ctx.Queue()
+        for s in range(jobs):
+            slots.put(s)
+        echo(f"grading {n} submissions of {info.name} with {jobs} jobs")
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init,
+                                 initargs=(lab, hidden, mode, slots, str(log_path))) as pool:
+            futs = [pool.submit(_grade_one, sid, str(folder), vid) for sid, folder, vid in subs]
+            for i, f in enumerate(futs):
+                sid, res = f.result()
+                finished(i, sid, res)
+    order = {sid: i for i, (sid, _, _) in enumerate(subs)}
+    done.sort(key=lambda x: order[x[0]])
+    rows = [row for sid, res in done for row in to_csv_rows(sid, res)]
+    write_class_csv(out / "class.csv", rows)
+    echo(f"graded {n} in {time.monotonic() - t0:.1f} s: {out}/class.csv")
+    if log_path.stat().st_size:
+        echo(f"some tests themselves failed (not the students' fault): see {log_path}")
+    if n == 1:
+        echo(human_summary(student_view(done[0][1])).rstrip())
+    return done
+
+
+def _num(x: float):
+    return int(x) if float(x).is_integer() else round(float(x), 2)
+
+
+def main_grade(args) -> int:
+    """`nattrack grade` (see nattrack.cli.grade)."""
+    try:
+        if args.package:
+            from .package import build_package
+            if len(args.submissions) > 1:
+                raise GradeError("--package takes no submissions: nattrack grade --package "
+                                 "gradescope LAB [--out DIR]")
+            path = build_package(args.package, args.lab, args.out, hidden=args.hidden)
+            print(path)
+            return 0
+        if not args.submissions:
+            raise GradeError("which submissions? nattrack grade LAB SUBMISSION... "
+                             "(a folder, or a folder of student folders)")
+        grade_all(args.lab, args.submissions, args.out or "grading-results", hidden=args.hidden,
+                  mode=args.mode, student_id=args.student_id, jobs=args.jobs)
+        return 0
+    except GradeError as exc:
+        print(f"nattrack: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2

@@ -1,0 +1,557 @@
+"""The grader: a lab's tests (public and hidden) against one submission.
+
+:func:`load_lab` reads ``lab.toml``; :func:`load_tests` imports the lab's ``tests/`` and an
+instructor's hidden folder (trusted code, run in this process); :class:`Grader` runs them
+against a submission and returns :class:`~nattrack.grading.results.Results`.
+
+Order of a grading run (docs/labs-format.md):
+
+0. the visible *environment probe* (0 points): which mode is possible here and why;
+1. offline tests, visible ones first, each with a fresh or still-healthy sandboxed worker;
+2. then the hidden ones with a new worker (so nothing a hidden test sent to the submission
+   can come back in a visible test's output);
+3. live tests, if live mode is on: one lab per submission, whose router runs the
+   submission (``nattrack lab up ... --plugin LAB=SUBMISSION``, unprivileged after it opens
+   its sockets), torn down at the end; each lab in its own ``NATTRACK_RUN_DIR``.
+
+A test gets full points when it returns ``None`` or ``True``, the fraction when it returns
+a number in [0, 1]; an ``AssertionError``'s message, or the sandbox's one-line reason
+(:class:`~nattrack.grading.worker.SubmissionError`), is what the student reads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..labs.testing import TestSpec, collect
+from .results import Results, TestResult
+from .worker import SubmissionError, Worker, lab_view, package_copy
+
+__all__ = ["GradeError", "LabInfo", "load_lab", "load_tests", "Ctx", "Grader", "probe_live",
+           "variant_for", "SubmissionError"]
+
+
+class GradeError(Exception):
+    """The grader was misused (bad lab, bad hidden folder...): one line, exit status 2."""
+
+
+# --- the lab ---------------------------------------------------------------------------------
+
+@dataclass
+class LabInfo:
+    dir: Path
+    raw: dict
+    manifest: object                       # nattrack.labs.manifest's Lab, or the raw dict
+    number: int
+    slug: str
+    title: str
+    files: list[str]
+    todos: list[dict]
+    variants: dict
+    topology: str | None
+    mode: str
+    rules: Path | None
+
+    @property
+    def name(self) -> str:
+        return f"lab {self.number} ({self.slug})"
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def load_lab(lab_dir) -> LabInfo:
+    lab_dir = Path(lab_dir).resolve()
+    toml = lab_dir / "lab.toml"
+    if not toml.is_file():
+        raise GradeError(f"{lab_dir}: no lab.toml here; give a lab folder such as labs/02-tcp-states")
+    try:
+        raw = tomllib.loads(toml.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise GradeError(f"{toml}: {exc}") from None
+    manifest: object = raw
+    try:
+        from ..labs import manifest as _manifest
+    except ImportError:
+        _manifest = None
+    if _manifest is not None:
+        try:
+            manifest = _manifest.load(lab_dir)
+        except Exception as exc:               # noqa: BLE001 -- its own one-line errors
+            raise GradeError(f"{toml}: {exc}") from None
+    files = [str(f) for f in raw.get("files", [])]
+    if not files:
+        raise GradeError(f"{toml}: `files` is empty: list what a submission consists of")
+    rules = raw.get("rules")
+    rules_path = None
+    if rules:
+        for base in (lab_dir, _repo_root()):
+            if (base / rules).is_file():
+                rules_path = (base / rules).resolve()
+                break
+        else:
+            raise GradeError(f"{toml}: rules {rules!r} not found in the lab folder or the kit")
+    return LabInfo(dir=lab_dir, raw=raw, manifest=manifest, number=int(raw.get("number", 0)),
+                   slug=str(raw.get("slug", lab_dir.name)), title=str(raw.get("title", "")),
+                   files=files, todos=list(raw.get("todos", [])),
+                   variants=dict(raw.get("variants", {})), topology=raw.get("topology"),
+                   mode=str(raw.get("mode", "python")), rules=rules_path)
+
+
+@dataclass
+class LoadedTest:
+    spec: TestSpec
+    hidden_folder: bool
+    source: Path
+
+
+def load_tests(lab: LabInfo, hidden: Path | None = None) -> list[LoadedTest]:
+    """The lab's public tests and the instructor's hidden ones, in number order.
+
+    Tests from the hidden folder are never shown before the due date: a ``visible`` one
+    there is treated as ``hidden`` (``after_due_date`` / ``after_published`` are kept).
+    """
+    folders = [(lab.dir / "tests", False)]
+    if hidden is not None:
+        hidden = Path(hidden).resolve()
+        if not hidden.is_dir():
+            raise GradeError(f"--hidden {hidden}: not a folder")
+        folders.append((hidden, True))
+    out: list[LoadedTest] = []
+    seen: dict[str, Path] = {}
+    for folder, is_hidden in folders:
+        for path in sorted(folder.glob("test_*.py")) if folder.is_dir() else []:
+            tag = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+            name = f"nattrack_labtests_{tag}_{path.stem}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:           # noqa: BLE001
+                raise GradeError(f"{path}: the test file does not import: "
+                                 f"{type(exc).__name__}: {exc}") from None
+            for t in collect(vars(module)):
+                if t.number in seen:
+                    raise GradeError(f"{path}: test number {t.number} is also used in "
+                                     f"{seen[t.number]}; numbers must be unique")
+                seen[t.number] = path
+                if is_hidden and t.visibility == "visible":
+                    t = dataclasses.replace(t, visibility="hidden")
+                out.append(LoadedTest(t, is_hidden, path))
+    if not out:
+        raise GradeError(f"{lab.dir / 'tests'}: no tests (test_*.py with @test functions)")
+    key = lambda lt: [int(p) if p.isdigit() else p for p in lt.spec.number.split(".")]  # noqa
+    return sorted(out, key=key)
+
+
+# --- per-student variants -----------------------------------------------------------------------
+
+def variant_for(lab: LabInfo, student_id: str | None) -> dict:
+    """``ctx.variant``: each ``[variants]`` entry of lab.toml, chosen from the student id.
+
+    ``name = [a, b, c]`` picks one of the values; ``name = {min = M, max = N}`` an integer in
+    [M, N] (``step = S`` for multiples of S from M).  The choice is a hash of the lab's slug,
+    the name and the id, so it is the same on every machine and every run.  ``{}`` without
+    a student id.
+    """
+    if not student_id:
+        return {}
+    out = {}
+    for name, spec in lab.variants.items():
+        h = int.from_bytes(hashlib.sha256(f"{lab.slug}|{name}|{student_id}".encode()).digest()[:8],
+                           "big")
+        if isinstance(spec, list) and spec:
+            out[name] = spec[h % len(spec)]
+        elif isinstance(spec, dict) and "min" in spec and "max" in spec:
+            lo, hi, step = int(spec["min"]), int(spec["max"]), int(spec.get("step", 1))
+            out[name] = lo + step * (h % ((hi - lo) // step + 1))
+        else:
+            raise GradeError(f"{lab.dir / 'lab.toml'}: variants.{name}: expected a list of "
+                             f"values or {{min = M, max = N}}")
+    return out
+
+
+# --- the context --------------------------------------------------------------------------------
+
+class Ctx:
+    """What a test sees (docs/labs-format.md, "The context")."""
+
+    CALL_TIMEOUT = 5.0
+    REPLAY_TIMEOUT = 30.0
+
+    def __init__(self, grader: "Grader", sub: "SubmissionRun", mode: str, deadline: float) -> None:
+        self._grader, self._sub, self.mode = grader, sub, mode
+        self._deadline = deadline
+        self.lab_dir = grader.lab.dir
+        self.manifest = grader.lab.manifest
+        self.submission = sub.folder
+        self.variant = dict(sub.variant)
+        self.student_id = sub.student_id
+
+    def _left(self, want: float) -> float:
+        return max(0.1, min(want, self._deadline - time.monotonic()))
+
+    def call(self, func: str, *args, timeout: float | None = None):
+        """Call ``module.function(*args)`` in the submission's sandboxed worker."""
+        return self._sub.worker.request({"op": "call", "func": func, "args": list(args)},
+                                        self._left(timeout or self.CALL_TIMEOUT), func)
+
+    def _replay_req(self, capture, iface, route, rules, sysctl, now, seed, inbox) -> dict:
+        caps = [capture] if isinstance(capture, (str, os.PathLike)) else list(capture)
+        paths = []
+        for c in caps:
+            iface_name, sep, p = str(c).partition("=")
+            if not sep or Path(str(c)).exists() or (self.lab_dir / str(c)).exists():
+                iface_name, p = None, str(c)
+            paths.append((iface_name, inbox(self._lab_file(p))))
+        if rules is None:
+            rules = self._grader.lab.rules
+        return {"capture": [f"{i}={p}" if i else p for i, p in paths], "iface": iface,
+                "route": route, "rules": inbox(self._lab_file(rules)) if rules else None,
+                "sysctl": sysctl, "now": now, "seed": seed}
+
+    def _lab_file(self, p) -> Path:
+        p = Path(p)
+        if not p.is_absolute():
+            p = self.lab_dir / p if (self.lab_dir / p).exists() else _repo_root() / p
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such file (a path in the lab folder)")
+        return p
+
+    def replay(self, capture, *, iface, route=None, rules=None, sysctl=None, now=None, seed=0):
+        """``nattrack replay --json`` with the submission plugged in, in the worker.
+        ``rules=None`` means the lab's rules; ``rules=""`` none."""
+        req = self._replay_req(capture, iface, route, rules, sysctl, now, seed,
+                               self._sub.stage)
+        return self._sub.worker.request({"op": "replay", **req},
+                                        self._left(self.REPLAY_TIMEOUT), "the replay")
+
+    def reference_replay(self, capture, *, iface, route=None, rules=None, sysctl=None, now=None,
+                         seed=0):
+        """The same replay with the reference engine, in the grader."""
+        from .replayjson import replay_json
+        return replay_json(self._replay_req(capture, iface, route, rules, sysctl, now, seed,
+                                            str))
+
+    def read(self, name: str) -> str:
+        """A submission file's text (answers, rules); never executed."""
+        p = (self.submission / name).resolve()
+        if self.submission.resolve() not in p.parents:
+            raise ValueError(f"{name}: outside the submission")
+        if not p.is_file():
+            raise AssertionError(f"your submission has no {name}")
+        if p.stat().st_size > 1 << 20:
+            raise AssertionError(f"your {name} is larger than 1 MB")
+        return p.read_text(errors="replace")
+
+    @property
+    def live(self):
+        if self.mode != "live":
+            raise RuntimeError("ctx.live exists in live mode only (mode='live' tests)")
+        return self._sub.live_client()
+
+
+# --- the environment probe -------------------------------------------------------------------------
+
+def probe_live(lab: LabInfo) -> str | None:
+    """None when this machine can run the lab live, else why not (one line)."""
+    if os.geteuid() != 0:
+        return "the grader is not root (live labs build network namespaces)"
+    if not lab.topology:
+        return f"{lab.name} has no topology"
+    from ..lab import mininet_available
+    problem = mininet_available()
+    if problem:
+        return problem
+    try:
+        r = subprocess.run(["unshare", "--net", "--mount", "true"], capture_output=True,
+                           timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot create namespaces: {exc}"
+    if r.returncode != 0:
+        return ("cannot create network namespaces here (a container without CAP_SYS_ADMIN?): "
+                + r.stderr.decode(errors="replace").strip()[:200])
+    return None
+
+
+# --- one submission ---------------------------------------------------------------------------------
+
+class SubmissionRun:
+    """The per-submission state: its worker, its staged inputs and, live, its lab."""
+
+    def __init__(self, grader: "Grader", folder: Path, student_id: str | None) -> None:
+        self.grader = grader
+        self.folder = folder
+        self.student_id = student_id
+        self.variant = variant_for(grader.lab, student_id)
+        self.tmp = Path(tempfile.mkdtemp(prefix="nattrack-grade-"))
+        os.chmod(self.tmp, 0o755)
+        self.sub_copy = self.tmp / "submission"
+        _copy_submission(folder, self.sub_copy, grader.lab.files)
+        self.inbox = self.tmp / "inbox"
+        self.inbox.mkdir(mode=0o755)
+        self.worker = Worker(pkg=grader.pkg, lab=grader.lab_copy, submission=self.sub_copy,
+                             inbox=self.inbox, uid=grader.uid)
+        self.lab_run_dir: Path | None = None
+        self._client = None
+        self.live_error: str | None = None
+
+    def stage(self, path: Path) -> str:
+        """Copy a (trusted) input file where the worker can read it; its path there."""
+        data = Path(path).read_bytes()
+        name = hashlib.sha1(data).hexdigest()[:16] + "-" + Path(path).name
+        dest = self.inbox / name
+        if not dest.exists():
+            dest.write_bytes(data)
+            os.chmod(dest, 0o644)
+        return self.worker.inbox_path(name)
+
+    # -- live -----------------------------------------------------------------------------
+    def live_client(self):
+        if self._client is None:
+            if self.live_error:
+                raise SubmissionError(self.live_error)
+            try:
+                self._client = self._start_lab()
+            except SubmissionError as exc:
+                self.live_error = str(exc)
+                raise
+        return self._client
+
+    def _start_lab(self):
+        lab = self.grader.lab
+        from ..lab.client import LabClient
+        self.lab_run_dir = Path(tempfile.mkdtemp(prefix="ntgrade-lab-", dir="/tmp"))
+        os.chmod(self.lab_run_dir, 0o755)
+        argv = [sys.executable, "-m", "nattrack.cli.main", "lab", "up", "--topo",
+                str(lab.topology), "--mode", lab.mode,
+                "--plugin", f"{lab.dir}={self.sub_copy}"]
+        if lab.rules:
+            argv += ["--rules", str(lab.rules)]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=180,
+                           env=self._lab_env(), cwd="/")
+        if r.returncode != 0:
+            why = " ".join((r.stderr.strip().splitlines() or ["?"])[-1].split())
+            raise SubmissionError(f"the lab with your code did not start: {why[:400]}")
+        return LabClient(self.lab_run_dir / "lab.sock", timeout=60)
+
+    def _lab_env(self) -> dict:
+        env = dict(os.environ, NATTRACK_RUN_DIR=str(self.lab_run_dir),
+                   PYTHONPATH=str(_repo_root()))
+        env.pop("NATTRACK_LAB_SOCK", None)
+        return env
+
+    def stop_lab(self) -> None:
+        if self.lab_run_dir is None:
+            return
+        env = self._lab_env()
+        for extra in ([], ["--force"]):
+            subprocess.run([sys.executable, "-m", "nattrack.cli.main", "lab", "down", *extra],
+                           capture_output=True, timeout=120, env=env, cwd="/")
+        shutil.rmtree(self.lab_run_dir, ignore_errors=True)
+        self.lab_run_dir, self._client = None, None
+
+    def close(self) -> None:
+        self.worker.close()
+        try:
+            self.stop_lab()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _copy_submission(src: Path, dest: Path, files: list[str]) -> None:
+    """The lab's files of a submission, found at its top or one folder down (a zip of a
+    folder), copied into a folder the worker may read.  Nothing else is copied."""
+    dest.mkdir(mode=0o755)
+    candidates = [src] + sorted(p for p in src.iterdir() if p.is_dir()) if src.is_dir() else []
+    for name in files:
+        for base in candidates:
+            p = base / name
+            if p.is_file() and not p.is_symlink():
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(p, dest / name)
+                os.chmod(dest / name, 0o644)
+                break
+
+
+# --- the grader ---------------------------------------------------------------------------------------
+
+class Grader:
+    """Grades submissions of one lab; holds what all of them share (tests, package copy)."""
+
+    def __init__(self, lab_dir, hidden=None, mode: str = "auto", uid: int = 65534,
+                 tests_filter=None, log=None) -> None:
+        if mode not in ("auto", "offline", "live"):
+            raise GradeError(f"--mode {mode}: expected auto, offline or live")
+        self.lab = load_lab(lab_dir)
+        self.tests = [t for t in load_tests(self.lab, hidden)
+                      if tests_filter is None or tests_filter(t.spec)]
+        self.uid = uid
+        self.log = log or (lambda msg: None)
+        live_problem = probe_live(self.lab) if mode != "offline" else "--mode offline"
+        if mode == "live" and live_problem:
+            raise GradeError(f"--mode live: {live_problem}")
+        self.live_problem = live_problem
+        self.mode = "offline" if live_problem else "live"
+        self._tmp = Path(tempfile.mkdtemp(prefix="nattrack-grader-"))
+        os.chmod(self._tmp, 0o755)
+        self.pkg = package_copy(self._tmp / "pkg")
+        self.lab_copy = lab_view(self.lab.dir, self._tmp / "lab")
+
+    def close(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- the probe ------------------------------------------------------------------------
+    def probe_result(self) -> TestResult:
+        from .sandbox import bwrap_problem
+        live = [t for t in self.tests if t.spec.mode == "live"]
+        if self.mode == "live":
+            lines = ["Grading mode: live and offline (root, network namespaces, Mininet)."]
+        else:
+            lines = [f"Grading mode: offline only ({self.live_problem})."]
+            if live:
+                lines.append(f"{len(live)} live test(s) were not run; they count for nothing "
+                             f"here.")
+        jail = bwrap_problem()
+        lines.append("Your code runs as an unprivileged user with limits on time, memory, "
+                     "processes and output, " + ("in a jail that holds only your files and has "
+                                                 "no network." if jail is None else
+                                                 f"without a file-system jail ({jail})."))
+        return TestResult(name="Environment probe: what this grader can run", number="0",
+                          score=0, max_score=0, status="passed", output="\n".join(lines),
+                          visibility="visible", tags=["probe"])
+
+    # -- grading --------------------------------------------------------------------------
+    def grade(self, folder, student_id: str | None = None) -> Results:
+        folder = Path(folder).resolve()
+        if not folder.is_dir():
+            raise GradeError(f"{folder}: not a folder")
+        t0 = time.monotonic()
+        run = SubmissionRun(self, folder, student_id)
+        results: list[TestResult] = [self.probe_result()]
+        try:
+            offline = [t for t in self.tests if t.spec.mode == "offline"
+                       or (t.spec.mode == "any" and self.mode == "offline")]
+            live = [t for t in self.tests if t not in offline]
+            visible_first = sorted(offline, key=lambda t: t.spec.visibility != "visible")
+            group = None
+            for t in visible_first:
+                g = t.spec.visibility == "visible"
+                if group is not None and g != group:
+                    run.worker.close()          # hidden tests get a worker of their own
+                group = g
+                results.append(self._run_one(run, t, "offline"))
+            for t in live:
+                if self.mode != "live":
+                    results.append(_not_run(t.spec, self.live_problem))
+                    continue
+                results.append(self._run_one(run, t, "live"))
+            missing = [f for f in self.lab.files if not (run.sub_copy / f).exists()]
+        finally:
+            run.close()
+        order = {t.spec.number: i for i, t in enumerate(self.tests)}
+        results.sort(key=lambda r: -1 if r.number == "0" else order.get(r.number, 0))
+        out = [f"{self.lab.name}: {self.lab.title}".rstrip(": ")]
+        if run.variant:
+            out.append("Your variant: " + ", ".join(f"{k}={v}" for k, v in run.variant.items()))
+        if missing:
+            out.append("Missing from your submission: " + ", ".join(missing))
+        return Results(tests=results, execution_time=time.monotonic() - t0,
+                       output="\n".join(out))
+
+    def _run_one(self, run: SubmissionRun, lt: LoadedTest, mode: str) -> TestResult:
+        spec = lt.spec
+        t0 = time.monotonic()
+        if not run.worker.alive():
+            try:
+                run.worker.start()
+            except SubmissionError:
+                pass                       # the test's first call reports why
+        ctx = Ctx(self, run, mode, time.monotonic() + spec.timeout)
+        box: dict = {}
+
+        def body():
+            try:
+                box["value"] = spec.func(ctx)
+            except BaseException as exc:   # noqa: BLE001 -- reported below
+                box["exc"] = exc
+
+        th = threading.Thread(target=body, daemon=True, name=f"test-{spec.number}")
+        th.start()
+        th.join(spec.timeout)
+        if th.is_alive():
+            run.worker.close()             # unblocks a call waiting on the worker
+            th.join(2)
+            return _result(spec, 0.0, f"timed out after {spec.timeout:g} s", t0)
+        if "exc" in box:
+            exc = box["exc"]
+            if isinstance(exc, AssertionError):
+                return _result(spec, 0.0, _assert_text(exc, lt.source), t0)
+            if isinstance(exc, SubmissionError):
+                return _result(spec, 0.0, str(exc), t0)
+            where = _test_frame(exc, lt.source)
+            self.log(f"grader: test {spec.number} ({lt.source.name}) raised "
+                     f"{type(exc).__name__}: {exc}{where}")
+            return _result(spec, 0.0, f"the test itself failed ({type(exc).__name__}: "
+                                      f"{' '.join(str(exc).split())[:300]}{where}); tell your "
+                                      f"instructor", t0)
+        value = box.get("value")
+        if value is None or value is True:
+            return _result(spec, 1.0, "", t0)
+        if value is False:
+            return _result(spec, 0.0, "failed", t0)
+        if isinstance(value, (int, float)) and 0 <= value <= 1:
+            return _result(spec, float(value),
+                           "" if value == 1 else f"partial credit: {float(value):.0%}", t0)
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], (int, float)):
+            return _result(spec, max(0.0, min(1.0, float(value[0]))), str(value[1]), t0)
+        return _result(spec, 0.0, f"the test returned {value!r}, not a fraction in [0, 1]; "
+                                  f"tell your instructor", t0)
+
+
+def _assert_text(exc: AssertionError, source: Path) -> str:
+    msg = " ".join(str(exc).split()) if str(exc).strip() else ""
+    if msg:
+        return msg
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(source)]
+    return f"assertion failed: {frames[-1].line}" if frames else "assertion failed"
+
+
+def _test_frame(exc: BaseException, source: Path) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(source)]
+    return f" at {source.name} line {frames[-1].lineno}" if frames else ""
+
+
+def _result(spec: TestSpec, fraction: float, output: str, t0: float) -> TestResult:
+    score = round(spec.points * fraction, 4)
+    return TestResult(name=spec.name, number=spec.number, score=score, max_score=spec.points,
+                      status="passed" if score >= spec.points else "failed", output=output,
+                      visibility=spec.visibility, tags=list(spec.tags),
+                      execution_time=time.monotonic() - t0)
+
+
+def _not_run(spec: TestSpec, why: str | None) -> TestResult:
+    return TestResult(name=spec.name, number=spec.number, score=0, max_score=0,
+                      status="failed",
+                      output=f"not run: this is a live test ({spec.points:g} points when "
+                             f"graded live) and this grader is offline only ({why})",
+                      visibility=spec.visibility, tags=[*spec.tags, "not-run"])

@@ -1,0 +1,375 @@
+"""The sandboxed worker: the only process that runs a submission's code.
+
+Two halves in one module:
+
+- inside the sandbox, ``python -m nattrack.grading.worker LAB_DIR SUBMISSION_DIR`` imports
+  the submission's modules (``files`` of ``lab.toml``), says hello (with each module's
+  import error, if any), then answers JSON lines on stdin with JSON lines on its original
+  stdout: ``{"op": "call", "func": "module.function", "args": [...]}`` and ``{"op":
+  "replay", ...}`` (``nattrack replay --json`` with the submission plugged in).  The
+  submission's own prints go to stderr, which the grader reads and caps.
+- in the grader, :class:`Worker` starts it through :class:`nattrack.grading.sandbox.Untrusted`
+  (unprivileged uid, no_new_privs, no capabilities, rlimits, a bwrap jail that holds only
+  the submission, a copy of the lab's ``lab.toml``/``data``/``rules``, the interpreter and
+  the nattrack package, and no network), sends requests with a wall-clock limit each, and
+  turns every way the process can misbehave into :class:`SubmissionError` with one line a
+  student can read.  A dead worker is restarted by the runner before the next test.
+
+Nothing the worker sends is trusted beyond being a value the submission produced.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+# --- inside the sandbox ----------------------------------------------------------------------
+
+
+def _where(exc: BaseException, sub: str) -> str:
+    """' (tcp_states.py, line 12)' for the innermost frame in the submission, else ''."""
+    if isinstance(exc, SyntaxError) and exc.filename and exc.filename.startswith(sub):
+        return f" (line {exc.lineno})"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if f.filename.startswith(sub + "/")]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" ({os.path.relpath(f.filename, sub)}, line {f.lineno})"
+
+
+def _describe(exc: BaseException, sub: str) -> str:
+    if isinstance(exc, MemoryError):
+        return "ran out of memory"
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError line {exc.lineno}: {exc.msg}"
+    msg = " ".join(str(exc).split())[:300]
+    return f"{type(exc).__name__}: {msg}{_where(exc, sub)}" if msg else \
+        f"{type(exc).__name__}{_where(exc, sub)}"
+
+
+def _jsonable(v, depth: int = 0):
+    """Tuples to lists, enums to their names, sets to sorted lists; else TypeError."""
+    import enum
+    if depth > 50:
+        raise TypeError("nested too deeply")
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, enum.Enum):
+        return v.name
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x, depth + 1) for x in v]
+    if isinstance(v, (set, frozenset)):
+        return sorted((_jsonable(x, depth + 1) for x in v), key=repr)
+    if isinstance(v, dict):
+        return {str(_jsonable(k, depth + 1)): _jsonable(x, depth + 1) for k, x in v.items()}
+    raise TypeError(f"a {type(v).__name__} is not a plain value (use str, int, list, dict)")
+
+
+def _read_files(lab_dir: str) -> list[str]:
+    import tomllib
+    with open(os.path.join(lab_dir, "lab.toml"), "rb") as f:
+        return [str(x) for x in tomllib.load(f).get("files", [])]
+
+
+class _Served:
+    def __init__(self, lab_dir: str, sub: str) -> None:
+        import importlib
+        self.lab_dir, self.sub = lab_dir, sub
+        self.modules: dict[str, object] = {}
+        self.errors: dict[str, str] = {}
+        self.plugged = None
+        sys.path.append(sub)                       # last: the stdlib and nattrack win
+        for name in _read_files(lab_dir):
+            if not name.endswith(".py"):
+                continue
+            mod = name[:-3].replace("/", ".")
+            if not os.path.exists(os.path.join(sub, name)):
+                self.errors[mod] = f"your submission has no {name}"
+                continue
+            try:
+                self.modules[mod] = importlib.import_module(mod)
+            except BaseException as exc:       # noqa: BLE001 -- a student's module
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                self.errors[mod] = f"your {name} does not import: {_describe(exc, sub)}"
+
+    def call(self, func: str, args: list) -> dict:
+        mod, _, name = func.rpartition(".")
+        if mod in self.errors:
+            return {"ok": False, "error": self.errors[mod]}
+        m = self.modules.get(mod)
+        if m is None:
+            return {"ok": False, "error": f"{mod} is not one of the lab's files"}
+        fn = getattr(m, name, None)
+        if not callable(fn):
+            return {"ok": False, "error": f"your {mod}.py has no function {name}()"}
+        try:
+            value = fn(*args)
+        except SystemExit as exc:
+            return {"ok": False, "error": f"{func} called exit({exc.code!r})"}
+        except BaseException as exc:           # noqa: BLE001
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return {"ok": False, "error": f"{func} raised {_describe(exc, self.sub)}"}
+        try:
+            return {"ok": True, "value": _jsonable(value)}
+        except (TypeError, RecursionError) as exc:
+            return {"ok": False, "error": f"{func} returned something the grader cannot read: "
+                                          f"{exc}"}
+
+    def replay(self, req: dict) -> dict:
+        if self.errors:
+            return {"ok": False, "error": "; ".join(self.errors.values())}
+        try:
+            if self.plugged is None:
+                from nattrack.labs import manifest, plugin
+                self.plugged = plugin.install(manifest.load(self.lab_dir), self.sub) or True
+            from nattrack.grading.replayjson import replay_json
+            return {"ok": True, "value": replay_json(req)}
+        except BaseException as exc:           # noqa: BLE001
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return {"ok": False, "error": f"the replay with your code failed: "
+                                          f"{_describe(exc, self.sub)}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m nattrack.grading.worker LAB_DIR SUBMISSION_DIR", file=sys.stderr)
+        return 2
+    lab_dir, sub = (os.path.abspath(a) for a in argv)
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)                                  # the submission's prints: stderr
+    sys.stdout = sys.stderr
+
+    def send(obj: dict) -> None:
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
+    served = _Served(lab_dir, sub)
+    send({"hello": 1, "errors": served.errors})
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+            op = req.get("op")
+            if op == "call":
+                resp = served.call(str(req["func"]), list(req.get("args", [])))
+            elif op == "replay":
+                resp = served.replay(req)
+            else:
+                resp = {"ok": False, "error": f"unknown request {op!r}"}
+        except MemoryError:
+            resp = {"ok": False, "error": "ran out of memory"}
+        except (ValueError, KeyError, TypeError) as exc:
+            resp = {"ok": False, "error": f"bad request: {exc}"}
+        try:
+            send(resp)
+        except (TypeError, ValueError) as exc:
+            send({"ok": False, "error": f"the answer cannot be sent: {exc}"})
+    return 0
+
+
+# --- in the grader ------------------------------------------------------------------------------
+
+class SubmissionError(Exception):
+    """The submission's code failed, crashed or misbehaved; the message is for the student."""
+
+
+def _world_readable(path: Path) -> None:
+    for root, dirs, files in os.walk(path):
+        os.chmod(root, 0o755)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+
+
+def package_copy(dest: Path) -> Path:
+    """A compiled, world-readable copy of the nattrack package under ``dest`` (the jail's
+    ``/opt/nattrack``; the checkout itself may sit under a folder ``nobody`` cannot enter)."""
+    import compileall
+    import nattrack
+    src = Path(nattrack.__file__).resolve().parent
+    shutil.copytree(src, dest / "nattrack", ignore=shutil.ignore_patterns("__pycache__"))
+    compileall.compile_dir(str(dest / "nattrack"), quiet=1, workers=1)
+    _world_readable(dest)
+    return dest
+
+
+def lab_view(lab_dir: Path, dest: Path) -> Path:
+    """What of the lab the worker may see: lab.toml, data/, rules/ (never solution/ or tests)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(lab_dir / "lab.toml", dest / "lab.toml")
+    for sub in ("data", "rules"):
+        if (lab_dir / sub).is_dir():
+            shutil.copytree(lab_dir / sub, dest / sub)
+    _world_readable(dest)
+    return dest
+
+
+class Worker:
+    """The grader's handle on one sandboxed worker for one submission."""
+
+    HELLO_TIMEOUT = 10.0
+
+    def __init__(self, *, pkg: Path, lab: Path, submission: Path, inbox: Path, uid: int = 65534,
+                 memory_mb: int = 512, max_procs: int = 32, cpu_seconds: int = 300,
+                 max_output: int = 1_000_000, max_answer: int = 16 << 20) -> None:
+        self.pkg, self.lab, self.submission, self.inbox = pkg, lab, submission, inbox
+        self.uid, self.memory_mb, self.max_procs = uid, memory_mb, max_procs
+        self.cpu_seconds, self.max_output, self.max_answer = cpu_seconds, max_output, max_answer
+        self.proc = None
+        self.errors: dict[str, str] = {}
+        self.dead: str | None = "not started"
+        self.starts = 0
+
+    # -- paths as the worker sees them --------------------------------------------------------
+    @property
+    def jailed(self) -> bool:
+        return bool(self.proc and self.proc.jailed)
+
+    def inbox_path(self, name: str) -> str:
+        return f"/inbox/{name}" if self.jailed else str(self.inbox / name)
+
+    # -- life ------------------------------------------------------------------------------
+    def start(self) -> None:
+        from .sandbox import Jail, Untrusted
+        self.close()
+        self.starts += 1
+        jail = Jail([(str(self.pkg), "/opt/nattrack"), (str(self.lab), "/lab"),
+                     (str(self.submission), "/submission"), (str(self.inbox), "/inbox")],
+                    network=False, chdir="/tmp")
+        from .sandbox import bwrap_problem
+        if bwrap_problem() is None:
+            pkg, lab, sub = "/opt/nattrack", "/lab", "/submission"
+        else:
+            pkg, lab, sub = str(self.pkg), str(self.lab), str(self.submission)
+            jail.chdir = str(self.inbox)
+        py = os.path.realpath(sys.executable)
+        self.proc = Untrusted([py, "-s", "-B", "-m", "nattrack.grading.worker", lab, sub],
+                              jail=jail, cpu_seconds=self.cpu_seconds,
+                              memory_mb=self.memory_mb, max_procs=self.max_procs,
+                              uid=self.uid, gid=self.uid, env={"PYTHONPATH": pkg})
+        self.flooded = False
+        self.err_total = 0
+        self.err_tail = bytearray()
+        self.buf = b""
+        self.dead = None
+        threading.Thread(target=self._drain_stderr, args=(self.proc,), daemon=True).start()
+        hello = self._read(self.HELLO_TIMEOUT, "importing your files")
+        self.errors = dict(hello.get("errors") or {})
+
+    def _drain_stderr(self, proc) -> None:
+        fd = proc.stderr.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except (OSError, ValueError):
+                return
+            if not chunk:
+                return
+            self.err_total += len(chunk)
+            self.err_tail = (self.err_tail + chunk)[-4096:]
+            if self.err_total > self.max_output and not self.flooded:
+                self.flooded = True
+                proc.stop()
+                return
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.dead is None and self.proc.alive()
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+        self.proc = None
+        self.dead = "closed"
+
+    # -- requests ---------------------------------------------------------------------------
+    def request(self, req: dict, timeout: float, what: str):
+        """Send one request; its value, or :class:`SubmissionError` with the reason."""
+        if not self.alive():
+            raise SubmissionError(f"{what}: your code's process is not running "
+                                  f"({self.dead or 'it ended'})")
+        try:
+            self.proc.stdin.write((json.dumps(req) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            self._died(what, timed_out=False)
+        resp = self._read(timeout, what)
+        if resp.get("ok"):
+            return resp.get("value")
+        raise SubmissionError(str(resp.get("error") or "failed")[:1000])
+
+    def _read(self, timeout: float, what: str) -> dict:
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._died(what, timed_out=True, timeout=timeout)
+            try:
+                ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+            except (OSError, ValueError):
+                ready = []
+                self._died(what, timed_out=False)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._died(what, timed_out=False)
+            self.buf += chunk
+            if len(self.buf) > self.max_answer:
+                self.dead = "sent too much"
+                self.proc.stop()
+                raise SubmissionError(f"{what}: your code returned more than "
+                                      f"{self.max_answer >> 20} MB; the grader stopped it")
+        line, _, self.buf = self.buf.partition(b"\n")
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError
+            return obj
+        except ValueError:
+            self.dead = "garbled answer"
+            self.proc.stop()
+            raise SubmissionError(f"{what}: your code wrote over the grader's channel; "
+                                  f"the grader stopped it") from None
+
+    def _died(self, what: str, timed_out: bool, timeout: float = 0.0):
+        proc = self.proc
+        if timed_out:
+            proc.stop()
+            reason = (f"did not finish within {timeout:g} s (an endless loop?); "
+                      f"the grader stopped it")
+        else:
+            try:
+                proc.proc.wait(3)
+            except Exception:                        # noqa: BLE001
+                pass
+            proc.stop()
+            if self.flooded:
+                reason = (f"printed more than {self.max_output // 1_000_000 or 1} MB; "
+                          f"the grader stopped it")
+            else:
+                reason = proc.exit_reason(bytes(self.err_tail))
+                if reason.startswith("exit status"):
+                    reason = f"your code's process exited ({reason})"
+                elif reason.startswith("killed by"):
+                    reason = f"your code's process was {reason}"
+                else:
+                    reason = f"your code's process {reason}"
+        self.dead = reason
+        raise SubmissionError(f"{what}: {reason}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
