@@ -23,7 +23,9 @@ _VIEWS = ("ConntrackTableView", "StateDiagramView", "PacketView", "TimelineView"
 __all__ = ["state_diagram_svg", "tcp_transitions", "flag_index", "table_cell", "timeline_svg",
            "timeline_entries_from_table", "conntrack_table_html", "packet_before_after_html",
            "event_log_html", "kernel_comparison_html", "mode_banner_html", "widget_state",
-           *_VIEWS]
+           "ConntrackTableView", "StateDiagramView", "PacketView", "TimelineView",
+           "EventLogView", "ComparisonView", "ModeBanner", "Updater", "grading_mode",
+           "stop_all", "MIN_INTERVAL"]
 
 
 def __getattr__(name: str):
