@@ -45,30 +45,31 @@ SVG_STYLE = (
     "color:var(--jp-content-font-color1,#222)}"
     ".nt text{fill:currentColor;font-family:var(--jp-code-font-family,monospace)}"
     ".nt-node rect{fill:var(--jp-layout-color0,#fff);stroke:currentColor;stroke-width:1.6}"
-    ".nt-node text{font-size:15px;font-weight:bold;text-anchor:middle;"
+    ".nt-node text{font-size:16px;font-weight:bold;text-anchor:middle;"
     "dominant-baseline:central}"
     ".nt-node.nt-dim{opacity:.62}.nt-node.nt-dim rect{stroke-dasharray:5 3}"
+    ".nt-node.nt-current{opacity:1}.nt-node.nt-current rect{stroke-dasharray:none}"
     ".nt-node.nt-current rect{fill:#ffd43b;stroke:#e67700;stroke-width:3.5}"
     ".nt-node.nt-current text{fill:#000}"
     ".nt-node.nt-prev rect{stroke:" + HL + ";stroke-width:2.5}"
     ".nt-edge path{fill:none;stroke:currentColor}"
-    ".nt-edge text{font-size:13px;text-anchor:middle;dominant-baseline:central}"
+    ".nt-edge text{font-size:14px;text-anchor:middle;dominant-baseline:central}"
     ".nt-edge .nt-bg{fill:var(--jp-layout-color0,#fff);stroke:none;opacity:.85}"
     ".nt-main path{stroke-width:2.6}"
     ".nt-main text{font-weight:bold}"
     ".nt-minor{opacity:.5}.nt-minor path{stroke-width:1.3;stroke-dasharray:6 4}"
-    ".nt-minor text{font-size:12px}"
+    ".nt-minor text{font-size:13px}"
     ".nt-expire path{stroke:" + GREY + ";stroke-width:1.5;stroke-dasharray:2 4}"
     ".nt-expire text{fill:" + GREY + ";font-size:12px}"
     ".nt-edge.nt-highlight{opacity:1}"
     ".nt-edge.nt-highlight path{stroke:" + HL + ";stroke-width:4.5;stroke-dasharray:none}"
-    ".nt-edge.nt-highlight text{fill:" + HL + ";font-weight:bold;font-size:15px}"
+    ".nt-edge.nt-highlight text{fill:" + HL + ";font-weight:bold;font-size:16px}"
     ".nt-gone rect{fill:none;stroke:" + GREY + ";stroke-dasharray:3 3}"
     ".nt-gone text{fill:" + GREY + ";font-size:13px;text-anchor:middle;dominant-baseline:central}"
     ".nt-rst rect{fill:none;stroke:currentColor;stroke-width:1;stroke-dasharray:4 3;opacity:.6}"
     ".nt-rst text{font-size:13px;dominant-baseline:central}"
-    ".nt-note{font-size:12px;opacity:.8}"
-    ".nt-caption{font-size:16px;font-weight:bold}"
+    ".nt-note{font-size:13px;opacity:.8}"
+    ".nt-caption{font-size:19px;font-weight:bold}"
     ".nt-caption-hl{fill:" + HL + "!important}"
     # timeline
     ".nt-bar text{font-size:12px;dominant-baseline:central}"
@@ -86,9 +87,9 @@ SVG_STYLE = (
 
 # --------------------------------------------------------------------------- layout
 
-NODE_W, NODE_H = 142, 38
-WIDTH, HEIGHT = 980, 580
-X = (95, 340, 600, 870)
+NODE_W, NODE_H = 136, 38
+WIDTH, HEIGHT = 1060, 580
+X = (90, 370, 660, 960)
 Y = (140, 262, 390, 505)
 NODE_POS = {
     "NONE": (X[0], Y[0]), "SYN_SENT": (X[1], Y[0]), "SYN_RECV": (X[2], Y[0]),
@@ -167,9 +168,19 @@ def _fixed_geometry(a: str, b: str) -> tuple[str, tuple[float, float]] | None:
     return None
 
 
-def _generic_geometry(a: str, b: str, bend: float = 40
-                      ) -> tuple[str, tuple[float, float]]:
-    """A curve between any two nodes (for highlighted hidden transitions)."""
+def _hits(path_pts: list[tuple[float, float]], avoid: Iterable[str]) -> int:
+    """How many sampled points of a curve fall inside (a margin around) other nodes."""
+    n = 0
+    for name in avoid:
+        x, y = NODE_POS[name]
+        n += sum(1 for px, py in path_pts
+                 if abs(px - x) < NODE_W / 2 + 6 and abs(py - y) < NODE_H / 2 + 6)
+    return n
+
+
+def _generic_geometry(a: str, b: str) -> tuple[str, tuple[float, float]]:
+    """A curve between any two nodes (for highlighted hidden transitions), bent just
+    enough to miss the other nodes."""
     (x1, y1), (x2, y2) = NODE_POS[a], NODE_POS[b]
     if a == b:                                      # a loop over the node's right end
         x0, y0 = x1 + NODE_W / 2 - 34, y1 - NODE_H / 2
@@ -182,7 +193,19 @@ def _generic_geometry(a: str, b: str, bend: float = 40
     t = min((NODE_W / 2 + 3) / abs(ux) if ux else math.inf,
             (NODE_H / 2 + 3) / abs(uy) if uy else math.inf)
     p, q = (x1 + ux * t, y1 + uy * t), (x2 - ux * t, y2 - uy * t)
-    c = _mid(p, q, -uy * bend, ux * bend)
+    others = [n for n in NODE_POS if n not in (a, b)]
+    best = None
+    for bend in (30, -30, 70, -70, 110, -110, 150, -150, 200, -200):
+        c = _mid(p, q, -uy * bend, ux * bend)
+        pts = [((1 - s) ** 2 * p[0] + 2 * (1 - s) * s * c[0] + s * s * q[0],
+                (1 - s) ** 2 * p[1] + 2 * (1 - s) * s * c[1] + s * s * q[1])
+               for s in (i / 40 for i in range(41))]
+        hits = _hits(pts, others)
+        if best is None or hits < best[0]:
+            best = (hits, c)
+        if not hits:
+            break
+    c = best[1]
     return _quad(p, c, q), _mid(_mid(p, q), c)
 
 
@@ -333,8 +356,8 @@ def _node_svg(name: str, current: str | None, prev: str | None) -> str:
 
 
 _DEFS = ('<defs>'
-         '<marker id="nt-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
-         'markerHeight="7" orient="auto-start-reverse"><path d="M0 0 L10 5 L0 10 z" '
+         '<marker id="nt-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="5" '
+         'markerHeight="5" orient="auto"><path d="M0 0 L10 5 L0 10 z" '
          'fill="context-stroke" style="fill:currentColor"/></marker>'
          '<marker id="nt-arrow-hl" viewBox="0 0 10 10" refX="8" refY="5" markerWidth="4.5" '
          f'markerHeight="4.5" orient="auto"><path d="M0 0 L10 5 L0 10 z" fill="{HL}"/></marker>'
@@ -375,7 +398,7 @@ def diagram_parts(current: int | str | None = None, prev: int | str | None = Non
         drawn_hl |= is_hl
     if hl is not None and not drawn_hl:            # a special case of tcp_packet: no cell
         label = " ".join(filter(None, (d and DIR_SHORT[d], f))) or "?"
-        geo = _fixed_geometry(*hl) or _generic_geometry(*hl, bend=-50)
+        geo = _fixed_geometry(*hl) or _generic_geometry(*hl)
         top.append(_edge_svg(hl[0], hl[1], label, "extra", True, geo))
     # the entry's end: timeouts lead to DESTROY
     gx, gy = GONE_POS
@@ -399,7 +422,9 @@ def diagram_parts(current: int | str | None = None, prev: int | str | None = Non
         parts.append(_node_svg(name, cur, old))
     # caption and legend
     if hl is not None:
-        what = f"{old} → {cur}" + (f"  on {DIR_SHORT[d]} {f}" if d and f else "")
+        raw = str(flag) if isinstance(flag, str) else None
+        given = f" ({raw})" if raw and raw.upper() != f else ""
+        what = f"{old} → {cur}" + (f"  on {DIR_SHORT[d]} {f}{given}" if d and f else "")
         if in_table is False:
             what += ("  (no table cell: a special case of tcp_packet)" if cell != "IGNORE"
                      else "  (the table says: ignore)")
@@ -442,6 +467,7 @@ def _svg(width: int, height: float, kind: str, body: str,
 
 # --------------------------------------------------------------------------- timeline
 
+TIMELINE_WIDTH = 1020
 _EST = {"ESTABLISHED", "ASSURED"}
 _CLOSING = {"FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "SYN_RECV"}
 _ENDED = {"TIME_WAIT", "CLOSE"}
@@ -523,6 +549,8 @@ def timeline_parts(entries: Iterable[Any], now: float, horizon: float,
         cls = " ".join(filter(None, ("nt-bar", _bar_class(r["state"]),
                                      "nt-expired" if expired else None)))
         shown = "expired, awaiting gc" if expired else f"{math.floor(left):.0f} s"
+        if left > horizon:
+            shown += " »"                           # off the scale
         attrs = data_attrs({"flow": r["label"], "state": r["state"],
                             "remaining": f"{max(left, 0):.1f}"})
         parts.append(f'<g class="{cls}"{attrs}>'
@@ -533,7 +561,7 @@ def timeline_parts(entries: Iterable[Any], now: float, horizon: float,
                      f'height="{row_h - 8}"/>'
                      f'<rect class="nt-fill" x="{x0}" y="{y + 4}" width="{w:.1f}" '
                      f'height="{row_h - 8}"/>'
-                     f'<text x="{x0 + w + 5:.1f}" y="{y + row_h / 2}">{esc(shown)}</text></g>')
+                     f'<text x="{x0 + bar_w + 8}" y="{y + row_h / 2}">{esc(shown)}</text></g>')
     for j, (label, when) in enumerate(gone):
         y = top + (len(rows) + j) * row_h
         ago = max(0.0, now - when)
@@ -565,4 +593,4 @@ def timeline_svg(entries: Iterable[Any], now: float, horizon: float,
     expired entries (remaining <= 0, not yet collected) are ``nt-expired``.
     ``destroyed`` adds a ``✕ DESTROY`` row per (label, time it went)."""
     state, body, height = timeline_parts(entries, now, horizon, destroyed)
-    return _svg(910, height, "timeline", body, state)
+    return _svg(TIMELINE_WIDTH, height, "timeline", body, state)

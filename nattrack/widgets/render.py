@@ -58,6 +58,7 @@ STYLE = (
     ".nt .nt-ev-destroy{color:" + RED + "}"
     ".nt .nt-note{color:" + GREY + "}"
     ".nt .nt-state{font-weight:bold}"
+    ".nt .nt-summary{white-space:nowrap}"
     ".nt .nt-err{color:" + RED + "}"
     ".nt-mode{display:inline-block;padding:3px 10px;border-radius:4px;font-weight:bold;"
     "font-family:var(--jp-ui-font-family,sans-serif);color:#fff}"
@@ -409,11 +410,16 @@ def packet_parts(before: bytes, after: bytes | None, before_label: str = "before
             changed.append(k)
         rows.append(f'<tr{_cls("nt-changed" if vb != va else None)} data-field="{esc(k)}">'
                     f"<td>{esc(name)}</td><td>{esc(vb)}</td><td>{esc(va)}</td></tr>")
-    summaries = [pb.summary()] + ([] if pa is None else [pa.summary()])
-    caption = "<caption>" + "<br/>".join(esc(s) for s in summaries) + "</caption>"
+    summaries = [(before_label, pb.summary())] + ([] if pa is None else
+                                                 [(after_label, pa.summary())])
+    lines = "".join(f'<div class="nt-summary"><b>{esc(label)}</b>: {esc(text)}</div>'
+                    for label, text in summaries)
+    names = {k: (fb.get(k) or fa[k])[0] for k in changed}
+    note = ("" if pa is None else '<div class="nt-note">changed: '
+            + (esc(", ".join(names[k] for k in changed)) or "nothing") + "</div>")
     state = {"view": "packet", "changed": changed, "before": pb.summary(),
              "after": None if pa is None else pa.summary()}
-    return state, "<table>" + caption + "".join(rows) + "</table>"
+    return state, lines + "<table>" + "".join(rows) + "</table>" + note
 
 
 def packet_before_after_html(before: bytes, after: bytes | None,
