@@ -18,7 +18,8 @@ from nattrack.conntrack.show import conn_json, format_conn
 from nattrack.conntrack.tuple import Tuple, ip2int
 from nattrack.packet.ipv4 import Packet
 from nattrack.widgets import (conntrack_table_html, event_log_html, kernel_comparison_html,
-                              packet_before_after_html, state_diagram_svg, timeline_svg)
+                              packet_before_after_html, state_diagram_svg, timeline_svg,
+                              widget_state)
 
 SVG = "{http://www.w3.org/2000/svg}"
 HOSTILE = "<script>alert('x&y')</script>"
@@ -407,3 +408,57 @@ def test_kernel_comparison_explains_each_disagreement():
     assert tcp_changed == ["nt-col-timeout", "nt-col-state"]
     assert "1 differ" not in text_of(root) and "3 flow(s): 0 agree, 3 differ" in text_of(root)
     assert html == kernel_comparison_html(py, kern)
+
+
+# --------------------------------------------------------------------------- machine-readable state
+
+def test_widget_state_reads_back_what_each_fragment_shows():
+    from nattrack.widgets import mode_banner_html, widget_state
+    html = conntrack_table_html([TCP_EST, UDP_NEW], highlight="5353")
+    s = widget_state(html)
+    assert (s["view"], s["entries"], s["states"]) == ("table", "2", "ESTABLISHED,")
+    assert s["highlight"] == "udp 10.0.0.2:5353 > 203.0.113.2:53"
+    row = [tr for tr in table_rows(parse(html)) if has_class(tr, "nt-hl")]
+    assert [tr.get("data-reply") for tr in row] == ["203.0.113.2:53 -> 203.0.113.1:5353"]
+    # values are escaped in attributes too, and read back intact
+    s = widget_state(mode_banner_html("replay", HOSTILE + ' "quoted"'))
+    assert s == {"view": "mode", "mode": "replay", "label": HOSTILE + ' "quoted"'}
+    with pytest.raises(ValueError, match="live"):
+        mode_banner_html("demo")
+
+
+def test_table_input_forms_summary_line_and_bad_lines():
+    text = "\n".join([TCP_EST, UDP_NEW,
+                      "conntrack v1.4.7 (conntrack-tools): 2 flow entries have been shown."])
+    assert widget_state(conntrack_table_html(text))["entries"] == "2"   # one -L text
+    with pytest.raises(ValueError, match="conntrack -L"):
+        conntrack_table_html(["tcp six ESTABLISHED"])
+
+
+def test_entry_and_event_lines_from_json_are_what_conntrack_prints():
+    from nattrack.widgets.render import entry_line, event_line
+    from nattrack_lab import Lab, TcpFlow
+    lab = Lab()
+    flow = TcpFlow(lab)
+    for who, flags in (("client", "S"), ("server", "SA"), ("client", "A"), ("client", "FA"),
+                       ("server", "FA"), ("client", "A")):
+        getattr(flow, who)(flags)
+        now = lab.ct.jiffies()
+        for ct in lab.conns():
+            assert entry_line(conn_json(ct, now)) == format_conn(ct, now)
+    lab.advance(300)                                  # TIME_WAIT runs out: DESTROY
+    assert any("[DESTROY]" in e for e in lab.raw_events)
+    assert [event_line(j) for j in lab._events_json] == lab.raw_events
+
+
+def test_timeline_destroy_rows():
+    svg = timeline_svg([("a", 130.0)], now=100.0, horizon=60,
+                       destroyed=[("gone-flow", 95.0), (HOSTILE, 99.0)])
+    assert "<script" not in svg
+    root = parse(svg)
+    gone = with_class(root, "nt-destroyed")
+    assert [g.get("data-flow") for g in gone] == ["gone-flow", HOSTILE]
+    assert all("DESTROY" in text_of(g) for g in gone)
+    assert "gone 5 s ago" in text_of(gone[0])
+    s = widget_state(svg)
+    assert s["destroyed"] == f"gone-flow,{HOSTILE}" and s["entries"] == "1"

@@ -280,6 +280,11 @@ def test_event_log_view_counts_and_colours():
     assert kinds == ["nt-ev-update", "nt-ev-destroy"]
     v.append("")                                     # blank lines are not events
     assert v.state["events"] == 3
+    # the same events as event_json dicts, or as one -E text, show the same
+    for form in (lab._events_json, "\n".join(lab.raw_events) + "\n"):
+        w = EventLogView(limit=2, min_interval=0)
+        w.append(form)
+        assert stored(w) == stored(v) | {"renders": "2"}
 
 
 def test_comparison_view_pairs_json_with_lines():

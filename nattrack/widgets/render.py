@@ -28,7 +28,7 @@ import struct
 from html.parser import HTMLParser
 from typing import Any, Iterable, Mapping
 
-from ..conntrack.show import parse_conntrack_line
+from ..conntrack.show import format_timestamp, parse_conntrack_line
 from ..lab.diff import diff_tables, flow_text
 from ..packet.ipv4 import ICMP_QUERY_TYPES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Packet
 
@@ -201,7 +201,7 @@ def normalize_entry(entry: str | Mapping[str, Any]) -> dict[str, Any]:
             "line": line.strip(), "proto": proto_name}
 
 
-def entry_line(p: Mapping[str, Any]) -> str:
+def entry_line(p: Mapping[str, Any], use: bool = True) -> str:
     """A conn_json dict (or a parse_conntrack_line dict) as its ``conntrack -L`` line
     (without counters), so that both forms go through the same comparison."""
     if "protonum" in p:
@@ -221,14 +221,28 @@ def entry_line(p: Mapping[str, Any]) -> str:
     out += [f"{k}={v}" for k, v in (p.get("reply") or {}).items()]
     if assured:
         out.append("[ASSURED]")
-    out += [f"mark={p.get('mark') or 0}", f"use={p.get('use') or 1}"]
+    out.append(f"mark={p.get('mark') or 0}")
+    if use:
+        out.append(f"use={p.get('use') or 1}")
     return " ".join(out)
+
+
+def event_line(e: Mapping[str, Any]) -> str:
+    """An event_json dict as its ``conntrack -E`` line (``-o timestamp`` when it has one)."""
+    kind = f"[{e.get('event', '?')}]"
+    body = entry_line(e, use=False)
+    if not e.get("mark"):                           # -E prints mark= only when non-zero
+        body = body.removesuffix(" mark=0")
+    line = f"{kind:>9} {body}"
+    return line if e.get("ts") is None else format_timestamp(e["ts"]) + line
 
 
 def normalize_entries(items: Iterable[str | Mapping[str, Any]] | None) -> list[dict[str, Any]]:
     """normalize_entry over a table; blank lines and conntrack's summary line are skipped."""
     out = []
-    if isinstance(items, (str, Mapping)):
+    if isinstance(items, str):
+        items = items.splitlines()
+    elif isinstance(items, Mapping):
         items = [items]
     for item in items or ():
         if isinstance(item, str):

@@ -56,7 +56,7 @@ from typing import Any, Callable, Iterable, Mapping
 import ipywidgets as widgets
 
 from .diagram import TIMELINE_WIDTH, _svg, diagram_parts, timeline_parts
-from .render import (_wrap, comparison_parts, esc, event_parts, mode_banner_html,
+from .render import (_wrap, comparison_parts, esc, event_line, event_parts, mode_banner_html,
                      normalize_entries, packet_parts, table_parts, widget_state)
 
 MIN_INTERVAL = 0.2          # seconds between two renders of one view (at most 5 a second)
@@ -311,10 +311,18 @@ class EventLogView(_View):
         self._lines: list[str] = []
         super().__init__(title, **kw)
 
-    def append(self, lines: str | Iterable[str]) -> None:
-        if isinstance(lines, str):
-            lines = lines.splitlines()
-        new = [str(ln).rstrip("\n") for ln in lines if str(ln).strip()]
+    def append(self, lines: str | Iterable[str | Mapping[str, Any]]) -> None:
+        """``conntrack -E`` lines (a string may hold several) or event_json dicts."""
+        if isinstance(lines, (str, Mapping)):
+            lines = [lines]
+        new = []
+        for item in lines:
+            if isinstance(item, Mapping):
+                new.append(event_line(item))
+            else:
+                new += [ln for ln in str(item).splitlines() if ln.strip()]
+        if not new:
+            return
         with self._lock:
             self._lines += new
         self._request()
