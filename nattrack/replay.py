@@ -47,6 +47,7 @@ class ReplayResult:
     ip_hdr_errors: int = 0                                   # dropped by ip_rcv()
     dropped: int = 0
     truncated: list[str] = field(default_factory=list)       # captures cut short
+    bad_checksums: int = 0                                   # sent with a wrong checksum (verify_egress)
     log: list[str] = field(default_factory=list)
 
 
@@ -75,12 +76,14 @@ def replay_captures(sources: Iterable[tuple[str | None, str]], ifaces: dict[str,
                     sysctls: dict[str, str | int] | None = None, now: float | None = None,
                     seed: int | None = None, rules_path: str | None = None,
                     on_packet: Callable[[Packet, Verdict, Router], None] | None = None,
-                    write: str | None = None) -> ReplayResult:
+                    write: str | None = None, verify_egress: bool = False) -> ReplayResult:
     """Run captures (``(iface or None, path)``, merged by time) through a Router.
 
     ``now`` is the moment the table is listed (default: the last packet).
     ``on_packet`` sees every datagram with its verdict (for step-by-step views).
     ``write`` saves every packet as it leaves, on its egress interface, to a pcapng.
+    ``verify_egress`` checks the IP and TCP/UDP/ICMP checksums of every packet sent
+    (``bad_checksums`` counts the wrong ones): what a plugged-in rewrite must get right.
     """
     clock = ManualClock()
     router = Router(ifaces, routes, load_rules(rules_text, rules_path), sysctls, clock, seed=seed)
@@ -107,6 +110,8 @@ def replay_captures(sources: Iterable[tuple[str | None, str]], ifaces: dict[str,
             if v.dropped:
                 res.dropped += 1
             for sent in v.sent:
+                if verify_egress and not checksums_ok(sent.data):
+                    res.bad_checksums += 1
                 res.egress.append((frame.ts, sent.oif, l2 + sent.data))
                 if writer:
                     writer.write(frame.ts, sent.oif, l2 + sent.data)
@@ -130,6 +135,12 @@ def replay_captures(sources: Iterable[tuple[str | None, str]], ifaces: dict[str,
     res.stats = dict(table.stats)
     res.log = list(table.log)
     return res
+
+
+def checksums_ok(datagram: bytes) -> bool:
+    """Do the IPv4 header checksum and (unfragmented) the L4 checksum verify?"""
+    p = Packet.parse(bytearray(datagram), 0)          # None: bad header checksum
+    return p is not None and (p.frag or p.mf or not p.l4ok or p.l4_checksum_ok())
 
 
 def parse_iface_args(items: Iterable[str]) -> dict[str, list[str]]:

@@ -36,9 +36,12 @@ def cmd_replay(args) -> int:
     routes = _kv(args.route, "--route")
     sysctls = _kv(args.sysctl, "--sysctl")
     printer = StepPrinter(sys.stdout) if args.steps else None
+    if args.plugin:
+        from ..labs.plugin import install_spec
+        install_spec(args.plugin)
     res = replay_captures(parse_source_args(args.capture), ifaces, routes, sysctls=sysctls,
                           now=args.now, seed=args.seed, rules_path=args.rules,
-                          on_packet=printer, write=args.write)
+                          on_packet=printer, write=args.write, verify_egress=bool(args.plugin))
     for name in res.truncated:
         print(f"nattrack: warning: {name} ends in a truncated record; replayed what was complete",
               file=sys.stderr)
@@ -56,6 +59,8 @@ def cmd_replay(args) -> int:
             out["stats"] = res.stats
         out["packets"] = {"replayed": res.packets, "not_ipv4": res.skipped,
                           "ip_header_errors": res.ip_hdr_errors, "dropped": res.dropped}
+        if args.plugin:
+            out["packets"]["bad_checksums_out"] = res.bad_checksums
         json.dump(out, sys.stdout, indent=2)
         print()
         return 0
@@ -100,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", action="store_true",
                    help="after each packet, show its path through the hooks and the table")
     r.add_argument("--seed", type=int, help="seed for NAT's random port choice (reproducible runs)")
+    r.add_argument("--plugin", metavar="LAB_DIR=SUBMISSION_DIR",
+                   help="plug a lab submission's pieces into the engine in place of the reference "
+                        "(runs the submission's code in this process); sent packets' checksums "
+                        "are verified (JSON: packets.bad_checksums_out)")
     r.set_defaults(func=cmd_replay)
 
     # The live lab (nattrack/cli/lab.py, nattrack/cli/conntrack.py).
