@@ -462,3 +462,19 @@ def test_timeline_destroy_rows():
     assert "gone 5 s ago" in text_of(gone[0])
     s = widget_state(svg)
     assert s["destroyed"] == f"gone-flow,{HOSTILE}" and s["entries"] == "1"
+
+
+def test_state_diagram_shows_each_state_timeout():
+    from nattrack.conntrack.sysctl import DEFAULTS
+    root = parse(state_diagram_svg(
+        timeouts={"net.netfilter.nf_conntrack_tcp_timeout_time_wait": 7}))
+    shown = {n.get("data-state"): [t.text for t in n.iter(SVG + "text")]
+             for n in with_class(root, "nt-node")}
+    assert shown["TIME_WAIT"] == ["TIME_WAIT", "7 s"]
+    assert shown["SYN_SENT"] == ["SYN_SENT", f"{DEFAULTS['nf_conntrack_tcp_timeout_syn_sent']} s"]
+    assert DEFAULTS["nf_conntrack_tcp_timeout_established"] == 5 * 86400
+    assert shown["ESTABLISHED"] == ["ESTABLISHED", "5 d"]
+    assert shown["NONE"] == ["NONE"]                      # no entry, no timer
+    assert "TIME_WAIT=7" in root.get("data-timeouts").split(",")
+    with pytest.raises(ValueError, match="unknown setting"):
+        state_diagram_svg(timeouts={"tcp_timeout_time_wait": 7})

@@ -264,7 +264,7 @@ def test_timeline_view_counts_down_and_marks_destroy():
     assert stored(v)["destroyed"] == f2 and stored(v)["entries"] == "0"
 
 
-# --------------------------------------------------------------------------- events, comparison, banner
+# --------------------------------------------------------------------------- events, comparison, mode
 
 def test_event_log_view_counts_and_colours():
     lab = Lab(sysctl={"nf_conntrack_udp_timeout": 10})
@@ -419,3 +419,12 @@ def test_grading_mode_starts_no_thread(monkeypatch, var):
     u.stop()
     monkeypatch.setenv(var, "")
     assert not grading_mode()
+
+
+def test_diagram_view_shows_the_timeouts_the_notebook_set():
+    v = StateDiagramView(timeouts={"nf_conntrack_tcp_timeout_close": 3}, min_interval=0)
+    assert "CLOSE=3" in stored(v)["timeouts"].split(",")
+    v.set_timeouts({"net.netfilter.nf_conntrack_tcp_timeout_time_wait": 12})
+    assert "TIME_WAIT=12" in stored(v)["timeouts"].split(",")
+    with pytest.raises(ValueError):
+        StateDiagramView(timeouts={"no_such_timeout": 1})

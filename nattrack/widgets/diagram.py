@@ -33,7 +33,8 @@ from typing import Any, Iterable, Mapping
 
 from ..conntrack.conn import HZ
 from ..conntrack.proto_tcp import (INDEX_NAMES, TCP_CONNTRACK_IGNORE, TCP_CONNTRACK_MAX,
-                                   TCP_CONNTRACK_NAMES, TCP_CONNTRACKS)
+                                   TCP_CONNTRACK_NAMES, TCP_CONNTRACKS, TIMEOUT_SYSCTL)
+from ..conntrack.sysctl import DEFAULTS as SYSCTL_DEFAULTS
 from .render import BLUE, GREEN, GREY, ORANGE, RED, data_attrs, esc, normalize_entries
 
 DIR_NAMES = ("ORIGINAL", "REPLY")
@@ -51,6 +52,7 @@ SVG_STYLE = (
     ".nt-node.nt-current{opacity:1}.nt-node.nt-current rect{stroke-dasharray:none}"
     ".nt-node.nt-current rect{fill:#ffd43b;stroke:#e67700;stroke-width:3.5}"
     ".nt-node.nt-current text{fill:#000}"
+    ".nt-node text.nt-timeout{font-size:12px;font-weight:normal;opacity:.75}"
     ".nt-node.nt-prev rect{stroke:" + HL + ";stroke-width:2.5}"
     ".nt-edge path{fill:none;stroke:currentColor}"
     ".nt-edge text{font-size:14px;text-anchor:middle;dominant-baseline:central}"
@@ -87,7 +89,7 @@ SVG_STYLE = (
 
 # --------------------------------------------------------------------------- layout
 
-NODE_W, NODE_H = 136, 38
+NODE_W, NODE_H = 136, 46
 WIDTH, HEIGHT = 1060, 580
 X = (90, 370, 660, 960)
 Y = (140, 262, 390, 505)
@@ -341,7 +343,31 @@ def _edge_svg(a: str, b: str, label: str, kind: str, highlight: bool,
             f'<text x="{lx:.1f}" y="{ly:.1f}">{esc(label)}</text></g>')
 
 
-def _node_svg(name: str, current: str | None, prev: str | None) -> str:
+def duration_text(seconds: int) -> str:
+    """432000 -> ``5 d``, 7200 -> ``2 h``, 120 -> ``120 s`` (how long a state lasts)."""
+    for unit, n in (("d", 86400), ("h", 3600)):
+        if seconds >= n and seconds % n == 0:
+            return f"{seconds // n} {unit}"
+    return f"{seconds} s"
+
+
+def state_timeouts(timeouts: Mapping[str, int] | None = None) -> dict[str, int]:
+    """State name -> timeout in seconds: the sysctl defaults (tcp_timeouts[] in
+    nf_conntrack_proto_tcp.c), overridden by ``timeouts`` given under the kernel's
+    names, with or without the ``net.netfilter.`` prefix."""
+    settings = dict(SYSCTL_DEFAULTS)
+    for key, value in (timeouts or {}).items():
+        name = key.removeprefix("net.netfilter.")
+        if name not in settings:
+            raise ValueError(f"unknown setting {key!r} (e.g. "
+                             f"net.netfilter.nf_conntrack_tcp_timeout_time_wait)")
+        settings[name] = int(value)
+    return {TCP_CONNTRACK_NAMES[st]: settings[name] for st, name in TIMEOUT_SYSCTL.items()
+            if st < len(TCP_CONNTRACK_NAMES)}
+
+
+def _node_svg(name: str, current: str | None, prev: str | None,
+              timeouts: Mapping[str, int]) -> str:
     x, y = NODE_POS[name]
     cls = ["nt-node"]
     if name == "SYN_SENT2":
@@ -350,9 +376,15 @@ def _node_svg(name: str, current: str | None, prev: str | None) -> str:
         cls.append("nt-current")
     elif name == prev:
         cls.append("nt-prev")
+    if name in timeouts:
+        label = (f'<text x="{x}" y="{y - 8}">{esc(name)}</text>'
+                 f'<text class="nt-timeout" x="{x}" y="{y + 11}">'
+                 f'{esc(duration_text(timeouts[name]))}</text>')
+    else:
+        label = f'<text x="{x}" y="{y}">{esc(name)}</text>'
     return (f'<g class="{" ".join(cls)}" data-state="{esc(name)}">'
             f'<rect x="{x - NODE_W / 2}" y="{y - NODE_H / 2}" width="{NODE_W}" '
-            f'height="{NODE_H}" rx="10"/><text x="{x}" y="{y}">{esc(name)}</text></g>')
+            f'height="{NODE_H}" rx="10"/>{label}</g>')
 
 
 _DEFS = ('<defs>'
@@ -365,10 +397,11 @@ _DEFS = ('<defs>'
 
 
 def diagram_parts(current: int | str | None = None, prev: int | str | None = None,
-                  direction: int | str | None = None, flag: str | int | None = None
-                  ) -> tuple[dict[str, Any], str]:
+                  direction: int | str | None = None, flag: str | int | None = None,
+                  timeouts: Mapping[str, int] | None = None) -> tuple[dict[str, Any], str]:
     """(state, SVG body) of :func:`state_diagram_svg`."""
     cur, old, d, f = _state(current), _state(prev), _direction(direction), flag_index(flag)
+    durations = state_timeouts(timeouts)
     edges = _edges()
     hl = (old, cur) if old is not None and cur is not None else None
     cell = None if old is None or d is None or f is None else table_cell(d, f, old)
@@ -412,14 +445,15 @@ def diagram_parts(current: int | str | None = None, prev: int | str | None = Non
     # the RST cells, collapsed
     rx, ry = RST_POS
     note = "any state --RST--> CLOSE"
-    parts.append(f'<g class="nt-rst"><rect x="{rx - 10}" y="{ry - 17}" width="{8.1 * len(note) + 20:.0f}" '
-                 f'height="34" rx="6"/><text x="{rx}" y="{ry}">{esc(note)}</text></g>')
+    parts.append(f'<g class="nt-rst"><rect x="{rx - 10}" y="{ry - 17}" '
+                 f'width="{8.1 * len(note) + 20:.0f}" height="34" rx="6"/>'
+                 f'<text x="{rx}" y="{ry}">{esc(note)}</text></g>')
     p, q = (rx - 10, ry), _side("CLOSE", "r")
     parts.append(f'<g class="nt-edge nt-minor"><path d="{_line(p, q)}" '
                  f'marker-end="url(#nt-arrow)"/></g>')
     parts += top                                   # the highlight over everything else
     for name in TCP_CONNTRACK_NAMES:
-        parts.append(_node_svg(name, cur, old))
+        parts.append(_node_svg(name, cur, old, durations))
     # caption and legend
     if hl is not None:
         raw = str(flag) if isinstance(flag, str) else None
@@ -435,16 +469,21 @@ def diagram_parts(current: int | str | None = None, prev: int | str | None = Non
         caption = '<text class="nt-caption" x="16" y="26">TCP conntrack states</text>'
     parts.append(caption)
     legend = ("bold: the usual path · dashed: rarer · ORIG/REPLY: the packet's direction "
-              "(none: either) · not drawn: packets that keep the state")
-    parts.append(f'<text class="nt-note" x="16" y="{HEIGHT - 14}">{esc(legend)}</text>')
+              "(none: either)", "under each state: its timeout · not drawn: packets that "
+              "keep the state (ACKs while ESTABLISHED, ...)")
+    for i, line in enumerate(legend):
+        parts.append(f'<text class="nt-note" x="16" y="{HEIGHT - 34 + 18 * i}">{esc(line)}'
+                     f"</text>")
     state = {"view": "diagram", "state": cur, "prev": old,
              "transition": f"{old}>{cur}" if hl else None, "dir": d, "flag": f,
-             "cell": cell, "in_table": in_table}
+             "cell": cell, "in_table": in_table,
+             "timeouts": [f"{k}={v}" for k, v in durations.items()]}
     return state, "".join(parts)
 
 
 def state_diagram_svg(current: int | str | None = None, prev: int | str | None = None,
-                      direction: int | str | None = None, flag: str | int | None = None) -> str:
+                      direction: int | str | None = None, flag: str | int | None = None,
+                      timeouts: Mapping[str, int] | None = None) -> str:
     """The TCP conntrack state machine as SVG, drawn from TCP_CONNTRACKS.
 
     States may be numbers or names, ``direction`` 0/1 or "ORIGINAL"/"REPLY",
@@ -452,8 +491,9 @@ def state_diagram_svg(current: int | str | None = None, prev: int | str | None =
     the arrow prev -> current is highlighted (drawn if it is normally hidden; then
     with direction and flag its label is the packet that took it).  A transition
     that is no table cell is drawn and named as a special case of tcp_packet.
+    Each state shows its timeout: ``timeouts`` (sysctl names) over the defaults.
     """
-    state, body = diagram_parts(current, prev, direction, flag)
+    state, body = diagram_parts(current, prev, direction, flag, timeouts)
     return _svg(WIDTH, HEIGHT, "tcp-states", body, state)
 
 

@@ -19,7 +19,8 @@ ConntrackTableView    ``entries`` (count), ``flows`` (``proto src:sport > dst:dp
 StateDiagramView      ``state``, ``prev``, ``transition`` (``SYN_SENT>SYN_RECV``), ``dir``,
 ``diagram``           ``flag`` (the table row: SYN, SYN-ACK, FIN, ACK, RST, NONE), ``cell``
                       (what TCP_CONNTRACKS says: a state, INVALID or IGNORE),
-                      ``in-table`` (false: one of tcp_packet's special cases)
+                      ``in-table`` (false: one of tcp_packet's special cases),
+                      ``timeouts`` (``STATE=seconds`` each, as shown under the states)
 PacketView            ``changed`` (keys among ``src dst ttl ip_csum proto sport dport
 ``packet``            tcp_flags l4_csum type code id`` and ``inner_*``), ``before`` /
                       ``after`` (one-line summaries); each ``<tr>`` has ``data-field``
@@ -213,9 +214,20 @@ class StateDiagramView(_View):
 
     kind = "diagram"
 
-    def __init__(self, title: str | None = None, **kw: Any) -> None:
+    def __init__(self, title: str | None = None, timeouts: Mapping[str, int] | None = None,
+                 **kw: Any) -> None:
         self._args: tuple[Any, ...] = (None, None, None, None)
+        self._timeouts = dict(timeouts or {})
+        diagram_parts(timeouts=self._timeouts)
         super().__init__(title, **kw)
+
+    def set_timeouts(self, timeouts: Mapping[str, int]) -> None:
+        """The timeouts shown under the states (sysctl names -> seconds, over the defaults),
+        e.g. after the notebook shortened them."""
+        diagram_parts(timeouts=timeouts)
+        with self._lock:
+            self._timeouts = dict(timeouts)
+        self._request()
 
     def update(self, state: str | int | None, prev_state: str | int | None = None,
                direction: str | int | None = None, flag: str | int | None = None) -> None:
@@ -226,7 +238,7 @@ class StateDiagramView(_View):
 
     def _render(self) -> tuple[dict[str, Any], str]:
         from .diagram import HEIGHT, WIDTH
-        state, body = diagram_parts(*self._args)
+        state, body = diagram_parts(*self._args, timeouts=self._timeouts)
         svg = _svg(WIDTH, HEIGHT, "tcp-states", body)
         return state, _wrap(self.kind, svg, state, self.title)
 
