@@ -1,0 +1,617 @@
+"""The notebooks' panels: a Session's scenarios wired to the views of nattrack.widgets.
+
+A notebook cell stays one or two lines::
+
+    from nattrack.notebook import open_session, ui
+    s = open_session("01-tcp-states", MODE); ui.banner(s)
+    p = ui.stepper(s, "handshake"); p          # buttons, one per step, for the class
+    p.run_all()                                 # ... and every step from code (headless runs)
+
+:class:`Stepper` shows, after each step: the step's explanation, the TCP state
+diagram with the transition just taken (TCP scenarios), the tracker's table, the
+kernel's table beside it (when the lab or the recording has the kernel's side), the
+step's packets before and after the router, the events (``conntrack -E``) of both,
+and the path so far (a :class:`StepLog`).  :func:`timeouts_panel` adds a countdown
+chart and time controls; :func:`live_table` follows the tracker's table on its own;
+:func:`early_drop_panel` fills a small table in the engine to show early drop.
+
+Buttons call the same methods as code.  Views are only ever updated by setting widget
+values; background refresh uses :class:`nattrack.widgets.Updater`, which starts no
+thread under grading (NATTRACK_GRADING / NBGRADER_EXECUTION).  Every panel's views
+are flushed at the end of a call, so a headless run stores their final values.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+import ipywidgets as widgets
+
+from ..conntrack.tuple import ICMP_ERROR_TYPES, Tuple, invert_tuple
+from ..widgets import (ComparisonView, ConntrackTableView, EventLogView, ModeBanner, PacketView,
+                       StateDiagramView, TimelineView, Updater, grading_mode)
+from ..widgets.render import _wrap, data_attrs, esc
+from . import scenarios as sc
+from .session import Session, SessionError, StepResult, find_entry, flow_orig, step_flow
+
+IFACE_SIDE = {"ntr-lan": "LAN side", "ntr-wan": "WAN side"}
+
+
+def _side(iface: str | None) -> str:
+    return f"{iface} ({IFACE_SIDE[iface]})" if iface in IFACE_SIDE else str(iface)
+
+
+def packet_labels(pp) -> tuple[str, str]:
+    """Column titles of the before/after view for one PacketPair."""
+    if pp.iface_in is None:
+        return f"sent by the router on {_side(pp.iface_out)}", "(as sent)"
+    after = f"out on {_side(pp.iface_out)}" if pp.after is not None else f"{pp.verdict}"
+    return f"in on {_side(pp.iface_in)}", after
+
+
+def _json_tuple(proto: str, t: dict) -> Tuple | None:
+    try:
+        if proto == "icmp":
+            return Tuple.icmp(t["src"], t["dst"], t.get("type", 0), t.get("code", 0), t.get("id", 0))
+        return Tuple.make(t["src"], t["dst"], proto, t.get("sport", 0), t.get("dport", 0))
+    except (KeyError, ValueError):
+        return None
+
+
+def step_entries(res: StepResult, before: list[dict] | None = None) -> list[dict]:
+    """Every entry the step's packets could have belonged to: the tables before and
+    after the step and the entries its events name (one created and destroyed within
+    the step, like a SYN answered by a RST, is in no table)."""
+    from ..conntrack.show import parse_conntrack_line
+    out = list(before or []) + list(res.table or [])
+    for line in res.events:
+        try:
+            p = parse_conntrack_line(line)
+        except (KeyError, ValueError, IndexError):
+            continue
+        out.append({"proto": p["proto_name"], "orig": p["orig"], "reply": p["reply"]})
+    return out
+
+
+def conntrack_view(pp, entries: list[dict]) -> str:
+    """How the tracker saw one packet, from the entries around the step, the way
+    nf_conntrack_in() decides: an ICMP error whose quoted packet, inverted, is an
+    entry's tuple is RELATED (icmp_error(), nf_conntrack_icmpv4_error()); a packet
+    whose tuple is an entry's original or reply tuple belongs to it; a packet with
+    no entry that still crossed the router was INVALID (it got no entry and no NAT).
+    Returns "RELATED", "ORIGINAL", "REPLY", "INVALID" or "" (nothing to say)."""
+    from ..conntrack.core import get_tuple
+    from ..packet.ipv4 import IPPROTO_ICMP, Packet
+    p = Packet.parse(bytearray(pp.before))
+    if p is None:
+        return ""
+    tuples = {}
+    for e in entries or ():
+        proto = e.get("proto", "")
+        tuples[_json_tuple(proto, e["orig"])] = "ORIGINAL"
+        tuples[_json_tuple(proto, e["reply"])] = "REPLY"
+    if p.proto == IPPROTO_ICMP and p.itype in ICMP_ERROR_TYPES:
+        inner = p.embedded_packet()
+        t = get_tuple(inner) if inner is not None and inner.l4ok else None
+        inv = invert_tuple(t) if t is not None else None
+        return "RELATED" if inv is not None and inv in tuples else ""
+    t = get_tuple(p)
+    if t is not None and t in tuples:
+        return tuples[t]
+    if pp.verdict == "forwarded" and p.proto in (6, 17):
+        return "INVALID"
+    return ""
+
+
+def packet_title(i: int, pp, how: str = "") -> str:
+    from ..packet.ipv4 import Packet
+    p = Packet.parse(bytearray(pp.before))
+    what = p.summary() if p is not None else f"{len(pp.before)} bytes"
+    return f"{i + 1}. {what} [{pp.verdict}{', ' + how if how else ''}]"
+
+
+def banner(session: Session) -> ModeBanner:
+    """The mode this notebook runs in (live lab or recording), for its first cell."""
+    b = ModeBanner()
+    b.update(session.mode, session.label)
+    b.flush()
+    return b
+
+
+def _flush(views: Iterable[Any]) -> None:
+    for v in views:
+        if v is not None and hasattr(v, "flush"):
+            v.flush()
+
+
+class StepLog:
+    """The steps run so far and the transition each one made, as a small table.
+
+    Its root element carries ``data-view="steps"``, ``data-scenario``, ``data-steps``
+    (names, comma-separated), ``data-transitions`` (``OLD>NEW`` per TCP step),
+    ``data-states`` (the entry's state after each step, ``-`` when there is none),
+    ``data-verdicts`` (every packet's verdict, ``;`` between steps); each row has
+    ``data-step``, ``data-transition``, ``data-dir``, ``data-flag``.
+    """
+
+    def __init__(self, scenario: sc.Scenario) -> None:
+        self.scenario = scenario
+        self.rows: list[dict] = []
+        self.widget = widgets.HTML(value="")
+        self._draw()
+
+    def clear(self) -> None:
+        self.rows = []
+        self._draw()
+
+    def add(self, res: StepResult, state: str | None, before: list[dict] | None = None) -> None:
+        tr = res.transition
+        entries = step_entries(res, before)
+        how = [conntrack_view(p, entries) for p in res.packets]
+        self.rows.append({"step": res.step, "transition": f"{tr.old_state}>{tr.new_state}" if tr
+                          else "", "dir": tr.direction if tr else "", "flag": tr.flag if tr else "",
+                          "state": state or "-",
+                          "verdicts": ",".join(p.verdict + (f" {h}" if h else "")
+                                               for p, h in zip(res.packets, how)),
+                          "ct": ",".join(h for h in how if h)})
+        self._draw()
+
+    @property
+    def state(self) -> dict:
+        return {"view": "steps", "scenario": self.scenario.name,
+                "steps": [r["step"] for r in self.rows],
+                "transitions": [r["transition"] for r in self.rows if r["transition"]],
+                "states": [r["state"] for r in self.rows],
+                "verdicts": ";".join(r["verdicts"] for r in self.rows),
+                "ct": ";".join(r["ct"] for r in self.rows)}
+
+    def _draw(self) -> None:
+        rows = ["<tr><th>step</th><th>packet</th><th>transition</th><th>state after</th>"
+                "<th>packets at the router</th></tr>"]
+        for r in self.rows:
+            arrow = r["transition"].replace(">", " → ") if r["transition"] else ""
+            packet = " ".join(x for x in (r["dir"].lower(), r["flag"]) if x)
+            rows.append(f'<tr data-step="{esc(r["step"])}" data-transition="{esc(r["transition"])}"'
+                        f' data-dir="{esc(r["dir"])}" data-flag="{esc(r["flag"])}"'
+                        f' data-ct="{esc(r["ct"])}">'
+                        f'<td>{esc(r["step"])}</td><td>{esc(packet)}</td><td>{esc(arrow)}</td>'
+                        f'<td>{esc(r["state"])}</td><td>{esc(r["verdicts"])}</td></tr>')
+        body = "<table>" + "".join(rows) + "</table>" if self.rows else \
+            '<div class="nt-note">no step yet: press a button</div>'
+        self.widget.value = _wrap("steps", body, self.state, "steps so far")
+
+    def flush(self) -> None:
+        pass
+
+
+class Stepper:
+    """One scenario of a notebook, step by step: buttons and views.
+
+    ``run(step)`` (or the step's button) performs a step and the steps before it that
+    have not run yet; ``run_all()`` starts over and runs every step; ``reset()``
+    empties the tables (live) or rewinds the recording (replay).
+    """
+
+    def __init__(self, session: Session, scenario: str, *, diagram: bool | None = None,
+                 timeline: bool = False, horizon: float = 30.0, packets: bool = True) -> None:
+        self.session = session
+        self.scenario = session.scenario(scenario)
+        flows = self.scenario.flows.values()
+        self.tcp = any(f.proto == "tcp" for f in flows) if diagram is None else diagram
+        self.results: list[StepResult] = []
+        self._packets: list = []
+        self._ev_seen = 0
+
+        self.diagram = StateDiagramView() if self.tcp else None
+        self.table = ConntrackTableView(title="nattrack's tracker (conntrack -L)")
+        self.compare = ComparisonView(title="the tracker and the router's kernel, entry by entry")
+        self.packet = PacketView(title="the packet before and after the router") if packets else None
+        self.events = EventLogView(title="tracker events (conntrack -E)")
+        self.kernel_events = EventLogView(title="kernel events (conntrack -E in the router)")
+        self.timeline = TimelineView(horizon=horizon, title="time left for each entry") \
+            if timeline else None
+        self.log = StepLog(self.scenario)
+        for role, v in self._roles().items():          # how tests find each view
+            v.widget.add_class(f"nattrack-role-{role}")
+
+        self.explain = widgets.HTML(value=self._explain_html(None))
+        self.status = widgets.HTML(value="")
+        self.buttons = []
+        for st in self.scenario.steps:
+            b = widgets.Button(description=st.name, tooltip=st.title,
+                               layout=widgets.Layout(width="auto"))
+            b.on_click(lambda _b, name=st.name: self._click(self.run, name))
+            self.buttons.append(b)
+        self.next_button = widgets.Button(description="next step ▶", button_style="primary",
+                                          layout=widgets.Layout(width="auto"))
+        self.next_button.on_click(lambda _b: self._click(self.run))
+        self.reset_button = widgets.Button(description="reset", button_style="warning",
+                                           layout=widgets.Layout(width="auto"))
+        self.reset_button.on_click(lambda _b: self._click(self.reset))
+        self.picker = widgets.Dropdown(options=[], description="packet",
+                                       layout=widgets.Layout(width="640px"))
+        self.picker.observe(self._pick, names="value")
+        self.widget = self._layout()
+        self._kernel_side(None)
+
+    # -- layout -------------------------------------------------------------------------------
+    def _layout(self) -> widgets.Widget:
+        head = widgets.HTML(value=f"<h3>{esc(self.scenario.title)}</h3>"
+                            + (f"<p>{esc(self.scenario.intro)}</p>" if self.scenario.intro else ""))
+        controls = widgets.HBox([self.next_button, *self.buttons, self.reset_button],
+                                layout=widgets.Layout(flex_flow="row wrap"))
+        tables = widgets.VBox([self.table.widget, self.compare.widget])
+        middle = widgets.HBox([self.diagram.widget, tables]) if self.diagram else tables
+        parts: list[widgets.Widget] = [head, controls, self.status, self.explain, middle]
+        if self.timeline is not None:
+            parts.append(self.timeline.widget)
+        if self.packet is not None:
+            parts += [self.picker, self.packet.widget]
+        parts += [widgets.HBox([self.events.widget, self.kernel_events.widget]), self.log.widget]
+        return widgets.VBox(parts)
+
+    def _repr_mimebundle_(self, **kw):
+        return self.widget._repr_mimebundle_(**kw)
+
+    def _roles(self) -> dict[str, Any]:
+        roles = {"diagram": self.diagram, "table": self.table, "compare": self.compare,
+                 "packet": self.packet, "events": self.events,
+                 "kernel-events": self.kernel_events, "timeline": self.timeline,
+                 "steps": self.log}
+        return {k: v for k, v in roles.items() if v is not None}
+
+    def views(self) -> list[Any]:
+        return [v for v in (self.diagram, self.table, self.compare, self.packet, self.events,
+                            self.kernel_events, self.timeline, self.log) if v is not None]
+
+    def _explain_html(self, step: sc.Step | None) -> str:
+        if step is None:
+            first = self.scenario.steps[0]
+            return (f'<div class="nt" data-view="explain" data-step="">Press <b>next step</b> '
+                    f'(or a step\'s button) to send the first packet: {esc(first.title)}.</div>')
+        n = self.scenario.index(step.name) + 1
+        return (f'<div class="nt" data-view="explain" data-step="{esc(step.name)}">'
+                f'<b>Step {n}/{len(self.scenario.steps)}: {esc(step.title)}</b><br/>'
+                f'{esc(step.explain)}</div>')
+
+    def _kernel_side(self, kernel_table: list[dict] | None) -> None:
+        show = kernel_table is not None
+        self.compare.widget.layout.display = None if show else "none"
+        self.kernel_events.widget.layout.display = None if show else "none"
+
+    # -- actions ------------------------------------------------------------------------------
+    def _click(self, fn: Callable, *args) -> None:
+        """A button: errors become one line in the panel, never a traceback."""
+        for b in (*self.buttons, self.next_button, self.reset_button):
+            b.disabled = True
+        self.status.value = '<span class="nt nt-note">working ...</span>'
+        try:
+            fn(*args)
+            self.status.value = ""
+        except SessionError as exc:
+            self.status.value = (f'<span class="nt nt-err" data-error="{esc(exc)}" '
+                                 f'style="color:#c92a2a">{esc(exc)}</span>')
+        finally:
+            for b in (*self.buttons, self.next_button, self.reset_button):
+                b.disabled = False
+
+    def run(self, step: str | None = None) -> StepResult:
+        """Perform ``step`` (default: the next one) and show what it did."""
+        res = self.session.run(self.scenario, step)
+        self._show(res)
+        return res
+
+    def run_all(self) -> list[StepResult]:
+        """Start over and run every step, showing each (what the notebook's headless run
+        does after the buttons)."""
+        self.reset()
+        return [self.run(st.name) for st in self.scenario.steps]
+
+    def reset(self) -> None:
+        self.session.reset()
+        self.results, self._packets = [], []
+        self._ev_seen = len(self.session.events())
+        self.table.update([])
+        self.compare.update([], [])
+        self.events.clear()
+        self.kernel_events.clear()
+        if self.diagram:
+            self.diagram.update(None)
+        if self.timeline:
+            self.timeline.update([], self.session.now())
+        self.picker.options = []
+        self.log.clear()
+        self.explain.value = self._explain_html(None)
+        _flush(self.views())
+
+    def _show(self, res: StepResult) -> None:
+        step = self.scenario.step(res.step)
+        before = self.results[-1].table if self.results else []
+        self.results.append(res)
+        flow = step_flow(self.scenario, step)
+        entry = find_entry(res.table, flow.proto, flow_orig(flow)) if flow else None
+        self.explain.value = self._explain_html(step)
+        self.table.update(res.table, highlight=entry)
+        self.compare.update(res.table, res.kernel_table or [])
+        self._kernel_side(res.kernel_table)
+        self.events.append(res.events)
+        self._ev_seen = len(self.session.events())
+        self.kernel_events.append(res.kernel_events)
+        state = (entry or {}).get("state")
+        if self.diagram is not None:
+            tr = res.transition
+            if tr is not None:
+                self.diagram.update(tr.new_state, tr.old_state, tr.direction, tr.flag)
+            elif entry is not None and entry.get("state"):
+                self.diagram.update(entry["state"])
+        if self.timeline is not None:
+            self.timeline.update(res.table, res.t or self.session.now())
+        if self.packet is not None:
+            self._packets = list(res.packets)
+            entries = step_entries(res, before)
+            opts = [(packet_title(i, pp, conntrack_view(pp, entries)), i)
+                    for i, pp in enumerate(self._packets)]
+            self.picker.options = opts
+            if opts:
+                if self.picker.value == opts[-1][1]:
+                    self._pick({"new": opts[-1][1]})
+                self.picker.value = opts[-1][1]          # the step's last packet
+        self.log.add(res, state or ("-" if entry is None else "present"), before)
+        _flush(self.views())
+
+    def _pick(self, change) -> None:
+        i = change["new"]
+        if i is None or not 0 <= i < len(self._packets) or self.packet is None:
+            return
+        pp = self._packets[i]
+        before_label, after_label = packet_labels(pp)
+        self.packet.update(pp.before, pp.after, before_label, after_label)
+
+    def stop(self) -> None:
+        for v in self.views():
+            if hasattr(v, "stop"):
+                v.stop()
+
+
+def stepper(session: Session, scenario: str, **kw) -> Stepper:
+    """A :class:`Stepper` for one scenario of the session's notebook."""
+    return Stepper(session, scenario, **kw)
+
+
+# --- timeouts ------------------------------------------------------------------------------------
+
+class TimeoutsPanel(Stepper):
+    """A Stepper with the countdown chart, the scenario's timeouts (tracker and kernel
+    set to the same values by the session) and time controls.  In live mode an
+    :class:`Updater` redraws the chart twice a second while time passes (not under
+    grading); ``watch(seconds)`` lets time pass in steps and redraws after each."""
+
+    def __init__(self, session: Session, scenario: str, horizon: float = 30.0,
+                 interval: float = 0.5, **kw) -> None:
+        super().__init__(session, scenario, timeline=True, horizon=horizon, **kw)
+        self.sysctl_view = widgets.HTML(value=self._sysctl_html({}))
+        self.sysctl_view.add_class("nattrack-role-sysctls")
+        self.time_buttons = []
+        for secs in (1, 5, 10, 30):
+            b = widgets.Button(description=f"+{secs} s", layout=widgets.Layout(width="auto"))
+            b.on_click(lambda _b, s=secs: self._click(self.watch, s))
+            self.time_buttons.append(b)
+        self.widget.children = (self.widget.children[:2]
+                                + (self.sysctl_view, widgets.HBox(self.time_buttons))
+                                + self.widget.children[2:])
+        self.updater: Updater | None = None
+        if session.mode == "live":
+            self.updater = Updater(self.refresh, interval, name="nattrack-timeouts")
+
+    def _sysctl_html(self, applied: dict[str, int]) -> str:
+        want = self.scenario.sysctls
+        rows = "".join(f'<tr data-key="{esc(k)}" data-value="{esc(v)}" data-applied='
+                       f'"{esc(applied.get(k, ""))}"><td>{esc(k)}</td><td>{esc(v)} s</td>'
+                       f'<td>{"tracker = kernel" if k in applied else "set at the first step"}'
+                       f'</td></tr>' for k, v in want.items())
+        state = {"view": "sysctls", "keys": list(want), "applied": len(applied)}
+        body = ("<table><tr><th>setting (kernel name)</th><th>value</th><th></th></tr>"
+                + rows + "</table>") if want else '<div class="nt-note">default timeouts</div>'
+        return _wrap("sysctls", body, state, "timeouts in this scenario")
+
+    def refresh(self) -> None:
+        """Redraw the chart, the table and the events from the session (any thread)."""
+        table = self.session.table()
+        self.timeline.update(table, self.session.now())
+        self.table.update(table)
+        evs = self.session.events()
+        if len(evs) > self._ev_seen:
+            self.events.append(evs[self._ev_seen:])
+            self._ev_seen = len(evs)
+
+    def watch(self, seconds: float, step: float = 1.0) -> None:
+        """Let ``seconds`` pass in ``step``s, redrawing after each (replay: the recorded
+        clock moves on and the gc worker runs; live: real time)."""
+        left = float(seconds)
+        while left > 1e-9:
+            d = min(step, left)
+            self.session.advance(d)
+            left -= d
+            self.refresh()
+            if self.session.mode == "replay" and not grading_mode():
+                time.sleep(0.05)                   # a visible countdown, not a jump
+        _flush(self.views())
+
+    def _show(self, res: StepResult) -> None:
+        super()._show(res)
+        applied = {k: v for k, v in self.scenario.sysctls.items()}
+        self.sysctl_view.value = self._sysctl_html(applied)
+
+    def stop(self) -> None:
+        if self.updater is not None:
+            self.updater.stop()
+        super().stop()
+
+
+def timeouts_panel(session: Session, scenario: str, **kw) -> TimeoutsPanel:
+    return TimeoutsPanel(session, scenario, **kw)
+
+
+# --- the table on its own ------------------------------------------------------------------------
+
+class LiveTable:
+    """The tracker's table (and the kernel's beside it), refreshed by an Updater every
+    ``interval`` seconds: traffic from anywhere (a terminal's ``nattrack lab exec``)
+    shows up.  Replay and grading: one snapshot."""
+
+    def __init__(self, session: Session, interval: float = 0.25) -> None:
+        self.session = session
+        self.table = ConntrackTableView(title="nattrack's tracker, live")
+        self.compare = ComparisonView(title="tracker and kernel")
+        self.widget = widgets.VBox([self.table.widget, self.compare.widget])
+        self.updater = Updater(self.refresh, interval, name="nattrack-live-table")
+
+    def refresh(self) -> None:
+        table = self.session.table()
+        self.table.update(table)
+        kernel = self.session.kernel_table()
+        self.compare.widget.layout.display = None if kernel is not None else "none"
+        if kernel is not None:
+            self.compare.update(table, kernel)
+
+    def _repr_mimebundle_(self, **kw):
+        return self.widget._repr_mimebundle_(**kw)
+
+    def stop(self) -> None:
+        self.updater.stop()
+        self.table.stop()
+        self.compare.stop()
+
+
+def live_table(session: Session, interval: float = 0.25) -> LiveTable:
+    return LiveTable(session, interval)
+
+
+# --- early drop (engine only) --------------------------------------------------------------------
+
+class EarlyDropPanel:
+    """A table of ``max_entries`` filled in nattrack's engine (the same code as the
+    router's tracker), to watch early_drop() make room for a new connection.
+
+    The kernel's nf_conntrack_max cannot be lowered inside a lab namespace (it is
+    read-only outside the initial namespace), so this runs the engine alone, on its
+    own clock, in live and replay mode alike: one ASSURED TCP connection, then UDP
+    datagrams that are never answered, one more than the table holds.
+    """
+
+    def __init__(self, max_entries: int = 4, t0: float = 1_700_000_000.0) -> None:
+        from ..netfilter.rules import Ruleset
+        from ..netfilter.stack import Router
+        from ..lab import RULES_DIR
+        from ..replay import ManualClock
+        self.max_entries = max_entries
+        self.clock = ManualClock(t0)
+        self.router = Router(dict(sc.ROUTER_IFACES), dict(sc.ROUTER_ROUTES),
+                             Ruleset.load(str(RULES_DIR / "classroom.rules")),
+                             {"nf_conntrack_max": max_entries, "nf_conntrack_buckets": 1},
+                             self.clock, seed=1)
+        self.lines: list[str] = []
+        self.router.ct.listeners.append(self._on_event)
+        self.table = ConntrackTableView(title=f"the engine's table (nf_conntrack_max = "
+                                              f"{max_entries})")
+        self.log = EventLogView(title="events")
+        self.stats = widgets.HTML(value="")
+        self.button = widgets.Button(description="one more datagram", button_style="primary")
+        self.button.on_click(lambda _b: self.send_udp())
+        self.widget = widgets.VBox([self.button, self.table.widget, self.stats, self.log.widget])
+        self.udp_port = 41000
+        self._draw()
+
+    def _repr_mimebundle_(self, **kw):
+        return self.widget._repr_mimebundle_(**kw)
+
+    def _on_event(self, kind, ct, table, bits) -> None:
+        from ..conntrack import show
+        from ..conntrack.conn import IPCT_PROTOINFO
+        now_j = table.jiffies()
+        self.lines.append(show.format_event(
+            kind, ct, now_j, destroy_timeout=ct.remaining(now_j) if kind == "DESTROY" else None,
+            protoinfo=bool(bits & IPCT_PROTOINFO)))
+
+    def _in(self, data: bytes, iface: str) -> None:
+        from ..packet.ipv4 import Packet
+        self.clock.set(self.clock() + 0.1)
+        self.router.receive(Packet.parse(bytearray(data), 0, iface, self.clock()))
+
+    def _draw(self) -> None:
+        from ..conntrack import show
+        now_j = self.router.ct.jiffies()
+        entries = [show.conn_json(ct, now_j) for ct in self.router.ct.conns()]
+        self.table.update(entries)
+        self.log.clear()
+        self.log.append(self.lines)
+        st = self.router.ct.stats
+        state = {"view": "ct-stats", "entries": len(entries),
+                 "max": self.max_entries, "early-drop": st.get("early_drop", 0),
+                 "drop": st.get("drop", 0)}
+        self.stats.value = (f'<div class="nt" {data_attrs(state)}>entries '
+                            f'{state["entries"]}/{self.max_entries}, early_drop '
+                            f'{state["early-drop"]}, drop {state["drop"]}</div>')
+        _flush([self.table, self.log])
+
+    def assured_tcp(self) -> None:
+        """h1 opens a TCP connection to srv:80 and completes the handshake: ASSURED."""
+        from ..lab.craft import build
+        h1, srv = sc.NODES["h1"], sc.NODES["srv"]
+        self._in(build("tcp", h1, srv, 40100, 80, "S", 1000, 0), "ntr-lan")
+        addr, port = self._reply_of(40100)
+        self._in(build("tcp", srv, addr, 80, port, "SA", 5000, 1001), "ntr-wan")
+        self._in(build("tcp", h1, srv, 40100, 80, "A", 1001, 5001), "ntr-lan")
+        self._draw()
+
+    def _reply_of(self, sport: int) -> tuple[str, int]:
+        from ..conntrack import show
+        now_j = self.router.ct.jiffies()
+        for ct in self.router.ct.conns():
+            e = show.conn_json(ct, now_j)
+            if e["orig"].get("sport") == sport:
+                return e["reply"]["dst"], e["reply"]["dport"]
+        raise SessionError(f"no entry for source port {sport}")
+
+    def send_udp(self) -> None:
+        """h1 sends one UDP datagram from a new port; nobody answers."""
+        from ..lab.craft import build
+        self._in(build("udp", sc.NODES["h1"], sc.NODES["srv"], self.udp_port, 53,
+                       payload=b"anyone?"), "ntr-lan")
+        self.udp_port += 1
+        self._draw()
+
+    def run_all(self) -> None:
+        """The whole story: the ASSURED connection, then one datagram more than fits."""
+        self.assured_tcp()
+        for _ in range(self.max_entries):
+            self.send_udp()
+
+
+def early_drop_panel(max_entries: int = 4) -> EarlyDropPanel:
+    return EarlyDropPanel(max_entries)
+
+
+# --- small things ----------------------------------------------------------------------------------
+
+def show_rules(name: str) -> widgets.HTML:
+    """examples/rules/<name>.rules as the notebook shows it (comments greyed)."""
+    from ..lab import RULES_DIR
+    path = RULES_DIR / f"{name}.rules"
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise SessionError(f"no rules file {path}: known are "
+                           f"{', '.join(sorted(p.stem for p in RULES_DIR.glob('*.rules')))}"
+                           ) from None
+    body = "\n".join(f'<span class="nt-note">{esc(ln)}</span>' if ln.startswith("#") else esc(ln)
+                     for ln in lines)
+    return widgets.HTML(value=_wrap("rules", f"<pre>{body}</pre>",
+                                    {"view": "rules", "name": name}, f"{path.name}"))
+
+
+def close(session: Session) -> None:
+    """Stop every view and background refresh of this kernel, then close the session."""
+    from ..widgets import stop_all
+    stop_all()
+    session.close()

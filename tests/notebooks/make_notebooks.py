@@ -1,0 +1,326 @@
+"""Write notebooks/*.ipynb from the text below (the notebooks' source of truth).
+
+    .venv/bin/python -m tests.notebooks.make_notebooks          # rewrite them
+    .venv/bin/python -m tests.notebooks.make_notebooks --check  # exit 1 if out of date
+
+Each notebook: a title and story in markdown, a ``parameters`` cell (``MODE``), the
+mode banner, then per scenario some text with questions and two thin code cells (the
+panel with its buttons, then every step run from code, so a headless run drives
+every state).  No outputs are stored.  tests/notebooks/test_notebooks.py checks that
+the committed files are what this writes.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+REPO = Path(__file__).resolve().parents[2]
+OUT = REPO / "notebooks"
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+
+PARAMS = ('MODE = "auto"   # "live": the lab; "replay": a recorded run; '
+          '"auto": live when a lab answers')
+
+
+def md(text: str):
+    return nbformat.v4.new_markdown_cell(text.strip("\n"))
+
+
+def code(text: str, tags=(), timeout: int | None = None):
+    c = nbformat.v4.new_code_cell(text.strip("\n"))
+    if tags:
+        c.metadata["tags"] = list(tags)
+    if timeout:
+        c.metadata["nattrack"] = {"timeout": timeout}
+    return c
+
+
+def opening(name: str, title: str, story: str) -> list:
+    return [
+        md(f"# {title}\n\n{story}"),
+        code(PARAMS, tags=["parameters"]),
+        code(f'from nattrack.notebook import open_session, ui\n'
+             f'session = open_session("{name}", MODE)\nui.banner(session)'),
+    ]
+
+
+def scenario(var: str, name: str, text: str, maker: str = "stepper",
+             timeout: int | None = None) -> list:
+    return [md(text), code(f'{var} = ui.{maker}(session, "{name}")\n{var}'),
+            code(f"{var}.run_all();", timeout=timeout)]
+
+
+CLOSING = [md("## When you are done\n\nThe next cell stops this notebook's views and lets go "
+              "of the lab (the tables stay as they are). *Kernel → Restart* starts afresh."),
+           code("ui.close(session)")]
+
+
+def welcome() -> list:
+    return [
+        *opening("00-welcome", "Welcome: the lab, the views, and how to start again", """
+Linux remembers every connection that crosses a NAT router in its **connection tracking
+table** (`nf_conntrack`), and rewrites addresses (`nf_nat`) from what it remembers. In these
+notebooks you send packets through a small router by hand and watch what it remembers.
+
+**The lab.** `h1` (10.0.0.10) and `h2` (10.0.0.11) sit on a private LAN behind the router
+`r` (10.0.0.1 inside, 203.0.113.1 outside); `srv` (203.0.113.10) is on the public side.
+In the live lab the **kernel** of `r` does the NAT and nattrack's Python tracker follows every
+packet beside it, so you always see both tables.
+
+**Starting it.** A teacher (or you, with root) runs, from the kit's folder:
+
+```sh
+sudo .venv/bin/nattrack notebook          # starts the lab, then JupyterLab as you
+```
+
+Without root the notebooks run in **replay mode**: recorded runs of the same lab, played
+back through the same tracker. The banner below says which mode this notebook is in.
+"""),
+        md("""
+## What the views show
+
+Run the next cell: one ping from `h1` to `srv`. Then look at each part of the panel:
+
+* **buttons**: one per step, *next step* and *reset*; pressing a step runs the steps before it first;
+* **nattrack's tracker**: the table as `conntrack -L` prints it; a new row is green, a changed cell yellow;
+* **tracker and kernel**: the same entries side by side, disagreements in red;
+* **the packet before and after the router**: every header field; what NAT changed is highlighted;
+* **events**: `conntrack -E`, NEW / UPDATE / DESTROY;
+* **steps so far**: each step and what it did to the entry.
+
+*Question:* the entry has two tuples. Which one did `h1` send, and which one will `srv`'s answer match?
+"""),
+        code('ping = ui.stepper(session, "ping")\nping'),
+        code("ping.run_all();"),
+        md("""
+## A UDP question and its answer
+
+*Questions:* after the question, what does `[UNREPLIED]` mean? After the answer, which flag
+disappeared, and why does the timeout restart?
+"""),
+        code('udp = ui.stepper(session, "udp")\nudp'),
+        code("udp.run_all();"),
+        md("""
+## The table, live
+
+In the live lab this table follows the tracker on its own: run
+`.venv/bin/nattrack lab exec h1 -- curl -s 203.0.113.10` in a terminal and watch it.
+In replay mode it shows the table once.
+
+## Starting again
+
+* a panel's **reset** button empties both tables (live) or rewinds the recording (replay);
+* `session.reset()` does the same from code;
+* *Kernel → Restart Kernel and Run All Cells* starts the notebook over;
+* `sudo .venv/bin/nattrack lab down` stops the lab (`--force` clears what a crash left).
+"""),
+        code("table = ui.live_table(session)\ntable"),
+        *CLOSING,
+    ]
+
+
+def tcp_states() -> list:
+    return [
+        *opening("01-tcp-states", "TCP states: SYN, ACK, FIN by hand", """
+Conntrack does not run TCP; it *watches* it. Every packet moves the connection's entry
+through a small state machine (`tcp_conntracks[][][]` in `nf_conntrack_proto_tcp.c`), chosen
+by the packet's direction and flags. Here you play both ends of a connection by hand, one
+packet per button, and watch the entry move on the diagram, with the kernel's own entry beside.
+"""),
+        *scenario("handshake", "handshake", """
+## Open and close a connection
+
+Step through the handshake, some data, and the close.
+
+*Before each step, predict:* which state comes next? Which flags does `conntrack -L` show
+(`[UNREPLIED]`, `[ASSURED]`)? Why does the timeout jump from 2 minutes to 5 days at the third
+packet? Which states are there only because conntrack sees both directions?
+"""),
+        *scenario("rst", "rst", """
+## A reset
+
+*Question:* after the RST, the entry is still in the table. For how long, and why keep it at all?
+"""),
+        *scenario("simultaneous", "simultaneous-close", """
+## Both ends close at once
+
+The two FINs cross on the wire. *Question:* the diagram has no state "both closing". Where
+does the entry go instead, and does it still end in TIME_WAIT?
+"""),
+        *scenario("half", "half-close", """
+## Half close
+
+After `h1`'s FIN, `srv` keeps sending. *Question:* which direction is closed in CLOSE_WAIT,
+and does data in the other direction change the state?
+"""),
+        *scenario("closed", "closed-port", """
+## A SYN to a closed port
+
+Nothing listens on `srv`'s port 6000: its kernel answers with a RST. *Questions:* where did
+the RST go before and after the router? Which state does the entry end in?
+"""),
+        *CLOSING,
+    ]
+
+
+def snat() -> list:
+    return [
+        *opening("02-snat", "SNAT: what the router rewrites, and how replies find their way back",
+                 """
+Masquerading rewrites the source of what leaves the LAN, and the destination of what comes
+back. The table's two tuples are how the router knows: the **original** tuple is what `h1`
+sent, the **reply** tuple is what `srv`'s answer will look like.
+"""),
+        *scenario("rewrite", "rewrite", """
+## One packet before and after
+
+Look at the packet view, field by field. *Questions:* which fields changed? Why did the
+checksums change although you did not touch them? In the reply, which address is rewritten?
+"""),
+        *scenario("clash", "clash", """
+## Two hosts, one source port
+
+`h1` and `h2` both send from port 40021 to the same server port. *Questions:* the public
+side has one address; what must the router change for `h2`, and where do you read the port
+it chose? How does `srv`'s answer to that port reach `h2`?
+"""),
+        md("""
+## SNAT with a port range
+
+The rules for the next scenario (the router loads them when it starts):
+"""),
+        code('ui.show_rules("classroom-snat-range")'),
+        *scenario("snatrange", "snat-range", """
+*Question:* MASQUERADE kept port 40022 when it was free. Why does SNAT with a range change it
+anyway?
+"""),
+        *scenario("forward", "port-forward", """
+## Port forwarding (DNAT)
+
+`srv` connects to the router's public port 8080; the rule
+`-A PREROUTING -i ntr-wan -p tcp --dport 8080 -j DNAT --to-destination 10.0.0.11:5080`
+sends it to `h2`. *Questions:* which tuple now differs from the packet `srv` sent? Which
+address does `srv` see in the answer?
+"""),
+        *CLOSING,
+    ]
+
+
+def timeouts() -> list:
+    return [
+        *opening("03-timeouts", "Timeouts: countdowns, garbage collection, a full table", """
+Every entry has a deadline. Each packet that matches it sets a new one, from a timeout that
+depends on the protocol and the state: `sysctl net.netfilter.nf_conntrack_*_timeout*`.
+Here the timeouts are shortened (on nattrack's tracker and on the kernel alike, with the
+kernel's names) so that you can watch them run out.
+"""),
+        *scenario("udp", "udp-assured", """
+## UDP: UNREPLIED, a reply, ASSURED, expiry
+
+Watch the chart while the steps run (the last one waits 25 seconds). *Questions:* which
+timeout applies before the reply, after it, and after the third packet? The entry disappears
+from the table at zero, but when does `[DESTROY]` appear in the events, and why later?
+""", maker="timeouts_panel", timeout=120),
+        md("Let a few more seconds pass (the buttons *+1 s* ... *+30 s* do the same):"),
+        code("udp.watch(5)", timeout=60),
+        *scenario("tw", "time-wait", """
+## TIME_WAIT runs out
+
+*Question:* why does conntrack keep a closed connection in TIME_WAIT at all?
+""", maker="timeouts_panel", timeout=120),
+        md("""
+## A full table and early drop
+
+When the table is full, a new connection is only admitted if an entry that never became
+ASSURED can be evicted (`early_drop()`); ASSURED ones are kept. A lab namespace cannot
+lower the kernel's `nf_conntrack_max`, so this runs nattrack's tracker alone, with room for
+4 entries: one ASSURED TCP connection, then unanswered UDP datagrams, one more than fits.
+
+*Question:* which entries were evicted, and which one survived? Press the button for more.
+"""),
+        code("full = ui.early_drop_panel(4)\nfull"),
+        code("full.run_all();"),
+        *CLOSING,
+    ]
+
+
+def related_invalid() -> list:
+    return [
+        *opening("04-related-and-invalid", "RELATED and INVALID: errors, strays and a firewall",
+                 """
+Not every packet belongs to a connection the simple way. An ICMP error is **RELATED** to the
+connection whose packet it quotes; a packet that fits no connection's rules is **INVALID**:
+it gets no entry, and therefore no NAT.
+"""),
+        *scenario("unreach", "port-unreachable", """
+## An ICMP error is RELATED
+
+Pick the ICMP error in the packet view (it is the step's last packet). *Questions:* the error
+quotes the datagram `srv` received; which addresses are inside the quote before and after
+the router? Why must the router rewrite the inside too?
+"""),
+        *scenario("ttl", "ttl-exceeded", """
+## The router's own error
+
+*Question:* the router itself sends this error. Which entry does it belong to, and what is
+its source address on the LAN side?
+"""),
+        *scenario("leak", "invalid-leak", """
+## INVALID packets leak without a filter rule
+
+*Questions:* the packet is forwarded, but look at its source address after the router. Why
+was it not translated? Who on the Internet sees a private address now?
+"""),
+        md("""
+## A stateful firewall from --ctstate rules
+
+The next scenario loads these rules:
+"""),
+        code('ui.show_rules("classroom-firewall")'),
+        *scenario("fw", "firewall", """
+*Questions:* which rule stops the stray ACK now? The unsolicited SYN from outside is
+translated by DNAT but dropped: why does it never appear in the table?
+"""),
+        *CLOSING,
+    ]
+
+
+NOTEBOOKS = {"00-welcome": welcome, "01-tcp-states": tcp_states, "02-snat": snat,
+             "03-timeouts": timeouts, "04-related-and-invalid": related_invalid}
+
+
+def build(name: str):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = NOTEBOOKS[name]()
+    for i, c in enumerate(nb.cells):            # stable ids: no diff on regeneration
+        c["id"] = f"{name[:2]}-{i:02d}"
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def text(name: str) -> str:
+    return nbformat.writes(build(name)) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    stale = []
+    for name in NOTEBOOKS:
+        path = OUT / f"{name}.ipynb"
+        want = text(name)
+        if check:
+            if not path.exists() or path.read_text() != want:
+                stale.append(str(path))
+        else:
+            path.write_text(want)
+    if stale:
+        print("out of date (run `python -m tests.notebooks.make_notebooks`): " + ", ".join(stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
