@@ -35,7 +35,7 @@ from ..conntrack.conn import HZ
 from ..conntrack.proto_tcp import (INDEX_NAMES, TCP_CONNTRACK_IGNORE, TCP_CONNTRACK_MAX,
                                    TCP_CONNTRACK_NAMES, TCP_CONNTRACKS, TIMEOUT_SYSCTL)
 from ..conntrack.sysctl import DEFAULTS as SYSCTL_DEFAULTS
-from .render import BLUE, GREEN, GREY, ORANGE, RED, data_attrs, esc, normalize_entries
+from .render import BG, BLUE, FG, GREEN, GREY, ORANGE, RED, data_attrs, esc, normalize_entries
 
 DIR_NAMES = ("ORIGINAL", "REPLY")
 DIR_SHORT = {"ORIGINAL": "ORIG", "REPLY": "REPLY"}
@@ -43,9 +43,9 @@ HL = RED
 
 SVG_STYLE = (
     ".nt{font-family:var(--jp-code-font-family,monospace);"
-    "color:var(--jp-content-font-color1,#222)}"
+    "color:" + FG + "}"
     ".nt text{fill:currentColor;font-family:var(--jp-code-font-family,monospace)}"
-    ".nt-node rect{fill:var(--jp-layout-color0,#fff);stroke:currentColor;stroke-width:1.6}"
+    ".nt-node rect{fill:" + BG + ";stroke:currentColor;stroke-width:1.6}"
     ".nt-node text{font-size:16px;font-weight:bold;text-anchor:middle;"
     "dominant-baseline:central}"
     ".nt-node.nt-dim{opacity:.62}.nt-node.nt-dim rect{stroke-dasharray:5 3}"
@@ -56,7 +56,7 @@ SVG_STYLE = (
     ".nt-node.nt-prev rect{stroke:" + HL + ";stroke-width:2.5}"
     ".nt-edge path{fill:none;stroke:currentColor}"
     ".nt-edge text{font-size:14px;text-anchor:middle;dominant-baseline:central}"
-    ".nt-edge .nt-bg{fill:var(--jp-layout-color0,#fff);stroke:none;opacity:.85}"
+    ".nt-edge .nt-bg{fill:" + BG + ";stroke:none;opacity:.85}"
     ".nt-main path{stroke-width:2.6}"
     ".nt-main text{font-weight:bold}"
     ".nt-minor{opacity:.5}.nt-minor path{stroke-width:1.3;stroke-dasharray:6 4}"
@@ -90,7 +90,7 @@ SVG_STYLE = (
 # --------------------------------------------------------------------------- layout
 
 NODE_W, NODE_H = 136, 46
-WIDTH, HEIGHT = 1060, 580
+WIDTH, HEIGHT = 1060, 600
 X = (90, 370, 660, 960)
 Y = (140, 262, 390, 505)
 NODE_POS = {

@@ -17,8 +17,8 @@ the caller asked to highlight), ``nt-differ`` (a row on which the two trackers
 disagree), ``nt-ev-new``/``-update``/``-destroy``.
 
 Colours are translucent tints over the notebook's own background and text
-colours (JupyterLab's ``--jp-*`` variables, with light fallbacks), so the same
-markup reads in light and dark themes.
+colours (JupyterLab's ``--jp-*`` variables, else VS Code's ``--vscode-*``), so the
+same markup reads in light and dark themes.
 """
 from __future__ import annotations
 
@@ -34,12 +34,15 @@ from ..packet.ipv4 import ICMP_QUERY_TYPES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_U
 
 # Colours shared with the SVG views (mid-tones: readable on white and on near-black).
 GREEN, BLUE, ORANGE, RED, GREY = "#2f9e44", "#3b7dd8", "#e8590c", "#e03131", "#868e96"
+# The theme's text and background: JupyterLab / Notebook 7, else VS Code, else the page's.
+FG = "var(--jp-content-font-color1,var(--vscode-editor-foreground,inherit))"
+BG = "var(--jp-layout-color0,var(--vscode-editor-background,#fff))"
 
 # One stylesheet for every HTML view; class names carry an ``nt-`` prefix so that
 # they cannot clash with the notebook's own.
 STYLE = (
     ".nt{font-family:var(--jp-code-font-family,monospace);font-size:12px;"
-    "color:var(--jp-content-font-color1,inherit);line-height:1.35}"
+    "color:" + FG + ";line-height:1.35}"
     ".nt .nt-title{font-family:var(--jp-ui-font-family,sans-serif);font-weight:bold;"
     "font-size:13px;margin:2px 0 4px}"
     ".nt table{border-collapse:collapse;margin:2px 0}"
