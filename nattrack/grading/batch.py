@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import multiprocessing.util
 import os
 import sys
 import time
@@ -30,9 +31,7 @@ from .results import (Results, human_summary, student_view, to_classroom, to_csv
                       to_gradescope, to_junit_xml, write_class_csv)
 from .runner import GradeError, Grader, load_lab
 
-__all__ = ["discover", "grade_all", "write_outputs", "SANDBOX_UIDS"]
-
-SANDBOX_UIDS = [65534] + [65000 + i for i in range(1, 64)]   # nobody, then one uid per slot
+__all__ = ["discover", "grade_all", "write_outputs"]
 
 
 def _has_files(folder: Path, files: list[str]) -> bool:
@@ -90,11 +89,11 @@ def _safe(sid: str) -> str:
 _G: dict = {}
 
 
-def _init(lab, hidden, mode, slots, log_path) -> None:
-    slot = slots.get()
+def _init(lab, hidden, mode, log_path) -> None:
     log = open(log_path, "a", buffering=1)
-    _G["grader"] = Grader(lab, hidden=hidden, mode=mode, uid=SANDBOX_UIDS[slot],
-                          log=lambda m: log.write(m + "\n"))
+    g = Grader(lab, hidden=hidden, mode=mode, log=lambda m: log.write(m + "\n"))
+    _G["grader"] = g
+    multiprocessing.util.Finalize(g, g.close, exitpriority=10)     # its temp folder
 
 
 def _grade_one(sid: str, folder: str, vid: str | None) -> tuple[str, Results]:
@@ -125,7 +124,7 @@ def grade_all(lab, paths, out, *, hidden=None, mode: str = "auto", student_id=No
         echo(f"[{len(done)}/{n}] {sid}: {_num(res.total)}/{_num(res.max_total)} "
              f"in {res.execution_time:.1f} s")
 
-    jobs = max(1, min(int(jobs), len(subs), len(SANDBOX_UIDS)))
+    jobs = max(1, min(int(jobs), len(subs), 64))
     if jobs == 1:
         with open(log_path, "a", buffering=1) as log:
             with Grader(lab, hidden=hidden, mode=mode, log=lambda m: log.write(m + "\n")) as g:
@@ -135,12 +134,9 @@ def grade_all(lab, paths, out, *, hidden=None, mode: str = "auto", student_id=No
                     finished(i, sid, g.grade(folder, student_id=vid))
     else:
         ctx = multiprocessing.get_context("fork")
-        slots = ctx.Queue()
-        for s in range(jobs):
-            slots.put(s)
         echo(f"grading {n} submissions of {info.name} with {jobs} jobs")
         with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init,
-                                 initargs=(lab, hidden, mode, slots, str(log_path))) as pool:
+                                 initargs=(lab, hidden, mode, str(log_path))) as pool:
             futs = [pool.submit(_grade_one, sid, str(folder), vid) for sid, folder, vid in subs]
             for i, f in enumerate(futs):
                 sid, res = f.result()

@@ -231,7 +231,7 @@ class Ctx:
             raise FileNotFoundError(f"{p}: no such file (a path in the lab folder)")
         return p
 
-    def replay(self, capture, *, iface, route=None, rules=None, sysctl=None, now=None, seed=0):
+    def replay(self, capture, *, iface, route=None, rules=None, sysctl=None, now=None, seed=1):
         """``nattrack replay --json`` with the submission plugged in, in the worker.
         ``rules=None`` means the lab's rules; ``rules=""`` none."""
         req = self._replay_req(capture, iface, route, rules, sysctl, now, seed,
@@ -240,7 +240,7 @@ class Ctx:
                                         self._left(self.REPLAY_TIMEOUT), "the replay")
 
     def reference_replay(self, capture, *, iface, route=None, rules=None, sysctl=None, now=None,
-                         seed=0):
+                         seed=1):
         """The same replay with the reference engine, in the grader."""
         from .replayjson import replay_json
         return replay_json(self._replay_req(capture, iface, route, rules, sysctl, now, seed,
@@ -392,7 +392,7 @@ def _copy_submission(src: Path, dest: Path, files: list[str]) -> None:
 class Grader:
     """Grades submissions of one lab; holds what all of them share (tests, package copy)."""
 
-    def __init__(self, lab_dir, hidden=None, mode: str = "auto", uid: int = 65534,
+    def __init__(self, lab_dir, hidden=None, mode: str = "auto", uid: int | None = None,
                  tests_filter=None, log=None) -> None:
         if mode not in ("auto", "offline", "live"):
             raise GradeError(f"--mode {mode}: expected auto, offline or live")
@@ -409,7 +409,8 @@ class Grader:
         self._tmp = Path(tempfile.mkdtemp(prefix="nattrack-grader-"))
         os.chmod(self._tmp, 0o755)
         self.pkg = package_copy(self._tmp / "pkg")
-        self.lab_copy = lab_view(self.lab.dir, self._tmp / "lab")
+        self.lab_copy = lab_view(self.lab.dir, self._tmp / "lab", self.lab.raw.get("rules"),
+                                 self.lab.rules)
 
     def close(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)
@@ -449,22 +450,21 @@ class Grader:
         run = SubmissionRun(self, folder, student_id)
         results: list[TestResult] = [self.probe_result()]
         try:
-            offline = [t for t in self.tests if t.spec.mode == "offline"
-                       or (t.spec.mode == "any" and self.mode == "offline")]
-            live = [t for t in self.tests if t not in offline]
-            visible_first = sorted(offline, key=lambda t: t.spec.visibility != "visible")
+            plan = []                      # (test, mode): visible first, offline first
+            for t in self.tests:
+                live = t.spec.mode == "live" or (t.spec.mode == "any" and self.mode == "live")
+                plan.append((t, "live" if live else "offline"))
+            plan.sort(key=lambda tm: (tm[0].spec.visibility != "visible", tm[1] == "live"))
             group = None
-            for t in visible_first:
+            for t, m in plan:
+                if m == "live" and self.mode != "live":
+                    results.append(_not_run(t.spec, self.live_problem))
+                    continue
                 g = t.spec.visibility == "visible"
                 if group is not None and g != group:
                     run.worker.close()          # hidden tests get a worker of their own
                 group = g
-                results.append(self._run_one(run, t, "offline"))
-            for t in live:
-                if self.mode != "live":
-                    results.append(_not_run(t.spec, self.live_problem))
-                    continue
-                results.append(self._run_one(run, t, "live"))
+                results.append(self._run_one(run, t, m))
             missing = [f for f in self.lab.files if not (run.sub_copy / f).exists()]
         finally:
             run.close()
@@ -541,8 +541,14 @@ def _test_frame(exc: BaseException, source: Path) -> str:
     return f" at {source.name} line {frames[-1].lineno}" if frames else ""
 
 
+MAX_TEST_OUTPUT = 8000                  # characters of a test's output kept in the results
+
+
 def _result(spec: TestSpec, fraction: float, output: str, t0: float) -> TestResult:
     score = round(spec.points * fraction, 4)
+    if len(output) > MAX_TEST_OUTPUT:
+        output = (output[:MAX_TEST_OUTPUT] + f" ... ({len(output) - MAX_TEST_OUTPUT} more "
+                  f"characters)")
     return TestResult(name=spec.name, number=spec.number, score=score, max_score=spec.points,
                       status="passed" if score >= spec.points else "failed", output=output,
                       visibility=spec.visibility, tags=list(spec.tags),

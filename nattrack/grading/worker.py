@@ -9,7 +9,7 @@ Two halves in one module:
   "replay", ...}`` (``nattrack replay --json`` with the submission plugged in).  The
   submission's own prints go to stderr, which the grader reads and caps.
 - in the grader, :class:`Worker` starts it through :class:`nattrack.grading.sandbox.Untrusted`
-  (unprivileged uid, no_new_privs, no capabilities, rlimits, a bwrap jail that holds only
+  (a fresh unprivileged uid, no_new_privs, no capabilities, rlimits, a bwrap jail that holds only
   the submission, a copy of the lab's ``lab.toml``/``data``/``rules``, the interpreter and
   the nattrack package, and no network), sends requests with a wall-clock limit each, and
   turns every way the process can misbehave into :class:`SubmissionError` with one line a
@@ -114,6 +114,9 @@ class _Served:
             value = fn(*args)
         except SystemExit as exc:
             return {"ok": False, "error": f"{func} called exit({exc.code!r})"}
+        except MemoryError:
+            limit = os.environ.get("NATTRACK_MEMORY_MB", "?")
+            return {"ok": False, "error": f"{func} ran out of memory (the limit is {limit} MB)"}
         except BaseException as exc:           # noqa: BLE001
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -132,12 +135,14 @@ class _Served:
                 from nattrack.labs import manifest, plugin
                 self.plugged = plugin.install(manifest.load(self.lab_dir), self.sub) or True
             from nattrack.grading.replayjson import replay_json
-            return {"ok": True, "value": replay_json(req)}
+            return {"ok": True, "value": replay_json(req, verify=True)}
         except BaseException as exc:           # noqa: BLE001
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            return {"ok": False, "error": f"the replay with your code failed: "
-                                          f"{_describe(exc, self.sub)}"}
+            text = _describe(exc, self.sub)
+            if any(c.__name__ == "PluginError" for c in type(exc).__mro__):  # one line already
+                text = text.partition(": ")[2] or text
+            return {"ok": False, "error": f"the replay with your code failed: {text}"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,15 +207,37 @@ def package_copy(dest: Path) -> Path:
     return dest
 
 
-def lab_view(lab_dir: Path, dest: Path) -> Path:
-    """What of the lab the worker may see: lab.toml, data/, rules/ (never solution/ or tests)."""
+def lab_view(lab_dir: Path, dest: Path, rules: str | None = None,
+             rules_path: Path | None = None) -> Path:
+    """What of the lab the worker may see: lab.toml, data/, rules/ and the manifest's rules
+    file at the path lab.toml names (``examples/rules/...`` too) -- never solution/ or tests/."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(lab_dir / "lab.toml", dest / "lab.toml")
     for sub in ("data", "rules"):
         if (lab_dir / sub).is_dir():
             shutil.copytree(lab_dir / sub, dest / sub)
+    if rules and rules_path and not (dest / rules).exists():
+        target = (dest / rules).resolve()
+        if dest.resolve() in target.parents:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(rules_path, target)
     _world_readable(dest)
     return dest
+
+
+SANDBOX_UID_RANGE = (1_000_000_000, 2_000_000_000)
+
+
+def sandbox_uid() -> int:
+    """A fresh uid (and gid) for one worker: no account, no files, no other process.
+
+    Not ``nobody``: that uid is shared (the lab's router drops to it, so do notebook
+    kernels), and both ``RLIMIT_NPROC`` and the sandbox's last-resort sweep work per uid.
+    A uid of its own makes the process limit exact and the sweep touch nothing else.
+    """
+    import secrets
+    lo, hi = SANDBOX_UID_RANGE
+    return lo + secrets.randbelow(hi - lo)
 
 
 class Worker:
@@ -218,11 +245,13 @@ class Worker:
 
     HELLO_TIMEOUT = 10.0
 
-    def __init__(self, *, pkg: Path, lab: Path, submission: Path, inbox: Path, uid: int = 65534,
+    def __init__(self, *, pkg: Path, lab: Path, submission: Path, inbox: Path,
+                 uid: int | None = None,
                  memory_mb: int = 512, max_procs: int = 32, cpu_seconds: int = 300,
                  max_output: int = 1_000_000, max_answer: int = 16 << 20) -> None:
         self.pkg, self.lab, self.submission, self.inbox = pkg, lab, submission, inbox
-        self.uid, self.memory_mb, self.max_procs = uid, memory_mb, max_procs
+        self.fixed_uid, self.memory_mb, self.max_procs = uid, memory_mb, max_procs
+        self.uid: int | None = None
         self.cpu_seconds, self.max_output, self.max_answer = cpu_seconds, max_output, max_answer
         self.proc = None
         self.errors: dict[str, str] = {}
@@ -252,10 +281,12 @@ class Worker:
             pkg, lab, sub = str(self.pkg), str(self.lab), str(self.submission)
             jail.chdir = str(self.inbox)
         py = os.path.realpath(sys.executable)
+        self.uid = self.fixed_uid or sandbox_uid()
         self.proc = Untrusted([py, "-s", "-B", "-m", "nattrack.grading.worker", lab, sub],
                               jail=jail, cpu_seconds=self.cpu_seconds,
                               memory_mb=self.memory_mb, max_procs=self.max_procs,
-                              uid=self.uid, gid=self.uid, env={"PYTHONPATH": pkg})
+                              uid=self.uid, gid=self.uid, env={"PYTHONPATH": pkg,
+                                   "NATTRACK_MEMORY_MB": str(self.memory_mb)})
         self.flooded = False
         self.err_total = 0
         self.err_tail = bytearray()

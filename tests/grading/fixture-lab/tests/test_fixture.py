@@ -3,13 +3,13 @@ from nattrack.labs.testing import test
 
 @test(points=2, number="1.1", name="A SYN opens SYN_SENT", mode="offline")
 def syn(ctx):
-    state = ctx.call("tcp_states.next_state", "NONE", "ORIGINAL", "SYN")
+    state = ctx.call("tcp_states.next_state", "NONE", "ORIGINAL", "SYN", timeout=2)
     assert state == "SYN_SENT", f"NONE --SYN--> {state}, expected SYN_SENT"
 
 
 @test(points=2, number="1.2", name="ORIGINAL FIN in ESTABLISHED gives FIN_WAIT", mode="offline")
 def fin(ctx):
-    state = ctx.call("tcp_states.next_state", "ESTABLISHED", "ORIGINAL", "FIN")
+    state = ctx.call("tcp_states.next_state", "ESTABLISHED", "ORIGINAL", "FIN", timeout=2)
     assert state == "FIN_WAIT", f"ESTABLISHED --FIN--> {state}, expected FIN_WAIT"
 
 

@@ -1,0 +1,221 @@
+"""Hostile submissions through `nattrack grade` (tests/grading/hostile/, one folder each).
+
+One class of them is graded once (two jobs in parallel) with the instructor's
+hidden tests, whose source and messages carry a sentinel string.  Each hostile one breaks
+``next_state()`` in its own way and keeps ``timeout_for()`` right: the tests that call
+``next_state()`` score zero with a readable reason, the others pass (so the worker was
+restarted after the damage), every output is written, the sentinel never reaches what a
+student sees, and the machine is left clean.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from nattrack.grading.sandbox import MARKER_VAR
+
+REPO = Path(__file__).resolve().parents[1]
+GRADING = REPO / "tests" / "grading"
+LAB = GRADING / "fixture-lab"
+HIDDEN = GRADING / "hidden-fixture"
+HOSTILE = GRADING / "hostile"
+SENTINEL = "HIDDEN-SENTINEL-5c1e9b"
+SOLUTION_TEXT = "A toy TCP state function (the grader's fixture)"
+ROOT = os.geteuid() == 0
+LO, HI = 1_000_000_000, 2_000_000_000      # the workers' uids (worker.SANDBOX_UID_RANGE)
+NEXT_STATE_TESTS = ("1.1", "1.2", "9.1")
+PORT = 47613                               # what hostile/network tries on the host's loopback
+
+# What each hostile submission breaks: the reason its next_state() tests must show.
+BROKEN = {
+    "noimport": "your tcp_states.py does not import: SyntaxError line 12",
+    "loop": "did not finish within 2 s",
+    "forkbomb": "did not finish within 2 s",
+    "flood": "printed more than 1 MB",
+    "memory": "ran out of memory",
+    "exits": "exited (exit status 3)",
+    "snoop": "denied /etc/shadow: No such file",
+    "root": "no setuid(0): PermissionError",
+    "network": "no 127.0.0.1",
+    "leaker": "SEEN ",
+}
+
+
+def _sandbox_procs() -> list[str]:
+    """Live processes a grading run could have left: marked ones, or the sandbox uids'."""
+    out = []
+    for n in os.listdir("/proc"):
+        if not n.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{n}/stat").read_bytes()
+            if stat[stat.rindex(b")") + 2:].split()[0] in (b"Z", b"X"):
+                continue
+            uid = next(int(line.split()[1]) for line in
+                       Path(f"/proc/{n}/status").read_text().splitlines()
+                       if line.startswith("Uid:"))
+            env = Path(f"/proc/{n}/environ").read_bytes()
+            cmd = Path(f"/proc/{n}/cmdline").read_bytes()
+        except (OSError, StopIteration):
+            continue
+        if MARKER_VAR.encode() in env or LO <= uid < HI:
+            out.append(f"{n} uid {uid}: {cmd[:120]!r}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def graded():
+    tmp = Path(tempfile.mkdtemp(prefix="nt-hostile-"))
+    os.chmod(tmp, 0o755)
+    grader_tmp = tmp / "tmp"                 # the grader's TMPDIR: must be empty at the end
+    grader_tmp.mkdir(mode=0o755)
+    out = tmp / "out"
+    klass = tmp / "class"
+    shutil.copytree(HOSTILE, klass)
+    shutil.copytree(LAB / "solution", klass / "zz-solution")
+    before = {p for p in ("/etc/nattrack-pwned", "/var/tmp/nattrack-pwned") if os.path.exists(p)}
+
+    hits: list[bytes] = []
+    lsock = socket.socket()
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", PORT))
+    lsock.listen(8)
+    lsock.settimeout(0.2)
+    stop = threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                continue
+            hits.append(conn.recv(100))
+            conn.close()
+    th = threading.Thread(target=accept, daemon=True)
+    th.start()
+    env = dict(os.environ, TMPDIR=str(grader_tmp), PYTHONPATH=str(REPO))
+    try:
+        r = subprocess.run([sys.executable, "-m", "nattrack.cli.main", "grade", str(LAB),
+                            str(klass), "--out", str(out), "--hidden", str(HIDDEN),
+                            "--mode", "offline", "--jobs", "2"],
+                           capture_output=True, text=True, timeout=300, env=env, cwd="/")
+    finally:
+        stop.set()
+        th.join(2)
+        lsock.close()
+    data = {}
+    for sid in [*BROKEN, "zz-solution"]:
+        d = out / sid
+        data[sid] = {
+            "full": json.loads((d / "results.json").read_text()),
+            "student": (d / "results-student.json").read_text(),
+            "summary": (d / "summary.txt").read_text(),
+            "classroom": base64.b64decode((d / "classroom.txt").read_text()).decode(),
+            "junit": (d / "junit.xml").read_text(),
+        }
+    yield {"run": r, "out": out, "data": data, "hits": hits, "klass": klass,
+           "grader_tmp": grader_tmp, "before": before}
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _by_number(full: dict) -> dict:
+    return {t["number"]: t for t in full["tests"]}
+
+
+def test_the_grader_finishes_and_writes_everything(graded):
+    r = graded["run"]
+    assert r.returncode == 0, r.stderr
+    for sid in [*BROKEN, "zz-solution"]:
+        for name in ("results.json", "results-student.json", "summary.txt", "summary-full.txt",
+                     "classroom.txt", "junit.xml"):
+            assert (graded["out"] / sid / name).is_file(), f"{sid}/{name}"
+    csv = (graded["out"] / "class.csv").read_text()
+    assert all(f"\n{sid}," in csv for sid in BROKEN)
+    assert f"[{len(BROKEN) + 1}/{len(BROKEN) + 1}]" in r.stdout
+
+
+def test_the_solution_scores_full_marks_among_them(graded):
+    tests = _by_number(graded["data"]["zz-solution"]["full"])
+    assert all(t["status"] == "passed" for n, t in tests.items() if n != "3.1"), tests
+
+
+@pytest.mark.parametrize("sid", sorted(BROKEN))
+def test_each_scores_zero_on_what_it_broke(graded, sid):
+    tests = _by_number(graded["data"][sid]["full"])
+    for n in NEXT_STATE_TESTS:
+        assert tests[n]["score"] == 0 and tests[n]["status"] == "failed", (sid, n)
+        assert BROKEN[sid] in tests[n]["output"], (sid, n, tests[n]["output"][:300])
+        assert len(tests[n]["output"]) <= 8100
+    others = ("2.1", "2.2") if sid not in ("noimport", "leaker") else ()
+    for n in others:                     # the worker came back for the next test
+        assert tests[n]["status"] == "passed", (sid, n, tests[n]["output"])
+    if sid in ("noimport", "leaker"):
+        assert tests["2.1"]["status"] == "failed"
+
+
+def test_hidden_tests_never_reach_a_student(graded):
+    for sid, d in graded["data"].items():
+        for view in ("student", "summary", "classroom"):
+            assert SENTINEL not in d[view], (sid, view)
+        assert "9.1" not in [t["number"] for t in json.loads(d["student"])["tests"]]
+        assert "1 more test (3 points) will be shown later" in d["summary"]
+    assert SENTINEL not in graded["run"].stdout
+    # ... while the instructor's results do hold it (the check above can fail)
+    assert SENTINEL in json.dumps(graded["data"]["leaker"]["full"])
+    # the leaker met the hidden test's input only in a worker of the hidden tests' own
+    visible = [t["output"] for t in graded["data"]["leaker"]["full"]["tests"]
+               if t["visibility"] == "visible"]
+    assert visible and not any(SENTINEL in o for o in visible)
+
+
+def test_nothing_outside_the_submission_is_readable(graded):
+    tests = _by_number(graded["data"]["snoop"]["full"])
+    # what next_state() returned: after "-->" in 1.1/1.2, after "got " in the hidden 9.1
+    text = "".join([tests["1.1"]["output"].partition("-->")[2],
+                    tests["1.2"]["output"].partition("-->")[2],
+                    tests["9.1"]["output"].partition(" got ")[2]])
+    assert "denied /etc/shadow" in text
+    for secret in (SENTINEL, SOLUTION_TEXT, "root:", "NATTRACK_LAB", "READ /work"):
+        assert secret not in text, secret
+    out = _by_number(graded["data"]["snoop"]["full"])["1.1"]["output"]
+    assert "denied /work/main/tests/grading/hidden-fixture/test_hidden.py" in out
+    assert "denied /etc/shadow" in out
+    # what it could read at all: the interpreter's files, the kit, the lab's public data
+    # and its own folder
+    allowed = ("/usr/", "/opt/nattrack/", "/lab/", "/submission/", "/inbox/")
+    read = re.findall(r"READ (\S+?):", out)
+    assert [p for p in read if not p.startswith(allowed)] == []
+
+
+def test_no_root_and_no_writes_outside(graded):
+    out = _by_number(graded["data"]["root"]["full"])["1.1"]["output"]
+    assert "PWNED" not in out, out
+    assert "uid=0 " not in out and "euid=0 " not in out
+    if ROOT:
+        uid = int(re.search(r"uid=(\d+)", out).group(1))
+        assert LO <= uid < HI, out
+    for p in ("/etc/nattrack-pwned", "/var/tmp/nattrack-pwned"):
+        assert not os.path.exists(p) or p in graded["before"], p
+    assert not (graded["klass"] / "root" / "pwned.txt").exists()
+
+
+def test_no_network(graded):
+    out = _by_number(graded["data"]["network"]["full"])["1.1"]["output"]
+    assert "REACHED" not in out, out
+    assert graded["hits"] == [], graded["hits"]
+
+
+def test_the_machine_is_left_clean(graded):
+    assert _sandbox_procs() == []
+    assert list(graded["grader_tmp"].iterdir()) == []
