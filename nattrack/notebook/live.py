@@ -75,6 +75,13 @@ class Driver:
         data = action.get("data", "").encode()
         if kind == "udp":
             return node, build("udp", src, dst, sport, dport, payload=data, ipid=self.ipid, ttl=ttl)
+        if kind == "icmp-error":
+            # A router further on reports on the datagram as it left ours (translated):
+            # the quote is its IP header and first 8 bytes, from the reply tuple's view.
+            quoted = build(flow.proto, dst, src, dport, sport, ipid=self.ipid - 1, ttl=1,
+                           payload=b"")[:28]
+            return node, build("icmp", src, dst, ipid=self.ipid, icmp_type=action["type"],
+                               icmp_code=action.get("code", 0), payload=quoted)
         st = self.tcp.setdefault(action["flow"], {"client": CLIENT_ISN, "server": SERVER_ISN,
                                                   "fin": {"client": False, "server": False}})
         flags = action["flags"]
@@ -110,6 +117,8 @@ def pair_frames(frames: list, router_addrs: set[int]) -> list[PacketPair]:
         if pkt is None:
             continue
         data = data[:pkt.tot_len]
+        if pkt.dst >> 28 == 0xE or pkt.dst == 0xFFFFFFFF:
+            continue                              # a host's multicast chatter (IGMP reports)
         key = nat_invariant_key(pkt)
         q = waiting.get(key)
         if q and q[0].iface_in != frame.iface:
@@ -217,6 +226,7 @@ class LiveSession(Session):
         self._start_pumps()
         self.last_table: list[dict] = []
         self.driver: Driver | None = None
+        self.mirror = None
 
     # -- streams -----------------------------------------------------------------------------
     def _start_pumps(self) -> None:
@@ -269,6 +279,7 @@ class LiveSession(Session):
             self.set_sysctl(key, value)
         self._reset()
         self.driver = Driver(scenario, self._reply_of)
+        self.mirror = self._mirror(scenario)
 
     def _reply_of(self, proto: str, orig: dict) -> dict | None:
         from .session import find_entry
@@ -287,6 +298,14 @@ class LiveSession(Session):
             p.clear()
         self.last_table = []
         self.driver = Driver(self.current, self._reply_of) if self.current else None
+        self.mirror = self._mirror(self.current) if self.current else None
+
+    def _mirror(self, scenario: sc.Scenario):
+        """The engine fed with what the router saw: conntrack's verdict on each packet
+        (NEW, ESTABLISHED, RELATED, INVALID), which the tables cannot show."""
+        from .replay import Engine
+        return Engine({"rules": scenario.rules, "sysctls": dict(self.sysctls), "t0": time.time(),
+                       "router": {"ifaces": sc.ROUTER_IFACES, "routes": sc.ROUTER_ROUTES}}, {})
 
     def _step(self, scenario: sc.Scenario, step: sc.Step) -> StepResult:
         if self.driver is None or self.driver.scenario is not scenario:
@@ -300,8 +319,13 @@ class LiveSession(Session):
         kernel = self.kernel_table()
         self._quiet()
         self.last_table = table
-        res = StepResult(step.name, pairs, transition(step_flow(scenario, step), before, table, pairs),
-                         table, kernel, self.py_events.snapshot()[ev0:],
+        if self.mirror is not None:
+            for pp in pairs:
+                self.mirror.feed(pp, pp.t)
+        events = self.py_events.snapshot()[ev0:]
+        res = StepResult(step.name, pairs, transition(step_flow(scenario, step), before, table,
+                                                      pairs, events),
+                         table, kernel, events,
                          self.k_events.snapshot()[kev0:] if self.k_events else [], t=self.now())
         res.frames = frames
         return res
@@ -387,6 +411,8 @@ class LiveSession(Session):
         except LabError as exc:
             raise SessionError(f"{full}={number}: {exc}") from None
         self.sysctls[full] = number
+        if self.mirror is not None:
+            self.mirror.router.ct.sysctl.set(full, number)
         return got
 
     def close(self) -> None:

@@ -32,9 +32,8 @@ def record_notebook(notebook: str, out: Path, client=None, only: Iterable[str] |
     from .live import LiveSession
     wanted = set(only or ())
     scenarios = [s for s in sc.notebook_scenarios(notebook) if not wanted or s.name in wanted]
-    if wanted and len(scenarios) != len(wanted):
-        known = ", ".join(s.name for s in sc.notebook_scenarios(notebook))
-        raise SessionError(f"{notebook}: unknown scenario in {sorted(wanted)} (known: {known})")
+    if not scenarios:
+        return []
     written = []
     folder = out / notebook
     folder.mkdir(parents=True, exist_ok=True)
@@ -58,7 +57,8 @@ def record_notebook(notebook: str, out: Path, client=None, only: Iterable[str] |
                 tr = r.transition
                 what = (f"{tr.old_state} -> {tr.new_state} ({tr.direction} {tr.flag})" if tr
                         else f"{len(r.table)} entr{'y' if len(r.table) == 1 else 'ies'}")
-                progress(f"{notebook} {scn.name} {st.name}: {len(r.packets)} packet(s), {what}, "
+                pk = ", ".join(f"{p.ctinfo or '?'} {p.verdict}" for p in r.packets) or "no packets"
+                progress(f"{notebook} {scn.name} {st.name}: [{pk}], {what}, "
                          f"{len(r.events)}+{len(r.kernel_events)} events "
                          f"({time.monotonic() - t:.1f} s)")
             rec = {"format": FORMAT, "notebook": notebook, "scenario": scn.name,
@@ -88,6 +88,12 @@ def record(notebooks: list[str], out: Path, only: Iterable[str] | None = None,
     stop the lab."""
     from ..lab import LabError
     from ..lab.client import LabClient
+    if only:
+        known = {s.name for nb in notebooks for s in sc.notebook_scenarios(nb)}
+        unknown = sorted(set(only) - known)
+        if unknown:
+            raise SessionError(f"no scenario {unknown[0]!r} in {', '.join(notebooks)} (known: "
+                               f"{', '.join(sorted(known))})")
     if os.geteuid() != 0:
         raise SessionError("nattrack record starts a lab: run it as root (sudo nattrack record ...)")
     run_dir = Path(tempfile.mkdtemp(prefix="nattrack-record-"))

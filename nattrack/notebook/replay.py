@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from ..conntrack import show
-from ..conntrack.conn import IPCT_PROTOINFO
+from ..conntrack.conn import CTINFO_NAMES, IPCT_PROTOINFO
 from ..conntrack.core import get_tuple
 from ..lab import REPO_ROOT, RULES_DIR
 from ..netfilter.rules import Ruleset
@@ -55,12 +55,16 @@ def load_recording(base: Path, notebook: str, scenario: str) -> dict:
     return rec
 
 
+def _ctinfo(pkt: Packet) -> str:
+    return CTINFO_NAMES[pkt.ctinfo if pkt.ct is not None else None]
+
+
 class Engine:
     """The tracker of a replayed scenario: the router model on a manual clock."""
 
     def __init__(self, rec: dict, overrides: dict[str, int]) -> None:
         rules = RULES_DIR / f"{rec['rules']}.rules"
-        sysctls = {**rec.get("sysctls", {}), **overrides}
+        sysctls = {**overrides, **rec.get("sysctls", {})}      # the scenario's own win, as live
         self.clock = ManualClock(rec["t0"])
         self.router = Router(rec["router"]["ifaces"], rec["router"].get("routes") or {},
                              Ruleset.load(str(rules)), sysctls, self.clock, seed=1)
@@ -79,15 +83,17 @@ class Engine:
             self.router.ct.run_gc_until(t, self.clock.set)
             self.clock.set(t)
 
-    def feed(self, pp: PacketPair, t: float) -> None:
-        """One recorded datagram, bound to the NAT choice it was seen leaving with."""
+    def feed(self, pp: PacketPair, t: float) -> str:
+        """One recorded datagram, bound to the NAT choice it was seen leaving with.
+        Sets ``pp.ctinfo``, conntrack's verdict on it (NEW, ESTABLISHED, RELATED...,
+        INVALID) and, for a datagram that did not leave, ``pp.verdict`` (why)."""
         self.until(t)
         self.router.defrag.expire(t)
         forced = self.router.ct.nat_forced
         if pp.iface_in is None:                  # the router's own (an ICMP error, a RST)
             pkt = Packet.parse(bytearray(pp.before), 0, None, t)
             if pkt is None:
-                return
+                return "INVALID"
             tup = get_tuple(pkt)
             new = tup is not None and tup not in self.router.ct.hash
             if new:
@@ -97,19 +103,24 @@ class Engine:
             finally:
                 if new:
                     forced.pop(tup, None)
-            return
+            pp.ctinfo = _ctinfo(pkt)
+            return pp.ctinfo
         pkt = Packet.parse(bytearray(pp.before), 0, pp.iface_in, t)
         if pkt is None:
-            return
+            return "INVALID"
         orig = get_tuple(pkt)
         after = Packet.parse(bytearray(pp.after), 0) if pp.after else None
         if orig is not None and after is not None:
             forced[orig] = get_tuple(after)
         try:
-            self.router.receive(pkt)
+            v = self.router.receive(pkt)
         finally:
             if orig is not None:
                 forced.pop(orig, None)
+        if pp.after is None:
+            pp.verdict = f"dropped: {v.dropped}" if v.dropped else "delivered to the router"
+        pp.ctinfo = _ctinfo(pkt)
+        return pp.ctinfo
 
     def table(self) -> list[dict]:
         listing = list(self.router.ct.conns())         # reaps the expired, as a dump does
@@ -183,7 +194,7 @@ class ReplaySession(Session):
         table = eng.table()
         self._kernel_table = rs.get("kernel_table")
         self._kernel_events.extend(rs.get("kernel_events") or [])
-        tr = transition(step_flow(scenario, step), self.last_table, table, pairs)
+        tr = transition(step_flow(scenario, step), self.last_table, table, pairs, eng.events[n0:])
         self.last_table = table
         return StepResult(step.name, pairs, tr, table,
                           self._kernel_table, eng.events[n0:], list(rs.get("kernel_events") or []),

@@ -15,6 +15,8 @@ A step is a list of *actions*, dicts:
   no acknowledgment number);
 * ``{"send": "udp", "flow": F, "side": ..., "data": "..."}`` and ``{"send": "ping",
   "flow": F}`` (an echo request; srv's own kernel answers it);
+* ``{"send": "icmp-error", "flow": F, "side": "server", "type": 11, "code": 0}``: the
+  server's node plays a router further on, reporting on the flow's translated datagram;
 * ``{"wait": SECONDS}``: time passes (live: a sleep; replay: the clock moves);
 * ``{"sysctl": {KEY: VALUE}}``: kernel names, tracker and kernel set equal.
 
@@ -149,13 +151,13 @@ SCENARIOS: dict[str, list[Scenario]] = {
             *_handshake(),
             _s("FIN-h1", "h1 sends FIN", "FIN_WAIT.", _tcp("c", "client", "FA")),
             _s("FIN-srv", "srv sends FIN before it saw h1's", "Both FINs cross: the server's "
-               "FIN does not acknowledge h1's. Conntrack goes to CLOSE_WAIT, as its table "
-               "says for a FIN in the reply direction.",
+               "FIN does not acknowledge h1's. Conntrack's table goes from FIN_WAIT straight "
+               "to LAST_ACK on a FIN in the reply direction.",
                _tcp("c", "server", "FA", ack_fin=False)),
-            _s("ACK-h1", "h1 acknowledges srv's FIN", "LAST_ACK? TIME_WAIT? Look.",
-               _tcp("c", "client", "A")),
-            _s("ACK-srv", "srv acknowledges h1's FIN", "Both FINs acknowledged: TIME_WAIT.",
-               _tcp("c", "server", "A")),
+            _s("ACK-h1", "h1 acknowledges srv's FIN", "The last FIN is acknowledged: "
+               "TIME_WAIT.", _tcp("c", "client", "A")),
+            _s("ACK-srv", "srv acknowledges h1's FIN", "A late ACK in TIME_WAIT changes "
+               "nothing (and sends no event).", _tcp("c", "server", "A")),
         ), flows={"c": _c("tcp", "h1", 40003, (SRV, 5003))}),
         Scenario("half-close", "A half-closed connection still carries data", steps=(
             *_handshake(),
@@ -248,11 +250,19 @@ SCENARIOS: dict[str, list[Scenario]] = {
                "(RELATED) and rewrites the quote back to h1's address and port.",
                _udp("u", "client", "anyone?"), {"wait": 0.3}),
         ), flows={"u": _c("udp", "h1", 40040, (SRV, CLOSED_PORT))}),
-        Scenario("ttl-exceeded", "The router's own ICMP error", steps=(
+        Scenario("ttl-exceeded", "Time exceeded: from further on, and from the router itself",
+                 steps=(
             _s("first", "h1 sends a UDP datagram", "A new entry.",
                _udp("u", "client", "first")),
-            _s("ttl-1", "the next one with TTL 1", "The router may not forward it: it sends "
-               "ICMP time exceeded to h1 itself, RELATED to the entry.",
+            _s("far-error", "a router further on reports TTL exceeded", "srv plays a router "
+               "beyond ours: its ICMP time exceeded quotes the datagram as it left (from "
+               "203.0.113.1). The quote leads to the entry: RELATED, and the router rewrites "
+               "the outer destination and the quoted source back to h1.",
+               {"send": "icmp-error", "flow": "u", "side": "server", "type": 11, "code": 0}),
+            _s("ttl-1", "h1 sends with TTL 1", "Our router may not forward it and sends ICMP "
+               "time exceeded itself. The quote is h1's datagram as it came in, never "
+               "translated: it matches no entry in either direction, so conntrack calls the "
+               "error INVALID, and it needs no translation anyway.",
                _udp("u", "client", "ttl 1", ttl=1), {"wait": 0.3}),
         ), flows={"u": _c("udp", "h1", 40041, (SRV, 5041))}),
         Scenario("invalid-leak", "INVALID packets leak without a filter rule",

@@ -18,6 +18,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from ..conntrack import show
 from ..conntrack.sysctl import DEFAULTS, Sysctl
 from ..conntrack.tuple import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 from ..packet.ipv4 import TH_ACK, TH_FIN, TH_RST, TH_SYN, Packet
@@ -42,17 +43,18 @@ class PacketPair:
     after: bytes | None
     verdict: str                    # "forwarded", "dropped", "delivered", "sent by the router"
     t: float = 0.0                  # when the router saw it (epoch seconds)
+    ctinfo: str = ""                # conntrack's verdict: NEW, ESTABLISHED, RELATED (_REPLY), INVALID
 
     def to_json(self) -> dict:
         return {"iface_in": self.iface_in, "before": self.before.hex(), "iface_out": self.iface_out,
                 "after": self.after.hex() if self.after is not None else None,
-                "verdict": self.verdict, "t": self.t}
+                "verdict": self.verdict, "t": self.t, "ctinfo": self.ctinfo}
 
     @classmethod
     def from_json(cls, d: dict) -> "PacketPair":
         return cls(d["iface_in"], bytes.fromhex(d["before"]), d["iface_out"],
                    bytes.fromhex(d["after"]) if d["after"] is not None else None,
-                   d["verdict"], d.get("t", 0.0))
+                   d["verdict"], d.get("t", 0.0), d.get("ctinfo", ""))
 
 
 @dataclass
@@ -123,17 +125,32 @@ def _tup(proto: str, t: dict) -> tuple:
 
 
 def transition(flow: sc.Flow | None, before: list[dict], after: list[dict],
-               packets: list[PacketPair]) -> Transition | None:
-    """What the step did to the flow's TCP entry: its state before and after, and the
-    direction and flags of the step's last packet of that connection."""
+               packets: list[PacketPair], events: list[str] = ()) -> Transition | None:
+    """What the step did to the flow's TCP entry: the state it left and the state it
+    reached (from the table before, the step's events and the table after: an entry a
+    RST destroyed still shows its last state), with the direction and flags of the
+    step's last packet of that connection."""
     if flow is None or flow.proto != "tcp":
         return None
     orig = flow_orig(flow)
     old, new = find_entry(before, "tcp", orig), find_entry(after, "tcp", orig)
-    entry = new or old
-    if entry is None:
+    states = [old["state"] if old else "NONE"]
+    tuples = (old["orig"], old["reply"]) if old else None
+    for line in events:
+        try:
+            p = show.parse_conntrack_line(line)
+        except (ValueError, IndexError, KeyError):
+            continue
+        if p["proto"] == IPPROTO_TCP and all(p["orig"].get(k) == v for k, v in orig.items()):
+            states.append(p["state"])
+            tuples = (p["orig"], p["reply"])
+    if new is not None:
+        states.append(new["state"])
+        tuples = (new["orig"], new["reply"])
+    if tuples is None:
         return None
-    o, r = _tup("tcp", entry["orig"]), _tup("tcp", entry["reply"])
+    seq = [st for i, st in enumerate(states) if i == 0 or st != states[i - 1]]
+    o, r = _tup("tcp", tuples[0]), _tup("tcp", tuples[1])
     last = None
     for pp in packets:
         p = Packet.parse(bytearray(pp.before))
@@ -147,9 +164,8 @@ def transition(flow: sc.Flow | None, before: list[dict], after: list[dict],
     if last is None:
         return None
     direction, p = last
-    payload = p.l4len - p.doff if p.doff else 0
-    return Transition(old["state"] if old else "NONE", new["state"] if new else "NONE",
-                      direction, tcp_flag_name(p.tcpflags, payload))
+    return Transition(seq[-2] if len(seq) > 1 else seq[-1], seq[-1], direction,
+                      tcp_flag_name(p.tcpflags, p.payload_len))
 
 
 def step_flow(scenario: sc.Scenario, step: sc.Step) -> sc.Flow | None:

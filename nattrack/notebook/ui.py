@@ -94,7 +94,11 @@ def conntrack_view(pp, entries: list[dict]) -> str:
         inner = p.embedded_packet()
         t = get_tuple(inner) if inner is not None and inner.l4ok else None
         inv = invert_tuple(t) if t is not None else None
-        return "RELATED" if inv is not None and inv in tuples else ""
+        if inv is not None and inv in tuples:
+            return "RELATED"
+        # The router's own error quotes the packet as it arrived, before NAT: icmp_send()
+        # attaches that packet's entry to the error (nf_ct_attach), RELATED as well.
+        return "RELATED" if pp.iface_in is None and t in tuples else ""
     t = get_tuple(p)
     if t is not None and t in tuples:
         return tuples[t]
@@ -202,7 +206,7 @@ class Stepper:
         self._packets: list = []
         self._ev_seen = 0
 
-        self.diagram = StateDiagramView() if self.tcp else None
+        self.diagram = StateDiagramView(timeouts=self._tcp_timeouts()) if self.tcp else None
         self.table = ConntrackTableView(title="nattrack's tracker (conntrack -L)")
         self.compare = ComparisonView(title="the tracker and the router's kernel, entry by entry")
         self.packet = PacketView(title="the packet before and after the router") if packets else None
@@ -252,6 +256,11 @@ class Stepper:
 
     def _repr_mimebundle_(self, **kw):
         return self.widget._repr_mimebundle_(**kw)
+
+    def _tcp_timeouts(self) -> dict[str, int]:
+        """The scenario's TCP timeouts (sysctl names), shown under the diagram's states."""
+        return {k.rsplit(".", 1)[-1]: int(v) for k, v in self.scenario.sysctls.items()
+                if "tcp_timeout" in k}
 
     def _roles(self) -> dict[str, Any]:
         roles = {"diagram": self.diagram, "table": self.table, "compare": self.compare,
@@ -415,7 +424,10 @@ class TimeoutsPanel(Stepper):
         return _wrap("sysctls", body, state, "timeouts in this scenario")
 
     def refresh(self) -> None:
-        """Redraw the chart, the table and the events from the session (any thread)."""
+        """Redraw the chart, the table and the events from the session (any thread);
+        nothing while the session runs another scenario (another panel's turn)."""
+        if self.session.current is not self.scenario:
+            return
         table = self.session.table()
         self.timeline.update(table, self.session.now())
         self.table.update(table)
@@ -463,8 +475,10 @@ class LiveTable:
         self.session = session
         self.table = ConntrackTableView(title="nattrack's tracker, live")
         self.compare = ComparisonView(title="tracker and kernel")
-        self.widget = widgets.VBox([self.table.widget, self.compare.widget])
+        self.refresh()                          # the first picture before the cell ends
+        _flush([self.table, self.compare])
         self.updater = Updater(self.refresh, interval, name="nattrack-live-table")
+        self.widget = widgets.VBox([self.updater.widget, self.table.widget, self.compare.widget])
 
     def refresh(self) -> None:
         table = self.session.table()
