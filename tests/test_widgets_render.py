@@ -478,3 +478,14 @@ def test_state_diagram_shows_each_state_timeout():
     assert "TIME_WAIT=7" in root.get("data-timeouts").split(",")
     with pytest.raises(ValueError, match="unknown setting"):
         state_diagram_svg(timeouts={"tcp_timeout_time_wait": 7})
+
+
+def test_timeline_axis_has_round_ticks():
+    root = parse(timeline_svg([("a", 130.0)], now=100.0, horizon=120))
+    ticks = [t.text for t in with_class(root, "nt-tick")]
+    assert ticks == ["0 s", "20 s", "40 s", "60 s", "80 s", "100 s", "120 s"]
+    long_label = "udp 192.168.122.148:41000 > 203.0.113.10:53 " + "x" * 40
+    root = parse(timeline_svg([(long_label, 130.0)], now=100.0, horizon=30))
+    bar = with_class(root, "nt-bar")[0]
+    assert bar.get("data-flow") == long_label                  # whole in the data
+    assert bar.find(SVG + "text").text.endswith("…")           # clipped on screen

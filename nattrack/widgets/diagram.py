@@ -74,7 +74,7 @@ SVG_STYLE = (
     ".nt-caption{font-size:19px;font-weight:bold}"
     ".nt-caption-hl{fill:" + HL + "!important}"
     # timeline
-    ".nt-bar text{font-size:12px;dominant-baseline:central}"
+    ".nt-bar text{font-size:13px;dominant-baseline:central}"
     ".nt-bar rect.nt-track{fill:rgba(128,128,128,.15)}"
     ".nt-bar rect.nt-fill{fill:" + BLUE + "}"
     ".nt-bar.nt-est rect.nt-fill{fill:" + GREEN + "}"
@@ -507,7 +507,6 @@ def _svg(width: int, height: float, kind: str, body: str,
 
 # --------------------------------------------------------------------------- timeline
 
-TIMELINE_WIDTH = 1020
 _EST = {"ESTABLISHED", "ASSURED"}
 _CLOSING = {"FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "SYN_RECV"}
 _ENDED = {"TIME_WAIT", "CLOSE"}
@@ -568,15 +567,28 @@ def _bar_class(state: str | None) -> str | None:
     return "nt-ended" if state in _ENDED else None
 
 
+def _clip(label: str, n: int = 58) -> str:
+    return label if len(label) <= n else label[:n - 1] + "…"
+
+
+def axis_ticks(horizon: float) -> list[float]:
+    """0 and round steps (1, 2, 5, 10, 15, 30, 60 s, ...) up to ``horizon``, at most 7."""
+    steps = [0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600]
+    step = next((st for st in steps if horizon / st <= 6), horizon / 6)
+    return [i * step for i in range(int(horizon / step + 1e-9) + 1)]
+
+
 def timeline_parts(entries: Iterable[Any], now: float, horizon: float,
                    destroyed: Iterable[tuple[str, float]] = ()
                    ) -> tuple[dict[str, Any], str, float]:
-    """(state, SVG body, height) of :func:`timeline_svg`."""
+    """(state, SVG body, height, width) of :func:`timeline_svg`."""
     if horizon <= 0:
         raise ValueError("horizon must be positive")
     rows = [timeline_entry(e) for e in entries]
     gone = list(destroyed)
-    label_w, state_w, bar_w, row_h, top = 330, 110, 420, 24, 14
+    longest = max([len(r["label"]) for r in rows] + [len(g[0]) for g in gone] + [24])
+    label_w = min(8 * longest + 14, 480)                # 13 px monospace, clipped past 60
+    state_w, bar_w, row_h, top = 105, 340, 24, 14
     x0 = label_w + state_w
     n = len(rows) + len(gone)
     axis_y = top + row_h * max(n, 1) + 4
@@ -594,7 +606,7 @@ def timeline_parts(entries: Iterable[Any], now: float, horizon: float,
         attrs = data_attrs({"flow": r["label"], "state": r["state"],
                             "remaining": f"{max(left, 0):.1f}"})
         parts.append(f'<g class="{cls}"{attrs}>'
-                     f'<text x="4" y="{y + row_h / 2}">{esc(r["label"])}</text>'
+                     f'<text x="4" y="{y + row_h / 2}">{esc(_clip(r["label"]))}</text>'
                      f'<text class="nt-st" x="{label_w}" y="{y + row_h / 2}">'
                      f'{esc(r["state"] or "")}</text>'
                      f'<rect class="nt-track" x="{x0}" y="{y + 4}" width="{bar_w}" '
@@ -607,7 +619,7 @@ def timeline_parts(entries: Iterable[Any], now: float, horizon: float,
         ago = max(0.0, now - when)
         attrs = data_attrs({"flow": label, "destroyed": f"{when:g}"})
         parts.append(f'<g class="nt-bar nt-destroyed"{attrs}>'
-                     f'<text x="4" y="{y + row_h / 2}">{esc(label)}</text>'
+                     f'<text x="4" y="{y + row_h / 2}">{esc(_clip(label))}</text>'
                      f'<text class="nt-mark" x="{label_w}" y="{y + row_h / 2}">✕ DESTROY</text>'
                      f'<text x="{x0}" y="{y + row_h / 2}">'
                      f'{esc(f"gone {ago:.0f} s ago")}</text></g>')
@@ -615,15 +627,15 @@ def timeline_parts(entries: Iterable[Any], now: float, horizon: float,
         parts.append(f'<text class="nt-note" x="4" y="{top + row_h / 2 + 2}">no entries</text>')
     parts.append(f'<line class="nt-axis" x1="{x0}" y1="{axis_y}" x2="{x0 + bar_w}" '
                  f'y2="{axis_y}"/>')
-    for frac in (0, 0.25, 0.5, 0.75, 1):
-        x = x0 + frac * bar_w
+    for tick in axis_ticks(horizon):
+        x = x0 + tick / horizon * bar_w
         parts.append(f'<text class="nt-tick" x="{x:.1f}" y="{axis_y + 14}">'
-                     f'{esc(f"{horizon * frac:g} s")}</text>')
+                     f'{esc(f"{tick:g} s")}</text>')
     state = {"view": "timeline", "entries": len(rows),
              "expired": sum(1 for r in rows if r["deadline"] <= now),
              "destroyed": [label for label, _ in gone],
              "flows": [r["label"] for r in rows], "now": now, "horizon": horizon}
-    return state, "".join(parts), axis_y + 24
+    return state, "".join(parts), axis_y + 24, x0 + bar_w + 160
 
 
 def timeline_svg(entries: Iterable[Any], now: float, horizon: float,
@@ -632,5 +644,5 @@ def timeline_svg(entries: Iterable[Any], now: float, horizon: float,
     on a scale of ``horizon`` seconds (longer bars are clipped), coloured by state;
     expired entries (remaining <= 0, not yet collected) are ``nt-expired``.
     ``destroyed`` adds a ``✕ DESTROY`` row per (label, time it went)."""
-    state, body, height = timeline_parts(entries, now, horizon, destroyed)
-    return _svg(TIMELINE_WIDTH, height, "timeline", body, state)
+    state, body, height, width = timeline_parts(entries, now, horizon, destroyed)
+    return _svg(width, height, "timeline", body, state)

@@ -56,7 +56,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import ipywidgets as widgets
 
-from .diagram import TIMELINE_WIDTH, _svg, diagram_parts, timeline_parts
+from .diagram import _svg, diagram_parts, timeline_parts
 from .render import (_wrap, comparison_parts, esc, event_line, event_parts, mode_banner_html,
                      normalize_entries, packet_parts, table_parts, widget_state)
 
@@ -308,9 +308,8 @@ class TimelineView(_View):
 
     def _render(self) -> tuple[dict[str, Any], str]:
         gone = sorted(self._gone.items(), key=lambda kv: kv[1])
-        state, body, height = timeline_parts(self._rows, self._now, self.horizon, gone)
-        return state, _wrap(self.kind, _svg(TIMELINE_WIDTH, height, "timeline", body),
-                            state, self.title)
+        state, body, height, width = timeline_parts(self._rows, self._now, self.horizon, gone)
+        return state, _wrap(self.kind, _svg(width, height, "timeline", body), state, self.title)
 
 
 class EventLogView(_View):
