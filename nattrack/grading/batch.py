@@ -162,7 +162,7 @@ def main_grade(args) -> int:
     try:
         if args.package:
             from .package import build_package
-            if len(args.submissions) > 1:
+            if args.submissions:
                 raise GradeError("--package takes no submissions: nattrack grade --package "
                                  "gradescope LAB [--out DIR]")
             path = build_package(args.package, args.lab, args.out, hidden=args.hidden)

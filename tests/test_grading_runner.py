@@ -1,0 +1,248 @@
+"""`nattrack grade` and `nattrack lab check` on the grader's fixture lab (tests/grading/).
+
+The fixture lab has a solution, a student skeleton with three TODOs, public tests (partial
+credit, a per-student variant, answers read as text) and an instructor's hidden test.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from nattrack.grading.runner import GradeError, Grader, load_lab, variant_for
+from tests.grading.schemas import Invalid, validate_gradescope, validate_junit, xsd_validate
+
+REPO = Path(__file__).resolve().parents[1]
+GRADING = REPO / "tests" / "grading"
+LAB = GRADING / "fixture-lab"
+HIDDEN = GRADING / "hidden-fixture"
+
+
+def nattrack(*args, cwd="/", env=None):
+    return subprocess.run([sys.executable, "-m", "nattrack.cli.main", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, cwd=cwd,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})))
+
+
+@pytest.fixture
+def tmp():
+    d = Path(tempfile.mkdtemp(prefix="nt-grade-"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def grader():
+    with Grader(LAB, hidden=HIDDEN, mode="offline") as g:
+        yield g
+
+
+def by_number(results):
+    return {t.number: t for t in results.tests}
+
+
+def test_solution_full_marks_student_fails_its_todos(grader):
+    sol = grader.grade(LAB / "solution")
+    assert sol.total == sol.max_total == 11 and sol.failures == 0
+    stu = by_number(grader.grade(LAB / "student"))
+    todo_tests = {n for todo in grader.lab.todos for n in todo["tests"]}
+    failed = {n for n, t in stu.items() if not t.passed}
+    assert failed == todo_tests | {"9.1"}
+    assert stu["1.1"].output == ("tcp_states.next_state raised NotImplementedError: TODO 1: "
+                                 "next_state() (tcp_states.py, line 6)")
+    assert stu["2.2"].score == 0.5 and stu["2.2"].output == "partial credit: 25%"
+    assert stu["2.1"].output == "timeout_for('ESTABLISHED') = 0, expected 432000"
+
+
+def test_probe_comes_first_and_says_the_mode(grader):
+    res = grader.grade(LAB / "solution")
+    probe = res.tests[0]
+    assert probe.number == "0" and probe.visibility == "visible" and probe.max_score == 0
+    assert probe.output.startswith("Grading mode: offline only (--mode offline)")
+    assert "no network" in probe.output or "without a file-system jail" in probe.output
+
+
+def test_tests_from_the_hidden_folder_are_hidden(grader):
+    t = [lt for lt in grader.tests if lt.hidden_folder]
+    assert [lt.spec.number for lt in t] == ["9.1"] and t[0].spec.visibility == "hidden"
+
+
+def test_variants_are_deterministic_and_differ(tmp):
+    lab = load_lab(LAB)
+    assert variant_for(lab, None) == {}
+    a, b = variant_for(lab, "alice"), variant_for(lab, "alice")
+    assert a == b and set(a) == {"udp_timeout", "port"}
+    assert a["udp_timeout"] in (20, 25, 30, 45) and 20000 <= a["port"] <= 20990
+    assert a["port"] % 10 == 0
+    assert len({tuple(variant_for(lab, f"s{i}").items()) for i in range(20)}) > 5
+    # the student id reaches ctx.variant: an answers.txt with the right value passes
+    sub = tmp / "alice"
+    shutil.copytree(LAB / "solution", sub)
+    (sub / "answers.txt").write_text(f"udp_timeout = {a['udp_timeout']}\n")
+    r = nattrack("grade", LAB, sub, "--out", tmp / "out", "--student-id", "alice",
+                 "--mode", "offline")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp / "out" / "alice" / "results.json").read_text())
+    assert {t["number"]: t["status"] for t in res["tests"]}["3.1"] == "passed"
+    assert f"udp_timeout={a['udp_timeout']}" in res["output"]
+    other = next(i for i in range(100) if variant_for(lab, f"x{i}")["udp_timeout"]
+                 != a["udp_timeout"])
+    r = nattrack("grade", LAB, sub, "--out", tmp / "out2", "--student-id", f"x{other}",
+                 "--mode", "offline")
+    res = json.loads((tmp / "out2" / f"x{other}" / "results.json").read_text())
+    t31 = {t["number"]: t for t in res["tests"]}["3.1"]
+    assert t31["status"] == "failed" and "answers.txt should say udp_timeout" in t31["output"]
+
+
+def test_outputs_validate_against_the_schemas(tmp):
+    klass = tmp / "class"
+    for name in ("solution", "student"):
+        shutil.copytree(LAB / name, klass / name)
+    r = nattrack("grade", LAB, klass, "--out", tmp / "out", "--hidden", HIDDEN, "--mode",
+                 "offline")
+    assert r.returncode == 0, r.stderr
+    for sid in ("solution", "student"):
+        d = tmp / "out" / sid
+        validate_gradescope(json.loads((d / "results.json").read_text()))
+        validate_gradescope(json.loads((d / "results-student.json").read_text()))
+        validate_junit((d / "junit.xml").read_text())
+        payload = json.loads(base64.b64decode((d / "classroom.txt").read_text()))
+        assert payload["version"] == 1 and payload["status"] in ("pass", "fail")
+        assert (d / "summary.txt").read_text().startswith("Score: ")
+    rows = (tmp / "out" / "class.csv").read_text().splitlines()
+    assert rows[0] == "student_id,number,name,score,max_score,status,visibility"
+    assert len(rows) == 1 + 2 * 7
+    assert "student,2.2,Every timeout (partial credit),0.5,2,failed,visible" in rows
+
+
+def test_the_validators_reject_bad_documents():
+    with pytest.raises(Exception):
+        validate_gradescope({"tests": [{"score": 1, "status": "ok"}]})
+    with pytest.raises(Exception):
+        validate_gradescope({"tests": [{"score": 1, "visibility": "secret"}]})
+    with pytest.raises(Exception):
+        validate_gradescope({"output": "no score, no tests"})
+    xsd = (GRADING / "junit.xsd").read_text()
+    good = ('<testsuites><testsuite name="s" tests="1"><properties><property name="a" '
+            'value="1"/></properties><testcase name="t" time="0.1"><failure message="m">x'
+            '</failure></testcase></testsuite></testsuites>')
+    xsd_validate(good, xsd)
+    for bad in (good.replace(' name="t"', ""),                               # required
+                good.replace('tests="1"', 'tests="-1"'),                     # type
+                good.replace('<failure', '<properties/><failure'),           # no properties
+                good.replace('time="0.1"', 'time="0.1" score="2"'),          # unknown attr
+                good.replace("<testsuites>", "<testsuites><bogus/>")):       # undeclared
+        with pytest.raises(Invalid):
+            xsd_validate(bad, xsd)
+
+
+def test_offline_mode_reports_live_tests_as_not_run(tmp):
+    lab = tmp / "lab"
+    shutil.copytree(LAB, lab)
+    (lab / "tests" / "test_live.py").write_text(
+        "from nattrack.labs.testing import test\n\n"
+        "@test(points=5, number='5.1', name='Live: a ping', mode='live')\n"
+        "def ping(ctx):\n"
+        "    assert ctx.live.exec('h1', ['ping', '-c1', '203.0.113.10']).returncode == 0\n")
+    with Grader(lab, mode="offline") as g:
+        res = g.grade(lab / "solution")
+    t = by_number(res)["5.1"]
+    assert t.max_score == 0 and t.status == "failed" and "not-run" in t.tags
+    assert t.output.startswith("not run: this is a live test (5 points when graded live)")
+    assert res.total == res.max_total == 8
+    assert "1 live test(s) were not run" in res.tests[0].output
+
+
+def test_a_test_that_breaks_is_the_instructors_problem(tmp):
+    lab = tmp / "lab"
+    shutil.copytree(LAB, lab)
+    (lab / "tests" / "test_buggy.py").write_text(
+        "from nattrack.labs.testing import test\n\n"
+        "@test(points=1, number='6.1', name='buggy')\n"
+        "def buggy(ctx):\n"
+        "    return {}['missing']\n\n"
+        "@test(points=1, number='6.2', name='slow', timeout=1)\n"
+        "def slow(ctx):\n"
+        "    import time; time.sleep(5)\n\n"
+        "@test(points=1, number='6.3', name='odd')\n"
+        "def odd(ctx):\n"
+        "    return 'yes'\n")
+    r = nattrack("grade", lab, lab / "solution", "--out", tmp / "out", "--mode", "offline")
+    assert r.returncode == 0, r.stderr
+    res = {t["number"]: t for t in
+           json.loads((tmp / "out" / "solution" / "results.json").read_text())["tests"]}
+    assert res["6.1"]["output"].startswith("the test itself failed (KeyError: 'missing' at "
+                                           "test_buggy.py line 5)")
+    assert res["6.2"]["output"] == "timed out after 1 s"
+    assert "not a fraction" in res["6.3"]["output"]
+    assert "test 6.1 (test_buggy.py) raised KeyError" in (tmp / "out" / "grader.log").read_text()
+    assert "see " in r.stdout and "grader.log" in r.stdout
+
+
+def test_misuse_is_exit_2_with_one_line(tmp):
+    cases = [
+        (["grade", tmp, LAB / "solution"], "no lab.toml here"),
+        (["grade", LAB], "which submissions?"),
+        (["grade", LAB, tmp / "nope"], "not a folder"),
+        (["grade", LAB, LAB / "solution", "--hidden", tmp / "nope"], "--hidden"),
+        (["grade", "--package", "gradescope", LAB, LAB / "solution"], "--package takes no"),
+    ]
+    for args, text in cases:
+        r = nattrack(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert text in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    bad = tmp / "badlab"
+    shutil.copytree(LAB, bad)
+    (bad / "tests" / "test_dup.py").write_text(
+        "from nattrack.labs.testing import test\n\n"
+        "@test(points=1, number='1.1', name='dup')\n"
+        "def dup(ctx):\n    pass\n")
+    with pytest.raises(GradeError, match="test number 1.1 is also used"):
+        Grader(bad)
+
+
+def test_a_class_folder_and_a_zip_of_a_folder(tmp):
+    klass = tmp / "class"
+    shutil.copytree(LAB / "solution", klass / "ann" / "lab99")      # one folder down
+    shutil.copytree(LAB / "student", klass / "bob")
+    (klass / "notes").mkdir()                                         # not a submission
+    r = nattrack("grade", LAB, klass, "--out", tmp / "out", "--mode", "offline", "--jobs", "2")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp / "out").iterdir() if p.is_dir()) == ["ann", "bob"]
+    ann = json.loads((tmp / "out" / "ann" / "results.json").read_text())
+    assert sum(t["score"] for t in ann["tests"]) == 7                 # 3.1: ann's variant
+    assert "[2/2]" in r.stdout
+
+
+def test_lab_check_names_each_unmet_todo(tmp):
+    r = nattrack("lab", "check", LAB)
+    assert r.returncode == 1, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines == [
+        "TODO 1 (lab 99): next_state(): the transitions -- tcp_states.next_state raised "
+        "NotImplementedError: TODO 1: next_state() (tcp_states.py, line 6)",
+        "TODO 2 (lab 99): timeout_for(): the timeouts -- timeout_for('ESTABLISHED') = 0, "
+        "expected 432000",
+        "TODO 3 (lab 99): answers.txt: your UDP timeout -- answers.txt still has a question mark",
+        "0 of 3 TODOs done, 0 of 5 tests pass, 0.5/8 points",
+    ]
+    sub = tmp / "mine"
+    shutil.copytree(LAB / "student", sub)
+    shutil.copy(LAB / "solution" / "tcp_states.py", sub)
+    r = nattrack("lab", "check", "--dir", sub, cwd=LAB)               # the lab from the cwd
+    assert r.returncode == 1
+    assert r.stdout.strip().splitlines() == [
+        "TODO 3 (lab 99): answers.txt: your UDP timeout -- answers.txt still has a question mark",
+        "2 of 3 TODOs done, 4 of 5 tests pass, 7/8 points"]
+    r = nattrack("lab", "check", "--dir", LAB / "solution", cwd=LAB / "student")
+    assert r.returncode == 0 and r.stdout.strip() == "3 of 3 TODOs done, 5 of 5 tests pass, 8/8 points"
+    r = nattrack("lab", "check", cwd=tmp)
+    assert r.returncode == 2 and "which lab?" in r.stderr
