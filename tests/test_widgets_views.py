@@ -316,13 +316,13 @@ def test_mode_banner():
 # --------------------------------------------------------------------------- throttling, stop
 
 def test_updates_are_coalesced_and_the_last_one_wins():
-    v = EventLogView()
-    settle(v)
+    v = EventLogView(min_interval=0.6)              # long enough for a slow, busy machine
     base = v.renders
     for i in range(200):                            # a burst from a fast packet loop
         v.append(f"    [NEW] udp      17 30 src=10.0.0.{i % 250} dst=1.1.1.1 sport=1 dport=2")
     assert v.renders == base + 1                    # the first drawn at once, the rest wait
-    time.sleep(MIN_INTERVAL + 0.15)
+    assert v.state["events"] == 1
+    time.sleep(0.6 + 0.2)
     assert v.renders == base + 2                    # one trailing render with all of them
     assert v.state["events"] == 200
 
@@ -337,7 +337,7 @@ def test_at_most_five_renders_a_second():
         n += 1
         time.sleep(0.002)
     time.sleep(MIN_INTERVAL + 0.1)
-    assert n > 100
+    assert n > 50
     assert v.renders - base <= 1 / MIN_INTERVAL + 2
     assert v.state["now"] == n - 1                  # nothing lost at the end
 
