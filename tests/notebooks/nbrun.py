@@ -131,12 +131,19 @@ class Run:
     probe: dict = field(default_factory=dict)
 
 
+# Injected first and last: every thread the notebook's cells start (Thread.start is
+# wrapped, so threads that ended before the last cell count too), and the kernel's uid.
 PROBE_FIRST = ("import threading as _nt_threading\n"
-               "_nt_threads0 = {t.ident for t in _nt_threading.enumerate()}")
+               "_nt_started = []\n"
+               "_nt_start = _nt_threading.Thread.start\n"
+               "def _nt_record(self, *a, **kw):\n"
+               "    _nt_started.append(self.name)\n"
+               "    return _nt_start(self, *a, **kw)\n"
+               "_nt_threading.Thread.start = _nt_record")
 PROBE_LAST = ("import json as _nt_json, os as _nt_os\n"
-              "print('NT-PROBE ' + _nt_json.dumps({'uid': _nt_os.getuid(), 'new_threads': "
-              "sorted(t.name for t in _nt_threading.enumerate() if t.ident not in _nt_threads0 "
-              "and t.is_alive())}))")
+              "_nt_threading.Thread.start = _nt_start\n"
+              "print('NT-PROBE ' + _nt_json.dumps({'uid': _nt_os.getuid(), "
+              "'new_threads': _nt_started}))")
 
 
 def execute(name: str, params: dict, env: dict[str, str], user: KernelUser | None = None,

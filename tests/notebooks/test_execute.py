@@ -1,0 +1,210 @@
+"""Every notebook, executed headless (nbclient, per-cell timeouts, widget state stored),
+in replay mode (no root) and in live mode (root: the classroom lab, the kernel as
+nobody), with assertions on the stored widget values: the TCP states and transitions,
+the rewritten tuples, expiry and DESTROY, RELATED and INVALID.
+
+Expectations come from the kernel's behaviour (tcp_conntracks[], nf_nat, icmp_error(),
+early_drop()), not from the engine: in live mode the kernel's own table is compared
+too, and must agree.
+"""
+from __future__ import annotations
+
+import pytest
+
+from . import nbrun
+from .nbrun import NOTEBOOKS, panel, split, views
+
+PRIVATE = ("10.0.0.10", "10.0.0.11")
+
+
+def steps(nb, scenario):
+    p = panel(nb, scenario)
+    return p, split(p["steps"]["transitions"]), split(p["steps"]["states"])
+
+
+def rows(view, **match):
+    return [r for r in view["_rows"] if all(r.get(f"data-{k}") == v for k, v in match.items())]
+
+
+def agree(p, live: bool):
+    """The kernel's table beside the tracker's: recorded (replay) or read (live); equal."""
+    cmp = p["compare"]
+    assert cmp["same"] == "true", f"tracker and kernel differ: {cmp}"
+    assert cmp["kernel"] == cmp["python"]
+
+
+# -- per notebook -------------------------------------------------------------------------
+
+def check_00(nb, live):
+    p, _, _ = steps(nb, "ping")
+    flows = split(p["table"]["flows"])
+    assert any(f.startswith("icmp 10.0.0.10") for f in flows), flows
+    assert "src" in split(p["packet"]["changed"]) or "dst" in split(p["packet"]["changed"])
+    p, _, _ = steps(nb, "udp")
+    assert split(p["table"]["flows"]) == ["udp 10.0.0.10:40010 > 203.0.113.10:5010"]
+    row = rows(p["table"])[0]
+    assert "UNREPLIED" not in row.get("data-flags", ""), row        # the answer came
+    assert int(p["events"]["new"]) == 1
+    agree(p, live)
+
+
+def check_01(nb, live):
+    p, tr, st = steps(nb, "handshake")
+    assert tr[:3] == ["NONE>SYN_SENT", "SYN_SENT>SYN_RECV", "SYN_RECV>ESTABLISHED"]
+    assert tr[5:] == ["ESTABLISHED>FIN_WAIT", "FIN_WAIT>CLOSE_WAIT", "CLOSE_WAIT>LAST_ACK",
+                      "LAST_ACK>TIME_WAIT"]
+    d = p["diagram"]
+    assert (d["state"], d["prev"], d["dir"], d["flag"]) == ("TIME_WAIT", "LAST_ACK", "ORIGINAL",
+                                                            "ACK")
+    assert split(p["table"]["states"]) == ["TIME_WAIT"]
+    assert "ASSURED" in rows(p["table"])[0]["data-flags"]
+    agree(p, live)
+
+    p, tr, _ = steps(nb, "rst")
+    assert tr[-1] == "ESTABLISHED>CLOSE" and p["diagram"]["flag"] == "RST"
+    assert split(p["table"]["states"]) == ["CLOSE"]
+    agree(p, live)
+
+    p, tr, st = steps(nb, "simultaneous-close")
+    assert tr[3] == "ESTABLISHED>FIN_WAIT"
+    assert tr[4] == "FIN_WAIT>LAST_ACK"          # a FIN in the reply direction (sFW, rFIN: sLA)
+    assert st[-1] == "TIME_WAIT"
+    agree(p, live)
+
+    p, tr, st = steps(nb, "half-close")
+    assert st[3:7] == ["FIN_WAIT", "CLOSE_WAIT", "CLOSE_WAIT", "CLOSE_WAIT"]  # data: no change
+    assert st[-1] == "TIME_WAIT"
+    agree(p, live)
+
+    p, tr, _ = steps(nb, "closed-port")
+    assert p["diagram"]["state"] == "CLOSE" and p["diagram"]["flag"] == "RST"
+    assert p["diagram"]["dir"] == "REPLY"
+    # the RST from srv, rewritten back to h1
+    assert split(p["packet"]["changed"])[:1] == ["dst"]
+    assert "10.0.0.10.40005" in p["packet"]["after"] and "[R" in p["packet"]["after"]
+    assert int(p["events"]["destroy"]) >= 1
+    assert "INVALID" not in p["steps"]["ct"]
+
+
+def check_02(nb, live):
+    p, _, _ = steps(nb, "rewrite")
+    syn_ack = p["packet"]                                 # the step's last packet: the reply
+    assert set(split(syn_ack["changed"])) >= {"dst", "ip_csum", "l4_csum"}
+    assert "src" not in split(syn_ack["changed"])
+    row = rows(p["table"])[0]
+    assert row["data-orig"] == "10.0.0.10:40020 -> 203.0.113.10:5020"
+    assert row["data-reply"] == "203.0.113.10:5020 -> 203.0.113.1:40020"
+    agree(p, live)
+
+    p, _, _ = steps(nb, "clash")
+    by_src = {r["data-orig"].split(" ")[0]: r for r in rows(p["table"])}
+    h1, h2 = by_src["10.0.0.10:40021"], by_src["10.0.0.11:40021"]
+    assert h1["data-reply"].endswith("203.0.113.1:40021")          # kept
+    port2 = int(h2["data-reply"].rsplit(":", 1)[1])
+    assert h2["data-reply"].split(" -> ")[1].startswith("203.0.113.1:") and port2 != 40021
+    assert "10.0.0.11.40021" in p["packet"]["after"]                # the answer reached h2
+    agree(p, live)
+
+    p, _, _ = steps(nb, "snat-range")
+    ports = [int(r["data-reply"].rsplit(":", 1)[1]) for r in rows(p["table"])]
+    assert len(ports) == 2 and len(set(ports)) == 2
+    assert all(20000 <= x <= 20009 for x in ports), ports
+    agree(p, live)
+
+    p, tr, _ = steps(nb, "port-forward")
+    row = rows(p["table"])[0]
+    assert row["data-orig"].endswith("-> 203.0.113.1:8080")
+    assert row["data-reply"].startswith("10.0.0.11:5080 ->")
+    assert tr[-1] == "SYN_RECV>ESTABLISHED"
+    agree(p, live)
+
+
+def check_03(nb, live):
+    p, _, st = steps(nb, "udp-assured")
+    assert p["sysctls"]["applied"] == "2"
+    assert split(p["table"]["flows"]) == []                 # expired and gone
+    assert int(p["events"]["destroy"]) >= 1                # ... and collected: DESTROY
+    tl = p["timeline"]
+    assert "udp 10.0.0.10:40030" in tl["destroyed"], tl
+    log = rows(p["steps"])
+    assert [r["data-step"] for r in log] == ["question", "answer", "again", "expire"]
+
+    p, tr, st = steps(nb, "time-wait")
+    assert "LAST_ACK>TIME_WAIT" in tr
+    assert st[-1] == "-"                                    # TIME_WAIT ran out
+    assert int(p["events"]["destroy"]) >= 1
+
+    stats = [v for v in views(nb) if v["view"] == "ct-stats"]
+    assert len(stats) == 1
+    s = stats[0]
+    assert int(s["early-drop"]) >= 1 and int(s["entries"]) <= int(s["max"])
+    table = [v for v in views(nb) if v["view"] == "table" and v["_model"] not in
+             {x["_model"] for sc in ("udp-assured", "time-wait") for x in panel(nb, sc).values()}]
+    assert any("ESTABLISHED" in split(t["states"]) for t in table)   # the ASSURED one stayed
+
+
+def check_04(nb, live):
+    p, _, _ = steps(nb, "port-unreachable")
+    assert "RELATED" in p["steps"]["ct"]
+    changed = split(p["packet"]["changed"])
+    assert "dst" in changed and any(k.startswith("inner_") for k in changed), changed
+    assert "10.0.0.10" in p["packet"]["after"]
+
+    p, _, _ = steps(nb, "ttl-exceeded")
+    last = p["steps"]["ct"].split(";")[-1]        # the router's own time exceeded
+    assert "RELATED" in last, p["steps"]
+
+    p, _, _ = steps(nb, "invalid-leak")
+    assert p["steps"]["ct"] == "INVALID"
+    assert p["steps"]["verdicts"].startswith("forwarded")
+    assert "10.0.0.10.40042" in p["packet"]["after"]          # leaked untranslated
+    assert split(p["table"]["flows"]) == []
+
+    p, tr, _ = steps(nb, "firewall")
+    assert tr[:3] == ["NONE>SYN_SENT", "SYN_SENT>SYN_RECV", "SYN_RECV>ESTABLISHED"]
+    last = split(p["steps"]["verdicts"].split(";")[-1])
+    assert last and all(v.startswith("dropped") for v in last), p["steps"]["verdicts"]
+    bare = split(p["steps"]["verdicts"].split(";")[-2])
+    assert bare and all(v.startswith("dropped") for v in bare)
+    assert len(split(p["table"]["flows"])) == 1             # the unsolicited SYN: no entry
+    agree(p, live)
+
+
+CHECKS = {"00-welcome": check_00, "01-tcp-states": check_01, "02-snat": check_02,
+          "03-timeouts": check_03, "04-related-and-invalid": check_04}
+
+
+def check_common(run, mode: str, user) -> None:
+    banner = [v for v in views(run.nb) if v["view"] == "mode"]
+    assert [b["mode"] for b in banner] == [mode]
+    if user.uid is not None:
+        assert run.probe["uid"] == user.uid, "the kernel must run unprivileged"
+
+
+# -- the runs -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_replay(name, replay_user):
+    env = nbrun.kernel_env(replay_user, {"NATTRACK_RUN_DIR": "/nonexistent-nattrack"})
+    run = nbrun.execute(name, {"MODE": "replay"}, env, user=replay_user)
+    check_common(run, "replay", replay_user)
+    CHECKS[name](run.nb, live=False)
+    if name == "00-welcome":          # its live table refreshes on a thread (not under grading)
+        assert "nattrack-live-table" in run.probe["new_threads"]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_live(name, live_lab):
+    env = nbrun.kernel_env(live_lab.user, {"NATTRACK_RUN_DIR": str(live_lab.run_dir)})
+    run = nbrun.execute(name, {"MODE": "live"}, env, user=live_lab.user)
+    check_common(run, "live", live_lab.user)
+    CHECKS[name](run.nb, live=True)
+
+
+def test_grading_starts_no_thread(replay_user):
+    """NATTRACK_GRADING: static snapshots, no background thread (00 has a live table)."""
+    env = nbrun.kernel_env(replay_user, {"NATTRACK_RUN_DIR": "/nonexistent-nattrack",
+                                         "NATTRACK_GRADING": "1"})
+    run = nbrun.execute("00-welcome", {"MODE": "replay"}, env, user=replay_user)
+    assert run.probe["new_threads"] == []
+    CHECKS["00-welcome"](run.nb, live=False)
