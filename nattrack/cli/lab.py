@@ -83,7 +83,7 @@ def _short_path(path: str | None) -> str:
 # --- up ----------------------------------------------------------------------------------
 
 def lab_up(topo: str, mode: str, rules: str | None, sysctls: list[str],
-           paths: Paths | None = None, quiet: bool = False) -> int:
+           paths: Paths | None = None, quiet: bool = False, plugin: str | None = None) -> int:
     from ..lab import mininet_available
     paths = paths or Paths()
     _need_root("lab up")
@@ -115,18 +115,35 @@ def lab_up(topo: str, mode: str, rules: str | None, sysctls: list[str],
             done = force_clean(paths)
             print(f"nattrack: cleared what a crashed lab left behind ({len(done)} item(s))",
                   file=sys.stderr)
-        return _spawn(paths, lock_fd, topo, mode, rules, sysctls, quiet)
+        return _spawn(paths, lock_fd, topo, mode, rules, sysctls, quiet, _plugin_arg(plugin, mode))
     finally:
         os.close(lock_fd)
 
 
+def _plugin_arg(plugin: str | None, mode: str) -> str | None:
+    """``LAB_DIR=SUBMISSION_DIR`` checked and made absolute (the service runs in /)."""
+    if not plugin:
+        return None
+    from ..labs.manifest import load
+    from ..labs.plugin import parse_spec
+    if mode != "python":
+        raise LabError("--plugin runs a lab submission in the router: python mode only")
+    lab_dir, sub = parse_spec(plugin)
+    load(lab_dir)
+    if not sub.is_dir():
+        raise LabError(f"--plugin: {sub}: no such submission folder")
+    return f"{lab_dir.resolve()}={sub.resolve()}"
+
+
 def _spawn(paths: Paths, lock_fd: int, topo: str, mode: str, rules: str | None,
-           sysctls: list[str], quiet: bool) -> int:
+           sysctls: list[str], quiet: bool, plugin: str | None = None) -> int:
     lab_id = uuid.uuid4().hex[:12]
     argv = [sys.executable, "-m", "nattrack.lab.daemon", "--topo", topo, "--mode", mode,
             "--run-dir", str(paths.dir), "--id", lab_id]
     if rules:
         argv += ["--rules", os.path.abspath(rules)]
+    if plugin:
+        argv += ["--plugin", plugin]
     for kv in sysctls:
         argv += ["--sysctl", kv]
     r, w = os.pipe()
@@ -319,7 +336,7 @@ def _pump_stdin(s) -> None:
 def cmd_lab(args) -> int:
     try:
         if args.lab_cmd == "up":
-            return lab_up(args.topo, args.mode, args.rules, args.sysctl or [])
+            return lab_up(args.topo, args.mode, args.rules, args.sysctl or [], plugin=args.plugin)
         if args.lab_cmd == "status":
             return lab_status(args.json)
         if args.lab_cmd == "down":
@@ -359,6 +376,9 @@ def register(sub) -> None:
                          "and nattrack shadows it")
     up.add_argument("--rules", metavar="FILE", help="rules for the primary router instead of "
                                                     "the topology's")
+    up.add_argument("--plugin", metavar="LAB_DIR=SUBMISSION_DIR",
+                    help="the router runs a lab submission's pieces in place of the engine's "
+                         "(python mode; it drops root to nobody before importing them)")
     up.add_argument("--sysctl", action="append", metavar="KEY=VALUE",
                     help="a conntrack setting (kernel name), repeatable")
     st = ls.add_parser("status", help="the running lab's nodes and addresses")

@@ -546,7 +546,8 @@ class LabService:
             self.labnet = LabNet(self.args.topo, mode=self.args.mode, rules=self.args.rules,
                                  sysctls=sysctls, paths=self.paths,
                                  progress=lambda m: print(f"lab: {m}", flush=True),
-                                 on_record=self.on_record)
+                                 on_record=self.on_record, plugin=self.args.plugin,
+                                 run_as=self.args.run_as)
             self.labnet.start()
             self.api = LocalLab(self.labnet)
             self._listen()
@@ -614,6 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topo", default="basic")
     p.add_argument("--mode", default="python", choices=("python", "kernel"))
     p.add_argument("--rules")
+    p.add_argument("--plugin")                       # LAB_DIR=SUBMISSION_DIR for the primary router
+    p.add_argument("--run-as")
     p.add_argument("--sysctl", action="append", default=[])
     p.add_argument("--run-dir", required=True)
     p.add_argument("--id", required=True)

@@ -22,7 +22,8 @@ class LabNet:
     def __init__(self, topo: str | NatTopo = "basic", mode: str = "python",
                  rules: str | None = None, sysctls: dict[str, str] | None = None,
                  paths: Paths | None = None, progress: Callable[[str], None] | None = None,
-                 on_record: Callable[[dict], None] | None = None) -> None:
+                 on_record: Callable[[dict], None] | None = None,
+                 plugin: str | None = None, run_as: str | None = None) -> None:
         problem = mininet_available()
         if problem:
             raise LabError(problem)
@@ -34,7 +35,7 @@ class LabNet:
         else:
             cls = get_topology(topo)
             self.topo = cls(mode=mode, rules=rules, sysctls=sysctls or {},
-                            run_dir=str(self.paths.dir), wait=False)
+                            run_dir=str(self.paths.dir), wait=False, plugin=plugin, run_as=run_as)
         self.net = None
         self.services: dict[str, subprocess.Popen] = {}
         self.netns: dict[str, int] = {}

@@ -133,6 +133,8 @@ class RouterSpec:
     routes: dict[str, str] = field(default_factory=dict)   # DEST -> "IFACE [via GW]"
     rules: str = ""
     role: str = "NAT router"
+    plugin: str = ""                             # LAB_DIR=SUBMISSION_DIR (a lab submission)
+    run_as: str = ""                             # the user it runs as (router default: nobody)
 
     def router_args(self) -> list[str]:
         args = []
@@ -142,6 +144,10 @@ class RouterSpec:
             args += ["--route", f"{dest}={via}"]
         if self.rules:
             args += ["--rules", self.rules]
+        if self.plugin:
+            args += ["--plugin", self.plugin]
+            if self.run_as:
+                args += ["--run-as", self.run_as]
         return args
 
 
@@ -317,7 +323,9 @@ class NatTopo(Topo):
     Parameters (also from ``mn --topo NAME,mode=kernel,rules=FILE``): ``mode``
     (python or kernel), ``rules`` (a rules file for the primary router instead of
     its own), ``sysctls`` ({kernel name: value}), ``run_dir`` (where router sockets
-    and logs go), ``wait`` (wait for each router's ``ready`` while building).
+    and logs go), ``wait`` (wait for each router's ``ready`` while building),
+    ``plugin`` (``LAB_DIR=SUBMISSION_DIR``: the primary router runs a lab submission's
+    pieces, python mode) and ``run_as`` (the user that router drops to, default nobody).
     """
 
     name = ""
@@ -325,10 +333,14 @@ class NatTopo(Topo):
 
     def __init__(self, mode: str = "python", rules: str | None = None,
                  sysctls: dict[str, str] | None = None, run_dir: str | None = None,
-                 wait: bool = True, **opts) -> None:
+                 wait: bool = True, plugin: str | None = None, run_as: str | None = None,
+                 **opts) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected python or kernel")
+        if plugin and mode != "python":
+            raise ValueError("a plugin (a lab submission) runs in python mode only")
         self.mode, self.rules_override = mode, rules
+        self.plugin, self.run_as = plugin or "", run_as or ""
         self.sysctls = dict(sysctls or {})
         self.run_dir, self.wait = run_dir, wait
         self.routers: dict[str, RouterSpec] = {}
@@ -344,6 +356,9 @@ class NatTopo(Topo):
         self.scene()
         if self.rules_override:
             self.routers[self.primary].rules = str(Path(self.rules_override).resolve())
+        if self.plugin:
+            spec = self.routers[self.primary]
+            spec.plugin, spec.run_as = self.plugin, self.run_as
 
     def scene(self) -> None:
         raise NotImplementedError

@@ -105,7 +105,7 @@ e.bind(("", 41234))
 e.connect(("203.0.113.10", 7))
 for i in range(2):
     e.send(b"hello")
-    print("echo" if e.recv(100) == b"hello" else "wrong")
+    print("echo" if e.recv(100).endswith(b" hello") else "wrong")
     time.sleep(2.3)
 """
 
