@@ -14,7 +14,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from nattrack.conntrack.conn import HZ, IPS_ASSURED, IPS_CONFIRMED, IPS_SEEN_REPLY, Conn
 from nattrack.conntrack.proto_tcp import (INDEX_NAMES, TCP_CONNTRACK_MAX, TCP_CONNTRACK_NAMES,
                                           TCP_CONNTRACKS)
-from nattrack.conntrack.show import conn_json, format_conn
+from nattrack.conntrack.show import conn_json, format_conn, parse_conntrack_line
 from nattrack.conntrack.tuple import Tuple, ip2int
 from nattrack.packet.ipv4 import Packet
 from nattrack.widgets import (conntrack_table_html, event_log_html, kernel_comparison_html,
@@ -420,6 +420,10 @@ def test_widget_state_reads_back_what_each_fragment_shows():
     assert s["highlight"] == "udp 10.0.0.2:5353 > 203.0.113.2:53"
     row = [tr for tr in table_rows(parse(html)) if has_class(tr, "nt-hl")]
     assert [tr.get("data-reply") for tr in row] == ["203.0.113.2:53 -> 203.0.113.1:5353"]
+    # an entry (a whole line, or a dict) highlights the row with its original tuple
+    for entry in (TCP_EST.replace("431999", "5"), parse_conntrack_line(TCP_EST)):
+        s = widget_state(conntrack_table_html([TCP_EST, UDP_NEW], highlight=[entry]))
+        assert s["highlight"] == "tcp 10.0.0.2:40000 > 203.0.113.2:80"
     # values are escaped in attributes too, and read back intact
     s = widget_state(mode_banner_html("replay", HOSTILE + ' "quoted"'))
     assert s == {"view": "mode", "mode": "replay", "label": HOSTILE + ' "quoted"'}

@@ -90,7 +90,10 @@ def test_table_view_bad_input_is_one_clear_error():
     v = ConntrackTableView()
     with pytest.raises(ValueError, match="conntrack -L"):
         v.update(["this is not a conntrack line"])
+    with pytest.raises(ValueError, match="conntrack entry"):
+        v.update([], highlight={"not": "an entry"})
     assert v.state["entries"] == 0                   # nothing drawn from it
+    assert v.renders == 1
 
 
 # --------------------------------------------------------------------------- diagram

@@ -276,13 +276,22 @@ def _row_attrs(e: Mapping[str, Any]) -> str:
                        "orig": c["original"], "reply": c["reply"], "flags": c["flags"]})
 
 
+def highlights(highlight: Any) -> list[Any]:
+    """``highlight`` as a list of substrings and normalized entries (raises ValueError
+    for what is neither, before anything is drawn)."""
+    items = [] if highlight is None else (list(highlight) if isinstance(highlight, (list, tuple))
+                                          else [highlight])
+    return [h if isinstance(h, str) and not parse_like(h) else normalize_entry(h)
+            for h in items]
+
+
 def _matches(e: Mapping[str, Any], highlight: Any) -> bool:
     """Does entry ``e`` match ``highlight``: a substring of its -L line / flow / tuples,
     or an entry (line or dict) with the same original tuple."""
-    if isinstance(highlight, str) and not parse_like(highlight):
+    if isinstance(highlight, str):
         return any(highlight in s for s in (e["line"], e["flow"], e["cells"]["original"],
                                             e["cells"]["reply"]))
-    return normalize_entry(highlight)["key"] == e["key"]
+    return highlight["key"] == e["key"]
 
 
 def parse_like(text: str) -> bool:
@@ -294,8 +303,7 @@ def table_parts(rows: list[dict[str, Any]], before: list[dict[str, Any]] | None,
                 highlight: Any = None) -> tuple[dict[str, Any], str]:
     """(state, table markup) of conntrack_table_html, from normalized entries."""
     prev = None if before is None else {e["key"]: e for e in before}
-    hls = [] if highlight is None else (list(highlight) if isinstance(highlight, (list, tuple))
-                                         else [highlight])
+    hls = highlights(highlight)
     out = [_header(TABLE_COLUMNS)]
     new, changed_flows, hl_flows = [], [], []
     for e in rows:

@@ -57,8 +57,9 @@ from typing import Any, Callable, Iterable, Mapping
 import ipywidgets as widgets
 
 from .diagram import _svg, diagram_parts, timeline_parts
-from .render import (_wrap, comparison_parts, esc, event_line, event_parts, mode_banner_html,
-                     normalize_entries, packet_parts, table_parts, widget_state)
+from .render import (_wrap, comparison_parts, esc, event_line, event_parts, highlights,
+                     mode_banner_html, normalize_entries, packet_parts, table_parts,
+                     widget_state)
 
 MIN_INTERVAL = 0.2          # seconds between two renders of one view (at most 5 a second)
 GRADING_VARS = ("NATTRACK_GRADING", "NBGRADER_EXECUTION")
@@ -198,6 +199,7 @@ class ConntrackTableView(_View):
         """``highlight``: a substring of a row (its -L line, flow or tuples), an entry,
         or a list of them."""
         rows = normalize_entries(entries)           # bad input raises here, in the caller
+        highlight = highlights(highlight)
         with self._lock:
             self._rows, self._highlight = rows, highlight
         self._request()
