@@ -223,9 +223,10 @@ SCENARIOS: dict[str, list[Scenario]] = {
                "(here 10 s).", _udp("u", "client", "ping?")),
             _s("answer", "srv answers", "Seen reply: the timer restarts at 10 s.",
                _udp("u", "server", "pong!")),
-            _s("again", "h1 sends again", "More than one packet each way after a reply: a "
-               "stream, ASSURED, nf_conntrack_udp_timeout_stream (here 20 s).",
-               _udp("u", "client", "again")),
+            _s("again", "3 s later, h1 sends again", "Still talking more than 2 s after the "
+               "reply: a stream (nf_conntrack_udp_packet()). ASSURED, and the timeout becomes "
+               "nf_conntrack_udp_timeout_stream (here 20 s).",
+               {"wait": 3}, _udp("u", "client", "again")),
             _s("expire", "wait 25 s", "The timeout runs out: the entry disappears from the "
                "table at once, the DESTROY event comes when garbage collection meets it.",
                {"wait": 25}),
