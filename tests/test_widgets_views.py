@@ -267,7 +267,7 @@ def test_timeline_view_counts_down_and_marks_destroy():
     assert stored(v)["destroyed"] == f2 and stored(v)["entries"] == "0"
 
 
-# --------------------------------------------------------------------------- events, comparison, mode
+# ------------------------------------------------------------------ events, comparison, mode
 
 def test_event_log_view_counts_and_colours():
     lab = Lab(sysctl={"nf_conntrack_udp_timeout": 10})
@@ -431,3 +431,19 @@ def test_diagram_view_shows_the_timeouts_the_notebook_set():
     assert "TIME_WAIT=12" in stored(v)["timeouts"].split(",")
     with pytest.raises(ValueError):
         StateDiagramView(timeouts={"no_such_timeout": 1})
+
+
+def test_diagram_views_use_ids_of_their_own():
+    """Ids are global to the page: each diagram's arrows refer to its own markers."""
+    import re
+    ids = []
+    for _ in range(2):
+        v = StateDiagramView()
+        v.update("CLOSE", "ESTABLISHED", "REPLY", "RST")
+        svg = root(v).find(SVG + "svg")
+        defined = {m.get("id") for m in svg.iter(SVG + "marker")}
+        used = {re.fullmatch(r"url\(#(.+)\)", p.get("marker-end")).group(1)
+                for p in svg.iter(SVG + "path") if p.get("marker-end")}
+        assert used and used <= defined
+        ids.append(defined)
+    assert not ids[0] & ids[1]

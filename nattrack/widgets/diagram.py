@@ -330,10 +330,10 @@ def edge_kind(a: str, b: str) -> str:
 # --------------------------------------------------------------------------- the diagram
 
 def _edge_svg(a: str, b: str, label: str, kind: str, highlight: bool,
-              geometry: tuple[str, tuple[float, float]]) -> str:
+              geometry: tuple[str, tuple[float, float]], uid: str) -> str:
     path, (lx, ly) = geometry
     cls = " ".join(filter(None, ("nt-edge", f"nt-{kind}", "nt-highlight" if highlight else None)))
-    marker = "nt-arrow-hl" if highlight else "nt-arrow"
+    marker = f"{uid}-arrow-hl" if highlight else f"{uid}-arrow"
     w = 8.2 * len(label) + 10
     bg = (f'<rect class="nt-bg" x="{lx - w / 2:.1f}" y="{ly - 9:.1f}" width="{w:.1f}" '
           f'height="18" rx="3"/>')
@@ -387,19 +387,23 @@ def _node_svg(name: str, current: str | None, prev: str | None,
             f'height="{NODE_H}" rx="10"/>{label}</g>')
 
 
-_DEFS = ('<defs>'
-         '<marker id="nt-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="5" '
-         'markerHeight="5" orient="auto"><path d="M0 0 L10 5 L0 10 z" '
-         'fill="context-stroke" style="fill:currentColor"/></marker>'
-         '<marker id="nt-arrow-hl" viewBox="0 0 10 10" refX="8" refY="5" markerWidth="4.5" '
-         f'markerHeight="4.5" orient="auto"><path d="M0 0 L10 5 L0 10 z" fill="{HL}"/></marker>'
-         '</defs>')
+def _defs(uid: str) -> str:
+    """The arrowheads, under ids of their own: ids are global to the page, and a marker
+    inside a hidden output (a closed Tab) would not draw for the others."""
+    return ('<defs>'
+            f'<marker id="{uid}-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="5" '
+            'markerHeight="5" orient="auto"><path d="M0 0 L10 5 L0 10 z" '
+            'style="fill:currentColor"/></marker>'
+            f'<marker id="{uid}-arrow-hl" viewBox="0 0 10 10" refX="8" refY="5" '
+            'markerWidth="4.5" markerHeight="4.5" orient="auto">'
+            f'<path d="M0 0 L10 5 L0 10 z" fill="{HL}"/></marker></defs>')
 
 
 def diagram_parts(current: int | str | None = None, prev: int | str | None = None,
                   direction: int | str | None = None, flag: str | int | None = None,
-                  timeouts: Mapping[str, int] | None = None) -> tuple[dict[str, Any], str]:
-    """(state, SVG body) of :func:`state_diagram_svg`."""
+                  timeouts: Mapping[str, int] | None = None, uid: str = "nt"
+                  ) -> tuple[dict[str, Any], str]:
+    """(state, SVG body) of :func:`state_diagram_svg`; ``uid`` prefixes the ids."""
     cur, old, d, f = _state(current), _state(prev), _direction(direction), flag_index(flag)
     durations = state_timeouts(timeouts)
     edges = _edges()
@@ -412,7 +416,7 @@ def diagram_parts(current: int | str | None = None, prev: int | str | None = Non
     else:
         in_table = any(b == cur and (d is None or dd == d) and (f is None or f in flags)
                        for (a, b), by in edges.items() if a == old for dd, flags in by.items())
-    parts = [_DEFS]
+    parts = [_defs(uid)]
     drawn_hl = False
     top = []
     for (a, b), by_dir in edges.items():
@@ -426,13 +430,14 @@ def diagram_parts(current: int | str | None = None, prev: int | str | None = Non
         if is_hl and d and f:
             label = f"{DIR_SHORT[d]} {f}"
         geo = _fixed_geometry(a, b) or _generic_geometry(a, b)
-        svg = _edge_svg(a, b, label, kind if kind in ("main", "minor") else "extra", is_hl, geo)
+        svg = _edge_svg(a, b, label, kind if kind in ("main", "minor") else "extra", is_hl, geo,
+                        uid)
         (top if is_hl else parts).append(svg)
         drawn_hl |= is_hl
     if hl is not None and not drawn_hl:            # a special case of tcp_packet: no cell
         label = " ".join(filter(None, (d and DIR_SHORT[d], f))) or "?"
         geo = _fixed_geometry(*hl) or _generic_geometry(*hl)
-        top.append(_edge_svg(hl[0], hl[1], label, "extra", True, geo))
+        top.append(_edge_svg(hl[0], hl[1], label, "extra", True, geo, uid))
     # the entry's end: timeouts lead to DESTROY
     gx, gy = GONE_POS
     parts.append(f'<g class="nt-gone"><rect x="{gx - NODE_W / 2}" y="{gy - NODE_H / 2}" '
@@ -441,7 +446,8 @@ def diagram_parts(current: int | str | None = None, prev: int | str | None = Non
     for name, side_a, side_b in (("TIME_WAIT", "b", "t"), ("CLOSE", "l", "r")):
         p, q = _side(name, side_a), _side("GONE", side_b)
         lab = _mid(p, q, dx=36 if side_a == "b" else 0, dy=0 if side_a == "b" else -13)
-        parts.append(_edge_svg(name, "GONE", "timeout", "expire", False, (_line(p, q), lab)))
+        parts.append(_edge_svg(name, "GONE", "timeout", "expire", False, (_line(p, q), lab),
+                               uid))
     # the RST cells, collapsed
     rx, ry = RST_POS
     note = "any state --RST--> CLOSE"
@@ -450,7 +456,7 @@ def diagram_parts(current: int | str | None = None, prev: int | str | None = Non
                  f'<text x="{rx}" y="{ry}">{esc(note)}</text></g>')
     p, q = (rx - 10, ry), _side("CLOSE", "r")
     parts.append(f'<g class="nt-edge nt-minor"><path d="{_line(p, q)}" '
-                 f'marker-end="url(#nt-arrow)"/></g>')
+                 f'marker-end="url(#{uid}-arrow)"/></g>')
     parts += top                                   # the highlight over everything else
     for name in TCP_CONNTRACK_NAMES:
         parts.append(_node_svg(name, cur, old, durations))

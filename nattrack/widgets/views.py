@@ -48,6 +48,7 @@ an Updater calls its function once (a static snapshot).
 """
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -65,6 +66,7 @@ MIN_INTERVAL = 0.2          # seconds between two renders of one view (at most 5
 GRADING_VARS = ("NATTRACK_GRADING", "NBGRADER_EXECUTION")
 
 _live: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_ids = itertools.count(1)                 # SVG ids unique to each diagram view
 
 
 def grading_mode() -> bool:
@@ -220,6 +222,7 @@ class StateDiagramView(_View):
                  **kw: Any) -> None:
         self._args: tuple[Any, ...] = (None, None, None, None)
         self._timeouts = dict(timeouts or {})
+        self._uid = f"nt{next(_ids)}"
         diagram_parts(timeouts=self._timeouts)
         super().__init__(title, **kw)
 
@@ -240,7 +243,7 @@ class StateDiagramView(_View):
 
     def _render(self) -> tuple[dict[str, Any], str]:
         from .diagram import HEIGHT, WIDTH
-        state, body = diagram_parts(*self._args, timeouts=self._timeouts)
+        state, body = diagram_parts(*self._args, timeouts=self._timeouts, uid=self._uid)
         svg = _svg(WIDTH, HEIGHT, "tcp-states", body)
         return state, _wrap(self.kind, svg, state, self.title)
 
