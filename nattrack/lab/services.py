@@ -102,7 +102,10 @@ def serve_echo(name: str, port: int = 7) -> None:
     udp.bind(("0.0.0.0", port))
     while True:
         data, peer = udp.recvfrom(65535)
-        udp.sendto(f"{peer[0]}:{peer[1]} ".encode() + data, peer)
+        try:
+            udp.sendto(f"{peer[0]}:{peer[1]} ".encode() + data, peer)
+        except OSError:                   # e.g. an untranslated private peer: no route back
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:
