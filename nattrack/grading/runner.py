@@ -332,13 +332,16 @@ class SubmissionRun:
         return self._client
 
     def _start_lab(self):
+        """``nattrack lab up`` (root) whose router runs the submission after dropping root;
+        it gets the lab's public copy (lab.toml, data, rules), never the lab folder itself
+        (solution/, tests) nor the hidden tests."""
         lab = self.grader.lab
         from ..lab.client import LabClient
-        self.lab_run_dir = Path(tempfile.mkdtemp(prefix="ntgrade-lab-", dir="/tmp"))
+        self.lab_run_dir = Path(tempfile.mkdtemp(prefix="ntgrade-lab-"))
         os.chmod(self.lab_run_dir, 0o755)
         argv = [sys.executable, "-m", "nattrack.cli.main", "lab", "up", "--topo",
                 str(lab.topology), "--mode", lab.mode,
-                "--plugin", f"{lab.dir}={self.sub_copy}"]
+                "--plugin", f"{self.grader.lab_copy}={self.sub_copy}"]
         if lab.rules:
             argv += ["--rules", str(lab.rules)]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=180,

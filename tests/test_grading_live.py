@@ -1,0 +1,88 @@
+"""Live grading (root): the grader starts a lab whose router runs the submission, the test
+drives traffic from a host and reads the tracker's table, and the lab is torn down."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LAB = REPO / "tests" / "grading" / "fixture-lab"
+ROOT = os.geteuid() == 0
+CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+LIVE_TESTS = """\
+from nattrack.labs.testing import test
+
+
+@test(points=3, number="5.1", name="Live: a ping from h1 is tracked and NATed", mode="live",
+      timeout=60)
+def ping(ctx):
+    lab = ctx.live
+    r = lab.exec("h1", ["ping", "-c", "1", "-W", "2", "203.0.113.10"], timeout=10)
+    assert r.returncode == 0, f"ping through the router failed (status {r.returncode})"
+    entries = [e for e in lab.list_json({"proto": "icmp"}) if e["orig"]["src"] == "10.0.0.10"]
+    assert entries, "no ICMP entry for h1's ping in the router's table"
+    assert ctx.mode == "live"
+    assert ctx.call("tcp_states.next_state", "NONE", "ORIGINAL", "SYN") == "SYN_SENT"
+
+
+@test(points=1, number="5.2", name="Live: the submission runs unprivileged", mode="live")
+def unprivileged(ctx):
+    st = ctx.live.status()
+    router = st["routers"]["r"]
+    assert router.get("alive", True), "the router process is not running"
+"""
+
+
+def _lab_processes(prefix: str) -> list[int]:
+    from nattrack.lab.procs import environ_marker, pids
+    return [p for p in pids() if (environ_marker(p) or "").startswith(prefix)]
+
+
+@pytest.fixture
+def lab_copy():
+    if not ROOT:
+        if CI:
+            pytest.fail("live grading needs root (CI must run as root)", pytrace=False)
+        pytest.skip("live grading needs root")
+    d = Path(tempfile.mkdtemp(prefix="nt-live-"))
+    os.chmod(d, 0o755)
+    shutil.copytree(LAB, d / "lab")
+    (d / "lab" / "tests" / "test_live.py").write_text(LIVE_TESTS)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_live_grading_runs_the_lab_and_cleans_up(lab_copy):
+    tmpdir = lab_copy / "tmp"
+    tmpdir.mkdir(mode=0o755)
+    out = lab_copy / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(tmpdir))
+    r = subprocess.run([sys.executable, "-m", "nattrack.cli.main", "grade", str(lab_copy / "lab"),
+                        str(LAB / "solution"), str(LAB / "student"), "--out", str(out),
+                        "--mode", "live"], capture_output=True, text=True, timeout=300,
+                       env=env, cwd="/")
+    assert r.returncode == 0, r.stderr
+    assert "live mode" in r.stdout
+    sol = {t["number"]: t for t in json.loads((out / "solution" / "results.json")
+                                              .read_text())["tests"]}
+    assert sol["0"]["output"].startswith("Grading mode: live and offline")
+    assert sol["5.1"]["status"] == "passed", sol["5.1"]["output"]
+    assert sol["5.2"]["status"] == "passed", sol["5.2"]["output"]
+    assert all(t["status"] == "passed" for t in sol.values()), sol
+    stu = {t["number"]: t for t in json.loads((out / "student" / "results.json")
+                                              .read_text())["tests"]}
+    # the ping passes through the router, then the submission's next_state() fails
+    assert stu["5.1"]["status"] == "failed"
+    assert "NotImplementedError: TODO 1" in stu["5.1"]["output"]
+    assert stu["5.2"]["status"] == "passed"
+    # the labs are gone: no process of theirs, no run dir, no temp files
+    assert _lab_processes(f"{tmpdir}/ntgrade-lab-") == []
+    assert list(tmpdir.iterdir()) == []           # run dirs and the grader's temp files
