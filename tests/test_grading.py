@@ -27,7 +27,7 @@ from nattrack.grading.sandbox import MARKER_VAR
 ROOT = os.geteuid() == 0
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (a separate sandbox uid)")
-SANDBOX_UID = 65534
+SANDBOX_UID = 1_234_567_890            # a uid of the tests' own (not nobody: shared)
 
 
 @pytest.fixture
@@ -47,6 +47,7 @@ def put(folder: Path, name: str, code: str) -> Path:
 
 def run(folder: Path, code: str, **kw) -> SandboxResult:
     put(folder, "main.py", code)
+    kw.setdefault("uid", SANDBOX_UID)
     return run_untrusted([PY, "main.py"], folder, **kw)
 
 

@@ -92,6 +92,7 @@ _G: dict = {}
 def _init(lab, hidden, mode, log_path) -> None:
     log = open(log_path, "a", buffering=1)
     g = Grader(lab, hidden=hidden, mode=mode, log=lambda m: log.write(m + "\n"))
+    g.live_lock = str(Path(log_path).with_name(".live.lock"))     # one lab at a time
     _G["grader"] = g
     multiprocessing.util.Finalize(g, g.close, exitpriority=10)     # its temp folder
 
@@ -141,6 +142,7 @@ def grade_all(lab, paths, out, *, hidden=None, mode: str = "auto", student_id=No
             for i, f in enumerate(futs):
                 sid, res = f.result()
                 finished(i, sid, res)
+        (out / ".live.lock").unlink(missing_ok=True)
     order = {sid: i for i, (sid, _, _) in enumerate(subs)}
     done.sort(key=lambda x: order[x[0]])
     rows = [row for sid, res in done for row in to_csv_rows(sid, res)]

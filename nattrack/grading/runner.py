@@ -306,6 +306,7 @@ class SubmissionRun:
         self.worker = Worker(pkg=grader.pkg, lab=grader.lab_copy, submission=self.sub_copy,
                              inbox=self.inbox, uid=grader.uid)
         self.lab_run_dir: Path | None = None
+        self._lock = None
         self._client = None
         self.live_error: str | None = None
 
@@ -344,6 +345,10 @@ class SubmissionRun:
                 "--plugin", f"{self.grader.lab_copy}={self.sub_copy}"]
         if lab.rules:
             argv += ["--rules", str(lab.rules)]
+        if self.grader.live_lock:                 # one lab at a time across --jobs
+            import fcntl
+            self._lock = open(self.grader.live_lock, "a")
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
         r = subprocess.run(argv, capture_output=True, text=True, timeout=180,
                            env=self._lab_env(), cwd="/")
         if r.returncode != 0:
@@ -361,11 +366,16 @@ class SubmissionRun:
         if self.lab_run_dir is None:
             return
         env = self._lab_env()
-        for extra in ([], ["--force"]):
-            subprocess.run([sys.executable, "-m", "nattrack.cli.main", "lab", "down", *extra],
-                           capture_output=True, timeout=120, env=env, cwd="/")
-        shutil.rmtree(self.lab_run_dir, ignore_errors=True)
-        self.lab_run_dir, self._client = None, None
+        try:
+            for extra in ([], ["--force"]):
+                subprocess.run([sys.executable, "-m", "nattrack.cli.main", "lab", "down",
+                                *extra], capture_output=True, timeout=120, env=env, cwd="/")
+        finally:
+            shutil.rmtree(self.lab_run_dir, ignore_errors=True)
+            self.lab_run_dir, self._client = None, None
+            if self._lock is not None:
+                self._lock.close()                # releases the flock
+                self._lock = None
 
     def close(self) -> None:
         self.worker.close()
@@ -404,6 +414,7 @@ class Grader:
                       if tests_filter is None or tests_filter(t.spec)]
         self.uid = uid
         self.log = log or (lambda msg: None)
+        self.live_lock: str | None = None        # a file to flock around each live lab
         live_problem = probe_live(self.lab) if mode != "offline" else "--mode offline"
         if mode == "live" and live_problem:
             raise GradeError(f"--mode live: {live_problem}")

@@ -27,22 +27,21 @@
    resort the grader sweeps processes carrying the run's marker in their environment or
    (as root) owned by the sandbox uid and started during the run.
 
-Limits of this sandbox (what a later step with ``bwrap`` / cgroups adds):
+Limits of :func:`run_untrusted` (:class:`Untrusted` with a :class:`Jail` adds ``bwrap``):
 
 - The file system is not hidden: the program can read every world-readable file on the
-  machine (``/etc/passwd``, other world-readable submissions...).  Only permissions keep it
-  out of ``/etc/shadow``, root's 0600 files and 0700 folders.  Hiding other files needs a
-  mount namespace (``bwrap --ro-bind SUBMISSION ...``).
-- The network is not cut off (that needs a network namespace: ``bwrap --unshare-net``).
+  machine.  Only permissions keep it out of ``/etc/shadow``, root's 0600 files and 0700
+  folders.  :class:`Jail` (``bwrap --ro-bind ...``) hides everything else.
+- The network is not cut off (:class:`Jail`: ``bwrap --unshare-net``).
 - ``RLIMIT_AS`` limits address space, not resident memory; a program that maps a lot
   without touching it fails early, and memory used through other processes is bounded only
   by ``max_procs`` x ``memory_mb``.  A cgroup (``memory.max``, ``pids.max``,
   ``cgroup.kill``) is the exact tool.
-- ``RLIMIT_NPROC`` counts *all* processes of the sandbox uid: runs in parallel under the
-  same uid share it, and a daemon running as that uid (``nobody``) eats into it.  Use a
-  dedicated uid per parallel slot (the last-resort sweep also kills any process of the
-  sandbox uid started during the run).
-- Files the program creates in ``/tmp`` are not removed.
+- ``RLIMIT_NPROC`` counts *all* processes of the sandbox uid, so each run gets a fresh uid
+  of its own by default (:func:`sandbox_uid`); the last-resort sweep kills any process of
+  that uid.
+- Without a jail, files the program creates in ``/tmp`` are not removed (with one, ``/tmp``
+  is a tmpfs that goes with the process).
 """
 from __future__ import annotations
 
@@ -59,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["SandboxError", "SandboxResult", "run_untrusted", "Jail", "Untrusted",
-           "bwrap_problem"]
+           "bwrap_problem", "sandbox_uid"]
 
 MARKER_VAR = "NATTRACK_SANDBOX_RUN"
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -348,12 +347,28 @@ def _minimal_env(cwd: Path, marker: str, extra: dict | None) -> dict[str, str]:
 
 # --- the entry point ----------------------------------------------------------------------
 
+SANDBOX_UID_RANGE = (1_000_000_000, 2_000_000_000)
+
+
+def sandbox_uid() -> int:
+    """A fresh uid (used as the gid too) for one sandboxed process tree: no account, no
+    files, no other process.
+
+    Not ``nobody``: that uid is shared (the lab's router drops to it, so do notebook
+    kernels), and both ``RLIMIT_NPROC`` and the last-resort sweep work per uid.  A uid of
+    its own makes the process limit exact and the sweep touch nothing else.
+    """
+    lo, hi = SANDBOX_UID_RANGE
+    return lo + secrets.randbelow(hi - lo)
+
+
 def run_untrusted(argv, cwd, *, timeout: float = 10.0, memory_mb: int = 256,
-                  max_procs: int = 32, max_output: int = 1_000_000, uid: int = 65534,
-                  gid: int = 65534, env: dict | None = None, max_file_mb: int = 64,
+                  max_procs: int = 32, max_output: int = 1_000_000, uid: int | None = None,
+                  gid: int | None = None, env: dict | None = None, max_file_mb: int = 64,
                   writable: bool = False, stdin: bytes | None = None) -> SandboxResult:
     """Run ``argv`` in ``cwd`` as an unprivileged, limited process; never raises because of it.
 
+    ``uid``/``gid``: the sandbox user (as root), by default a fresh one (:func:`sandbox_uid`).
     ``max_output`` bounds stdout + stderr together.  ``max_file_mb`` is ``RLIMIT_FSIZE``.
     ``writable`` hands the submission folder to the sandbox user (default: read-only to
     it).  ``stdin`` is sent to the program (default: ``/dev/null``).
@@ -368,6 +383,10 @@ def run_untrusted(argv, cwd, *, timeout: float = 10.0, memory_mb: int = 256,
     if setpriv is None:
         raise SandboxError("setpriv (util-linux) is not installed")
     as_root = os.geteuid() == 0
+    if uid is None:
+        uid = sandbox_uid()
+    if gid is None:
+        gid = uid
     if as_root and (uid == 0 or gid == 0):
         raise SandboxError("the sandbox uid/gid must not be root")
     marker = secrets.token_hex(16)
@@ -594,9 +613,12 @@ class Untrusted:
 
     def __init__(self, argv, *, jail: Jail | None = None, cpu_seconds: int = 120,
                  memory_mb: int = 512, max_procs: int = 32, max_file_mb: int = 16,
-                 uid: int = 65534, gid: int = 65534, env: dict | None = None) -> None:
+                 uid: int | None = None, gid: int | None = None,
+                 env: dict | None = None) -> None:
         argv = [str(a) for a in argv]
         as_root = os.geteuid() == 0
+        uid = sandbox_uid() if uid is None else uid
+        gid = uid if gid is None else gid
         if as_root and (uid == 0 or gid == 0):
             raise SandboxError("the sandbox uid/gid must not be root")
         setpriv, prlimit = shutil.which("setpriv"), shutil.which("prlimit")

@@ -225,21 +225,6 @@ def lab_view(lab_dir: Path, dest: Path, rules: str | None = None,
     return dest
 
 
-SANDBOX_UID_RANGE = (1_000_000_000, 2_000_000_000)
-
-
-def sandbox_uid() -> int:
-    """A fresh uid (and gid) for one worker: no account, no files, no other process.
-
-    Not ``nobody``: that uid is shared (the lab's router drops to it, so do notebook
-    kernels), and both ``RLIMIT_NPROC`` and the sandbox's last-resort sweep work per uid.
-    A uid of its own makes the process limit exact and the sweep touch nothing else.
-    """
-    import secrets
-    lo, hi = SANDBOX_UID_RANGE
-    return lo + secrets.randbelow(hi - lo)
-
-
 class Worker:
     """The grader's handle on one sandboxed worker for one submission."""
 
@@ -281,6 +266,7 @@ class Worker:
             pkg, lab, sub = str(self.pkg), str(self.lab), str(self.submission)
             jail.chdir = str(self.inbox)
         py = os.path.realpath(sys.executable)
+        from .sandbox import sandbox_uid
         self.uid = self.fixed_uid or sandbox_uid()
         self.proc = Untrusted([py, "-s", "-B", "-m", "nattrack.grading.worker", lab, sub],
                               jail=jail, cpu_seconds=self.cpu_seconds,
