@@ -81,6 +81,8 @@ def test_replay_recomputes_what_was_recorded(nb):
     assert s.mode == "replay" and s.label.startswith("Replay of a recorded lab run (recorded ")
     assert s.scenarios(), nb
     for scn in s.scenarios():
+        if scn.simulated:
+            continue
         rec = s.recording(scn.name)
         assert rec["lab_mode"] == "kernel" and rec["topology"] == "classroom"
         for st, rs in zip(scn.steps, rec["steps"], strict=True):
@@ -106,6 +108,9 @@ def test_recordings_are_small_and_their_pcapng_holds_both_sides(nb):
     folder = RECORDINGS / nb
     total = 0
     for scn in replay(nb).scenarios():
+        if scn.simulated:
+            assert not (folder / f"{scn.name}.json").exists()
+            continue
         rec = json.loads((folder / f"{scn.name}.json").read_text())
         frames = list(CaptureReader(str(folder / f"{scn.name}.pcapng")))
         total += sum(f.stat().st_size for f in folder.glob(f"{scn.name}.*"))
@@ -251,6 +256,21 @@ def test_set_sysctl_in_replay_changes_the_engine():
         s.set_sysctl("nf_conntrack_bogus", 1)
 
 
+def test_full_table_early_drop_spares_the_assured_entry():
+    s, (assured, fill, more) = run_all("03-timeouts", "table-full")
+    assert assured.table[0]["assured"] and assured.kernel_table is None
+    assert len(fill.table) == 4 and all(p.ctinfo == "NEW" for p in fill.packets)
+    assert len(more.table) == 4 and more.packets[0].verdict == "forwarded"
+    assert [e.split()[0] for e in more.events] == ["[DESTROY]", "[NEW]"]
+    assert "ESTABLISHED" in {e["state"] for e in more.table}           # ASSURED: spared
+    assert s.engine.router.ct.stats["early_drop"] == 1
+    s.set_sysctl("nf_conntrack_max", 262144)
+    s.advance(31)                                      # the UDP entries time out, TCP stays
+    assert [e["proto"] for e in s.table()] == ["tcp"]
+    s.run("udp-assured", "question")                   # a recorded scenario again: kernel side
+    assert s.kernel_table() is not None and s.engine.router.ct.sysctl["nf_conntrack_max"] == 262144
+
+
 # --- 04: RELATED and INVALID -----------------------------------------------------------------
 
 def test_port_unreachable_is_related_and_its_quote_is_rewritten():
@@ -331,11 +351,13 @@ def test_bad_names_are_one_line_errors(monkeypatch, tmp_path):
 def test_auto_mode_falls_back_to_replay_and_live_says_what_to_run(monkeypatch, tmp_path):
     monkeypatch.setenv("NATTRACK_LAB_SOCK", str(tmp_path / "none.sock"))
     monkeypatch.delenv("NATTRACK_NOTEBOOK_MODE", raising=False)
-    assert open_session("00-welcome").mode == "replay"
+    s = open_session("00-welcome")
+    assert s.mode == "replay" and "sudo nattrack notebook" in s.why_not_live
     with pytest.raises(SessionError, match=r"sudo nattrack notebook"):
         open_session("00-welcome", "live")
     monkeypatch.setenv("NATTRACK_NOTEBOOK_MODE", "replay")
-    assert open_session("00-welcome", "auto").mode == "replay"
+    s = open_session("00-welcome", "auto")
+    assert s.mode == "replay" and s.why_not_live == "NATTRACK_NOTEBOOK_MODE=replay"
 
 
 # --- craft ---------------------------------------------------------------------------------------

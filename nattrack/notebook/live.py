@@ -227,6 +227,7 @@ class LiveSession(Session):
         self.last_table: list[dict] = []
         self.driver: Driver | None = None
         self.mirror = None
+        self.sim = None
 
     # -- streams -----------------------------------------------------------------------------
     def _start_pumps(self) -> None:
@@ -264,6 +265,13 @@ class LiveSession(Session):
 
     # -- scenario life ---------------------------------------------------------------------------
     def _start(self, scenario: sc.Scenario) -> None:
+        self.sim = None
+        if scenario.simulated:                    # the engine alone (see Scenario.simulated)
+            from .replay import simulation
+            self.sim = simulation(scenario, time.time(), {})
+            self.driver = Driver(scenario, self._reply_of)
+            self.last_table = []
+            return
         if scenario.rules != self.rules:
             self._stop_pumps()
             self.client.load_rules(scenario.rules, router=sc.ROUTER_NODE)
@@ -287,6 +295,7 @@ class LiveSession(Session):
         return e["reply"] if e else None
 
     def _reset(self) -> None:
+        self.sim = None
         try:
             self.client.flush(router=sc.ROUTER_NODE)
         except LabError as exc:
@@ -303,11 +312,22 @@ class LiveSession(Session):
     def _mirror(self, scenario: sc.Scenario):
         """The engine fed with what the router saw: conntrack's verdict on each packet
         (NEW, ESTABLISHED, RELATED, INVALID), which the tables cannot show."""
+        from ..lab import RULES_DIR
         from .replay import Engine
-        return Engine({"rules": scenario.rules, "sysctls": dict(self.sysctls), "t0": time.time(),
+        try:
+            text = (RULES_DIR / f"{scenario.rules}.rules").read_text()
+        except OSError:
+            return None                   # a copy of the package without examples/: no verdicts
+        return Engine({"rules": scenario.rules, "rules_text": text, "sysctls": dict(self.sysctls),
+                       "t0": time.time(),
                        "router": {"ifaces": sc.ROUTER_IFACES, "routes": sc.ROUTER_ROUTES}}, {})
 
     def _step(self, scenario: sc.Scenario, step: sc.Step) -> StepResult:
+        if self.sim is not None:
+            from .replay import simulate_step
+            r = simulate_step(self.sim, scenario, step, self.driver, self.last_table)
+            self.last_table = r.table
+            return r
         if self.driver is None or self.driver.scenario is not scenario:
             self.driver = Driver(scenario, self._reply_of)
         ev0 = len(self.py_events.lines)
@@ -385,15 +405,17 @@ class LiveSession(Session):
 
     # -- views ---------------------------------------------------------------------------------------
     def table(self) -> list[dict]:
+        if self.sim is not None:
+            return self.sim.table()
         return self.client.list_json(router=sc.ROUTER_NODE)
 
     def kernel_table(self) -> list[dict] | None:
-        if not self.kernel_mode:
+        if not self.kernel_mode or self.sim is not None:
             return None
         return _parse_kernel(self.client.kernel_list(router=sc.ROUTER_NODE))
 
     def events(self) -> list[str]:
-        return self.py_events.snapshot()
+        return self.py_events.snapshot() + (list(self.sim.events) if self.sim is not None else [])
 
     def kernel_events(self) -> list[str]:
         return self.k_events.snapshot() if self.k_events else []
@@ -403,9 +425,14 @@ class LiveSession(Session):
 
     def advance(self, seconds: float) -> None:
         time.sleep(max(0.0, float(seconds)))
+        if self.sim is not None:
+            self.sim.until(self.sim.clock() + max(0.0, float(seconds)))
 
     def set_sysctl(self, key: str, value: int) -> int:
         full, number = check_sysctl(key, value)
+        if self.sim is not None:
+            self.sim.router.ct.sysctl.set(full, number)
+            return number
         try:
             got = self.client.sysctl(full, number, router=sc.ROUTER_NODE)
         except LabError as exc:

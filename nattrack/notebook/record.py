@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ..lab import RULES_DIR
 from ..packet.pcapio import PcapngWriter
 from . import scenarios as sc
 from .replay import FORMAT, RECORDINGS
@@ -31,7 +32,8 @@ def record_notebook(notebook: str, out: Path, client=None, only: Iterable[str] |
     """Record ``notebook``'s scenarios (or those named in ``only``) from the running lab."""
     from .live import LiveSession
     wanted = set(only or ())
-    scenarios = [s for s in sc.notebook_scenarios(notebook) if not wanted or s.name in wanted]
+    scenarios = [s for s in sc.notebook_scenarios(notebook)
+                 if (not wanted or s.name in wanted) and not s.simulated]
     if not scenarios:
         return []
     written = []
@@ -66,6 +68,7 @@ def record_notebook(notebook: str, out: Path, client=None, only: Iterable[str] |
                        timespec="seconds"),
                    "kernel": platform.release(), "topology": sc.TOPOLOGY,
                    "lab_mode": session.lab_mode, "rules": scn.rules,
+                   "rules_text": (RULES_DIR / f"{scn.rules}.rules").read_text(),
                    "sysctls": dict(session.sysctls),
                    "router": {"ifaces": sc.ROUTER_IFACES, "routes": sc.ROUTER_ROUTES},
                    "t0": t0, "steps": steps}

@@ -63,11 +63,13 @@ class Engine:
     """The tracker of a replayed scenario: the router model on a manual clock."""
 
     def __init__(self, rec: dict, overrides: dict[str, int]) -> None:
-        rules = RULES_DIR / f"{rec['rules']}.rules"
+        text = rec.get("rules_text")
+        if text is None:
+            text = (RULES_DIR / f"{rec['rules']}.rules").read_text()
         sysctls = {**overrides, **rec.get("sysctls", {})}      # the scenario's own win, as live
         self.clock = ManualClock(rec["t0"])
         self.router = Router(rec["router"]["ifaces"], rec["router"].get("routes") or {},
-                             Ruleset.load(str(rules)), sysctls, self.clock, seed=1)
+                             Ruleset.parse(text), sysctls, self.clock, seed=1)
         self.events: list[str] = []
         self.router.ct.listeners.append(self._on_event)
 
@@ -83,7 +85,7 @@ class Engine:
             self.router.ct.run_gc_until(t, self.clock.set)
             self.clock.set(t)
 
-    def feed(self, pp: PacketPair, t: float) -> str:
+    def feed(self, pp: PacketPair, t: float, simulate: bool = False) -> str:
         """One recorded datagram, bound to the NAT choice it was seen leaving with.
         Sets ``pp.ctinfo``, conntrack's verdict on it (NEW, ESTABLISHED, RELATED...,
         INVALID) and, for a datagram that did not leave, ``pp.verdict`` (why)."""
@@ -117,7 +119,9 @@ class Engine:
         finally:
             if orig is not None:
                 forced.pop(orig, None)
-        if pp.after is None:
+        if simulate and v.sent:                   # no lab: the engine's own output
+            pp.iface_out, pp.after, pp.verdict = v.sent[0].oif, v.sent[0].data, "forwarded"
+        elif pp.after is None:
             pp.verdict = f"dropped: {v.dropped}" if v.dropped else "delivered to the router"
         pp.ctinfo = _ctinfo(pkt)
         return pp.ctinfo
@@ -128,6 +132,37 @@ class Engine:
         return [show.conn_json(ct, now_j) for ct in listing]
 
 
+def simulation(scenario: sc.Scenario, t0: float, overrides: dict[str, int]) -> Engine:
+    """The engine alone, for a scenario the kernel cannot show (``Scenario.simulated``)."""
+    return Engine({"rules": scenario.rules,
+                   "rules_text": (RULES_DIR / f"{scenario.rules}.rules").read_text(),
+                   "sysctls": {check_sysctl(k, v)[0]: v for k, v in scenario.sysctls.items()},
+                   "t0": t0, "router": {"ifaces": sc.ROUTER_IFACES, "routes": sc.ROUTER_ROUTES}},
+                  overrides)
+
+
+def simulate_step(engine: Engine, scenario: sc.Scenario, step: sc.Step, driver,
+                  last_table: list[dict]) -> StepResult:
+    """Run a step's actions on the engine alone: each datagram enters the router on the
+    side its node is on; waits move the clock."""
+    n0 = len(engine.events)
+    pairs = []
+    for a in step.actions:
+        if "send" in a:
+            node, data = driver.packet(a)
+            iface = "ntr-wan" if node == "srv" else "ntr-lan"
+            pp = PacketPair(iface, data, None, None, "", engine.clock())
+            engine.feed(pp, engine.clock(), simulate=True)
+            pairs.append(pp)
+        elif "wait" in a:
+            engine.until(engine.clock() + float(a["wait"]))
+    table = engine.table()
+    events = engine.events[n0:]
+    return StepResult(step.name, pairs, transition(step_flow(scenario, step), last_table, table,
+                                                   pairs, events),
+                      table, None, events, [], t=engine.clock())
+
+
 class ReplaySession(Session):
     mode = "replay"
 
@@ -135,7 +170,8 @@ class ReplaySession(Session):
         super().__init__(notebook)
         self.base = recordings_dir(recordings)
         self.recs: dict[str, dict] = {}
-        first = self._rec(self._scenarios[0].name)
+        found = [s.name for s in self._scenarios if (self.base / notebook / f"{s.name}.json").exists()]
+        first = self._rec(found[0] if found else self._scenarios[0].name)
         day = str(first.get("recorded", ""))[:10]
         kernel = ".".join(str(first.get("kernel", "?")).split(".")[:2])
         self.label = (f"Replay of a recorded lab run (recorded {day} on Linux {kernel}): "
@@ -161,6 +197,15 @@ class ReplaySession(Session):
 
     # -- scenario life -------------------------------------------------------------------------
     def _start(self, scenario: sc.Scenario) -> None:
+        if scenario.simulated:
+            if self.engine is not None:
+                self._events_before = self.events()
+            self.engine = simulation(scenario, self.now(), self.overrides)
+            self.rec, self.offset, self.last_table = None, 0.0, []
+            self._kernel_table = None
+            from .live import Driver
+            self.driver = Driver(scenario, self._engine_reply)
+            return
         rec = self._rec(scenario.name)
         names = [s.name for s in scenario.steps]
         got = [s["name"] for s in rec["steps"]]
@@ -183,7 +228,16 @@ class ReplaySession(Session):
         self._kernel_events = []
         self._kernel_table = [] if self._kernel_table is not None else None
 
+    def _engine_reply(self, proto: str, orig: dict) -> dict | None:
+        from .session import find_entry
+        e = find_entry(self.engine.table(), proto, orig)
+        return e["reply"] if e else None
+
     def _step(self, scenario: sc.Scenario, step: sc.Step) -> StepResult:
+        if scenario.simulated:
+            r = simulate_step(self.engine, scenario, step, self.driver, self.last_table)
+            self.last_table = r.table
+            return r
         rs = self.rec["steps"][scenario.index(step.name)]
         eng = self.engine
         n0 = len(eng.events)

@@ -66,6 +66,9 @@ class Scenario:
     rules: str = "classroom"                     # examples/rules/<rules>.rules
     sysctls: dict = field(default_factory=dict)
     flows: dict = field(default_factory=dict)
+    # The engine alone, live or not: for what the kernel cannot show in a namespace
+    # (nf_conntrack_max is global and read-only there).  No recording, no kernel side.
+    simulated: bool = False
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -242,6 +245,24 @@ SCENARIOS: dict[str, list[Scenario]] = {
             _s("expire", "wait 8 s", "TIME_WAIT is over: gone from the table; the DESTROY "
                "event follows from garbage collection.", {"wait": 8}),
         ), flows={"c": _c("tcp", "h1", 40031, (SRV, 5031))}),
+        Scenario("table-full", "A full table and early drop", simulated=True,
+                 intro="The kernel's nf_conntrack_max is global and read-only inside a network "
+                       "namespace, so the lab's router cannot be given a tiny table: this "
+                       "scenario runs on nattrack's tracker alone (no kernel column).",
+                 sysctls={"net.netfilter.nf_conntrack_max": 4,
+                          "net.netfilter.nf_conntrack_buckets": 8}, steps=(
+            _s("assured", "one TCP connection, established", "ASSURED: early drop spares it.",
+               _tcp("c", "client", "S"), _tcp("c", "server", "SA"), _tcp("c", "client", "A")),
+            _s("fill", "three UDP datagrams, unanswered", "Four entries: the table is full "
+               "(nf_conntrack_max = 4).", _udp("a", "client", "1"), _udp("b", "client", "2"),
+               _udp("d", "client", "3")),
+            _s("one-more", "a fifth connection", "__nf_conntrack_alloc() finds the table full; "
+               "early_drop() evicts the entries that are not ASSURED in the first bucket (of "
+               "8 scanned) that has any, and the new entry gets its place.",
+               _udp("e", "client", "4")),
+        ), flows={"c": _c("tcp", "h1", 40050, (SRV, 5050)), "a": _c("udp", "h1", 40051, (SRV, 5051)),
+                  "b": _c("udp", "h1", 40052, (SRV, 5052)), "d": _c("udp", "h1", 40053, (SRV, 5053)),
+                  "e": _c("udp", "h2", 40054, (SRV, 5054))}),
     ],
     "04-related-and-invalid": [
         Scenario("port-unreachable", "An ICMP error is RELATED", steps=(

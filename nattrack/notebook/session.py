@@ -193,10 +193,12 @@ def default_sysctl(key: str) -> int:
 # --- the API ---------------------------------------------------------------------------------
 
 class Session:
-    """What every backend offers; see the module docstring and docs/notebooks.md."""
+    """What every backend offers (see the module docstring)."""
 
     mode = ""
     label = ""
+
+    why_not_live = ""               # replay sessions: why this is not live (one line)
 
     def __init__(self, notebook: str) -> None:
         self.notebook = notebook
@@ -310,8 +312,9 @@ def open_session(notebook: str, mode: str = "auto", *, client=None,
     if mode not in ("auto", "live", "replay"):
         raise SessionError(f"mode {mode!r}: auto, live or replay")
     env = os.environ.get(MODE_ENV, "").strip().lower()
+    why = 'mode="replay"'
     if mode == "auto" and env in ("live", "replay"):
-        mode = env
+        mode, why = env, f"{MODE_ENV}={env}"
     if mode in ("auto", "live"):
         from .live import LiveSession, NoLiveLab
         try:
@@ -319,5 +322,8 @@ def open_session(notebook: str, mode: str = "auto", *, client=None,
         except NoLiveLab as exc:
             if mode == "live":
                 raise SessionError(str(exc)) from None
+            why = str(exc)
     from .replay import ReplaySession
-    return ReplaySession(notebook, recordings=recordings)
+    s = ReplaySession(notebook, recordings=recordings)
+    s.why_not_live = why
+    return s
