@@ -373,3 +373,13 @@ def test_craft_builds_valid_packets_and_rejects_bad_flags(capsys):
     from nattrack.lab.craft import main
     assert main(["tcp", "--src", "1.2.3.4", "--dst", "5.6.7.8", "--flags", "SX"]) == 2
     assert "use the letters" in capsys.readouterr().err
+
+
+def test_the_services_rules_verb_takes_only_shipped_files_by_name():
+    from nattrack.lab import LabError
+    from nattrack.lab.api import shipped_rules
+    assert shipped_rules("classroom-firewall").name == "classroom-firewall.rules"
+    assert shipped_rules("classroom.rules").name == "classroom.rules"
+    for bad in ("../../etc/shadow", "/etc/passwd", "", None, "nope"):
+        with pytest.raises(LabError, match="examples/rules"):
+            shipped_rules(bad)
