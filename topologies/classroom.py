@@ -24,7 +24,7 @@ if _root not in _sys.path:
 
 from nattrack.lab import topo as _nt  # noqa: E402
 
-QUIET_PORTS = ("5000:5999", "40000:40999")
+_QUIET_PORTS = ("5000:5999", "40000:40999")
 
 
 class QuietHost(_nt.LabHost):
@@ -33,7 +33,7 @@ class QuietHost(_nt.LabHost):
     def config(self, **params):
         r = super().config(**params)
         cmds = [f"iptables -A INPUT -p {proto} --dport {ports} -j DROP"
-                for proto in ("tcp", "udp") for ports in QUIET_PORTS]
+                for proto in ("tcp", "udp") for ports in _QUIET_PORTS]
         self.cmd("{ " + "; ".join(cmds) + "; } >/dev/null 2>&1")
         return r
 
