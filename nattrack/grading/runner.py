@@ -341,8 +341,9 @@ class SubmissionRun:
         self.lab_run_dir = Path(tempfile.mkdtemp(prefix="ntgrade-lab-"))
         os.chmod(self.lab_run_dir, 0o755)
         argv = [sys.executable, "-m", "nattrack.cli.main", "lab", "up", "--topo",
-                str(lab.topology), "--mode", lab.mode,
-                "--plugin", f"{self.grader.lab_copy}={self.sub_copy}"]
+                str(lab.topology), "--mode", lab.mode]
+        if lab.raw.get("pieces"):                 # else the submission is data the tests read
+            argv += ["--plugin", f"{self.grader.lab_copy}={self.sub_copy}"]
         if lab.rules:
             argv += ["--rules", str(lab.rules)]
         if self.grader.live_lock:                 # one lab at a time across --jobs
@@ -355,6 +356,26 @@ class SubmissionRun:
             why = " ".join((r.stderr.strip().splitlines() or ["?"])[-1].split())
             raise SubmissionError(f"the lab with your code did not start: {why[:400]}")
         return LabClient(self.lab_run_dir / "lab.sock", timeout=60)
+
+    def router_hint(self) -> str:
+        """' (the router running your code stopped: LAST LOG LINE)' when it did, else ''."""
+        if self._client is None or self.lab_run_dir is None:
+            return ""
+        try:
+            routers = self._client.status().get("routers", {})
+        except Exception:                          # noqa: BLE001 -- only a hint
+            return ""
+        dead = [n for n, r in routers.items() if r.get("alive") is False]
+        if not dead:
+            return ""
+        try:
+            lines = [l.strip() for l in (self.lab_run_dir / f"router-{dead[0]}.log")
+                     .read_text(errors="replace").splitlines() if l.strip()]
+        except OSError:
+            lines = []
+        last = next((l for l in reversed(lines) if "Error" in l or "error" in l),
+                    lines[-1] if lines else "no log")
+        return f" (the router running your code stopped: {last[:300]})"
 
     def _lab_env(self) -> dict:
         env = dict(os.environ, NATTRACK_RUN_DIR=str(self.lab_run_dir),
@@ -518,10 +539,15 @@ class Grader:
             return _result(spec, 0.0, f"timed out after {spec.timeout:g} s", t0)
         if "exc" in box:
             exc = box["exc"]
+            hint = run.router_hint() if mode == "live" else ""
             if isinstance(exc, AssertionError):
-                return _result(spec, 0.0, _assert_text(exc, lt.source), t0)
+                return _result(spec, 0.0, _assert_text(exc, lt.source) + hint, t0)
             if isinstance(exc, SubmissionError):
-                return _result(spec, 0.0, str(exc), t0)
+                return _result(spec, 0.0, str(exc) + hint, t0)
+            from ..lab import LabError
+            if mode == "live" and isinstance(exc, (LabError, OSError)):
+                return _result(spec, 0.0, f"the lab: {' '.join(str(exc).split())[:300]}{hint}",
+                               t0)
             where = _test_frame(exc, lt.source)
             self.log(f"grader: test {spec.number} ({lt.source.name}) raised "
                      f"{type(exc).__name__}: {exc}{where}")
