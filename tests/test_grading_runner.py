@@ -246,3 +246,21 @@ def test_lab_check_names_each_unmet_todo(tmp):
     assert r.returncode == 0 and r.stdout.strip() == "3 of 3 TODOs done, 5 of 5 tests pass, 8/8 points"
     r = nattrack("lab", "check", cwd=tmp)
     assert r.returncode == 2 and "which lab?" in r.stderr
+
+
+def test_without_bwrap_the_sandbox_still_holds(monkeypatch):
+    """Where bwrap cannot build a jail (a container without user namespaces), the worker
+    runs with the uid, no_new_privs and limits alone, and says so in the probe."""
+    from nattrack.grading import sandbox
+    monkeypatch.setitem(sandbox._BWRAP_CACHE, os.geteuid() == 0, "disabled by the test")
+    with Grader(LAB, mode="offline") as g:
+        sol = g.grade(LAB / "solution")
+        assert sol.total == sol.max_total == 8
+        assert "without a file-system jail (disabled by the test)" in sol.tests[0].output
+        loop = by_number(g.grade(GRADING / "hostile" / "loop"))
+        assert "did not finish within 2 s" in loop["1.1"].output
+        assert loop["2.1"].passed
+        if os.geteuid() == 0:
+            snoop = by_number(g.grade(GRADING / "hostile" / "snoop"))["1.1"].output
+            assert "denied /etc/shadow: Permission denied" in snoop
+            assert "denied /proc/1/environ: Permission denied" in snoop

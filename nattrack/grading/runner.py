@@ -441,6 +441,11 @@ class Grader:
             raise GradeError(f"--mode live: {live_problem}")
         self.live_problem = live_problem
         self.mode = "offline" if live_problem else "live"
+        from .sandbox import bwrap_problem
+        if hidden is not None and bwrap_problem() and _others_can_read(Path(hidden)):
+            print(f"nattrack: warning: without a bwrap jail ({bwrap_problem()}) student code "
+                  f"could read {hidden}: make it readable by you only (chmod -R go-rwx)",
+                  file=sys.stderr)
         self._tmp = Path(tempfile.mkdtemp(prefix="nattrack-grader-"))
         os.chmod(self._tmp, 0o755)
         self.pkg = package_copy(self._tmp / "pkg")
@@ -566,6 +571,17 @@ class Grader:
             return _result(spec, max(0.0, min(1.0, float(value[0]))), str(value[1]), t0)
         return _result(spec, 0.0, f"the test returned {value!r}, not a fraction in [0, 1]; "
                                   f"tell your instructor", t0)
+
+
+def _others_can_read(folder: Path) -> bool:
+    """Could any user list ``folder`` (o+r on it, o+x on it and on every folder above)?"""
+    folder = folder.resolve()
+    try:
+        if not os.stat(folder).st_mode & 0o005 == 0o005:
+            return False
+        return all(os.stat(p).st_mode & 0o001 for p in folder.parents)
+    except OSError:
+        return False
 
 
 def _assert_text(exc: AssertionError, source: Path) -> str:
