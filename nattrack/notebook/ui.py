@@ -468,11 +468,14 @@ def timeouts_panel(session: Session, scenario: str, **kw) -> TimeoutsPanel:
 
 class LiveTable:
     """The tracker's table (and the kernel's beside it), refreshed by an Updater every
-    ``interval`` seconds: traffic from anywhere (a terminal's ``nattrack lab exec``)
-    shows up.  Replay and grading: one snapshot."""
+    ``interval`` seconds (the kernel's, which costs a ``conntrack -L`` in the router,
+    every ``kernel_every`` refreshes): traffic from anywhere (a terminal's ``nattrack
+    lab exec``) shows up.  Replay and grading: one snapshot."""
 
-    def __init__(self, session: Session, interval: float = 0.25) -> None:
+    def __init__(self, session: Session, interval: float = 0.25, kernel_every: int = 4) -> None:
         self.session = session
+        self.kernel_every = max(1, int(kernel_every))
+        self.refreshes = 0
         self.table = ConntrackTableView(title="nattrack's tracker, live")
         self.compare = ComparisonView(title="tracker and kernel")
         self.refresh()                          # the first picture before the cell ends
@@ -483,6 +486,9 @@ class LiveTable:
     def refresh(self) -> None:
         table = self.session.table()
         self.table.update(table)
+        self.refreshes += 1
+        if self.session.mode == "live" and (self.refreshes - 1) % self.kernel_every:
+            return
         kernel = self.session.kernel_table()
         self.compare.widget.layout.display = None if kernel is not None else "none"
         if kernel is not None:

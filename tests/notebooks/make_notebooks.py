@@ -52,9 +52,10 @@ def scenario(var: str, name: str, text: str, maker: str = "stepper",
             code(f"{var}.run_all();", timeout=timeout)]
 
 
-CLOSING = [md("## When you are done\n\nThe next cell stops this notebook's views and lets go "
-              "of the lab (the tables stay as they are). *Kernel → Restart* starts afresh."),
-           code("ui.close(session)")]
+CLOSING = [md("## When you are done\n\n`ui.close(session)` stops this notebook's views and "
+              "background refresh and lets go of the lab (the pictures stay as they are, the "
+              "buttons stop working). Shutting the kernel down does the same; "
+              "*Kernel → Restart* starts afresh.")]
 
 
 def welcome() -> list:
