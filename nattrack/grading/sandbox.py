@@ -537,14 +537,15 @@ class Jail:
 
     ``ro_binds`` are ``(host path, path inside)`` pairs mounted read-only; on top of them
     the jail has the interpreter's installation read-only (``/usr`` and ``sys.base_prefix``),
-    a private ``/proc`` and ``/dev``, an empty writable ``/tmp`` (gone with the process),
-    and, unless ``network`` is true, no network at all (a new network namespace with only
+    a private ``/proc`` and ``/dev``, an empty writable ``/tmp`` of ``tmp_mb`` (gone with the
+    process), and, unless ``network`` is true, no network at all (a new network namespace with only
     ``lo``, down).  Nothing else of the machine exists inside: not ``/etc``, not ``/home``,
     not the repository or the grader's files.
     """
     ro_binds: list[tuple[str, str]]
     network: bool = False
     chdir: str = "/"
+    tmp_mb: int = 64                       # the size of the private /tmp (RAM-backed)
 
 
 _BWRAP_CACHE: dict[bool, str | None] = {}
@@ -589,7 +590,8 @@ def _jail_args(jail: Jail, as_root: bool) -> list[str]:
                 made.add(str(parent))
                 args += ["--perms", "0755", "--dir", str(parent)]
         args += ["--ro-bind", str(src), str(dst)]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(jail.tmp_mb << 20),
+             "--tmpfs", "/tmp",
              "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
              "--die-with-parent", "--new-session", "--chdir", jail.chdir]
     if not jail.network:
