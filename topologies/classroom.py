@@ -10,7 +10,8 @@ service's ``rules`` verb.  The notebooks hand-craft both ends of their connectio
 (``python -m nattrack.lab.craft``), so the hosts' own stacks must stay quiet on the
 crafting ports: every host drops, in its own INPUT chain, TCP and UDP to ports
 5000-5999 (hand-made servers) and 40000-40999 (hand-made clients).  Ports outside
-those ranges behave normally (srv's closed port 6000 answers RST or port unreachable).
+those ranges behave normally (srv's closed port 6000 answers RST or port unreachable),
+and the hosts' own connections take their source ports from 41000-60999.
 """
 # Import-safe for `mn --custom` (which exec()s this file and copies every global it
 # defines into mn, hence the underscores): make the repository importable, define classes.
@@ -34,6 +35,8 @@ class QuietHost(_nt.LabHost):
         r = super().config(**params)
         cmds = [f"iptables -A INPUT -p {proto} --dport {ports} -j DROP"
                 for proto in ("tcp", "udp") for ports in _QUIET_PORTS]
+        # the host's own connections (curl, nc) must never pick a quiet port
+        cmds.append("sysctl -qw net.ipv4.ip_local_port_range='41000 60999'")
         self.cmd("{ " + "; ".join(cmds) + "; } >/dev/null 2>&1")
         return r
 
