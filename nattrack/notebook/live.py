@@ -25,7 +25,7 @@ from . import scenarios as sc
 from .session import (PacketPair, Session, SessionError, StepResult, check_sysctl,
                       default_sysctl, step_flow, transition)
 
-SETTLE_S = 0.25              # after a step's last packet: the router's answers, the shadow
+SETTLE_S = 0.15              # after a step's last packet: the router's answers, the shadow
 CLIENT_ISN, SERVER_ISN = 1_000_000, 5_000_000
 
 
@@ -253,7 +253,7 @@ class LiveSession(Session):
         self._pumps = []
 
     def _quiet(self, timeout: float = 1.5) -> None:
-        """Wait until no new event came for 0.15 s (events travel asynchronously)."""
+        """Wait until no new event came for 0.1 s (events travel asynchronously)."""
         deadline = time.monotonic() + timeout
         last = -1
         while time.monotonic() < deadline:
@@ -261,7 +261,7 @@ class LiveSession(Session):
             if n == last:
                 return
             last = n
-            time.sleep(0.15)
+            time.sleep(0.1)
 
     # -- scenario life ---------------------------------------------------------------------------
     def _start(self, scenario: sc.Scenario) -> None:
