@@ -52,8 +52,8 @@ def run(folder: Path, code: str, **kw) -> SandboxResult:
 
 
 def leftovers(marker_hint: str | None = None) -> list[str]:
-    """Live processes that a sandbox run could have left: the sandbox uid's (as root), or any
-    carrying a sandbox marker in the environment."""
+    """Live processes that a sandbox run could have left: the tests' sandbox uid's (as root),
+    or any carrying a sandbox marker and working in a test's folder."""
     out = []
     for n in os.listdir("/proc"):
         if not n.isdigit() or int(n) == os.getpid():
@@ -68,7 +68,14 @@ def leftovers(marker_hint: str | None = None) -> list[str]:
             env = Path(f"/proc/{n}/environ").read_bytes()
         except (OSError, StopIteration):
             continue
-        if (ROOT and uid == SANDBOX_UID) or MARKER_VAR.encode() in env:
+        try:
+            cwd = os.readlink(f"/proc/{n}/cwd")
+        except OSError:
+            cwd = ""
+        # the tests' own uid, or a marked process in one of the tests' folders (other
+        # graders may be running on the machine)
+        if (ROOT and uid == SANDBOX_UID) or (MARKER_VAR.encode() in env
+                                             and "/nattrack-sub-" in cwd):
             out.append(f"{n}: {Path(f'/proc/{n}/cmdline').read_bytes()!r}")
     return out
 
