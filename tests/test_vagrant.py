@@ -186,6 +186,9 @@ def test_provisioning_runs_the_setup_script_from_the_synced_folder(tmp_path):
     guest = [g for (h, g), kw in folders.items() if h == "." and not kw.get("disabled")]
     assert len(guest) == 1, folders
     guest_dir = guest[0]
+    sync = folders[(".", guest_dir)]
+    if sync.get("type") == "rsync":      # work done in the VM survives the next `vagrant up`
+        assert "--update" in sync["rsync__args"] and "--delete" not in sync["rsync__args"]
 
     provisions = calls(log, "config", "vm", "provision")
     assert provisions, "no provisioner"
