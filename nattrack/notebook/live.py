@@ -29,6 +29,10 @@ SETTLE_S = 0.15              # after a step's last packet: the router's answers,
 CLIENT_ISN, SERVER_ISN = 1_000_000, 5_000_000
 
 
+SCENARIO_SYSCTLS = {check_sysctl(k, v)[0] for scns in sc.SCENARIOS.values() for x in scns
+                    if not x.simulated for k, v in x.sysctls.items()}
+
+
 class NoLiveLab(SessionError):
     """No classroom lab answers (the message says what to run)."""
 
@@ -278,13 +282,14 @@ class LiveSession(Session):
             self.rules = scenario.rules
             self.sysctls = {}                 # the router process starts from the lab's own
             self._start_pumps()
-        wanted = {check_sysctl(k, v)[0]: v for k, v in scenario.sysctls.items()}
-        for key in list(self.sysctls):
-            if key not in wanted:
-                self.set_sysctl(key, default_sysctl(key))
-                del self.sysctls[key]
-        for key, value in wanted.items():
-            self.set_sysctl(key, value)
+        # Every setting some scenario changes: this scenario's value, else the default,
+        # whoever changed it last (another notebook's session, say).
+        wanted = {check_sysctl(k, v)[0]: int(v) for k, v in scenario.sysctls.items()}
+        for key in SCENARIO_SYSCTLS | set(wanted):
+            value = wanted.get(key, default_sysctl(key))
+            if self.client.sysctl(key, router=sc.ROUTER_NODE) != value:
+                self.set_sysctl(key, value)
+        self.sysctls = dict(wanted)
         self._reset()
         self.driver = Driver(scenario, self._reply_of)
         self.mirror = self._mirror(scenario)
@@ -443,4 +448,11 @@ class LiveSession(Session):
         return got
 
     def close(self) -> None:
+        """Stop reading events; settings this session changed go back to their defaults."""
         self._stop_pumps()
+        for key in list(self.sysctls):
+            try:
+                self.client.sysctl(key, default_sysctl(key), router=sc.ROUTER_NODE)
+            except LabError:
+                pass
+        self.sysctls = {}
