@@ -350,8 +350,11 @@ class SubmissionRun:
             import fcntl
             self._lock = open(self.grader.live_lock, "a")
             fcntl.flock(self._lock, fcntl.LOCK_EX)
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=180,
-                           env=self._lab_env(), cwd="/")
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=180,
+                               env=self._lab_env(), cwd="/")
+        except subprocess.TimeoutExpired:
+            raise SubmissionError("the lab with your code did not start within 180 s") from None
         if r.returncode != 0:
             why = " ".join((r.stderr.strip().splitlines() or ["?"])[-1].split())
             raise SubmissionError(f"the lab with your code did not start: {why[:400]}")
@@ -500,6 +503,12 @@ class Grader:
                 if m == "live" and self.mode != "live":
                     results.append(_not_run(t.spec, self.live_problem))
                     continue
+                if (t.spec.mode == "live" and self.mode == "live" and run.lab_run_dir is None
+                        and run.live_error is None):
+                    try:                        # the lab starts outside any test's timer
+                        run.live_client()
+                    except SubmissionError:
+                        pass                    # each live test reports it
                 g = t.spec.visibility == "visible"
                 if group is not None and g != group:
                     run.worker.close()          # hidden tests get a worker of their own
