@@ -12,8 +12,7 @@ diagram with the transition just taken (TCP scenarios), the tracker's table, the
 kernel's table beside it (when the lab or the recording has the kernel's side), the
 step's packets before and after the router, the events (``conntrack -E``) of both,
 and the path so far (a :class:`StepLog`).  :func:`timeouts_panel` adds a countdown
-chart and time controls; :func:`live_table` follows the tracker's table on its own;
-:func:`early_drop_panel` fills a small table in the engine to show early drop.
+chart and time controls; :func:`live_table` follows the tracker's table on its own.
 
 Buttons call the same methods as code.  Views are only ever updated by setting widget
 values; background refresh uses :class:`nattrack.widgets.Updater`, which starts no
@@ -73,38 +72,55 @@ def step_entries(res: StepResult, before: list[dict] | None = None) -> list[dict
     return out
 
 
-def conntrack_view(pp, entries: list[dict]) -> str:
-    """How the tracker saw one packet, from the entries around the step, the way
-    nf_conntrack_in() decides: an ICMP error whose quoted packet, inverted, is an
-    entry's tuple is RELATED (icmp_error(), nf_conntrack_icmpv4_error()); a packet
-    whose tuple is an entry's original or reply tuple belongs to it; a packet with
-    no entry that still crossed the router was INVALID (it got no entry and no NAT).
-    Returns "RELATED", "ORIGINAL", "REPLY", "INVALID" or "" (nothing to say)."""
+def ctstates(res: StepResult, before: list[dict] | None = None) -> list[str]:
+    """Each packet of the step as ``-m conntrack --ctstate`` names it (NEW, ESTABLISHED,
+    RELATED, INVALID; "" when the tables cannot tell), read from the entries around
+    the step the way nf_conntrack_in() decides:
+
+    * an ICMP error whose quoted packet, inverted, is an entry's tuple is RELATED
+      (icmp_error(), nf_conntrack_icmpv4_error()); so is the router's own error about
+      a packet of an entry: icmp_send() attaches that entry to it (nf_ct_attach() in
+      icmp_glue_bits());
+    * a packet on an entry's reply tuple, or on its original tuple once a reply was
+      seen, is ESTABLISHED; on the original tuple before any reply, NEW;
+    * a packet that crossed the router with no entry was INVALID: it got none, and so
+      no NAT either (a dropped one may be INVALID or an unconfirmed NEW: "").
+    """
     from ..conntrack.core import get_tuple
     from ..packet.ipv4 import IPPROTO_ICMP, Packet
-    p = Packet.parse(bytearray(pp.before))
-    if p is None:
-        return ""
-    tuples = {}
-    for e in entries or ():
+    entries = step_entries(res, before)
+    where: dict[Tuple, tuple[str, int]] = {}
+    for i, e in enumerate(entries):
         proto = e.get("proto", "")
-        tuples[_json_tuple(proto, e["orig"])] = "ORIGINAL"
-        tuples[_json_tuple(proto, e["reply"])] = "REPLY"
-    if p.proto == IPPROTO_ICMP and p.itype in ICMP_ERROR_TYPES:
-        inner = p.embedded_packet()
-        t = get_tuple(inner) if inner is not None and inner.l4ok else None
-        inv = invert_tuple(t) if t is not None else None
-        if inv is not None and inv in tuples:
-            return "RELATED"
-        # The router's own error quotes the packet as it arrived, before NAT: icmp_send()
-        # attaches that packet's entry to the error (nf_ct_attach), RELATED as well.
-        return "RELATED" if pp.iface_in is None and t in tuples else ""
-    t = get_tuple(p)
-    if t is not None and t in tuples:
-        return tuples[t]
-    if pp.verdict == "forwarded" and p.proto in (6, 17):
-        return "INVALID"
-    return ""
+        where.setdefault(_json_tuple(proto, e["orig"]), ("ORIGINAL", i))
+        where.setdefault(_json_tuple(proto, e["reply"]), ("REPLY", i))
+    replied = {i for i, e in enumerate(before or []) if not e.get("unreplied", True)}
+    out = []
+    for pp in res.packets:
+        p = Packet.parse(bytearray(pp.before))
+        if p is None:
+            out.append("")
+            continue
+        if p.proto == IPPROTO_ICMP and p.itype in ICMP_ERROR_TYPES:
+            inner = p.embedded_packet()
+            t = get_tuple(inner) if inner is not None and inner.l4ok else None
+            inv = invert_tuple(t) if t is not None else None
+            own = pp.iface_in is None and t in where
+            out.append("RELATED" if (inv is not None and inv in where) or own else "")
+            continue
+        found = where.get(get_tuple(p))
+        if found is not None:
+            direction, i = found
+            if direction == "REPLY":
+                replied.add(i)
+                out.append("ESTABLISHED")
+            else:
+                out.append("ESTABLISHED" if i in replied else "NEW")
+        elif pp.verdict == "forwarded" and p.proto in (6, 17):
+            out.append("INVALID")
+        else:
+            out.append("")
+    return out
 
 
 def packet_title(i: int, pp, how: str = "") -> str:
@@ -150,8 +166,7 @@ class StepLog:
 
     def add(self, res: StepResult, state: str | None, before: list[dict] | None = None) -> None:
         tr = res.transition
-        entries = step_entries(res, before)
-        how = [conntrack_view(p, entries) for p in res.packets]
+        how = ctstates(res, before)
         self.rows.append({"step": res.step, "transition": f"{tr.old_state}>{tr.new_state}" if tr
                           else "", "dir": tr.direction if tr else "", "flag": tr.flag if tr else "",
                           "state": state or "-",
@@ -233,7 +248,7 @@ class Stepper:
                                            layout=widgets.Layout(width="auto"))
         self.reset_button.on_click(lambda _b: self._click(self.reset))
         self.picker = widgets.Dropdown(options=[], description="packet",
-                                       layout=widgets.Layout(width="640px"))
+                                       layout=widgets.Layout(width="98%"))
         self.picker.observe(self._pick, names="value")
         self.widget = self._layout()
         self._kernel_side(None)
@@ -244,14 +259,28 @@ class Stepper:
                             + (f"<p>{esc(self.scenario.intro)}</p>" if self.scenario.intro else ""))
         controls = widgets.HBox([self.next_button, *self.buttons, self.reset_button],
                                 layout=widgets.Layout(flex_flow="row wrap"))
-        tables = widgets.VBox([self.table.widget, self.compare.widget])
-        middle = widgets.HBox([self.diagram.widget, tables]) if self.diagram else tables
-        parts: list[widgets.Widget] = [head, controls, self.status, self.explain, middle]
+        half = widgets.Layout(flex="1 1 50%", min_width="420px", overflow="auto")
+        side = []
+        if self.diagram is not None:
+            self.diagram.widget.layout = half
+            side.append(self.diagram.widget)
+        if self.packet is not None:
+            side.append(widgets.VBox([self.picker, self.packet.widget],
+                                     layout=widgets.Layout(flex="1 1 50%", min_width="420px",
+                                                           overflow="auto")))
+        wide = widgets.Layout(overflow="auto")
+        self.table.widget.layout, self.compare.widget.layout = wide, widgets.Layout(overflow="auto")
+        parts: list[widgets.Widget] = [head, controls, self.status, self.explain]
+        if side:
+            parts.append(widgets.HBox(side, layout=widgets.Layout(flex_flow="row wrap",
+                                                                  align_items="flex-start")))
         if self.timeline is not None:
             parts.append(self.timeline.widget)
-        if self.packet is not None:
-            parts += [self.picker, self.packet.widget]
-        parts += [widgets.HBox([self.events.widget, self.kernel_events.widget]), self.log.widget]
+        parts += [self.table.widget, self.compare.widget]
+        for v in (self.events, self.kernel_events):
+            v.widget.layout = widgets.Layout(flex="1 1 50%", min_width="420px", overflow="auto")
+        parts += [widgets.HBox([self.events.widget, self.kernel_events.widget],
+                               layout=widgets.Layout(flex_flow="row wrap")), self.log.widget]
         return widgets.VBox(parts)
 
     def _repr_mimebundle_(self, **kw):
@@ -305,9 +334,27 @@ class Stepper:
                 b.disabled = False
 
     def run(self, step: str | None = None) -> StepResult:
-        """Perform ``step`` (default: the next one) and show what it did."""
-        res = self.session.run(self.scenario, step)
-        self._show(res)
+        """Perform ``step`` (default: the next one; after the last, the first again) and
+        show it.  Steps before it that have not run yet run and show first; an earlier
+        step, or this scenario after another one ran, starts the scenario over."""
+        names = [st.name for st in self.scenario.steps]
+        ours = self.session.current is self.scenario
+        done = self.session.next_index if ours else 0
+        if step is None:
+            target = done if done < len(names) else 0
+        elif step in names:
+            target = names.index(step)
+        else:
+            raise SessionError(f"scenario {self.scenario.name} has no step {step!r}: steps are "
+                               f"{', '.join(names)}")
+        if not ours or target < done:
+            if self.results or not ours:
+                self._clear()
+            done = 0
+        res = None
+        for name in names[done:target + 1]:
+            res = self.session.run(self.scenario, name)
+            self._show(res)
         return res
 
     def run_all(self) -> list[StepResult]:
@@ -317,7 +364,11 @@ class Stepper:
         return [self.run(st.name) for st in self.scenario.steps]
 
     def reset(self) -> None:
+        """Empty the tables (live) or rewind the recording (replay), and the views."""
         self.session.reset()
+        self._clear()
+
+    def _clear(self) -> None:
         self.results, self._packets = [], []
         self._ev_seen = len(self.session.events())
         self.table.update([])
@@ -357,9 +408,8 @@ class Stepper:
             self.timeline.update(res.table, res.t or self.session.now())
         if self.packet is not None:
             self._packets = list(res.packets)
-            entries = step_entries(res, before)
-            opts = [(packet_title(i, pp, conntrack_view(pp, entries)), i)
-                    for i, pp in enumerate(self._packets)]
+            opts = [(packet_title(i, pp, how), i)
+                    for i, (pp, how) in enumerate(zip(self._packets, ctstates(res, before)))]
             self.picker.options = opts
             if opts:
                 if self.picker.value == opts[-1][1]:
@@ -505,111 +555,6 @@ class LiveTable:
 
 def live_table(session: Session, interval: float = 0.25) -> LiveTable:
     return LiveTable(session, interval)
-
-
-# --- early drop (engine only) --------------------------------------------------------------------
-
-class EarlyDropPanel:
-    """A table of ``max_entries`` filled in nattrack's engine (the same code as the
-    router's tracker), to watch early_drop() make room for a new connection.
-
-    The kernel's nf_conntrack_max cannot be lowered inside a lab namespace (it is
-    read-only outside the initial namespace), so this runs the engine alone, on its
-    own clock, in live and replay mode alike: one ASSURED TCP connection, then UDP
-    datagrams that are never answered, one more than the table holds.
-    """
-
-    def __init__(self, max_entries: int = 4, t0: float = 1_700_000_000.0) -> None:
-        from ..netfilter.rules import Ruleset
-        from ..netfilter.stack import Router
-        from ..lab import RULES_DIR
-        from ..replay import ManualClock
-        self.max_entries = max_entries
-        self.clock = ManualClock(t0)
-        self.router = Router(dict(sc.ROUTER_IFACES), dict(sc.ROUTER_ROUTES),
-                             Ruleset.load(str(RULES_DIR / "classroom.rules")),
-                             {"nf_conntrack_max": max_entries, "nf_conntrack_buckets": 1},
-                             self.clock, seed=1)
-        self.lines: list[str] = []
-        self.router.ct.listeners.append(self._on_event)
-        self.table = ConntrackTableView(title=f"the engine's table (nf_conntrack_max = "
-                                              f"{max_entries})")
-        self.log = EventLogView(title="events")
-        self.stats = widgets.HTML(value="")
-        self.button = widgets.Button(description="one more datagram", button_style="primary")
-        self.button.on_click(lambda _b: self.send_udp())
-        self.widget = widgets.VBox([self.button, self.table.widget, self.stats, self.log.widget])
-        self.udp_port = 41000
-        self._draw()
-
-    def _repr_mimebundle_(self, **kw):
-        return self.widget._repr_mimebundle_(**kw)
-
-    def _on_event(self, kind, ct, table, bits) -> None:
-        from ..conntrack import show
-        from ..conntrack.conn import IPCT_PROTOINFO
-        now_j = table.jiffies()
-        self.lines.append(show.format_event(
-            kind, ct, now_j, destroy_timeout=ct.remaining(now_j) if kind == "DESTROY" else None,
-            protoinfo=bool(bits & IPCT_PROTOINFO)))
-
-    def _in(self, data: bytes, iface: str) -> None:
-        from ..packet.ipv4 import Packet
-        self.clock.set(self.clock() + 0.1)
-        self.router.receive(Packet.parse(bytearray(data), 0, iface, self.clock()))
-
-    def _draw(self) -> None:
-        from ..conntrack import show
-        now_j = self.router.ct.jiffies()
-        entries = [show.conn_json(ct, now_j) for ct in self.router.ct.conns()]
-        self.table.update(entries)
-        self.log.clear()
-        self.log.append(self.lines)
-        st = self.router.ct.stats
-        state = {"view": "ct-stats", "entries": len(entries),
-                 "max": self.max_entries, "early-drop": st.get("early_drop", 0),
-                 "drop": st.get("drop", 0)}
-        self.stats.value = (f'<div class="nt" {data_attrs(state)}>entries '
-                            f'{state["entries"]}/{self.max_entries}, early_drop '
-                            f'{state["early-drop"]}, drop {state["drop"]}</div>')
-        _flush([self.table, self.log])
-
-    def assured_tcp(self) -> None:
-        """h1 opens a TCP connection to srv:80 and completes the handshake: ASSURED."""
-        from ..lab.craft import build
-        h1, srv = sc.NODES["h1"], sc.NODES["srv"]
-        self._in(build("tcp", h1, srv, 40100, 80, "S", 1000, 0), "ntr-lan")
-        addr, port = self._reply_of(40100)
-        self._in(build("tcp", srv, addr, 80, port, "SA", 5000, 1001), "ntr-wan")
-        self._in(build("tcp", h1, srv, 40100, 80, "A", 1001, 5001), "ntr-lan")
-        self._draw()
-
-    def _reply_of(self, sport: int) -> tuple[str, int]:
-        from ..conntrack import show
-        now_j = self.router.ct.jiffies()
-        for ct in self.router.ct.conns():
-            e = show.conn_json(ct, now_j)
-            if e["orig"].get("sport") == sport:
-                return e["reply"]["dst"], e["reply"]["dport"]
-        raise SessionError(f"no entry for source port {sport}")
-
-    def send_udp(self) -> None:
-        """h1 sends one UDP datagram from a new port; nobody answers."""
-        from ..lab.craft import build
-        self._in(build("udp", sc.NODES["h1"], sc.NODES["srv"], self.udp_port, 53,
-                       payload=b"anyone?"), "ntr-lan")
-        self.udp_port += 1
-        self._draw()
-
-    def run_all(self) -> None:
-        """The whole story: the ASSURED connection, then one datagram more than fits."""
-        self.assured_tcp()
-        for _ in range(self.max_entries):
-            self.send_udp()
-
-
-def early_drop_panel(max_entries: int = 4) -> EarlyDropPanel:
-    return EarlyDropPanel(max_entries)
 
 
 # --- small things ----------------------------------------------------------------------------------

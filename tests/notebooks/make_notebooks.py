@@ -231,18 +231,17 @@ from the table at zero, but when does `[DESTROY]` appear in the events, and why 
 
 *Question:* why does conntrack keep a closed connection in TIME_WAIT at all?
 """, maker="timeouts_panel", timeout=120),
-        md("""
+        *scenario("full", "table-full", """
 ## A full table and early drop
 
 When the table is full, a new connection is only admitted if an entry that never became
 ASSURED can be evicted (`early_drop()`); ASSURED ones are kept. A lab namespace cannot
-lower the kernel's `nf_conntrack_max`, so this runs nattrack's tracker alone, with room for
-4 entries: one ASSURED TCP connection, then unanswered UDP datagrams, one more than fits.
+lower the kernel's `nf_conntrack_max`, so this scenario runs nattrack's tracker alone
+(live or not), with room for 4 entries.
 
-*Question:* which entries were evicted, and which one survived? Press the button for more.
+*Questions:* which entry was evicted to make room, and which kind survived? Look for the
+`[DESTROY]` in the events.
 """),
-        code("full = ui.early_drop_panel(4)\nfull"),
-        code("full.run_all();"),
         *CLOSING,
     ]
 

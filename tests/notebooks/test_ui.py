@@ -1,0 +1,175 @@
+"""nattrack.notebook.ui on replay sessions (no lab, no root): what each panel shows after
+a step, the step log, the --ctstate reading of packets, time passing, grading mode."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from nattrack.lab.craft import build
+from nattrack.notebook import open_session, ui
+from nattrack.notebook.session import PacketPair, SessionError, StepResult
+from nattrack.widgets import widget_state
+
+
+@pytest.fixture
+def s01():
+    s = open_session("01-tcp-states", "replay")
+    yield s
+    s.close()
+
+
+def root(widget) -> dict:
+    return widget_state(widget.value)
+
+
+def test_banner_says_replay(s01):
+    b = ui.banner(s01)
+    assert b.state["mode"] == "replay" and "recorded" in b.state["label"]
+
+
+def test_one_step_at_a_time(s01):
+    p = ui.stepper(s01, "handshake")
+    assert p.diagram is not None and p.log.state["steps"] == []
+    p.run()
+    assert p.diagram.state["state"] == "SYN_SENT" and p.diagram.state["prev"] == "NONE"
+    assert p.table.state["states"] == ["SYN_SENT"]
+    assert root(p.explain)["step"] == "SYN"
+    p.run()
+    assert (p.diagram.state["transition"], p.diagram.state["dir"], p.diagram.state["flag"]) == \
+        ("SYN_SENT>SYN_RECV", "REPLY", "SYN-ACK")
+    # the SYN-ACK before and after: the destination rewritten back to h1
+    assert "dst" in p.packet.state["changed"] and "10.0.0.10.40001" in p.packet.state["after"]
+    assert p.log.state["steps"] == ["SYN", "SYN-ACK"]
+    assert p.log.state["ct"] == "NEW;ESTABLISHED"
+
+
+def test_a_later_step_shows_the_ones_before(s01):
+    p = ui.stepper(s01, "handshake")
+    p.run("ACK")
+    assert p.log.state["steps"] == ["SYN", "SYN-ACK", "ACK"]
+    assert p.log.state["transitions"] == ["NONE>SYN_SENT", "SYN_SENT>SYN_RECV",
+                                          "SYN_RECV>ESTABLISHED"]
+    p.run("SYN")                      # an earlier step: the scenario starts over
+    assert p.log.state["steps"] == ["SYN"] and p.table.state["states"] == ["SYN_SENT"]
+
+
+def test_run_all_then_reset(s01):
+    p = ui.stepper(s01, "rst")
+    res = p.run_all()
+    assert [r.step for r in res] == ["SYN", "SYN-ACK", "ACK", "RST"]
+    assert p.diagram.state["state"] == "CLOSE"
+    assert len(p.picker.options) == 1
+    p.reset()
+    assert p.log.state["steps"] == [] and p.table.state["entries"] == 0
+    assert p.diagram.state["state"] is None and p.picker.options == ()
+
+
+def test_two_panels_take_turns(s01):
+    a, b = ui.stepper(s01, "handshake"), ui.stepper(s01, "rst")
+    a.run("ACK")
+    b.run("SYN")                      # the session moves to rst
+    a.run()                           # a starts over: its scenario is no longer current
+    assert a.log.state["steps"] == ["SYN"]
+
+
+def test_errors_in_a_button_are_one_line(s01):
+    p = ui.stepper(s01, "handshake")
+
+    def boom():
+        raise SessionError("the lab went away: start it again")
+    p._click(boom)
+    assert root(p.status)["error"] == "the lab went away: start it again"
+    assert not any(b.disabled for b in p.buttons)
+
+
+def test_unknown_scenario_and_rules(s01):
+    with pytest.raises(SessionError, match="no scenario 'nope'"):
+        ui.stepper(s01, "nope")
+    with pytest.raises(SessionError, match="no rules file .*known are .*classroom"):
+        ui.show_rules("nope")
+    assert root(ui.show_rules("classroom-firewall"))["name"] == "classroom-firewall"
+
+
+def test_ctstates_related_and_invalid():
+    s = open_session("04-related-and-invalid", "replay")
+    p = ui.stepper(s, "port-unreachable")
+    p.run_all()
+    assert p.log.state["ct"] == "NEW,RELATED"
+    assert any(k.startswith("inner_") for k in p.packet.state["changed"])
+    p = ui.stepper(s, "invalid-leak")
+    p.run_all()
+    assert p.log.state["ct"] == "INVALID"
+
+
+def test_ctstates_from_made_up_packets():
+    """The reading itself, on packets made here: an entry h1:1000 -> srv:80 masqueraded."""
+    entry = {"proto": "udp", "orig": {"src": "10.0.0.10", "dst": "203.0.113.10", "sport": 1000,
+                                      "dport": 80},
+             "reply": {"src": "203.0.113.10", "dst": "203.0.113.1", "sport": 80, "dport": 1000},
+             "unreplied": True}
+    out = build("udp", "10.0.0.10", "203.0.113.10", 1000, 80, payload=b"q")
+    back = build("udp", "203.0.113.10", "203.0.113.1", 80, 1000, payload=b"a")
+    stray = build("udp", "10.0.0.10", "203.0.113.10", 1001, 80, payload=b"x")
+    # port unreachable from srv, quoting the datagram as it arrived (from 203.0.113.1)
+    quoted = build("udp", "203.0.113.1", "203.0.113.10", 1000, 80, payload=b"q")
+    err = build("icmp", "203.0.113.10", "203.0.113.1", icmp_type=3, icmp_code=3,
+                payload=quoted[:28])
+    err_other = build("icmp", "203.0.113.10", "203.0.113.1", icmp_type=3, icmp_code=3,
+                      payload=stray[:28])
+    pk = [PacketPair("ntr-lan", out, "ntr-wan", out, "forwarded"),
+          PacketPair("ntr-wan", back, "ntr-lan", back, "forwarded"),
+          PacketPair("ntr-lan", out, "ntr-wan", out, "forwarded"),
+          PacketPair("ntr-wan", err, "ntr-lan", err, "forwarded"),
+          PacketPair("ntr-wan", err_other, None, None, "dropped"),
+          PacketPair("ntr-lan", stray, "ntr-wan", stray, "forwarded"),
+          PacketPair("ntr-lan", stray, None, None, "dropped: filter FORWARD")]
+    res = StepResult("x", pk, None, [entry])
+    assert ui.ctstates(res, []) == ["NEW", "ESTABLISHED", "ESTABLISHED", "RELATED", "", "INVALID",
+                                    ""]
+
+
+def test_time_passes_on_the_chart(monkeypatch):
+    monkeypatch.setenv("NATTRACK_GRADING", "1")        # no pauses, no threads
+    s = open_session("03-timeouts", "replay")
+    p = ui.timeouts_panel(s, "time-wait")
+    assert p.updater is None
+    p.run("last-ACK")
+    assert p.table.state["states"] == ["TIME_WAIT"]
+    assert root(p.sysctl_view)["applied"] == "1"
+    tl = p.timeline.state
+    assert tl["entries"] == 1 and 0 < float(p.table.state and tl["entries"])
+    p.watch(6)                                             # TIME_WAIT is 5 s here
+    assert p.table.state["entries"] == 0
+    assert "tcp 10.0.0.10:40031 > 203.0.113.10:5031" in p.timeline.state["destroyed"]
+    assert p.events.state["destroy"] == 1
+    other = ui.stepper(s, "udp-assured")
+    other.run()
+    before = p.timeline.state["renders"]
+    p.refresh()                                            # not its turn: draws nothing
+    assert p.timeline.state["renders"] == before
+
+
+def test_live_table_thread_and_grading(monkeypatch, s01):
+    s01.run("handshake", "ACK")
+    t = ui.live_table(s01, interval=0.2)
+    try:
+        assert t.table.state["states"] == ["ESTABLISHED"]
+        assert t.updater.thread is not None and t.updater.thread.name == "nattrack-live-table"
+    finally:
+        t.stop()
+    assert not t.updater.running
+    monkeypatch.setenv("NATTRACK_GRADING", "1")
+    n = threading.active_count()
+    g = ui.live_table(s01)
+    assert g.updater.thread is None and threading.active_count() == n
+    assert g.table.state["states"] == ["ESTABLISHED"]
+
+
+def test_packet_labels():
+    pp = PacketPair("ntr-lan", b"", "ntr-wan", b"", "forwarded")
+    assert ui.packet_labels(pp) == ("in on ntr-lan (LAN side)", "out on ntr-wan (WAN side)")
+    own = PacketPair(None, b"", "ntr-lan", b"", "sent by the router")
+    assert ui.packet_labels(own)[0] == "sent by the router on ntr-lan (LAN side)"
+    dropped = PacketPair("ntr-wan", b"", None, None, "dropped: filter FORWARD")
+    assert ui.packet_labels(dropped)[1] == "dropped: filter FORWARD"
