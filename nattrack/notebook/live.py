@@ -212,8 +212,8 @@ class LiveSession(Session):
             status = self.client.status()
         except NoLab as exc:
             raise NoLiveLab(f"no lab is running: {START_HINT}") from exc
-        except LabError as exc:
-            raise NoLiveLab(f"the lab service does not answer ({exc}): {START_HINT}") from exc
+        except LabError as exc:                   # e.g. permission denied: what to do is in it
+            raise NoLiveLab(f"the lab service cannot be used: {exc}") from exc
         if hello.get("topo") != sc.TOPOLOGY:
             raise NoLiveLab(f"the running lab is {hello.get('topo')!r}, the notebooks need "
                             f"{sc.TOPOLOGY!r}: stop it (`sudo nattrack lab down`), then {START_HINT}")
