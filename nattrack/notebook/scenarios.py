@@ -177,13 +177,14 @@ SCENARIOS: dict[str, list[Scenario]] = {
         Scenario("closed-port", "A SYN to a closed port", steps=(
             _s("SYN", "h1 sends SYN to srv's port 6000", "Nothing listens there: srv's own "
                "kernel answers with a RST, the router translates it back and the entry goes "
-               "from SYN_SENT to CLOSE.", _tcp("c", "client", "S"), {"wait": 0.3}),
+               "from SYN_SENT to CLOSE; never answered otherwise, it is destroyed at once.", _tcp("c", "client", "S"), {"wait": 0.3}),
         ), flows={"c": _c("tcp", "h1", 40005, (SRV, CLOSED_PORT))}),
     ],
     "02-snat": [
         Scenario("rewrite", "One connection, before and after the router", steps=(
-            _s("SYN", "h1's SYN, before and after", "Only the source address changes (and "
-               "with it the IP and TCP checksums): MASQUERADE keeps the port when it is free.",
+            _s("SYN", "h1's SYN, before and after", "The source address changes, and with "
+               "it the IP and TCP checksums; the TTL drops by one, as at every router. "
+               "MASQUERADE keeps the port when it is free.",
                _tcp("c", "client", "S")),
             _s("SYN-ACK", "the reply, before and after", "The reply comes to 203.0.113.1; the "
                "reply tuple tells the router to rewrite the destination back to h1.",
