@@ -159,6 +159,15 @@ def test_offline_mode_reports_live_tests_as_not_run(tmp):
     assert t.output.startswith("not run: this is a live test (5 points when graded live)")
     assert res.total == res.max_total == 8
     assert "1 live test(s) were not run" in res.tests[0].output
+    assert res.failures == 0 and res.not_run == 1
+    from nattrack.grading import human_summary, to_classroom, to_junit_xml
+    text = human_summary(res)
+    assert text.startswith("Score: 8/8 (6 of 6 tests passed, 1 not run)")
+    assert "  SKIP 5.1 Live: a ping (0/0): not run: this is a live test" in text
+    junit = to_junit_xml(res)
+    validate_junit(junit)
+    assert 'skipped="1"' in junit and "<skipped message=" in junit
+    assert json.loads(base64.b64decode(to_classroom(res)))["status"] == "pass"
 
 
 def test_a_test_that_breaks_is_the_instructors_problem(tmp):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import multiprocessing.util
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor

@@ -66,6 +66,11 @@ class TestResult:
     def passed(self) -> bool:
         return self.status == "passed"
 
+    @property
+    def not_run(self) -> bool:
+        """A test the grader could not run here (a live test in offline mode): tag ``not-run``."""
+        return "not-run" in self.tags
+
 
 @dataclass
 class Results:
@@ -93,7 +98,11 @@ class Results:
 
     @property
     def failures(self) -> int:
-        return sum(1 for t in self.tests if not t.passed)
+        return sum(1 for t in self.tests if not t.passed and not t.not_run)
+
+    @property
+    def not_run(self) -> int:
+        return sum(1 for t in self.tests if t.not_run)
 
 
 def _num(x: float) -> int | float:
@@ -174,7 +183,8 @@ def to_junit_xml(results: Results, suite_name: str = "nattrack-grader") -> str:
                         time=f"{results.execution_time:.3f}")
     suite = ET.SubElement(suites, "testsuite", name=_xml_text(suite_name),
                           tests=str(len(results.tests)), failures=str(results.failures),
-                          errors="0", skipped="0", time=f"{results.execution_time:.3f}")
+                          errors="0", skipped=str(results.not_run),
+                          time=f"{results.execution_time:.3f}")
     props = ET.SubElement(suite, "properties")
     ET.SubElement(props, "property", name="score", value=f"{_num(results.total)}")
     ET.SubElement(props, "property", name="max_score", value=f"{_num(results.max_total)}")
@@ -185,7 +195,9 @@ def to_junit_xml(results: Results, suite_name: str = "nattrack-grader") -> str:
         case = ET.SubElement(suite, "testcase", name=_xml_text(t.name),
                              classname=f"{suite_name}.{t.number or i}",
                              time=f"{t.execution_time:.3f}")
-        if not t.passed:
+        if t.not_run:
+            ET.SubElement(case, "skipped", message=_xml_text(t.output[:200]))
+        elif not t.passed:
             first = t.output.strip().splitlines()[0] if t.output.strip() else "failed"
             fail = ET.SubElement(case, "failure", message=_xml_text(first[:200]),
                                  type="AssertionError")
@@ -247,10 +259,12 @@ def student_view(results: Results, after_due: bool = False, published: bool = Fa
 
 
 def human_summary(results: Results) -> str:
+    ran = len(results.tests) - results.not_run
     lines = [f"Score: {_num(results.total)}/{_num(results.max_total)} "
-             f"({len(results.tests) - results.failures} of {len(results.tests)} tests passed)"]
+             f"({ran - results.failures} of {ran} tests passed"
+             + (f", {results.not_run} not run)" if results.not_run else ")")]
     for i, t in enumerate(results.tests, 1):
-        mark = "PASS" if t.passed else "FAIL"
+        mark = "SKIP" if t.not_run else "PASS" if t.passed else "FAIL"
         line = f"  {mark} {t.number or i} {t.name} ({_num(t.score)}/{_num(t.max_score)})"
         if not t.passed and t.output.strip():
             first = t.output.strip().splitlines()[0]
