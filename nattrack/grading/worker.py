@@ -325,7 +325,10 @@ class Worker:
 
     def _read(self, timeout: float, what: str) -> dict:
         deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
+        try:
+            fd = self.proc.stdout.fileno()
+        except ValueError:                     # closed: the output cap stopped it meanwhile
+            self._died(what, timed_out=False)
         while b"\n" not in self.buf:
             left = deadline - time.monotonic()
             if left <= 0:
