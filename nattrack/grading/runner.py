@@ -7,12 +7,14 @@ against a submission and returns :class:`~nattrack.grading.results.Results`.
 Order of a grading run (docs/labs-format.md):
 
 0. the visible *environment probe* (0 points): which mode is possible here and why;
-1. offline tests, visible ones first, each with a fresh or still-healthy sandboxed worker;
+1. the visible tests, offline ones first, each with a fresh or still-healthy sandboxed
+   worker;
 2. then the hidden ones with a new worker (so nothing a hidden test sent to the submission
    can come back in a visible test's output);
-3. live tests, if live mode is on: one lab per submission, whose router runs the
-   submission (``nattrack lab up ... --plugin LAB=SUBMISSION``, unprivileged after it opens
-   its sockets), torn down at the end; each lab in its own ``NATTRACK_RUN_DIR``.
+3. live tests, if live mode is on, share one lab per submission, started before the first
+   of them (``nattrack lab up ... --plugin LABCOPY=SUBMISSION`` for a lab with
+   ``[[pieces]]``: its router runs the submission unprivileged), in a ``NATTRACK_RUN_DIR``
+   of its own, torn down at the end; in offline mode they are reported as not run.
 
 A test gets full points when it returns ``None`` or ``True``, the fraction when it returns
 a number in [0, 1]; an ``AssertionError``'s message, or the sandbox's one-line reason
@@ -197,7 +199,7 @@ class Ctx:
         self._deadline = deadline
         self.lab_dir = grader.lab.dir
         self.manifest = grader.lab.manifest
-        self.submission = sub.folder
+        self.submission = sub.sub_copy          # the lab's files, found and copied
         self.variant = dict(sub.variant)
         self.student_id = sub.student_id
 
