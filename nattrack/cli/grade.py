@@ -14,7 +14,7 @@ def register(sub) -> None:
                     "of student folders, each named by the student id). Student code runs in "
                     "an unprivileged sandbox, never in the grader. Exit status 0 whatever the "
                     "scores; 2 when the grader is misused.")
-    g.add_argument("lab", help="the lab folder, e.g. labs/02-tcp-states")
+    g.add_argument("lab", metavar="LAB", help="the lab folder, e.g. labs/02-tcp-states")
     g.add_argument("submissions", nargs="*", metavar="SUBMISSION",
                    help="a submission folder, or a folder of them")
     g.add_argument("--out", metavar="DIR", help="where results go (default: grading-results; "
@@ -25,7 +25,7 @@ def register(sub) -> None:
     g.add_argument("--student-id", metavar="ID",
                    help="the id of a single submission (per-student variants)")
     g.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="grade N submissions at a time (offline)")
+                   help="grade N submissions at a time (live labs still run one at a time)")
     g.add_argument("--package", choices=("gradescope", "classroom"),
                    help="instead of grading: build what a teacher uploads")
     g.set_defaults(func=_grade)
