@@ -11,8 +11,8 @@ A configuration is a set of knobs:
 
 Every scenario starts from the healthy baseline, applies its own ``[break]`` knobs
 (``scenarios/NAME.toml``, rules ``scenarios/NAME.rules``), then the student's
-``NAME.toml`` and ``NAME.rules`` (a submission's files) (when there is one).  Nothing a student
-writes is executed: the rules are parsed by nattrack's own parser first (an option
+``NAME.toml`` and ``NAME.rules`` (a submission's files; the rules only when given).
+Nothing a student writes is executed: the rules are parsed by nattrack's own parser first (an option
 it does not know is an error naming the line) and loaded with ``iptables-restore``;
 every other knob is checked against a short list and applied as an argv.
 
@@ -542,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("--dir", type=Path, default=LAB / "student",
                            help="the folder holding NAME.toml and NAME.rules (default: student/)")
     args = p.parse_args(argv)
+    from nattrack.lab import LabError
     try:
         if args.cmd == "list":
             for name in SCENARIOS:
@@ -560,15 +561,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         apply_live(_client(), cfg)
         meta = scenario(args.name)[1]
-        print(f"{args.name}: {'broken' if args.cmd == 'break' else 'your fix applied'}. "
-              f"{meta.get('symptom', '')}")
+        if args.cmd == "break":
+            print(f"{args.name}: broken. {meta.get('symptom', '')}")
+        else:
+            print(f"{args.name}: broken, then your {args.dir}/{args.name}.* applied; "
+                  f"was: {meta.get('symptom', '')}")
         for t in meta.get("try", []):
             print(f"  try: {t}")
         return 0
-    except (KnobError, OSError) as exc:
-        print(f"scenarios.py: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:                 # noqa: BLE001 -- e.g. no lab running
+    except (KnobError, LabError, OSError) as exc:      # LabError: e.g. no lab running
         print(f"scenarios.py: {exc}", file=sys.stderr)
         return 1
 
