@@ -54,7 +54,7 @@ class PluginError(ValueError):
 # --- what is installed, for uninstall() ---------------------------------------------------------
 
 _patches: list[tuple[Any, str, Any, bool]] = []      # (target, name or key, old value, is_item)
-_modules: list[str] = []
+_modules: list[tuple[str, Any]] = []                  # (name, what sys.modules had before)
 _paths: list[str] = []
 _MISSING = object()
 
@@ -87,7 +87,11 @@ def uninstall() -> None:
         else:
             setattr(target, name, old)
     while _modules:
-        sys.modules.pop(_modules.pop(), None)
+        name, old = _modules.pop()
+        if old is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = old
     while _paths:
         folder = _paths.pop()
         if folder in sys.path:
@@ -126,8 +130,8 @@ def load_module(submission_dir: str | Path, module: str):
         _paths.append(folder)
     spec = importlib.util.spec_from_file_location(module, path)
     mod = importlib.util.module_from_spec(spec)
+    _modules.append((module, sys.modules.get(module)))
     sys.modules[module] = mod
-    _modules.append(module)
     try:
         spec.loader.exec_module(mod)
     except SyntaxError as exc:
@@ -560,7 +564,7 @@ def install(lab, submission_dir: str | Path) -> None:
     submission_dir = Path(submission_dir).resolve()
     try:
         for piece in lab.pieces:
-            mod = sys.modules.get(piece.module) if piece.module in _modules else None
+            mod = sys.modules.get(piece.module) if any(n == piece.module for n, _ in _modules) else None
             if mod is None:
                 mod = load_module(submission_dir, piece.module)
             ADAPTERS[piece.kind](_Student(mod, label(submission_dir, piece.module)))
