@@ -23,7 +23,8 @@ from ..conntrack.core import get_tuple
 from ..lab import REPO_ROOT, RULES_DIR
 from ..netfilter.rules import Ruleset
 from ..netfilter.stack import Router
-from ..packet.ipv4 import Packet
+from ..conntrack.tuple import IPPROTO_ICMP
+from ..packet.ipv4 import ICMP_QUERY_TYPES, Packet
 from ..replay import ManualClock
 from . import scenarios as sc
 from .session import (PacketPair, Session, SessionError, StepResult, check_sysctl, step_flow,
@@ -96,6 +97,7 @@ class Engine:
             pkt = Packet.parse(bytearray(pp.before), 0, None, t)
             if pkt is None:
                 return "INVALID"
+            attached = self._attached(pkt)
             tup = get_tuple(pkt)
             new = tup is not None and tup not in self.router.ct.hash
             if new:
@@ -105,7 +107,7 @@ class Engine:
             finally:
                 if new:
                     forced.pop(tup, None)
-            pp.ctinfo = _ctinfo(pkt)
+            pp.ctinfo = attached or _ctinfo(pkt)
             return pp.ctinfo
         pkt = Packet.parse(bytearray(pp.before), 0, pp.iface_in, t)
         if pkt is None:
@@ -125,6 +127,19 @@ class Engine:
             pp.verdict = f"dropped: {v.dropped}" if v.dropped else "delivered to the router"
         pp.ctinfo = _ctinfo(pkt)
         return pp.ctinfo
+
+    def _attached(self, pkt: Packet) -> str | None:
+        """The kernel's own ICMP error carries the entry of the packet it is about:
+        icmp_glue_bits() calls nf_ct_attach(), which makes it RELATED_REPLY to a packet
+        of the original direction (RELATED to a reply), before conntrack sees it."""
+        if pkt.proto != IPPROTO_ICMP or pkt.itype in ICMP_QUERY_TYPES:
+            return None
+        inner = pkt.embedded_packet()
+        t = get_tuple(inner) if inner is not None and inner.l4ok else None
+        ct = self.router.ct.hash.get(t) if t is not None else None
+        if ct is None or self.router.ct.is_expired(ct):
+            return None
+        return "RELATED_REPLY" if ct.orig == t else "RELATED"
 
     def table(self) -> list[dict]:
         listing = list(self.router.ct.conns())         # reaps the expired, as a dump does

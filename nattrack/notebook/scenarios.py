@@ -283,9 +283,10 @@ SCENARIOS: dict[str, list[Scenario]] = {
                "the outer destination and the quoted source back to h1.",
                {"send": "icmp-error", "flow": "u", "side": "server", "type": 11, "code": 0}),
             _s("ttl-1", "h1 sends with TTL 1", "Our router may not forward it and sends ICMP "
-               "time exceeded itself. The quote is h1's datagram as it came in, never "
-               "translated: it matches no entry in either direction, so conntrack calls the "
-               "error INVALID, and it needs no translation anyway.",
+               "time exceeded itself. It quotes h1's datagram as it came in, never translated, "
+               "so conntrack could not find the entry from the quote; but icmp_send() hands "
+               "the error the entry of the packet it is about (nf_ct_attach()): RELATED, "
+               "like the other one.",
                _udp("u", "client", "ttl 1", ttl=1), {"wait": 0.3}),
         ), flows={"u": _c("udp", "h1", 40041, (SRV, 5041))}),
         Scenario("invalid-leak", "INVALID packets leak without a filter rule",
