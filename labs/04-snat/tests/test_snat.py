@@ -98,16 +98,17 @@ print(s.recv(200).decode().split()[0])
 def live(ctx):
     lab = ctx.live
     lab.flush()
+    port = ctx.variant.get("client_port", 5555)
     seen = {}
     for host in ("h1", "h2", "h3"):
-        r = lab.exec(host, ["python3", "-c", ECHO, "5555"], timeout=10)
+        r = lab.exec(host, ["python3", "-c", ECHO, str(port)], timeout=10)
         out = (r.stdout.decode() if isinstance(r.stdout, bytes) else r.stdout).strip()
-        assert r.returncode == 0 and ":" in out, f"{host}'s UDP from port 5555 got no echo through the router"
-        addr, port = out.rsplit(":", 1)
+        assert r.returncode == 0 and ":" in out, f"{host}'s UDP from port {port} got no echo through the router"
+        addr, public_port = out.rsplit(":", 1)
         assert addr == "203.0.113.1", f"the server saw {host} as {addr}, expected the router 203.0.113.1"
-        seen[host] = int(port)
-    assert seen["h1"] == 5555, f"h1's free port 5555 was changed to {seen['h1']}"
-    assert seen["h2"] != 5555 and seen["h2"] >= 1024, f"h2's clashing port became {seen['h2']}"
+        seen[host] = int(public_port)
+    assert seen["h1"] == port, f"h1's free port {port} was changed to {seen['h1']}"
+    assert seen["h2"] != port and seen["h2"] >= 1024, f"h2's clashing port {port} became {seen['h2']}"
     assert 5000 <= seen["h3"] <= 5003, f"h3's UDP left from port {seen['h3']}, outside --to-ports 5000-5003"
     r = lab.exec("h2", ["curl", "-s", "-m", "5", "http://203.0.113.10/"], timeout=10)
     assert r.returncode == 0, "a web request from h2 failed: are the rewritten TCP checksums right?"

@@ -110,21 +110,24 @@ for port in range(int(sys.argv[1]), int(sys.argv[2])):
 """
 
 
-@test(points=4, number="5.6", name="Live: a table of 4, short UDP timeouts, no error in the router",
+@test(points=4, number="5.6", name="Live: a small table, short UDP timeouts, no error in the router",
       mode="live", timeout=60)
 def live(ctx):
     lab = ctx.live
+    size = ctx.variant.get("table_max", 4)
     lab.flush()
     lab.sysctl("net.netfilter.nf_conntrack_udp_timeout", 2)
-    lab.sysctl("net.netfilter.nf_conntrack_max", 4)
+    lab.sysctl("net.netfilter.nf_conntrack_max", size)
     try:
-        r = lab.exec("h1", ["python3", "-c", PROBE, "46001", "46006"], timeout=15)
+        r = lab.exec("h1", ["python3", "-c", PROBE, "46001", str(46002 + size)], timeout=15)
         got = (r.stdout.decode() if isinstance(r.stdout, bytes) else r.stdout).split()
-        assert got[:4] == ["refused"] * 4, f"the first four flows: {got[:4]}, expected four refusals"
-        assert got[4:] == ["timeout"], (f"the fifth flow found the table full (4 unassured entries "
-                                        f"elsewhere in the hash) and must be dropped; h1 saw {got[4:]}")
+        assert got[:size] == ["refused"] * size, (f"the first {size} flows: {got[:size]}, expected "
+                                                  f"{size} refusals (nf_conntrack_max={size})")
+        assert got[size:] == ["timeout"], (f"the next flow found the table full ({size} unassured "
+                                           f"entries elsewhere in the hash) and must be dropped; "
+                                           f"h1 saw {got[size:]}")
         entries = lab.list_json({"proto": "udp", "dport": 9})
-        assert len(entries) == 4, f"{len(entries)} UDP entries in a table of 4"
+        assert len(entries) == size, f"{len(entries)} UDP entries in a table of {size}"
         assert all(e["timeout"] <= 2 for e in entries), "an entry's timeout is above nf_conntrack_udp_timeout=2"
         time.sleep(2.5)
         assert not lab.list_json({"proto": "udp", "dport": 9}), "entries outlived their 2-s timeout"
