@@ -316,3 +316,21 @@ def test_wrong_checksums_are_counted_on_the_way_out(tmp_path):
                                 "--plugin", f"{LABS[4]}={tmp_path}"])
     assert rc == 0, err
     assert json.loads(out)["packets"]["bad_checksums_out"] > 10
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--mode", "kernel", "--plugin", f"{LABS[2]}={LABS[2] / 'solution'}"], "python mode only"),
+    (["--mode", "python", "--plugin", f"{LABS[2]}=/nonexistent"], "/nonexistent: no such submission folder"),
+    (["--mode", "python", "--plugin", f"{LABS[2]}={LABS[2] / 'solution'}", "--run-as", "nosuchuser"],
+     "--run-as nosuchuser: no such user"),
+    (["--mode", "python", "--plugin", "nonsense"], "expected LAB_DIR=SUBMISSION_DIR"),
+])
+def test_router_plugin_argument_errors_are_one_line(tmp_path, args, words):
+    """Checked before the router touches any namespace (so no root is needed here)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "nattrack.router", "--iface", "a=10.0.0.1/24",
+                        "--control", str(tmp_path / "c.sock"), *args],
+                       capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert r.returncode == 2 and r.stdout == ""
+    assert words in r.stderr and r.stderr.count("\n") == 1, r.stderr
