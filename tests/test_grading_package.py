@@ -96,6 +96,9 @@ def test_run_autograder_grades_a_submission(tmp):
     assert "Your variant: udp_timeout=" in doc["output"]
     assert sum(t["score"] for t in doc["tests"]) == 10          # 3.1 needs ann's variant
     assert SENTINEL not in r.stdout                               # stdout: hidden anyway
+    # without a jail only permissions would keep student code from these
+    for p in (root / "source" / "kit" / "hidden", root / "results"):
+        assert p.stat().st_mode & 0o777 == 0o700, p
 
 
 def test_run_autograder_always_writes_results(tmp):

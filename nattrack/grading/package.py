@@ -201,10 +201,12 @@ def run_autograder(root, source) -> int:
     t0 = time.monotonic()
     kit = source / "kit"
     try:
-        # Without a bwrap jail only permissions keep student code out: the kit, hidden tests
-        # and results are root's alone (the worker gets its own readable copies).
-        for p in (source, root / "results"):
-            os.chmod(p, stat.S_IRWXU)
+        # Without a bwrap jail only permissions keep student code out: the hidden tests and
+        # the results are root's alone.  The rest of the kit (no solutions in it) stays
+        # readable: the live router imports nattrack after it drops root.
+        for p in (kit / "hidden", root / "results"):
+            if p.is_dir():
+                os.chmod(p, stat.S_IRWXU)
         work = Path(tempfile.mkdtemp(prefix="nattrack-gs-"))
         os.chmod(work, 0o755)
         try:
