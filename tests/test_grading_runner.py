@@ -222,13 +222,24 @@ def test_a_class_folder_and_a_zip_of_a_folder(tmp):
     klass = tmp / "class"
     shutil.copytree(LAB / "solution", klass / "ann" / "lab99")      # one folder down
     shutil.copytree(LAB / "student", klass / "bob")
-    (klass / "notes").mkdir()                                         # not a submission
+    (klass / "cy").mkdir()                                            # handed in nothing
+    (klass / "cy" / "tcp_state.py").write_text("typo in the name\n")
     r = nattrack("grade", LAB, klass, "--out", tmp / "out", "--mode", "offline", "--jobs", "2")
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in (tmp / "out").iterdir() if p.is_dir()) == ["ann", "bob"]
+    assert sorted(p.name for p in (tmp / "out").iterdir() if p.is_dir()) == ["ann", "bob", "cy"]
     ann = json.loads((tmp / "out" / "ann" / "results.json").read_text())
     assert sum(t["score"] for t in ann["tests"]) == 7                 # 3.1: ann's variant
-    assert "[2/2]" in r.stdout
+    cy = json.loads((tmp / "out" / "cy" / "results.json").read_text())
+    assert sum(t["score"] for t in cy["tests"]) == 0
+    assert "Missing from your submission: tcp_states.py, answers.txt" in cy["output"]
+    assert "your submission has no tcp_states.py" in cy["tests"][1]["output"]
+    assert "[3/3]" in r.stdout
+    # a single submission zipped as a folder: its only subfolder holds the files
+    single = tmp / "single"
+    shutil.copytree(LAB / "solution", single / "lab99")
+    r = nattrack("grade", LAB, single, "--out", tmp / "out1", "--mode", "offline")
+    res = json.loads((tmp / "out1" / "single" / "results.json").read_text())
+    assert sum(t["score"] for t in res["tests"]) == 8
 
 
 def test_lab_check_names_each_unmet_todo(tmp):

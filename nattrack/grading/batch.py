@@ -13,8 +13,10 @@ For all of them: ``OUT/class.csv`` (one row per student and test) and ``OUT/grad
 (problems in the tests themselves, for the instructor).  What ``nattrack grade`` prints
 (progress lines; for a single submission its student summary) never names a hidden test.
 
-A *submission* is a folder holding the lab's files; a folder without them whose
-subfolders hold them is a *class*: one student per subfolder, named by it.
+A *submission* is a folder holding the lab's files (at its top, or in its only subfolder:
+a zipped folder); a folder without them whose subfolders hold them is a *class*: one
+student per subfolder, named by it (a student whose folder lacks the files scores zero,
+with the missing files named).
 """
 from __future__ import annotations
 
@@ -53,10 +55,10 @@ def discover(paths, files: list[str],
         direct = any((p / f).exists() for f in files)
         subs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
         members = [d for d in subs if _has_files(d, files)]
-        if direct or not members:
+        if direct or not members or len(subs) == 1:      # one folder down: a zipped folder
             out.append((student_id or p.resolve().name, p, student_id))
-        else:
-            out.extend((d.name, d, d.name) for d in members)
+        else:                       # a class: every subfolder is a student, files or not
+            out.extend((d.name, d, d.name) for d in subs)
     ids = [i for i, _, _ in out]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
