@@ -532,7 +532,7 @@ class Grader:
     def _run_one(self, run: SubmissionRun, lt: LoadedTest, mode: str) -> TestResult:
         spec = lt.spec
         t0 = time.monotonic()
-        if not run.worker.alive():
+        if not run.worker.alive() and not run.worker.start_error:
             try:
                 run.worker.start()
             except SubmissionError:

@@ -241,6 +241,7 @@ class Worker:
         self.proc = None
         self.errors: dict[str, str] = {}
         self.dead: str | None = "not started"
+        self.start_error: str | None = None    # it could not even start: no more tries
         self.starts = 0
 
     # -- paths as the worker sees them --------------------------------------------------------
@@ -279,7 +280,12 @@ class Worker:
         self.buf = b""
         self.dead = None
         threading.Thread(target=self._drain_stderr, args=(self.proc,), daemon=True).start()
-        hello = self._read(self.HELLO_TIMEOUT, "importing your files")
+        try:
+            hello = self._read(self.HELLO_TIMEOUT, "importing your files")
+        except SubmissionError as exc:         # the same again next time: do not retry
+            self.start_error = str(exc)
+            self.dead = self.start_error
+            raise
         self.errors = dict(hello.get("errors") or {})
 
     def _drain_stderr(self, proc) -> None:
@@ -310,6 +316,8 @@ class Worker:
     # -- requests ---------------------------------------------------------------------------
     def request(self, req: dict, timeout: float, what: str):
         """Send one request; its value, or :class:`SubmissionError` with the reason."""
+        if self.start_error:
+            raise SubmissionError(self.start_error)
         if not self.alive():
             raise SubmissionError(f"{what}: your code's process is not running "
                                   f"({self.dead or 'it ended'})")
