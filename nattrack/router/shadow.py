@@ -33,7 +33,7 @@ frame that matches no ingress frame is counted: ``shadow_missed`` (the kernel
 forwarded something the shadow never got: a full socket buffer) or
 ``kernel_originated`` (the kernel's own packets: RSTs, ICMP errors, echo replies),
 which the shadow runs through its LOCAL_OUT path as the kernel did (except echo
-replies, which the engine makes itself).  Within a second of a socket overflow
+replies and ICMP errors, which the engine makes itself: icmp_echo(), icmp_send()).  Within a second of a socket overflow
 every unexplained copy counts as missed: a masqueraded packet the shadow lost
 would look like one of the kernel's own.  ``shadow_missed`` is therefore a lower
 bound: when the socket drops BOTH copies of a datagram nothing shows it was ever
@@ -57,7 +57,7 @@ from ..conntrack.core import get_tuple
 from ..conntrack.sysctl import PREFIX
 from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_PROTOS, PROTO_NAMES, Tuple,
                                int2ip, invert_tuple)
-from ..netfilter.stack import Router
+from ..netfilter.stack import ICMP_ERROR_TYPES, Router
 from ..packet.ipv4 import ICMP_QUERY_TYPES, Packet
 from .dataplane import BATCH, PACKET_OUTGOING, Dataplane, Port
 from .quiet import VNET_LEN, NamespaceChanges, finish_checksum, packet_drops, packet_socket, run
@@ -311,9 +311,12 @@ class ShadowDataplane(Dataplane):
         if pkt.src in self.router.local and self._lossy_until < time.time():
             # The kernel's own packet (a RST, an ICMP error, its own traffic): the shadow
             # runs it through LOCAL_OUT too, in its place in the queue.  Echo replies
-            # excepted: the engine's icmp_echo() already answered the request.
+            # excepted: the engine's icmp_echo() already answered the request; and ICMP
+            # errors: the engine's icmp_send() made its own (with the offending packet's
+            # entry attached, nf_ct_attach(), as the kernel does); the kernel's copy, which
+            # carries an entry too, is ignored by nf_conntrack_in() and never confirmed.
             self.counters["kernel_originated"] += 1
-            if pkt.proto == IPPROTO_ICMP and pkt.itype == 0:
+            if pkt.proto == IPPROTO_ICMP and (pkt.itype == 0 or pkt.itype in ICMP_ERROR_TYPES):
                 return
             t = get_tuple(pkt)
             answered = invert_tuple(t) if t is not None else None
