@@ -264,6 +264,13 @@ def _sub(tmp_path, name, text):
      "next_state('NONE', 'ORIGINAL', 'SYN') returned 42; expected a state name"),
     (2, {"tcp_states.py": "import sys\nsys.exit(3)\n"}, "tcp_states.py does not import: SystemExit"),
     (4, {"snat.py": "def pick_port(*a):\n    return 1\n"}, "snat.py: no function csum_replace2() (TODO 3)"),
+    # the answer is in the reference engine: a submission may not reach for it
+    (2, {"tcp_states.py": "x = 1\nfrom nattrack.conntrack.proto_tcp import TCP_CONNTRACKS\n"},
+     "tcp_states.py: line 2: uses 'nattrack.conntrack.proto_tcp', the reference"),
+    (2, {"tcp_states.py": "import importlib\nt = importlib.import_module('nattrack.conntrack')\n"},
+     "tcp_states.py: line 2: uses 'nattrack.conntrack'"),
+    (2, {"tcp_states.py": "from helper import *\n", "helper.py": "import nattrack\n"},
+     "helper.py: line 1: uses 'nattrack'"),
 ])
 def test_broken_submission_is_one_line(tmp_path, lab_n, files, words):
     for name, text in files.items():

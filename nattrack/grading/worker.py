@@ -81,6 +81,7 @@ def _read_files(lab_dir: str) -> list[str]:
 class _Served:
     def __init__(self, lab_dir: str, sub: str) -> None:
         import importlib
+        from nattrack.labs.plugin import PluginError, check_own_code
         self.lab_dir, self.sub = lab_dir, sub
         self.modules: dict[str, object] = {}
         self.errors: dict[str, str] = {}
@@ -94,7 +95,10 @@ class _Served:
                 self.errors[mod] = f"your submission has no {name}"
                 continue
             try:
+                check_own_code(Path(sub) / name, name)
                 self.modules[mod] = importlib.import_module(mod)
+            except PluginError as exc:
+                self.errors[mod] = str(exc)
             except BaseException as exc:       # noqa: BLE001 -- a student's module
                 if isinstance(exc, KeyboardInterrupt):
                     raise

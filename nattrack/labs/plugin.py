@@ -30,6 +30,7 @@ early_drop         lab 5: ``early_drop()`` chooses what a full table evicts
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
 import sys
 from pathlib import Path
@@ -124,6 +125,8 @@ def load_module(submission_dir: str | Path, module: str):
     if not path.is_file():
         raise PluginError(f"{where}: the file is missing (the lab needs {module}.py in "
                           f"{submission_dir})")
+    for py in sorted(submission_dir.glob("*.py")):
+        check_own_code(py, label(submission_dir, py.stem))
     folder = str(submission_dir)
     if folder not in sys.path:
         sys.path.insert(0, folder)
@@ -139,6 +142,31 @@ def load_module(submission_dir: str | Path, module: str):
     except (Exception, SystemExit) as exc:   # noqa: BLE001 -- student code: anything may come
         raise PluginError(f"{where} does not import: {_one_line(exc)}") from None
     return mod
+
+
+def check_own_code(path: Path, where: str) -> None:
+    """Refuse a submission that reaches for the reference engine (the answer is in it).
+
+    A static check, so it names the line: an import of ``nattrack`` or a string naming
+    one of its modules (``importlib.import_module("nattrack...")``, ``sys.modules[...]``).
+    """
+    try:
+        tree = ast.parse(path.read_bytes(), str(path))
+    except (SyntaxError, ValueError):
+        return                                # exec_module reports it with the line
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names = [node.value] if node.value.startswith("nattrack") else []
+        else:
+            continue
+        for name in names:
+            if name == "nattrack" or name.startswith("nattrack."):
+                raise PluginError(f"{where}: line {node.lineno}: uses {name!r}, the reference "
+                                  "implementation; a submission must be your own code")
 
 
 def _one_line(exc: BaseException) -> str:
