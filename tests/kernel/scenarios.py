@@ -727,6 +727,116 @@ def _icmp_error_bad() -> Scenario:
                                r"\[inner: udp 203\.0\.113\.1:41003 > 203\.0\.113\.2:9999\]"),)))
 
 
+def _router_error(rec, iface: str, type_: int, tos: int) -> None:
+    """The router's own ICMP error (icmp_send()): TOS precedence 6 | the offending TOS bits,
+    TTL 64, DF clear, the quote whole (short datagrams)."""
+    from scapy.layers.inet import IPerror
+    from scapy.layers.l2 import Ether
+    errs = [Ether(f)[IP] for _, f in rec.frames(iface, "out")
+            if IP in Ether(f) and Ether(f)[IP].proto == 1 and Ether(f)[IP].src in (ROUTER_PUB, "10.0.0.1")
+            and Ether(f)[ICMP].type == type_]
+    assert errs, f"no ICMP type {type_} from the router on {iface}"
+    for e in errs:
+        assert (e.tos, e.ttl, int(e.flags)) == (tos, 64, 0), e.summary()
+        assert e.len == 20 + 8 + e[IPerror].len, e.summary()
+
+
+def _ttl_exceeded_snat() -> Scenario:
+    return Scenario(
+        "icmp_send_ttl_exceeded_snat",
+        "icmp_send(): a first datagram with TTL 1 is answered with a time exceeded from the "
+        "router's LAN address, quoting it untranslated; its entry, attached to the error "
+        "(nf_ct_attach), is never confirmed: no event, no entry, no error counted; the next "
+        "datagram of the flow starts it anew",
+        MASQ,
+        (udp("priv1", 44001, 33434, b"probe", ttl=1, tos=0x28), Sleep(0.2),
+         udp("priv1", 44001, 33434, b"again")),
+        expect=Expect(
+            events=(ev("NEW", r"udp .*sport=44001 dport=33434 \[UNREPLIED\]"),),
+            table_count=1, stats={"error": 0, "invalid": 0},
+            egress=(("r-priv", r"icmp 10\.0\.0\.1 > 10\.0\.0\.2 type=11 code=0 "
+                               r"\[inner: udp 10\.0\.0\.2:44001 > 203\.0\.113\.2:33434\]"),
+                    ("r-pub", r"udp 203\.0\.113\.1:44001 > 203\.0\.113\.2:33434")),
+            checks=(lambda rec: _router_error(rec, "r-priv", 11, 0xC0 | 0x08),)))
+
+
+def _ttl_exceeded_dnat() -> Scenario:
+    return Scenario(
+        "icmp_send_ttl_exceeded_dnat",
+        "icmp_send() for a DNATed SYN with TTL 1: the quote is translated back to the public "
+        "destination 203.0.113.1:8080 at POST_ROUTING (nf_nat_icmp_reply_translation)",
+        DNAT_FORWARD,
+        (Send("pub", IP(src=PUB, dst=ROUTER_PUB, ttl=1) / TCP(sport=50100, dport=8080, flags="S",
+                                                              seq=1000),
+              note="syn to the forwarded port, TTL 1"),),
+        expect=Expect(
+            no_events=(r".",), table_count=0, stats={"error": 0, "invalid": 0},
+            egress=(("r-pub", r"icmp 203\.0\.113\.1 > 203\.0\.113\.2 type=11 code=0 "
+                              r"\[inner: tcp 203\.0\.113\.2:50100 > 203\.0\.113\.1:8080\]"),),
+            checks=(lambda rec: _router_error(rec, "r-pub", 11, 0xC0),)))
+
+
+def _ttl_exceeded_reply() -> Scenario:
+    return Scenario(
+        "icmp_send_ttl_exceeded_reply",
+        "icmp_send() for a reply of a masqueraded flow with TTL 1: the error (RELATED) goes "
+        "to pub quoting the masquerade address, the flow is not touched",
+        MASQ,
+        (udp("priv1", 44002, 5353), udp_reply(5353, 44002),
+         Send("pub", IP(src=PUB, dst=ROUTER_PUB, ttl=1) / UDP(sport=5353, dport=44002) / b"late",
+              note="reply with TTL 1")),
+        expect=Expect(
+            events=(ev("NEW", r"udp .*sport=44002 "), ev("UPDATE", r"udp .*sport=44002 ")),
+            table_count=1, stats={"error": 0, "invalid": 0},
+            egress=(("r-pub", r"icmp 203\.0\.113\.1 > 203\.0\.113\.2 type=11 code=0 "
+                              r"\[inner: udp 203\.0\.113\.2:5353 > 203\.0\.113\.1:44002\]"),)))
+
+
+def _ttl_exceeded_ratelimit() -> Scenario:
+    return Scenario(
+        "icmp_send_ratelimit",
+        "icmp_send() rate limit per destination (inet_peer_xrlim_allow, icmp_ratelimit 1000 "
+        "ms, burst 6): ten TTL-1 probes back to back get six time exceeded",
+        MASQ,
+        tuple(udp("priv1", 44010 + i, 33434 + i, ttl=1) for i in range(10)),
+        expect=Expect(
+            no_events=(r".",), table_count=0, stats={"error": 0},
+            egress=tuple(("r-priv", rf"icmp 10\.0\.0\.1 > 10\.0\.0\.2 type=11 .*:{44010 + i} ")
+                         for i in range(6)),
+            no_egress=tuple(("r-priv", rf"10\.0\.0\.2:{44010 + i} ") for i in range(6, 10))))
+
+
+def _no_df_out(rec) -> None:
+    from scapy.layers.l2 import Ether
+    flags = [int(Ether(f)[IP].flags) for _, f in rec.frames("r-pub", "out")]
+    assert flags == [1, 1, 0], f"fragment flags {flags}"
+
+
+def _frag_needed_reassembled() -> Scenario:
+    def parts(lab):
+        pkt = IP(src=PRIV1, dst=PUB, id=777, flags="DF") / UDP(sport=44020, dport=9) / (b"D" * 2000)
+        out = fragment(pkt, fragsize=1000)
+        for f in out:
+            f.flags |= 2                           # DF on every fragment
+        return out
+    return Scenario(
+        "icmp_send_df_fragments",
+        "ip_exceeds_mtu(): a datagram that came as DF fragments (each under the MTU) is "
+        "reassembled (longer than the MTU) and leaves fragmented again as it came "
+        "(frag_max_size), with no fragmentation-needed error; the kernel's fragments no "
+        "longer carry DF",
+        MASQ,
+        (Send("priv1", parts, note="udp 2000 bytes in DF fragments of 1000"),),
+        diff_xfail="nattrack.packet.defrag.refragment keeps DF on the fragments of a reassembled "
+                   "DF datagram; the kernel (6.18) sends them without DF",
+        expect=Expect(events=(ev("NEW", r"udp .*sport=44020 "),), table_count=1,
+                      stats={"error": 0, "invalid": 0},
+                      egress=(("r-pub", r"frag off=0 mf=1 ipid=777"),
+                              ("r-pub", r"frag off=2000 mf=0 ipid=777")),
+                      no_egress=(("r-priv", r"icmp"),),
+                      checks=(_no_df_out,)))
+
+
 def _icmp_id_clash(with_reply: bool) -> Scenario:
     steps = [echo("priv1", 4242), echo("priv2", 4242), echo_reply(4242)]
     desc = ("§8.3 two hosts ping with the same id: the second gets another id (0-65535); "
@@ -962,6 +1072,8 @@ SCENARIOS: list[Scenario] = [
     _udp_port_kept_other_dest(), _forward_without_nat(), _raw_notrack(),
     _icmp_echo(), _icmp_unanswered(), _icmp_invalid(), _icmp_error_related(), _icmp_error_tcp(),
     _icmp_error_bad(),
+    _ttl_exceeded_snat(), _ttl_exceeded_dnat(), _ttl_exceeded_reply(), _ttl_exceeded_ratelimit(),
+    _frag_needed_reassembled(),
     _icmp_id_clash(False), _icmp_id_clash(True),
     _udp_port_clash(), _tcp_port_clash(), _eim_reuse(), _snat_range(), _snat_exhaustion(),
     _dnat_forward(), _forward_policy(), _invalid_dropped(),
