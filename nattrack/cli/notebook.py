@@ -83,9 +83,12 @@ def resolve_account(user: str | None) -> Account:
     return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir)
 
 
-# JupyterLab settings defaults for a class (offline): no news prompt, no update check.
+# JupyterLab settings defaults for a class (offline): no news prompt, no update check, and
+# the notebooks' own kernel started without asking (JupyterLab otherwise sometimes opens
+# a "Select Kernel" dialog when a notebook is opened by its URL).
 SETTINGS_OVERRIDES = {"@jupyterlab/apputils-extension:notification":
-                      {"fetchNews": "false", "checkForUpdates": False}}
+                      {"fetchNews": "false", "checkForUpdates": False},
+                      "@jupyterlab/notebook-extension:tracker": {"autoStartDefaultKernel": True}}
 
 
 def jupyter_argv(ip: str, port: int, root_dir: Path, settings_dir: Path) -> list[str]:

@@ -133,7 +133,8 @@ def packet_title(i: int, pp, how: str = "") -> str:
 def banner(session: Session) -> ModeBanner:
     """The mode this notebook runs in (live lab or recording), for its first cell."""
     b = ModeBanner()
-    b.update(session.mode, session.label)
+    why = getattr(session, "why_not_live", "") if session.mode == "replay" else ""
+    b.update(session.mode, f"{session.label}. Not live: {why}" if why else session.label)
     b.flush()
     return b
 
@@ -259,26 +260,24 @@ class Stepper:
                             + (f"<p>{esc(self.scenario.intro)}</p>" if self.scenario.intro else ""))
         controls = widgets.HBox([self.next_button, *self.buttons, self.reset_button],
                                 layout=widgets.Layout(flex_flow="row wrap"))
-        half = widgets.Layout(flex="1 1 50%", min_width="420px", overflow="auto")
-        side = []
+        for v in (self.table, self.compare, self.events, self.kernel_events):
+            v.widget.layout = widgets.Layout(overflow="auto")
+        tables = widgets.VBox([self.table.widget, self.compare.widget],
+                              layout=widgets.Layout(flex="1 1 52%", min_width="380px"))
         if self.diagram is not None:
-            self.diagram.widget.layout = half
-            side.append(self.diagram.widget)
-        if self.packet is not None:
-            side.append(widgets.VBox([self.picker, self.packet.widget],
-                                     layout=widgets.Layout(flex="1 1 50%", min_width="420px",
-                                                           overflow="auto")))
-        wide = widgets.Layout(overflow="auto")
-        self.table.widget.layout, self.compare.widget.layout = wide, widgets.Layout(overflow="auto")
-        parts: list[widgets.Widget] = [head, controls, self.status, self.explain]
-        if side:
-            parts.append(widgets.HBox(side, layout=widgets.Layout(flex_flow="row wrap",
-                                                                  align_items="flex-start")))
+            self.diagram.widget.layout = widgets.Layout(flex="0 1 48%", min_width="380px")
+            middle = widgets.HBox([self.diagram.widget, tables],
+                                  layout=widgets.Layout(flex_flow="row wrap",
+                                                        align_items="flex-start"))
+        else:
+            middle = tables
+        parts: list[widgets.Widget] = [head, controls, self.status, self.explain, middle]
         if self.timeline is not None:
             parts.append(self.timeline.widget)
-        parts += [self.table.widget, self.compare.widget]
+        if self.packet is not None:
+            parts += [self.picker, self.packet.widget]
         for v in (self.events, self.kernel_events):
-            v.widget.layout = widgets.Layout(flex="1 1 50%", min_width="420px", overflow="auto")
+            v.widget.layout = widgets.Layout(flex="1 1 45%", min_width="380px", overflow="auto")
         parts += [widgets.HBox([self.events.widget, self.kernel_events.widget],
                                layout=widgets.Layout(flex_flow="row wrap")), self.log.widget]
         return widgets.VBox(parts)

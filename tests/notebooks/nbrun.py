@@ -166,7 +166,7 @@ def execute(name: str, params: dict, env: dict[str, str], user: KernelUser | Non
                                 resources={"metadata": {"path": str(cwd)}},
                                 shutdown_kernel="graceful")
         t0 = time.monotonic()
-        client.execute(env=env)
+        client.execute(env=env, cleanup_kc=True)      # we made the km: shut the kernel down
         seconds = time.monotonic() - t0
     finally:
         shutil.rmtree(spec_dir, ignore_errors=True)

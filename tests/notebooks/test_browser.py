@@ -138,46 +138,73 @@ def test_tcp_states_in_chromium(served):
     assert SHOT.stat().st_size > 10_000
 
 
+def kernel_ready(page, base: str, token: str) -> None:
+    """The notebook's kernel is started and idle, server side and in the page."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        r = page.request.get(f"{base}/api/sessions?token={token}")
+        sessions = [x for x in r.json() if x.get("path", "").endswith("01-tcp-states.ipynb")]
+        if sessions and (sessions[0].get("kernel") or {}).get("execution_state") == "idle":
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the notebook's kernel did not start")
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+
+
+def run_all(page) -> None:
+    """Run > Run All Cells, until the first code cell has run (JupyterLab ignores the
+    command while its session is still connecting to a kernel the server already has)."""
+    first = page.locator(".jp-CodeCell .jp-InputPrompt").first
+    for _ in range(3):
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_text("Run All Cells", exact=True).click()
+        try:
+            page.wait_for_function("el => /\\[(\\d+|\\*)\\]/.test(el.textContent)",
+                                   arg=first.element_handle(), timeout=10_000)
+            return
+        except Exception:                                   # noqa: BLE001 -- try again
+            continue
+    raise AssertionError("Run All Cells ran nothing three times")
+
+
 def drive(page, base: str, token: str, mode: str) -> None:
-    if True:
-        if True:
-            page.goto(f"{base}/lab/tree/01-tcp-states.ipynb?reset&token={token}")
-            page.wait_for_selector(".jp-Notebook", timeout=60_000)
-            idle = ".jp-Notebook-ExecutionIndicator[data-status='idle']"
-            page.wait_for_selector(idle, timeout=60_000)
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_text("Run All Cells", exact=True).click()
+    page.goto(f"{base}/lab/tree/01-tcp-states.ipynb?reset&token={token}")
+    page.wait_for_selector(".jp-Notebook", timeout=60_000)
+    kernel_ready(page, base, token)
+    run_all(page)
 
-            banner = page.locator(f"[data-view='mode'][data-mode='{mode}']")
-            banner.wait_for(state="attached", timeout=60_000)
-            diagram = page.locator("[data-view='diagram']").first
-            table = page.locator("[data-view='table']").first
-            # run_all() of the first panel ends in TIME_WAIT, on the diagram and in the table
-            page.locator("[data-view='diagram'][data-state='TIME_WAIT']").first.wait_for(
-                state="attached", timeout=120_000)
-            page.wait_for_function(
-                "() => !Array.from(document.querySelectorAll('.jp-InputPrompt'))"
-                ".some(p => p.textContent.includes('*'))", timeout=180_000)
-            page.wait_for_selector(idle, timeout=60_000)
-            assert table.get_attribute("data-states") == "TIME_WAIT"
+    banner = page.locator(f"[data-view='mode'][data-mode='{mode}']")
+    banner.wait_for(state="attached", timeout=60_000)
+    diagram = page.locator("[data-view='diagram']").first
+    table = page.locator("[data-view='table']").first
+    # run_all() of the first panel ends in TIME_WAIT, on the diagram and in the table
+    page.locator("[data-view='diagram'][data-state='TIME_WAIT']").first.wait_for(
+        state="attached", timeout=120_000)
+    page.wait_for_function(
+        "() => !Array.from(document.querySelectorAll('.jp-InputPrompt'))"
+        ".some(p => p.textContent.includes('*'))", timeout=180_000)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
+                           timeout=60_000)
+    assert table.get_attribute("data-states") == "TIME_WAIT"
 
-            # the buttons: reset, then three times "next step": the handshake
-            panel = page.locator(".jp-OutputArea-output").filter(has=diagram).first
-            panel.get_by_role("button", name="reset").click()
-            page.wait_for_function(
-                "() => document.querySelector(\"[data-view='diagram']\")"
-                ".getAttribute('data-state') === ''", timeout=30_000)
-            seen = []
-            for _ in range(3):
-                panel.get_by_role("button", name="next step ▶").click()
-                page.wait_for_function(
-                    "n => document.querySelector(\"[data-view='steps']\")"
-                    ".getAttribute('data-steps').split(',').filter(x => x).length === n",
-                    arg=len(seen) + 1, timeout=30_000)
-                seen.append(diagram.get_attribute("data-state"))
-            assert seen == ["SYN_SENT", "SYN_RECV", "ESTABLISHED"]
-            assert diagram.get_attribute("data-transition") == "SYN_RECV>ESTABLISHED"
-            assert table.get_attribute("data-states") == "ESTABLISHED"
-            diagram.scroll_into_view_if_needed()
-            page.wait_for_timeout(300)
-            page.screenshot(path=str(SHOT))
+    # the buttons: reset, then three times "next step": the handshake
+    panel = page.locator(".jp-OutputArea-output").filter(has=diagram).first
+    panel.get_by_role("button", name="reset").click()
+    page.wait_for_function(
+        "() => document.querySelector(\"[data-view='diagram']\")"
+        ".getAttribute('data-state') === ''", timeout=30_000)
+    seen = []
+    for _ in range(3):
+        panel.get_by_role("button", name="next step ▶").click()
+        page.wait_for_function(
+            "n => document.querySelector(\"[data-view='steps']\")"
+            ".getAttribute('data-steps').split(',').filter(x => x).length === n",
+            arg=len(seen) + 1, timeout=30_000)
+        seen.append(diagram.get_attribute("data-state"))
+    assert seen == ["SYN_SENT", "SYN_RECV", "ESTABLISHED"]
+    assert diagram.get_attribute("data-transition") == "SYN_RECV>ESTABLISHED"
+    assert table.get_attribute("data-states") == "ESTABLISHED"
+    panel.evaluate("el => el.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(SHOT))
