@@ -120,6 +120,7 @@ def test_tcp_states_in_chromium(served):
     base, token = launcher.url.split("/lab?token=")
     errors: list[str] = []
     SHOT.parent.mkdir(parents=True, exist_ok=True)
+    SHOT.with_name("01-tcp-states-failure.png").unlink(missing_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
