@@ -29,7 +29,7 @@ import ipywidgets as widgets
 from ..conntrack.tuple import ICMP_ERROR_TYPES, Tuple, invert_tuple
 from ..widgets import (ComparisonView, ConntrackTableView, EventLogView, ModeBanner, PacketView,
                        StateDiagramView, TimelineView, Updater, grading_mode)
-from ..widgets.render import _wrap, data_attrs, esc
+from ..widgets.render import _wrap, esc
 from . import scenarios as sc
 from .session import Session, SessionError, StepResult, find_entry, flow_orig, step_flow
 

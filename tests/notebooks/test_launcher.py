@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
-import re
 import signal
 import subprocess
 import sys

@@ -11,6 +11,8 @@ from nattrack.notebook import open_session, ui
 from nattrack.notebook.session import PacketPair, SessionError, StepResult
 from nattrack.widgets import widget_state
 
+from .nbrun import _DataParser
+
 
 @pytest.fixture
 def s01():
@@ -138,8 +140,12 @@ def test_time_passes_on_the_chart(monkeypatch):
     assert p.table.state["states"] == ["TIME_WAIT"]
     assert root(p.sysctl_view)["applied"] == "1"
     tl = p.timeline.state
-    assert tl["entries"] == 1 and 0 < float(p.table.state and tl["entries"])
-    p.watch(6)                                             # TIME_WAIT is 5 s here
+    assert tl["entries"] == 1
+    parser = _DataParser()
+    parser.feed(p.timeline.widget.value)
+    left = [float(e["data-remaining"]) for e in parser.found if "data-remaining" in e]
+    assert len(left) == 1 and 0 < left[0] <= 5             # TIME_WAIT is 5 s here
+    p.watch(6)
     assert p.table.state["entries"] == 0
     assert "tcp 10.0.0.10:40031 > 203.0.113.10:5031" in p.timeline.state["destroyed"]
     assert p.events.state["destroy"] == 1
