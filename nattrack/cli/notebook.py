@@ -183,7 +183,13 @@ def ensure_lab(no_lab: bool) -> bool:
         return False
     st = lab_answers()
     if st is not None:
-        print(f"nattrack: using the running lab ({st.get('topo')}, {st.get('mode')} mode)")
+        topo, _mode = lab_wanted()
+        if st.get("topo") != topo:
+            print(f"nattrack: the running lab is {st.get('topo')!r}, the notebooks need {topo!r}: "
+                  f"they use replay mode until you stop it (`sudo nattrack lab down`) and run "
+                  f"`sudo nattrack notebook` again")
+        else:
+            print(f"nattrack: using the running lab ({st.get('topo')}, {st.get('mode')} mode)")
         return False
     if os.geteuid() != 0:
         print("nattrack: no lab is running: run `sudo nattrack notebook` to start one; "
