@@ -210,3 +210,14 @@ def test_grading_starts_no_thread(replay_user):
     run = nbrun.execute("00-welcome", {"MODE": "replay"}, env, user=replay_user)
     assert run.probe["new_threads"] == []
     CHECKS["00-welcome"](run.nb, live=False)
+
+
+def test_grading_with_a_lab_up_replays_without_threads(live_lab):
+    """A grader running the notebook ("auto") gets the recorded run even when a lab answers:
+    the same for every student, and no thread reading the lab's event streams."""
+    env = nbrun.kernel_env(live_lab.user, {"NATTRACK_RUN_DIR": str(live_lab.run_dir),
+                                           "NBGRADER_EXECUTION": "autograde"})
+    run = nbrun.execute("00-welcome", {"MODE": "auto"}, env, user=live_lab.user)
+    check_common(run, "replay", live_lab.user)
+    assert run.probe["new_threads"] == []
+    CHECKS["00-welcome"](run.nb, live=False)
