@@ -291,9 +291,12 @@ def refragment(pkt: Packet, mtu: int | None = None) -> list[bytes]:
     (frag_max_size) and/or ``mtu``, whichever is smaller; a datagram that fits
     in it is returned whole, as ``[bytes]``.  Data per fragment is a multiple
     of 8 except in the last one; the header is copied, non-copied options are
-    NOOPed from the second fragment on (ihl does not change), DF is kept only on
-    fragments of a reassembled DF datagram (IPSKB_FRAG_PMTU).  A fragment that
-    is cut again keeps its offset and, if it had it, MF on its last piece.
+    NOOPed from the second fragment on (ihl does not change).  No piece carries
+    DF: a reassembled DF datagram whose fragments each fit leaves through
+    ip_do_fragment()'s fast path, whose ip_fraglist_init()/ip_fraglist_prepare()
+    write frag_off from the offset and MF alone (checked against Linux 6.18);
+    one whose fragments do not fit gets fragmentation needed instead.  A fragment
+    that is cut again keeps its offset and, if it had it, MF on its last piece.
 
     Returns ``[]`` when the kernel would answer ICMP fragmentation needed
     (ip_exceeds_mtu()/ip_fragment()): DF set and either the datagram exceeds
@@ -301,10 +304,9 @@ def refragment(pkt: Packet, mtu: int | None = None) -> list[bytes]:
     ``mtu``.  The caller sends the ICMP error with the next-hop MTU.  Also []
     if ``mtu`` leaves no room for 8 bytes of data.
 
-    Not modelled: the ip_do_fragment() fast path, which, when the reassembled
-    skb still holds the original fragments in its frag_list with a suitable
-    geometry, re-emits exactly the original fragment boundaries (in offset
-    order, and without DF).  This model always takes the slow path.
+    Not modelled: the fast path re-emits exactly the original fragment
+    boundaries (in offset order); this model cuts at ``max(frag_sizes)``, which
+    gives the same pieces when the sender cut equal fragments.
     """
     data = pkt.ip_bytes()
     hlen = pkt.ihl
@@ -322,7 +324,7 @@ def refragment(pkt: Packet, mtu: int | None = None) -> list[bytes]:
     hdr = bytearray(data[:hlen])
     payload = memoryview(data)[hlen:]
     start, not_last = pkt.frag, pkt.mf
-    flags = IP_DF if df else 0
+    flags = 0                                 # see above: never DF on the pieces
     out, ptr, left = [], 0, len(payload)
     while left > 0:
         n = left if left <= room else room & ~7

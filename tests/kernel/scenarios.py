@@ -827,8 +827,6 @@ def _frag_needed_reassembled() -> Scenario:
         "longer carry DF",
         MASQ,
         (Send("priv1", parts, note="udp 2000 bytes in DF fragments of 1000"),),
-        diff_xfail="nattrack.packet.defrag.refragment keeps DF on the fragments of a reassembled "
-                   "DF datagram; the kernel (6.18) sends them without DF",
         expect=Expect(events=(ev("NEW", r"udp .*sport=44020 "),), table_count=1,
                       stats={"error": 0, "invalid": 0},
                       egress=(("r-pub", r"frag off=0 mf=1 ipid=777"),
