@@ -86,3 +86,20 @@ def test_live_grading_runs_the_lab_and_cleans_up(lab_copy):
     # the labs are gone: no process of theirs, no run dir, no temp files
     assert _lab_processes(f"{tmpdir}/ntgrade-lab-") == []
     assert list(tmpdir.iterdir()) == []           # run dirs and the grader's temp files
+
+
+def test_live_grading_refuses_hidden_tests_others_can_read(lab_copy):
+    """The live router runs student code outside the jail, as an unprivileged user: the
+    hidden tests must be readable by the grader alone, or a crash message could carry them
+    into a visible test's output."""
+    from nattrack.grading.runner import GradeError, Grader
+    hidden = lab_copy / "hidden"
+    hidden.mkdir(mode=0o755)
+    (hidden / "test_hidden.py").write_text("")
+    os.chmod(hidden / "test_hidden.py", 0o644)
+    code_lab = REPO / "labs" / "02-tcp-states"      # its submission runs in the router
+    with pytest.raises(GradeError, match=r"chmod -R go-rwx"):
+        Grader(code_lab, hidden=hidden, mode="live")
+    os.chmod(hidden, 0o700)                          # readable by the grader alone: accepted
+    with Grader(code_lab, hidden=hidden, mode="live") as g:
+        assert g.mode == "live"

@@ -447,6 +447,14 @@ class Grader:
         self.live_problem = live_problem
         self.mode = "offline" if live_problem else "live"
         from .sandbox import bwrap_problem
+        if (hidden is not None and self.mode == "live" and self.lab.raw.get("pieces")
+                and _others_can_read(Path(hidden))):
+            # The live router imports the submission as an unprivileged user, outside the
+            # jail: only permissions keep it from the hidden tests (a crash message could
+            # carry them into a visible test's output).
+            raise GradeError(f"--hidden {hidden}: live grading runs student code in the lab's "
+                             "router as an unprivileged user who could read it: make it "
+                             "readable by you only (chmod -R go-rwx), or use --mode offline")
         if hidden is not None and bwrap_problem() and _others_can_read(Path(hidden)):
             print(f"nattrack: warning: without a bwrap jail ({bwrap_problem()}) student code "
                   f"could read {hidden}: make it readable by you only (chmod -R go-rwx)",
