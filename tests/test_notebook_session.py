@@ -361,6 +361,30 @@ def test_auto_mode_falls_back_to_replay_and_live_says_what_to_run(monkeypatch, t
     assert s.mode == "replay" and s.why_not_live == "NATTRACK_NOTEBOOK_MODE=replay"
 
 
+
+def test_grading_always_replays_even_when_live_is_asked_for(monkeypatch):
+    import nattrack.notebook.live as live
+
+    def no_live(*a, **kw):
+        raise AssertionError("a grading run opened a live session")
+    monkeypatch.setattr(live, "LiveSession", no_live)
+    for var in ("NATTRACK_GRADING", "NBGRADER_EXECUTION"):
+        monkeypatch.delenv("NATTRACK_GRADING", raising=False)
+        monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+        monkeypatch.setenv(var, "1")
+        monkeypatch.setenv("NATTRACK_NOTEBOOK_MODE", "live")
+        s = open_session("00-welcome")
+        assert s.mode == "replay" and s.why_not_live.startswith("a grading run")
+        assert "replay instead of the live lab" in s.why_not_live
+        monkeypatch.delenv("NATTRACK_NOTEBOOK_MODE")
+        s = open_session("00-welcome", "live")
+        assert s.mode == "replay" and "replay instead of the live lab" in s.why_not_live
+        s = open_session("00-welcome", "auto")
+        assert s.mode == "replay" and s.why_not_live.startswith("a grading run")
+    monkeypatch.delenv("NBGRADER_EXECUTION")
+    with pytest.raises(AssertionError, match="opened a live session"):
+        open_session("00-welcome", "live")                   # not grading: live is tried
+
 # --- craft ---------------------------------------------------------------------------------------
 
 def test_craft_builds_valid_packets_and_rejects_bad_flags(capsys):
