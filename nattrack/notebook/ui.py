@@ -519,7 +519,7 @@ class LiveTable:
     """The tracker's table (and the kernel's beside it), refreshed by an Updater every
     ``interval`` seconds (the kernel's, which costs a ``conntrack -L`` in the router,
     every ``kernel_every`` refreshes): traffic from anywhere (a terminal's ``nattrack
-    lab exec``) shows up.  Replay and grading: one snapshot."""
+    lab exec``) shows up.  Replay and grading: one snapshot, no thread."""
 
     def __init__(self, session: Session, interval: float = 0.25, kernel_every: int = 4) -> None:
         self.session = session
@@ -529,8 +529,15 @@ class LiveTable:
         self.compare = ComparisonView(title="tracker and kernel")
         self.refresh()                          # the first picture before the cell ends
         _flush([self.table, self.compare])
-        self.updater = Updater(self.refresh, interval, name="nattrack-live-table")
-        self.widget = widgets.VBox([self.updater.widget, self.table.widget, self.compare.widget])
+        # Only a live table follows anything: a replay session's table() reaps and emits
+        # DESTROY on an engine that is not thread-safe, so it is never called from a
+        # thread while buttons run steps; grading starts no thread either (the Updater).
+        self.updater: Updater | None = None
+        parts = [self.table.widget, self.compare.widget]
+        if session.mode == "live":
+            self.updater = Updater(self.refresh, interval, name="nattrack-live-table")
+            parts.insert(0, self.updater.widget)
+        self.widget = widgets.VBox(parts)
 
     def refresh(self) -> None:
         table = self.session.table()
@@ -547,7 +554,8 @@ class LiveTable:
         return self.widget._repr_mimebundle_(**kw)
 
     def stop(self) -> None:
-        self.updater.stop()
+        if self.updater is not None:
+            self.updater.stop()
         self.table.stop()
         self.compare.stop()
 

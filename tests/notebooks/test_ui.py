@@ -156,8 +156,14 @@ def test_time_passes_on_the_chart(monkeypatch):
     assert p.timeline.state["renders"] == before
 
 
-def test_live_table_thread_and_grading(monkeypatch, s01):
+def test_standalone_table_refreshes_on_a_thread_only_for_a_lab_session(monkeypatch, s01):
     s01.run("handshake", "ACK")
+    n = threading.active_count()
+    r = ui.live_table(s01, interval=0.2)             # replay: one snapshot, no thread
+    assert r.updater is None and threading.active_count() == n
+    assert r.table.state["states"] == ["ESTABLISHED"]
+    r.stop()
+    monkeypatch.setattr(s01, "mode", "live")         # the same table as a live session's
     t = ui.live_table(s01, interval=0.2)
     try:
         assert t.table.state["states"] == ["ESTABLISHED"]
