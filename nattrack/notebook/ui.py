@@ -21,6 +21,7 @@ are flushed at the end of a call, so a headless run stores their final values.
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable, Iterable
 
@@ -123,6 +124,16 @@ def ctstates(res: StepResult, before: list[dict] | None = None) -> list[str]:
     return out
 
 
+def _end_of(lines: list[str], block: list[str]) -> int:
+    """Where ``block`` (a step's events) ends in ``lines`` (all the session's events):
+    what came after it, while the step was being drawn, is left for the next refresh."""
+    n = len(block)
+    for k in range(len(lines) - n, -1, -1) if n else ():
+        if lines[k:k + n] == block:
+            return k + n
+    return len(lines)
+
+
 def packet_title(i: int, pp, how: str = "") -> str:
     from ..packet.ipv4 import Packet
     p = Packet.parse(bytearray(pp.before))
@@ -220,6 +231,10 @@ class Stepper:
         self.tcp = any(f.proto == "tcp" for f in flows) if diagram is None else diagram
         self.results: list[StepResult] = []
         self._packets: list = []
+        # The event log has one writer at a time: a step (run, reset) holds this lock and
+        # appends its own events; a background refresh appends the events that came
+        # between steps, and skips while a step holds it (never the same line twice).
+        self._ev_lock = threading.RLock()
         self._ev_seen = 0
 
         self.diagram = StateDiagramView(timeouts=self._tcp_timeouts()) if self.tcp else None
@@ -346,15 +361,16 @@ class Stepper:
         else:
             raise SessionError(f"scenario {self.scenario.name} has no step {step!r}: steps are "
                                f"{', '.join(names)}")
-        if not ours or target < done:
-            if self.results or not ours:
-                self._clear()
-            done = 0
-        res = None
-        for name in names[done:target + 1]:
-            res = self.session.run(self.scenario, name)
-            self._show(res)
-        return res
+        with self._ev_lock:
+            if not ours or target < done:
+                if self.results or not ours:
+                    self._clear()
+                done = 0
+            res = None
+            for name in names[done:target + 1]:
+                res = self.session.run(self.scenario, name)
+                self._show(res)
+            return res
 
     def run_all(self) -> list[StepResult]:
         """Start over and run every step, showing each (what the notebook's headless run
@@ -364,16 +380,18 @@ class Stepper:
 
     def reset(self) -> None:
         """Empty the tables (live) or rewind the recording (replay), and the views."""
-        self.session.reset()
-        self._clear()
+        with self._ev_lock:
+            self.session.reset()
+            self._clear()
 
     def _clear(self) -> None:
         self.results, self._packets = [], []
-        self._ev_seen = len(self.session.events())
+        with self._ev_lock:
+            self._ev_seen = len(self.session.events())
+            self.events.clear()
+            self.kernel_events.clear()
         self.table.update([])
         self.compare.update([], [])
-        self.events.clear()
-        self.kernel_events.clear()
         if self.diagram:
             self.diagram.update(None)
         if self.timeline:
@@ -393,9 +411,10 @@ class Stepper:
         self.table.update(res.table, highlight=entry)
         self.compare.update(res.table, res.kernel_table or [])
         self._kernel_side(res.kernel_table)
-        self.events.append(res.events)
-        self._ev_seen = len(self.session.events())
-        self.kernel_events.append(res.kernel_events)
+        with self._ev_lock:                 # the step's events, and none of them again later
+            self.events.append(res.events)
+            self._ev_seen = _end_of(self.session.events(), res.events)
+            self.kernel_events.append(res.kernel_events)
         state = (entry or {}).get("state")
         if self.diagram is not None:
             tr = res.transition
@@ -459,7 +478,8 @@ class TimeoutsPanel(Stepper):
                                 + self.widget.children[2:])
         self.updater: Updater | None = None
         if session.mode == "live":
-            self.updater = Updater(self.refresh, interval, name="nattrack-timeouts")
+            self.updater = Updater(lambda: self.refresh(wait=False), interval,
+                                   name="nattrack-timeouts")
 
     def _sysctl_html(self, applied: dict[str, int]) -> str:
         want = self.scenario.sysctls
@@ -472,18 +492,24 @@ class TimeoutsPanel(Stepper):
                 + rows + "</table>") if want else '<div class="nt-note">default timeouts</div>'
         return _wrap("sysctls", body, state, "timeouts in this scenario")
 
-    def refresh(self) -> None:
-        """Redraw the chart, the table and the events from the session (any thread);
-        nothing while the session runs another scenario (another panel's turn)."""
+    def refresh(self, wait: bool = True) -> None:
+        """Redraw the chart, the table and the events that came since the last step or
+        refresh (any thread; ``wait=False``, the background one, leaves the events to a
+        step that is running); nothing while the session runs another scenario."""
         if self.session.current is not self.scenario:
             return
         table = self.session.table()
         self.timeline.update(table, self.session.now())
         self.table.update(table)
-        evs = self.session.events()
-        if len(evs) > self._ev_seen:
-            self.events.append(evs[self._ev_seen:])
+        if not self._ev_lock.acquire(blocking=wait):
+            return
+        try:
+            evs = self.session.events()
+            if len(evs) > self._ev_seen:
+                self.events.append(evs[self._ev_seen:])
             self._ev_seen = len(evs)
+        finally:
+            self._ev_lock.release()
 
     def watch(self, seconds: float, step: float = 1.0) -> None:
         """Let ``seconds`` pass in ``step``s, redrawing after each (replay: the recorded

@@ -156,6 +156,34 @@ def test_time_passes_on_the_chart(monkeypatch):
     assert p.timeline.state["renders"] == before
 
 
+def test_a_background_refresh_during_a_step_adds_no_event_twice(monkeypatch):
+    monkeypatch.setenv("NATTRACK_GRADING", "1")        # no Updater: its refresh is called by hand
+    s = open_session("03-timeouts", "replay")
+    p = ui.timeouts_panel(s, "time-wait")
+    run, errors = s.run, []
+
+    def tick():
+        try:
+            p.refresh(wait=False)
+        except Exception as exc:                       # noqa: BLE001 -- asserted below
+            errors.append(exc)
+
+    def run_and_refresh_from_a_thread(*a, **kw):       # the Updater's tick, mid-step
+        r = run(*a, **kw)
+        t = threading.Thread(target=tick)
+        t.start()
+        t.join(10)
+        return r
+    monkeypatch.setattr(s, "run", run_and_refresh_from_a_thread)
+    p.run_all()
+    p.refresh()
+    p.watch(6)
+    assert errors == []
+    lines = list(p.events._lines)
+    assert len(lines) == len(set(lines)) == len(s.events()), lines
+    assert p.events.state["destroy"] == 1
+
+
 def test_standalone_table_refreshes_on_a_thread_only_for_a_lab_session(monkeypatch, s01):
     s01.run("handshake", "ACK")
     n = threading.active_count()
