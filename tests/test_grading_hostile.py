@@ -89,6 +89,8 @@ def graded():
     out = tmp / "out"
     klass = tmp / "class"
     shutil.copytree(HOSTILE, klass)
+    snoop = klass / "snoop" / "tcp_states.py"          # its targets: this checkout's files
+    snoop.write_text(snoop.read_text().replace("@REPO@", str(REPO)))
     shutil.copytree(LAB / "solution", klass / "zz-solution")
     before = {p for p in ("/etc/nattrack-pwned", "/var/tmp/nattrack-pwned") if os.path.exists(p)}
 
@@ -196,7 +198,11 @@ def test_nothing_outside_the_submission_is_readable(graded):
     for secret in (SENTINEL, SOLUTION_TEXT, "root:", "NATTRACK_LAB", "READ /work"):
         assert secret not in text, secret
     out = _by_number(graded["data"]["snoop"]["full"])["1.1"]["output"]
-    assert "denied /work/main/tests/grading/hidden-fixture/test_hidden.py" in out
+    for target in (HIDDEN / "test_hidden.py", LAB / "solution" / "tcp_states.py",
+                   REPO / "labs" / "02-tcp-states" / "solution" / "tcp_states.py"):
+        assert target.is_file(), target             # it is there, and the sandbox cannot
+        assert f"denied {target}: " in out, target   # read it
+
     assert "denied /etc/shadow" in out
     # what it could read at all: the interpreter's files, the kit, the lab's public data
     # and its own folder

@@ -26,6 +26,9 @@ def register(sub) -> None:
                    help="the id of a single submission (per-student variants)")
     g.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="grade N submissions at a time (live labs still run one at a time)")
+    g.add_argument("--unsafe-no-jail", action="store_true",
+                   help="not root and no bwrap here: run student code as your own user, "
+                        "able to read all you can (refused without this flag)")
     g.add_argument("--package", choices=("gradescope", "classroom"),
                    help="instead of grading: build what a teacher uploads")
     g.set_defaults(func=_grade)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import multiprocessing.util
 import sys
 import time
@@ -36,8 +37,16 @@ __all__ = ["discover", "grade_all", "write_outputs"]
 
 
 def _has_files(folder: Path, files: list[str]) -> bool:
-    return any((folder / f).exists() for f in files) or any(
-        (d / f).exists() for d in folder.iterdir() if d.is_dir() for f in files)
+    """Does ``folder`` hold one of ``files`` (a link counts: grading refuses it with its
+    reason), at its top or one real folder down?  Never looks through a link."""
+    if folder.is_symlink():
+        return True
+    return any(os.path.lexists(folder / f) for f in files) or any(
+        os.path.lexists(d / f) for d in folder.iterdir() if _real_dir(d) for f in files)
+
+
+def _real_dir(p: Path) -> bool:
+    return p.is_dir() and not p.is_symlink()
 
 
 def discover(paths, files: list[str],
@@ -48,11 +57,12 @@ def discover(paths, files: list[str],
     by the folder."""
     out: list[tuple[str, Path, str | None]] = []
     for p in paths:
-        p = Path(p)
+        p = Path(p).resolve()              # the teacher's own path; inside it, no link is followed
         if not p.is_dir():
             raise GradeError(f"{p}: not a folder (a submission is a folder with "
                              f"{', '.join(files)})")
-        direct = any((p / f).exists() for f in files)
+        direct = any(os.path.lexists(p / f) for f in files)
+        # a linked student folder is a student too: grading refuses it with its reason
         subs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
         members = [d for d in subs if _has_files(d, files)]
         if direct or not members or len(subs) == 1:      # one folder down: a zipped folder
@@ -70,6 +80,7 @@ def discover(paths, files: list[str],
 def write_outputs(out: Path, sid: str, results: Results, suite: str) -> Path:
     d = out / _safe(sid)
     d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)                        # one student's results: the teacher's only
     seen = student_view(results)
     (d / "results.json").write_text(json.dumps(to_gradescope(results), indent=2) + "\n")
     (d / "results-student.json").write_text(json.dumps(to_gradescope(seen), indent=2) + "\n")
@@ -90,9 +101,10 @@ def _safe(sid: str) -> str:
 _G: dict = {}
 
 
-def _init(lab, hidden, mode, log_path) -> None:
+def _init(lab, hidden, mode, log_path, unsafe_no_jail=False) -> None:
     log = open(log_path, "a", buffering=1)
-    g = Grader(lab, hidden=hidden, mode=mode, log=lambda m: log.write(m + "\n"))
+    g = Grader(lab, hidden=hidden, mode=mode, log=lambda m: log.write(m + "\n"),
+               unsafe_no_jail=unsafe_no_jail)
     g.live_lock = str(Path(log_path).with_name(".live.lock"))     # one lab at a time
     _G["grader"] = g
     multiprocessing.util.Finalize(g, g.close, exitpriority=10)     # its temp folder
@@ -104,7 +116,8 @@ def _grade_one(sid: str, folder: str, vid: str | None) -> tuple[str, Results]:
 
 
 def grade_all(lab, paths, out, *, hidden=None, mode: str = "auto", student_id=None,
-              jobs: int = 1, echo=print) -> list[tuple[str, Results]]:
+              jobs: int = 1, echo=print, unsafe_no_jail: bool = False
+              ) -> list[tuple[str, Results]]:
     """Grade every submission, write every output; ``[(id, Results)]`` in input order."""
     info = load_lab(lab)
     subs = discover(paths, info.files, student_id)
@@ -129,7 +142,8 @@ def grade_all(lab, paths, out, *, hidden=None, mode: str = "auto", student_id=No
     jobs = max(1, min(int(jobs), len(subs), 64))
     if jobs == 1:
         with open(log_path, "a", buffering=1) as log:
-            with Grader(lab, hidden=hidden, mode=mode, log=lambda m: log.write(m + "\n")) as g:
+            with Grader(lab, hidden=hidden, mode=mode, log=lambda m: log.write(m + "\n"),
+                        unsafe_no_jail=unsafe_no_jail) as g:
                 echo(f"grading {n} submission(s) of {info.name}, {g.mode} mode"
                      + (f" ({g.live_problem})" if g.live_problem and mode != "offline" else ""))
                 for i, (sid, folder, vid) in enumerate(subs):
@@ -138,7 +152,8 @@ def grade_all(lab, paths, out, *, hidden=None, mode: str = "auto", student_id=No
         ctx = multiprocessing.get_context("fork")
         echo(f"grading {n} submissions of {info.name} with {jobs} jobs")
         with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init,
-                                 initargs=(lab, hidden, mode, str(log_path))) as pool:
+                                 initargs=(lab, hidden, mode, str(log_path),
+                                           unsafe_no_jail)) as pool:
             futs = [pool.submit(_grade_one, sid, str(folder), vid) for sid, folder, vid in subs]
             for i, f in enumerate(futs):
                 sid, res = f.result()
@@ -175,7 +190,8 @@ def main_grade(args) -> int:
             raise GradeError("which submissions? nattrack grade LAB SUBMISSION... "
                              "(a folder, or a folder of student folders)")
         grade_all(args.lab, args.submissions, args.out or "grading-results", hidden=args.hidden,
-                  mode=args.mode, student_id=args.student_id, jobs=args.jobs)
+                  mode=args.mode, student_id=args.student_id, jobs=args.jobs,
+                  unsafe_no_jail=getattr(args, "unsafe_no_jail", False))
         return 0
     except GradeError as exc:
         print(f"nattrack: {' '.join(str(exc).split())}", file=sys.stderr)

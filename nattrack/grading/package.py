@@ -210,7 +210,8 @@ def run_autograder(root, source) -> int:
         work = Path(tempfile.mkdtemp(prefix="nattrack-gs-"))
         os.chmod(work, 0o755)
         try:
-            shutil.copytree(root / "submission", work / "submission")
+            # links stay links: the grader refuses them, never follows them
+            shutil.copytree(root / "submission", work / "submission", symlinks=True)
             from .batch import grade_all
             hidden = kit / "hidden"
             done = grade_all(kit / "lab", [work / "submission"], work / "out",

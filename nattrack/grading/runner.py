@@ -39,6 +39,7 @@ from pathlib import Path
 
 from ..labs.testing import TestSpec, collect
 from .results import Results, TestResult
+from .sandbox import sandbox_uid
 from .worker import SubmissionError, Worker, lab_view, package_copy
 
 __all__ = ["GradeError", "LabInfo", "load_lab", "load_tests", "Ctx", "Grader", "probe_live",
@@ -299,18 +300,32 @@ class SubmissionRun:
         self.folder = folder
         self.student_id = student_id
         self.variant = variant_for(grader.lab, student_id)
+        # One group of its own per submission: its worker processes and (live) its lab's
+        # router run with it, and its folders are root's and that group's alone (0750), so
+        # nothing of one student's is readable by another student's code.
+        self.gid = grader.uid if grader.uid else sandbox_uid()
         self.tmp = Path(tempfile.mkdtemp(prefix="nattrack-grade-"))
-        os.chmod(self.tmp, 0o755)
+        self._share(self.tmp)
         self.sub_copy = self.tmp / "submission"
-        _copy_submission(folder, self.sub_copy, grader.lab.files)
+        self.refused = _copy_submission(folder, self.sub_copy, grader.lab.files)
         self.inbox = self.tmp / "inbox"
         self.inbox.mkdir(mode=0o755)
         self.worker = Worker(pkg=grader.pkg, lab=grader.lab_copy, submission=self.sub_copy,
-                             inbox=self.inbox, uid=grader.uid)
+                             inbox=self.inbox, uid=grader.uid, gid=self.gid,
+                             unsafe_no_jail=grader.unsafe_no_jail)
         self.lab_run_dir: Path | None = None
         self._lock = None
         self._client = None
         self.live_error: str | None = None
+
+    def _share(self, folder: Path) -> None:
+        """``folder``: root's and this submission's group's only (0750), as root; else the
+        grader's own (0700: its code runs as the grader's user, in a user namespace)."""
+        if os.geteuid() == 0:
+            os.chown(folder, 0, self.gid)
+            os.chmod(folder, 0o750)
+        else:
+            os.chmod(folder, 0o700)
 
     def stage(self, path: Path) -> str:
         """Copy a (trusted) input file where the worker can read it; its path there."""
@@ -341,7 +356,7 @@ class SubmissionRun:
         lab = self.grader.lab
         from ..lab.client import LabClient
         self.lab_run_dir = Path(tempfile.mkdtemp(prefix="ntgrade-lab-"))
-        os.chmod(self.lab_run_dir, 0o755)
+        self._share(self.lab_run_dir)
         argv = [sys.executable, "-m", "nattrack.cli.main", "lab", "up", "--topo",
                 str(lab.topology), "--mode", lab.mode]
         if lab.raw.get("pieces"):                 # else the submission is data the tests read
@@ -383,9 +398,15 @@ class SubmissionRun:
         return f" (the router running your code stopped: {last[:300]})"
 
     def _lab_env(self) -> dict:
-        env = dict(os.environ, NATTRACK_RUN_DIR=str(self.lab_run_dir),
-                   PYTHONPATH=str(_repo_root()))
-        env.pop("NATTRACK_LAB_SOCK", None)
+        """What ``nattrack lab up``/``down`` get: nothing of the grader's environment but
+        the search path; the router drops to this submission's own uid
+        (``NATTRACK_PLUGIN_RUN_AS``, see ``nattrack.router``), not the shared ``nobody``."""
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+               "HOME": "/root" if os.geteuid() == 0 else os.environ.get("HOME", "/"),
+               "LANG": "C.UTF-8", "NATTRACK_RUN_DIR": str(self.lab_run_dir),
+               "PYTHONPATH": str(_repo_root()), "NATTRACK_PLUGIN_RUN_AS": str(self.gid)}
+        if os.environ.get("TMPDIR"):
+            env["TMPDIR"] = os.environ["TMPDIR"]
         return env
 
     def stop_lab(self) -> None:
@@ -411,19 +432,44 @@ class SubmissionRun:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _copy_submission(src: Path, dest: Path, files: list[str]) -> None:
+def _copy_submission(src: Path, dest: Path, files: list[str]) -> list[str]:
     """The lab's files of a submission, found at its top or one folder down (a zip of a
-    folder), copied into a folder the worker may read.  Nothing else is copied."""
-    dest.mkdir(mode=0o755)
-    candidates = [src] + sorted(p for p in src.iterdir() if p.is_dir()) if src.is_dir() else []
+    folder), copied into a folder the worker may read.  Nothing else is copied, and no
+    symbolic link is ever followed (the grader is root: a link could pull in a solution or
+    the hidden tests): each link met is refused, and the list of one-line reasons (what
+    the student reads) is returned."""
+    dest.mkdir()
+    os.chmod(dest, 0o755)                         # inside the submission's 0750 folder
+    refused: list[str] = []
+    if src.is_symlink():
+        return [f"{src.name} is a symbolic link: submit the folder itself"]
+    candidates = [src]
+    for p in sorted(src.iterdir()) if src.is_dir() else []:
+        if p.is_symlink() and p.is_dir():
+            refused.append(f"{p.name} is a symbolic link: submit the folder itself")
+        elif p.is_dir():
+            candidates.append(p)
     for name in files:
         for base in candidates:
-            p = base / name
-            if p.is_file() and not p.is_symlink():
+            p, link = base, None
+            for part in Path(name).parts:
+                p = p / part
+                if p.is_symlink():
+                    link = p
+                    break
+            if link is not None:
+                what = "file" if link == base / name else "folder"
+                refused.append(f"{link.relative_to(src)} is a symbolic link: submit the "
+                               f"{what} itself")
+                break
+            if p.is_file():
                 (dest / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(p, dest / name)
+                fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW)
+                with os.fdopen(fd, "rb") as fin, open(dest / name, "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
                 os.chmod(dest / name, 0o644)
                 break
+    return refused
 
 
 # --- the grader ---------------------------------------------------------------------------------------
@@ -432,14 +478,22 @@ class Grader:
     """Grades submissions of one lab; holds what all of them share (tests, package copy)."""
 
     def __init__(self, lab_dir, hidden=None, mode: str = "auto", uid: int | None = None,
-                 tests_filter=None, log=None) -> None:
+                 tests_filter=None, log=None, unsafe_no_jail: bool = False) -> None:
         if mode not in ("auto", "offline", "live"):
             raise GradeError(f"--mode {mode}: expected auto, offline or live")
         self.lab = load_lab(lab_dir)
         self.tests = [t for t in load_tests(self.lab, hidden)
                       if tests_filter is None or tests_filter(t.spec)]
         self.uid = uid
+        self.unsafe_no_jail = unsafe_no_jail
         self.log = log or (lambda msg: None)
+        from .sandbox import bwrap_problem
+        if os.geteuid() != 0 and bwrap_problem() and not unsafe_no_jail:
+            # Not root: the worker cannot change uid, only bwrap's jail keeps it from the
+            # grader's own files (the hidden tests, other students' results).
+            raise GradeError(f"not root and no bwrap jail ({bwrap_problem()}): student code "
+                             f"would run as you and read all you can; run as root, make "
+                             f"bwrap work, or pass --unsafe-no-jail")
         self.live_lock: str | None = None        # a file to flock around each live lab
         live_problem = probe_live(self.lab) if mode != "offline" else "--mode offline"
         if mode == "live" and live_problem:
@@ -477,7 +531,8 @@ class Grader:
     # -- the probe ------------------------------------------------------------------------
     def probe_result(self) -> TestResult:
         from .sandbox import bwrap_problem
-        live = [t for t in self.tests if t.spec.mode == "live"]
+        live = [t for t in self.tests if t.spec.mode == "live"
+                and t.spec.visibility == "visible"]
         if self.mode == "live":
             lines = ["Grading mode: live and offline (root, network namespaces, Mininet)."]
         else:
@@ -486,18 +541,22 @@ class Grader:
                 lines.append(f"{len(live)} live test(s) were not run; they count for nothing "
                              f"here.")
         jail = bwrap_problem()
-        lines.append("Your code runs as an unprivileged user with limits on time, memory, "
-                     "processes and output, " + ("in a jail that holds only your files and has "
-                                                 "no network." if jail is None else
-                                                 f"without a file-system jail ({jail})."))
+        who = ("an unprivileged user of its own" if os.geteuid() == 0 else
+               "the grader's own (non-root) user, without privileges")
+        lines.append(f"Your code runs as {who}, with limits on time, memory, processes and "
+                     f"output, " + ("in a jail that holds only your files and has no network."
+                                    if jail is None else
+                                    f"without a file-system jail ({jail})."))
         return TestResult(name="Environment probe: what this grader can run", number="0",
                           score=0, max_score=0, status="passed", output="\n".join(lines),
                           visibility="visible", tags=["probe"])
 
     # -- grading --------------------------------------------------------------------------
     def grade(self, folder, student_id: str | None = None) -> Results:
-        folder = Path(folder).resolve()
-        if not folder.is_dir():
+        folder = Path(folder)
+        if not folder.is_symlink():                # a linked one is refused, never followed
+            folder = folder.resolve()
+        if not folder.is_dir() and not folder.is_symlink():
             raise GradeError(f"{folder}: not a folder")
         t0 = time.monotonic()
         run = SubmissionRun(self, folder, student_id)
@@ -534,6 +593,12 @@ class Grader:
             out.append("Your variant: " + ", ".join(f"{k}={v}" for k, v in run.variant.items()))
         if missing:
             out.append("Missing from your submission: " + ", ".join(missing))
+        if run.refused:
+            why = "; ".join(run.refused)
+            out.append("Refused: " + why)
+            for r in results:
+                if r.number != "0" and r.score < r.max_score:
+                    r.output = why + (f" ({r.output})" if r.output else "")
         return Results(tests=results, execution_time=time.monotonic() - t0,
                        output="\n".join(out))
 
@@ -593,14 +658,24 @@ class Grader:
 
 
 def _others_can_read(folder: Path) -> bool:
-    """Could any user list ``folder`` (o+r on it, o+x on it and on every folder above)?"""
+    """Could any user list ``folder`` or read anything in it: the folder listable (o+rx),
+    or any file readable by others (o+r) whose every folder on the way is searchable (o+x)
+    -- test files have guessable names, listing is not needed to open one."""
     folder = folder.resolve()
     try:
-        if not os.stat(folder).st_mode & 0o005 == 0o005:
+        if not all(os.stat(p).st_mode & 0o001 for p in folder.parents):
             return False
-        return all(os.stat(p).st_mode & 0o001 for p in folder.parents)
+        if os.stat(folder).st_mode & 0o005 == 0o005:
+            return True
+        for root, dirs, files in os.walk(folder):
+            if not os.stat(root).st_mode & 0o001:
+                dirs[:] = []                       # nothing below it is reachable
+                continue
+            if any(os.stat(os.path.join(root, f)).st_mode & 0o004 for f in files):
+                return True
     except OSError:
         return False
+    return False
 
 
 def _assert_text(exc: AssertionError, source: Path) -> str:

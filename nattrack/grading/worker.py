@@ -235,11 +235,12 @@ class Worker:
     HELLO_TIMEOUT = 10.0
 
     def __init__(self, *, pkg: Path, lab: Path, submission: Path, inbox: Path,
-                 uid: int | None = None,
-                 memory_mb: int = 512, max_procs: int = 32, cpu_seconds: int = 300,
+                 uid: int | None = None, gid: int | None = None,
+                 unsafe_no_jail: bool = False, memory_mb: int = 512, max_procs: int = 32, cpu_seconds: int = 300,
                  max_output: int = 1_000_000, max_answer: int = 16 << 20) -> None:
         self.pkg, self.lab, self.submission, self.inbox = pkg, lab, submission, inbox
         self.fixed_uid, self.memory_mb, self.max_procs = uid, memory_mb, max_procs
+        self.gid, self.unsafe_no_jail = gid, unsafe_no_jail
         self.uid: int | None = None
         self.cpu_seconds, self.max_output, self.max_answer = cpu_seconds, max_output, max_answer
         self.proc = None
@@ -267,6 +268,11 @@ class Worker:
         from .sandbox import bwrap_problem
         if bwrap_problem() is None:
             pkg, lab, sub = "/opt/nattrack", "/lab", "/submission"
+        elif os.geteuid() != 0 and not self.unsafe_no_jail:
+            # not root: no other uid to drop to, only the jail kept it from our files
+            self.start_error = self.dead = (f"the grader cannot jail your code here "
+                                            f"({bwrap_problem()}) and will not run it unjailed")
+            raise SubmissionError(self.start_error)
         else:
             pkg, lab, sub = str(self.pkg), str(self.lab), str(self.submission)
             jail.chdir = str(self.inbox)
@@ -276,7 +282,7 @@ class Worker:
         self.proc = Untrusted([py, "-s", "-B", "-m", "nattrack.grading.worker", lab, sub],
                               jail=jail, cpu_seconds=self.cpu_seconds,
                               memory_mb=self.memory_mb, max_procs=self.max_procs,
-                              uid=self.uid, gid=self.uid, env={"PYTHONPATH": pkg,
+                              uid=self.uid, gid=self.gid or self.uid, env={"PYTHONPATH": pkg,
                                    "NATTRACK_MEMORY_MB": str(self.memory_mb)})
         self.flooded = False
         self.err_total = 0

@@ -62,9 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", metavar="LAB_DIR=SUBMISSION_DIR",
                    help="run a lab submission's pieces in place of the engine's (python mode); "
                         "the submission is imported only after root is dropped")
-    p.add_argument("--run-as", default="nobody", metavar="USER",
-                   help="the user the router becomes before importing a --plugin submission "
-                        "(default nobody)")
+    p.add_argument("--run-as", default=os.environ.get("NATTRACK_PLUGIN_RUN_AS") or "nobody",
+                   metavar="USER",
+                   help="the user (a name, or a numeric uid that needs no account: it is the "
+                        "gid too) the router becomes before importing a --plugin submission "
+                        "(default $NATTRACK_PLUGIN_RUN_AS, else nobody)")
     return p
 
 
@@ -85,11 +87,19 @@ def _prctl(option: int, arg: int) -> None:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
 
+def _user(user: str):
+    """``user``'s passwd entry; a number is a uid (and gid) that needs no account."""
+    if user.isdigit():
+        import types
+        return types.SimpleNamespace(pw_uid=int(user), pw_gid=int(user), pw_name=user)
+    return pwd.getpwnam(user)
+
+
 def drop_privileges(user: str) -> None:
     """Become ``user`` for good: no supplementary groups, real/effective/saved ids of the
     user (which clears every capability), no_new_privs (no set-uid binary or file
     capability can give root back), resource limits, and SIGKILL if the root parent dies."""
-    pw = pwd.getpwnam(user)
+    pw = _user(user)
     if pw.pw_uid == 0:
         raise ValueError(f"--run-as {user}: that is root; give an unprivileged user such as nobody")
     os.setgroups([])
@@ -119,7 +129,7 @@ def _check_plugin(args):
     if not sub.is_dir():
         raise ValueError(f"--plugin: {sub}: no such submission folder")
     try:
-        pw = pwd.getpwnam(args.run_as)
+        pw = _user(args.run_as)
     except KeyError:
         raise ValueError(f"--run-as {args.run_as}: no such user") from None
     if os.geteuid() == 0 and pw.pw_uid != 0 and not _readable_by(sub, pw):

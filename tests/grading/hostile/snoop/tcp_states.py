@@ -3,10 +3,11 @@ nothing of it); timeout_for() is right."""
 import os
 
 TIMEOUTS = {"SYN_SENT": 120, "ESTABLISHED": 432000, "FIN_WAIT": 120, "CLOSE": 10}
+REPO = "@REPO@"          # the checkout's path: tests/test_grading_hostile.py writes it in
 TARGETS = ["/etc/shadow", "/etc/passwd", "/root/.bash_history", "/proc/1/environ",
-           "/work/main/tests/grading/hidden-fixture/test_hidden.py",
-           "/work/main/tests/grading/fixture-lab/solution/tcp_states.py",
-           "/work/main/labs/02-tcp-states/solution/tcp_states.py",
+           REPO + "/tests/grading/hidden-fixture/test_hidden.py",
+           REPO + "/tests/grading/fixture-lab/solution/tcp_states.py",
+           REPO + "/labs/02-tcp-states/solution/tcp_states.py",
            "/lab/../tests/grading/hidden-fixture/test_hidden.py"]
 
 
