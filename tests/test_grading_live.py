@@ -38,6 +38,7 @@ def unprivileged(ctx):
     st = ctx.live.status()
     router = st["routers"]["r"]
     assert router.get("alive", True), "the router process is not running"
+
 """
 
 
@@ -64,7 +65,7 @@ def test_live_grading_runs_the_lab_and_cleans_up(lab_copy):
     tmpdir = lab_copy / "tmp"
     tmpdir.mkdir(mode=0o755)
     out = lab_copy / "out"
-    env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(tmpdir))
+    env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(tmpdir), GRADER_SECRET="x")
     r = subprocess.run([sys.executable, "-m", "nattrack.cli.main", "grade", str(lab_copy / "lab"),
                         str(LAB / "solution"), str(LAB / "student"), "--out", str(out),
                         "--mode", "live"], capture_output=True, text=True, timeout=300,
@@ -76,13 +77,16 @@ def test_live_grading_runs_the_lab_and_cleans_up(lab_copy):
     assert sol["0"]["output"].startswith("Grading mode: live and offline")
     assert sol["5.1"]["status"] == "passed", sol["5.1"]["output"]
     assert sol["5.2"]["status"] == "passed", sol["5.2"]["output"]
-    assert all(t["status"] == "passed" for t in sol.values()), sol
+    assert all(t["status"] == "passed" for t in sol.values()), \
+        {n: t["output"] for n, t in sol.items() if t["status"] != "passed"}
     stu = {t["number"]: t for t in json.loads((out / "student" / "results.json")
                                               .read_text())["tests"]}
     # the ping passes through the router, then the submission's next_state() fails
     assert stu["5.1"]["status"] == "failed"
     assert "NotImplementedError: TODO 1" in stu["5.1"]["output"]
     assert stu["5.2"]["status"] == "passed"
+    for sid in ("solution", "student"):              # one student's results: the teacher's
+        assert (out / sid).stat().st_mode & 0o777 == 0o700
     # the labs are gone: no process of theirs, no run dir, no temp files
     assert _lab_processes(f"{tmpdir}/ntgrade-lab-") == []
     assert list(tmpdir.iterdir()) == []           # run dirs and the grader's temp files
@@ -103,3 +107,56 @@ def test_live_grading_refuses_hidden_tests_others_can_read(lab_copy):
     os.chmod(hidden, 0o700)                          # readable by the grader alone: accepted
     with Grader(code_lab, hidden=hidden, mode="live") as g:
         assert g.mode == "live"
+
+
+def _router_procs(marker: str) -> list[tuple[int, int, bytes]]:
+    """(pid, real uid, environ) of each ``nattrack.router`` whose command line names
+    ``marker``."""
+    out = []
+    for n in os.listdir("/proc"):
+        try:
+            cmd = Path(f"/proc/{n}/cmdline").read_bytes() if n.isdigit() else b""
+            if b"nattrack.router" not in cmd or marker.encode() not in cmd:
+                continue
+            status = Path(f"/proc/{n}/status").read_text()
+            env = Path(f"/proc/{n}/environ").read_bytes()
+        except OSError:
+            continue
+        uid = int(next(l.split()[1] for l in status.splitlines() if l.startswith("Uid:")))
+        out.append((int(n), uid, env))
+    return out
+
+
+def test_live_router_runs_as_the_submissions_own_uid(lab_copy, monkeypatch):
+    """A code lab's router imports the submission as a fresh uid of its own (not the
+    shared nobody), with none of the grader's environment, and the submission's folders
+    are root's and that uid's only."""
+    from nattrack.grading.runner import Grader, SubmissionRun
+    monkeypatch.setenv("GRADER_SECRET", "x")
+    monkeypatch.setenv("TMPDIR", str(lab_copy))
+    tempfile.tempdir = None                          # re-read TMPDIR
+    code_lab = REPO / "labs" / "02-tcp-states"
+    try:
+        with Grader(code_lab, mode="live") as g:
+            runs = [SubmissionRun(g, code_lab / "solution", None) for _ in range(2)]
+            try:
+                uids = []
+                for run in runs:
+                    assert run.live_client().status()["routers"]
+                    procs = _router_procs(str(run.sub_copy))
+                    dropped = {uid for _, uid, _ in procs if uid != 0}
+                    assert len(dropped) == 1, procs
+                    uid = dropped.pop()
+                    assert 1_000_000_000 <= uid < 2_000_000_000 and uid == run.gid, uid
+                    assert not any(b"GRADER_SECRET" in env for _, _, env in procs)
+                    for d in (run.tmp, run.lab_run_dir):
+                        st = d.stat()
+                        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, uid, 0o750), d
+                    uids.append(uid)
+                    run.stop_lab()
+                assert uids[0] != uids[1]
+            finally:
+                for run in runs:
+                    run.close()
+    finally:
+        tempfile.tempdir = None

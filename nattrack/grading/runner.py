@@ -375,6 +375,9 @@ class SubmissionRun:
         if r.returncode != 0:
             why = " ".join((r.stderr.strip().splitlines() or ["?"])[-1].split())
             raise SubmissionError(f"the lab with your code did not start: {why[:400]}")
+        # lab up made it 0755; its logs are this submission's, and only root (the grader)
+        # talks to its socket: root's and this submission's uid's again
+        self._share(self.lab_run_dir)
         return LabClient(self.lab_run_dir / "lab.sock", timeout=60)
 
     def router_hint(self) -> str:
