@@ -75,8 +75,25 @@ def step_entries(res: StepResult, before: list[dict] | None = None) -> list[dict
 
 def ctstates(res: StepResult, before: list[dict] | None = None) -> list[str]:
     """Each packet of the step as ``-m conntrack --ctstate`` names it (NEW, ESTABLISHED,
-    RELATED, INVALID; "" when the tables cannot tell), read from the entries around
-    the step the way nf_conntrack_in() decides:
+    RELATED, INVALID): conntrack's own verdict on it, ``PacketPair.ctinfo`` (which the
+    replay engine and the live session's mirror compute, nf_conntrack_in()), with
+    ``_REPLY`` folded (the match has no direction); for a packet without one, the
+    guess of :func:`guess_ctstates`."""
+    guess: list[str] | None = None
+    out = []
+    for i, pp in enumerate(res.packets):
+        if pp.ctinfo:
+            out.append(pp.ctinfo.removesuffix("_REPLY"))
+            continue
+        if guess is None:
+            guess = guess_ctstates(res, before)
+        out.append(guess[i])
+    return out
+
+
+def guess_ctstates(res: StepResult, before: list[dict] | None = None) -> list[str]:
+    """Each packet's --ctstate ("" when the tables cannot tell), read from the entries
+    around the step the way nf_conntrack_in() decides:
 
     * an ICMP error whose quoted packet, inverted, is an entry's tuple is RELATED
       (icmp_error(), nf_conntrack_icmpv4_error()); so is the router's own error about

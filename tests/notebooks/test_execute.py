@@ -168,6 +168,8 @@ def check_04(nb, live):
     assert last and all(v.startswith("dropped") for v in last), p["steps"]["verdicts"]
     bare = split(p["steps"]["verdicts"].split(";")[-2])
     assert bare and all(v.startswith("dropped") for v in bare)
+    # conntrack's verdicts: the bare ACK matches no entry, the unsolicited SYN would start one
+    assert p["steps"]["ct"].split(";")[-2:] == ["INVALID", "NEW"], p["steps"]
     assert len(split(p["table"]["flows"])) == 1             # the unsolicited SYN: no entry
     agree(p, live)
 

@@ -102,6 +102,9 @@ def test_ctstates_related_and_invalid():
     p = ui.stepper(s, "invalid-leak")
     p.run_all()
     assert p.log.state["ct"] == "INVALID"
+    p = ui.stepper(s, "firewall")                       # conntrack's verdicts on dropped packets
+    p.run_all()
+    assert p.log.state["ct"].split(";")[-2:] == ["INVALID", "NEW"]   # bare ACK, unsolicited SYN
 
 
 def test_ctstates_from_made_up_packets():
@@ -127,8 +130,13 @@ def test_ctstates_from_made_up_packets():
           PacketPair("ntr-lan", stray, "ntr-wan", stray, "forwarded"),
           PacketPair("ntr-lan", stray, None, None, "dropped: filter FORWARD")]
     res = StepResult("x", pk, None, [entry])
-    assert ui.ctstates(res, []) == ["NEW", "ESTABLISHED", "ESTABLISHED", "RELATED", "", "INVALID",
-                                    ""]
+    guess = ["NEW", "ESTABLISHED", "ESTABLISHED", "RELATED", "", "INVALID", ""]
+    assert ui.ctstates(res, []) == guess == ui.guess_ctstates(res, [])
+    # conntrack's own verdict, when the session has it, wins over the guess; _REPLY folded
+    pk[1].ctinfo, pk[4].ctinfo, pk[6].ctinfo = "ESTABLISHED_REPLY", "INVALID", "NEW"
+    pk[0].ctinfo = "INVALID"                             # made up: shows it is not guessed
+    assert ui.ctstates(res, []) == ["INVALID", "ESTABLISHED", "ESTABLISHED", "RELATED", "INVALID",
+                                    "INVALID", "NEW"]
 
 
 def test_time_passes_on_the_chart(monkeypatch):
@@ -186,9 +194,9 @@ def test_a_background_refresh_during_a_step_adds_no_event_twice(monkeypatch):
 
 def test_standalone_table_refreshes_on_a_thread_only_for_a_lab_session(monkeypatch, s01):
     s01.run("handshake", "ACK")
-    n = threading.active_count()
     r = ui.live_table(s01, interval=0.2)             # replay: one snapshot, no thread
-    assert r.updater is None and threading.active_count() == n
+    assert r.updater is None
+    assert "nattrack-live-table" not in {t.name for t in threading.enumerate()}
     assert r.table.state["states"] == ["ESTABLISHED"]
     r.stop()
     monkeypatch.setattr(s01, "mode", "live")         # the same table as a live session's
