@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable
 import ipywidgets as widgets
 
 from ..conntrack.tuple import ICMP_ERROR_TYPES, Tuple, invert_tuple
+from ..lab import LabError
 from ..widgets import (ComparisonView, ConntrackTableView, EventLogView, ModeBanner, PacketView,
                        StateDiagramView, TimelineView, Updater, grading_mode)
 from ..widgets.render import _wrap, esc
@@ -357,9 +358,14 @@ class Stepper:
         try:
             fn(*args)
             self.status.value = ""
-        except SessionError as exc:
-            self.status.value = (f'<span class="nt nt-err" data-error="{esc(exc)}" '
-                                 f'style="color:#c92a2a">{esc(exc)}</span>')
+        except Exception as exc:                       # noqa: BLE001 -- shown, never raised
+            if isinstance(exc, (SessionError, LabError)):
+                msg = str(exc)                         # already says what to do
+            else:
+                msg = f"{type(exc).__name__}: {exc} (press reset, or restart the kernel)"
+            msg = (msg.strip().splitlines() or [type(exc).__name__])[0]
+            self.status.value = (f'<span class="nt nt-err" data-error="{esc(msg)}" '
+                                 f'style="color:#c92a2a">{esc(msg)}</span>')
         finally:
             for b in (*self.buttons, self.next_button, self.reset_button):
                 b.disabled = False

@@ -83,6 +83,20 @@ def test_errors_in_a_button_are_one_line(s01):
     p._click(boom)
     assert root(p.status)["error"] == "the lab went away: start it again"
     assert not any(b.disabled for b in p.buttons)
+    from nattrack.lab import LabError
+
+    def lab_gone():
+        raise LabError("the lab service stopped: sudo nattrack notebook")
+    p._click(lab_gone)
+    assert root(p.status)["error"] == "the lab service stopped: sudo nattrack notebook"
+
+    def bug():
+        raise ValueError("sport\nsecond line")
+    p._click(bug)
+    err = root(p.status)["error"]
+    assert err.startswith("ValueError: sport") and "second line" not in err
+    assert "working" not in p.status.value
+    assert not any(b.disabled for b in (*p.buttons, p.next_button, p.reset_button))
 
 
 def test_unknown_scenario_and_rules(s01):
