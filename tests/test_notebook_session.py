@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import threading
 
 import pytest
 
@@ -384,6 +385,45 @@ def test_grading_always_replays_even_when_live_is_asked_for(monkeypatch):
     monkeypatch.delenv("NBGRADER_EXECUTION")
     with pytest.raises(AssertionError, match="opened a live session"):
         open_session("00-welcome", "live")                   # not grading: live is tried
+
+
+def test_a_failed_event_stream_is_a_session_error(monkeypatch, tmp_path):
+    """The lab answers but its event streams cannot be read: no live session without
+    events (auto falls back to replay and says why); a stream that fails later stops
+    the next step."""
+    from nattrack.notebook.live import LiveSession, _Pump
+    monkeypatch.delenv("NATTRACK_NOTEBOOK_MODE", raising=False)
+    monkeypatch.delenv("NATTRACK_GRADING", raising=False)
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+
+    class Answers:                                # hello and status work, streams do not
+        path = tmp_path / "gone.sock"
+
+        def hello(self):
+            return {"topo": "classroom", "mode": "kernel"}
+
+        def status(self):
+            return {}
+    with pytest.raises(SessionError, match="tracker's event stream .* failed: .*restart"):
+        open_session("01-tcp-states", "live", client=Answers())
+    s = open_session("01-tcp-states", "auto", client=Answers())
+    assert s.mode == "replay" and "event stream" in s.why_not_live
+    assert not [t for t in threading.enumerate() if t.name.startswith("nattrack-notebook-")]
+
+    failed = _Pump(Answers.path, "kernel_conntrack", {}, "line")
+    failed.start()
+    failed.join(5)
+    ended = _Pump(Answers.path, "conntrack", {}, "event")
+    ended.ready.set()                             # started, then the service closed it
+    live = LiveSession.__new__(LiveSession)
+    live.sim = None
+    for pump, why in ((failed, "the kernel's event stream .* failed"),
+                      (ended, "the tracker's event stream .* ended")):
+        live._pumps = [pump]
+        with pytest.raises(SessionError, match=why):
+            live._step(None, None)
+    ended.stopping.set()                          # stopped on purpose: not a failure
+    assert ended.failure() is None
 
 # --- craft ---------------------------------------------------------------------------------------
 

@@ -142,6 +142,8 @@ def pair_frames(frames: list, router_addrs: set[int]) -> list[PacketPair]:
 class _Pump(threading.Thread):
     """Reads one event stream of the lab service into a list until stopped."""
 
+    WHOSE = {"conntrack": "the tracker's", "kernel_conntrack": "the kernel's"}
+
     def __init__(self, path: Path, verb: str, args: dict, key: str) -> None:
         super().__init__(daemon=True, name=f"nattrack-notebook-{key}")
         self.path, self.verb, self.args, self.key = path, verb, args, key
@@ -174,6 +176,17 @@ class _Pump(threading.Thread):
             self.error = str(exc)
         finally:
             self.ready.set()
+
+    def failure(self) -> str | None:
+        """Why this stream no longer delivers events (one line), None while it does."""
+        what = f"{self.WHOSE.get(self.verb, self.verb)} event stream (conntrack -E)"
+        if self.error:
+            return f"{what} failed: {self.error}"
+        if not self.ready.is_set():
+            return f"{what} did not start"
+        if not self.is_alive() and not self.stopping.is_set():
+            return f"{what} ended: the lab service closed it"
+        return None
 
     def snapshot(self) -> list[str]:
         with self.lock:
@@ -227,7 +240,10 @@ class LiveSession(Session):
                          "(nattrack's router NATs; the kernel's table stays empty)"))
         self.sysctls: dict[str, int] = {}
         self._pumps: list[_Pump] = []
-        self._start_pumps()
+        try:
+            self._start_pumps()
+        except SessionError as exc:
+            raise NoLiveLab(str(exc)) from None
         self.last_table: list[dict] = []
         self.driver: Driver | None = None
         self.mirror = None
@@ -248,6 +264,20 @@ class LiveSession(Session):
             p.ready.wait(5)
         self._pumps = pumps
         time.sleep(0.2)                       # the router has registered the listener
+        try:
+            self._check_pumps()
+        except SessionError:
+            self._stop_pumps()
+            raise
+
+    def _check_pumps(self) -> None:
+        """A stream that failed is a SessionError: a step without events would show
+        tables that change for no reason."""
+        for p in self._pumps:
+            why = p.failure()
+            if why:
+                raise SessionError(f"{why}; restart the notebook's kernel (is the lab up? "
+                                   f"`nattrack lab status`)")
 
     def _stop_pumps(self) -> None:
         for p in self._pumps:
@@ -333,6 +363,7 @@ class LiveSession(Session):
             r = simulate_step(self.sim, scenario, step, self.driver, self.last_table)
             self.last_table = r.table
             return r
+        self._check_pumps()
         if self.driver is None or self.driver.scenario is not scenario:
             self.driver = Driver(scenario, self._reply_of)
         ev0 = len(self.py_events.lines)
@@ -343,6 +374,7 @@ class LiveSession(Session):
         table = self.table()
         kernel = self.kernel_table()
         self._quiet()
+        self._check_pumps()                       # the events of this step are all there
         self.last_table = table
         if self.mirror is not None:
             for pp in pairs:
