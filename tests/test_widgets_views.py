@@ -358,6 +358,27 @@ def test_stop_draws_what_is_pending_then_freezes():
     assert v.renders == renders and stored(v)["entries"] == "1"
 
 
+
+def test_stop_keeps_the_last_differences_on_the_table():
+    v = ConntrackTableView()
+    line = ("udp      17 {} src=10.0.0.2 dst=1.1.1.1 sport={} dport=2 [UNREPLIED] "
+            "src=1.1.1.1 dst=10.0.0.2 sport=2 dport={} mark=0 use=1")
+    v.update([line.format(29, 1, 1), line.format(29, 5, 5)])
+    v.flush()
+    v.update([line.format(20, 1, 1), line.format(29, 7, 7)])   # 5 gone, 7 new, 1 ticks
+    v.flush()
+    before = dict(v.state)
+    assert before["new"] and before["gone"], before
+    html = v.widget.value
+    v.stop()
+    assert {k: v.state[k] for k in ("new", "changed", "gone")} == \
+        {k: before[k] for k in ("new", "changed", "gone")}
+    assert stored(v)["stopped"] == "true" and v.state["stopped"] is True
+    assert v.widget.value.replace(' data-stopped="true"', "").replace(
+        f'data-renders="{v.renders}"', f'data-renders="{v.renders - 1}"') == html
+    assert "nt-new" in v.widget.value
+
+
 # --------------------------------------------------------------------------- Updater and grading
 
 def test_updater_throttles_reports_errors_and_stops(capfd):

@@ -96,6 +96,7 @@ class _View:
         self.renders = 0
         self.stopped = False
         self._lock = threading.RLock()
+        self._drawn: tuple[dict[str, Any], str] = ({}, "")   # the last _render(), unstamped
         self._dirty = False
         self._last = -1e9
         self._timer: threading.Timer | None = None
@@ -142,11 +143,16 @@ class _View:
                 state = {"view": self.kind, "error": f"{type(exc).__name__}: {exc}"}
                 markup = _wrap(self.kind, f'<div class="nt-err">{esc(state["error"])}</div>',
                                state, self.title)
-            state = dict(state, renders=self.renders)
-            if self.stopped:
-                state["stopped"] = True
-            self.state = state
-            self.widget.value = _stamp(markup, renders=self.renders, stopped=self.stopped)
+            self._drawn = (state, markup)
+            self._stamp_drawn()
+
+    def _stamp_drawn(self) -> None:
+        state, markup = self._drawn
+        state = dict(state, renders=self.renders)
+        if self.stopped:
+            state["stopped"] = True
+        self.state = state
+        self.widget.value = _stamp(markup, renders=self.renders, stopped=self.stopped)
 
     def flush(self) -> None:
         """Draw a pending (coalesced) update now."""
@@ -158,13 +164,16 @@ class _View:
                 self._draw()
 
     def stop(self) -> None:
-        """Draw what is pending, then ignore further updates."""
+        """Draw what is pending, then ignore further updates.  The last drawing is only
+        stamped "stopped", not rendered again: a render compares with the one before,
+        and the table's new/changed/gone marks would be lost."""
         with self._lock:
             if self.stopped:
                 return
             self.flush()
             self.stopped = True
-            self._draw()
+            self.renders += 1
+            self._stamp_drawn()
         _live.discard(self)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:   # display(view) shows its widget
