@@ -11,6 +11,7 @@ import json
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -424,6 +425,32 @@ def test_a_failed_event_stream_is_a_session_error(monkeypatch, tmp_path):
             live._step(None, None)
     ended.stopping.set()                          # stopped on purpose: not a failure
     assert ended.failure() is None
+
+
+def test_a_capture_that_does_not_start_stops_the_step(monkeypatch):
+    import nattrack.notebook.live as live
+    monkeypatch.setattr(live, "CAPTURE_START_S", 0.3)
+    monkeypatch.setattr(live, "CAPTURE_END_S", 2.0)
+
+    class Client:
+        def __init__(self, starts: bool):
+            self.starts = starts
+
+        def capture(self, path, router, started, stop):
+            if self.starts:
+                started()
+            while not stop():
+                time.sleep(0.01)
+            from nattrack.packet.pcapio import PcapngWriter
+            PcapngWriter(path).close()                # the service's file: no frames
+    s = live.LiveSession.__new__(live.LiveSession)
+    ran = []
+    s.client = Client(starts=False)
+    with pytest.raises(SessionError, match="the capture did not start within 0.3 s"):
+        s._capture(lambda: ran.append(1))
+    assert ran == []                                  # no step without its packets
+    s.client = Client(starts=True)
+    assert s._capture(lambda: ran.append(1)) == [] and ran == [1]
 
 # --- craft ---------------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from .session import (PacketPair, Session, SessionError, StepResult, check_sysct
 
 SETTLE_S = 0.15              # after a step's last packet: the router's answers, the shadow
 CLIENT_ISN, SERVER_ISN = 1_000_000, 5_000_000
+CAPTURE_START_S, CAPTURE_END_S = 10.0, 15.0   # the capture verb's start, and end after a step
 
 
 SCENARIO_SYSCTLS = {check_sysctl(k, v)[0] for scns in sc.SCENARIOS.values() for x in scns
@@ -419,14 +420,21 @@ class LiveSession(Session):
         t = threading.Thread(target=capture, daemon=True, name="nattrack-notebook-capture")
         t.start()
         try:
-            started.wait(10)
-            if "err" in box:
-                raise SessionError(f"capture failed: {box['err']}")
+            if not started.wait(CAPTURE_START_S) or not t.is_alive():
+                if "err" in box:
+                    raise SessionError(f"capture failed: {box['err']}")
+                raise SessionError(f"the capture did not start within {CAPTURE_START_S:g} s, "
+                                   f"so the step was not run: try again; if it persists, "
+                                   f"restart the lab (`sudo nattrack notebook`)")
             body()
         finally:
             done.set()
-            t.join(15)
+            t.join(CAPTURE_END_S)
         try:
+            if t.is_alive():
+                raise SessionError(f"the capture did not end within {CAPTURE_END_S:g} s after "
+                                   f"the step: its packets are not shown; restart the lab "
+                                   f"(`sudo nattrack notebook`)")
             if "err" in box:
                 raise SessionError(f"capture failed: {box['err']}")
             reader = CaptureReader(path)
