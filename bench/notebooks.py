@@ -121,6 +121,11 @@ def view_latency(samples: int) -> dict:
     return out
 
 
+def secs(value) -> str:
+    """A measured time, or "-" when nothing was measured (no packet seen, say)."""
+    return "-" if value is None else f"{value:.3f} s"
+
+
 def verdict(value, target) -> str:
     return "-" if value is None else ("yes" if value <= target else "NO")
 
@@ -157,13 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['notebook']:<26} {r['lab_up_s']:>6.1f}s {r['run_s']:>6.1f}s "
               f"{r['lab_down_s']:>6.1f}s {r['total_s']:>6.1f}s  {verdict(r['total_s'], TARGET_RUN_S)}")
     lt = lat["live_table"]
-    print(f"view latency, packet -> live table value: median {lt['median_s']:.3f} s, "
-          f"max {lt['max_s']:.3f} s over {lt['seen']}/{lt['samples']} packets  "
+    print(f"view latency, packet -> live table value: median {secs(lt['median_s'])}, "
+          f"max {secs(lt['max_s'])} over {lt['seen']}/{lt['samples']} packets  "
           f"target <= {TARGET_VIEW_S} s: {verdict(lt['max_s'], TARGET_VIEW_S)}")
-    print(f"  (from the send having returned: median {lt['after_send_returned_median_s']:.3f} s)")
+    print(f"  (from the send having returned: median {secs(lt['after_send_returned_median_s'])})")
     sp = lat["stepper_press_s"]
     print(f"stepper button -> every view drawn (capture, send, both tables): median "
-          f"{sp['median_s']:.3f} s, max {sp['max_s']:.3f} s over {sp['steps']} steps")
+          f"{secs(sp['median_s'])}, max {secs(sp['max_s'])} over {sp['steps']} steps")
     return 0
 
 

@@ -50,7 +50,7 @@ class Account:
 def lab_wanted() -> tuple[str, str]:
     """(topology, mode) of the lab the notebooks use, as nattrack.notebook declares it."""
     from ..notebook import scenarios as sc
-    return sc.TOPOLOGY, getattr(sc, "LAB_MODE", "kernel")
+    return sc.TOPOLOGY, sc.LAB_MODE
 
 
 def lab_answers(paths: Paths | None = None) -> dict | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 TOPOLOGY = "classroom"
+LAB_MODE = "kernel"           # iptables NATs, the Python tracker shadows it: both tables
 NODES = {"h1": "10.0.0.10", "h2": "10.0.0.11", "srv": "203.0.113.10"}
 ROUTER_NODE = "r"
 ROUTER_IFACES = {"ntr-lan": "10.0.0.1/24", "ntr-wan": "203.0.113.1/24"}
@@ -320,11 +321,3 @@ def notebook_scenarios(notebook: str) -> list[Scenario]:
         return SCENARIOS[notebook]
     except KeyError:
         raise KeyError(f"no notebook {notebook!r}: known are {', '.join(NOTEBOOKS)}") from None
-
-
-def find(notebook: str, scenario: str) -> Scenario:
-    for s in notebook_scenarios(notebook):
-        if s.name == scenario:
-            return s
-    raise KeyError(f"{notebook} has no scenario {scenario!r}: scenarios are "
-                   f"{', '.join(s.name for s in notebook_scenarios(notebook))}")

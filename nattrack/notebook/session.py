@@ -88,7 +88,7 @@ def _ip(text: str) -> int:
     return struct.unpack("!I", socket.inet_aton(text))[0]
 
 
-def flow_orig(flow: sc.Flow, seq: int = 0) -> dict:
+def flow_orig(flow: sc.Flow) -> dict:
     """The original tuple the flow's first packet creates (``conn_json`` keys)."""
     src, dst = sc.NODES[flow.client], flow.to[0]
     if flow.proto == "icmp":
@@ -111,13 +111,6 @@ def tcp_flag_name(flags: int, payload: int) -> str:
     if flags & TH_FIN:
         return "FIN"
     return "data" if payload else "ACK"
-
-
-def packet_tuple(data: bytes) -> tuple | None:
-    p = Packet.parse(bytearray(data))
-    if p is None or not p.l4ok or p.proto not in (IPPROTO_TCP, IPPROTO_UDP):
-        return None
-    return (p.proto, p.src, p.sport, p.dst, p.dport)
 
 
 def _tup(proto: str, t: dict) -> tuple:
