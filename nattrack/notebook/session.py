@@ -295,9 +295,12 @@ class Session:
         return f"<{type(self).__name__} {self.notebook} {self.mode}: {self.label}>"
 
 
+# widgets.views.GRADING_VARS, read here without importing ipywidgets (a session needs none)
+GRADING_VARS = ("NATTRACK_GRADING", "NBGRADER_EXECUTION")
+
+
 def _grading() -> bool:
-    from ..widgets.views import grading_mode
-    return grading_mode()
+    return any(os.environ.get(v) for v in GRADING_VARS)
 
 
 def open_session(notebook: str, mode: str = "auto", *, client=None,
