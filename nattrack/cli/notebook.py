@@ -139,6 +139,18 @@ def drop_privileges_argv(account: Account) -> list[str]:
             f"--groups={','.join(map(str, account.groups))}", "--"]
 
 
+def import_problem(account: Account, pythonpath: str, modules: str) -> str:
+    """'' when ``account`` can import ``modules`` with this interpreter, else the error line.
+
+    Jupyter runs as the account: a checkout (or virtualenv) it cannot reach would otherwise
+    end in 'No module named jupyterlab' and a guess about the port."""
+    r = subprocess.run(drop_privileges_argv(account) + [sys.executable, "-c", f"import {modules}"],
+                       capture_output=True, text=True, cwd="/", timeout=60,
+                       env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                            "PYTHONPATH": pythonpath, "HOME": "/"})
+    return "" if r.returncode == 0 else (r.stderr.strip().splitlines() or ["?"])[-1]
+
+
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = READY_TIMEOUT) -> bool:
     """True once something answers on 127.0.0.1:port (False if Jupyter died or timed out)."""
     deadline = time.monotonic() + timeout
@@ -207,6 +219,12 @@ def run_notebook(args) -> int:
     account = resolve_account(args.user) if os.geteuid() == 0 else None
     if account is None and args.user:
         raise LabError("--user only applies when the launcher runs as root (sudo)")
+    if account is not None:
+        why = import_problem(account, str(REPO_ROOT), "jupyterlab, ipywidgets, nattrack")
+        if why:
+            raise LabError(f"{account.name} cannot run JupyterLab from {sys.executable} ({why}): "
+                           f"the checkout and its .venv must be readable by {account.name}, "
+                           f"e.g. chmod o+x on the folders above {REPO_ROOT}")
     started_lab = ensure_lab(args.no_lab)
     scratch = None
     try:

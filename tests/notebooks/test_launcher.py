@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,3 +134,20 @@ def test_launcher_starts_the_lab_and_stops_it(tmp_path):
         subprocess.run([sys.executable, "-m", "nattrack.cli.main", "lab", "down", "--force"],
                        env=env, capture_output=True, timeout=60)
         subprocess.run(["rm", "-rf", str(run_dir)])
+
+
+def test_an_account_that_cannot_reach_the_kit_is_told_so():
+    """Jupyter runs as the account: the launcher checks first that it can import what it
+    needs from where it is, instead of failing later with a guess about the port."""
+    need_root("running Jupyter as another user")
+    acct = nbcli.Account("nobody", 65534, 65534, [65534], "/nonexistent")
+    private = Path(tempfile.mkdtemp(prefix="ntnb-private-"))       # 0700, like a home
+    try:
+        (private / "ntprobe_mod.py").write_text("")
+        why = nbcli.import_problem(acct, str(private), "ntprobe_mod")
+        assert "No module named 'ntprobe_mod'" in why
+        os.chmod(private, 0o755)
+        assert nbcli.import_problem(acct, str(private), "ntprobe_mod") == ""
+        assert nbcli.import_problem(acct, str(REPO), "jupyterlab, ipywidgets, nattrack") == ""
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
