@@ -24,6 +24,8 @@ from nattrack.grading import (Results, SandboxResult, TestResult, human_summary,
                               to_gradescope, to_junit_xml, write_class_csv)
 from nattrack.grading.sandbox import MARKER_VAR
 
+from netns_tools import live_processes
+
 ROOT = os.geteuid() == 0
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (a separate sandbox uid)")
@@ -55,19 +57,7 @@ def leftovers(marker_hint: str | None = None) -> list[str]:
     """Live processes that a sandbox run could have left: the tests' sandbox uid's (as root),
     or any carrying a sandbox marker and working in a test's folder."""
     out = []
-    for n in os.listdir("/proc"):
-        if not n.isdigit() or int(n) == os.getpid():
-            continue
-        try:
-            stat = Path(f"/proc/{n}/stat").read_bytes()
-            if stat[stat.rindex(b")") + 2:].split()[0] in (b"Z", b"X"):
-                continue
-            uid = next(int(line.split()[1]) for line in
-                       Path(f"/proc/{n}/status").read_text().splitlines()
-                       if line.startswith("Uid:"))
-            env = Path(f"/proc/{n}/environ").read_bytes()
-        except (OSError, StopIteration):
-            continue
+    for n, uid, env in live_processes():
         try:
             cwd = os.readlink(f"/proc/{n}/cwd")
         except OSError:

@@ -25,6 +25,8 @@ import pytest
 
 from nattrack.grading.sandbox import MARKER_VAR
 
+from netns_tools import live_processes
+
 REPO = Path(__file__).resolve().parents[1]
 GRADING = REPO / "tests" / "grading"
 LAB = GRADING / "fixture-lab"
@@ -58,20 +60,11 @@ def _sandbox_procs(tag: str) -> list[str]:
     whose command line or mounts name the run's temp folder ``tag`` (other graders may be
     running on the machine: theirs are not ours to count)."""
     out = []
-    for n in os.listdir("/proc"):
-        if not n.isdigit():
-            continue
+    for n, uid, env in live_processes():
         try:
-            stat = Path(f"/proc/{n}/stat").read_bytes()
-            if stat[stat.rindex(b")") + 2:].split()[0] in (b"Z", b"X"):
-                continue
-            uid = next(int(line.split()[1]) for line in
-                       Path(f"/proc/{n}/status").read_text().splitlines()
-                       if line.startswith("Uid:"))
-            env = Path(f"/proc/{n}/environ").read_bytes()
             cmd = Path(f"/proc/{n}/cmdline").read_bytes()
             mounts = Path(f"/proc/{n}/mountinfo").read_bytes()
-        except (OSError, StopIteration):
+        except OSError:
             continue
         if not (MARKER_VAR.encode() in env or LO <= uid < HI):
             continue
