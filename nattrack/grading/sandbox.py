@@ -57,6 +57,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..lab.procs import pids
+
 __all__ = ["SandboxError", "SandboxResult", "run_untrusted", "Jail", "Untrusted",
            "bwrap_problem", "sandbox_uid"]
 
@@ -222,19 +224,15 @@ def _proc_has_marker(pid: int, marker: bytes) -> bool:
         return False
 
 
-def _pids() -> list[int]:
-    return [int(n) for n in os.listdir("/proc") if n.isdigit()]
-
-
 def _count_user_processes(uid: int) -> int:
-    return sum(1 for pid in _pids() if _proc_uid(pid) == uid)
+    return sum(1 for pid in pids() if _proc_uid(pid) == uid)
 
 
 def _leftovers(sid: int, marker: bytes, uid: int | None, since: int) -> list[int]:
     """Live (non-zombie) processes that belong to a run."""
     me = os.getpid()
     found = []
-    for pid in _pids():
+    for pid in pids():
         if pid == me:
             continue
         st = _proc_stat(pid)
