@@ -69,4 +69,12 @@ def fraction(cases: list[tuple[str, object, object]]) -> tuple[float, str]:
     return (len(cases) - len(wrong)) / len(cases), first
 
 
-__all__ = ["flow", "same_replay", "fraction"]
+def partial_credit(cases: list[tuple[str, object, object]]) -> float:
+    """What a test returns for partial credit: the share of right cases; none right fails
+    the test with the first wrong case as its reason."""
+    score, first = fraction(cases)
+    assert score > 0, first
+    return score
+
+
+__all__ = ["flow", "same_replay", "fraction", "partial_credit"]

@@ -1,7 +1,7 @@
 """Lab 2 public tests: the TCP state machine (tcp_conntracks[][][] and its timeouts)."""
 import time
 
-from nattrack.labs.checks import fraction, same_replay
+from nattrack.labs.checks import partial_credit, same_replay
 from nattrack.labs.testing import test
 
 STATES = ["NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT",
@@ -37,9 +37,7 @@ def whole_table(ctx):
             for si, state in enumerate(STATES):
                 got = ctx.call("tcp_states.next_state", state, d, flag)
                 cases.append((f"{state} --{flag} ({d})-->", got, names[TCP_CONNTRACKS[di][fi][si]]))
-    score, first = fraction(cases)
-    assert score > 0, first
-    return score
+    return partial_credit(cases)
 
 
 @test(points=2, number="2.3", name="Each state's timeout: its sysctl and the kernel's default",
@@ -61,9 +59,7 @@ def timeouts(ctx):
         if isinstance(got, list) and got and isinstance(got[0], str):
             got = [got[0].removeprefix("net.netfilter."), *got[1:]]
         cases.append((f"timeout({state!r})", got, w))
-    score, first = fraction(cases)
-    assert score > 0, first
-    return score
+    return partial_credit(cases)
 
 
 def _replay(ctx, **kw):

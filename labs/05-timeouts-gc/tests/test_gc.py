@@ -1,7 +1,7 @@
 """Lab 5 public tests: the gc worker's scan and schedule, a full table, early drop."""
 import time
 
-from nattrack.labs.checks import fraction, same_replay
+from nattrack.labs.checks import partial_credit, same_replay
 from nattrack.labs.testing import test
 
 IFACES = {"ntr-lan": "10.0.0.1/24", "ntr-wan": "203.0.113.1/24"}
@@ -24,9 +24,7 @@ def verdicts(ctx):
                        ((HZ, True, False, True), "keep"), ((HZ, True, True, True), "evict"),
                        ((HZ, True, True, False), "keep"), ((-1, True, True, True), "reap")]:
         cases.append((f"gc_verdict{args}", ctx.call("gc_worker.gc_verdict", *args), want))
-    score, first = fraction(cases)
-    assert score > 0, first
-    return score
+    return partial_credit(cases)
 
 
 def _next_run(lefts, elapsed):
@@ -52,9 +50,7 @@ def schedule(ctx):
             ("a scan that took longer than the average", [HZ] * 500, 20 * HZ)]:
         cases.append((f"next_run({label})", ctx.call("gc_worker.next_run", lefts, elapsed),
                       _next_run(lefts, elapsed)))
-    score, first = fraction(cases)
-    assert score > 0, first
-    return score
+    return partial_credit(cases)
 
 
 @test(points=3, number="5.3", name="Recorded short flows: DESTROY events when the kernel's gc sends them",
@@ -78,9 +74,7 @@ def early(ctx):
             ("only expired: no eviction, all chains walked", [[X]] + [[]] * 6 + [[X, U]],
              [[0, 0, "reap"], [7, 0, "reap"], [7, 1, "evict"]])]:
         cases.append((f"early_drop({label})", ctx.call("gc_worker.early_drop", chains), want))
-    score, first = fraction(cases)
-    assert score > 0, first
-    return score
+    return partial_credit(cases)
 
 
 @test(points=4, number="5.5", name="A full table: early drop, then the gc evicts closing connections",
