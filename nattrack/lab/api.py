@@ -11,13 +11,14 @@ Filters are conntrack-tools' names as keyword arguments: ``proto``, ``src``,
 """
 from __future__ import annotations
 
+import shlex
 import subprocess
 from typing import Any, Iterator
 
 from . import LabError, rpc
 from .ctargs import CtRequest, kernel_argv, validate
 
-ROUTER_VERBS = ("hello", "list", "proc", "stats", "count", "flush", "delete", "sysctl")
+ROUTER_VERBS = ("hello", "list", "proc", "stats", "count", "flush", "delete", "sysctl", "missed")
 ROUTER_STREAMS = ("events", "trace")
 
 
@@ -113,8 +114,14 @@ class ConntrackAPI:
     def diff(self, router: str | None = None, tolerance: int = 2):
         """The Python tracker's table next to the kernel's (see nattrack.lab.diff)."""
         from .diff import diff_tables
-        return diff_tables(self.list(router=router), self.kernel_list(router=router),
-                           tolerance=tolerance)
+        python, kernel = self.list(router=router), self.kernel_list(router=router)
+        return diff_tables(python, kernel, tolerance=tolerance, missed=self.missed(router))
+
+    def missed(self, router: str | None = None) -> dict | None:
+        """What the kernel-mode shadow knows it missed (per flow, socket drops); None in
+        python mode, where the tracker is the data path."""
+        res = self.router_call("missed", {}, router)
+        return res if res.get("mode") == "kernel" else None
 
 
 class LocalLab(ConntrackAPI):
@@ -169,19 +176,24 @@ class LocalLab(ConntrackAPI):
         return _lines_until_closed(p)
 
     def load_rules(self, name, router=None) -> dict:
-        """Restart a router's process with ``examples/rules/NAME`` (kernel mode: the
-        kernel's rules too); both tables start empty.  Only shipped files, by name."""
+        """Load ``examples/rules/NAME`` into a running router as iptables-restore does
+        (the router's ``rules`` verb; kernel mode: the kernel's tables too).  Nothing
+        restarts: the connection tables, their NAT bindings, event streams and captures
+        go on; established flows keep their NAT.  Only shipped files, by name."""
         path = shipped_rules(name)
         r = self.labnet.router(router)
         if r.kernel_fallback:
-            raise LabError(f"router {r.node.name} runs without the router process: no rules switch")
-        import threading
-        r.stop()
-        r.spec.rules = str(path)
-        r.ready = threading.Event()
-        r.start()
-        r.wait_ready()
-        return {"router": r.node.name, "rules": path.name, "pid": r.pid}
+            out = r.node.cmd(f"iptables-restore -w < {shlex.quote(str(path))} && echo __rules_ok__")
+            if "__rules_ok__" not in out:
+                raise LabError(f"iptables-restore refused {path.name}: {' '.join(out.split())[:200]}")
+            r.spec.rules = str(path)
+            return {"router": r.node.name, "rules": path.name, "pid": None}
+        res = rpc.request(self._router(router).control, "rules",
+                          {"text": path.read_text(encoding="utf-8"), "name": path.name},
+                          timeout=30, what="router control socket")
+        r.spec.rules = str(path)                   # status shows it; a restart keeps it
+        return {"router": r.node.name, "rules": path.name, "pid": r.pid,
+                "tables": res["tables"], "entries": res["entries"]}
 
     def sysctl(self, key, value=None, kernel=False, router=None):
         if not kernel:

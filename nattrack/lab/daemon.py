@@ -16,7 +16,7 @@ Verbs (a fixed set; no shell strings anywhere):
                    other than root runs as itself (uid, gid, groups) with only
                    CAP_NET_RAW and CAP_NET_BIND_SERVICE.
 ``conntrack``      ``verb`` + ``args`` forwarded to a router's control socket
-                   (hello list proc stats count flush delete sysctl; streams:
+                   (hello list proc stats count flush delete sysctl missed; streams:
                    events trace); ``router`` picks one (default: the primary)
 ``kernel_conntrack`` the real ``conntrack`` in the router node, argv built from a
                    validated request (command L E S C F D, filters, output, mask)
@@ -25,9 +25,11 @@ Verbs (a fixed set; no shell strings anywhere):
 ``capture``        record both sides of a router to pcapng while the client waits;
                    the file comes back over the socket (``data`` chunks)
 ``rules``          ``name``: load another rules file shipped in examples/rules/ (by
-                   name only) into a router: its process restarts with it, so the
-                   kernel (kernel mode) and the tracker both start over, empty,
-                   with the new rules and the lab's own sysctls
+                   name only) into a router as iptables-restore does: the tables
+                   the file names are replaced at once (kernel mode: the kernel's
+                   too), nothing restarts; the connection tables, their NAT
+                   bindings, event streams and captures go on.  Answers {router,
+                   rules, pid, tables, entries}; a bad file: one line, old rules kept
 ``down``           answer, then stop everything and exit
 =================  ===============================================================
 """

@@ -5,6 +5,11 @@ each pair is compared field by field and every disagreement gets one line that
 says what differs and what usually causes it.  The two tables are read one after
 the other, so remaining timeouts may differ by a second or two without meaning
 anything (``tolerance``).
+
+In kernel mode the tracker is a shadow that sniffs the kernel's packets and may lose
+some when its socket overflows.  ``missed`` (the router's ``missed`` verb) says what it
+knows it lost: then a disagreement is put down to that, never to the tracker's
+transitions.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ class Row:
     python: dict | None
     kernel: dict | None
     problems: list[str] = field(default_factory=list)
+    missed: int = 0                      # packets of this flow the shadow knows it missed
 
     @property
     def agree(self) -> bool:
@@ -72,11 +78,13 @@ def side_text(p: dict | None) -> str:
     return " ".join(bits)
 
 
-def compare(py: dict, k: dict, tolerance: int = 2) -> list[str]:
+def compare(py: dict, k: dict, tolerance: int = 2, lossy: bool = False) -> list[str]:
+    """One line per difference; with ``lossy`` (the shadow missed packets) no line says
+    the trackers took different transitions: they did not see the same packets."""
     out = []
     if py.get("state") != k.get("state"):
-        out.append(f"TCP state differs: python {py.get('state')}, kernel {k.get('state')} "
-                   f"(the trackers took different transitions on the same packets)")
+        why = "" if lossy else " (the trackers took different transitions on the same packets)"
+        out.append(f"TCP state differs: python {py.get('state')}, kernel {k.get('state')}{why}")
     if py["reply"] != k["reply"]:
         out.append(f"reply tuple differs: python expects the reply {_endpoint(py['reply'], 'src')}"
                    f" > {_endpoint(py['reply'], 'dst')}, kernel {_endpoint(k['reply'], 'src')} > "
@@ -98,9 +106,27 @@ def compare(py: dict, k: dict, tolerance: int = 2) -> list[str]:
     return out
 
 
+def missed_text(n: int) -> str:
+    return (f"the shadow missed {n} packet{'s' if n != 1 else ''} of this flow; "
+            f"the difference may come from that")
+
+
+def drops_text(drops: int) -> str:
+    return (f"the shadow's socket dropped {drops} frame{'s' if drops != 1 else ''} under load "
+            f"(it cannot tell whose); the difference may come from that")
+
+
 def diff_tables(python_lines: list[str], kernel_lines: list[str],
-                tolerance: int = 2) -> list[Row]:
-    """Pair the two tables' entries and explain each disagreement."""
+                tolerance: int = 2, missed: dict | None = None) -> list[Row]:
+    """Pair the two tables' entries and explain each disagreement.  ``missed`` is the
+    shadow's account of what it lost (the router's ``missed`` verb): a differing flow it
+    lost packets of says so instead of blaming a transition; after unattributed socket
+    drops every differing flow says that."""
+    per_flow: dict[tuple, int] = {}
+    for f in (missed or {}).get("flows") or []:
+        key = _key(parse_conntrack_line(f["line"]))
+        per_flow[key] = per_flow.get(key, 0) + int(f["missed"])
+    drops = int((missed or {}).get("socket_drops") or 0)
     py = {}
     for line in python_lines:
         if line.strip():
@@ -114,7 +140,8 @@ def diff_tables(python_lines: list[str], kernel_lines: list[str],
     rows = []
     for key in list(py) + [k for k in kern if k not in py]:
         a, b = py.get(key), kern.get(key)
-        row = Row(key, a, b)
+        row = Row(key, a, b, missed=per_flow.get(key, 0))
+        lossy = bool(row.missed or drops)
         if b is None:
             row.problems.append("only in python: the kernel has no such entry (it never "
                                 "tracked this flow, or its entry already ended there)")
@@ -122,7 +149,11 @@ def diff_tables(python_lines: list[str], kernel_lines: list[str],
             row.problems.append("only in the kernel: nattrack has no such entry (it never "
                                 "saw this flow, or its entry already ended)")
         else:
-            row.problems += compare(a, b, tolerance)
+            row.problems += compare(a, b, tolerance, lossy=lossy)
+        if row.problems and row.missed:
+            row.problems.append(missed_text(row.missed))
+        elif row.problems and drops:
+            row.problems.append(drops_text(drops))
         rows.append(row)
     return rows
 
@@ -141,5 +172,7 @@ def format_rows(rows: list[Row]) -> list[str]:
         for prob in r.problems:
             out.append(f"  ! {prob}")
     same = sum(1 for r in rows if r.agree)
-    out.append(f"{len(rows)} flow(s): {same} agree, {len(rows) - same} differ")
+    lost = sum(1 for r in rows if not r.agree and r.missed)
+    tail = f" ({lost} where the shadow missed packets)" if lost else ""
+    out.append(f"{len(rows)} flow(s): {same} agree, {len(rows) - same} differ{tail}")
     return out

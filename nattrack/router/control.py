@@ -31,7 +31,9 @@ from ..conntrack.core import get_tuple
 from ..conntrack.proto_tcp import TCP_CONNTRACK_NAMES
 from ..conntrack.sysctl import SysctlError
 from ..conntrack.tuple import PORT_PROTOS, PROTO_NUMBERS, ip2int
+from ..netfilter.rules import Ruleset, RulesError
 from .dataplane import Capture, Dataplane
+from .quiet import SetupError
 
 log = logging.getLogger("nattrack.router")
 
@@ -286,7 +288,8 @@ class Control:
         self.verbs: dict[str, Callable[[dict], Any]] = {
             "hello": self.v_hello, "list": self.v_list, "proc": self.v_proc, "stats": self.v_stats,
             "count": self.v_count, "flush": self.v_flush, "delete": self.v_delete,
-            "sysctl": self.v_sysctl, "capture": self.v_capture, "stop": self.v_stop,
+            "sysctl": self.v_sysctl, "capture": self.v_capture, "rules": self.v_rules,
+            "missed": self.v_missed, "stop": self.v_stop,
         }
 
     def start(self) -> None:
@@ -401,6 +404,38 @@ class Control:
             cap.close()
             return {"path": cap.path, "packets": cap.packets}
         raise ControlError('capture needs action "start" or "stop"')
+
+    def v_rules(self, args: dict) -> dict:
+        """Without ``text``: the rules in force.  With it: replace the tables it names, as
+        iptables-restore does (Dataplane.replace_rules); bad text changes nothing."""
+        text = args.get("text")
+        if text is None:
+            with self.dp.lock:
+                rs = self.dp.router.ruleset
+                return {"name": rs.filename if rs else None,
+                        "text": rs.to_iptables_restore() if rs else ""}
+        if not isinstance(text, str) or not text.strip():
+            raise ControlError("rules: text must be the rules file's content (iptables-save syntax)")
+        name = str(args.get("name") or "<rules>")
+        try:
+            new = Ruleset.parse(text, name)
+        except RulesError as exc:
+            raise ControlError(f"{exc} (the old rules stay)") from None
+        if not new.tables:
+            raise ControlError(f"{name}: no table in it (*nat ... COMMIT); the old rules stay")
+        with self.dp.lock:
+            try:
+                tables = self.dp.replace_rules(new)
+            except SetupError as exc:
+                raise ControlError(f"the kernel refused {name} (the old rules stay): {exc}") from None
+            count = self.dp.router.ct.count
+        log.info("rules: %s replaced table(s) %s; %d entries kept", name, ",".join(tables), count)
+        return {"name": name, "tables": tables, "entries": count}
+
+    def v_missed(self, args: dict) -> dict:
+        """What the shadow (kernel mode) knows it missed: see ShadowDataplane.missed()."""
+        with self.dp.lock:
+            return self.dp.missed()
 
     def v_stop(self, args: dict) -> bool:
         return True

@@ -32,6 +32,7 @@ from typing import Callable
 
 from ..conntrack.core import tune_gc
 from ..conntrack.tuple import int2ip, ip2int
+from ..netfilter.rules import Ruleset
 from ..netfilter.stack import Router, Sent, Verdict, _mask
 from ..packet.ipv4 import Packet
 from ..packet.pcapio import PcapngWriter
@@ -257,6 +258,33 @@ class Dataplane:
 
     def set_kernel_sysctl(self, key: str, value) -> None:
         """Kernel mode mirrors conntrack settings into /proc/sys; python mode does not."""
+
+    def missed(self) -> dict:
+        """What the tracker knows it missed (the ``missed`` verb); python mode: the socket
+        drops only (a frame python mode drops is lost for the flow, not just unseen)."""
+        return {"mode": self.mode, "socket_drops": self.counters["socket_drops"], "flows": [],
+                "unattributed": 0, "shadow_missed": 0}
+
+    def replace_rules(self, new: Ruleset) -> list[str]:
+        """Swap in the tables ``new`` names, as ``iptables-restore`` does (the kernel's
+        xt_replace_table(): one table replaced whole, between two packets); the tables it
+        does not name stay.  The connection table is not touched: established entries keep
+        the NAT bindings they were given, only new connections meet the new rules.
+        Call it under ``self.lock``.  Returns the names of the replaced tables."""
+        self.router.ruleset = merge_rules(self.router.ruleset, new)
+        return list(new.tables)
+
+
+def merge_rules(old: Ruleset | None, new: Ruleset) -> Ruleset:
+    """``old`` with each table ``new`` names replaced by ``new``'s (iptables-restore
+    without --noflush flushes and refills only the tables in its input)."""
+    if old is None:
+        return new
+    tables = {t: c for t, c in old.tables.items() if t not in new.tables}
+    policies = {t: p for t, p in old.policies.items() if t not in new.tables}
+    tables.update(new.tables)
+    policies.update(new.policies)
+    return Ruleset(tables, policies, new.filename)
 
 
 class PythonDataplane(Dataplane):

@@ -47,6 +47,7 @@ empty too) and when it stops (entries must not outlive the rules that made them)
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import subprocess
 import time
@@ -136,6 +137,12 @@ class ShadowDataplane(Dataplane):
                              csum_completed=0)
         self._lookup_window, self._lookups = 0.0, 0
         self._lossy_until = 0.0        # after socket drops, an unexplained copy counts as missed
+        # What the shadow knows it missed, per direction of a flow (the tuple an ingress
+        # datagram had, or an egress copy's): TCP sequence holes seen while the socket
+        # was dropping, and copies that left the kernel without their ingress twin.
+        self.seq_next: dict[Tuple, list] = {}          # tuple -> [next seq, largest segment]
+        self.missed_by_tuple: dict[Tuple, int] = {}
+        self._pruned_at = 0.0
         nat = (router.ruleset.tables.get("nat", {}) if router.ruleset is not None else {})
         self._dnat_possible = bool(nat.get("PREROUTING"))
 
@@ -177,6 +184,29 @@ class ShadowDataplane(Dataplane):
     def set_kernel_sysctl(self, key: str, value) -> None:
         full = key if "." in key else PREFIX + key
         self.changes.sysctl(full, value)
+
+    def replace_rules(self, new) -> list[str]:
+        """The kernel's tables first (``iptables-restore`` in this namespace: all or
+        nothing, a refusal raises SetupError and changes nothing), then the shadow's, under
+        the lock.  What the socket already holds is shadowed first, under the old rules
+        the kernel applied to it."""
+        self._catch_up()
+        text = new.to_iptables_restore()
+        self.changes.iptables_restore(text)
+        if "mangle" in new.tables:                   # the restore flushed FORCE_TRACKING
+            self.changes.iptables("mangle", ["-A", *FORCE_TRACKING], ["-D", *FORCE_TRACKING])
+        tables = super().replace_rules(new)
+        self.rules_text = self.router.ruleset.to_iptables_restore()
+        self._dnat_possible = bool(self.router.ruleset.tables.get("nat", {}).get("PREROUTING"))
+        return tables
+
+    def _catch_up(self, rounds: int = 64) -> None:
+        """Read what the socket holds now (the data path is paused: we hold the lock)."""
+        for _ in range(rounds):
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            if not readable:
+                break
+            self._drain()
 
     # --- the loop's work -----------------------------------------------------------------------
 
@@ -240,6 +270,8 @@ class ShadowDataplane(Dataplane):
         if pkttype == PACKET_BROADCAST and pkt.dst not in self.router.local:
             self.counters["not_for_us"] += 1
             return
+        if pkt.proto == IPPROTO_TCP and pkt.l4ok:
+            self._seq_check(pkt, now)
         key = nat_invariant_key(pkt)
         if self.held or self._may_be_new(pkt):
             h = Held(pkt, now + HOLD_S)
@@ -249,6 +281,64 @@ class ShadowDataplane(Dataplane):
             return
         self._inflight(key, now)
         self.receive(pkt)
+
+    def _seq_check(self, pkt: Packet, now: float) -> None:
+        """A hole in one direction's TCP sequence numbers, while the socket is dropping
+        frames, is segments the kernel forwarded and the shadow never saw (a sender
+        never skips sequence space).  Counted in segments of the largest size seen."""
+        t = Tuple(pkt.src, pkt.dst, IPPROTO_TCP, pkt.sport, pkt.dport)
+        flags = pkt.tcpflags
+        length = pkt.payload_len + (1 if flags & 0x02 else 0) + (1 if flags & 0x01 else 0)
+        st = self.seq_next.get(t)
+        if st is None or flags & 0x02:
+            self.seq_next[t] = [(pkt.seq + length) & 0xFFFFFFFF, max(length, 1)]
+            return
+        ahead = (pkt.seq - st[0]) & 0xFFFFFFFF
+        if ahead >= 0x40000000:                     # behind: a retransmission or keepalive
+            end = (pkt.seq + length - st[0]) & 0xFFFFFFFF
+            if 0 < end < 0x40000000:
+                st[0] = (pkt.seq + length) & 0xFFFFFFFF
+            return
+        if length > st[1]:
+            st[1] = length
+        if ahead:
+            self._check_drops(now)
+            if self._lossy_until >= now:
+                lost = -(-ahead // st[1])
+                self.missed_by_tuple[t] = self.missed_by_tuple.get(t, 0) + lost
+        st[0] = (pkt.seq + length) & 0xFFFFFFFF
+
+    def missed(self) -> dict:
+        """Per flow (its ``conntrack -L`` line), the packets the shadow knows it missed;
+        and the socket's drops, which may hide more (both copies of a datagram lost)."""
+        table = self.router.ct
+        now_j = table.jiffies()
+        per_ct: dict[int, list] = {}
+        unattributed = 0
+        for t, n in self.missed_by_tuple.items():
+            ct = table.hash.get(t) or table.hash.get(invert_tuple(t))
+            if ct is None:
+                unattributed += n
+                continue
+            entry = per_ct.setdefault(id(ct), [ct, 0])
+            entry[1] += n
+        flows = [{"line": show.format_conn(ct, now_j), "missed": n} for ct, n in per_ct.values()]
+        out = super().missed()
+        out.update(flows=flows, unattributed=unattributed,
+                   shadow_missed=self.counters["shadow_missed"])
+        return out
+
+    def _prune(self, now: float) -> None:
+        """Forget the sequence state and counts of flows the table no longer has."""
+        if now - self._pruned_at < 5.0:
+            return
+        self._pruned_at = now
+        hashed = self.router.ct.hash
+        for t in [t for t in self.seq_next if t not in hashed]:
+            del self.seq_next[t]
+        for t in [t for t in self.missed_by_tuple
+                  if t not in hashed and invert_tuple(t) not in hashed]:
+            del self.missed_by_tuple[t]
 
     def _may_be_new(self, pkt: Packet) -> bool:
         """Could conntrack create an entry (and NAT bind it) for this datagram?"""
@@ -329,6 +419,9 @@ class ShadowDataplane(Dataplane):
                 self._local_out(pkt)
         else:
             self.counters["shadow_missed"] += 1
+            t = get_tuple(pkt)
+            if t is not None:
+                self.missed_by_tuple[t] = self.missed_by_tuple.get(t, 0) + 1
             if self.counters["shadow_missed"] <= 10:
                 log.info("left the kernel, never seen arriving: %s", pkt.summary())
 
@@ -420,6 +513,7 @@ class ShadowDataplane(Dataplane):
             self._release(time.time())
         if self.sock is not None:
             self._check_drops(time.time())
+        self._prune(time.time())
 
 
 __all__ = ["ShadowDataplane", "nat_invariant_key"]

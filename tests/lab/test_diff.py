@@ -61,3 +61,34 @@ def test_counters_compared_when_both_have_them():
     b = a.replace("packets=2 bytes=60 mark", "packets=1 bytes=30 mark")
     rows = diff_tables([a], [b])
     assert rows[0].problems and rows[0].problems[0].startswith("counters differ")
+
+
+def test_a_flow_the_shadow_lost_packets_of_is_not_blamed_on_transitions():
+    kernel = PY.replace("ESTABLISHED", "TIME_WAIT").replace("431999", "118")
+    missed = {"mode": "kernel", "socket_drops": 4200, "flows": [{"line": PY, "missed": 37}]}
+    rows = diff_tables([PY, UDP], [kernel, UDP], missed=missed)
+    tcp = next(r for r in rows if r.key[0] == 6)
+    assert tcp.missed == 37 and not tcp.agree
+    assert not any("different transitions" in p for p in tcp.problems), tcp.problems
+    assert tcp.problems[0] == "TCP state differs: python ESTABLISHED, kernel TIME_WAIT"
+    assert tcp.problems[-1] == ("the shadow missed 37 packets of this flow; "
+                                "the difference may come from that")
+    udp = next(r for r in rows if r.key[0] == 17)
+    assert udp.agree and udp.problems == []             # an agreeing flow gets no note
+    out = format_rows(rows)
+    assert out[-1] == "2 flow(s): 1 agree, 1 differ (1 where the shadow missed packets)"
+
+
+def test_socket_drops_without_a_flow_say_so_and_blame_no_transition():
+    kernel = PY.replace("ESTABLISHED", "TIME_WAIT").replace("431999", "118")
+    rows = diff_tables([PY], [kernel, ICMP], missed={"socket_drops": 12, "flows": []})
+    for r in rows:
+        assert not any("different transitions" in p for p in r.problems)
+        assert r.problems[-1].startswith("the shadow's socket dropped 12 frames")
+
+
+def test_without_losses_a_state_difference_is_a_transition_difference():
+    kernel = PY.replace("ESTABLISHED", "TIME_WAIT").replace("431999", "118")
+    rows = diff_tables([PY], [kernel], missed={"socket_drops": 0, "flows": []})
+    assert "(the trackers took different transitions on the same packets)" in rows[0].problems[0]
+    assert len(rows[0].problems) == 2                   # state and timeout, no loss note
