@@ -2,19 +2,59 @@
 # One idempotent set-up for README commands, CI and the Vagrant VM:
 # Debian packages the kit drives, then a virtualenv (.venv) made from the system
 # Python with --system-site-packages so the distribution's Mininet stays importable.
-#   scripts/setup.sh           the kit (the demo, the labs, the notebooks, the grader)
-#   scripts/setup.sh --tests   the kit and what only its tests use (scripts/test passes it)
+# Debian 12 (bookworm) and 13 (trixie).
+#   scripts/setup.sh                  the kit (the demo, the labs, the notebooks, the grader)
+#   scripts/setup.sh --tests          the kit and what only its tests use (scripts/test passes it)
+#   scripts/setup.sh --list-packages  print the Debian packages it installs, change nothing
+#   scripts/setup.sh --probe          only check that every command it provides is found
+# The commands and their packages: scripts/commands.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TESTS=0
-[[ "${1:-}" == "--tests" ]] && TESTS=1
+ACTION=setup
+for arg in "$@"; do
+    case "$arg" in
+        --tests) TESTS=1 ;;
+        --list-packages) ACTION=list ;;
+        --probe) ACTION=probe ;;
+        *) echo "nattrack: setup.sh: unknown option '$arg' (expected --tests, --list-packages" \
+                "or --probe)" >&2; exit 2 ;;
+    esac
+done
 
-APT_PACKAGES=(python3 python3-venv python3-pip iptables conntrack iproute2 tcpdump ethtool
-              hping3 netcat-openbsd iputils-ping curl iperf3 mininet
-              bubblewrap)                # the grader's sandbox: a submission sees only its folder
-# Only the tests need these: chromium for the notebooks' browser test (Playwright drives
-# Debian's build; CI cannot download one), vagrant for `vagrant validate` of the Vagrantfile.
-((TESTS)) && APT_PACKAGES+=(chromium vagrant)
+# Packages without a command of their own, then one package per command of commands.txt
+# (its `tests` rows only with --tests).  Bookworm and trixie ship all of them under the
+# same names; a rename would be handled here by VERSION_CODENAME (/etc/os-release).
+APT_PACKAGES=(python3 python3-venv python3-pip mininet)
+COMMANDS=()
+while read -r cmd pkg scope _; do
+    [[ -z "$cmd" || "$cmd" == \#* ]] && continue
+    [[ "$scope" == tests ]] && ((!TESTS)) && continue
+    COMMANDS+=("$cmd:$pkg")
+    APT_PACKAGES+=("$pkg")
+done < scripts/commands.txt
+# Only the tests need these (their commands, chromium and vagrant among them, are in
+# commands.txt; this line is for packages a test needs without running a command of theirs).
+((TESTS)) && APT_PACKAGES+=(chromium vagrant mmdebstrap python3-seccomp)  # these two: the emulated Gradescope container
+mapfile -t APT_PACKAGES < <(printf '%s\n' "${APT_PACKAGES[@]}" | sort -u)
+
+# Every command of commands.txt resolves (sbin included: a user's PATH may lack it).
+probe() {
+    local missing=() entry
+    for entry in "${COMMANDS[@]}"; do
+        PATH="$PATH:/usr/sbin:/sbin" command -v "${entry%%:*}" >/dev/null || missing+=("$entry")
+    done
+    if ((${#missing[@]})); then
+        echo "nattrack: commands not found (command:package): ${missing[*]}; run" \
+             "scripts/setup.sh$( ((TESTS)) && echo ' --tests') as root" >&2
+        return 1
+    fi
+}
+
+case "$ACTION" in
+    list) printf '%s\n' "${APT_PACKAGES[@]}"; exit 0 ;;
+    probe) probe; exit ;;
+esac
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -47,3 +87,4 @@ if [[ ! -f "$stamp" || ( "$(cat "$stamp")" != "$want" && "$(cat "$stamp")" != "t
     "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[$extra]"
     echo "$want" > "$stamp"
 fi
+probe
