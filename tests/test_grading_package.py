@@ -1,6 +1,8 @@
 """`nattrack grade --package gradescope|classroom`: the zip's run_autograder really runs in a
-simulated /autograder (NATTRACK_AUTOGRADER_ROOT), and the Classroom template grades itself
-with the command its workflow runs."""
+simulated /autograder (NATTRACK_AUTOGRADER_ROOT) the way Gradescope runs it -- the copy in
+ROOT/run_autograder, from ROOT -- and the Classroom template grades itself with the command
+its workflow runs.  tests/test_gradescope_container.py runs the zip in an emulated
+Gradescope container."""
 from __future__ import annotations
 
 import base64
@@ -44,6 +46,11 @@ def autograder(tmp: Path, submission: Path, hidden=True) -> Path:
     args = ["grade", "--package", "gradescope", LAB, "--out", tmp]
     r = nattrack(*args, *(["--hidden", HIDDEN] if hidden else []))
     assert r.returncode == 0, r.stderr
+    # the teacher is told the assignment's total there: offline tests only (all of them here)
+    total = 11 if hidden else 8
+    note = (f"on Gradescope lab 99 (grader-fixture) grades offline only: set the assignment's "
+            f"autograder points to {total}")
+    assert note in r.stderr
     zpath = Path(r.stdout.strip())
     assert zpath == tmp / "autograder-99-grader-fixture.zip"
     root = tmp / "autograder"
@@ -53,11 +60,14 @@ def autograder(tmp: Path, submission: Path, hidden=True) -> Path:
         assert not any("/solution/" in n or "/student/" in n for n in names)
         assert ("kit/hidden/test_hidden.py" in names) == hidden
         assert "kit/examples/rules/basic.rules" in names          # the lab's rules file
+        assert note in z.read("README.txt").decode()
         z.extractall(root / "source")
         for info in z.infolist():                                 # zipfile drops modes
             mode = info.external_attr >> 16
             if mode:
                 os.chmod(root / "source" / info.filename, mode & 0o777)
+    # Gradescope's image build: `cp /autograder/source/run_autograder /autograder/run_autograder`
+    shutil.copy2(root / "source" / "run_autograder", root / "run_autograder")
     shutil.copytree(submission, root / "submission")
     (root / "submission_metadata.json").write_text(json.dumps(
         {"users": [{"email": "ann@example.edu", "id": 4242, "name": "Ann"}]}))
@@ -65,11 +75,12 @@ def autograder(tmp: Path, submission: Path, hidden=True) -> Path:
     return root
 
 
-def run(root: Path) -> subprocess.CompletedProcess:
+def run(root: Path, script: str = "run_autograder") -> subprocess.CompletedProcess:
+    """Run ROOT/run_autograder (Gradescope's copy) from ROOT, as Gradescope does."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["NATTRACK_AUTOGRADER_ROOT"] = str(root)
-    return subprocess.run(["bash", str(root / "source" / "run_autograder")], capture_output=True,
-                          text=True, timeout=180, env=env, cwd="/")
+    return subprocess.run([str(root / script)], capture_output=True, text=True, timeout=180,
+                          env=env, cwd=root)
 
 
 def test_setup_script_is_valid_shell(tmp):
@@ -80,7 +91,12 @@ def test_setup_script_is_valid_shell(tmp):
         r = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
     text = (root / "source" / "setup.sh").read_text()
-    assert "bubblewrap" in text and "python3.11" in text
+    assert "python3.11" in text and "setpriv" in text           # Ubuntu 22.04's Python is 3.10
+    # live grading cannot run on Gradescope: nothing of it is installed there
+    installs = " ".join(line for line in text.splitlines() if "apt-get install" in line)
+    assert "python3" in installs and "util-linux" in installs
+    for tool in ("mininet", "iptables", "bubblewrap", "conntrack"):
+        assert tool not in installs, tool
 
 
 def test_run_autograder_grades_a_submission(tmp):
@@ -109,13 +125,65 @@ def test_run_autograder_always_writes_results(tmp):
     doc = json.loads((root / "results" / "results.json").read_text())
     validate_gradescope(doc)
     assert doc["score"] == 0 and "The autograder failed" in doc["output"]
-    # even when its Python does not start
-    (root / "results" / "results.json").unlink()
+    # even when its Python does not start, and the message names what really happened
     (root / "source" / "python").write_text("/bin/false\n")
     r = run(root)
     doc = json.loads((root / "results" / "results.json").read_text())
     validate_gradescope(doc)
-    assert doc["score"] == 0 and "could not run" in doc["output"]
+    assert doc["score"] == 0
+    assert "could not run: /bin/false exited with status 1: no error message" in doc["output"]
+    (root / "source" / "python").write_text("/nonexistent/python3.11\n")
+    doc = _run_and_read(root)
+    assert "could not run: no Python at '/nonexistent/python3.11' (did setup.sh" in doc["output"]
+    # a kit that does not import: its error's last line, quotes and all, in valid JSON
+    (root / "source" / "python").write_text(sys.executable + "\n")
+    init = root / "source" / "kit" / "nattrack" / "__init__.py"
+    init.write_text('raise RuntimeError("kit \\"broken\\" \\\\ here")\n' + init.read_text())
+    doc = _run_and_read(root)
+    assert 'exited with status 1: RuntimeError: kit "broken" \\ here.' in doc["output"]
+    # the zip unpacked elsewhere: the copy finds no kit and says so
+    shutil.move(root / "source", root / "elsewhere")
+    doc = _run_and_read(root)
+    assert f"could not run: no kit in {root}/source" in doc["output"]
+
+
+def _run_and_read(root: Path) -> dict:
+    r = run(root)
+    assert r.returncode == 0
+    doc = json.loads((root / "results" / "results.json").read_text())
+    validate_gradescope(doc)
+    assert doc["score"] == 0 and "not about your code" in doc["output"]
+    return doc
+
+
+def test_run_autograder_runs_beside_its_kit_too(tmp):
+    """The zip's own run_autograder (source/) works as well as Gradescope's copy."""
+    root = autograder(tmp, LAB / "solution", hidden=False)
+    (root / "run_autograder").unlink()
+    r = run(root, "source/run_autograder")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((root / "results" / "results.json").read_text())
+    validate_gradescope(doc)
+    assert sum(t["score"] for t in doc["tests"]) == 7          # 3.1 needs ann's variant
+
+
+def test_live_tests_not_run_are_not_red():
+    """Offline only, a live test is neither passed nor failed on Gradescope (no status: its
+    0/0 is not shown red) and the top-level output says the score leaves it out."""
+    from nattrack.grading.results import Results, TestResult, to_gradescope
+    res = Results(tests=[
+        TestResult(name="offline", number="1.1", score=2, max_score=2, status="passed"),
+        TestResult(name="live", number="1.2", score=0, max_score=0, status="failed",
+                   output="not run: this is a live test", tags=["not-run"])],
+        output="lab 99")
+    doc = to_gradescope(res)
+    validate_gradescope(doc)
+    assert doc["tests"][0]["status"] == "passed" and "status" not in doc["tests"][1]
+    assert doc["output"] == ("lab 99\nGraded offline only: 1 live test(s) could not run here "
+                             "and count for nothing; this score is out of the other tests' "
+                             "2 points.")
+    res.tests.pop()
+    assert to_gradescope(res)["output"] == "lab 99"
 
 
 def test_classroom_template_grades_itself(tmp):

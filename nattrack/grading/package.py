@@ -1,26 +1,28 @@
-"""What a teacher uploads: the Gradescope autograder zip and the GitHub Classroom template.
+"""What a teacher uploads: the Gradescope autograder zip and the GitHub template repository.
 
 ``nattrack grade --package gradescope LAB [--hidden DIR] [--out DIR]`` writes
-``autograder-NN-slug.zip``:
+``autograder-NN-slug.zip`` and prints, on stderr, the one line a teacher needs: the
+assignment's total on Gradescope (offline tests only, :func:`gradescope_note`):
 
-- ``setup.sh`` -- run once by Gradescope on its Ubuntu image (as root): Python >= 3.11,
-  bubblewrap and util-linux for the sandbox, and (for live mode, used only if the container
-  may build namespaces) Mininet, iproute2, iptables, conntrack, curl;
-- ``run_autograder`` -- run for every submission: copies ``/autograder/submission``, grades
-  it (``--mode auto``: the visible probe says whether live tests ran), and **always** writes
-  ``/autograder/results/results.json`` -- when the grader itself breaks, a zero score with
-  a line saying so;
+- ``setup.sh`` -- run once by Gradescope when it builds the image (Ubuntu, as root): Python
+  >= 3.11 and util-linux's ``setpriv``/``prlimit``, nothing when they are there.  No
+  Mininet, iptables or bwrap: Docker's seccomp profile and capabilities forbid namespaces,
+  so live tests cannot run there;
+- ``run_autograder`` -- Gradescope copies it to ``/autograder/run_autograder`` and runs the
+  copy from ``/autograder`` for every submission; it finds the kit in ``/autograder/source``
+  (or beside itself), grades ``/autograder/submission`` (``--mode auto``: the visible probe
+  says what ran) and **always** writes ``/autograder/results/results.json`` -- when the
+  grader itself breaks, a zero score with a line naming the error;
+- ``README.txt`` -- the same line as printed, for whoever opens the zip later;
 - ``kit/`` -- the nattrack package, the lab without ``solution/`` and ``student/``,
   the topologies, the lab's rules file, and ``hidden/`` (the instructor's hidden tests).
 
 ``NATTRACK_AUTOGRADER_ROOT`` replaces ``/autograder`` (how the tests run the zip).
 
-``nattrack grade --package classroom LAB [--out DIR]`` writes ``classroom-NN-slug/``, a
-template repository: the student's files, the lab's README, ``.nattrack/kit`` and
-``.github/workflows/classroom.yml``, which grades each push with sudo (live when it can)
-and hands the result to ``classroom-resources/autograding-grading-reporter`` (base64 JSON
-in ``NATTRACK_RESULTS``).  Classroom runs in the student's repository: it has no hidden
-tests.
+``nattrack grade --package github LAB [--out DIR]`` writes ``github-NN-slug/``, a template
+repository whose plain GitHub Actions workflow grades each push (:mod:`.github`); it has no
+hidden tests (the student's repository hides nothing).  ``--package classroom`` builds the
+same, with a note: GitHub Classroom was discontinued on 28 Aug 2026.
 """
 from __future__ import annotations
 
@@ -40,77 +42,69 @@ __all__ = ["build_package", "run_autograder"]
 _REPO = Path(__file__).resolve().parents[2]
 
 SETUP_SH = r"""#!/usr/bin/env bash
-# nattrack autograder: Gradescope runs this once, as root, on its Ubuntu image.
+# nattrack autograder: Gradescope runs this once, as root, when it builds the image (Ubuntu
+# 22.04 by default).  Only offline grading can run there -- Docker's seccomp profile and
+# capabilities forbid namespaces, so no Mininet, iptables or bwrap jail -- so it installs
+# what offline grading needs: Python >= 3.11 and util-linux's setpriv and prlimit (the
+# sandbox's user switch and limits).  Nothing is installed when all of it is there.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 here="$(cd "$(dirname "$0")" && pwd)"
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends python3 bubblewrap util-linux ca-certificates
-py=python3
-if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-    apt-get install -y -qq --no-install-recommends python3.11 && py=python3.11
+new_enough() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
+find_python() {
+    for c in python3 python3.13 python3.12 python3.11; do
+        if command -v "$c" >/dev/null && new_enough "$c"; then command -v "$c"; return; fi
+    done
+}
+py="$(find_python)"
+if [ -z "$py" ] || ! command -v setpriv >/dev/null || ! command -v prlimit >/dev/null; then
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3 util-linux
+    command -v setpriv >/dev/null || apt-get install -y -qq --no-install-recommends setpriv
+    # Ubuntu 22.04's python3 is 3.10: its python3.11 package is the kit's Python there.
+    py="$(find_python)"
+    [ -n "$py" ] || apt-get install -y -qq --no-install-recommends python3.11
+    py="$(find_python)"
 fi
-command -v "$py" > "$here/python"
-# Live mode (used only when the container may create network namespaces).
-apt-get install -y -qq --no-install-recommends mininet iproute2 iptables conntrack curl \
-    || echo "nattrack: live-mode packages not installed; grading stays offline"
-"$(cat "$here/python")" -c 'import sys; sys.path.insert(0, sys.argv[1]); import nattrack.grading' \
-    "$here/kit"
-echo "nattrack autograder ready"
+[ -n "$py" ] || { echo "nattrack: no Python >= 3.11 could be installed" >&2; exit 1; }
+echo "$py" > "$here/python"
+"$py" -c 'import sys; sys.path.insert(0, sys.argv[1]); import nattrack.grading' "$here/kit"
+echo "nattrack autograder ready: $py, offline grading"
 """
 
 RUN_AUTOGRADER = r"""#!/usr/bin/env bash
-# nattrack autograder: Gradescope runs this for every submission. It always leaves
-# $ROOT/results/results.json behind, whatever happens to the grader.
+# nattrack autograder: Gradescope copies this file to /autograder/run_autograder and runs
+# the copy for every submission, from /autograder; the zip's files stay in
+# /autograder/source.  It always leaves $ROOT/results/results.json behind.
 ROOT="${NATTRACK_AUTOGRADER_ROOT:-/autograder}"
 here="$(cd "$(dirname "$0")" && pwd)"
-py="$(cat "$here/python" 2>/dev/null || command -v python3)"
+src="$here"
+[ -d "$src/kit" ] || src="$ROOT/source"          # the copy: the kit is in source/
 mkdir -p "$ROOT/results"
-PYTHONPATH="$here/kit" "$py" -m nattrack.grading.package run-autograder "$ROOT" "$here"
+rm -f "$ROOT/results/results.json"
+py="$(cat "$src/python" 2>/dev/null)"
+[ -n "$py" ] || py="$(command -v python3)"
+err="$(mktemp)"
+PYTHONPATH="$src/kit" "$py" -m nattrack.grading.package run-autograder "$ROOT" "$src" 2> "$err"
+status=$?
+cat "$err" >&2                                    # the teacher's copy (stdout: hidden)
 if [ ! -s "$ROOT/results/results.json" ]; then
-    printf '%s\n' '{"score": 0, "execution_time": 0, "visibility": "visible", "stdout_visibility": "hidden", "output": "The autograder could not run (its Python failed to start); tell your instructor.", "tests": []}' \
-        > "$ROOT/results/results.json"
+    if [ ! -d "$src/kit" ]; then
+        why="no kit in $src (was the zip unpacked into $ROOT/source?)"
+    elif [ -z "$py" ] || [ ! -x "$py" ]; then
+        why="no Python at '${py:-python3}' (did setup.sh finish?)"
+    else
+        last="$(grep -v '^[[:space:]]*$' "$err" | tail -n 1)"
+        why="$py exited with status $status: ${last:-no error message}"
+    fi
+    # JSON-safe: printable ASCII only, quotes and backslashes escaped.
+    why="$(printf '%s' "$why" | head -c 300 | LC_ALL=C tr -cd ' -~' | sed 's/[\\"]/\\&/g')"
+    printf '{"score": 0, "execution_time": 0, "visibility": "visible", "stdout_visibility": "hidden", "output": "The autograder could not run: %s. This is not about your code; tell your instructor.", "tests": []}\n' \
+        "$why" > "$ROOT/results/results.json"
 fi
+rm -f "$err"
 exit 0
 """
-
-WORKFLOW = """\
-# GitHub Classroom autograding with nattrack (made by `nattrack grade --package classroom`).
-name: Autograding Tests
-on: [push, repository_dispatch, workflow_dispatch]
-permissions:
-  checks: write
-  actions: read
-  contents: read
-jobs:
-  run-autograding-tests:
-    runs-on: ubuntu-latest
-    if: github.actor != 'github-classroom[bot]'
-    timeout-minutes: 15
-    steps:
-      - uses: actions/checkout@v4
-      - name: The kit's tools
-        run: |
-          sudo apt-get update -qq
-          sudo apt-get install -y -qq --no-install-recommends bubblewrap mininet iproute2 \\
-              iptables conntrack curl
-      - name: nattrack grade
-        id: nattrack
-        run: |
-          out="$(mktemp -d)"
-          sudo env PYTHONPATH="$PWD/.nattrack/kit" /usr/bin/python3 -m nattrack.cli.main \\
-              grade .nattrack/kit/lab . --out "$out" --mode auto \\
-              --student-id "${{ github.event.repository.name }}"
-          echo "result=$(cat "$out"/*/classroom.txt)" >> "$GITHUB_OUTPUT"
-          cat "$out"/*/summary.txt
-      - name: Autograding Reporter
-        uses: classroom-resources/autograding-grading-reporter@v1
-        env:
-          NATTRACK_RESULTS: "${{ steps.nattrack.outputs.result }}"
-        with:
-          runners: nattrack
-"""
-
 
 def _ignore(_dir, names):
     return [n for n in names if n == "__pycache__" or n.endswith(".pyc")]
@@ -141,6 +135,23 @@ def _exec(path: Path, text: str) -> None:
     path.chmod(0o755)
 
 
+def gradescope_note(info, hidden: Path | None) -> str:
+    """One line for the teacher: the assignment's total on Gradescope, where only the
+    offline tests can run (no namespaces there), and what the live ones are worth."""
+    from .runner import load_tests
+    tests = [t.spec for t in load_tests(info, hidden)]
+    offline = [t for t in tests if t.mode != "live"]
+    live = [t for t in tests if t.mode == "live"]
+    total = sum(t.points for t in offline)
+    hidden_pts = sum(t.points for t in offline if t.visibility != "visible")
+    line = (f"on Gradescope {info.name} grades offline only: set the assignment's autograder "
+            f"points to {total:g} ({hidden_pts:g} of them in hidden tests)")
+    if live:
+        line += (f"; its {len(live)} live test(s) ({sum(t.points for t in live):g} points) "
+                 f"cannot run there and count for nothing")
+    return line + "."
+
+
 def build_package(kind: str, lab_dir, out=None, hidden=None) -> Path:
     info = load_lab(lab_dir)
     out = Path(out or ".")
@@ -152,6 +163,8 @@ def build_package(kind: str, lab_dir, out=None, hidden=None) -> Path:
             _kit(stage, info.dir, Path(hidden) if hidden else None)
             _exec(stage / "setup.sh", SETUP_SH)
             _exec(stage / "run_autograder", RUN_AUTOGRADER)
+            note = gradescope_note(info, Path(hidden) if hidden else None)
+            (stage / "README.txt").write_text(note + "\n")
             path = out / f"autograder-{name}.zip"
             with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
                 for p in sorted(stage.rglob("*")):
@@ -159,26 +172,18 @@ def build_package(kind: str, lab_dir, out=None, hidden=None) -> Path:
                         zi = zipfile.ZipInfo.from_file(p, p.relative_to(stage).as_posix())
                         zi.compress_type = zipfile.ZIP_DEFLATED
                         z.writestr(zi, p.read_bytes())
+        print(f"nattrack: {note}", file=sys.stderr)
         return path
-    if kind == "classroom":
+    if kind in ("github", "classroom"):
         if hidden:
-            raise GradeError("--hidden with --package classroom: Classroom grades in the "
+            raise GradeError(f"--hidden with --package {kind}: the workflow grades in the "
                              "student's own repository, where nothing stays hidden")
-        repo = out / f"classroom-{name}"
-        if repo.exists():
-            raise GradeError(f"{repo} exists: remove it or choose another --out")
-        student = info.dir / "student"
-        if not student.is_dir():
-            raise GradeError(f"{student}: the lab has no student/ skeleton to start from")
-        shutil.copytree(student, repo, ignore=_ignore)
-        if (info.dir / "README.md").is_file():
-            shutil.copyfile(info.dir / "README.md", repo / "README.md")
-        _kit(repo / ".nattrack", info.dir, None)
-        wf = repo / ".github" / "workflows"
-        wf.mkdir(parents=True)
-        (wf / "classroom.yml").write_text(WORKFLOW)
-        return repo
-    raise GradeError(f"--package {kind}: expected gradescope or classroom")
+        if kind == "classroom":
+            print("nattrack: GitHub Classroom was discontinued on 28 Aug 2026; building the "
+                  "plain GitHub Actions template instead", file=sys.stderr)
+        from .github import build_template
+        return build_template(info, out, _kit)
+    raise GradeError(f"--package {kind}: expected gradescope or github")
 
 
 # --- inside Gradescope -----------------------------------------------------------------------

@@ -113,9 +113,12 @@ def _num(x: float) -> int | float:
 # --- Gradescope ----------------------------------------------------------------------------
 
 def to_gradescope(results: Results) -> dict:
+    """A test not run here (a live test, offline) has no ``status``: Gradescope then shows
+    its 0/0 as neither passed nor failed -- an explicit ``failed`` would be red for every
+    student, perfect ones included -- and its output and the top-level output say why."""
     tests = []
     for i, t in enumerate(results.tests, 1):
-        tests.append({
+        doc = {
             "name": t.name,
             "number": t.number or str(i),
             "score": _num(t.score),
@@ -125,10 +128,19 @@ def to_gradescope(results: Results) -> dict:
             "output_format": t.output_format,
             "tags": list(t.tags),
             "visibility": t.visibility,
-        })
+        }
+        if t.not_run:
+            del doc["status"]
+        tests.append(doc)
+    output = results.output
+    if results.not_run:
+        note = (f"Graded offline only: {results.not_run} live test(s) could not run here and "
+                f"count for nothing; this score is out of the other tests' "
+                f"{_num(results.max_total)} points.")
+        output = f"{output}\n{note}" if output else note
     out: dict = {
         "execution_time": round(float(results.execution_time), 3),
-        "output": results.output,
+        "output": output,
         "visibility": results.visibility,
         "stdout_visibility": results.stdout_visibility,
         "tests": tests,
