@@ -543,13 +543,16 @@ class Grader:
             if live:
                 lines.append(f"{len(live)} live test(s) were not run; they count for nothing "
                              f"here.")
-        jail = bwrap_problem()
         who = ("an unprivileged user of its own" if os.geteuid() == 0 else
                "the grader's own (non-root) user, without privileges")
         lines.append(f"Your code runs as {who}, with limits on time, memory, processes and "
-                     f"output, " + ("in a jail that holds only your files and has no network."
-                                    if jail is None else
-                                    f"without a file-system jail ({jail})."))
+                     f"output.")
+        # What held is what a worker, started as every submission's is, found: asked once.
+        from .worker import isolation_lines, probe_isolation
+        if getattr(self, "_isolation", None) is None:
+            self._isolation = probe_isolation(self.pkg, self.lab_copy, self._tmp, uid=self.uid,
+                                              unsafe_no_jail=self.unsafe_no_jail)
+        lines += isolation_lines(self._isolation, bwrap_problem())
         return TestResult(name="Environment probe: what this grader can run", number="0",
                           score=0, max_score=0, status="passed", output="\n".join(lines),
                           visibility="visible", tags=["probe"])

@@ -149,6 +149,41 @@ class _Served:
             return {"ok": False, "error": f"the replay with your code failed: {text}"}
 
 
+def _namespaces() -> dict[str, str]:
+    """{"net": "net:[4026531840]", ...}: which namespaces this process is in."""
+    out = {}
+    for ns in ("net", "mnt", "pid"):
+        try:
+            out[ns] = os.readlink(f"/proc/self/ns/{ns}")
+        except OSError:
+            out[ns] = "?"
+    return out
+
+
+def _interfaces() -> list[str]:
+    """The network interfaces this process's network namespace has (/proc/net/dev)."""
+    try:
+        with open("/proc/net/dev") as f:
+            return sorted(line.split(":")[0].strip() for line in f if ":" in line)
+    except OSError:
+        return ["?"]
+
+
+def isolate() -> dict:
+    """Install the seccomp filter (:mod:`nattrack.grading.seccomp`) on this process, then
+    report what holds, as found by trying: the filter's answers, the namespaces, the network
+    interfaces, whether the machine's /etc is in sight.  The grader turns it into the
+    probe's text (:func:`isolation_lines`)."""
+    from nattrack.grading import seccomp
+    try:
+        seccomp.install()
+        installed = "on"
+    except seccomp.SeccompUnavailable as exc:
+        installed = str(exc)
+    return {"seccomp": installed, "tried": seccomp.check(), "ns": _namespaces(),
+            "interfaces": _interfaces(), "etc_visible": os.path.exists("/etc/passwd")}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
@@ -163,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         out.write(json.dumps(obj) + "\n")
         out.flush()
 
+    # Before any of the submission's code: the filter, and what held, sent while nothing
+    # else could have written to the channel yet.
+    send({"isolation": isolate()})
     served = _Served(lab_dir, sub)
     send({"hello": 1, "errors": served.errors})
     for line in sys.stdin:
@@ -247,6 +285,7 @@ class Worker:
         self.errors: dict[str, str] = {}
         self.dead: str | None = "not started"
         self.start_error: str | None = None    # it could not even start: no more tries
+        self.isolation: dict | None = None     # what held, as the worker found (isolate())
         self.starts = 0
 
     # -- paths as the worker sees them --------------------------------------------------------
@@ -291,6 +330,8 @@ class Worker:
         self.dead = None
         threading.Thread(target=self._drain_stderr, args=(self.proc,), daemon=True).start()
         try:
+            first = self._read(self.HELLO_TIMEOUT, "starting your code's process")
+            self.isolation = first.get("isolation")
             hello = self._read(self.HELLO_TIMEOUT, "importing your files")
         except SubmissionError as exc:         # the same again next time: do not retry
             self.start_error = str(exc)
@@ -407,6 +448,77 @@ class Worker:
                     reason = f"your code's process {reason}"
         self.dead = reason
         raise SubmissionError(f"{what}: {reason}")
+
+
+
+# --- what isolation held, for the probe ----------------------------------------------------------
+
+def probe_isolation(pkg: Path, lab: Path, tmp: Path, *, uid: int | None = None,
+                    gid: int | None = None, unsafe_no_jail: bool = False) -> dict | str:
+    """Start a worker exactly as a submission's is started (with an empty submission, in a
+    folder made under ``tmp``) and return what it reported (:func:`isolate`), or one line
+    saying why it could not start."""
+    import tempfile
+    from .sandbox import SandboxError
+    folder = Path(tempfile.mkdtemp(prefix="probe-", dir=tmp))
+    try:
+        os.chmod(folder, 0o755)
+        (folder / "submission").mkdir(mode=0o755)
+        (folder / "inbox").mkdir(mode=0o755)
+        w = Worker(pkg=pkg, lab=lab, submission=folder / "submission", inbox=folder / "inbox",
+                   uid=uid, gid=gid, unsafe_no_jail=unsafe_no_jail)
+        try:
+            w.start()
+        except (SubmissionError, SandboxError) as exc:
+            return str(exc)
+        finally:
+            w.close()
+        return w.isolation if isinstance(w.isolation, dict) else "the worker reported nothing"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def isolation_lines(report: dict | str, jail_problem: str | None) -> list[str]:
+    """The probe's lines on isolation, each true of what the worker found (``report``, from
+    :func:`isolate`), compared with this (the grader's) process; ``jail_problem`` is why
+    there was no bwrap jail (:func:`~nattrack.grading.sandbox.bwrap_problem`), if none."""
+    if not isinstance(report, dict):
+        return [f"Isolation: unknown (the grader could not start a worker to check: {report})."]
+    ns, tried = report.get("ns") or {}, report.get("tried") or {}
+    mine = _namespaces()                     # the grader's own
+
+    def own(name: str) -> bool:
+        return ns.get(name, "?") != "?" and ns.get(name) != mine.get(name)
+
+    filtered = report.get("seccomp") == "on"
+    lines = []
+    if filtered:
+        lines.append("Seccomp filter: on (no network sockets, no ptrace, no new namespaces, "
+                     "no mounts).")
+    else:
+        lines.append(f"Seccomp filter: not installed ({report.get('seccomp')}).")
+    if own("net") and set(report.get("interfaces") or ["?"]) <= {"lo"}:
+        lines.append("Network: none -- no network in a network namespace of its own "
+                     "(loopback only)" + (", and the seccomp filter denies network sockets."
+                                          if tried.get("socket(AF_INET)") == "denied" else "."))
+    elif tried.get("socket(AF_INET)") == "denied":
+        lines.append("Network: cut off by the seccomp filter (no IPv4, IPv6, packet or netlink "
+                     "sockets; only local Unix sockets and pipes).")
+    else:
+        lines.append("Network: NOT cut off -- your code could open network connections.")
+    if own("mnt") and not report.get("etc_visible", True):
+        lines.append("Files: in a jail that holds only your files and the kit's public ones.")
+    else:
+        lines.append("Files: without a file-system jail ("
+                     + (jail_problem or "the worker shares the grader's file system")
+                     + "): only permissions keep your code out of what it should not read.")
+    procs = ("hidden (a process namespace of its own)" if own("pid") else "visible in /proc")
+    if tried.get("ptrace") == "denied":
+        procs += "; ptrace and reading their memory are denied by the seccomp filter"
+    else:
+        procs += "; ptrace is not filtered (only the uid keeps your code out of them)"
+    lines.append(f"Other processes: {procs}.")
+    return lines
 
 
 if __name__ == "__main__":
