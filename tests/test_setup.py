@@ -1,0 +1,284 @@
+"""The set-up gives a fresh Debian 12 or 13 machine every command the kit and its tests run.
+
+* The code is read (not run) for the external commands it executes: argv lists given to
+  subprocess and to the kit's own wrappers, ``lab exec NODE -- CMD``, ``ip netns exec NS
+  CMD``, ``sh -c`` scripts and Mininet's ``node.cmd()`` lines.  Each must be a row of
+  ``scripts/commands.txt`` (command -> Debian package), whose packages ``scripts/setup.sh``
+  installs; the tool lists of ``doctor`` and of the live and kernel tests agree with it.
+* ``setup.sh --tests --probe`` finds every listed command on this machine.
+* As root: ``scripts/setup.sh --tests`` in fresh bookworm and trixie roots (mmdebstrap, a
+  clone of HEAD as CI has it, this machine's pip configuration), the probe inside, each
+  command owned by its listed package there, and a second run that changes nothing.
+* Lab READMEs only tell students to run commands a fresh machine has.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SETUP = ROOT / "scripts" / "setup.sh"
+COMMANDS_TXT = ROOT / "scripts" / "commands.txt"
+SCANNED = ("nattrack", "tests", "labs")
+# Student code the grader must contain (it tries sudo, su ...): not the suite's commands.
+NOT_SCANNED = ("tests/grading/hostile",)
+# Names the suite runs on purpose to see them fail.
+NOT_COMMANDS = {"no-such-command"}
+
+
+def listed_commands() -> dict[str, tuple[str, str]]:
+    """scripts/commands.txt: command -> (package, kit|tests)."""
+    rows = {}
+    for line in COMMANDS_TXT.read_text().splitlines():
+        words = line.split("#", 1)[0].split()
+        if words:
+            cmd, pkg, scope = words
+            assert scope in ("kit", "tests"), line
+            rows[cmd] = (pkg, scope)
+    return rows
+
+
+def setup_packages(*args: str) -> set[str]:
+    out = subprocess.run([str(SETUP), *args, "--list-packages"], capture_output=True,
+                         text=True, check=True).stdout
+    return set(out.split())
+
+
+# --- reading the code for the commands it runs ---------------------------------------------
+
+# f([cmd, arg, ...]) or f(node, [cmd, ...]): subprocess's, Mininet's popen, the lab client's
+LIST_RUNNERS = {"run", "Popen", "check_output", "check_call", "_run", "exec", "popen",
+                "execvp", "execv", "execvpe"}
+# f(cmd, arg, ...) / f(node, cmd, arg, ...): the tests' own helpers; value = args to skip
+VARARG_RUNNERS = {"_run": 0, "sh": 0, "exec": 1, "popen": 1}
+SHELL_RUNNERS = {"cmd", "sendCmd", "system"}          # one shell line (Mininet's node.cmd)
+WHICH = {"_tool", "which"}                            # _tool("ip") as an argv element
+SHELLS = {"sh", "bash"}
+WORD = re.compile(r"[A-Za-z][A-Za-z0-9._+-]*$")
+PREFIXES = {"if", "then", "else", "elif", "do", "while", "until", "exec", "!", "time"}
+BUILTINS = {"fi", "done", "esac", "set", "export", "echo", "cd", "read", "test", "[", "exit",
+            "true", "false", "trap", "wait", "kill", "printf", "return", "local", "shift",
+            ":", "for", "case"}
+
+
+def _text(node) -> str | None:
+    """A string constant; an f-string with its fields as NUL (never a command word)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value if isinstance(v, ast.Constant) else "\0" for v in node.values)
+    if (isinstance(node, ast.Call) and node.args and _name(node.func) in WHICH):
+        return _text(node.args[0])
+    return None
+
+
+def _name(func) -> str:
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
+def shell_commands(script: str) -> list[str]:
+    """The command word of each simple command of a shell line (builtins left out)."""
+    out = []
+    for part in re.split(r"[;&|\n(){}`]|\$\(", script):
+        words = part.split()
+        while words and (words[0] in PREFIXES or "=" in words[0] or words[0][0] in "<>0123456789"):
+            words = words[2:] if words[0] in ("<", ">", ">>") else words[1:]
+        if words and WORD.match(words[0]) and words[0] not in BUILTINS:
+            out.append(words[0])
+    return out
+
+
+def argv_commands(argv: list) -> list[str]:
+    """What an argv runs: its head, and what it wraps (after `--`, `ip netns exec NS`,
+    a shell's -c script)."""
+    if not argv:
+        return []
+    head, out = argv[0], []
+    if head and WORD.match(head):
+        out.append(head)
+    if head in SHELLS and "-c" in argv[:-1]:
+        return out + shell_commands(argv[argv.index("-c") + 1] or "")
+    if "--" in argv:
+        out += argv_commands(argv[argv.index("--") + 1:])
+    elif argv[:3] == ["ip", "netns", "exec"]:
+        out += argv_commands(argv[4:])
+    return out
+
+
+def call_commands(call: ast.Call) -> list[str]:
+    name = _name(call.func)
+    if name in SHELL_RUNNERS:
+        return shell_commands(_text(call.args[0]) or "") if call.args else []
+    if name == "cli":                         # the kit's CLI: only `lab exec NODE -- CMD`
+        argv = [_text(a) for a in call.args]
+        return argv_commands(argv[argv.index("--") + 1:]) if "--" in argv else []
+    lists = [a for a in call.args if isinstance(a, (ast.List, ast.Tuple))]
+    if lists and name in LIST_RUNNERS:
+        elts = lists[0].elts
+    elif name in VARARG_RUNNERS:
+        elts = call.args[VARARG_RUNNERS[name]:]
+    else:
+        return []
+    return argv_commands([None if isinstance(e, ast.Starred) else _text(e) for e in elts])
+
+
+def commands_run_by_the_code() -> dict[str, list[str]]:
+    """command -> where ('path:line') for every Python file of SCANNED."""
+    found: dict[str, list[str]] = {}
+    for top in SCANNED:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel.startswith(NOT_SCANNED) or "/.venv/" in rel:
+                continue
+            try:
+                tree = ast.parse(path.read_text(), rel)
+            except SyntaxError:
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call):
+                    for cmd in call_commands(node):
+                        found.setdefault(cmd, []).append(f"{rel}:{node.lineno}")
+    return found
+
+
+def test_the_scan_finds_commands_in_every_form_the_code_uses():
+    """The reader itself: each way of running a command seen in the code."""
+    src = '''
+subprocess.run(["conntrack", "-L"])
+subprocess.run([_tool("ip"), "netns", "exec", ns, _tool("iptables-save")])
+_run("ip", "netns", "exec", b, "nft", "add", "table", "ip", "t")
+topo.popen(topo.client, "hping3", "-S")
+lab.exec("rtr", "ethtool", "-K")
+net.c.exec("ext", ["curl", "-s"])
+basic_lab.cli("lab", "exec", "h1", "--", "sh", "-c", "echo hi | nc -u -w1 x 7; sleep 1")
+node.cmd(f"ip link del {name} >/dev/null 2>&1; x=1 bridge link show")
+subprocess.run(["unshare", "--net", "--", "tc", "qdisc"])
+subprocess.run([sys.executable, "-c", "print(1)"])
+session.run("handshake")
+'''
+    found = []
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Call):
+            found += call_commands(node)
+    assert sorted(set(found)) == ["bridge", "conntrack", "curl", "ethtool", "hping3", "ip",
+                                  "iptables-save", "nc", "nft", "sh", "sleep", "tc",
+                                  "unshare"]
+
+
+def test_every_command_the_code_runs_is_listed_with_its_package():
+    listed = listed_commands()
+    found = commands_run_by_the_code()
+    assert len(found) > 20, found                      # the reader still reads
+    unlisted = {c: where[:3] for c, where in found.items()
+                if c not in listed and c not in NOT_COMMANDS}
+    assert not unlisted, (f"commands run by the code but missing from {COMMANDS_TXT.name} "
+                          f"(add `COMMAND PACKAGE kit|tests`): {unlisted}")
+
+
+def test_setup_installs_the_package_of_every_listed_command():
+    listed = listed_commands()
+    kit, tests = setup_packages(), setup_packages("--tests")
+    assert kit <= tests
+    for cmd, (pkg, scope) in listed.items():
+        assert pkg in (kit if scope == "kit" else tests), (cmd, pkg, scope)
+    assert "nftables" in tests                         # issue 9: test_show.py runs nft
+    assert {"python3-venv", "mininet"} <= kit
+
+
+def test_the_kits_tool_lists_agree_with_commands_txt():
+    from nattrack.lab import doctor
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from kernel.harness import TOOLS as kernel_tools
+        from live.conftest import TOOLS as live_tools
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    listed = listed_commands()
+    for where, tools in (("doctor", doctor.TOOLS), ("tests/kernel", kernel_tools),
+                         ("tests/live", live_tools)):
+        for cmd, pkg in tools.items():
+            assert cmd in listed and listed[cmd][0] == pkg, (where, cmd, pkg, listed.get(cmd))
+            assert listed[cmd][1] == "kit", (where, cmd)   # installed without --tests too
+
+
+def test_setup_rejects_an_unknown_option_in_one_line():
+    p = subprocess.run([str(SETUP), "--test"], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and "unknown option '--test'" in p.stderr
+
+
+def test_tool_probe_finds_every_command_here():
+    """What `scripts/test` just installed: every listed command resolves on this machine."""
+    p = subprocess.run([str(SETUP), "--tests", "--probe"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_tool_probe_names_what_is_missing(tmp_path):
+    """The probe can fail: a copy of the scripts with one command that exists nowhere."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(SETUP, tmp_path / "scripts" / "setup.sh")
+    (tmp_path / "scripts" / "commands.txt").write_text(
+        COMMANDS_TXT.read_text() + "ntk-no-such-tool  ntk-pkg  tests\n")
+    p = subprocess.run([str(tmp_path / "scripts" / "setup.sh"), "--tests", "--probe"],
+                       capture_output=True, text=True)
+    assert p.returncode == 1
+    assert "ntk-no-such-tool:ntk-pkg" in p.stderr and "ip:" not in p.stderr
+
+
+# --- lab READMEs: commands a fresh machine has ------------------------------------------------
+
+CODE_SPAN = re.compile(r"`([^`\n]+)`")
+# A README command line starts with one of these (the kit's nattrack by its path in the
+# clone, ../../.venv/bin/nattrack from a lab folder, which is also where the VM has it).
+FIRST_WORDS_OK = {"python3", "make", "sudo", "../../.venv/bin/nattrack", "../../.venv/bin/python",
+                  "echo", "curl", "cat", "ping", "nc"}
+KIT_SUBCOMMANDS = ("lab", "conntrack", "diff", "trace", "sysctl", "capture", "notebook",
+                   "grade", "replay", "doctor", "record")
+
+
+def readme_commands(text: str) -> list[str]:
+    """Code spans and fenced lines that are commands (start with a program, not a value)."""
+    spans = CODE_SPAN.findall(re.sub(r"```.*?```", "", text, flags=re.S))
+    for block in re.findall(r"```(?:sh|bash|console)?\n(.*?)```", text, flags=re.S):
+        spans += [l for l in block.splitlines() if l.strip() and not l.startswith("#")]
+    cmds = []
+    for span in spans:
+        for part in re.split(r"\s*(?:\||&&|;)\s*", span.strip()):
+            words = part.split()
+            if len(words) > 1 and (words[0] in ("python", "python3", "pip", "nattrack", "sudo", "make")
+                          or "/" in words[0] and words[0].endswith(("nattrack", "python"))):
+                cmds.append(part)
+    return cmds
+
+
+def test_lab_readmes_run_only_commands_a_fresh_machine_has():
+    bad = []
+    readmes = sorted(ROOT.glob("labs/*/README.md"))
+    assert len(readmes) >= 6
+    for readme in readmes:
+        for cmd in readme_commands(readme.read_text()):
+            words = cmd.split()
+            first = words[1] if words[0] == "sudo" and len(words) > 1 else words[0]
+            if first in ("python", "pip"):
+                bad.append(f"{readme.parent.name}: `{cmd}` (Debian has no `{first}`: python3)")
+            elif first == "nattrack" and len(words) > 1 and words[1] in KIT_SUBCOMMANDS:
+                bad.append(f"{readme.parent.name}: `{cmd}` (not on PATH in a clone: "
+                           f"../../.venv/bin/nattrack)")
+            elif first not in FIRST_WORDS_OK:
+                bad.append(f"{readme.parent.name}: `{cmd}`")
+    assert not bad, "\n".join(bad)
+
+
+def test_readme_reader_sees_the_forms_students_copy():
+    text = ("1. `python student/x.py`, then `echo hi | nattrack lab exec h1 -- nc -u x 7`\n"
+            "```sh\nsudo make run\n```\n")
+    assert readme_commands(text) == ["python student/x.py", "nattrack lab exec h1 -- nc -u x 7",
+                                     "sudo make run"]
