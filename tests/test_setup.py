@@ -282,3 +282,33 @@ def test_readme_reader_sees_the_forms_students_copy():
             "```sh\nsudo make run\n```\n")
     assert readme_commands(text) == ["python student/x.py", "nattrack lab exec h1 -- nc -u x 7",
                                      "sudo make run"]
+
+
+# --- the hints `lab up` and doctor print: a command that runs where they are printed ----------
+
+def test_hints_name_nattrack_by_a_path_that_runs_when_it_is_not_on_path(monkeypatch, tmp_path):
+    from nattrack.cli.lab import describe_lines, nattrack_command, runnable
+    monkeypatch.setenv("PATH", str(tmp_path))             # a clone: nattrack on no PATH
+    cmd = nattrack_command()
+    assert cmd != "nattrack" and os.path.isabs(cmd.split()[0])
+    assert runnable("run `sudo nattrack lab down --force`; the nattrack group") == \
+        f"run `sudo {cmd} lab down --force`; the nattrack group"
+    st = {"topo": "clash", "mode": "python", "nodes": {},
+          "notes": ["same source port from two hosts: nattrack lab exec h1 -- nc -u 1.2.3.4 7"]}
+    assert f"  try: same source port from two hosts: {cmd} lab exec h1 -- nc -u 1.2.3.4 7" \
+        in describe_lines(st)
+    p = subprocess.run([*cmd.split(), "lab", "--help"], capture_output=True, text=True,
+                       env={"PATH": str(tmp_path)})
+    assert p.returncode == 0 and "lab" in p.stdout, p.stderr
+
+
+def test_hints_say_plain_nattrack_where_path_finds_this_one(monkeypatch, tmp_path):
+    """The VM links .venv/bin/nattrack into /usr/local/bin."""
+    from nattrack.cli.lab import nattrack_command, runnable
+    mine = Path(sys.executable).parent / "nattrack"
+    if not mine.exists():
+        pytest.skip("nattrack is not installed as a script here (pip install -e .)")
+    (tmp_path / "nattrack").symlink_to(mine)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert nattrack_command() == "nattrack"
+    assert runnable("`sudo nattrack doctor`") == "`sudo nattrack doctor`"

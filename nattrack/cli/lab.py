@@ -10,7 +10,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,11 +31,33 @@ def _err(msg: str) -> int:
     return 2
 
 
+def nattrack_command() -> str:
+    """How to type this nattrack in a shell here: ``nattrack`` when PATH finds this very
+    program (the VM links it into /usr/local/bin), else its absolute path (a clone's
+    ``.venv/bin/nattrack`` is on no PATH)."""
+    mine = os.path.join(os.path.dirname(sys.executable), "nattrack")
+    if not os.path.exists(mine):                # not installed as a script: run the module
+        return f"{sys.executable} -m nattrack.cli.main"
+    found = shutil.which("nattrack")
+    if found and os.path.realpath(found) == os.path.realpath(mine):
+        return "nattrack"
+    return mine
+
+
+_KIT_COMMAND = re.compile(r"(?<![\w/.-])nattrack(?= (lab|conntrack|diff|trace|sysctl|capture|"
+                          r"notebook|doctor|replay|grade|record)\b)")
+
+
+def runnable(text: str) -> str:
+    """``text`` with each ``nattrack SUBCOMMAND`` it suggests typed as it runs here."""
+    return _KIT_COMMAND.sub(lambda _: nattrack_command(), text)
+
+
 def _need_root(what: str) -> None:
     if os.geteuid() != 0:
-        raise LabError(f"{what} needs root (it builds network namespaces): run "
-                       f"`sudo nattrack {what}`; the lab's clients (status, exec, conntrack) "
-                       f"need only the nattrack group")
+        raise LabError(runnable(f"{what} needs root (it builds network namespaces): run "
+                                f"`sudo nattrack {what}`; the lab's clients (status, exec, "
+                                f"conntrack) need only the nattrack group"))
 
 
 # --- printing ------------------------------------------------------------------------------
@@ -64,7 +88,7 @@ def describe_lines(st: dict) -> list[str]:
                      + (f"  [{'; '.join(extra)}]" if extra else ""))
     if st.get("notes"):
         for note in st["notes"]:
-            lines.append(f"  try: {note}")
+            lines.append(f"  try: {runnable(note)}")
     if st.get("socket"):
         lines.append(f"  service pid {st.get('pid')}, socket {st['socket']}")
     return lines
@@ -109,7 +133,7 @@ def lab_up(topo: str, mode: str, rules: str | None, sysctls: list[str],
                 else "starting"
             raise LabError(f"a lab is already running (topology {st.get('topo', '?')}, "
                            f"service pid {st.get('pid', '?')}, since {since}): "
-                           f"`nattrack lab down` first") from None
+                           + runnable("`nattrack lab down` first")) from None
         left = leftovers(paths, check_lock=False)
         if left:
             done = force_clean(paths)
@@ -222,7 +246,7 @@ def lab_status(as_json: bool = False) -> int:
         left = leftovers(Paths())
         if left:
             raise LabError(f"no lab is running, but a crashed one left {'; '.join(left)}: "
-                           f"run `sudo nattrack lab down --force`") from None
+                           + runnable("run `sudo nattrack lab down --force`")) from None
         raise
     if as_json:
         print(json.dumps(st, indent=2))
@@ -248,14 +272,14 @@ def lab_down(force: bool = False, paths: Paths | None = None) -> int:
             left = leftovers(paths)
             if left:
                 raise LabError(f"no lab answers, but a crashed one left {'; '.join(left)}: "
-                               f"run `sudo nattrack lab down --force`") from None
+                               + runnable("run `sudo nattrack lab down --force`")) from None
             raise LabError("no lab is running") from None
     except LabError:
         if not force:
             raise
     if stopped and not wait_gone(pid, 30) and not force:
         raise LabError(f"the lab service (pid {pid}) did not stop within 30 s: "
-                       f"run `sudo nattrack lab down --force`")
+                       + runnable("run `sudo nattrack lab down --force`"))
     if stopped:
         print(f"lab {state.get('topo', '')} stopped".replace("  ", " "))
     if force:
@@ -276,7 +300,7 @@ def lab_exec(node: str, argv: list[str], no_stdin: bool = False,
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
-        raise LabError("lab exec needs a command: nattrack lab exec NODE -- CMD [ARGS...]")
+        raise LabError(runnable("lab exec needs a command: nattrack lab exec NODE -- CMD [ARGS...]"))
     client = LabClient()
     forward_stdin = not no_stdin
     try:

@@ -199,11 +199,12 @@ def doctor() -> Report:
 
 def run_doctor(out=None) -> int:
     out = out or sys.stdout
+    from ..cli.lab import runnable              # the fixes name nattrack as it runs here
     rep = doctor()
     for p in rep.problems:
-        out.write(f"nattrack: doctor: {p}\n")
+        out.write(f"nattrack: doctor: {runnable(p)}\n")
     for n in rep.notes:
-        out.write(f"note: {n}\n")
+        out.write(f"note: {runnable(n)}\n")
     if not rep.problems:
         out.write("doctor: all fine\n")
     return 1 if rep.problems else 0
