@@ -1,7 +1,8 @@
 """``nattrack grade``: grade submissions of a lab, or package the grader for a platform.
 
 The work is in :mod:`nattrack.grading.batch` (outputs), :mod:`nattrack.grading.runner`
-(tests, modes, the context) and :mod:`nattrack.grading.package` (Gradescope, Classroom).
+(tests, modes, the context), :mod:`nattrack.grading.package` (Gradescope) and
+:mod:`nattrack.grading.github` (a GitHub template repository).
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 def register(sub) -> None:
     """Add the `grade` subcommand to the top-level parser."""
     g = sub.add_parser(
-        "grade", help="grade submissions of a lab (Gradescope, Classroom, JUnit, CSV outputs)",
+        "grade", help="grade submissions of a lab (Gradescope, JUnit, CSV outputs)",
         description="Grade one submission (a folder with the lab's files) or a class (a folder "
                     "of student folders, each named by the student id). Student code runs in "
                     "an unprivileged sandbox, never in the grader. Exit status 0 whatever the "
@@ -29,8 +30,10 @@ def register(sub) -> None:
     g.add_argument("--unsafe-no-jail", action="store_true",
                    help="not root and no bwrap here: run student code as your own user, "
                         "able to read all you can (refused without this flag)")
-    g.add_argument("--package", choices=("gradescope", "classroom"),
-                   help="instead of grading: build what a teacher uploads")
+    g.add_argument("--package", choices=("gradescope", "github", "classroom"),
+                   help="instead of grading: build what a teacher uploads (gradescope: the "
+                        "autograder zip; github: a template repository whose workflow grades "
+                        "each push; classroom: the same as github, Classroom is gone)")
     g.set_defaults(func=_grade)
 
 
