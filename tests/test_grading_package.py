@@ -1,11 +1,9 @@
-"""`nattrack grade --package gradescope|classroom`: the zip's run_autograder really runs in a
+"""`nattrack grade --package gradescope`: the zip's run_autograder really runs in a
 simulated /autograder (NATTRACK_AUTOGRADER_ROOT) the way Gradescope runs it -- the copy in
-ROOT/run_autograder, from ROOT -- and the Classroom template grades itself with the command
-its workflow runs.  tests/test_gradescope_container.py runs the zip in an emulated
-Gradescope container."""
+ROOT/run_autograder, from ROOT.  tests/test_gradescope_container.py runs the zip in an
+emulated Gradescope container; tests/test_grading_github.py covers --package github."""
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -16,7 +14,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.grading.schemas import validate_gradescope
 
@@ -184,34 +181,3 @@ def test_live_tests_not_run_are_not_red():
                              "2 points.")
     res.tests.pop()
     assert to_gradescope(res)["output"] == "lab 99"
-
-
-def test_classroom_template_grades_itself(tmp):
-    r = nattrack("grade", "--package", "classroom", LAB, "--out", tmp)
-    assert r.returncode == 0, r.stderr
-    repo = Path(r.stdout.strip())
-    assert repo == tmp / "classroom-99-grader-fixture"
-    assert (repo / "tcp_states.py").read_text() == (LAB / "student" / "tcp_states.py").read_text()
-    assert not list(repo.rglob("solution"))
-    wf = yaml.safe_load((repo / ".github" / "workflows" / "classroom.yml").read_text())
-    steps = wf["jobs"]["run-autograding-tests"]["steps"]
-    grade = next(s for s in steps if s.get("id") == "nattrack")
-    report = next(s for s in steps if "autograding-grading-reporter" in s.get("uses", ""))
-    assert report["with"]["runners"] == "nattrack"
-    assert report["env"]["NATTRACK_RESULTS"] == "${{ steps.nattrack.outputs.result }}"
-    # run the step's script as the runner would, with a local GITHUB_OUTPUT
-    script = grade["run"].replace("${{ github.event.repository.name }}", "lab-99-ann")
-    script = script.replace("sudo env", "env").replace("/usr/bin/python3", sys.executable)
-    out = tmp / "github_output"
-    p = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True, cwd=repo,
-                       timeout=120, env=dict(os.environ, GITHUB_OUTPUT=str(out)))
-    assert p.returncode == 0, p.stderr
-    line = out.read_text().strip()
-    assert line.startswith("result=")
-    payload = json.loads(base64.b64decode(line[len("result="):]))
-    assert payload["version"] == 1 and payload["status"] == "fail"
-    assert payload["max_score"] == 8
-    assert {t["name"]: t["status"] for t in payload["tests"]}["A SYN opens SYN_SENT"] == "fail"
-    assert "Score: 0.5/8" in p.stdout
-    r = nattrack("grade", "--package", "classroom", LAB, "--out", tmp, "--hidden", HIDDEN)
-    assert r.returncode == 2 and "nothing stays hidden" in r.stderr
