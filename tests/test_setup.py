@@ -312,3 +312,109 @@ def test_hints_say_plain_nattrack_where_path_finds_this_one(monkeypatch, tmp_pat
     monkeypatch.setenv("PATH", str(tmp_path))
     assert nattrack_command() == "nattrack"
     assert runnable("`sudo nattrack doctor`") == "`sudo nattrack doctor`"
+
+
+# --- a fresh Debian root: the set-up from nothing, on bookworm and trixie ----------------------
+
+SUITES = {"bookworm": (3, 11), "trixie": (3, 13)}    # Debian 12 and 13, and their Python
+BASE = ("ca-certificates", "python3")                # about what a fresh cloud image has
+CACHE = Path(os.environ.get("NATTRACK_TEST_CACHE", "/var/cache/nattrack-tests"))
+CHECKOUT = "/root/nattrack"
+# For each listed command: the packages owning its path (and the path it resolves to), and
+# what its listed package depends on (python3's /usr/bin/python3 is python3-minimal's).
+OWNERS = r'''
+while read -r cmd pkg _; do
+    case "$cmd" in ''|\#*) continue;; esac
+    p=$(PATH="$PATH:/usr/sbin:/sbin" command -v "$cmd") || { echo "$cmd|$pkg||"; continue; }
+    r=$(readlink -f "$p")
+    owners=$( { dpkg -S "$p" "$r" "${p#/usr}" "${r#/usr}"; } 2>/dev/null | grep -v '^diversion' |
+              sed 's/: .*//; s/,/ /g' | tr '\n' ' ')
+    deps=$(dpkg-query -W -f='${Depends}, ${Pre-Depends}' "$pkg" 2>/dev/null)
+    echo "$cmd|$pkg|$owners|$deps"
+done < scripts/commands.txt
+'''
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+
+
+def _pip_config(root: Path) -> dict[str, str]:
+    """This machine's pip configuration, put into ``root`` where a fresh machine has it;
+    returns the PIP_* environment to run with."""
+    for rel in ("etc/pip.conf", "etc/xdg/pip"):
+        src, dst = Path("/") / rel, root / rel
+        if src.is_dir():
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+        elif src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    return {k: v for k, v in os.environ.items() if k.startswith("PIP_")}
+
+
+def _owned_by_listed_package(line: str) -> str | None:
+    """One OWNERS line -> None if the listed package provides the command, else why not."""
+    cmd, pkg, owners, deps = line.split("|")
+    owned = {o.split(":")[0] for o in owners.split()}
+    if not owned:
+        return f"{cmd}: not found (listed package {pkg})"
+    depends = {d.split()[0].split(":")[0] for d in re.split(r"[,|]", deps) if d.strip()}
+    if pkg in owned or owned & depends:
+        return None
+    return f"{cmd}: owned by {' '.join(sorted(owned))}, listed as {pkg}"
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_setup_on_a_fresh_debian(suite, tmp_path, capsys):
+    """README's set-up from nothing: ``scripts/setup.sh --tests`` in a fresh root of
+    ``suite``, run as CI runs it (a clone of HEAD, as root); then the probe, each command's
+    owner, the kit importable from Debian's Python, and a second run that does nothing."""
+    from rootfs import Chroot, rootfs_problem, rootfs_tarball, unpack
+    problem = rootfs_problem()
+    if problem:
+        pytest.skip(problem)
+    started = time.monotonic()
+    root = unpack(rootfs_tarball(suite, BASE), tmp_path / "root")
+    try:
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(root / CHECKOUT.lstrip("/"))],
+                       check=True, capture_output=True)
+        env = _pip_config(root)
+        # A chroot has no init: no package may start its service on this machine's network.
+        policy = root / "usr/sbin/policy-rc.d"
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+        binds = {}                            # caches make reruns fast; a first run fills them
+        for name, inside in (("apt", "/var/cache/apt/archives"), ("pip", "/root/.cache/pip")):
+            host = CACHE / f"{name}-{suite}"
+            host.mkdir(parents=True, exist_ok=True)
+            binds[str(host)] = inside
+        if Path("/opt/wheels").is_dir():      # PIP_FIND_LINKS of this machine's pip set-up
+            binds["/opt/wheels"] = "/opt/wheels"
+        with Chroot(root, binds) as c:
+            t0 = time.monotonic()
+            first = c.run(["scripts/setup.sh", "--tests"], cwd=CHECKOUT, env=env, timeout=1500)
+            t1 = time.monotonic()
+            assert "==> installing Debian packages" in first.stdout, first.stdout
+            assert "==> creating virtualenv .venv" in first.stdout
+            c.run(["scripts/setup.sh", "--tests", "--probe"], cwd=CHECKOUT, env=env)
+            owners = c.run(["sh", "-c", OWNERS], cwd=CHECKOUT).stdout.splitlines()
+            wrong = [w for w in map(_owned_by_listed_package, owners) if w]
+            assert not wrong, f"{suite}: commands.txt is wrong here: {wrong}"
+            py = c.run([".venv/bin/python", "-c", "import sys, nattrack.cli.main, "
+                        "mininet.net, scapy.all, jupyterlab, playwright; "
+                        "print(*sys.version_info[:2])"], cwd=CHECKOUT).stdout.split()
+            assert tuple(map(int, py)) == SUITES[suite]
+            c.run([".venv/bin/nattrack", "replay", "--help"], cwd=CHECKOUT)
+            t2 = time.monotonic()
+            again = c.run(["scripts/setup.sh", "--tests"], cwd=CHECKOUT, env=env)
+            assert (again.stdout, again.stderr) == ("", ""), "the second run is not a no-op"
+            t3 = time.monotonic()
+        with capsys.disabled():
+            print(f"\n{suite}: root {t0 - started:.0f} s, setup.sh --tests {t1 - t0:.0f} s, "
+                  f"checks {t2 - t1:.0f} s, second run {t3 - t2:.1f} s")
+    finally:
+        left = _mounts_under(root)
+        assert not left, f"still mounted, {root} kept: {left}"
+        shutil.rmtree(root, ignore_errors=True)
