@@ -9,7 +9,6 @@ student sees, and the machine is left clean.
 """
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from nattrack.grading.github import results_from_gradescope, to_markdown
+from nattrack.grading.results import student_view
 from nattrack.grading.sandbox import MARKER_VAR
 
 from netns_tools import live_processes
@@ -122,7 +123,8 @@ def graded():
             "full": json.loads((d / "results.json").read_text()),
             "student": (d / "results-student.json").read_text(),
             "summary": (d / "summary.txt").read_text(),
-            "classroom": base64.b64decode((d / "classroom.txt").read_text()).decode(),
+            "github": to_markdown(student_view(results_from_gradescope(
+                json.loads((d / "results.json").read_text()))), "lab"),
             "junit": (d / "junit.xml").read_text(),
         }
     yield {"run": r, "out": out, "data": data, "hits": hits, "klass": klass,
@@ -139,7 +141,7 @@ def test_the_grader_finishes_and_writes_everything(graded):
     assert r.returncode == 0, r.stderr
     for sid in [*BROKEN, "zz-solution"]:
         for name in ("results.json", "results-student.json", "summary.txt", "summary-full.txt",
-                     "classroom.txt", "junit.xml"):
+                     "junit.xml"):
             assert (graded["out"] / sid / name).is_file(), f"{sid}/{name}"
     csv = (graded["out"] / "class.csv").read_text()
     assert all(f"\n{sid}," in csv for sid in BROKEN)
@@ -168,7 +170,7 @@ def test_each_scores_zero_on_what_it_broke(graded, sid):
 
 def test_hidden_tests_never_reach_a_student(graded):
     for sid, d in graded["data"].items():
-        for view in ("student", "summary", "classroom"):
+        for view in ("student", "summary", "github"):
             assert SENTINEL not in d[view], (sid, view)
         assert "9.1" not in [t["number"] for t in json.loads(d["student"])["tests"]]
         assert "1 more test (3 points) will be shown later" in d["summary"]
@@ -220,8 +222,111 @@ def test_no_network(graded):
     out = _by_number(graded["data"]["network"]["full"])["1.1"]["output"]
     assert "REACHED" not in out, out
     assert graded["hits"] == [], graded["hits"]
+    probe = _by_number(graded["data"]["network"]["full"])["0"]["output"]     # both walls
+    assert ("Network: none -- no network in a network namespace of its own (loopback "
+            "only), and the seccomp filter denies network sockets.") in probe, probe
 
 
 def test_the_machine_is_left_clean(graded):
     assert _sandbox_procs(graded["grader_tmp"].parent.name) == []
     assert list(graded["grader_tmp"].iterdir()) == []
+
+
+# --- without bwrap: the seccomp filter alone keeps the network out -------------------------------
+
+PHONE_PORT = 47614                         # what tests/grading/phonehome calls on loopback
+
+
+def _listen(family, host: str, port: int, hits: list, stop: threading.Event):
+    """A listener that records what each connection sends; None where ``family`` is off."""
+    try:
+        srv = socket.socket(family)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((host, port))
+    except OSError:
+        return None
+    srv.listen(8)
+    srv.settimeout(0.2)
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            conn.settimeout(2)
+            try:
+                hits.append(conn.recv(200))
+            except OSError:
+                hits.append(b"(connected)")
+            conn.close()
+        srv.close()
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    return th
+
+
+@pytest.fixture(scope="module")
+def unjailed():
+    """The phone-home submission and the solution graded with NATTRACK_NO_BWRAP=1 (as on
+    Gradescope, where bwrap cannot build its jail), hidden tests included."""
+    tmp = Path(tempfile.mkdtemp(prefix="nt-unjailed-"))
+    os.chmod(tmp, 0o755)
+    hidden = tmp / "hidden"                  # the teacher's own, as it must be without a jail
+    shutil.copytree(HIDDEN, hidden)
+    os.chmod(hidden, 0o700)
+    klass = tmp / "class"
+    shutil.copytree(GRADING / "phonehome", klass / "phonehome")
+    shutil.copytree(LAB / "solution", klass / "zz-solution")
+    hits: list[bytes] = []
+    stop = threading.Event()
+    listeners = [_listen(socket.AF_INET, "127.0.0.1", PHONE_PORT, hits, stop),
+                 _listen(socket.AF_INET6, "::1", PHONE_PORT, hits, stop)]
+    assert listeners[0] is not None, f"127.0.0.1:{PHONE_PORT} is taken"
+    env = dict(os.environ, PYTHONPATH=str(REPO), NATTRACK_NO_BWRAP="1")
+    extra = [] if ROOT else ["--unsafe-no-jail"]      # not root: only with the teacher's word
+    try:
+        r = subprocess.run([sys.executable, "-m", "nattrack.cli.main", "grade", str(LAB),
+                            str(klass), "--out", str(tmp / "out"), "--hidden", str(hidden),
+                            "--mode", "offline", *extra],
+                           capture_output=True, text=True, timeout=300, env=env, cwd="/")
+    finally:
+        stop.set()
+        for th in listeners:
+            if th is not None:
+                th.join(2)
+    docs = {sid: json.loads((tmp / "out" / sid / "results.json").read_text())
+            for sid in ("phonehome", "zz-solution")}
+    yield {"run": r, "docs": docs, "hits": hits}
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_unjailed_the_listener_hears_nothing(unjailed):
+    assert unjailed["run"].returncode == 0, unjailed["run"].stderr
+    assert unjailed["hits"] == [], unjailed["hits"]
+    tests = _by_number(unjailed["docs"]["phonehome"])
+    for n in NEXT_STATE_TESTS:                 # 9.1 is the hidden one: its inputs stayed in
+        out = tests[n]["output"]
+        assert tests[n]["score"] == 0, (n, out)
+        assert "REACHED" not in out, (n, out)
+        for what in ("127.0.0.1", "::1", "a packet socket", "a netlink socket",
+                     "a new network namespace"):
+            assert f"no {what}: PermissionError" in out, (n, what, out)
+        if os.uname().machine == "x86_64":
+            assert "no an x32 socket: PermissionError" in out, (n, out)
+    assert tests["2.1"]["status"] == "passed"
+
+
+def test_unjailed_the_probe_says_the_filter_cut_the_network(unjailed):
+    for doc in unjailed["docs"].values():
+        probe = _by_number(doc)["0"]["output"]
+        assert "Seccomp filter: on" in probe, probe
+        assert "Network: cut off by the seccomp filter" in probe, probe
+        assert "Files: without a file-system jail (bwrap disabled by NATTRACK_NO_BWRAP)" in probe
+        assert "Other processes: visible in /proc; ptrace and reading their memory are " \
+               "denied by the seccomp filter" in probe, probe
+
+
+def test_unjailed_the_solution_still_scores_full_marks(unjailed):
+    tests = _by_number(unjailed["docs"]["zz-solution"])
+    assert all(t["status"] == "passed" for n, t in tests.items() if n != "3.1"), tests

@@ -5,7 +5,6 @@ credit, a per-student variant, answers read as text) and an instructor's hidden 
 """
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -114,8 +113,6 @@ def test_outputs_validate_against_the_schemas(tmp):
         validate_gradescope(json.loads((d / "results.json").read_text()))
         validate_gradescope(json.loads((d / "results-student.json").read_text()))
         validate_junit((d / "junit.xml").read_text())
-        payload = json.loads(base64.b64decode((d / "classroom.txt").read_text()))
-        assert payload["version"] == 1 and payload["status"] in ("pass", "fail")
         assert (d / "summary.txt").read_text().startswith("Score: ")
     rows = (tmp / "out" / "class.csv").read_text().splitlines()
     assert rows[0] == "student_id,number,name,score,max_score,status,visibility"
@@ -160,14 +157,15 @@ def test_offline_mode_reports_live_tests_as_not_run(tmp):
     assert res.total == res.max_total == 8
     assert "1 live test(s) were not run" in res.tests[0].output
     assert res.failures == 0 and res.not_run == 1
-    from nattrack.grading import human_summary, to_classroom, to_junit_xml
+    from nattrack.grading import human_summary, to_junit_xml
     text = human_summary(res)
     assert text.startswith("Score: 8/8 (6 of 6 tests passed, 1 not run)")
     assert "  SKIP 5.1 Live: a ping (0/0): not run: this is a live test" in text
     junit = to_junit_xml(res)
     validate_junit(junit)
     assert 'skipped="1"' in junit and "<skipped message=" in junit
-    assert json.loads(base64.b64decode(to_classroom(res)))["status"] == "pass"
+    from nattrack.grading.github import to_markdown
+    assert "❌" not in to_markdown(res, "lab 99")          # not run is not a red failure
 
 
 def test_a_test_that_breaks_is_the_instructors_problem(tmp):

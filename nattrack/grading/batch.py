@@ -6,7 +6,6 @@ Per submission, in ``OUT/<id>/``:
   itself hides what students may not see yet);
 - ``results-student.json``, ``summary.txt`` -- what the student may see now
   (:func:`~nattrack.grading.results.student_view`);
-- ``classroom.txt`` -- GitHub Classroom's reporter payload (base64 JSON), student view;
 - ``junit.xml``, ``summary-full.txt`` -- everything, for the instructor.
 
 For all of them: ``OUT/class.csv`` (one row per student and test) and ``OUT/grader.log``
@@ -29,8 +28,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .results import (Results, human_summary, student_view, to_classroom, to_csv_rows,
-                      to_gradescope, to_junit_xml, write_class_csv)
+from .results import (Results, human_summary, student_view, to_csv_rows, to_gradescope,
+                      to_junit_xml, write_class_csv)
 from .runner import GradeError, Grader, load_lab
 
 __all__ = ["discover", "grade_all", "write_outputs"]
@@ -84,7 +83,6 @@ def write_outputs(out: Path, sid: str, results: Results, suite: str) -> Path:
     seen = student_view(results)
     (d / "results.json").write_text(json.dumps(to_gradescope(results), indent=2) + "\n")
     (d / "results-student.json").write_text(json.dumps(to_gradescope(seen), indent=2) + "\n")
-    (d / "classroom.txt").write_text(to_classroom(seen) + "\n")
     (d / "junit.xml").write_text(to_junit_xml(results, suite_name=suite))
     (d / "summary.txt").write_text(human_summary(seen))
     (d / "summary-full.txt").write_text(human_summary(results))
