@@ -1,5 +1,6 @@
 """The grader's security fixes (issue 5 review): symbolic links in submissions, grading
-without a jail when not root, who may read the hidden tests, and the probe's count."""
+without a jail when not root, who may read the hidden tests, and the probe's count; and
+(issue 9) the worker's seccomp filter, with and without bwrap."""
 from __future__ import annotations
 
 import json
@@ -128,6 +129,7 @@ def test_not_root_without_bwrap_from_the_command_line(tmp):
     probe = doc["tests"][0]["output"]
     assert "runs as the grader's own (non-root) user" in probe, probe
     assert "without a file-system jail (bwrap disabled by NATTRACK_NO_BWRAP)" in probe
+    assert "Network: cut off by the seccomp filter" in probe, probe
     assert sum(t["score"] for t in doc["tests"]) == 8
 
 
@@ -175,3 +177,61 @@ def test_probe_counts_only_visible_live_tests(tmp):
     with Grader(lab, hidden=hidden, mode="offline") as g:
         probe = g.probe_result().output
     assert "1 live test(s) were not run" in probe, probe
+
+
+# --- 7. the seccomp filter: with and without bwrap, a real lab still grades --------------------
+
+@pytest.mark.parametrize("jail", ["bwrap", "no-bwrap"])
+def test_a_real_lab_grades_to_full_marks_under_the_filter(monkeypatch, jail):
+    """Lab 04's solution (its tests call the submission and replay captures through it)
+    gets every offline point inside the filter, and the probe says what held."""
+    from nattrack.grading import sandbox
+    if jail == "no-bwrap":
+        monkeypatch.setenv("NATTRACK_NO_BWRAP", "1")
+    else:
+        assert sandbox.bwrap_problem() is None, sandbox.bwrap_problem()
+    lab = REPO / "labs" / "04-snat"
+    with Grader(lab, mode="offline", unsafe_no_jail=not ROOT) as g:
+        res = g.grade(lab / "solution")
+    offline = [t for t in res.tests if "not-run" not in t.tags and t.number != "0"]
+    assert offline and all(t.passed for t in offline), [(t.number, t.output) for t in offline]
+    probe = res.tests[0].output
+    assert "Seccomp filter: on" in probe, probe
+    if jail == "bwrap":
+        assert ("Network: none -- no network in a network namespace of its own (loopback "
+                "only), and the seccomp filter denies network sockets.") in probe, probe
+        assert "Files: in a jail that holds only your files" in probe, probe
+        assert "Other processes: hidden (a process namespace of its own)" in probe, probe
+    else:
+        assert "Network: cut off by the seccomp filter" in probe, probe
+        assert "Files: without a file-system jail (bwrap disabled by NATTRACK_NO_BWRAP)" \
+            in probe, probe
+        assert "Other processes: visible in /proc; ptrace and reading their memory are " \
+            "denied by the seccomp filter" in probe, probe
+
+
+def test_the_probe_says_when_the_network_is_not_cut():
+    """Its text follows what the worker found, not what the grader hoped for."""
+    from nattrack.grading.worker import _namespaces, isolation_lines
+    mine = _namespaces()
+    found = {"seccomp": "no seccomp syscall table for this machine (riscv64); only x86_64 "
+                        "and aarch64 are known",
+             "tried": {"seccomp": "0", "socket(AF_INET)": "allowed", "ptrace": "ESRCH",
+                       "unshare": "allowed"},
+             "ns": mine, "interfaces": ["eth0", "lo"], "etc_visible": True}
+    lines = isolation_lines(found, "bwrap cannot create namespaces here: Operation not "
+                                   "permitted")
+    assert lines == [
+        "Seccomp filter: not installed (no seccomp syscall table for this machine (riscv64); "
+        "only x86_64 and aarch64 are known).",
+        "Network: NOT cut off -- your code could open network connections.",
+        "Files: without a file-system jail (bwrap cannot create namespaces here: Operation "
+        "not permitted): only permissions keep your code out of what it should not read.",
+        "Other processes: visible in /proc; ptrace is not filtered (only the uid keeps your "
+        "code out of them)."]
+    # a namespace of its own with an interface that goes somewhere is no cut either
+    found["ns"] = dict(mine, net="net:[1]")
+    assert "Network: NOT cut off" in isolation_lines(found, None)[1]
+    assert isolation_lines("the worker did not start", None) == [
+        "Isolation: unknown (the grader could not start a worker to check: the worker did "
+        "not start)."]
