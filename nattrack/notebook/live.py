@@ -23,15 +23,24 @@ from ..packet.ipv4 import Packet
 from ..packet.pcapio import CaptureReader, ip_offset
 from . import scenarios as sc
 from .session import (PacketPair, Session, SessionError, StepResult, check_sysctl,
-                      default_sysctl, step_flow, transition)
+                      default_sysctl, flow_orig, scope_events, scope_table, step_flow,
+                      transition)
 
 SETTLE_S = 0.15              # after a step's last packet: the router's answers, the shadow
 CLIENT_ISN, SERVER_ISN = 1_000_000, 5_000_000
-CAPTURE_START_S, CAPTURE_END_S = 10.0, 15.0   # the capture verb's start, and end after a step
+CAPTURE_START_S, CAPTURE_END_S = 5.0, 15.0    # the capture verb's start, and end after a step
+# The router records one capture at a time: another notebook's step holds it for about a
+# second, so a step waits this long for its turn, then says so in one line.
+CAPTURE_BUSY_S = 8.0
+BUSY = "a capture is already running"
 
 
 SCENARIO_SYSCTLS = {check_sysctl(k, v)[0] for scns in sc.SCENARIOS.values() for x in scns
                     if not x.simulated for k, v in x.sysctls.items()}
+
+
+class _Busy(Exception):
+    """The router's capture is another session's right now."""
 
 
 class NoLiveLab(SessionError):
@@ -307,23 +316,57 @@ class LiveSession(Session):
             self.driver = Driver(scenario, self._reply_of)
             self.last_table = []
             return
-        if scenario.rules != self.rules:
-            self._stop_pumps()
-            self.client.load_rules(scenario.rules, router=sc.ROUTER_NODE)
-            self.rules = scenario.rules
-            self.sysctls = {}                 # the router process starts from the lab's own
-            self._start_pumps()
-        # Every setting some scenario changes: this scenario's value, else the default,
-        # whoever changed it last (another notebook's session, say).
-        wanted = {check_sysctl(k, v)[0]: int(v) for k, v in scenario.sysctls.items()}
-        for key in SCENARIO_SYSCTLS | set(wanted):
-            value = wanted.get(key, default_sysctl(key))
-            if self.client.sysctl(key, router=sc.ROUTER_NODE) != value:
-                self.set_sysctl(key, value)
-        self.sysctls = dict(wanted)
+        self.sysctls = {}
+        self._ensure(scenario)
+        self.sysctls = {check_sysctl(k, v)[0]: int(v) for k, v in scenario.sysctls.items()}
+        self._scenario = scenario
         self._reset()
         self.driver = Driver(scenario, self._reply_of)
         self.mirror = self._mirror(scenario)
+
+    def _ensure(self, scenario: sc.Scenario) -> list[str]:
+        """What the scenario declares (its rules file, its settings and the defaults of
+        the settings other scenarios change) put back where the lab no longer has it --
+        another notebook on the same lab may have changed it: one line each."""
+        notes = []
+        try:
+            status = self.client.status()
+        except LabError as exc:
+            raise SessionError(f"the lab service does not answer ({exc}): is the lab up? "
+                               f"`nattrack lab status`") from None
+        rules = ((status.get("routers") or {}).get(sc.ROUTER_NODE) or {}).get("rules") or ""
+        self.rules = Path(rules).stem
+        if scenario.rules != self.rules:
+            self.client.load_rules(scenario.rules, router=sc.ROUTER_NODE)
+            self._stop_pumps()                # a router that restarted closed them
+            self._start_pumps()
+            notes.append(f"the router had the rules {self.rules or '?'}.rules (another notebook "
+                         f"loaded them): loaded {scenario.rules}.rules again")
+            self.rules = scenario.rules
+        wanted = {check_sysctl(k, v)[0]: int(v) for k, v in scenario.sysctls.items()}
+        for key in sorted(SCENARIO_SYSCTLS | set(wanted)):
+            value = wanted.get(key, default_sysctl(key))
+            now = self.client.sysctl(key, router=sc.ROUTER_NODE)
+            if now != value:
+                self.set_sysctl(key, value)
+                if self.current is scenario:
+                    notes.append(f"{key.rsplit('.', 1)[-1]} was {now} (another notebook set "
+                                 f"it): set back to {value}")
+        return notes
+
+    def _reconnect(self) -> list[str]:
+        """Event streams that ended (the router or the lab restarted) are opened again:
+        one line saying so; a SessionError when that fails too."""
+        why = next((p.failure() for p in self._pumps if p.failure()), None)
+        if why is None:
+            return []
+        try:
+            self._stop_pumps()
+            self._start_pumps()
+        except Exception as exc:                 # noqa: BLE001 -- reported in one line
+            raise SessionError(f"{why}; reconnecting failed ({exc}): restart the notebook's "
+                               f"kernel (is the lab up? `nattrack lab status`)") from None
+        return [f"{why}: reconnected"]
 
     def _reply_of(self, proto: str, orig: dict) -> dict | None:
         from .session import find_entry
@@ -332,18 +375,32 @@ class LiveSession(Session):
 
     def _reset(self) -> None:
         self.sim = None
-        try:
-            self.client.flush(router=sc.ROUTER_NODE)
-        except LabError as exc:
-            raise SessionError(f"flush failed: {exc}") from None
-        if self.kernel_mode:
-            self.client.kernel_conntrack({"command": "F"}, router=sc.ROUTER_NODE)
+        scenario = getattr(self, "_scenario", None) or self.current
+        if scenario is not None and not scenario.simulated:
+            self._delete_flows(scenario)
         self._quiet()
         for p in self._pumps:
             p.clear()
         self.last_table = []
         self.driver = Driver(self.current, self._reply_of) if self.current else None
         self.mirror = self._mirror(self.current) if self.current else None
+
+    def _delete_flows(self, scenario: sc.Scenario) -> None:
+        """Delete this scenario's entries from both tables, and only those: other
+        notebooks on the same lab keep theirs (each scenario has its own ports)."""
+        for flow in scenario.flows.values():
+            o = flow_orig(flow)
+            filters = {"proto": flow.proto, "src": o["src"]}
+            if flow.proto != "icmp":
+                filters["sport"] = o["sport"]
+            try:
+                self.client.delete(filters, router=sc.ROUTER_NODE)
+                if self.kernel_mode:
+                    self.client.kernel_conntrack({"command": "D", "filters": filters},
+                                                 router=sc.ROUTER_NODE)
+            except LabError as exc:
+                raise SessionError(f"clearing the entries of {flow.client}:{flow.cport} "
+                                   f"failed: {exc}") from None
 
     def _mirror(self, scenario: sc.Scenario):
         """The engine fed with what the router saw: conntrack's verdict on each packet
@@ -364,15 +421,17 @@ class LiveSession(Session):
             r = simulate_step(self.sim, scenario, step, self.driver, self.last_table)
             self.last_table = r.table
             return r
+        notes = self._reconnect()
+        notes += self._ensure(scenario)
         self._check_pumps()
         if self.driver is None or self.driver.scenario is not scenario:
             self.driver = Driver(scenario, self._reply_of)
         ev0 = len(self.py_events.lines)
         kev0 = len(self.k_events.lines) if self.k_events else 0
-        before = self.last_table
+        before = scope_table(scenario, self.table())   # as the step begins (time may have passed)
         frames = self._capture(lambda: self._actions(step))
         pairs = pair_frames(frames, self.router_addrs)
-        table = self.table()
+        table = scope_table(scenario, self.table())
         kernel = self.kernel_table()
         self._quiet()
         self._check_pumps()                       # the events of this step are all there
@@ -380,11 +439,12 @@ class LiveSession(Session):
         if self.mirror is not None:
             for pp in pairs:
                 self.mirror.feed(pp, pp.t)
-        events = self.py_events.snapshot()[ev0:]
+        events = scope_events(scenario, self.py_events.snapshot()[ev0:])
         res = StepResult(step.name, pairs, transition(step_flow(scenario, step), before, table,
                                                       pairs, events),
-                         table, kernel, events,
-                         self.k_events.snapshot()[kev0:] if self.k_events else [], t=self.now())
+                         table, None if kernel is None else scope_table(scenario, kernel), events,
+                         scope_events(scenario, self.k_events.snapshot()[kev0:])
+                         if self.k_events else [], t=self.now(), before=before, notes=notes)
         res.frames = frames
         return res
 
@@ -403,7 +463,22 @@ class LiveSession(Session):
         time.sleep(SETTLE_S)
 
     def _capture(self, body) -> list:
-        """Run ``body()`` while the router's both sides are recorded; the frames."""
+        """Run ``body()`` while the router's both sides are recorded; the frames.  The
+        router records one capture at a time: while another notebook's step holds it,
+        wait for the turn (up to CAPTURE_BUSY_S), then say so in one line."""
+        deadline = time.monotonic() + CAPTURE_BUSY_S
+        while True:
+            try:
+                return self._capture_once(body)
+            except _Busy:
+                if time.monotonic() > deadline:
+                    raise SessionError(f"another notebook's step has held the router's capture "
+                                       f"for {CAPTURE_BUSY_S:g} s (one step captures at a "
+                                       f"time): press the button again") from None
+                self.progress("waiting for another notebook's step to finish ...")
+                time.sleep(0.3)
+
+    def _capture_once(self, body) -> list:
         started, done = threading.Event(), threading.Event()
         fd, path = tempfile.mkstemp(prefix="nattrack-step-", suffix=".pcapng")
         os.close(fd)
@@ -422,6 +497,8 @@ class LiveSession(Session):
         try:
             if not started.wait(CAPTURE_START_S) or not t.is_alive():
                 if "err" in box:
+                    if BUSY in str(box["err"]):
+                        raise _Busy()
                     raise SessionError(f"capture failed: {box['err']}")
                 raise SessionError(f"the capture did not start within {CAPTURE_START_S:g} s, "
                                    f"so the step was not run: try again; if it persists, "
@@ -467,6 +544,12 @@ class LiveSession(Session):
 
     def now(self) -> float:
         return time.time()
+
+    def sysctl_values(self) -> dict[str, int]:
+        if self.sim is not None:
+            return dict(self.sim.router.ct.sysctl)
+        return {**super().sysctl_values(),
+                **{k.rsplit(".", 1)[-1]: v for k, v in self.sysctls.items()}}
 
     def advance(self, seconds: float) -> None:
         time.sleep(max(0.0, float(seconds)))

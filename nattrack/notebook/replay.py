@@ -161,6 +161,7 @@ def simulate_step(engine: Engine, scenario: sc.Scenario, step: sc.Step, driver,
     """Run a step's actions on the engine alone: each datagram enters the router on the
     side its node is on; waits move the clock."""
     n0 = len(engine.events)
+    before = engine.table()                   # reaps what expired meanwhile (DESTROY is the step's)
     pairs = []
     for a in step.actions:
         if "send" in a:
@@ -173,9 +174,9 @@ def simulate_step(engine: Engine, scenario: sc.Scenario, step: sc.Step, driver,
             engine.until(engine.clock() + float(a["wait"]))
     table = engine.table()
     events = engine.events[n0:]
-    return StepResult(step.name, pairs, transition(step_flow(scenario, step), last_table, table,
+    return StepResult(step.name, pairs, transition(step_flow(scenario, step), before, table,
                                                    pairs, events),
-                      table, None, events, [], t=engine.clock())
+                      table, None, events, [], t=engine.clock(), before=before)
 
 
 class ReplaySession(Session):
@@ -197,6 +198,7 @@ class ReplaySession(Session):
         self.offset = 0.0
         self._clock0 = float(first["t0"])
         self._kernel_table: list[dict] | None = [] if first.get("lab_mode") == "kernel" else None
+        self._kernel_at = 0.0
         self._kernel_events: list[str] = []
         self._events_before: list[str] = []
         self.last_table: list[dict] = []
@@ -256,18 +258,21 @@ class ReplaySession(Session):
         rs = self.rec["steps"][scenario.index(step.name)]
         eng = self.engine
         n0 = len(eng.events)
+        before = eng.table()                  # as the step begins: time may have passed (advance)
         pairs = [PacketPair.from_json(p) for p in rs["packets"]]
         for pp in pairs:
-            eng.feed(pp, pp.t + self.offset)
+            pp.t += self.offset               # when this replay's router sees it
+            eng.feed(pp, pp.t)
         eng.until(rs["t"] + self.offset)
         table = eng.table()
         self._kernel_table = rs.get("kernel_table")
+        self._kernel_at = self.now()
         self._kernel_events.extend(rs.get("kernel_events") or [])
-        tr = transition(step_flow(scenario, step), self.last_table, table, pairs, eng.events[n0:])
+        tr = transition(step_flow(scenario, step), before, table, pairs, eng.events[n0:])
         self.last_table = table
         return StepResult(step.name, pairs, tr, table,
                           self._kernel_table, eng.events[n0:], list(rs.get("kernel_events") or []),
-                          t=self.now())
+                          t=self.now(), before=before)
 
     # -- views ------------------------------------------------------------------------------------
     def table(self) -> list[dict]:
@@ -275,6 +280,15 @@ class ReplaySession(Session):
 
     def kernel_table(self) -> list[dict] | None:
         return self._kernel_table
+
+    def kernel_table_now(self) -> list[dict] | None:
+        """The kernel's table as recorded at the end of the step, its timers run down
+        by the time let pass since (``advance``): entries at zero are gone."""
+        if self._kernel_table is None:
+            return None
+        age = int(max(0.0, self.now() - self._kernel_at))
+        return [dict(e, timeout=e["timeout"] - age) for e in self._kernel_table
+                if e.get("timeout") is None or e["timeout"] - age > 0]
 
     def events(self) -> list[str]:
         return self._events_before + (list(self.engine.events) if self.engine else [])
@@ -290,6 +304,12 @@ class ReplaySession(Session):
         self.offset += seconds
         if self.engine is not None:
             self.engine.until(self.engine.clock() + seconds)
+
+    def sysctl_values(self) -> dict[str, int]:
+        if self.engine is not None:
+            return dict(self.engine.router.ct.sysctl)
+        return {**super().sysctl_values(), **{k.rsplit(".", 1)[-1]: v
+                                              for k, v in self.overrides.items()}}
 
     def set_sysctl(self, key: str, value: int) -> int:
         full, number = check_sysctl(key, value)

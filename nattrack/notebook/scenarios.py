@@ -97,11 +97,12 @@ def _s(name: str, title: str, explain: str, *actions: dict) -> Step:
 def _handshake(f: str = "c") -> list[Step]:
     return [
         _s("SYN", "h1 opens: SYN", "The client's first packet. The router creates an entry in "
-           "SYN_SENT, UNREPLIED, and MASQUERADE binds the source to the public address.",
+           "SYN_SENT (2 minutes), UNREPLIED, and MASQUERADE binds the source to the public "
+           "address.",
            _tcp(f, "client", "S")),
         _s("SYN-ACK", "srv answers: SYN-ACK", "The server answers the address it saw (the "
            "router's). The router finds the entry by its reply tuple, translates the "
-           "destination back to h1: SYN_RECV, and UNREPLIED is gone.",
+           "destination back to h1: SYN_RECV (60 s), and UNREPLIED is gone.",
            _tcp(f, "server", "SA")),
         _s("ACK", "h1 completes the handshake: ACK", "The third packet: ESTABLISHED and "
            "ASSURED (the entry is no longer an early-drop candidate); the timeout becomes "
@@ -132,9 +133,12 @@ SCENARIOS: dict[str, list[Scenario]] = {
     "01-tcp-states": [
         Scenario("handshake", "Open and close a TCP connection by hand", steps=(
             *_handshake(),
-            _s("data", "h1 sends data", "Data with ACK: the state stays ESTABLISHED, the "
-               "counters grow.", _tcp("c", "client", "PA", "GET / HTTP/1.0\r\n\r\n")),
-            _s("data-ACK", "srv acknowledges", "The server acknowledges the data.",
+            _s("data", "h1 sends data", "Data with ACK: the state stays ESTABLISHED. Until "
+               "srv acknowledges it the data is in flight, and tcp_packet() caps the timeout "
+               "at nf_conntrack_tcp_timeout_unacknowledged (300 s): 299 s left instead of "
+               "431999.", _tcp("c", "client", "PA", "GET / HTTP/1.0\r\n\r\n")),
+            _s("data-ACK", "srv acknowledges", "The server acknowledges the data: nothing is "
+               "in flight any more, and the timeout is ESTABLISHED's 5 days again.",
                _tcp("c", "server", "A")),
             _s("FIN", "h1 closes: FIN", "The client is done sending: FIN_WAIT.",
                _tcp("c", "client", "FA")),
@@ -178,7 +182,9 @@ SCENARIOS: dict[str, list[Scenario]] = {
         Scenario("closed-port", "A SYN to a closed port", steps=(
             _s("SYN", "h1 sends SYN to srv's port 6000", "Nothing listens there: srv's own "
                "kernel answers with a RST, the router translates it back and the entry goes "
-               "from SYN_SENT to CLOSE; never answered otherwise, it is destroyed at once.", _tcp("c", "client", "S"), {"wait": 0.3}),
+               "from SYN_SENT to CLOSE; never answered otherwise, it is destroyed at once "
+               "([NEW] then [DESTROY]), so the table stays empty.",
+               _tcp("c", "client", "S"), {"wait": 0.3}),
         ), flows={"c": _c("tcp", "h1", 40005, (SRV, CLOSED_PORT))}),
     ],
     "02-snat": [

@@ -80,6 +80,8 @@ class StepResult:
     kernel_events: list[str] = field(default_factory=list)
     scenario: str = ""
     t: float = 0.0                  # the session clock when the step was over
+    before: list[dict] = field(default_factory=list)   # the tracker's table as the step began
+    notes: list[str] = field(default_factory=list)     # what the session had to put back first
 
 
 # --- helpers shared by the backends ---------------------------------------------------------
@@ -168,6 +170,30 @@ def step_flow(scenario: sc.Scenario, step: sc.Step) -> sc.Flow | None:
     return None
 
 
+def _mine(scenario: sc.Scenario, proto: str, orig: dict) -> bool:
+    return any(find_entry([{"proto": proto, "orig": orig}], f.proto, flow_orig(f))
+               for f in scenario.flows.values())
+
+
+def scope_table(scenario: sc.Scenario, table: list[dict]) -> list[dict]:
+    """The entries of the scenario's own flows: other notebooks on the same lab have
+    theirs (each scenario has its own ports)."""
+    return [e for e in table if _mine(scenario, e.get("proto", ""), e.get("orig") or {})]
+
+
+def scope_events(scenario: sc.Scenario, lines: list[str]) -> list[str]:
+    """The ``conntrack -E`` lines about the scenario's own flows."""
+    out = []
+    for line in lines:
+        try:
+            p = show.parse_conntrack_line(line)
+        except (KeyError, ValueError, IndexError):
+            continue
+        if _mine(scenario, p.get("proto_name", ""), p["orig"]):
+            out.append(line)
+    return out
+
+
 def check_sysctl(key: str, value) -> tuple[str, int]:
     """A conntrack setting by its kernel name (short names accepted), a whole number."""
     try:
@@ -192,6 +218,11 @@ class Session:
     label = ""
 
     why_not_live = ""               # replay sessions: why this is not live (one line)
+    on_progress = None              # a panel's status line while a step waits: fn(one line)
+
+    def progress(self, message: str) -> None:
+        if self.on_progress is not None:
+            self.on_progress(message)
 
     def __init__(self, notebook: str) -> None:
         self.notebook = notebook
@@ -273,6 +304,10 @@ class Session:
     def kernel_events(self) -> list[str]:
         raise NotImplementedError
 
+    def kernel_table_now(self) -> list[dict] | None:
+        """The kernel's table as of now (replay: the recording, its timers run down)."""
+        return self.kernel_table()
+
     def now(self) -> float:
         raise NotImplementedError
 
@@ -281,6 +316,10 @@ class Session:
 
     def set_sysctl(self, key: str, value: int) -> int:
         raise NotImplementedError
+
+    def sysctl_values(self) -> dict[str, int]:
+        """The tracker's settings in force (short kernel names), for the narration."""
+        return dict(DEFAULTS)
 
     def close(self) -> None:
         pass

@@ -32,8 +32,10 @@ from ..lab import LabError
 from ..widgets import (ComparisonView, ConntrackTableView, EventLogView, ModeBanner, PacketView,
                        StateDiagramView, TimelineView, Updater, grading_mode)
 from ..widgets.render import _wrap, esc
+from . import narrate as nar
 from . import scenarios as sc
-from .session import Session, SessionError, StepResult, find_entry, flow_orig, step_flow
+from .session import (Session, SessionError, StepResult, find_entry, flow_orig, scope_events,
+                      scope_table, step_flow)
 
 IFACE_SIDE = {"ntr-lan": "LAN side", "ntr-wan": "WAN side"}
 
@@ -255,8 +257,9 @@ class Stepper:
         self._ev_lock = threading.RLock()
         self._ev_seen = 0
 
+        self.waited = 0.0                  # seconds let pass (+N s) since the last step
         self.diagram = StateDiagramView(timeouts=self._tcp_timeouts()) if self.tcp else None
-        self.table = ConntrackTableView(title="nattrack's tracker (conntrack -L)")
+        self.table = ConntrackTableView(title="nattrack's tracker: its connection table")
         self.compare = ComparisonView(title="the tracker and the router's kernel, entry by entry")
         self.packet = PacketView(title="the packet before and after the router") if packets else None
         self.events = EventLogView(title="tracker events (conntrack -E)")
@@ -334,15 +337,46 @@ class Stepper:
         return [v for v in (self.diagram, self.table, self.compare, self.packet, self.events,
                             self.kernel_events, self.timeline, self.log) if v is not None]
 
-    def _explain_html(self, step: sc.Step | None) -> str:
+    def _explain_html(self, step: sc.Step | None, story: nar.Narration | None = None,
+                      expected: dict | None = None, notes: Iterable[str] = ()) -> str:
+        """The step's text: what happened (computed, :mod:`.narrate`), then the script's
+        expectation, marked when this run differs from it.  Its ``data-*`` say the same
+        for tests: ``step``, ``flow``, ``present``, ``state``, ``flags``, ``timeout``,
+        ``timeout-key``, ``expected``, ``differs``, ``end``, ``notes``."""
         if step is None:
             first = self.scenario.steps[0]
-            return (f'<div class="nt" data-view="explain" data-step="">Press <b>next step</b> '
-                    f'(or a step\'s button) to send the first packet: {esc(first.title)}.</div>')
+            return (f'<div class="nt" data-view="explain" data-step="" data-end="false">Press '
+                    f'<b>next step</b> (or a step\'s button) to send the first packet: '
+                    f'{esc(first.title)}.</div>')
         n = self.scenario.index(step.name) + 1
-        return (f'<div class="nt" data-view="explain" data-step="{esc(step.name)}">'
-                f'<b>Step {n}/{len(self.scenario.steps)}: {esc(step.title)}</b><br/>'
-                f'{esc(step.explain)}</div>')
+        last = n == len(self.scenario.steps)
+        f = story.facts if story else {}
+        diffs = nar.differences(f, expected)
+        attrs = {"step": step.name, "flow": f.get("flow", ""),
+                 "present": "true" if f.get("present") else "false",
+                 "state": f.get("state", ""), "flags": " ".join(f.get("flags", ())),
+                 "timeout": "" if f.get("timeout") is None else f["timeout"],
+                 "timeout-key": f.get("timeout_key", ""),
+                 "expected": nar.describe(expected) if expected else "",
+                 "differs": "true" if diffs else "false", "end": "true" if last else "false",
+                 "notes": " | ".join(notes)}
+        html = "".join(f' data-{k}="{esc(v)}"' for k, v in attrs.items())
+        body = [f"<b>Step {n}/{len(self.scenario.steps)}: {esc(step.title)}</b>"]
+        for note in notes:
+            body.append(f'<div class="nt-warn" style="color:#e67700">{esc(note)}</div>')
+        if story:
+            body.append("<div><b>What happened:</b><ul>"
+                        + "".join(f"<li>{esc(x)}</li>" for x in story.lines) + "</ul></div>")
+        body.append(f'<div class="nt-note"><b>Expected</b> (the script): {esc(step.explain)}</div>')
+        if diffs:
+            why = (f" You let {self.waited:g} s pass before this step." if self.waited else "")
+            body.append(f'<div class="nt-differs" style="color:#c92a2a">This run differs from '
+                        f'the script: expected {esc(nar.describe(expected))}, here '
+                        f'{esc(nar.describe(f))}.{esc(why)}</div>')
+        if last:
+            body.append('<div class="nt-end"><b>End of the scenario.</b> Press <b>reset</b> '
+                        '(or a step\'s button) to start again.</div>')
+        return f'<div class="nt" data-view="explain"{html}>' + "".join(body) + "</div>"
 
     def _kernel_side(self, kernel_table: list[dict] | None) -> None:
         show = kernel_table is not None
@@ -350,14 +384,25 @@ class Stepper:
         self.kernel_events.widget.layout.display = None if show else "none"
 
     # -- actions ------------------------------------------------------------------------------
+    def _controls(self) -> list:
+        return [*self.buttons, self.next_button, self.reset_button]
+
+    def _say(self, text: str) -> None:
+        self.status.value = f'<span class="nt nt-note" data-note="{esc(text)}">{esc(text)}</span>'
+
     def _click(self, fn: Callable, *args) -> None:
-        """A button: errors become one line in the panel, never a traceback."""
-        for b in (*self.buttons, self.next_button, self.reset_button):
+        """A button: errors become one line in the panel, never a traceback; while the
+        step waits (another notebook's turn), the status line says for what."""
+        for b in self._controls():
             b.disabled = True
-        self.status.value = '<span class="nt nt-note">working ...</span>'
+        self._say("working ...")
+        self.session.on_progress = self._say
         try:
-            fn(*args)
-            self.status.value = ""
+            note = fn(*args)
+            if isinstance(note, str):
+                self._say(note)
+            else:
+                self.status.value = ""
         except Exception as exc:                       # noqa: BLE001 -- shown, never raised
             if isinstance(exc, (SessionError, LabError)):
                 msg = str(exc)                         # already says what to do
@@ -367,17 +412,23 @@ class Stepper:
             self.status.value = (f'<span class="nt nt-err" data-error="{esc(msg)}" '
                                  f'style="color:#c92a2a">{esc(msg)}</span>')
         finally:
-            for b in (*self.buttons, self.next_button, self.reset_button):
+            self.session.on_progress = None
+            for b in self._controls():
                 b.disabled = False
 
-    def run(self, step: str | None = None) -> StepResult:
-        """Perform ``step`` (default: the next one; after the last, the first again) and
-        show it.  Steps before it that have not run yet run and show first; an earlier
-        step, or this scenario after another one ran, starts the scenario over."""
+    END = "That was the last step: the scenario is over. Press reset (or a step's button) to start again."
+
+    def run(self, step: str | None = None) -> StepResult | str:
+        """Perform ``step`` (default: the next one) and show it.  Steps before it that
+        have not run yet run and show first; an earlier step, or this scenario after
+        another one ran, starts the scenario over.  ``next step`` after the last one
+        runs nothing and returns :attr:`END` (the panel's status shows it)."""
         names = [st.name for st in self.scenario.steps]
         ours = self.session.current is self.scenario
         done = self.session.next_index if ours else 0
         if step is None:
+            if ours and done >= len(names) and self.results:
+                return self.END
             target = done if done < len(names) else 0
         elif step in names:
             target = names.index(step)
@@ -409,6 +460,7 @@ class Stepper:
 
     def _clear(self) -> None:
         self.results, self._packets = [], []
+        self.waited = 0.0
         with self._ev_lock:
             self._ev_seen = len(self.session.events())
             self.events.clear()
@@ -420,17 +472,24 @@ class Stepper:
         if self.timeline:
             self.timeline.update([], self.session.now())
         self.picker.options = []
+        if self.packet is not None:
+            self.packet.clear()
         self.log.clear()
         self.explain.value = self._explain_html(None)
         _flush(self.views())
 
     def _show(self, res: StepResult) -> None:
         step = self.scenario.step(res.step)
-        before = self.results[-1].table if self.results else []
+        before = res.before
         self.results.append(res)
         flow = step_flow(self.scenario, step)
         entry = find_entry(res.table, flow.proto, flow_orig(flow)) if flow else None
-        self.explain.value = self._explain_html(step)
+        story = nar.narrate(self.scenario, step, res, before, self.results,
+                            self.session.sysctl_values(), self.waited)
+        scripted = nar.scripted(self.session.notebook, self.scenario.name)
+        expected = scripted[self.scenario.index(step.name)] if scripted else None
+        self.explain.value = self._explain_html(step, story, expected, res.notes)
+        self.waited = 0.0
         self.table.update(res.table, highlight=entry)
         self.compare.update(res.table, res.kernel_table or [])
         self._kernel_side(res.kernel_table)
@@ -465,7 +524,10 @@ class Stepper:
             return
         pp = self._packets[i]
         before_label, after_label = packet_labels(pp)
-        self.packet.update(pp.before, pp.after, before_label, after_label)
+        if pp.iface_in is None:                          # the router's own: one column
+            self.packet.update(pp.before, None, before_label)
+        else:
+            self.packet.update(pp.before, pp.after, before_label, after_label)
 
     def stop(self) -> None:
         for v in self.views():
@@ -496,13 +558,15 @@ class TimeoutsPanel(Stepper):
             b = widgets.Button(description=f"+{secs} s", layout=widgets.Layout(width="auto"))
             b.on_click(lambda _b, s=secs: self._click(self.watch, s))
             self.time_buttons.append(b)
+        self._kev_seen = 0
+        self.clock = widgets.HTML(value="")
         self.widget.children = (self.widget.children[:2]
-                                + (self.sysctl_view, widgets.HBox(self.time_buttons))
+                                + (self.sysctl_view, widgets.HBox(self.time_buttons), self.clock)
                                 + self.widget.children[2:])
         self.updater: Updater | None = None
         if session.mode == "live":
-            self.updater = Updater(lambda: self.refresh(wait=False), interval,
-                                   name="nattrack-timeouts")
+            self._ticks = 0
+            self.updater = Updater(self._tick, interval, name="nattrack-timeouts")
 
     def _sysctl_html(self, applied: dict[str, int]) -> str:
         want = self.scenario.sysctls
@@ -515,24 +579,51 @@ class TimeoutsPanel(Stepper):
                 + rows + "</table>") if want else '<div class="nt-note">default timeouts</div>'
         return _wrap("sysctls", body, state, "timeouts in this scenario")
 
-    def refresh(self, wait: bool = True) -> None:
-        """Redraw the chart, the table and the events that came since the last step or
-        refresh (any thread; ``wait=False``, the background one, leaves the events to a
+    def refresh(self, wait: bool = True, kernel: bool = True) -> None:
+        """Redraw every view that time changes, together: the chart, the table, the
+        kernel's table beside it, and the events that came since the last step or
+        refresh (any thread; ``wait=False``, the background one, leaves all of it to a
         step that is running); nothing while the session runs another scenario."""
         if self.session.current is not self.scenario:
             return
-        table = self.session.table()
-        self.timeline.update(table, self.session.now())
-        self.table.update(table)
         if not self._ev_lock.acquire(blocking=wait):
             return
         try:
+            table = scope_table(self.scenario, self.session.table())
+            now = self.session.now()
+            self.timeline.update(table, now)
+            self.table.update(table)
+            if kernel:
+                k = self.session.kernel_table_now()
+                if k is not None:
+                    self.compare.update(table, scope_table(self.scenario, k))
             evs = self.session.events()
             if len(evs) > self._ev_seen:
-                self.events.append(evs[self._ev_seen:])
+                self.events.append(scope_events(self.scenario, evs[self._ev_seen:]))
             self._ev_seen = len(evs)
+            kevs = self.session.kernel_events()
+            if len(kevs) > self._kev_seen:
+                self.kernel_events.append(scope_events(self.scenario, kevs[self._kev_seen:]))
+            self._kev_seen = len(kevs)
+            self.clock.value = self._clock_html(table)
         finally:
             self._ev_lock.release()
+
+    def _tick(self) -> None:
+        """The background refresh: the kernel's table (a conntrack -L in the router)
+        every fourth time."""
+        self._ticks += 1
+        self.refresh(wait=False, kernel=self._ticks % 4 == 0)
+
+    def _clock_html(self, table: list[dict]) -> str:
+        """One line under the buttons: time let pass since the last step, and what
+        is left of the scenario's entry (``data-waited``, ``data-left``)."""
+        left = [e.get("timeout") for e in table if e.get("timeout") is not None]
+        text = (f"{self.waited:g} s passed since the last step; "
+                + (f"time left: {', '.join(f'{x} s' for x in left)}" if left
+                   else "no entry left in the table")) if self.waited else ""
+        return (f'<div class="nt nt-note" data-view="clock" data-waited="{self.waited:g}" '
+                f'data-left="{",".join(str(x) for x in left)}">{esc(text)}</div>')
 
     def watch(self, seconds: float, step: float = 1.0) -> None:
         """Let ``seconds`` pass in ``step``s, redrawing after each (replay: the recorded
@@ -541,16 +632,28 @@ class TimeoutsPanel(Stepper):
         while left > 1e-9:
             d = min(step, left)
             self.session.advance(d)
+            self.waited += d
             left -= d
-            self.refresh()
+            self.refresh(kernel=left <= 1e-9 or self.session.mode == "replay")
             if self.session.mode == "replay" and not grading_mode():
                 time.sleep(0.05)                   # a visible countdown, not a jump
         _flush(self.views())
+
+    def _controls(self) -> list:
+        return [*super()._controls(), *getattr(self, "time_buttons", ())]
 
     def _show(self, res: StepResult) -> None:
         super()._show(res)
         applied = {k: v for k, v in self.scenario.sysctls.items()}
         self.sysctl_view.value = self._sysctl_html(applied)
+        self._kev_seen = len(self.session.kernel_events())
+        self.clock.value = self._clock_html(res.table)
+
+    def _clear(self) -> None:
+        super()._clear()
+        self._kev_seen = len(self.session.kernel_events())
+        if hasattr(self, "clock"):
+            self.clock.value = self._clock_html([])
 
     def stop(self) -> None:
         if self.updater is not None:

@@ -283,6 +283,12 @@ class PacketView(_View):
         state, body = packet_parts(*self._args)
         return state, _wrap(self.kind, body, state, self.title)
 
+    def clear(self) -> None:
+        """Back to "no packet yet" (a panel's reset)."""
+        with self._lock:
+            self._args = None
+        self._request()
+
 
 class TimelineView(_View):
     """Each entry's remaining timeout as a bar counting down; entries gone since the

@@ -46,10 +46,14 @@ def opening(name: str, title: str, story: str) -> list:
     ]
 
 
-def scenario(var: str, name: str, text: str, maker: str = "stepper",
+def scenario(var: str, name: str, text: str, questions: str = "", maker: str = "stepper",
              timeout: int | None = None) -> list:
-    return [md(text), code(f'{var} = ui.{maker}(session, "{name}")\n{var}'),
-            code(f"{var}.run_all();", timeout=timeout)]
+    """The scenario's introduction, its panel, every step run from code, then the
+    questions: about what the panel above them shows."""
+    cells = ([md(text)] if text.strip() else []) + [
+        code(f'{var} = ui.{maker}(session, "{name}")\n{var}'),
+        code(f"{var}.run_all();", timeout=timeout)]
+    return cells + ([md(questions)] if questions else [])
 
 
 CLOSING = [md("## When you are done\n\n`ui.close(session)` stops this notebook's views and "
@@ -82,27 +86,33 @@ back through the same tracker. The banner below says which mode this notebook is
         md("""
 ## What the views show
 
-Run the next cell: one ping from `h1` to `srv`. Then look at each part of the panel:
+The next cells show one ping from `h1` to `srv`. Look at each part of the panel:
 
-* **buttons**: one per step, *next step* and *reset*; pressing a step runs the steps before it first;
-* **nattrack's tracker**: the table as `conntrack -L` prints it; a new row is green, a changed cell yellow;
+* **buttons**: one per step, *next step* and *reset*; pressing a step runs the steps before it
+  first; after the last step the text says the scenario is over, and *reset* starts again;
+* **the step's text**: what the tracker did with the packet (state, flags, which timeout and
+  why), computed from what happened, then what the script expected, in red where they differ;
+* **nattrack's tracker: its connection table**: one row per entry with the fields `conntrack -L`
+  prints (protocol, timeout, state, both tuples, flags); a new row is green, a changed cell yellow;
 * **tracker and kernel**: the same entries side by side, disagreements in red;
 * **the packet before and after the router**: every header field; what NAT changed is highlighted;
 * **events**: `conntrack -E`, NEW / UPDATE / DESTROY;
 * **steps so far**: each step and what it did to the entry.
-
-*Question:* the entry has two tuples. Which one did `h1` send, and which one will `srv`'s answer match?
 """),
         code('ping = ui.stepper(session, "ping")\nping'),
         code("ping.run_all();"),
         md("""
-## A UDP question and its answer
-
-*Questions:* after the question, what does `[UNREPLIED]` mean? After the answer, which flag
-disappeared, and why does the timeout restart?
+*Question:* the table's entry has two tuples (the *original* and *reply* columns). Which one
+did `h1` send, and which one did `srv`'s echo reply match (see the packet view: pick it in
+the *packet* list)?
 """),
-        code('udp = ui.stepper(session, "udp")\nudp'),
-        code("udp.run_all();"),
+        *scenario("udp", "udp", """
+## A UDP question and its answer
+""", """
+*Questions:* press *question* alone (or *reset*, then *next step*): what does `[UNREPLIED]`
+mean in the table? Then press *answer*: which flag disappeared, and which timeout does the
+step's text say the answer set?
+"""),
         md("""
 ## The table, live
 
@@ -133,34 +143,48 @@ packet per button, and watch the entry move on the diagram, with the kernel's ow
         *scenario("handshake", "handshake", """
 ## Open and close a connection
 
-Step through the handshake, some data, and the close.
-
-*Before each step, predict:* which state comes next? Which flags does `conntrack -L` show
-(`[UNREPLIED]`, `[ASSURED]`)? Why does the timeout jump from 2 minutes to 5 days at the third
-packet? Which states are there only because conntrack sees both directions?
+Step through the handshake, some data, and the close: press *reset*, then *next step* once
+per packet, and predict each time which state comes next.
+""", """
+*Questions* (the *steps so far* table and the step texts above keep every step):
+* which flags does the table show after the SYN, and after the third packet (`[UNREPLIED]`,
+  `[ASSURED]`)?
+* the timeout is 2 minutes after the SYN and 60 s after the SYN-ACK: why does it jump to
+  5 days at the third packet?
+* at the *data* step it drops from 431999 to 299 s, and after *data-ACK* it is back at
+  431999: which setting gives the 300 s, and what was "in flight"?
+* which states are there only because conntrack sees both directions?
 """),
         *scenario("rst", "rst", """
 ## A reset
-
-*Question:* after the RST, the entry is still in the table. For how long, and why keep it at all?
+""", """
+*Question:* after the RST the entry is still in the table. For how long (read its timeout and
+the step's text), and why keep it at all?
 """),
         *scenario("simultaneous", "simultaneous-close", """
 ## Both ends close at once
 
-The two FINs cross on the wire. *Question:* the diagram has no state "both closing". Where
-does the entry go instead, and does it still end in TIME_WAIT?
+The two FINs cross on the wire.
+""", """
+*Question:* the diagram has no state "both closing". Where does the entry go instead (the
+*FIN-srv* step), and does it still end in TIME_WAIT?
 """),
         *scenario("half", "half-close", """
 ## Half close
 
-After `h1`'s FIN, `srv` keeps sending. *Question:* which direction is closed in CLOSE_WAIT,
-and does data in the other direction change the state?
+After `h1`'s FIN, `srv` keeps sending.
+""", """
+*Question:* which direction is closed in CLOSE_WAIT, and does data in the other direction
+change the state (the *data* step in *steps so far*)?
 """),
         *scenario("closed", "closed-port", """
 ## A SYN to a closed port
 
-Nothing listens on `srv`'s port 6000: its kernel answers with a RST. *Questions:* where did
-the RST go before and after the router? Which state does the entry end in?
+Nothing listens on `srv`'s port 6000: its kernel answers with a RST.
+""", """
+*Questions:* the packet list has the RST: where did it go before and after the router?
+The table is empty afterwards: in the events, which state was the entry in when it was
+destroyed, and why at once rather than after 10 s like the RST panel's?
 """),
         *CLOSING,
     ]
@@ -176,16 +200,20 @@ sent, the **reply** tuple is what `srv`'s answer will look like.
 """),
         *scenario("rewrite", "rewrite", """
 ## One packet before and after
-
-Look at the packet view, field by field. *Questions:* which fields changed? Why did the
-checksums change although you did not touch them? In the reply, which address is rewritten?
+""", """
+Look at the packet view, field by field (the *packet* list has each packet of the last step;
+press *SYN* to see h1's). *Questions:* which fields changed? Why did the checksums change
+although you did not touch them? In the reply, which address is rewritten?
 """),
         *scenario("clash", "clash", """
 ## Two hosts, one source port
 
-`h1` and `h2` both send from port 40021 to the same server port. *Questions:* the public
-side has one address; what must the router change for `h2`, and where do you read the port
-it chose? How does `srv`'s answer to that port reach `h2`?
+`h1` and `h2` both send from port 40021 to the same server port.
+""", """
+*Questions:* in the table, `h1`'s reply tuple ends in `203.0.113.1:40021`: MASQUERADE kept
+its port, which was free. The public side has one address; what did the router change for
+`h2`, and where do you read the port it chose? How does `srv`'s answer to that port reach
+`h2` (the packet view)?
 """),
         md("""
 ## SNAT with a port range
@@ -193,17 +221,20 @@ it chose? How does `srv`'s answer to that port reach `h2`?
 The rules for the next scenario (the router loads them when it starts):
 """),
         code('ui.show_rules("classroom-snat-range")'),
-        *scenario("snatrange", "snat-range", """
-*Question:* MASQUERADE kept port 40022 when it was free. Why does SNAT with a range change it
-anyway?
+        *scenario("snatrange", "snat-range", "", """
+*Question:* in the previous panel MASQUERADE kept `h1`'s free port 40021. Here `h1` sends
+from port 40022, just as free: which source port does the table's reply tuple show, and why
+does SNAT with a range change it anyway?
 """),
         *scenario("forward", "port-forward", """
 ## Port forwarding (DNAT)
 
 `srv` connects to the router's public port 8080; the rule
 `-A PREROUTING -i ntr-wan -p tcp --dport 8080 -j DNAT --to-destination 10.0.0.11:5080`
-sends it to `h2`. *Questions:* which tuple now differs from the packet `srv` sent? Which
-address does `srv` see in the answer?
+sends it to `h2`.
+""", """
+*Questions:* in the table, which tuple now differs from the packet `srv` sent? Which address
+does `srv` see in the answer (pick the SYN-ACK in the packet view: *after*)?
 """),
         *CLOSING,
     ]
@@ -220,16 +251,22 @@ kernel's names) so that you can watch them run out.
         *scenario("udp", "udp-assured", """
 ## UDP: UNREPLIED, a reply, ASSURED, expiry
 
-Watch the chart while the steps run (the last one waits 25 seconds). *Questions:* which
-timeout applies before the reply, after it, and after the third packet? The entry disappears
-from the table at zero, but when does `[DESTROY]` appear in the events, and why later?
+Watch the chart while the steps run (the last one waits 25 seconds).
+""", """
+*Questions:* which timeout applies before the reply, after it, and after the third packet (each
+step's text names the setting)? The entry disappears from the table at zero, but when does
+`[DESTROY]` appear in the events, and why later?
+
+*Try:* press *reset*, *question*, *answer*, then *+10 s* before *again*: what does the step's
+text say happened, and why does it differ from the script?
 """, maker="timeouts_panel", timeout=120),
         md("Let a few more seconds pass (the buttons *+1 s* ... *+30 s* do the same):"),
         code("udp.watch(5)", timeout=60),
         *scenario("tw", "time-wait", """
 ## TIME_WAIT runs out
-
-*Question:* why does conntrack keep a closed connection in TIME_WAIT at all?
+""", """
+*Question:* the chart shows TIME_WAIT's 5 s running out, then the `[DESTROY]`: why does
+conntrack keep a closed connection in TIME_WAIT at all?
 """, maker="timeouts_panel", timeout=120),
         *scenario("full", "table-full", """
 ## A full table and early drop
@@ -238,9 +275,9 @@ When the table is full, a new connection is only admitted if an entry that never
 ASSURED can be evicted (`early_drop()`); ASSURED ones are kept. A lab namespace cannot
 lower the kernel's `nf_conntrack_max`, so this scenario runs nattrack's tracker alone
 (live or not), with room for 4 entries.
-
-*Questions:* which entry was evicted to make room, and which kind survived? Look for the
-`[DESTROY]` in the events.
+""", """
+*Questions:* which entry was evicted to make room (the last step's text and the `[DESTROY]`
+in the events), and which kind survived?
 """),
         *CLOSING,
     ]
@@ -256,22 +293,24 @@ it gets no entry, and therefore no NAT.
 """),
         *scenario("unreach", "port-unreachable", """
 ## An ICMP error is RELATED
-
-Pick the ICMP error in the packet view (it is the step's last packet). *Questions:* the error
-quotes the datagram `srv` received; which addresses are inside the quote before and after
-the router? Why must the router rewrite the inside too?
+""", """
+The packet view shows the ICMP error (the step's last packet). *Questions:* the error quotes
+the datagram `srv` received; which addresses are inside the quote (the `inner` rows) before
+and after the router? Why must the router rewrite the inside too?
 """),
         *scenario("ttl", "ttl-exceeded", """
-## The router's own error
-
-*Question:* the router itself sends this error. Which entry does it belong to, and what is
-its source address on the LAN side?
+## Time exceeded: from further on, and from the router itself
+""", """
+The packet view shows the router's own error (one column: it was never translated, the
+router made it). *Questions:* which entry does it belong to (the *steps so far* table says
+RELATED), and what is its source address on the LAN side? Compare with the *far-error*
+step's error, which came from outside.
 """),
         *scenario("leak", "invalid-leak", """
 ## INVALID packets leak without a filter rule
-
-*Questions:* the packet is forwarded, but look at its source address after the router. Why
-was it not translated? Who on the Internet sees a private address now?
+""", """
+*Questions:* the packet is forwarded, but look at its source address after the router (the
+packet view). Why was it not translated? Who on the Internet sees a private address now?
 """),
         md("""
 ## A stateful firewall from --ctstate rules
@@ -279,9 +318,10 @@ was it not translated? Who on the Internet sees a private address now?
 The next scenario loads these rules:
 """),
         code('ui.show_rules("classroom-firewall")'),
-        *scenario("fw", "firewall", """
-*Questions:* which rule stops the stray ACK now? The unsolicited SYN from outside is
-translated by DNAT but dropped: why does it never appear in the table?
+        *scenario("fw", "firewall", "", """
+*Questions:* which rule stops the stray ACK now (its verdict is in *steps so far*)? The
+unsolicited SYN from outside is translated by DNAT but dropped: why does it never appear in
+the table?
 """),
         *CLOSING,
     ]

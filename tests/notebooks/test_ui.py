@@ -235,3 +235,102 @@ def test_packet_labels():
     assert ui.packet_labels(own)[0] == "sent by the router on ntr-lan (LAN side)"
     dropped = PacketPair("ntr-wan", b"", None, None, "dropped: filter FORWARD")
     assert ui.packet_labels(dropped)[1] == "dropped: filter FORWARD"
+
+
+# -- the narration: computed from what happened ------------------------------------------------
+
+def explain(p) -> dict:
+    return root(p.explain)
+
+
+def table_row(p, flow: str) -> dict | None:
+    parser = _DataParser()
+    parser.feed(p.table.widget.value)
+    return next((r for r in parser.found if r.get("data-flow") == flow), None)
+
+
+def agrees_with_table(p) -> None:
+    """The step's text and the table say the same about the step's entry."""
+    e = explain(p)
+    if e["present"] == "false":
+        assert e["flow"] == "" or table_row(p, e["flow"]) is None, e
+        return
+    row = table_row(p, e["flow"])
+    assert row is not None, (e, p.table.state)
+    assert (row["data-state"], row["data-timeout"]) == (e["state"], e["timeout"]), (row, e)
+    assert set(row["data-flags"].split()) >= set(e["flags"].split()), (row, e)
+
+
+def test_the_data_step_explains_the_unacknowledged_timeout(s01):
+    p = ui.stepper(s01, "handshake")
+    p.run("ACK")
+    assert explain(p)["timeout-key"] == "nf_conntrack_tcp_timeout_established"
+    p.run("data")
+    e = explain(p)
+    assert (e["state"], e["timeout"]) == ("ESTABLISHED", "299")
+    assert e["timeout-key"] == "nf_conntrack_tcp_timeout_unacknowledged"
+    assert "data h1 sent is not acknowledged yet" in p.explain.value
+    assert "(it was 431999 s)" in p.explain.value
+    p.run("data-ACK")
+    assert explain(p)["timeout-key"] == "nf_conntrack_tcp_timeout_established"
+    assert explain(p)["differs"] == "false"
+
+
+def test_every_scripted_step_agrees_with_its_table_and_the_script():
+    from nattrack.notebook import NOTEBOOKS
+    for nb in NOTEBOOKS:
+        s = open_session(nb, "replay")
+        for scn in s.scenarios():
+            p = ui.stepper(s, scn.name)
+            for st in scn.steps:
+                p.run(st.name)
+                agrees_with_table(p)
+                e = explain(p)
+                assert e["differs"] == "false", (nb, scn.name, st.name, e)
+                assert e["end"] == ("true" if st is scn.steps[-1] else "false")
+            p.stop()
+
+
+def test_time_let_pass_changes_the_story_and_says_it_differs(monkeypatch):
+    monkeypatch.setenv("NATTRACK_GRADING", "1")
+    s = open_session("03-timeouts", "replay")
+    p = ui.timeouts_panel(s, "udp-assured")
+    p.run("answer")
+    p.watch(5)                                    # every view follows the clock together
+    left = root(p.clock)["left"]
+    assert root(p.clock)["waited"] == "5" and left == str(p.table._rows[0]["timeout"])
+    assert p.compare.state["same"] is True and p.compare.state["kernel"] == 1
+    p.watch(5)                                    # 10 s: the entry ran out
+    assert p.table.state["entries"] == 0 and p.compare.state["kernel"] == 0
+    assert root(p.clock)["left"] == ""
+    p.run("again")
+    e = explain(p)
+    assert (e["flags"], e["timeout-key"]) == ("UNREPLIED", "nf_conntrack_udp_timeout")
+    assert e["differs"] == "true" and "ASSURED" in e["expected"]
+    assert "was gone before this packet" in p.explain.value
+    assert "You let 10 s pass" in p.explain.value
+    agrees_with_table(p)
+
+
+def test_reset_clears_every_view_and_the_end_is_said(s01):
+    p = ui.stepper(s01, "rst")
+    p.run_all()
+    assert p.packet.state["before"] and explain(p)["end"] == "true"
+    assert "End of the scenario" in p.explain.value
+    p._click(p.run)                               # next step after the last: no restart
+    assert p.log.state["steps"] == ["SYN", "SYN-ACK", "ACK", "RST"]
+    assert "the scenario is over" in root(p.status)["note"]
+    p.reset()
+    assert p.packet.state["changed"] == [] and "before" not in p.packet.state
+    assert p.table.state["entries"] == 0 and p.events.state["events"] == 0
+    assert p.log.state["steps"] == [] and explain(p)["step"] == ""
+    p.run()
+    assert p.log.state["steps"] == ["SYN"]
+
+
+def test_the_routers_own_error_is_one_column():
+    s = open_session("04-related-and-invalid", "replay")
+    p = ui.stepper(s, "ttl-exceeded")
+    p.run_all()
+    assert p.packet.state["after"] is None
+    assert "sent by the router" in p.packet.widget.value
