@@ -235,3 +235,28 @@ def test_the_probe_says_when_the_network_is_not_cut():
     assert isolation_lines("the worker did not start", None) == [
         "Isolation: unknown (the grader could not start a worker to check: the worker did "
         "not start)."]
+
+
+def test_where_no_filter_can_be_installed_the_probe_says_the_network_is_open(tmp):
+    """A container whose own seccomp profile refuses seccomp() (so no filter of ours), and
+    no bwrap: grading still finishes, and the probe says plainly that nothing cut the
+    network, instead of claiming it."""
+    outer = (
+        "import errno, os, sys, seccomp\n"
+        "f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)\n"
+        "f.add_rule(seccomp.ERRNO(errno.EPERM), 'seccomp')\n"
+        "f.load()\n"
+        "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO), NATTRACK_NO_BWRAP="1")
+    extra = [] if ROOT else ["--unsafe-no-jail"]
+    r = subprocess.run([sys.executable, "-c", outer, "-m", "nattrack.cli.main", "grade", LAB,
+                        LAB / "solution", "--out", tmp / "out", "--mode", "offline", *extra],
+                       capture_output=True, text=True, timeout=240, cwd="/", env=env)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp / "out" / "solution" / "results.json").read_text())
+    probe = doc["tests"][0]["output"]
+    assert ("Seccomp filter: not installed (seccomp(SECCOMP_SET_MODE_FILTER): Operation not "
+            "permitted).") in probe, probe
+    assert "Network: NOT cut off -- your code could open network connections." in probe
+    assert "ptrace is not filtered" in probe, probe
+    assert sum(t["score"] for t in doc["tests"]) == 8
