@@ -7,17 +7,20 @@ Two halves in one module:
   not: without bwrap it is what keeps the network out) and sends what isolation held
   (:func:`isolate`), then imports the submission's modules (``files`` of ``lab.toml``), says
   hello (with each module's import error, if any), then answers JSON lines on stdin with
-  JSON lines on its original stdout: ``{"op": "call", "func": "module.function", "args": [...]}`` and ``{"op":
-  "replay", ...}`` (``nattrack replay --json`` with the submission plugged in).  The
-  submission's own prints go to stderr, which the grader reads and caps.
+  JSON lines on its original stdout: ``{"op": "call", "func": "module.function", "args":
+  [...]}`` and ``{"op": "replay", ...}`` (``nattrack replay --json`` with the submission
+  plugged in).  The submission's own prints go to stderr, which the grader reads and caps.
 - in the grader, :class:`Worker` starts it through :class:`nattrack.grading.sandbox.Untrusted`
-  (a fresh unprivileged uid, no_new_privs, no capabilities, rlimits, a bwrap jail that holds only
-  the submission, a copy of the lab's ``lab.toml``/``data``/``rules``, the interpreter and
-  the nattrack package, and no network; the worker's own seccomp filter inside), sends requests with a wall-clock limit each, and
-  turns every way the process can misbehave into :class:`SubmissionError` with one line a
-  student can read.  A dead worker is restarted by the runner before the next test.
+  (a fresh unprivileged uid, no_new_privs, no capabilities, rlimits, a bwrap jail that holds
+  only the submission, a copy of the lab's ``lab.toml``/``data``/``rules``, the interpreter
+  and the nattrack package, and no network; the worker's own seccomp filter inside), sends
+  requests with a wall-clock limit each, and turns every way the process can misbehave
+  into :class:`SubmissionError` with one line a student can read.  A dead worker is
+  restarted by the runner before the next test.
 
-Nothing the worker sends is trusted beyond being a value the submission produced.
+Nothing the worker sends is trusted beyond being a value the submission produced, except
+its first line, the isolation report: it is written before any of the submission's code
+runs.
 """
 from __future__ import annotations
 
