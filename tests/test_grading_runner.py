@@ -282,3 +282,47 @@ def test_without_bwrap_the_sandbox_still_holds(monkeypatch):
             snoop = by_number(g.grade(GRADING / "hostile" / "snoop"))["1.1"].output
             assert "denied /etc/shadow: Permission denied" in snoop
             assert "denied /proc/1/environ: Permission denied" in snoop
+
+
+# --- test numbers: any text, natural order -------------------------------------------------------
+
+def test_number_key_sorts_naturally_and_never_compares_int_with_str():
+    from nattrack.labs.testing import number_key
+    numbers = ["H.10", "2.10", "h.2", "10", "2.9", "H.1", "2", "1.1a", "1.1", "", "x²", "2.9.1"]
+    assert sorted(numbers, key=number_key) == [
+        "", "1.1", "1.1a", "2", "2.9", "2.9.1", "2.10", "10", "H.1", "h.2", "H.10", "x²"]
+    assert number_key("02") != number_key("2")            # a total order: ties broken by text
+
+
+HIDDEN_NUMBERS = """\
+from nattrack.labs.testing import test
+
+@test(points=1, number="H.1", name="hidden H.1", visibility="hidden", mode="offline")
+def h1(ctx):
+    pass
+
+@test(points=1, number="2.10", name="hidden 2.10", visibility="hidden", mode="offline")
+def t210(ctx):
+    pass
+
+@test(points=1, number="10", name="hidden 10", visibility="hidden", mode="offline")
+def t10(ctx):
+    pass
+
+@test(points=1, number="H.2b", name="hidden H.2b", visibility="hidden", mode="offline")
+def h2b(ctx):
+    assert False, "no"
+"""
+
+
+def test_hidden_tests_numbered_with_letters_load_and_grade_in_natural_order(tmp):
+    hidden = tmp / "hidden"
+    hidden.mkdir(mode=0o700)
+    (hidden / "test_numbers.py").write_text(HIDDEN_NUMBERS)
+    with Grader(LAB, hidden=hidden, mode="offline") as g:
+        assert [t.spec.number for t in g.tests] == [
+            "1.1", "1.2", "2.1", "2.2", "2.10", "3.1", "10", "H.1", "H.2b"]
+        res = g.grade(LAB / "solution")
+    assert [t.number for t in res.tests] == [
+        "0", "1.1", "1.2", "2.1", "2.2", "2.10", "3.1", "10", "H.1", "H.2b"]
+    assert by_number(res)["H.2b"].output == "no" and res.total == 8 + 3

@@ -105,7 +105,8 @@ def scores(lab_dir: Path, sub: Path) -> dict[str, tuple[float, str]]:
             continue
         try:
             r = t.func(ctx)
-            out[t.number] = (1.0 if r is None else float(r), "")
+            r = (1.0, "") if r is None else r if isinstance(r, tuple) else (r, "")
+            out[t.number] = (float(r[0]), str(r[1]))
         except Exception as exc:              # noqa: BLE001 -- a failed test, with its reason
             out[t.number] = (0.0, f"{type(exc).__name__}: {exc}")
     return out
@@ -241,6 +242,8 @@ def test_a_wrong_cell_costs_partial_credit_and_fails_the_replays(tmp_path):
     (tmp_path / "tcp_states.py").write_text(wrong)
     got = scores(LABS[2], tmp_path)
     assert 0.99 < got["2.2"][0] < 1.0
+    assert got["2.2"][1] == ("119 of 120 cases right; first wrong: LAST_ACK --ACK (ORIGINAL): "
+                             "yours 'CLOSE', expected 'TIME_WAIT'")
     assert got["2.4"][0] == 0 and "CLOSE" in got["2.4"][1]
     assert got["2.1"][0] == got["2.3"][0] == 1.0
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..labs.testing import number_key
 from .runner import GradeError, Grader
 
 
@@ -58,8 +59,7 @@ def lab_check(lab: str | None = None, folder: str | None = None, live: bool = Fa
             why = by_number[bad[0]].output.strip().splitlines()
             out(f"{todo.get('id', 'TODO')} (lab {info.number}): {todo.get('text', '')} -- "
                 f"{why[0] if why else 'failed'}")
-    for n in sorted(failed - covered, key=lambda x: [int(p) if p.isdigit() else p
-                                                     for p in x.split(".")]):
+    for n in sorted(failed - covered, key=number_key):
         t = by_number[n]
         why = t.output.strip().splitlines()
         out(f"test {n} (lab {info.number}): {t.name} -- {why[0] if why else 'failed'}")

@@ -37,7 +37,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..labs.testing import TestSpec, collect
+from ..labs.testing import TestSpec, collect, number_key
 from .results import Results, TestResult
 from .sandbox import sandbox_uid
 from .worker import SubmissionError, Worker, lab_view, package_copy
@@ -156,8 +156,7 @@ def load_tests(lab: LabInfo, hidden: Path | None = None) -> list[LoadedTest]:
                 out.append(LoadedTest(t, is_hidden, path))
     if not out:
         raise GradeError(f"{lab.dir / 'tests'}: no tests (test_*.py with @test functions)")
-    key = lambda lt: [int(p) if p.isdigit() else p for p in lt.spec.number.split(".")]  # noqa
-    return sorted(out, key=key)
+    return sorted(out, key=lambda lt: number_key(lt.spec.number))
 
 
 # --- per-student variants -----------------------------------------------------------------------

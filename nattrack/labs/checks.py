@@ -62,19 +62,41 @@ def same_replay(got: dict, want: dict, *, events: bool = True, table: bool = Tru
     assert not problems, "; ".join(problems)
 
 
-def fraction(cases: list[tuple[str, object, object]]) -> tuple[float, str]:
-    """(share of cases where got == want, the first wrong case described) for partial credit."""
-    wrong = [(label, got, want) for label, got, want in cases if got != want]
-    first = f"{wrong[0][0]}: yours {wrong[0][1]!r}, expected {wrong[0][2]!r}" if wrong else ""
-    return (len(cases) - len(wrong)) / len(cases), first
+SHOWN_WRONG = 3                         # wrong cases named in a partial-credit message
 
 
-def partial_credit(cases: list[tuple[str, object, object]]) -> float:
-    """What a test returns for partial credit: the share of right cases; none right fails
-    the test with the first wrong case as its reason."""
-    score, first = fraction(cases)
-    assert score > 0, first
-    return score
+def explain(total: int, wrong: list[str]) -> tuple[float, str]:
+    """(share of ``total`` cases right, what the student reads): ``"7 of 10 cases right;
+    first wrong: A; B; C (and 1 more)"``, or ``""`` when none is wrong.  ``wrong`` holds
+    one description per wrong case, in the order the cases were tried."""
+    if total <= 0:
+        raise ValueError("partial credit of no cases")
+    if not wrong:
+        return 1.0, ""
+    more = f" (and {len(wrong) - SHOWN_WRONG} more)" if len(wrong) > SHOWN_WRONG else ""
+    return ((total - len(wrong)) / total,
+            f"{total - len(wrong)} of {total} cases right; first wrong: "
+            f"{'; '.join(wrong[:SHOWN_WRONG])}{more}")
 
 
-__all__ = ["flow", "same_replay", "fraction", "partial_credit"]
+def fraction(cases: list[tuple[str, object, object]], *, reveal: bool = True
+             ) -> tuple[float, str]:
+    """(share of cases where got == want, the first wrong cases described) for partial
+    credit.  ``reveal=False`` for answers a student is asked to find: the message then
+    says which answer is wrong, never the right one."""
+    wrong = [f"{label}: yours {got!r}, expected {want!r}" if reveal else
+             f"{label}: yours {got!r} is not right yet"
+             for label, got, want in cases if got != want]
+    return explain(len(cases), wrong)
+
+
+def partial_credit(cases: list[tuple[str, object, object]], *, reveal: bool = True
+                   ) -> tuple[float, str]:
+    """What a test returns for partial credit: (the share of right cases, which were wrong);
+    none right fails the test with that message as its reason."""
+    score, why = fraction(cases, reveal=reveal)
+    assert score > 0, why
+    return score, why
+
+
+__all__ = ["flow", "same_replay", "explain", "fraction", "partial_credit"]

@@ -6,6 +6,7 @@ sandboxed worker the context talks to.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -48,7 +49,17 @@ def test(*, points: float, number: str, name: str, visibility: str = "visible",
 test.__test__ = False                     # pytest must not collect the decorator itself
 
 
+def number_key(number: str) -> tuple:
+    """Sort key for test numbers of any text, in natural order: "2.9" < "2.10" < "10.1" <
+    "H.1" (runs of digits compare as numbers and before any text, text case-blind).  Each
+    part is (0, int) or (1, str), so a number never meets a string: no TypeError."""
+    text = str(number).strip()
+    parts = tuple((0, int(run)) if run.isdecimal() else (1, run.casefold())
+                  for run in re.findall(r"\d+|\D+", text))
+    return parts, text                  # "02" and "2" tie on parts: the text decides
+
+
 def collect(namespace: dict) -> list[TestSpec]:
     """The tests defined in a module's namespace, in number order."""
     specs = [v.nattrack_test for v in namespace.values() if hasattr(v, "nattrack_test")]
-    return sorted(specs, key=lambda s: [int(p) if p.isdigit() else p for p in s.number.split(".")])
+    return sorted(specs, key=lambda s: number_key(s.number))

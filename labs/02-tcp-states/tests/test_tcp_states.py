@@ -36,7 +36,7 @@ def whole_table(ctx):
         for fi, flag in enumerate(FLAGS):
             for si, state in enumerate(STATES):
                 got = ctx.call("tcp_states.next_state", state, d, flag)
-                cases.append((f"{state} --{flag} ({d})-->", got, names[TCP_CONNTRACKS[di][fi][si]]))
+                cases.append((f"{state} --{flag} ({d})", got, names[TCP_CONNTRACKS[di][fi][si]]))
     return partial_credit(cases)
 
 

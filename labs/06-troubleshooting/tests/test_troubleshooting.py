@@ -5,6 +5,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from nattrack.labs.checks import explain
 from nattrack.labs.testing import test
 
 _LAB = Path(__file__).resolve().parent.parent
@@ -73,8 +74,7 @@ def diagnoses(ctx):
             diag = ""
         if "TODO" in diag or len(str(diag).split()) < 25:
             missing.append(name)
-    note = f"no diagnosis of 25 words or more (without TODO) for: {', '.join(missing)}"
-    assert len(missing) < len(S.SCENARIOS), note
-    if missing:
-        print(note)
-    return 1 - len(missing) / len(S.SCENARIOS)
+    score, why = explain(len(S.SCENARIOS), [f"{name}: no diagnosis of 25 words or more "
+                                             f"(without TODO)" for name in missing])
+    assert score > 0, why
+    return score, why
