@@ -326,3 +326,67 @@ def test_hidden_tests_numbered_with_letters_load_and_grade_in_natural_order(tmp)
     assert [t.number for t in res.tests] == [
         "0", "1.1", "1.2", "2.1", "2.2", "2.10", "3.1", "10", "H.1", "H.2b"]
     assert by_number(res)["H.2b"].output == "no" and res.total == 8 + 3
+
+
+# --- lab check names the TODO that is really unmet ----------------------------------------------
+
+def test_unmet_todos_blames_a_shared_test_on_the_todo_really_unmet():
+    from nattrack.grading.check import unmet_todos
+    todos = [{"id": "TODO 1", "tests": ["4.1", "4.4"]}, {"id": "TODO 2", "tests": ["4.2", "4.4"]},
+             {"id": "TODO 3", "tests": ["4.3", "4.4"]}, {"id": "TODO 10", "tests": ["4.10"]}]
+    # only TODO 3 undone: its own test and the shared replay fail
+    assert unmet_todos(todos, {"4.3": "wrong sum", "4.4": "event #2 differs"}) == (
+        {"TODO 3": "4.3"}, {})
+    # the shared test's output names its TODO (the skeleton's NotImplementedError)
+    assert unmet_todos(todos, {"4.4": "raised NotImplementedError: TODO 2: pick_port()"}) == (
+        {"TODO 2": "4.4"}, {})
+    assert unmet_todos(todos, {"4.10": "raised NotImplementedError: TODO 10: x()"}) == (
+        {"TODO 10": "4.10"}, {})                      # "TODO 1" is not "TODO 10"
+    # TODO 2's own test fails in TODO 1's stub (pick_port() calls port_range()): TODO 1's
+    assert unmet_todos(todos, {"4.2": "pick_port raised NotImplementedError: TODO 1: x()"}) == (
+        {"TODO 1": "4.2"}, {})
+    # a shared failure nothing else explains: reported with the TODOs it exercises
+    assert unmet_todos(todos, {"4.4": "event #2 differs", "7.1": "?"}) == (
+        {}, {"4.4": ["TODO 1", "TODO 2", "TODO 3"], "7.1": []})
+
+
+def _functions(src: str) -> dict[str, str]:
+    import ast
+    lines = src.splitlines(keepends=True)
+    return {n.name: "".join(lines[n.lineno - 1:n.end_lineno]) for n in ast.parse(src).body
+            if isinstance(n, ast.FunctionDef)}
+
+
+def _with_todos_undone(lab_dir: Path, undone: list[dict], dest: Path) -> Path:
+    """The lab's solution with the functions ``undone`` TODOs name (``next_state()`` in
+    their text) put back as the skeleton has them."""
+    import re
+    shutil.copytree(lab_dir / "solution", dest)
+    for f in load_lab(lab_dir).files:
+        sol, stub = _functions((lab_dir / "solution" / f).read_text()), _functions(
+            (lab_dir / "student" / f).read_text())
+        text = (dest / f).read_text()
+        for todo in undone:
+            for name in re.findall(r"(\w+)\(\)", todo["text"]):
+                if name in sol and name in stub:
+                    text = text.replace(sol[name], stub[name])
+        (dest / f).write_text(text)
+    return dest
+
+
+@pytest.mark.parametrize("lab", ["02-tcp-states", "03-udp-icmp", "04-snat", "05-timeouts-gc"])
+def test_lab_check_names_exactly_the_undone_todos(lab, tmp):
+    """Each lab's solution with one TODO undone, then with only one done: `lab check`
+    names the undone TODOs and no other (lab 4 blamed TODO 1 for an undone TODO 3)."""
+    from nattrack.grading.check import lab_check
+    lab_dir = REPO / "labs" / lab
+    todos = load_lab(lab_dir).todos
+    cases = [[t] for t in todos] + ([[t for t in todos if t is not d] for d in todos]
+                                    if len(todos) > 2 else [])
+    for i, undone in enumerate(cases):
+        sub = _with_todos_undone(lab_dir, undone, tmp / f"sub{i}")
+        lines: list[str] = []
+        assert lab_check(str(lab_dir), str(sub), out=lines.append) == 1
+        named = [l.split(" (lab")[0] for l in lines if " (lab " in l]
+        assert named == [t["id"] for t in undone], lines
+        assert f"{len(todos) - len(undone)} of {len(todos)} TODOs done" in lines[-2], lines

@@ -6,11 +6,14 @@ sandboxed worker -- and maps failed tests to the manifest's ``[[todos]]``:
 
     TODO 2 (lab 2): next_state() -- ESTABLISHED --FIN--> ESTABLISHED, expected FIN_WAIT
 
-A failed test that no TODO lists is reported as ``test N``.  Exit status 0 when everything
-passes, 1 otherwise, 2 when the lab or folder is wrong.
+A TODO is named when a failed test's output names it or a test only it lists fails (see
+:func:`unmet_todos`); a failed test no TODO lists, or one shared by TODOs none of which is
+otherwise unmet, is reported as ``test N``.  Exit status 0 when everything passes, 1
+otherwise, 2 when the lab or folder is wrong.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -47,25 +50,21 @@ def lab_check(lab: str | None = None, folder: str | None = None, live: bool = Fa
         return 2
     skipped = [t for t in res.tests if "not-run" in t.tags]
     by_number = {t.number: t for t in res.tests if t.number != "0" and t not in skipped}
-    failed = {n for n, t in by_number.items() if not t.passed}
-    covered: set[str] = set()
-    unmet = 0
+    failed = {n: t.output for n, t in by_number.items() if not t.passed}
+    unmet, unexplained = unmet_todos(info.todos, failed)
     for todo in info.todos:
-        nums = [str(n) for n in todo.get("tests", [])]
-        covered.update(nums)
-        bad = [n for n in nums if n in failed]
-        if bad:
-            unmet += 1
-            why = by_number[bad[0]].output.strip().splitlines()
-            out(f"{todo.get('id', 'TODO')} (lab {info.number}): {todo.get('text', '')} -- "
-                f"{why[0] if why else 'failed'}")
-    for n in sorted(failed - covered, key=number_key):
-        t = by_number[n]
-        why = t.output.strip().splitlines()
-        out(f"test {n} (lab {info.number}): {t.name} -- {why[0] if why else 'failed'}")
+        n = unmet.get(str(todo.get("id")))
+        if n is not None:
+            out(f"{todo.get('id')} (lab {info.number}): {todo.get('text', '')} -- "
+                f"{_first_line(failed[n])}")
+    for n, suspects in unexplained.items():
+        also = f" (it exercises {', '.join(suspects)})" if suspects else ""
+        out(f"test {n} (lab {info.number}): {by_number[n].name} -- {_first_line(failed[n])}"
+            f"{also}")
+    done = len(info.todos) - len(unmet) - len({i for s in unexplained.values() for i in s})
     total = f"{_num(res.total)}/{_num(res.max_total)} points"
     if info.todos:
-        out(f"{len(info.todos) - unmet} of {len(info.todos)} TODOs done, "
+        out(f"{done} of {len(info.todos)} TODOs done, "
             f"{len(by_number) - len(failed)} of {len(by_number)} tests pass, {total}")
     else:
         out(f"{len(by_number) - len(failed)} of {len(by_number)} tests pass, {total}")
@@ -73,6 +72,37 @@ def lab_check(lab: str | None = None, folder: str | None = None, live: bool = Fa
         out(f"({len(skipped)} live test(s) not run: " + ("add --live, as root)" if not live else
                                                         "this machine cannot run the lab)"))
     return 0 if not failed else 1
+
+
+def unmet_todos(todos: list[dict], failed: dict[str, str]
+                ) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Which ``[[todos]]`` the failed tests (number -> output) show unmet.
+
+    A failed test whose output names TODOs (the skeleton's ``NotImplementedError("TODO 1:
+    ...")``, perhaps from a function another TODO's calls) shows those unmet and blames no
+    other.  Else a failed test that one TODO alone lists shows it unmet; one several TODOs
+    list (a replay needs them all) is explained by any of them already unmet and blames
+    none of the others.  Returns ({TODO id: the failed test that shows it}, {failed test
+    explained by no unmet TODO: the TODOs that list it}).
+    """
+    ids = [str(t.get("id", "TODO")) for t in todos]
+    order = sorted(failed, key=number_key)
+    listers = {n: [i for i, t in zip(ids, todos) if n in {str(x) for x in t.get("tests", [])}]
+               for n in order}
+    named = {n: [i for i in ids if re.search(rf"(?<!\w){re.escape(i)}(?!\w)", failed[n])]
+             for n in order}
+    unmet: dict[str, str] = {}
+    for n in order:
+        for i in named[n] or (listers[n] if len(listers[n]) == 1 else []):
+            unmet.setdefault(i, n)
+    unexplained = {n: listers[n] for n in order
+                   if not named[n] and not any(i in unmet for i in listers[n])}
+    return unmet, unexplained
+
+
+def _first_line(output: str) -> str:
+    lines = output.strip().splitlines()
+    return lines[0] if lines else "failed"
 
 
 def _num(x: float):
