@@ -64,8 +64,8 @@ NAME = _repo_name()
 UDP_TIMEOUT = variant_for(load_lab(LAB), f"{OWNER}-{NAME}")["udp_timeout"]
 
 
-def template(tmp: Path, kind: str = "github") -> Path:
-    r = nattrack("grade", "--package", kind, LAB, "--out", tmp)
+def template(tmp: Path, kind: str = "github", lab: Path = LAB) -> Path:
+    r = nattrack("grade", "--package", kind, lab, "--out", tmp)
     assert r.returncode == 0, r.stderr
     repo = Path(r.stdout.strip())
     assert repo == tmp / "github-99-grader-fixture"
@@ -76,9 +76,9 @@ def workflow(repo: Path) -> dict:
     return yaml.safe_load((repo / ".github" / "workflows" / "grade.yml").read_text())
 
 
-def student_clone(tmp: Path, files: Path) -> Path:
+def student_clone(tmp: Path, files: Path, lab: Path = LAB) -> Path:
     """The template pushed as a student would (their files committed), then cloned."""
-    src = template(tmp)
+    src = template(tmp, lab=lab)
     for f in files.iterdir():
         shutil.copyfile(f, src / f.name)
     (src / "answers.txt").write_text(f"udp_timeout = {UDP_TIMEOUT}\n")
@@ -251,6 +251,39 @@ def test_the_score_step_fails_when_grading_did_not_run(tmp):
     assert done["score"].returncode == 1
     assert done["score"].stdout.startswith("::error title=nattrack::")
     assert done["summary"].startswith("## nattrack: no score")
+
+
+LIVE_TEST = """\
+from nattrack.labs.testing import test
+
+
+@test(points=2, number="5.1", name="Live: h1 pings the server through the router",
+      mode="live", timeout=60)
+def ping(ctx):
+    r = ctx.live.exec("h1", ["ping", "-c", "1", "-W", "2", "203.0.113.10"], timeout=10)
+    assert r.returncode == 0, f"ping through the router failed (status {r.returncode})"
+"""
+
+
+def test_as_root_the_workflow_grades_live(tmp):
+    """What ubuntu-latest does (passwordless sudo): NATTRACK_MODE=auto goes live, the lab's
+    live test runs and counts, and the results are handed back to the runner's user."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+            pytest.fail("live grading needs root (CI runs as root)", pytrace=False)
+        pytest.skip("live grading needs root")
+    lab = tmp / "lab"
+    shutil.copytree(LAB, lab)
+    (lab / "tests" / "test_live.py").write_text(LIVE_TEST)
+    work = student_clone(tmp, LAB / "solution", lab=lab)
+    done = run_steps(work, tmp, NATTRACK_MODE="auto")
+    assert done["grade"].returncode == 0, done["grade"].stderr
+    assert done["score"].returncode == 0, done["score"].stderr
+    assert done["summary"].startswith(
+        "## Lab 99: Grader fixture: a toy TCP state function: 10/10 points"), done["summary"]
+    assert "| 5.1 Live: h1 pings the server through the router | ✅ passed | 2/2 |" \
+        in done["summary"]
+    assert "live" in done["grade"].stdout.splitlines()[0]
 
 
 def test_report_without_results_is_an_error_with_a_summary(tmp):
