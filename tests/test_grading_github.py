@@ -286,6 +286,29 @@ def test_as_root_the_workflow_grades_live(tmp):
     assert "live" in done["grade"].stdout.splitlines()[0]
 
 
+def test_the_score_is_self_reported_and_the_teachers_regrade_is_not(tmp):
+    """docs/github.md: a student controls the workflow and the kit in their repository; the
+    teacher regrades clones with their own lab, hidden tests included, ids as owner-name."""
+    work = student_clone(tmp, LAB / "student")
+    tests = work / ".nattrack" / "kit" / "lab" / "tests" / "test_fixture.py"
+    tests.write_text(re.sub(r"(\ndef \w+\(ctx\):\n)", r"\1    return\n", tests.read_text()))
+    done = run_steps(work, tmp)
+    assert done["score_output"] == "score=8\nmax-score=8\n"          # the forged full marks
+    klass = tmp / "class"
+    klass.mkdir()
+    for who in (f"{OWNER}-{NAME}", "bob-lab99"):                  # a class: two or more
+        subprocess.run(["git", "clone", "-q", str(work), str(klass / who)], check=True,
+                       capture_output=True)
+    r = nattrack("grade", LAB, klass, "--hidden", HIDDEN, "--mode", "offline",
+                 "--out", tmp / "grades")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp / "grades" / f"{OWNER}-{NAME}" / "results.json").read_text())
+    by = {t["number"]: t for t in doc["tests"]}
+    assert by["1.1"]["status"] == "failed" and by["9.1"]["visibility"] == "hidden"
+    assert by["3.1"]["status"] == "passed"          # the same variant as in the workflow
+    assert sum(t["score"] for t in doc["tests"]) < 8
+
+
 def test_report_without_results_is_an_error_with_a_summary(tmp):
     summary = tmp / "summary.md"
     lines = []
