@@ -115,6 +115,13 @@ def test_an_unknown_machine_is_refused(monkeypatch):
     assert seccomp.check()["seccomp"] == before         # nothing was installed here
 
 
+def test_a_32_bit_python_on_a_64_bit_kernel_is_refused(monkeypatch):
+    import ctypes
+    monkeypatch.setattr(ctypes, "sizeof", lambda t: 4)
+    with pytest.raises(seccomp.SeccompUnavailable, match=r"^a 32-bit Python on a 64-bit"):
+        seccomp.install()
+
+
 # --- the real kernel ---------------------------------------------------------------------
 
 CHILD = r"""

@@ -147,6 +147,11 @@ def machine_arch() -> Arch:
     if arch is None:
         raise SeccompUnavailable(f"no seccomp syscall table for this machine ({m}); only "
                                  f"x86_64 and aarch64 are known")
+    if ctypes.sizeof(ctypes.c_void_p) != 8:
+        # uname names the kernel: a 32-bit (or x32) Python on it makes its calls in another
+        # ABI, which the filter would kill at once
+        raise SeccompUnavailable(f"a 32-bit Python on a 64-bit {m} kernel: its system "
+                                 f"calls are not the {m} ones the filter knows")
     return arch
 
 
