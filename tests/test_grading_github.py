@@ -171,8 +171,8 @@ def test_the_workflow_uses_no_deprecated_or_third_party_action(tmp):
 
 
 def check_schema(path: Path) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("check-jsonschema")
-    return subprocess.run([str(exe), "--builtin-schema", "vendor.github-workflows", str(path)],
+    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema",
+                           "vendor.github-workflows", str(path)],
                           capture_output=True, text=True, timeout=120)
 
 
