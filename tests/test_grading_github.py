@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nattrack.grading.github import report, to_classroom50, to_markdown
-from nattrack.grading.results import Results, TestResult
+from nattrack.grading.github import (report, results_from_gradescope, to_classroom50,
+                                     to_markdown)
+from nattrack.grading.results import Results, TestResult, to_gradescope
 from nattrack.grading.runner import load_lab, variant_for
 from tests.grading.schemas import validate_gradescope, validate_junit
 
@@ -243,6 +244,29 @@ def test_the_skeleton_gets_less_and_the_summary_says_what_failed(tmp):
     assert "FAIL_BELOW_MAX is true" in done["score"].stdout
 
 
+def test_the_readme_says_how_to_check_and_the_command_works(tmp):
+    work = student_clone(tmp, LAB / "solution")
+    readme = (work / "README.md").read_text()
+    assert readme.startswith((LAB / "README.md").read_text() if (LAB / "README.md").exists()
+                             else "# Lab 99: Grader fixture")
+    assert "## Grading in this repository" in readme
+    command = next(line.strip() for line in readme.splitlines()
+                   if line.startswith("    PYTHONPATH=.nattrack/kit"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    shims = tmp / "shims"
+    shims.mkdir()
+    (shims / "python3").symlink_to(sys.executable)
+    env["PATH"] = f"{shims}:{env['PATH']}"
+    p = subprocess.run(["bash", "-c", command], cwd=work, capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "5 of 5 tests pass" in p.stdout
+    shutil.copyfile(LAB / "student" / "tcp_states.py", work / "tcp_states.py")
+    p = subprocess.run(["bash", "-c", command], cwd=work, capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert p.returncode == 1 and "TODO 1" in p.stdout, p.stdout + p.stderr
+
+
 def test_the_score_step_fails_when_grading_did_not_run(tmp):
     work = student_clone(tmp, LAB / "solution")
     (work / ".nattrack" / "kit" / "lab" / "lab.toml").write_text("number = [")   # broken kit
@@ -364,6 +388,16 @@ def test_markdown_keeps_one_row_per_test_whatever_the_output():
     assert "<script>" not in md and "&lt;script&gt;" in md
     assert md.startswith("## Lab 99: fixture: 3.5/5 points\n\n2 of 4 tests passed, 1 not run")
     assert "Your variant: udp_timeout=30" in md and "Self-reported" in md
+
+
+def test_results_json_reads_back_as_the_results_it_was_written_from():
+    back = results_from_gradescope(to_gradescope(sample()))
+    assert [(t.number, t.name, t.score, t.max_score, t.passed, t.not_run) for t in back.tests] \
+        == [(t.number, t.name, t.score, t.max_score, t.passed, t.not_run)
+            for t in sample().tests]
+    rows = [line for line in to_markdown(back, "x").splitlines() if line.startswith("| ")]
+    assert rows == [line for line in to_markdown(sample(), "x").splitlines()
+                    if line.startswith("| ")]
 
 
 def test_classroom50_points_are_whole_and_not_run_tests_are_left_out():

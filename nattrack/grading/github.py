@@ -1,7 +1,8 @@
 """Grading on GitHub without Classroom: the student's template repository and its workflow.
 
 ``nattrack grade --package github LAB [--out DIR]`` writes ``github-NN-slug/``, a template
-repository: the student's skeleton, the lab's README, the kit in ``.nattrack/kit`` and
+repository: the student's skeleton, the lab's README (and how to check and grade there,
+:data:`README_NOTE`), the kit in ``.nattrack/kit`` and
 ``.github/workflows/grade.yml`` (:data:`WORKFLOW`), a plain GitHub Actions workflow that
 uses only ``actions/checkout`` and ``actions/upload-artifact``.  On each push it runs
 ``nattrack grade`` with sudo on ``ubuntu-latest`` (live when the runner can build the lab),
@@ -97,6 +98,22 @@ jobs:
 """
 
 
+# Appended to the lab's README in the template: there the files are at the top, not in
+# student/, and there is no Makefile.
+README_NOTE = """
+## Grading in this repository
+
+Every push runs `.github/workflows/grade.yml`. The Actions tab shows each run: its summary
+has your score and one line per test, with why it failed. That score is feedback: you
+control this repository, so your teacher grades by running the tests again.
+
+Here your files are at the top of the repository (not in `student/`). The lab's own check
+runs with:
+
+    PYTHONPATH=.nattrack/kit python3 -m nattrack.cli.main lab check .nattrack/kit/lab --dir .
+"""
+
+
 def build_template(info, out: Path, kit) -> Path:
     """``OUT/github-NN-slug/``: the student's files, the lab README, the kit, the workflow.
 
@@ -108,8 +125,9 @@ def build_template(info, out: Path, kit) -> Path:
     if not student.is_dir():
         raise GradeError(f"{student}: the lab has no student/ skeleton to start from")
     shutil.copytree(student, repo, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    if (info.dir / "README.md").is_file():
-        shutil.copyfile(info.dir / "README.md", repo / "README.md")
+    readme = info.dir / "README.md"
+    text = readme.read_text() if readme.is_file() else f"# Lab {info.number:02d}: {info.title}\n"
+    (repo / "README.md").write_text(text.rstrip("\n") + "\n" + README_NOTE)
     kit(repo / ".nattrack", info.dir, None)
     wf = repo / ".github" / "workflows"
     wf.mkdir(parents=True)
