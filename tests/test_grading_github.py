@@ -150,6 +150,18 @@ def test_the_template_holds_the_skeleton_the_kit_and_the_workflow(tmp):
     assert not (tmp / "h" / "github-99-grader-fixture").exists()
 
 
+def test_a_template_that_fails_halfway_leaves_nothing(tmp):
+    from nattrack.grading.github import build_template
+
+    def broken_kit(dest, lab_dir, hidden):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        build_template(load_lab(LAB), tmp, broken_kit)
+    assert list(tmp.iterdir()) == []
+    assert nattrack("grade", "--package", "github", LAB, "--out", tmp).returncode == 0
+
+
 def test_classroom_builds_the_same_with_a_note(tmp):
     r = nattrack("grade", "--package", "classroom", LAB, "--out", tmp)
     assert r.returncode == 0, r.stderr

@@ -124,14 +124,19 @@ def build_template(info, out: Path, kit) -> Path:
     student = info.dir / "student"
     if not student.is_dir():
         raise GradeError(f"{student}: the lab has no student/ skeleton to start from")
-    shutil.copytree(student, repo, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    readme = info.dir / "README.md"
-    text = readme.read_text() if readme.is_file() else f"# Lab {info.number:02d}: {info.title}\n"
-    (repo / "README.md").write_text(text.rstrip("\n") + "\n" + README_NOTE)
-    kit(repo / ".nattrack", info.dir, None)
-    wf = repo / ".github" / "workflows"
-    wf.mkdir(parents=True)
-    (wf / "grade.yml").write_text(WORKFLOW)
+    try:
+        shutil.copytree(student, repo, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        readme = info.dir / "README.md"
+        text = (readme.read_text() if readme.is_file()
+                else f"# Lab {info.number:02d}: {info.title}\n")
+        (repo / "README.md").write_text(text.rstrip("\n") + "\n" + README_NOTE)
+        kit(repo / ".nattrack", info.dir, None)
+        wf = repo / ".github" / "workflows"
+        wf.mkdir(parents=True)
+        (wf / "grade.yml").write_text(WORKFLOW)
+    except BaseException:
+        shutil.rmtree(repo, ignore_errors=True)      # no half-built template left to trip on
+        raise
     return repo
 
 
