@@ -11,8 +11,9 @@
   program does.
 - :mod:`nattrack.grading.batch` -- one submission or a class, every output file;
   :mod:`nattrack.grading.check` -- the student's self-check; :mod:`nattrack.grading.package`
-  -- the Gradescope zip and the Classroom template; :mod:`nattrack.grading.replayjson` --
-  ``nattrack replay --json`` as a function.
+  -- the Gradescope zip; :mod:`nattrack.grading.github` -- the GitHub template repository,
+  its workflow and job summary (GitHub Classroom is gone); :mod:`nattrack.grading.replayjson`
+  -- ``nattrack replay --json`` as a function.
 - :mod:`nattrack.grading.results` -- a small results model and writers for Gradescope
   (``results.json``), GitHub Classroom, JUnit XML, a class CSV and a human summary.
 
