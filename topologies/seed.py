@@ -38,6 +38,7 @@ class SeedTopo(_nt.NatTopo):
         self.plain_router("gw", {"lan": "192.168.199.1/24", "wan": "198.51.100.1/24"},
                           role="upstream router (the Internet)")
         self.link("host", "eth0", "gw", "lan")
+        self.shape("host", "eth0", 100)              # the host's uplink, as a classroom's
         self.host("guest", "192.168.122.148/24", on=("host", "virbr0"), gw="192.168.122.1",
                   role="guest VM")
         self.host("web", "198.51.100.12/24", on=("gw", "wan"), gw="198.51.100.1",

@@ -23,7 +23,8 @@ class LabNet:
                  rules: str | None = None, sysctls: dict[str, str] | None = None,
                  paths: Paths | None = None, progress: Callable[[str], None] | None = None,
                  on_record: Callable[[dict], None] | None = None,
-                 plugin: str | None = None, run_as: str | None = None) -> None:
+                 plugin: str | None = None, run_as: str | None = None,
+                 rate: float | str | None = None) -> None:
         problem = mininet_available()
         if problem:
             raise LabError(problem)
@@ -35,7 +36,8 @@ class LabNet:
         else:
             cls = get_topology(topo)
             self.topo = cls(mode=mode, rules=rules, sysctls=sysctls or {},
-                            run_dir=str(self.paths.dir), wait=False, plugin=plugin, run_as=run_as)
+                            run_dir=str(self.paths.dir), wait=False, plugin=plugin, run_as=run_as,
+                            rate=rate)
         self.net = None
         self.services: dict[str, subprocess.Popen] = {}
         self.netns: dict[str, int] = {}
@@ -54,6 +56,7 @@ class LabNet:
             self._build()
             self.progress("starting bridges")
             self.net.start()
+            self._shape_links()
             self._wait_bridges()
             self.progress("waiting for the router process(es)")
             for r in self.routers.values():
@@ -101,6 +104,21 @@ class LabNet:
                            f"every lab node must be (use nattrack.lab.topo's node classes)")
         self.netns[node.name] = ino
         self._record()
+
+    def _shape_links(self) -> None:
+        """tbf on both ends of each shaped link (NatTopo.shape), inside their nodes."""
+        from .topo import tbf_cmd
+        for node_name, ifname, mbit in self.topo.shaped:
+            node = self.node(node_name)
+            intf = node.intf(ifname)
+            link = intf.link
+            peer = link.intf2 if link.intf1 is intf else link.intf1
+            for n, i in ((node, intf.name), (peer.node, peer.name)):
+                out = n.cmd(tbf_cmd(i, mbit) + " 2>&1; echo __rc=$?")
+                if "__rc=0" not in out:
+                    raise LabError(f"tc could not shape {i} in {n.name} to {mbit:g} Mbit/s: "
+                                   f"{' '.join(out.replace('__rc=', 'exit ').split())}")
+            self.progress(f"{node_name} {ifname}: {mbit:g} Mbit/s both ways")
 
     def _wait_bridges(self, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout

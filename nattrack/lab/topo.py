@@ -40,6 +40,29 @@ from . import (IFACE_PREFIX, RULES_DIR, LabError, Paths, node_env, python_for_no
 IFNAMSIZ = 15
 MODES = ("python", "kernel")
 OFFLOADS = ("rx", "tx", "tso", "gso", "gro")
+# A classroom's uplink, not a veth's 10+ Gbit/s: at this rate kernel mode's shadow sees
+# every frame (bench/README.md, "the shadow's exact range").
+DEFAULT_UPLINK_MBIT = 100.0
+RATE_ENV = "NATTRACK_LINK_RATE"
+
+
+def parse_rate(value) -> float:
+    """A link rate in Mbit/s (``100``, ``2.5``); 0 means unshaped."""
+    try:
+        mbit = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"link rate {value!r}: expected Mbit/s, e.g. 100 (0: unshaped)") from None
+    if not 0 <= mbit <= 100_000:
+        raise ValueError(f"link rate {value!r}: expected 0 (unshaped) to 100000 Mbit/s")
+    return mbit
+
+
+def tbf_cmd(ifname: str, mbit: float) -> str:
+    """Shape ``ifname``'s egress to ``mbit`` with a token bucket (tc-tbf(8)): a burst of
+    4 ms of traffic (at least 16 kB: a few full frames), 20 ms of queue."""
+    burst = max(16_000, int(mbit * 1e6 / 8 * 0.004))
+    return (f"tc qdisc replace dev {ifname} root tbf rate {mbit:g}mbit burst {burst} "
+            f"latency 20ms")
 
 
 def iface_name(node: str, role: str) -> str:
@@ -334,9 +357,13 @@ class NatTopo(Topo):
     def __init__(self, mode: str = "python", rules: str | None = None,
                  sysctls: dict[str, str] | None = None, run_dir: str | None = None,
                  wait: bool = True, plugin: str | None = None, run_as: str | None = None,
-                 **opts) -> None:
+                 rate: float | str | None = None, **opts) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected python or kernel")
+        if rate is None and os.environ.get(RATE_ENV, "").strip():
+            rate = os.environ[RATE_ENV].strip()
+        self.rate_override = None if rate is None else parse_rate(rate)
+        self.shaped: list[tuple[str, str, float]] = []       # (node, interface, Mbit/s)
         if plugin and mode != "python":
             raise ValueError("a plugin (a lab submission) runs in python mode only")
         self.mode, self.rules_override = mode, rules
@@ -354,6 +381,11 @@ class NatTopo(Topo):
 
     def build(self, *_args, **_params):
         self.scene()
+        if not self.shaped and self.routers and "wan" in self.nodes_info[self.primary]["ifroles"]:
+            self.shape(self.primary, "wan", DEFAULT_UPLINK_MBIT)
+        if self.rate_override is not None:
+            self.shaped = [(n, i, self.rate_override) for n, i, _ in self.shaped]
+        self.shaped = [s for s in self.shaped if s[2] > 0]
         if self.rules_override:
             self.routers[self.primary].rules = str(Path(self.rules_override).resolve())
         if self.plugin:
@@ -433,6 +465,13 @@ class NatTopo(Topo):
         self.addLink(a, b, intfName1=n1, intfName2=n2,
                      params1={"ip": ip1} if ip1 else {}, params2={"ip": ip2} if ip2 else {})
 
+    def shape(self, node: str, role: str, mbit: float) -> None:
+        """Shape the link on ``node``'s ``role`` interface to ``mbit`` Mbit/s, both ways
+        (tbf on the egress of both ends, set when the net starts).  A topology that
+        shapes nothing gets its primary router's ``wan`` link at DEFAULT_UPLINK_MBIT;
+        the lab's ``--rate`` (or $NATTRACK_LINK_RATE) overrides every rate, 0 = none."""
+        self.shaped.append((node, iface_name(node, role), parse_rate(mbit)))
+
     def probe(self, src: str, dst: str) -> None:
         """The check that traffic flows: ``src`` pings ``dst`` (an address)."""
         self.probe_pair = (src, dst)
@@ -454,5 +493,6 @@ class NatTopo(Topo):
             "routers": {n: {"ifaces": s.ifaces, "routes": s.routes, "rules": s.rules,
                             "role": s.role} for n, s in self.routers.items()},
             "probe": list(self.probe_pair) if self.probe_pair else None,
+            "shaping": [{"node": n, "iface": i, "mbit": m} for n, i, m in self.shaped],
             "notes": list(self.notes),
         }
