@@ -65,6 +65,9 @@ SIZES = {
     "tcp_s": (5, 2),
     "shadow_rates": ((1_000, 5_000, 10_000), (1_000, 5_000, 10_000)),
     "shadow_s": (3, 1),
+    # the shadow's exact range: the uplink shaped at each rate (Mbit/s, 0 = unshaped)
+    "range_mbit": ((25, 50, 100, 150, 200, 300, 400, 0), (50, 100, 200, 0)),
+    "range_s": (4, 2),
 }
 
 
@@ -138,11 +141,12 @@ print(json.dumps({"received": n, "highest_seq": hi}))
 
 # --- the lab: up, down, and what it is made of ------------------------------------------
 
-def _cli(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+def _cli(args: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
     """`nattrack lab ...` in its own session, so a Ctrl-C reaches it only through us."""
     argv = [sys.executable, "-m", "nattrack.cli.main", "lab", *args]
     p = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         env=dict(os.environ, **(env or {})))
     try:
         out, err = p.communicate(timeout=timeout)
     except KeyboardInterrupt:
@@ -178,8 +182,11 @@ class _no_sigint:
 
 
 def lab_up(mode: str) -> float:
+    """The lab with its links unshaped: the router's own limits are measured (the shadow's
+    range sets its own rates with tc)."""
+    from nattrack.lab.topo import RATE_ENV
     t = time.monotonic()
-    r = _cli(["up", "--topo", TOPO, "--mode", mode], timeout=180)
+    r = _cli(["up", "--topo", TOPO, "--mode", mode], timeout=180, env={RATE_ENV: "0"})
     if r.returncode != 0:
         msg = " ".join((r.stderr or r.stdout).split())
         if "already running" in msg:
@@ -625,6 +632,73 @@ class Mode:
         steps = [self.try_step(self.shadow_step, r, dur, "shadow test") for r in size("shadow_rates", self.quick)]
         self.res["shadow"] = {"seconds": dur, "steps": [s for s in steps if s is not None]}
 
+    # -- 6. kernel mode: the shadow's exact range ----------------------------------------------
+
+    UPLINK = (("r", "ntr-wan"), ("srv", "ntsrv-eth0"))
+
+    def set_rate(self, mbit: float) -> None:
+        """Shape the uplink both ways as the topology does (tbf), or unshape it (0)."""
+        from nattrack.lab.topo import tbf_cmd
+        for node, dev in self.UPLINK:
+            argv = tbf_cmd(dev, mbit).split() if mbit else ["tc", "qdisc", "del", "dev", dev, "root"]
+            r = self.lab.exec(node, argv, timeout=10)
+            if mbit and r.returncode != 0:
+                raise BenchError(f"tc in {node}: {r.stderr.strip()}")
+
+    def range_step(self, mbit: float, dur: float) -> dict:
+        """A TCP download (iperf3 -R) through the uplink shaped at ``mbit``; then what the
+        shadow knows it missed and what `nattrack diff` says."""
+        from nattrack.lab.ctargs import CtRequest
+        self.look_for_others()
+        self.set_rate(mbit)
+        self.lab.kernel_conntrack(CtRequest(command="F"))     # both tables start empty
+        self.lab.flush()
+        c0 = self.router_counters()
+        data, cpu = self.iperf(["-R"], dur)
+        time.sleep(0.5)
+        c1 = self.router_counters()
+        rows = self.lab.diff()
+        missed = self.lab.missed() or {}
+        d = lambda k: c1.get(k, 0) - c0.get(k, 0)             # noqa: E731
+        end = data["end"]
+        secs = end["sum_received"]["seconds"] or dur
+        bad = [r for r in rows if not r.agree]
+        step = {"mbit": mbit, "throughput_mbps": end["sum_received"]["bits_per_second"] / 1e6,
+                "frames": d("rx_frames"), "socket_drops": d("socket_drops"),
+                "shadow_missed": d("shadow_missed"),
+                "flow_missed": sum(f["missed"] for f in missed.get("flows", [])),
+                "flows": len(rows), "differ": len(bad),
+                "differ_put_down_to_losses": sum(1 for r in bad if r.missed or d("socket_drops")),
+                "blamed_transitions": sum(1 for r in bad for p in r.problems
+                                          if "different transitions" in p),
+                "router_cpu_pct": 100 * cpu / secs}
+        step["exact"] = not (step["socket_drops"] or step["shadow_missed"] or step["differ"])
+        progress(f"kernel mode: uplink {mbit:g} Mbit/s{' (unshaped)' if not mbit else ''}: "
+                 f"{step['throughput_mbps']:.0f} Mbit/s carried, socket drops {step['socket_drops']:,}, "
+                 f"diff {step['differ']} of {step['flows']} differ -> "
+                 f"{'exact' if step['exact'] else 'NOT exact'}")
+        return step
+
+    def measure_shadow_range(self) -> None:
+        dur = size("range_s", self.quick)
+        steps = []
+        for mbit in size("range_mbit", self.quick):
+            try:
+                steps.append(self.range_step(mbit, dur))
+            except BenchError as exc:
+                self.note(f"shadow range at {mbit:g} Mbit/s failed: {exc}")
+        exact = 0.0
+        for st in sorted((s for s in steps if s["mbit"]), key=lambda s: s["mbit"]):
+            if not st["exact"]:
+                break
+            exact = st["mbit"]
+        for st in steps:
+            if st["blamed_transitions"]:
+                self.note(f"at {st['mbit']:g} Mbit/s `nattrack diff` blamed transitions on "
+                          f"{st['blamed_transitions']} flow(s) although the shadow lost frames")
+        self.res["shadow_range"] = {"seconds": dur, "steps": steps, "exact_up_to_mbit": exact}
+        self.set_rate(0)
+
     # -- the whole mode ----------------------------------------------------------------------
 
     def run(self) -> dict:
@@ -644,6 +718,8 @@ class Mode:
             self.measure_shadow()
             self.check_router("after the shadow test")
             self.check_tables("after the shadow test")
+            self.measure_shadow_range()
+            self.check_router("after the shadow's range")
         self.look_for_others()
         self.res["other_labs"] = sorted(self.others)
         self.res["router_log"] = self.read_log()
@@ -664,12 +740,18 @@ class Mode:
         return {"lines": len(lines), "bad": bad[:20], "bad_count": len(bad), "never_seen_arriving": never}
 
 
-def run_mode(mode: str, quick: bool) -> dict:
+def run_mode(mode: str, quick: bool, only_range: bool = False) -> dict:
     progress(f"{mode} mode: nattrack lab up --topo {TOPO} --mode {mode}")
     up_s = None
     try:
         up_s = lab_up(mode)
-        res = Mode(mode, quick).run()
+        m = Mode(mode, quick)
+        if only_range:
+            m.measure_shadow_range()
+            m.res["problems"] = m.problems
+            res = m.res
+        else:
+            res = m.run()
     except LabBusy:
         raise
     except BaseException:
@@ -685,6 +767,23 @@ def run_mode(mode: str, quick: bool) -> dict:
 
 
 # --- report ---------------------------------------------------------------------------------
+
+def range_lines(rng: dict) -> list[str]:
+    """Section 6: the shadow's exact range, one row per uplink rate."""
+    L = [f"6. Kernel mode: the shadow's exact range (a TCP download, iperf3 -R, {rng['seconds']} s, through "
+         f"the uplink shaped with tbf both ways; after each, `nattrack diff`)",
+         f"   {'uplink':>10} {'carried':>9} {'frames':>9} {'sock drops':>10} {'missed':>7} "
+         f"{'flows':>5} {'differ':>6} {'blamed':>6} {'CPU':>5}  exact"]
+    for s in rng["steps"]:
+        rate = f"{s['mbit']:g} Mbit" if s["mbit"] else "unshaped"
+        L.append(f"   {rate:>10} {s['throughput_mbps']:>6.0f} Mb {s['frames']:>9,} {s['socket_drops']:>10,} "
+                 f"{s['flow_missed'] + s['shadow_missed']:>7,} {s['flows']:>5} {s['differ']:>6} "
+                 f"{s['blamed_transitions']:>6} {s['router_cpu_pct']:>4.0f}%  {'yes' if s['exact'] else 'NO'}")
+    L.append(f"   exact (no frame lost, diff empty) up to {rng['exact_up_to_mbit']:g} Mbit/s; missed = "
+             f"packets the shadow knows it lost (TCP holes, unmatched copies); blamed = diff lines that "
+             f"put a difference down to transitions (must be 0)")
+    return L
+
 
 def met(key: str, value) -> str:
     if value is None:
@@ -848,6 +947,8 @@ def build_report(args, header: dict, modes: dict) -> tuple[list[str], dict]:
         row(5, "shadow_missed_pct", "shadow missed, <= 10k pkt/s", worst,
             f"{worst:.3f} %" if worst is not None else "n/a", mode="kernel")
         L.append("")
+    if K.get("shadow_range"):
+        L += range_lines(K["shadow_range"]) + [""]
 
     # problems -----------------------------------------------------------------------------------
     L.append("Router process: what was seen")
@@ -897,6 +998,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.lab", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="each measurement briefly (under 90 s in all)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ap.add_argument("--shadow-range", action="store_true",
+                    help="only the shadow's exact range (kernel mode, section 6), about 1 minute")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench.lab needs root (it brings the lab's network namespaces up and down): run "
@@ -923,6 +1026,14 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     modes: dict = {}
     try:
+        if args.shadow_range:
+            res = run_mode("kernel", args.quick, only_range=True)
+            if args.json:
+                print(json.dumps({"header": header, "kernel": res}, indent=1, default=str))
+            else:
+                print("\n".join(range_lines(res["shadow_range"]) +
+                                [f"   PROBLEM: {p}" for p in res["problems"]]))
+            return 0
         for mode in ("python", "kernel"):
             modes[mode] = run_mode(mode, args.quick)
     except LabBusy as exc:
