@@ -76,7 +76,9 @@ def replay_captures(sources: Iterable[tuple[str | None, str]], ifaces: dict[str,
                     sysctls: dict[str, str | int] | None = None, now: float | None = None,
                     seed: int | None = None, rules_path: str | None = None,
                     on_packet: Callable[[Packet, Verdict, Router], None] | None = None,
-                    write: str | None = None, verify_egress: bool = False) -> ReplayResult:
+                    write: str | None = None, verify_egress: bool = False,
+                    listen: dict[str, set[int]] | None = None,
+                    local_stack: bool = True) -> ReplayResult:
     """Run captures (``(iface or None, path)``, merged by time) through a Router.
 
     ``now`` is the moment the table is listed (default: the last packet).
@@ -84,9 +86,12 @@ def replay_captures(sources: Iterable[tuple[str | None, str]], ifaces: dict[str,
     ``write`` saves every packet as it leaves, on its egress interface, to a pcapng.
     ``verify_egress`` checks the IP and TCP/UDP/ICMP checksums of every packet sent
     (``bad_checksums`` counts the wrong ones): what a plugged-in rewrite must get right.
+    The router answers traffic to its own addresses as Linux does (``local_stack``: RSTs,
+    ICMP port/protocol unreachable); ``listen`` names its open ports (``{"tcp": {22}}``).
     """
     clock = ManualClock()
-    router = Router(ifaces, routes, load_rules(rules_text, rules_path), sysctls, clock, seed=seed)
+    router = Router(ifaces, routes, load_rules(rules_text, rules_path), sysctls, clock, seed=seed,
+                    local_stack=local_stack, listen=listen)
     res = ReplayResult()
     table = router.ct
     table.listeners.append(event_recorder(res.events, res.events_json, clock))
@@ -151,6 +156,24 @@ def parse_iface_args(items: Iterable[str]) -> dict[str, list[str]]:
         if not sep or "/" not in cidr:
             raise ValueError(f"--iface {item!r}: expected NAME=ADDR/PREFIX, e.g. eth0=10.0.0.1/24")
         out.setdefault(name, []).append(cidr)
+    return out
+
+
+def parse_listen_args(items: Iterable[str]) -> dict[str, set[int]]:
+    """``PROTO:PORT[,PORT...]`` (repeatable): ports open on the router, e.g. ``tcp:22``."""
+    out: dict[str, set[int]] = {}
+    for item in items:
+        proto, sep, ports = item.partition(":")
+        try:
+            if not sep or proto not in ("tcp", "udp"):
+                raise ValueError
+            numbers = {int(p) for p in ports.split(",")}
+            if not all(1 <= n <= 65535 for n in numbers):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"--listen {item!r}: expected tcp:PORT or udp:PORT (1-65535), "
+                             "e.g. tcp:22 or udp:53,123") from None
+        out.setdefault(proto, set()).update(numbers)
     return out
 
 

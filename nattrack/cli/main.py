@@ -27,7 +27,7 @@ def _kv(items, what: str) -> dict[str, str]:
 
 
 def cmd_replay(args) -> int:
-    from ..replay import parse_iface_args, parse_source_args, replay_captures
+    from ..replay import parse_iface_args, parse_listen_args, parse_source_args, replay_captures
     from .steps import StepPrinter
 
     if not args.iface:
@@ -41,7 +41,8 @@ def cmd_replay(args) -> int:
         install_spec(args.plugin)
     res = replay_captures(parse_source_args(args.capture), ifaces, routes, sysctls=sysctls,
                           now=args.now, seed=args.seed, rules_path=args.rules,
-                          on_packet=printer, write=args.write, verify_egress=bool(args.plugin))
+                          on_packet=printer, write=args.write, verify_egress=bool(args.plugin),
+                          listen=parse_listen_args(args.listen or ()))
     for name in res.truncated:
         print(f"nattrack: warning: {name} ends in a truncated record; replayed what was complete",
               file=sys.stderr)
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", action="store_true",
                    help="after each packet, show its path through the hooks and the table")
     r.add_argument("--seed", type=int, help="seed for NAT's random port choice (reproducible runs)")
+    r.add_argument("--listen", action="append", metavar="PROTO:PORT",
+                   help="a port open on the router itself, e.g. tcp:22 or udp:53,123 (repeatable): "
+                        "a SYN there gets a SYN-ACK, a datagram no port unreachable")
     r.add_argument("--plugin", metavar="LAB_DIR=SUBMISSION_DIR",
                    help="plug a lab submission's pieces into the engine in place of the reference "
                         "(runs the submission's code in this process); sent packets' checksums "
