@@ -1,10 +1,15 @@
-"""A real browser: `nattrack notebook` serves JupyterLab, Debian's Chromium (driven by
-Playwright, no browser download) opens 01-tcp-states, runs every cell, then uses the
-first panel's buttons; the state diagram and the table must follow, with no
+"""A real browser, as a class uses the notebooks: `nattrack notebook` serves JupyterLab,
+Debian's Chromium (driven by Playwright, no browser download) opens all five notebooks
+in one JupyterLab on one lab, runs them in the order 00, 02, 01, 04, 03 (each one's
+kernel stays open, with its event streams, while the others change rules and
+settings), then clicks through 01's first panel again, and in 03 presses the time
+buttons between steps.  Asserted on what the widgets show (their ``data-*``): no panel
+in error, every step's text agrees with its table (and, in the scripted order, with
+the script), the end of a scenario is said, and reset leaves nothing behind; no
 JavaScript error.  A screenshot is kept in artifacts/notebooks/01-tcp-states.png.
 
-As root (CI) the notebook is live: a classroom lab with its own run directory, and
-the launcher runs Jupyter (hence the kernel) as nobody.  Without root: replay mode.
+As root (CI) the notebooks are live: a classroom lab with its own run directory, and
+the launcher runs Jupyter (hence the kernels) as nobody.  Without root: replay mode.
 """
 from __future__ import annotations
 
@@ -114,13 +119,44 @@ def served():
             lab_down(lab)
 
 
-def test_tcp_states_in_chromium(served):
+ORDER = ["00-welcome", "02-snat", "01-tcp-states", "04-related-and-invalid", "03-timeouts"]
+TITLES = {"00-welcome": "Welcome: the lab", "01-tcp-states": "TCP states: SYN, ACK, FIN",
+          "02-snat": "SNAT: what the router rewrites", "03-timeouts": "Timeouts: countdowns",
+          "04-related-and-invalid": "RELATED and INVALID"}
+RUN_ALL_S = 300            # one notebook's Run All, live (03 waits about a minute)
+
+# Every panel of the page (or of one notebook) as data: its views' data-* attributes.
+PANELS_JS = """
+(root) => Array.from(root.querySelectorAll("[data-view='steps']")).map(steps => {
+  const panel = steps.closest('.jp-OutputArea-output');
+  const data = el => el ? Object.fromEntries(el.getAttributeNames()
+      .filter(n => n.startsWith('data-')).map(n => [n.slice(5), el.getAttribute(n)])) : null;
+  const one = sel => data(panel.querySelector(sel));
+  return {steps: data(steps), explain: one("[data-view='explain']"),
+          table: one(".nattrack-role-table [data-view='table']"),
+          rows: Array.from(panel.querySelectorAll(
+              ".nattrack-role-table [data-view='table'] tr[data-flow]")).map(data),
+          packet: one(".nattrack-role-packet [data-view='packet']"),
+          events: one(".nattrack-role-events [data-view='events']"),
+          diagram: one(".nattrack-role-diagram [data-view='diagram']"),
+          compare: one(".nattrack-role-compare [data-view='compare']"),
+          clock: one("[data-view='clock']"),
+          note: (panel.querySelector('[data-note]') || {getAttribute: () => ''})
+                .getAttribute('data-note') || '',
+          errors: Array.from(panel.querySelectorAll('[data-error], .nt-err'))
+                       .map(e => e.textContent.trim())};
+})
+"""
+
+
+def test_five_notebooks_in_one_jupyterlab(served):
     from playwright.sync_api import sync_playwright
     launcher, mode = served
     base, token = launcher.url.split("/lab?token=")
     errors: list[str] = []
     SHOT.parent.mkdir(parents=True, exist_ok=True)
     SHOT.with_name("01-tcp-states-failure.png").unlink(missing_ok=True)
+    t0 = time.monotonic()
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
@@ -134,78 +170,195 @@ def test_tcp_states_in_chromium(served):
                 raise
         finally:
             browser.close()
+    print(f"five notebooks, {mode}, in Chromium: {time.monotonic() - t0:.0f} s")
     real = [e for e in errors if not any(b.search(e) for b in BENIGN)]
     assert real == [], f"JavaScript errors: {real}"
     assert SHOT.stat().st_size > 10_000
 
 
-def kernel_ready(page, base: str, token: str) -> None:
-    """The notebook's kernel is started and idle, server side and in the page."""
-    deadline = time.monotonic() + 60
+# -- JupyterLab -----------------------------------------------------------------------------
+
+def notebook(page, name: str):
+    """The notebook's panel (its DOM stays attached while another tab is in front)."""
+    return page.locator(".jp-NotebookPanel").filter(has_text=TITLES[name])
+
+
+def kernels_ready(page, base: str, token: str, names: list[str]) -> None:
+    """Every named notebook has a started, idle kernel."""
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         r = page.request.get(f"{base}/api/sessions?token={token}")
-        sessions = [x for x in r.json() if x.get("path", "").endswith("01-tcp-states.ipynb")]
-        if sessions and (sessions[0].get("kernel") or {}).get("execution_state") == "idle":
-            break
-        time.sleep(0.2)
-    else:
-        raise AssertionError("the notebook's kernel did not start")
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+        idle = {Path(x.get("path", "")).stem for x in r.json()
+                if (x.get("kernel") or {}).get("execution_state") == "idle"}
+        if set(names) <= idle:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"the kernels did not all start: {names}")
 
 
-def run_all(page) -> None:
-    """Run > Run All Cells, until the first code cell has run (JupyterLab ignores the
-    command while its session is still connecting to a kernel the server already has)."""
-    first = page.locator(".jp-CodeCell .jp-InputPrompt").first
+def open_all(page, base: str, token: str) -> None:
+    """00 by its URL, the others from the file browser, each in its own tab."""
+    page.goto(f"{base}/lab/tree/{ORDER[0]}.ipynb?reset&token={token}")
+    page.wait_for_selector(".jp-Notebook", timeout=60_000)
+    for name in ORDER[1:]:
+        page.locator(".jp-DirListing-item", has_text=f"{name}.ipynb").first.dblclick()
+        notebook(page, name).wait_for(state="attached", timeout=60_000)
+    kernels_ready(page, base, token, ORDER)
+
+
+def front(page, name: str) -> None:
+    page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab", has_text=f"{name}.ipynb").first.click()
+    notebook(page, name).wait_for(state="visible", timeout=30_000)
+
+
+def run_all(page, name: str) -> None:
+    """Run > Run All Cells in the notebook in front, until every code cell has run
+    (JupyterLab ignores the command while its session is still connecting)."""
+    nb = notebook(page, name)
+    prompts = nb.locator(".jp-CodeCell .jp-InputPrompt")
     for _ in range(3):
         page.get_by_role("menuitem", name="Run", exact=True).click()
         page.get_by_text("Run All Cells", exact=True).click()
         try:
             page.wait_for_function("el => /\\[(\\d+|\\*)\\]/.test(el.textContent)",
-                                   arg=first.element_handle(), timeout=10_000)
-            return
+                                   arg=prompts.first.element_handle(), timeout=10_000)
+            break
         except Exception:                                   # noqa: BLE001 -- try again
             continue
-    raise AssertionError("Run All Cells ran nothing three times")
+    else:
+        raise AssertionError(f"Run All Cells ran nothing three times in {name}")
+    page.wait_for_function(
+        "els => els.every(p => /\\[\\d+\\]/.test(p.textContent))",
+        arg=prompts.element_handles(), timeout=RUN_ALL_S * 1000)
+    tracebacks = nb.locator("[data-mime-type='application/vnd.jupyter.stderr']")
+    assert tracebacks.count() == 0, f"{name}: {tracebacks.first.inner_text()[:2000]}"
+
+
+def panels(page, name: str | None = None) -> list[dict]:
+    root = notebook(page, name) if name else page.locator("body")
+    return root.first.evaluate(PANELS_JS)
+
+
+def panel_of(page, scenario: str) -> dict:
+    found = [p for p in panels(page) if p["steps"]["scenario"] == scenario]
+    assert len(found) == 1, f"{len(found)} panels for {scenario}"
+    return found[0]
+
+
+def output_of(page, scenario: str):
+    return page.locator(".jp-OutputArea-output").filter(
+        has=page.locator(f"[data-view='steps'][data-scenario='{scenario}']"))
+
+
+def press(page, scenario: str, button: str, expect: str, timeout: float = 60) -> dict:
+    """Press one of a panel's buttons, then wait until ``expect`` (JS, on the panel's
+    data as PANELS_JS gives it: ``p``) holds; the panel's data."""
+    output_of(page, scenario).get_by_role("button", name=button, exact=True).click()
+    page.wait_for_function(
+        f"""sc => {{ const p = ({PANELS_JS})(document.body).find(
+                 x => x.steps.scenario === sc);
+             return p && (p.errors.length > 0 || ({expect})); }}""",
+        arg=scenario, timeout=timeout * 1000)
+    p = panel_of(page, scenario)
+    assert p["errors"] == [], f"{scenario}, {button}: {p['errors']}"
+    return p
+
+
+# -- what every panel must show ---------------------------------------------------------------
+
+def steps_done(p: dict) -> list[str]:
+    return [x for x in (p["steps"].get("steps") or "").split(",") if x]
+
+
+def agrees(p: dict, where: str, timer_runs: bool = False) -> None:
+    """The step's text and the table say the same about the step's entry."""
+    e = p["explain"]
+    rows = [r for r in p["rows"] if e["flow"] and r["flow"] == e["flow"]]
+    if e["present"] == "false":
+        assert rows == [], f"{where}: the text says no entry, the table has {rows}"
+        return
+    assert len(rows) == 1, f"{where}: the text's entry {e['flow']!r} is not in {p['rows']}"
+    row = rows[0]
+    assert row["state"] == e["state"], (where, row, e)
+    assert set(row["flags"].split()) >= set(e["flags"].split()), (where, row, e)
+    drift = int(e["timeout"]) - int(row["timeout"])
+    assert 0 <= drift <= (60 if timer_runs else 1), (where, row, e)
+    if p["diagram"] is not None and e["state"]:
+        assert p["diagram"]["state"] == e["state"], (where, p["diagram"], e)
+
+
+def nothing_left(p: dict, where: str) -> None:
+    assert steps_done(p) == [], where
+    assert p["table"]["entries"] == "0" and p["rows"] == [], (where, p["table"])
+    assert "before" not in p["packet"] and p["packet"]["changed"] == "", (where, p["packet"])
+    assert p["events"]["events"] == "0", (where, p["events"])
+    assert p["explain"]["step"] == "", (where, p["explain"])
+    if p["diagram"] is not None:
+        assert p["diagram"]["state"] == "", (where, p["diagram"])
+    if p["compare"] is not None:
+        assert p["compare"]["python"] == "0" and p["compare"]["kernel"] == "0", p["compare"]
 
 
 def drive(page, base: str, token: str, mode: str) -> None:
-    page.goto(f"{base}/lab/tree/01-tcp-states.ipynb?reset&token={token}")
-    page.wait_for_selector(".jp-Notebook", timeout=60_000)
-    kernel_ready(page, base, token)
-    run_all(page)
+    open_all(page, base, token)
+    for name in ORDER:                            # Run All, one notebook after the other
+        front(page, name)
+        run_all(page, name)
+        page.locator(f"[data-view='mode'][data-mode='{mode}']").first.wait_for(
+            state="attached", timeout=30_000)
+    from nattrack.notebook.scenarios import SCENARIOS
+    for name in ORDER:                            # the scripted order: no panel in error, ...
+        found = panels(page, name)
+        assert sorted(p["steps"]["scenario"] for p in found) == sorted(
+            x.name for x in SCENARIOS[name]), (name, [p["steps"] for p in found])
+        for p in found:
+            where = f"{name}/{p['steps']['scenario']} after Run All"
+            assert p["errors"] == [], f"{where}: {p['errors']}"
+            assert p["explain"]["end"] == "true", (where, p["explain"])
+            assert p["explain"]["differs"] == "false", (where, p["explain"])
+            agrees(p, where, timer_runs=name == "03-timeouts")
 
-    banner = page.locator(f"[data-view='mode'][data-mode='{mode}']")
-    banner.wait_for(state="attached", timeout=60_000)
-    diagram = page.locator("[data-view='diagram']").first
-    table = page.locator("[data-view='table']").first
-    # run_all() of the first panel ends in TIME_WAIT, on the diagram and in the table
-    page.locator("[data-view='diagram'][data-state='TIME_WAIT']").first.wait_for(
-        state="attached", timeout=120_000)
-    page.wait_for_function(
-        "() => !Array.from(document.querySelectorAll('.jp-InputPrompt'))"
-        ".some(p => p.textContent.includes('*'))", timeout=180_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
-                           timeout=60_000)
-    assert table.get_attribute("data-states") == "TIME_WAIT"
-
-    # the buttons: reset, then three times "next step": the handshake
-    panel = page.locator(".jp-OutputArea-output").filter(has=diagram).first
-    panel.get_by_role("button", name="reset").click()
-    page.wait_for_function(
-        "() => document.querySelector(\"[data-view='diagram']\")"
-        ".getAttribute('data-state') === ''", timeout=30_000)
-    seen = []
-    for _ in range(3):
-        panel.get_by_role("button", name="next step ▶").click()
-        page.wait_for_function(
-            "n => document.querySelector(\"[data-view='steps']\")"
-            ".getAttribute('data-steps').split(',').filter(x => x).length === n",
-            arg=len(seen) + 1, timeout=30_000)
-        seen.append(diagram.get_attribute("data-state"))
-    assert seen == ["SYN_SENT", "SYN_RECV", "ESTABLISHED"]
-    assert diagram.get_attribute("data-transition") == "SYN_RECV>ESTABLISHED"
-    assert table.get_attribute("data-states") == "ESTABLISHED"
-    panel.evaluate("el => el.scrollIntoView({block: 'start'})")
+    # 01 again, by hand: every step's text agrees with its table; the end is said
+    front(page, "01-tcp-states")
+    sc = "handshake"
+    nothing_left(press(page, sc, "reset", "p.steps.steps === ''"), "01 reset")
+    names = ["SYN", "SYN-ACK", "ACK", "data", "data-ACK", "FIN", "FIN-ACK", "FIN2", "last-ACK"]
+    for i, step in enumerate(names):
+        p = press(page, sc, "next step ▶", f"p.steps.steps.split(',').length === {i + 1}"
+                  f" && p.explain.step === {step!r}")
+        agrees(p, f"01/{sc}/{step} by hand")
+        if step == "data":
+            assert p["explain"]["timeout-key"] == "nf_conntrack_tcp_timeout_unacknowledged", p
+    assert p["explain"]["end"] == "true" and p["explain"]["differs"] == "false", p["explain"]
+    p = press(page, sc, "next step ▶", "p.note.includes('the scenario is over')")
+    assert steps_done(p) == names                  # no silent start over
+    output_of(page, sc).evaluate("el => el.scrollIntoView({block: 'start'})")
     page.wait_for_timeout(300)
     page.screenshot(path=str(SHOT))
+    nothing_left(press(page, sc, "reset", "p.steps.steps === ''"), "01 reset after the end")
+
+    # 03, with time let pass between the steps: the text says what happened
+    front(page, "03-timeouts")
+    sc = "udp-assured"
+    nothing_left(press(page, sc, "reset", "p.steps.steps === ''"), "03 reset")
+    p = press(page, sc, "question", "p.explain.step === 'question'")
+    agrees(p, "03 question")
+    p = press(page, sc, "+1 s", "p.clock && p.clock.waited === '1'", timeout=30)
+    assert p["clock"]["left"] == p["rows"][0]["timeout"], p           # the views move together
+    assert p["compare"]["same"] == "true", p["compare"]
+    p = press(page, sc, "answer", "p.explain.step === 'answer'")
+    agrees(p, "03 answer")
+    assert p["explain"]["differs"] == "false", p["explain"]
+    p = press(page, sc, "+10 s", "p.clock && p.clock.waited === '10'", timeout=60)
+    assert p["rows"] == [] and p["clock"]["left"] == "", p              # it ran out
+    assert p["compare"]["python"] == "0" and p["compare"]["kernel"] == "0", p["compare"]
+    p = press(page, sc, "again", "p.explain.step === 'again'")
+    agrees(p, "03 again after +10 s")
+    e = p["explain"]
+    assert (e["flags"], e["timeout-key"]) == ("UNREPLIED", "nf_conntrack_udp_timeout"), e
+    assert e["differs"] == "true" and "ASSURED" in e["expected"], e
+    nothing_left(press(page, sc, "reset", "p.steps.steps === ''"), "03 reset after +10 s")
+
+    for name in ORDER:                            # and nothing went red anywhere meanwhile
+        for p in panels(page, name):
+            assert p["errors"] == [], f"{name}/{p['steps']['scenario']}: {p['errors']}"

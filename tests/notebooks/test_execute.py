@@ -178,11 +178,30 @@ CHECKS = {"00-welcome": check_00, "01-tcp-states": check_01, "02-snat": check_02
           "03-timeouts": check_03, "04-related-and-invalid": check_04}
 
 
-def check_common(run, mode: str, user) -> None:
+def text_agrees(p: dict, where: str) -> None:
+    """A panel's step text (computed from what happened) says what its table shows, and
+    the scripted run (Run All) gives what the script expected."""
+    e = p["explain"]
+    assert e["differs"] == "false", f"{where}: differs from the script: {e}"
+    assert e["end"] == "true", f"{where}: Run All ends at the last step: {e}"
+    row = [r for r in rows(p["table"]) if r.get("data-flow") == e["flow"]] if e["flow"] else []
+    if e["present"] == "false":
+        assert not row, f"{where}: the text says no entry, the table has {row}"
+        return
+    assert len(row) == 1, f"{where}: the text's entry {e['flow']} is not in the table"
+    assert row[0]["data-state"] == e["state"], (where, row, e)
+    assert 0 <= int(e["timeout"]) - int(row[0]["data-timeout"]) <= 2, (where, row, e)
+    assert set(row[0]["data-flags"].split()) >= set(e["flags"].split()), (where, row, e)
+
+
+def check_common(run, mode: str, user, name: str = "") -> None:
     banner = [v for v in views(run.nb) if v["view"] == "mode"]
     assert [b["mode"] for b in banner] == [mode]
     if user.uid is not None:
         assert run.probe["uid"] == user.uid, "the kernel must run unprivileged"
+    from nattrack.notebook.scenarios import SCENARIOS
+    for scn in SCENARIOS.get(name, ()):
+        text_agrees(panel(run.nb, scn.name), f"{name}/{scn.name} ({mode})")
 
 
 # -- the runs -----------------------------------------------------------------------------
@@ -191,7 +210,7 @@ def check_common(run, mode: str, user) -> None:
 def test_replay(name, replay_user):
     env = nbrun.kernel_env(replay_user, {"NATTRACK_RUN_DIR": "/nonexistent-nattrack"})
     run = nbrun.execute(name, {"MODE": "replay"}, env, user=replay_user)
-    check_common(run, "replay", replay_user)
+    check_common(run, "replay", replay_user, name)
     CHECKS[name](run.nb, live=False)
     if name == "00-welcome":          # replay: the live table is one snapshot, no thread
         assert "nattrack-live-table" not in run.probe["new_threads"]
@@ -201,7 +220,7 @@ def test_replay(name, replay_user):
 def test_live(name, live_lab):
     env = nbrun.kernel_env(live_lab.user, {"NATTRACK_RUN_DIR": str(live_lab.run_dir)})
     run = nbrun.execute(name, {"MODE": "live"}, env, user=live_lab.user)
-    check_common(run, "live", live_lab.user)
+    check_common(run, "live", live_lab.user, name)
     CHECKS[name](run.nb, live=True)
     if name == "00-welcome":          # live: its table refreshes on a thread
         assert "nattrack-live-table" in run.probe["new_threads"]
