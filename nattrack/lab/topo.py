@@ -19,7 +19,12 @@ Rules the nodes keep (lab-kit-conventions §1, §2):
   off (no router solicitations in captures), ``ping`` works unprivileged
   (``net.ipv4.ping_group_range``);
 * nothing starts at import: ``sudo mn --custom topologies/basic.py --topo basic``
-  and ``import`` both only define classes.
+  and ``import`` both only define classes;
+* links are a classroom's, not a veth's: :meth:`~NatTopo.shape` (by default the
+  primary router's ``wan`` link, 100 Mbit/s) puts a tbf on both ends when the lab
+  starts, so that kernel mode's shadow sees every packet of a bulk transfer
+  (bench/README.md, figure 6); ``rate=`` (the lab's ``--rate``,
+  ``$NATTRACK_LINK_RATE``) overrides it, 0 = unshaped.
 """
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -146,6 +147,45 @@ def test_python_client_api(basic_lab):
     with pytest.raises(Exception, match="only net.netfilter.nf_conntrack_"):
         c.sysctl("kernel.panic", 1, kernel=True)
     assert c.exec("h1", ["sleep", "5"], timeout=0.5).timed_out
+
+
+def test_rules_reload_through_the_service_restarts_nothing(basic_lab):
+    """The service's rules verb (what the notebooks call): no router restart, the table and
+    its NAT kept, the event stream opened before still delivering, a new flow on the new
+    rules; a bad name is one line and changes nothing."""
+    c = basic_lab.client()
+    pid = c.status()["routers"]["r"]["pid"]
+    ev = subprocess.Popen([sys.executable, "-m", "nattrack.cli.main", "conntrack", "-E",
+                           "-p", "udp"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=basic_lab.env)
+    udp = ["sh", "-c", "echo hi | nc -u -w1 -p {} 203.0.113.10 7"]
+
+    def entry(sport):
+        lines = c.list(proto="udp", sport=sport)
+        assert len(lines) == 1, lines
+        return re.sub(r"^(\S+\s+\d+) \d+ ", r"\1 ", lines[0])      # without the timeout
+
+    try:
+        time.sleep(1.0)
+        c.exec("h1", [a.format(5001) if "{}" in a else a for a in udp])
+        old = entry(5001)
+        res = c.load_rules("classroom-snat-range")
+        assert res["pid"] == pid and res["tables"] == ["nat"] and res["entries"] >= 1, res
+        assert c.status()["routers"]["r"]["pid"] == pid
+        assert c.status()["routers"]["r"]["rules"].endswith("classroom-snat-range.rules")
+        assert entry(5001) == old                    # kept, with the NAT MASQUERADE gave it
+        c.exec("h1", [a.format(5002) if "{}" in a else a for a in udp])
+        nat_port = int(re.findall(r"dport=(\d+)", entry(5002))[1])
+        assert 20000 <= nat_port <= 20009, entry(5002)
+        with pytest.raises(Exception, match="no such file in examples/rules/"):
+            c.load_rules("no-such-rules")
+        assert c.status()["routers"]["r"]["pid"] == pid
+        time.sleep(0.3)
+    finally:
+        ev.send_signal(signal.SIGINT)
+        out, _ = ev.communicate(timeout=20)
+        c.load_rules("basic")
+    assert "sport=5001 dport=7" in out and "sport=5002 dport=7" in out, out
 
 
 def test_failed_topology_leaves_nothing(fresh_lab, tmp_path):
