@@ -41,6 +41,16 @@ there; ``socket_drops`` (frames the packet socket dropped) says how much worse i
 may be, and a shadow whose socket dropped frames may disagree with the kernel
 until the affected connections end (nothing resynchronises them).
 
+What it knows it missed, per flow (the ``missed`` verb, read by ``nattrack diff``): a
+hole in a direction's TCP sequence numbers that opens while the socket is dropping
+frames, and the unmatched copies above, attributed to the entry they belong to.  A
+flow with such losses that differs from the kernel's is put down to them, not to the
+trackers' transitions.  Below the lab's link rate (topo.py, tbf) the shadow loses
+nothing: bench/README.md, figure 6.
+
+Rules change like the kernel's (``replace_rules``): iptables-restore in the namespace,
+then the shadow's tables swapped under the lock; both connection tables stay.
+
 The kernel's conntrack table is flushed when the shadow starts (it starts
 empty too) and when it stops (entries must not outlive the rules that made them).
 """
