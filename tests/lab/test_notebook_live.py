@@ -155,3 +155,90 @@ def test_every_notebook_live_as_an_unprivileged_client(classroom):
     assert blocked["after"] is None and blocked["verdict"] == "dropped: filter FORWARD"
     far = by[("04-related-and-invalid", "ttl-exceeded", "far-error")]["packets"][0]
     assert far["ctinfo"] == "RELATED_REPLY"
+
+
+# -- several notebooks on one lab -------------------------------------------------------------
+
+def _session(lab, nb):
+    from nattrack.lab.client import LabClient
+    from nattrack.notebook import open_session
+    return open_session(nb, "live", client=LabClient(lab.sock))
+
+
+def _ours(res, ports) -> bool:
+    """Every packet of the step is one of the scenario's own (by its client port)."""
+    from nattrack.packet.ipv4 import Packet
+    for pp in res.packets:
+        p = Packet.parse(bytearray(pp.before))
+        inner = p.embedded_packet() if p.proto == 1 and p.itype not in (0, 8) else None
+        q = inner or p
+        if not {q.sport, q.dport} & ports:
+            return False
+    return True
+
+
+def test_notebooks_side_by_side_put_their_settings_back_and_take_turns(classroom):
+    """Two notebooks' sessions on one lab, as two students' kernels: one changes the rules
+    and a setting the other's scenario declares; the other's next step puts its own back
+    and says so in one line, and its entries and NAT bindings were never touched.  Steps
+    run at the same time take turns at the router's capture, each with its own packets."""
+    import threading
+    a, b = _session(classroom, "01-tcp-states"), _session(classroom, "03-timeouts")
+    try:
+        a.run("handshake", "ACK")
+        b.run("udp-assured", "question")              # sets udp timeouts 10/20 s
+        other = _session(classroom, "02-snat")
+        other.run("snat-range", "h1")                 # the snat-range rules
+        other.set_sysctl("nf_conntrack_udp_timeout", 30)
+        r = b.run("udp-assured", "answer")
+        assert any("classroom-snat-range.rules" in n and "loaded classroom.rules again" in n
+                   for n in r.notes), r.notes
+        assert any(n.startswith("nf_conntrack_udp_timeout was 30") and n.endswith("back to 10")
+                   for n in r.notes), r.notes
+        (e,) = r.table
+        assert not e["unreplied"] and e["timeout"] <= 10      # answered, with its own 10 s
+        other.close()
+        # a's connection kept its entry and NAT through the other notebooks' changes
+        r = a.run("handshake", "data")
+        assert r.transition.old_state == r.transition.new_state == "ESTABLISHED"
+        assert r.table[0]["reply"]["dst"] == "203.0.113.1"
+
+        box, errors = {}, []
+
+        def step(name, s, scn, st):
+            try:
+                box[name] = s.run(scn, st)
+            except Exception as exc:                  # noqa: BLE001 -- asserted below
+                errors.append(f"{name}: {exc}")
+        threads = [threading.Thread(target=step, args=("a", a, "handshake", "data-ACK")),
+                   threading.Thread(target=step, args=("b", b, "udp-assured", "again"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        assert box["a"].packets and _ours(box["a"], {40001})
+        assert box["b"].packets and _ours(box["b"], {40030})
+        assert box["b"].table[0]["assured"]
+        # a reset deletes a's entries only
+        a.reset()
+        assert not [e for e in a.table() if e["orig"].get("sport") == 40001]
+        assert [e for e in b.table() if e["orig"].get("sport") == 40030]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_event_streams_reconnect_after_a_lab_restart(classroom):
+    s = _session(classroom, "00-welcome")
+    try:
+        s.run("udp", "question")
+        assert classroom.cli("lab", "down", timeout=60).returncode == 0
+        up = classroom.cli("lab", "up", "--topo", "classroom", "--mode", "kernel")
+        assert up.returncode == 0, up.stderr
+        r = s.run("udp", "question")                  # the scenario starts over
+        assert any("event stream" in n and n.endswith("reconnected") for n in r.notes), r.notes
+        assert [e.split()[0] for e in r.events] == ["[NEW]"]
+        assert r.table and r.table[0]["unreplied"]
+    finally:
+        s.close()
