@@ -1,6 +1,6 @@
 """``nattrack record``: run the notebooks' scenarios on a live lab and write what happened.
 
-For every scenario: a fresh start (its rules file, its sysctls, both tables flushed),
+For every scenario: a fresh start (its rules file, its sysctls, its entries deleted from both tables),
 then each step as a live session performs it; written to
 ``<out>/<notebook>/<scenario>.json`` (packets before and after the router, both tables
 and both event streams after each step, timestamps; see :mod:`.replay`) and

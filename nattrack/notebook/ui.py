@@ -404,13 +404,7 @@ class Stepper:
             else:
                 self.status.value = ""
         except Exception as exc:                       # noqa: BLE001 -- shown, never raised
-            if isinstance(exc, (SessionError, LabError)):
-                msg = str(exc)                         # already says what to do
-            else:
-                msg = f"{type(exc).__name__}: {exc} (press reset, or restart the kernel)"
-            msg = (msg.strip().splitlines() or [type(exc).__name__])[0]
-            self.status.value = (f'<span class="nt nt-err" data-error="{esc(msg)}" '
-                                 f'style="color:#c92a2a">{esc(msg)}</span>')
+            self._error(exc)
         finally:
             self.session.on_progress = None
             for b in self._controls():
@@ -446,11 +440,29 @@ class Stepper:
                 self._show(res)
             return res
 
+    def _error(self, exc: Exception) -> str:
+        """One line in the panel's status (and returned), never a traceback."""
+        if isinstance(exc, (SessionError, LabError)):
+            msg = str(exc)                             # already says what to do
+        else:
+            msg = f"{type(exc).__name__}: {exc} (press reset, or restart the kernel)"
+        msg = (msg.strip().splitlines() or [type(exc).__name__])[0]
+        self.status.value = (f'<span class="nt nt-err" data-error="{esc(msg)}" '
+                             f'style="color:#c92a2a">{esc(msg)}</span>')
+        return msg
+
     def run_all(self) -> list[StepResult]:
         """Start over and run every step, showing each (what the notebook's headless run
-        does after the buttons)."""
-        self.reset()
-        return [self.run(st.name) for st in self.scenario.steps]
+        does after the buttons).  A step the lab cannot run (SessionError, LabError) ends
+        it with one line, in the panel's status and printed, not a traceback."""
+        out: list[StepResult] = []
+        try:
+            self.reset()
+            for st in self.scenario.steps:
+                out.append(self.run(st.name))
+        except (SessionError, LabError) as exc:
+            print(f"nattrack: {self.scenario.name}: {self._error(exc)}")
+        return out
 
     def reset(self) -> None:
         """Empty the tables (live) or rewind the recording (replay), and the views."""

@@ -334,3 +334,19 @@ def test_the_routers_own_error_is_one_column():
     p.run_all()
     assert p.packet.state["after"] is None
     assert "sent by the router" in p.packet.widget.value
+
+
+def test_run_all_from_code_ends_in_one_line_not_a_traceback(s01, monkeypatch, capsys):
+    p = ui.stepper(s01, "handshake")
+    run = s01.run
+
+    def busy(scn, step=None):
+        if step == "ACK":
+            raise SessionError("another notebook's step has held the router's capture for 8 s"
+                               " (one step captures at a time): press the button again")
+        return run(scn, step)
+    monkeypatch.setattr(s01, "run", busy)
+    res = p.run_all()
+    assert [r.step for r in res] == ["SYN", "SYN-ACK"]
+    assert root(p.status)["error"].startswith("another notebook's step has held")
+    assert capsys.readouterr().out.count("\n") == 1
