@@ -15,7 +15,8 @@ import re
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 
-from .harness import (PRIV1, PRIV2, PUB, ROUTER_PUB, Expect, Scenario, Send, Sleep)
+from .harness import (PRIV1, PRIV2, PUB, ROUTER_PRIV, ROUTER_PUB, Expect, Scenario, Send,
+                      Sleep)
 
 # ----------------------------------------------------------------------------------------
 # Rulesets.
@@ -30,6 +31,11 @@ MASQ_DROP_INVALID = MASQ + (
     "*filter\n"
     ":INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
     "-A FORWARD -m conntrack --ctstate INVALID -j DROP\n"
+    "COMMIT\n")
+
+MASQ_INPUT_DROP = MASQ + (
+    "*filter\n"
+    ":INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
     "COMMIT\n")
 
 MASQ_FORWARD_POLICY = MASQ + (
@@ -1023,6 +1029,213 @@ def _invalid_dropped() -> Scenario:
 
 
 # ----------------------------------------------------------------------------------------
+# The router's own stack: traffic addressed to the router (issue 15).
+
+_HOST_SRC = {"priv1": PRIV1, "priv2": PRIV2, "pub": PUB}
+
+
+def to_router(host: str, dst: str, l4, data: bytes = b"", **ip) -> Send:
+    """A datagram from ``host`` to one of the router's own addresses."""
+    pkt = IP(src=_HOST_SRC[host], dst=dst, **ip) / l4
+    if data:
+        pkt = pkt / data
+    return Send(host, pkt, note=f"to the router: {pkt.summary()}")
+
+
+def _router_tcp(rec, iface: str, tos: int = 0) -> None:
+    """The router's RSTs: tcp_v4_send_reset() from the control socket: TTL 64, DF, IP id 0, window 0, no
+    options, the TOS of the segment answered without ECN bits (``tos`` for the first)."""
+    from scapy.layers.l2 import Ether
+    segs = [Ether(f)[IP] for _, f in rec.frames(iface, "out")
+            if IP in Ether(f) and Ether(f)[IP].src in (ROUTER_PUB, ROUTER_PRIV)
+            and Ether(f)[IP].proto == 6 and Ether(f)[TCP].flags.R]
+    assert segs, f"no RST from the router on {iface}"
+    for s in segs:
+        assert (s.ttl, int(s.flags), s.id, s[TCP].window, s[TCP].options) == (64, 2, 0, 0, []), \
+            s.summary()
+    assert segs[0].tos == tos, f"TOS {segs[0].tos:#x}, expected {tos:#x}"
+
+
+def _r(src: str, sport: int, dst: str, dport: int, flags: str, seq: int, ack: int) -> str:
+    return (rf"tcp {re.escape(src)}:{sport} > {re.escape(dst)}:{dport} \[{flags}\] "
+            rf"seq={seq} ack={ack} len=0 ipid=0$")
+
+
+def _local_tcp_syn() -> Scenario:
+    return Scenario(
+        "local_tcp_syn",
+        "tcp_v4_send_reset(): a SYN to a closed router port (from pub to the public address, "
+        "from priv1 to both) is answered RST|ACK seq 0 ack = seq + 1 + data; the RST is the "
+        "entry's first reply: it is deleted at once (NEW then DESTROY)",
+        MASQ,
+        (to_router("pub", ROUTER_PUB, TCP(sport=45000, dport=22, flags="S", seq=1000), tos=0x2B),
+         to_router("pub", ROUTER_PUB, TCP(sport=45001, dport=22, flags="S", seq=7000), b"hello"),
+         to_router("priv1", ROUTER_PRIV, TCP(sport=45002, dport=22, flags="S", seq=3000)),
+         to_router("priv1", ROUTER_PUB, TCP(sport=45003, dport=23, flags="S", seq=4000))),
+        expect=Expect(
+            events=(ev("NEW", r"tcp\s+6 120 SYN_SENT src=203\.0\.113\.2 dst=203\.0\.113\.1 "
+                              r"sport=45000 dport=22 \[UNREPLIED\]"),
+                    ev("DESTROY", r"tcp\s+6 \d+ CLOSE .*sport=45000 "),
+                    ev("NEW", r"tcp .*sport=45001 "), ev("DESTROY", r"tcp .*sport=45001 "),
+                    ev("NEW", r"tcp .*dst=10\.0\.0\.1 sport=45002 "),
+                    ev("DESTROY", r"tcp .*sport=45002 "),
+                    ev("NEW", r"tcp .*src=10\.0\.0\.2 dst=203\.0\.113\.1 sport=45003 "),
+                    ev("DESTROY", r"tcp .*sport=45003 ")),
+            table_count=0, stats={"invalid": 0},
+            egress=(("r-pub", _r(ROUTER_PUB, 22, PUB, 45000, "RA", 0, 1001)),
+                    ("r-pub", _r(ROUTER_PUB, 22, PUB, 45001, "RA", 0, 7006)),
+                    ("r-priv", _r(ROUTER_PRIV, 22, PRIV1, 45002, "RA", 0, 3001)),
+                    ("r-priv", _r(ROUTER_PUB, 23, PRIV1, 45003, "RA", 0, 4001))),
+            checks=(lambda rec: _router_tcp(rec, "r-pub", 0x28),
+                    lambda rec: _router_tcp(rec, "r-priv"))))
+
+
+def _local_tcp_ack() -> Scenario:
+    return Scenario(
+        "local_tcp_ack_and_data",
+        "tcp_v4_send_reset(): a bare ACK and a data segment to a closed router port get a RST "
+        "with seq = their ack number, no ACK flag; conntrack picked them up (loose) as "
+        "ESTABLISHED and the RST, the first reply, deletes the entry",
+        MASQ,
+        (to_router("pub", ROUTER_PUB, TCP(sport=45010, dport=22, flags="A", seq=2000, ack=5000),
+                   tos=0x10),
+         to_router("pub", ROUTER_PUB, TCP(sport=45011, dport=22, flags="PA", seq=2000, ack=6000),
+                   b"data"),
+         to_router("priv1", ROUTER_PRIV, TCP(sport=45012, dport=22, flags="A", seq=1, ack=77))),
+        expect=Expect(
+            events=(ev("NEW", r"tcp\s+6 300 ESTABLISHED .*sport=45010 dport=22 \[UNREPLIED\]"),
+                    ev("DESTROY", r"tcp .* CLOSE .*sport=45010 "),
+                    ev("NEW", r"tcp .*sport=45011 "), ev("DESTROY", r"tcp .*sport=45011 "),
+                    ev("NEW", r"tcp .*sport=45012 "), ev("DESTROY", r"tcp .*sport=45012 ")),
+            table_count=0, stats={"invalid": 0},
+            egress=(("r-pub", _r(ROUTER_PUB, 22, PUB, 45010, "R", 5000, 0)),
+                    ("r-pub", _r(ROUTER_PUB, 22, PUB, 45011, "R", 6000, 0)),
+                    ("r-priv", _r(ROUTER_PRIV, 22, PRIV1, 45012, "R", 77, 0))),
+            checks=(lambda rec: _router_tcp(rec, "r-pub", 0x10),)))
+
+
+def _local_tcp_fin_synack() -> Scenario:
+    return Scenario(
+        "local_tcp_fin_and_syn_ack",
+        "tcp_v4_send_reset(): a FIN|ACK and an unsolicited SYN|ACK (from pub to the public "
+        "address, from priv1 to the private one) get a RST with seq = their ack; a bare FIN "
+        "with data RST|ACK ack = seq + 1 + data; none of them creates an entry: each segment "
+        "and each RST is INVALID",
+        MASQ,
+        (to_router("pub", ROUTER_PUB, TCP(sport=45020, dport=22, flags="FA", seq=2000, ack=5000)),
+         to_router("pub", ROUTER_PUB, TCP(sport=45021, dport=22, flags="F", seq=2000), b"xy"),
+         to_router("pub", ROUTER_PUB, TCP(sport=45022, dport=22, flags="SA", seq=2000, ack=7777)),
+         to_router("priv1", ROUTER_PRIV, TCP(sport=45023, dport=22, flags="SA", seq=10, ack=99)),
+         to_router("priv1", ROUTER_PRIV, TCP(sport=45024, dport=22, flags="FA", seq=10, ack=55))),
+        expect=Expect(
+            no_events=(r".",), table_count=0, stats={"invalid": 10},
+            egress=(("r-pub", _r(ROUTER_PUB, 22, PUB, 45020, "R", 5000, 0)),
+                    ("r-pub", _r(ROUTER_PUB, 22, PUB, 45021, "RA", 0, 2003)),
+                    ("r-pub", _r(ROUTER_PUB, 22, PUB, 45022, "R", 7777, 0)),
+                    ("r-priv", _r(ROUTER_PRIV, 22, PRIV1, 45023, "R", 99, 0)),
+                    ("r-priv", _r(ROUTER_PRIV, 22, PRIV1, 45024, "R", 55, 0))),
+            checks=(lambda rec: _router_tcp(rec, "r-pub"),)))
+
+
+def _local_tcp_silent() -> Scenario:
+    return Scenario(
+        "local_tcp_no_answer",
+        "tcp_v4_rcv(): a RST is never answered (conntrack calls it INVALID first; a bad "
+        "checksum, also unanswered, is in tests/test_local_stack.py: the harness refuses "
+        "captured bad checksums)",
+        MASQ,
+        (to_router("pub", ROUTER_PUB, TCP(sport=45030, dport=22, flags="R", seq=2000)),),
+        expect=Expect(no_events=(r".",), table_count=0, stats={"invalid": 1},
+                      no_egress=(("r-pub", r"."),)))
+
+
+def _local_late_replies() -> Scenario:
+    return Scenario(
+        "local_late_replies_after_expiry",
+        "with MASQUERADE: replies from pub arriving after their entries expired are addressed "
+        "to the router itself: the late SYN|ACK gets a RST (both INVALID), the late UDP "
+        "answer a port unreachable RELATED to the new entry it made",
+        MASQ,
+        (Send("priv1", IP(src=PRIV1, dst=PUB) / TCP(sport=45040, dport=80, flags="S", seq=100),
+              note="SYN through MASQUERADE"),
+         udp("priv1", 45041, 53),
+         Sleep(1.6),
+         to_router("pub", ROUTER_PUB, TCP(sport=80, dport=45040, flags="SA", seq=9000, ack=101)),
+         to_router("pub", ROUTER_PUB, UDP(sport=53, dport=45041), b"late answer")),
+        sysctls={"net.netfilter.nf_conntrack_tcp_timeout_syn_sent": "1",
+                 "net.netfilter.nf_conntrack_udp_timeout": "1"},
+        expect=Expect(
+            events=(ev("NEW", r"tcp .*sport=45040 dport=80 "), ev("NEW", r"udp .*sport=45041 "),
+                    ev("NEW", r"udp\s+17 1 src=203\.0\.113\.2 dst=203\.0\.113\.1 sport=53 "
+                              r"dport=45041 \[UNREPLIED\]")),
+            stats={"invalid": 2},
+            egress=(("r-pub", _r(ROUTER_PUB, 45040, PUB, 80, "R", 101, 0)),
+                    ("r-pub", r"icmp 203\.0\.113\.1 > 203\.0\.113\.2 type=3 code=3 "
+                              r"\[inner: udp 203\.0\.113\.2:53 > 203\.0\.113\.1:45041\]")),
+            checks=(lambda rec: _router_tcp(rec, "r-pub"),)))
+
+
+def _local_udp_closed() -> Scenario:
+    return Scenario(
+        "local_udp_closed_port",
+        "__udp4_lib_rcv(): UDP to a closed router port is answered with port unreachable "
+        "(icmp_send(): from the address hit, TOS 0xc0 | the TOS bits), RELATED to the "
+        "datagram's entry, which stays UNREPLIED",
+        MASQ,
+        (to_router("pub", ROUTER_PUB, UDP(sport=45050, dport=9), b"q", tos=0x2B),
+         to_router("priv1", ROUTER_PRIV, UDP(sport=45051, dport=9), b"q"),
+         to_router("priv1", ROUTER_PUB, UDP(sport=45052, dport=9), b"q")),
+        expect=Expect(
+            events=(ev("NEW", r"udp\s+17 30 src=203\.0\.113\.2 dst=203\.0\.113\.1 sport=45050 "
+                              r"dport=9 \[UNREPLIED\]"),
+                    ev("NEW", r"udp .*sport=45051 "), ev("NEW", r"udp .*sport=45052 ")),
+            no_events=(r"UPDATE",), table_count=3, stats={"invalid": 0},
+            egress=(("r-pub", r"icmp 203\.0\.113\.1 > 203\.0\.113\.2 type=3 code=3 "
+                              r"\[inner: udp 203\.0\.113\.2:45050 > 203\.0\.113\.1:9\]"),
+                    ("r-priv", r"icmp 10\.0\.0\.1 > 10\.0\.0\.2 type=3 code=3 "
+                               r"\[inner: udp 10\.0\.0\.2:45051 > 10\.0\.0\.1:9\]"),
+                    ("r-priv", r"icmp 203\.0\.113\.1 > 10\.0\.0\.2 type=3 code=3 "
+                               r"\[inner: udp 10\.0\.0\.2:45052 > 203\.0\.113\.1:9\]")),
+            checks=(lambda rec: _router_error(rec, "r-pub", 3, 0xC0 | 0x0A),
+                    lambda rec: _router_error(rec, "r-priv", 3, 0xC0))))
+
+
+def _local_protocol_unreachable() -> Scenario:
+    return Scenario(
+        "local_protocol_unreachable",
+        "ip_protocol_deliver_rcu(): a protocol without a handler (253, 254) is answered with "
+        "protocol unreachable, RELATED to its generic entry; IGMP has a handler: no answer",
+        MASQ,
+        (to_router("pub", ROUTER_PUB, b"abcdefgh", proto=253),
+         to_router("priv1", ROUTER_PRIV, b"abcdefgh", proto=254),
+         to_router("pub", ROUTER_PUB, b"\0" * 8, proto=2)),
+        expect=Expect(
+            events=(ev("NEW", r"unknown\s+253 600 src=203\.0\.113\.2 dst=203\.0\.113\.1 "
+                              r"\[UNREPLIED\] src=203\.0\.113\.1 dst=203\.0\.113\.2$"),
+                    ev("NEW", r"unknown\s+254 600 src=10\.0\.0\.2 dst=10\.0\.0\.1 "),
+                    ev("NEW", r"unknown\s+2 600 ")),
+            table_count=3,
+            egress=(("r-pub", r"icmp 203\.0\.113\.1 > 203\.0\.113\.2 type=3 code=2 "
+                              r"\[inner: ip 203\.0\.113\.2 > 203\.0\.113\.1 proto=253\]"),
+                    ("r-priv", r"icmp 10\.0\.0\.1 > 10\.0\.0\.2 type=3 code=2 ")),
+            no_egress=(("r-pub", r"proto=2\]"),),
+            checks=(lambda rec: _router_error(rec, "r-pub", 3, 0xC0),)))
+
+
+def _local_input_drop() -> Scenario:
+    return Scenario(
+        "local_input_drop",
+        "with an INPUT policy DROP the router's stack never sees the segment or the "
+        "datagram: no RST, no port unreachable, and their entries are never confirmed",
+        MASQ_INPUT_DROP,
+        (to_router("pub", ROUTER_PUB, TCP(sport=45060, dport=22, flags="S", seq=1)),
+         to_router("pub", ROUTER_PUB, UDP(sport=45061, dport=9), b"q"),
+         to_router("priv1", ROUTER_PRIV, TCP(sport=45062, dport=22, flags="A", seq=1, ack=2))),
+        expect=Expect(no_events=(r".",), table_count=0, stats={"invalid": 0},
+                      no_egress=(("r-pub", r"."), ("r-priv", r"."))))
+
+
+# ----------------------------------------------------------------------------------------
 # Timeouts (§7).
 
 def _timeouts_expire() -> Scenario:
@@ -1076,6 +1289,9 @@ SCENARIOS: list[Scenario] = [
     _udp_port_clash(), _tcp_port_clash(), _eim_reuse(), _snat_range(), _snat_exhaustion(),
     _dnat_forward(), _forward_policy(), _invalid_dropped(),
     _timeouts_expire(), _udp_refresh(),
+    _local_tcp_syn(), _local_tcp_ack(), _local_tcp_fin_synack(), _local_tcp_silent(),
+    _local_late_replies(), _local_udp_closed(), _local_protocol_unreachable(),
+    _local_input_drop(),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 assert len(BY_NAME) == len(SCENARIOS), "duplicate scenario names"
