@@ -218,7 +218,8 @@ its port, which was free. The public side has one address; what did the router c
         md("""
 ## SNAT with a port range
 
-The rules for the next scenario (the router loads them when it starts):
+The rules for the next scenario (loaded into the router at its first step, and again before
+any step if another notebook loaded others meanwhile; the step's text then says so):
 """),
         code('ui.show_rules("classroom-snat-range")'),
         *scenario("snatrange", "snat-range", "", """
