@@ -347,10 +347,11 @@ def _mounts_under(path: Path) -> list[str]:
         return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
 
 
-def _pip_config(root: Path) -> dict[str, str]:
-    """This machine's pip configuration, put into ``root`` where a fresh machine has it;
-    returns the PIP_* environment to run with."""
-    for rel in ("etc/pip.conf", "etc/xdg/pip"):
+def _machine_config(root: Path) -> dict[str, str]:
+    """This machine's pip configuration and local certificate authorities (a proxy's, which
+    pip must trust), put into ``root`` where a fresh machine has them; returns the PIP_*
+    environment to run with.  The CAs take effect with update-ca-certificates inside."""
+    for rel in ("etc/pip.conf", "etc/xdg/pip", "usr/local/share/ca-certificates"):
         src, dst = Path("/") / rel, root / rel
         if src.is_dir():
             shutil.copytree(src, dst, dirs_exist_ok=True)
@@ -362,7 +363,7 @@ def _pip_config(root: Path) -> dict[str, str]:
 
 def _owned_by_listed_package(line: str) -> str | None:
     """One OWNERS line -> None if the listed package provides the command, else why not."""
-    cmd, pkg, owners, deps = line.split("|")
+    cmd, pkg, owners, deps = line.split("|", 3)
     owned = {o.split(":")[0] for o in owners.split()}
     if not owned:
         return f"{cmd}: not found (listed package {pkg})"
@@ -372,21 +373,38 @@ def _owned_by_listed_package(line: str) -> str | None:
     return f"{cmd}: owned by {' '.join(sorted(owned))}, listed as {pkg}"
 
 
+def test_owner_check_reads_what_dpkg_says():
+    ok = "python3|python3|python3-minimal python3.11-minimal:amd64 |python3-minimal (= 3.11.2-1), x | y"
+    assert _owned_by_listed_package(ok) is None          # through the listed package's Depends
+    assert _owned_by_listed_package("nc|netcat-openbsd|netcat-openbsd |") is None
+    assert _owned_by_listed_package("nc|netcat-openbsd||") == \
+        "nc: not found (listed package netcat-openbsd)"
+    assert _owned_by_listed_package("sysctl|coreutils|procps |") == \
+        "sysctl: owned by procps, listed as coreutils"
+
+
 @pytest.mark.parametrize("suite", SUITES)
 def test_setup_on_a_fresh_debian(suite, tmp_path, capsys):
     """README's set-up from nothing: ``scripts/setup.sh --tests`` in a fresh root of
     ``suite``, run as CI runs it (a clone of HEAD, as root); then the probe, each command's
-    owner, the kit importable from Debian's Python, and a second run that does nothing."""
+    owner, the kit importable from Debian's Python, and a second run that does nothing.
+    On trixie the README's demo runs there too (a chroot shares this kernel: Mininet's
+    namespaces, the lab service in the root's own /run)."""
     from rootfs import Chroot, rootfs_problem, rootfs_tarball, unpack
     problem = rootfs_problem()
     if problem:
         pytest.skip(problem)
     started = time.monotonic()
-    root = unpack(rootfs_tarball(suite, BASE), tmp_path / "root")
+    tarball = rootfs_tarball(suite, BASE)
+    if tarball.is_dir():                      # rootfs.py without --format=tar: mmdebstrap made
+        root = tmp_path / "root"              # a directory of the ".tar.tmpPID" target
+        subprocess.run(["cp", "-a", str(tarball), str(root)], check=True)
+    else:
+        root = unpack(tarball, tmp_path / "root")
     try:
         subprocess.run(["git", "clone", "-q", str(ROOT), str(root / CHECKOUT.lstrip("/"))],
                        check=True, capture_output=True)
-        env = _pip_config(root)
+        env = _machine_config(root)
         # A chroot has no init: no package may start its service on this machine's network.
         policy = root / "usr/sbin/policy-rc.d"
         policy.write_text("#!/bin/sh\nexit 101\n")
@@ -399,6 +417,7 @@ def test_setup_on_a_fresh_debian(suite, tmp_path, capsys):
         if Path("/opt/wheels").is_dir():      # PIP_FIND_LINKS of this machine's pip set-up
             binds["/opt/wheels"] = "/opt/wheels"
         with Chroot(root, binds) as c:
+            c.run(["update-ca-certificates"])
             t0 = time.monotonic()
             first = c.run(["scripts/setup.sh", "--tests"], cwd=CHECKOUT, env=env, timeout=1500)
             t1 = time.monotonic()
@@ -417,9 +436,14 @@ def test_setup_on_a_fresh_debian(suite, tmp_path, capsys):
             again = c.run(["scripts/setup.sh", "--tests"], cwd=CHECKOUT, env=env)
             assert (again.stdout, again.stderr) == ("", ""), "the second run is not a no-op"
             t3 = time.monotonic()
+            if suite == "trixie":             # bookworm's is tests/lab/test_demo.py, on this host
+                demo = c.run(["scripts/demo"], cwd=CHECKOUT, env=env, timeout=300)
+                assert demo.stdout.count("=> the same entries") == 3, demo.stdout
+                assert "Both labs were stopped" in demo.stdout
+            t4 = time.monotonic()
         with capsys.disabled():
             print(f"\n{suite}: root {t0 - started:.0f} s, setup.sh --tests {t1 - t0:.0f} s, "
-                  f"checks {t2 - t1:.0f} s, second run {t3 - t2:.1f} s")
+                  f"checks {t2 - t1:.0f} s, second run {t3 - t2:.1f} s, demo {t4 - t3:.0f} s")
     finally:
         left = _mounts_under(root)
         assert not left, f"still mounted, {root} kept: {left}"
