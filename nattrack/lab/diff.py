@@ -96,8 +96,8 @@ def compare(py: dict, k: dict, tolerance: int = 2, lossy: bool = False) -> list[
             out.append(f"{flag} only in {who}: {FLAG_WHY[flag]}")
     ta, tb = py.get("timeout"), k.get("timeout")
     if ta is not None and tb is not None and abs(ta - tb) > tolerance:
-        out.append(f"timeout differs by {abs(ta - tb)} s: python {ta}, kernel {tb} (other "
-                   f"timeout settings, or a packet refreshed only one of them)")
+        why = "" if lossy else " (other timeout settings, or a packet refreshed only one of them)"
+        out.append(f"timeout differs by {abs(ta - tb)} s: python {ta}, kernel {tb}{why}")
     if (py.get("mark") or 0) != (k.get("mark") or 0):
         out.append(f"mark differs: python {py.get('mark')}, kernel {k.get('mark')}")
     if py.get("counters") and k.get("counters") and py["counters"] != k["counters"]:

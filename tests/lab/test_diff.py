@@ -71,6 +71,7 @@ def test_a_flow_the_shadow_lost_packets_of_is_not_blamed_on_transitions():
     assert tcp.missed == 37 and not tcp.agree
     assert not any("different transitions" in p for p in tcp.problems), tcp.problems
     assert tcp.problems[0] == "TCP state differs: python ESTABLISHED, kernel TIME_WAIT"
+    assert tcp.problems[1] == "timeout differs by 431881 s: python 431999, kernel 118"
     assert tcp.problems[-1] == ("the shadow missed 37 packets of this flow; "
                                 "the difference may come from that")
     udp = next(r for r in rows if r.key[0] == 17)
