@@ -422,8 +422,9 @@ class Updater:
     """Call ``fn()`` every ``interval`` seconds on a background thread.
 
     ``fn`` should only set widget values (view updates do).  Exceptions are counted
-    and shown in ``widget`` (a small HTML line, empty while all is well), never
-    raised or printed; the loop keeps going.  Calls are at least MIN_INTERVAL
+    and shown in ``widget`` (a small HTML line, empty while all is well; once a call
+    succeeds again it says so, no longer as an error), never raised or printed; the
+    loop keeps going.  Calls are at least MIN_INTERVAL
     apart however small ``interval`` is.  Under :func:`grading_mode` no thread is
     started: ``fn`` is called once, synchronously (a static snapshot).
     """
@@ -439,6 +440,7 @@ class Updater:
         self.calls = 0
         self.errors = 0
         self.last_error: str | None = None
+        self._failing = False
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
         _live.add(self)
@@ -456,7 +458,14 @@ class Updater:
     def _call(self) -> None:
         try:
             self.fn()
+            if self._failing:                        # working again (the lab came back)
+                self._failing = False
+                self.widget.value = (f'<span class="nt nt-note" data-errors="{self.errors}" '
+                                     f'data-recovered="true" style="font-family:monospace;'
+                                     f'font-size:11px">updating again after {self.errors} '
+                                     f'failed update(s) (last: {esc(self.last_error)})</span>')
         except Exception as exc:                     # shown in the label, never raised
+            self._failing = True
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             self.widget.value = (f'<span class="nt nt-err" data-errors="{self.errors}" '

@@ -350,3 +350,24 @@ def test_run_all_from_code_ends_in_one_line_not_a_traceback(s01, monkeypatch, ca
     assert [r.step for r in res] == ["SYN", "SYN-ACK"]
     assert root(p.status)["error"].startswith("another notebook's step has held")
     assert capsys.readouterr().out.count("\n") == 1
+
+
+def test_a_refresh_that_works_again_is_no_longer_an_error():
+    """The live table's Updater across a lab restart: red while the lab is gone, then a
+    note (not an error) once it answers again."""
+    import time
+    from nattrack.widgets import Updater
+    calls = []
+
+    def fn():
+        calls.append(1)
+        if len(calls) == 2:
+            raise ConnectionError("the lab service went away")
+    u = Updater(fn, 0.2)
+    deadline = time.monotonic() + 5
+    while len(calls) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    u.stop()
+    st = root(u.widget)
+    assert st["errors"] == "1" and st["recovered"] == "true"
+    assert "nt-err" not in u.widget.value and "went away" in u.widget.value
