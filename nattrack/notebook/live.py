@@ -337,9 +337,8 @@ class LiveSession(Session):
         rules = ((status.get("routers") or {}).get(sc.ROUTER_NODE) or {}).get("rules") or ""
         self.rules = Path(rules).stem
         if scenario.rules != self.rules:
+            # as iptables-restore does: entries, NAT bindings and event streams stay
             self.client.load_rules(scenario.rules, router=sc.ROUTER_NODE)
-            self._stop_pumps()                # a router that restarted closed them
-            self._start_pumps()
             notes.append(f"the router had the rules {self.rules or '?'}.rules (another notebook "
                          f"loaded them): loaded {scenario.rules}.rules again")
             self.rules = scenario.rules
