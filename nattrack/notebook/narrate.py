@@ -20,7 +20,8 @@ from . import scenarios as sc
 from .session import PROTO_NUM, StepResult, _tup, find_entry, flow_orig, tcp_flag_name
 
 # who is who, for the sentences
-WHO = {**{ip: node for node, ip in sc.NODES.items()}, sc.PUBLIC: "the router", "10.0.0.1": "the router"}
+WHO = {**{ip: node for node, ip in sc.NODES.items()},
+       **{cidr.split("/")[0]: "the router" for cidr in sc.ROUTER_IFACES.values()}}
 UNACK = "nf_conntrack_tcp_timeout_unacknowledged"
 RETRANS = "nf_conntrack_tcp_timeout_max_retrans"
 SLACK = 1.5                 # seconds: a listing floors, and is taken a moment after the packet
