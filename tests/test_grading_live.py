@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,64 @@ def test_live_router_runs_as_the_submissions_own_uid(lab_copy, monkeypatch):
                     run.close()
     finally:
         tempfile.tempdir = None
+
+
+# --- the same submission, the same score: every run, every entry point ---------------------------
+
+LAB02 = REPO / "labs" / "02-tcp-states"
+RUNS = 3
+
+
+def _one_wrong_cell(dest: Path) -> Path:
+    """Lab 2's solution with ORIGINAL ACK in LAST_ACK -> CLOSE (the kernel: TIME_WAIT): the
+    submission whose live test 2.6 once scored 4/4 or 0/4 as the close order fell."""
+    src = (LAB02 / "solution" / "tcp_states.py").read_text()
+    wrong = src.replace('"ACK":     [sES, sIV, sES, sES, sCW, sCW, sTW, sTW, sCL, sIV]',
+                        '"ACK":     [sES, sIV, sES, sES, sCW, sCW, sCL, sTW, sCL, sIV]')
+    assert wrong != src
+    dest.mkdir(mode=0o755)
+    (dest / "tcp_states.py").write_text(wrong)
+    return dest
+
+
+def _scores(results_json: Path) -> dict[str, float]:
+    return {t["number"]: t["score"] for t in json.loads(results_json.read_text())["tests"]}
+
+
+def test_the_same_live_submission_scores_the_same_every_run_both_ways(lab_copy):
+    """Lab 2 with one wrong cell, graded live three times by `nattrack grade` and three
+    times by the Gradescope package's run_autograder (as Gradescope runs it: its copy in
+    ROOT, cwd ROOT, the Python setup.sh recorded): six identical score sheets."""
+    sub = _one_wrong_cell(lab_copy / "wrong")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    sheets = []
+    for i in range(RUNS):
+        out = lab_copy / f"out{i}"
+        r = subprocess.run([sys.executable, "-m", "nattrack.cli.main", "grade", str(LAB02),
+                            str(sub), "--student-id", "4242", "--mode", "live", "--out",
+                            str(out)], capture_output=True, text=True, timeout=300, env=env,
+                           cwd="/")
+        assert r.returncode == 0, r.stderr
+        sheets.append(("nattrack grade", _scores(out / "4242" / "results.json")))
+    r = subprocess.run([sys.executable, "-m", "nattrack.cli.main", "grade", "--package",
+                        "gradescope", str(LAB02), "--out", str(lab_copy)], capture_output=True,
+                       text=True, timeout=120, env=env, cwd="/")
+    assert r.returncode == 0, r.stderr
+    root = lab_copy / "autograder"
+    with zipfile.ZipFile(r.stdout.strip().splitlines()[-1]) as z:
+        z.extractall(root / "source")
+    (root / "source" / "python").write_text(sys.executable + "\n")   # what setup.sh records
+    shutil.copy(root / "source" / "run_autograder", root / "run_autograder")
+    shutil.copytree(sub, root / "submission")
+    (root / "submission_metadata.json").write_text(json.dumps({"users": [{"id": 4242}]}))
+    ag_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    ag_env["NATTRACK_AUTOGRADER_ROOT"] = str(root)
+    for i in range(RUNS):
+        r = subprocess.run(["bash", str(root / "run_autograder")], capture_output=True,
+                           text=True, timeout=300, env=ag_env, cwd=root)
+        assert r.returncode == 0, r.stderr
+        sheets.append(("run_autograder", _scores(root / "results" / "results.json")))
+    first = sheets[0][1]
+    assert first["2.6"] == 3.2 and first["2.2"] == round(4 * 119 / 120, 4), first
+    for how, sheet in sheets:
+        assert sheet == first, (how, sheet, first)
