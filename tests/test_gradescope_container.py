@@ -154,6 +154,18 @@ def image():
         assert not _leftovers(top)
 
 
+@pytest.fixture
+def grade(image, record_property):
+    """``grade(name, folder, **kw)``: a fresh container grades it; its time is recorded
+    (printed, and a JUnit property) and bounded."""
+    def run(name: str, submission: Path, **kw) -> gc.Run:
+        done = _grade(image, name, submission, **kw)
+        record_property(f"seconds {name}", round(done.seconds, 2))
+        assert done.seconds < 60, f"{name}: {done.seconds:.0f} s in the container"
+        return done
+    return run
+
+
 def _grade(image, name: str, submission: Path, **kw) -> gc.Run:
     top, root = image
     work = top / "runs" / name
@@ -214,8 +226,8 @@ print("reached")
     assert not (root / "usr" / "bin" / "bwrap").exists()      # not installed by setup.sh
 
 
-def test_the_solution_gets_full_marks_and_no_red_test(image):
-    run = _grade(image, "solution", LAB / "solution")
+def test_the_solution_gets_full_marks_and_no_red_test(grade):
+    run = grade("solution", LAB / "solution")
     doc = run.results
     assert _score(run) == OFFLINE_POINTS, json.dumps(doc, indent=1)
     assert [t["number"] for t in doc["tests"] if t.get("status") == "failed"] == []
@@ -227,13 +239,13 @@ def test_the_solution_gets_full_marks_and_no_red_test(image):
     assert hidden["visibility"] == "hidden" and hidden["score"] == 2
 
 
-def test_the_skeleton_scores_less(image):
-    run = _grade(image, "skeleton", LAB / "student")
+def test_the_skeleton_scores_less(grade):
+    run = grade("skeleton", LAB / "student")
     assert _score(run) < OFFLINE_POINTS
     assert any(t.get("status") == "failed" for t in run.results["tests"])
 
 
-def test_odd_file_names_change_nothing(image):
+def test_odd_file_names_change_nothing(image, grade):
     d = image[0] / "submissions" / "odd"
     d.mkdir(parents=True)
     shutil.copy(LAB / "solution" / "tcp_states.py", d)
@@ -241,24 +253,25 @@ def test_odd_file_names_change_nothing(image):
         (d / name).parent.mkdir(parents=True, exist_ok=True)
         (d / name).write_text("not a submission file\n")
     (d / os.fsdecode(b"latin1-\xe9t\xe9.txt")).write_text("bytes that are not UTF-8\n")
-    run = _grade(image, "odd names", d)
+    run = grade("odd names", d)
     assert _score(run) == OFFLINE_POINTS, json.dumps(run.results, indent=1)
 
 
-def test_a_submission_that_hunts_the_hidden_tests_gets_none_of_them(image):
+def test_a_submission_that_hunts_the_hidden_tests_gets_none_of_them(image, grade):
     solution = (LAB / "solution" / "tcp_states.py").read_text()
-    run = _grade(image, "hunt", _submission(image, "hunt", solution + HUNT))
+    run = grade("hunt", _submission(image, "hunt", solution + HUNT))
     assert SECRET not in json.dumps(run.results) and SECRET not in run.stdout
     assert "fin_then_ack" not in json.dumps(run.results)
 
 
-def test_a_submission_that_phones_home_reaches_nothing(image):
+def test_a_submission_that_phones_home_reaches_nothing(image, grade):
     solution = (LAB / "solution" / "tcp_states.py").read_text()
     text = PHONE_HOME + solution.replace("def next_state(state, direction, flag):\n",
                                          "def next_state(state, direction, flag):\n"
                                          "    _phone(state, direction, flag)\n")
     assert "_phone(state" in text
-    run = _grade(image, "phone home", _submission(image, "phone", text), listen_port=PORT)
+    run = grade("phone home", _submission(image, "phone", text), listen_port=PORT)
     print("gradescope container: the probe says:", _probe(run).replace("\n", " / "))
     assert run.connections == [], f"the submission reached the listener: {run.connections[:3]}"
+    assert "Network: cut off" in _probe(run)             # and the probe says so
     assert _score(run) == OFFLINE_POINTS                   # the rest of it is the solution
