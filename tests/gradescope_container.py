@@ -99,7 +99,7 @@ def build_image(zip_path: Path, image: Path, rootfs_tar: Path, timeout: float = 
                 ) -> subprocess.CompletedProcess:
     """The Dockerfile's steps on a fresh copy of the root in ``image`` (an empty folder);
     raises when setup.sh fails."""
-    from tests.rootfs import unpack
+    from tests.rootfs import unpack          # here: this file also runs alone, inside
     if rootfs_tar.is_dir():          # rootfs.py's mmdebstrap made a folder of the .tar name
         pack = subprocess.Popen(["tar", "-C", str(rootfs_tar), "-cf", "-", "."],
                                 stdout=subprocess.PIPE)
