@@ -6,7 +6,8 @@ MASQUERADE; halfway, the rules change to SNAT into a port range (and add a DNAT)
 established flows keep their entries and their NAT (both clients check every answer);
 a new flow gets a port from the new range; the event stream and the capture opened
 before the reload still work after it.  In kernel mode the kernel does the same with
-iptables-restore in the router's namespace, and its table must equal the shadow's.
+iptables-restore in the router's namespace, and its table must equal the shadow's; the
+nat table's counters start over, the filter table's go on.
 """
 from __future__ import annotations
 
@@ -124,6 +125,14 @@ def test_reload_under_traffic_keeps_every_entry_and_its_nat(topo, workdir, serve
             assert "SNAT --to-source 203.0.113.1:61000-61099" in saved and "MASQUERADE" not in saved
             assert "-A FORWARD -i r-lan -o r-wan -j ACCEPT" in saved      # *filter untouched
             assert "! --ctstate UNTRACKED" in saved
+            # Counters as iptables-restore leaves them: the replaced nat table's start over
+            # and count only the new flow's first packet (established flows never traverse
+            # the nat table again); the filter table, not in the file, kept counting.
+            counted = topo.exec(topo.router, "iptables-save", "-c").stdout
+            snat_udp = [l for l in counted.splitlines() if "-p udp -j SNAT" in l][0]
+            assert snat_udp.startswith("[1:"), counted
+            fwd = [l for l in counted.splitlines() if "-A FORWARD" in l and "ESTABLISHED" in l][0]
+            assert int(fwd[1:].split(":")[0]) > 20, counted
             time.sleep(0.3)
             kernel = [l for l in kernel_conntrack(topo, "-L").splitlines() if l.strip()]
             assert_same_tables(table_lines(router), kernel)
