@@ -23,7 +23,7 @@ __all__ = ["rootfs_tarball", "unpack", "Chroot", "rootfs_problem"]
 
 CACHE = Path(os.environ.get("NATTRACK_ROOTFS_CACHE", "/var/cache/nattrack-tests/rootfs"))
 MAX_AGE = 7 * 24 * 3600
-_FORMAT = "1"                     # bump when the way a tarball is built changes
+_FORMAT = "2"                     # bump when the way a tarball is built changes
 
 
 def rootfs_problem() -> str | None:
@@ -43,8 +43,8 @@ def rootfs_tarball(suite: str, packages=(), variant: str = "apt") -> Path:
     if path.exists() and time.time() - path.stat().st_mtime < MAX_AGE:
         return path
     CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    argv = ["mmdebstrap", "--mode=root", f"--variant={variant}", "--quiet"]
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tar")
+    argv = ["mmdebstrap", "--mode=root", "--format=tar", f"--variant={variant}", "--quiet"]
     if packages:
         argv.append("--include=" + ",".join(packages))
     argv += [suite, str(tmp)]
