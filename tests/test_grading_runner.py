@@ -390,3 +390,29 @@ def test_lab_check_names_exactly_the_undone_todos(lab, tmp):
         named = [l.split(" (lab")[0] for l in lines if " (lab " in l]
         assert named == [t["id"] for t in undone], lines
         assert f"{len(todos) - len(undone)} of {len(todos)} TODOs done" in lines[-2], lines
+
+
+HIDDEN_PARTIAL = """\
+from nattrack.labs.checks import partial_credit
+from nattrack.labs.testing import test
+
+@test(points=2, number="H.1", name="hidden partial", visibility="hidden", mode="offline")
+def hidden_partial(ctx):
+    return partial_credit([("next_state('SECRET-INPUT-7f3a')", 1, 2), ("fine", 1, 1)])
+"""
+
+
+def test_a_hidden_tests_partial_credit_names_its_cases_to_the_teacher_only(tmp):
+    from nattrack.grading.batch import grade_all
+    hidden = tmp / "hidden"
+    hidden.mkdir(mode=0o700)
+    (hidden / "test_partial.py").write_text(HIDDEN_PARTIAL)
+    [(sid, res)] = grade_all(LAB, [LAB / "solution"], tmp / "out", hidden=hidden,
+                             mode="offline", echo=lambda *_: None)
+    h1 = by_number(res)["H.1"]
+    assert h1.score == 1 and h1.output == ("1 of 2 cases right; first wrong: "
+                                           "next_state('SECRET-INPUT-7f3a'): yours 1, expected 2")
+    d = tmp / "out" / sid
+    assert "SECRET-INPUT" in (d / "results.json").read_text()        # the teacher's
+    for name in ("results-student.json", "summary.txt"):                 # the student's
+        assert "SECRET-INPUT" not in (d / name).read_text(), name
