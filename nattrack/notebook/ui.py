@@ -617,7 +617,8 @@ class TimeoutsPanel(Stepper):
             if len(kevs) > self._kev_seen:
                 self.kernel_events.append(scope_events(self.scenario, kevs[self._kev_seen:]))
             self._kev_seen = len(kevs)
-            self.clock.value = self._clock_html(table)
+            _flush([self.timeline, self.table, self.compare, self.events, self.kernel_events])
+            self.clock.value = self._clock_html(table)          # drawn last: all views agree
         finally:
             self._ev_lock.release()
 

@@ -141,6 +141,7 @@ PANELS_JS = """
           diagram: one(".nattrack-role-diagram [data-view='diagram']"),
           compare: one(".nattrack-role-compare [data-view='compare']"),
           clock: one("[data-view='clock']"),
+          busy: panel.querySelectorAll('button:disabled').length > 0,
           note: (panel.querySelector('[data-note]') || {getAttribute: () => ''})
                 .getAttribute('data-note') || '',
           errors: Array.from(panel.querySelectorAll('[data-error], .nt-err'))
@@ -251,13 +252,14 @@ def output_of(page, scenario: str):
 
 
 def press(page, scenario: str, button: str, expect: str, timeout: float = 60) -> dict:
-    """Press one of a panel's buttons, then wait until ``expect`` (JS, on the panel's
-    data as PANELS_JS gives it: ``p``) holds; the panel's data."""
+    """Press one of a panel's buttons, then wait until its buttons are enabled again (the
+    press is over, every view drawn) and ``expect`` (JS, on the panel's data as
+    PANELS_JS gives it: ``p``) holds; the panel's data."""
     output_of(page, scenario).get_by_role("button", name=button, exact=True).click()
     page.wait_for_function(
         f"""sc => {{ const p = ({PANELS_JS})(document.body).find(
                  x => x.steps.scenario === sc);
-             return p && (p.errors.length > 0 || ({expect})); }}""",
+             return p && (p.errors.length > 0 || (!p.busy && ({expect}))); }}""",
         arg=scenario, timeout=timeout * 1000)
     p = panel_of(page, scenario)
     assert p["errors"] == [], f"{scenario}, {button}: {p['errors']}"
