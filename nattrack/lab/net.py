@@ -35,9 +35,12 @@ class LabNet:
             self.topo = topo
         else:
             cls = get_topology(topo)
-            self.topo = cls(mode=mode, rules=rules, sysctls=sysctls or {},
-                            run_dir=str(self.paths.dir), wait=False, plugin=plugin, run_as=run_as,
-                            rate=rate)
+            try:
+                self.topo = cls(mode=mode, rules=rules, sysctls=sysctls or {},
+                                run_dir=str(self.paths.dir), wait=False, plugin=plugin,
+                                run_as=run_as, rate=rate)
+            except ValueError as exc:                # a bad mode, rate ...: one line
+                raise LabError(str(exc)) from None
         self.net = None
         self.services: dict[str, subprocess.Popen] = {}
         self.netns: dict[str, int] = {}
