@@ -235,6 +235,8 @@ def test_the_solution_gets_full_marks_and_no_red_test(grade):
     assert "status" not in live and live["max_score"] == 0 and "not-run" in live["tags"]
     assert "Graded offline only" in doc["output"]
     assert "offline only" in _probe(run)
+    # The reason is the container's, and no advice to install what could not run there.
+    assert "cannot create namespaces" in _probe(run) and "apt-get install" not in _probe(run)
     hidden = next(t for t in doc["tests"] if t["number"] == "9.1")
     assert hidden["visibility"] == "hidden" and hidden["score"] == 2
 

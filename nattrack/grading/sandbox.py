@@ -62,7 +62,7 @@ from pathlib import Path
 from ..lab.procs import pids
 
 __all__ = ["SandboxError", "SandboxResult", "run_untrusted", "Jail", "Untrusted",
-           "bwrap_problem", "sandbox_uid"]
+           "bwrap_problem", "namespaces_problem", "sandbox_uid"]
 
 MARKER_VAR = "NATTRACK_SANDBOX_RUN"
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -551,6 +551,23 @@ class Jail:
 _BWRAP_CACHE: dict[bool, str | None] = {}
 
 
+def namespaces_problem() -> str | None:
+    """None when this process may create namespaces (a jail, a lab), else why not (one line).
+
+    Root tries mount and network namespaces; anyone else a user namespace, as bwrap would.
+    Docker's default seccomp profile and a missing CAP_SYS_ADMIN (Gradescope) refuse both."""
+    argv = (["unshare", "--mount", "--net", "true"] if os.geteuid() == 0 else
+            ["unshare", "--user", "--map-root-user", "--mount", "true"])
+    try:
+        r = subprocess.run(argv, capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot create namespaces here: {exc}"
+    if r.returncode == 0:
+        return None
+    why = (r.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1][:200]
+    return f"this machine cannot create namespaces (a container without CAP_SYS_ADMIN?): {why}"
+
+
 def bwrap_problem() -> str | None:
     """None when ``bwrap`` can build a jail here, else why not (one line, cached)."""
     as_root = os.geteuid() == 0
@@ -560,7 +577,9 @@ def bwrap_problem() -> str | None:
         return _BWRAP_CACHE[as_root]
     bwrap = shutil.which("bwrap")
     if bwrap is None:
-        problem = "bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
+        # Where no namespace can be made, installing bwrap would not help: say so instead.
+        problem = (namespaces_problem() or
+                   "bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
     else:
         argv = [bwrap, *_jail_args(Jail([]), as_root), "--", "/bin/true"]
         try:
