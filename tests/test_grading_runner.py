@@ -118,6 +118,10 @@ def test_outputs_validate_against_the_schemas(tmp):
     assert rows[0] == "student_id,number,name,score,max_score,status,visibility"
     assert len(rows) == 1 + 2 * 7
     assert "student,2.2,Every timeout (partial credit),0.5,2,failed,visible" in rows
+    # the class's scores and log, and each student's folder, are the teacher's alone
+    for p in (tmp / "out" / "class.csv", tmp / "out" / "grader.log"):
+        assert p.stat().st_mode & 0o077 == 0, oct(p.stat().st_mode)
+    assert (tmp / "out" / "student").stat().st_mode & 0o077 == 0
 
 
 def test_the_validators_reject_bad_documents():

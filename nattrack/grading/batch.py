@@ -124,8 +124,13 @@ def grade_all(lab, paths, out, *, hidden=None, mode: str = "auto", student_id=No
                          "subfolders' names")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    # The class's log and scores are the teacher's alone: grading runs student code on
+    # this machine, which may read anything others can (without a jail, only modes hold).
     log_path = out / "grader.log"
     log_path.write_text("")
+    log_path.chmod(0o600)
+    (out / "class.csv").touch(mode=0o600)
+    (out / "class.csv").chmod(0o600)
     suite = f"lab{info.number:02d}-{info.slug}"
     done: list[tuple[str, Results]] = []
     t0 = time.monotonic()

@@ -213,7 +213,7 @@ def run_autograder(root, source) -> int:
             if p.is_dir():
                 os.chmod(p, stat.S_IRWXU)
         work = Path(tempfile.mkdtemp(prefix="nattrack-gs-"))
-        os.chmod(work, 0o755)
+        os.chmod(work, 0o700)        # the grader's copy and its log: root's alone
         try:
             # links stay links: the grader refuses them, never follows them
             shutil.copytree(root / "submission", work / "submission", symlinks=True)
