@@ -53,9 +53,9 @@ def lab_check(lab: str | None = None, folder: str | None = None, live: bool = Fa
     failed = {n: t.output for n, t in by_number.items() if not t.passed}
     unmet, unexplained = unmet_todos(info.todos, failed)
     for todo in info.todos:
-        n = unmet.get(str(todo.get("id")))
+        n = unmet.get(str(todo.get("id", "TODO")))
         if n is not None:
-            out(f"{todo.get('id')} (lab {info.number}): {todo.get('text', '')} -- "
+            out(f"{todo.get('id', 'TODO')} (lab {info.number}): {todo.get('text', '')} -- "
                 f"{_first_line(failed[n])}")
     for n, suspects in unexplained.items():
         also = f" (it exercises {', '.join(suspects)})" if suspects else ""
