@@ -15,18 +15,18 @@
   its workflow and job summary (GitHub Classroom is gone); :mod:`nattrack.grading.replayjson`
   -- ``nattrack replay --json`` as a function.
 - :mod:`nattrack.grading.results` -- a small results model and writers for Gradescope
-  (``results.json``), GitHub Classroom, JUnit XML, a class CSV and a human summary.
+  (``results.json``), JUnit XML, a class CSV and a human summary.
 
 The grader never imports student code (lab-kit conventions, section 5); docs/labs-format.md
 is the contract with the labs' tests.
 """
 from nattrack.grading.results import (Results, TestResult, human_summary, student_view,
-                                      to_classroom, to_csv_rows, to_gradescope,
-                                      to_junit_xml, write_class_csv)
+                                      to_csv_rows, to_gradescope, to_junit_xml,
+                                      write_class_csv)
 from nattrack.grading.sandbox import SandboxError, SandboxResult, run_untrusted
 
 __all__ = [
-    "Results", "TestResult", "human_summary", "student_view", "to_classroom", "to_csv_rows",
+    "Results", "TestResult", "human_summary", "student_view", "to_csv_rows",
     "to_gradescope", "to_junit_xml", "write_class_csv",
     "SandboxError", "SandboxResult", "run_untrusted",
 ]

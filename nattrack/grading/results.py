@@ -3,9 +3,6 @@
 - :func:`to_gradescope` -- the ``results.json`` dict (conventions section 5):
   top-level ``execution_time``, ``output``, ``visibility``, ``stdout_visibility``, ``tests``
   and ``score`` only when one is given (it overrides the sum of the tests).
-- :func:`to_classroom` -- GitHub Classroom's reporter payload: base64 of
-  ``{"version": 1, "status", "max_score", "tests": [{"name", "status", "score", "message",
-  "line_no", "execution_time"}]}`` (statuses ``pass`` / ``fail``).
 - :func:`to_junit_xml` -- JUnit XML for CI dashboards; JUnit has no field for points, so
   they are the suite's ``<property>`` elements (``score``, ``max_score``, ``score N``).
 - :func:`to_csv_rows` / :func:`write_class_csv` -- one row per student and test.
@@ -16,7 +13,6 @@
 """
 from __future__ import annotations
 
-import base64
 import csv
 import json
 import re
@@ -25,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 __all__ = ["TestResult", "Results", "STATUSES", "VISIBILITIES", "to_gradescope",
-           "to_classroom", "to_junit_xml", "to_csv_rows", "write_class_csv", "CSV_FIELDS",
+           "to_junit_xml", "to_csv_rows", "write_class_csv", "CSV_FIELDS",
            "human_summary", "student_view"]
 
 STATUSES = ("passed", "failed")
@@ -45,9 +41,8 @@ class TestResult:
     output: str = ""
     visibility: str = "visible"
     tags: list[str] = field(default_factory=list)
-    execution_time: float = 0.0           # seconds; Classroom and JUnit report it
+    execution_time: float = 0.0           # seconds; JUnit reports it
     output_format: str = "text"
-    line_no: int | None = None            # Classroom's optional source line
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -148,28 +143,6 @@ def to_gradescope(results: Results) -> dict:
     if results.score is not None:
         out["score"] = _num(results.score)
     return out
-
-
-# --- GitHub Classroom ------------------------------------------------------------------------
-
-def classroom_payload(results: Results) -> dict:
-    tests = [{
-        "name": t.name,
-        "status": "pass" if t.passed else "fail",
-        "score": _num(t.score),
-        "message": t.output,
-        "line_no": t.line_no,
-        "execution_time": f"{t.execution_time:.2f}s",
-    } for t in results.tests]
-    return {"version": 1,
-            "status": "pass" if results.failures == 0 else "fail",
-            "max_score": _num(results.max_total),
-            "tests": tests}
-
-
-def to_classroom(results: Results) -> str:
-    raw = json.dumps(classroom_payload(results), ensure_ascii=False).encode("utf-8")
-    return base64.b64encode(raw).decode("ascii")
 
 
 # --- JUnit XML ---------------------------------------------------------------------------------
