@@ -410,7 +410,8 @@ class Stepper:
             for b in self._controls():
                 b.disabled = False
 
-    END = "That was the last step: the scenario is over. Press reset (or a step's button) to start again."
+    END = ("That was the last step: the scenario is over. Press reset (or a step's button) "
+           "to start again.")
 
     def run(self, step: str | None = None) -> StepResult | str:
         """Perform ``step`` (default: the next one) and show it.  Steps before it that
