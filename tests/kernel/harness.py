@@ -179,6 +179,9 @@ class Scenario:
     diff_xfail: str = ""
     public_extra: tuple[str, ...] = ()
     gap: float = 0.03          # pause after each Send, keeps the ingress order unambiguous
+    # Ports open on the router while the scenario runs ("tcp:22", "udp:53"): a process in
+    # the router namespace binds them (TCP: listens), as a lab's SSH or DNS server would.
+    listen: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -197,6 +200,7 @@ class Recording:
     workdir: Path
     log: list[tuple[float, str]] = dataclasses.field(default_factory=list)  # (epoch, step)
     problems: list[str] = dataclasses.field(default_factory=list)  # recorder trouble
+    listen: tuple[str, ...] = ()           # the scenario's open router ports ("tcp:22")
 
     def frames(self, iface: str, direction: str) -> list[tuple[float, bytes]]:
         return read_pcap(self.pcaps[(iface, direction)])
@@ -871,14 +875,33 @@ class KernelLab:
             raise LabError(f"scenario {scenario.name} needs other rules than this lab's")
         self.set_sysctls(scenario.sysctls)
         self.flush()
-        self.start_recording(scenario.name)
+        listener = self.start_listeners(scenario.listen) if scenario.listen else None
         try:
-            self.run_steps(scenario.steps, gap=scenario.gap)
-        except BaseException:
-            if self._rec is not None:
-                self.stop_recording(settle=0)
-            raise
-        return self.stop_recording()
+            self.start_recording(scenario.name)
+            try:
+                self.run_steps(scenario.steps, gap=scenario.gap)
+            except BaseException:
+                if self._rec is not None:
+                    self.stop_recording(settle=0)
+                raise
+            rec = self.stop_recording()
+        finally:
+            if listener is not None:
+                self._stop_proc(listener)
+        rec.listen = tuple(scenario.listen)
+        return rec
+
+    def start_listeners(self, specs: Iterable[str]) -> subprocess.Popen:
+        """Open ``PROTO:PORT`` sockets in the router namespace (TCP ones listen); the
+        process holds them until stopped (:meth:`_stop_proc`)."""
+        p = self._spawn("rtr", [sys.executable, "-c", _LISTENER, *specs], stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        line = _LineReader(p.stdout.fileno()).readline(10.0)
+        if line != "ready":
+            self._stop_proc(p)
+            raise LabError(f"router listeners {' '.join(specs)} did not start: "
+                           f"{p.stderr.read().decode(errors='replace').strip() or line!r}")
+        return p
 
     # -- teardown -------------------------------------------------------------------------
 
@@ -928,6 +951,23 @@ class KernelLab:
             _unhook_sigterm()
             if old is not None:
                 signal.signal(signal.SIGINT, old)
+
+
+# The router's open ports (Scenario.listen): bound on all addresses, held until killed.
+_LISTENER = """
+import socket, sys
+held = []
+for spec in sys.argv[1:]:
+    proto, port = spec.split(":")
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(port)))
+    if proto == "tcp":
+        s.listen(8)
+    held.append(s)
+print("ready", flush=True)
+sys.stdin.read()
+"""
 
 
 # ----------------------------------------------------------------------------------------

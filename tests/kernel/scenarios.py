@@ -1222,6 +1222,55 @@ def _local_protocol_unreachable() -> Scenario:
             checks=(lambda rec: _router_error(rec, "r-pub", 3, 0xC0),)))
 
 
+def _local_open_ports() -> Scenario:
+    return Scenario(
+        "local_open_ports",
+        "ports open on the router (SSH, DNS): a SYN gets a listener's SYN|ACK (TOS 0, DF, IP "
+        "id 0, window 64240, MSS 1460), the entry goes SYN_RECV, the client's RST closes it; "
+        "a stray ACK still gets a RST, a bare FIN nothing (tcp_rcv_state_process(), LISTEN); "
+        "a datagram to the open UDP port no port unreachable",
+        MASQ,
+        (to_router("pub", ROUTER_PUB, TCP(sport=45070, dport=22, flags="S", seq=1000)),
+         to_router("pub", ROUTER_PUB, TCP(sport=45070, dport=22, flags="R", seq=1001)),
+         to_router("priv1", ROUTER_PRIV, TCP(sport=45071, dport=22, flags="S", seq=3000)),
+         to_router("priv1", ROUTER_PRIV, TCP(sport=45071, dport=22, flags="R", seq=3001)),
+         to_router("pub", ROUTER_PUB, TCP(sport=45072, dport=22, flags="A", seq=1, ack=99)),
+         to_router("pub", ROUTER_PUB, TCP(sport=45073, dport=22, flags="F", seq=1)),
+         to_router("pub", ROUTER_PUB, UDP(sport=45074, dport=53), b"q")),
+        listen=("tcp:22", "udp:53"),
+        diff_xfail="the engine must replay with the scenario's open ports (rec.listen) and the "
+                   "SYN|ACK's sequence number is the kernel's secure_tcp_seq(): "
+                   "test_kernel_diff.py does not do either yet",
+        expect=Expect(
+            events=(ev("NEW", r"tcp\s+6 120 SYN_SENT .*sport=45070 dport=22 \[UNREPLIED\]"),
+                    ev("UPDATE", r"tcp\s+6 60 SYN_RECV .*sport=45070 "),
+                    ev("UPDATE", r"tcp\s+6 10 CLOSE .*sport=45070 "),
+                    ev("NEW", r"tcp .*sport=45071 "),
+                    ev("UPDATE", r"tcp .* SYN_RECV .*sport=45071 "),
+                    ev("NEW", r"tcp\s+6 300 ESTABLISHED .*sport=45072 "),
+                    ev("DESTROY", r"tcp .*sport=45072 "),
+                    ev("NEW", r"udp .*sport=45074 dport=53 \[UNREPLIED\]")),
+            no_events=(r"sport=45073 ",), table_count=3, stats={"invalid": 1},
+            egress=(("r-pub", r"tcp 203\.0\.113\.1:22 > 203\.0\.113\.2:45070 \[SA\] seq=\d+ "
+                              r"ack=1001 len=0 ipid=0$"),
+                    ("r-priv", r"tcp 10\.0\.0\.1:22 > 10\.0\.0\.2:45071 \[SA\] seq=\d+ ack=3001 "),
+                    ("r-pub", _r(ROUTER_PUB, 22, PUB, 45072, "R", 99, 0))),
+            no_egress=(("r-pub", r"icmp|45073"),),
+            checks=(_listener_syn_ack,)))
+
+
+def _listener_syn_ack(rec) -> None:
+    """tcp_v4_send_synack() for a SYN without options: TOS 0, TTL 64, DF, IP id 0,
+    window 64240, MSS 1460 only."""
+    from scapy.layers.l2 import Ether
+    sas = [Ether(f)[IP] for iface in ("r-pub", "r-priv") for _, f in rec.frames(iface, "out")
+           if TCP in Ether(f) and str(Ether(f)[TCP].flags) == "SA"]
+    assert len(sas) == 2, [s.summary() for s in sas]
+    for s in sas:
+        assert (s.tos, s.ttl, int(s.flags), s.id, s[TCP].window, s[TCP].options) == \
+            (0, 64, 2, 0, 64240, [("MSS", 1460)]), s.summary()
+
+
 def _local_input_drop() -> Scenario:
     return Scenario(
         "local_input_drop",
@@ -1291,7 +1340,7 @@ SCENARIOS: list[Scenario] = [
     _timeouts_expire(), _udp_refresh(),
     _local_tcp_syn(), _local_tcp_ack(), _local_tcp_fin_synack(), _local_tcp_silent(),
     _local_late_replies(), _local_udp_closed(), _local_protocol_unreachable(),
-    _local_input_drop(),
+    _local_input_drop(), _local_open_ports(),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 assert len(BY_NAME) == len(SCENARIOS), "duplicate scenario names"
