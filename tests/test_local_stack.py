@@ -210,3 +210,26 @@ def test_listen_errors_are_one_clear_line():
     for bad in ("tcp", "icmp:1", "tcp:x", "udp:0"):
         with pytest.raises(ValueError, match=f"--listen '{bad}': expected tcp:PORT or udp:PORT"):
             parse_listen_args([bad])
+
+
+def test_replay_cli_answers_from_the_router_and_takes_listen(tmp_path, capsys):
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    from nattrack.cli.main import main
+    from nattrack.packet.pcapio import read_capture
+    frames = [Ether() / IP(src=PUB, dst=RTR_PUB) / TCP(sport=5000, dport=22, flags="S", seq=1000),
+              Ether() / IP(src=PUB, dst=RTR_PUB) / TCP(sport=5001, dport=80, flags="S", seq=1000)]
+    for i, f in enumerate(frames):
+        f.time = 1000.0 + i
+    wrpcap(str(tmp_path / "wan.pcap"), frames)
+    out = tmp_path / "out.pcapng"
+    args = ["replay", f"wan={tmp_path / 'wan.pcap'}", "--iface", "lan=10.0.0.1/24",
+            "--iface", "wan=203.0.113.1/24", "--route", "default=wan", "-w", str(out)]
+    assert main([*args, "--listen", "tcp:22,2222"]) == 0
+    sent = [(IP(f.data[14:])[TCP].sport, str(IP(f.data[14:])[TCP].flags)) for f in read_capture(out)]
+    assert sent == [(22, "SA"), (80, "RA")]
+    capsys.readouterr()
+    assert main([*args, "--listen", "tcp:ssh"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--listen 'tcp:ssh': expected tcp:PORT or udp:PORT" in err
