@@ -372,3 +372,12 @@ def test_human_summary():
     text = human_summary(sample())
     assert text.startswith("Score: 7/14 (2 of 4 tests passed)")
     assert "FAIL 1.2 conntrack -L matches (0/3): expected 1 entry, got 0" in text
+
+
+def test_points_read_as_people_read_them():
+    # a sum of partial credits carries float noise; no summary or results.json shows it
+    res = Results(tests=[TestResult("a", "1", 1 / 3 * 3.5, 4, "failed"),
+                         TestResult("b", "2", 7.8333, 14, "failed")])
+    assert human_summary(res).startswith("Score: 9/18 ")
+    assert to_gradescope(Results(tests=[TestResult("c", "3", 0.1 + 0.2, 1, "failed")])
+                         )["tests"][0]["score"] == 0.3

@@ -28,8 +28,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .results import (Results, human_summary, student_view, to_csv_rows, to_gradescope,
-                      to_junit_xml, write_class_csv)
+from .results import (Results, human_summary, points, student_view, to_csv_rows,
+                      to_gradescope, to_junit_xml, write_class_csv)
 from .runner import GradeError, Grader, load_lab
 
 __all__ = ["discover", "grade_all", "write_outputs"]
@@ -139,7 +139,7 @@ def grade_all(lab, paths, out, *, hidden=None, mode: str = "auto", student_id=No
     def finished(i: int, sid: str, res: Results) -> None:
         write_outputs(out, sid, res, suite)
         done.append((sid, res))
-        echo(f"[{len(done)}/{n}] {sid}: {_num(res.total)}/{_num(res.max_total)} "
+        echo(f"[{len(done)}/{n}] {sid}: {points(res.total)}/{points(res.max_total)} "
              f"in {res.execution_time:.1f} s")
 
     jobs = max(1, min(int(jobs), len(subs), 64))
@@ -173,9 +173,6 @@ def grade_all(lab, paths, out, *, hidden=None, mode: str = "auto", student_id=No
         echo(human_summary(student_view(done[0][1])).rstrip())
     return done
 
-
-def _num(x: float):
-    return int(x) if float(x).is_integer() else round(float(x), 2)
 
 
 def main_grade(args) -> int:

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from ..labs.testing import number_key
+from .results import points
 from .runner import GradeError, Grader
 
 
@@ -62,7 +63,7 @@ def lab_check(lab: str | None = None, folder: str | None = None, live: bool = Fa
         out(f"test {n} (lab {info.number}): {by_number[n].name} -- {_first_line(failed[n])}"
             f"{also}")
     done = len(info.todos) - len(unmet) - len({i for s in unexplained.values() for i in s})
-    total = f"{_num(res.total)}/{_num(res.max_total)} points"
+    total = f"{points(res.total)}/{points(res.max_total)} points"
     if info.todos:
         out(f"{done} of {len(info.todos)} TODOs done, "
             f"{len(by_number) - len(failed)} of {len(by_number)} tests pass, {total}")
@@ -104,6 +105,3 @@ def _first_line(output: str) -> str:
     lines = output.strip().splitlines()
     return lines[0] if lines else "failed"
 
-
-def _num(x: float):
-    return int(x) if float(x).is_integer() else round(float(x), 2)

@@ -32,7 +32,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .results import Results, TestResult, _num, student_view
+from .results import Results, TestResult, student_view
+from .results import points
 from .runner import GradeError, load_lab
 
 __all__ = ["WORKFLOW", "build_template", "results_from_gradescope", "to_markdown",
@@ -174,14 +175,14 @@ def _mark(t: TestResult) -> str:
 def to_markdown(results: Results, title: str) -> str:
     """The job summary: the score, then one table row per test (what failed, first line)."""
     ran = len(results.tests) - results.not_run
-    lines = [f"## {_cell(title)}: {_num(results.total)}/{_num(results.max_total)} points", "",
+    lines = [f"## {_cell(title)}: {points(results.total)}/{points(results.max_total)} points", "",
              f"{ran - results.failures} of {ran} tests passed"
              + (f", {results.not_run} not run here" if results.not_run else "") + ".", "",
              "| Test | Result | Points | Why |", "|---|---|---:|---|"]
     for i, t in enumerate(results.tests, 1):
         why = t.output.strip().splitlines()[0] if (not t.passed and t.output.strip()) else ""
         lines.append(f"| {_cell(t.number or str(i))} {_cell(t.name)} | {_mark(t)} "
-                     f"| {_num(t.score)}/{_num(t.max_score)} | {_cell(why)} |")
+                     f"| {points(t.score)}/{points(t.max_score)} | {_cell(why)} |")
     if results.output.strip():
         lines += ["", "```text", results.output.strip().replace("```", "'''"), "```"]
     lines += ["", "_Self-reported: graded by this repository's own workflow. "
@@ -230,7 +231,7 @@ def to_classroom50(results: Results, assignment: str, env=None, cwd=None) -> dic
         f"{server}/{env.get('GITHUB_REPOSITORY', '')}/commit/{env.get('GITHUB_SHA', '')}")
     tests = [{"test-name": f"{t.number} {t.name}".strip(), "passed": t.passed,
               "score": math.floor(t.score + 1e-9), "max-score": math.floor(t.max_score + 1e-9),
-              "points": _num(t.score)}
+              "points": points(t.score)}
              for t in results.tests if not t.not_run]
     now = _utc(datetime.datetime.now(datetime.timezone.utc))
     return {
@@ -290,7 +291,7 @@ def report(lab, out_dir, artifact_dir, env=None, echo=print) -> int:
     (art / "result.json").write_text(json.dumps(
         to_classroom50(seen, f"{info.number:02d}-{info.slug}", env), indent=2,
         ensure_ascii=False) + "\n")
-    score, top = _num(seen.total), _num(seen.max_total)
+    score, top = points(seen.total), points(seen.max_total)
     _append(env.get("GITHUB_OUTPUT"), f"score={score}\nmax-score={top}\n")
     full_marks = seen.total >= seen.max_total
     if full_marks:

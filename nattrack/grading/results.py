@@ -22,7 +22,7 @@ from pathlib import Path
 
 __all__ = ["TestResult", "Results", "STATUSES", "VISIBILITIES", "to_gradescope",
            "to_junit_xml", "to_csv_rows", "write_class_csv", "CSV_FIELDS",
-           "human_summary", "student_view"]
+           "human_summary", "student_view", "points"]
 
 STATUSES = ("passed", "failed")
 VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
@@ -100,9 +100,14 @@ class Results:
         return sum(1 for t in self.tests if t.not_run)
 
 
-def _num(x: float) -> int | float:
-    """2.0 -> 2 (JSON and text read better), 2.5 stays."""
-    return int(x) if float(x).is_integer() else float(x)
+def points(x: float) -> int | float:
+    """Points as people read them: 2.0 -> 2, 2.5 stays, 11.16669999... -> 11.1667 (a sum of
+    partial credits carries float noise, which neither a summary nor results.json should)."""
+    x = round(float(x), 4)
+    return int(x) if x.is_integer() else x
+
+
+_num = points
 
 
 # --- Gradescope ----------------------------------------------------------------------------
