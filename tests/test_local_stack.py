@@ -233,3 +233,14 @@ def test_replay_cli_answers_from_the_router_and_takes_listen(tmp_path, capsys):
     assert main([*args, "--listen", "tcp:ssh"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--listen 'tcp:ssh': expected tcp:PORT or udp:PORT" in err
+
+
+def test_a_syn_flood_on_an_open_port_is_remembered_only_so_far():
+    from nattrack.netfilter import stack
+    box = Box(listen={"tcp": {22}})
+    for port in range(1024, 1024 + stack.ACCEPTED_MAX + 1):
+        box.send("wan", IP(src=PUB, dst=RTR_PUB) / TCP(sport=port, dport=22, flags="S", seq=1))
+    assert len(box.router._accepted) == stack.ACCEPTED_MAX
+    _, out = box.send("wan", IP(src=PUB, dst=RTR_PUB) / TCP(sport=1024, dport=22, flags="A",
+                                                            seq=2, ack=5))
+    assert [str(ip[TCP].flags) for _, ip in out] == ["R"]      # the oldest was forgotten

@@ -56,6 +56,7 @@ IPTOS_ECN_MASK = 0x03
 IP_DF = 0x4000
 IP_DEFAULT_TTL = 64                                 # net.ipv4.ip_default_ttl
 SYNACK_WINDOW = 64240                               # tcp_select_initial_window() for MSS 1460
+ACCEPTED_MAX = 4096                                 # connections remembered per router
 NR_ICMP_TYPES = 18
 ICMP_ERROR_TYPES = frozenset({3, 4, 5, 11, 12})     # icmp_pointers[type].error
 XRLIM_BURST_FACTOR = 6                              # inet_peer_xrlim_allow()
@@ -138,7 +139,9 @@ class Router:
             raise ValueError("listen needs local_stack=True (open ports of the router's own stack)")
         self.local_stack = local_stack
         self.listen = parse_listen(listen)
-        self._accepted: set[tuple[int, int, int, int]] = set()   # connections a listener took
+        # Connections a listener answered, oldest first (a SYN flood forgets the oldest, as
+        # a full SYN queue would).
+        self._accepted: dict[tuple[int, int, int, int], None] = {}
         self.ct = ConntrackTable(self.clock, sysctl, seed=seed)
         unknown = set(icmp or ()) - set(ICMP_SYSCTL_DEFAULTS)
         if unknown:
@@ -333,12 +336,14 @@ class Router:
             conn = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
             if conn in self._accepted:
                 if flags & TH_RST:
-                    self._accepted.discard(conn)
+                    del self._accepted[conn]
                 return None
             if flags & TH_ACK and not flags & TH_RST:
                 return self._tcp_reset(pkt)
             if flags & TH_SYN and not flags & (TH_FIN | TH_RST):
-                self._accepted.add(conn)
+                self._accepted[conn] = None
+                if len(self._accepted) > ACCEPTED_MAX:
+                    del self._accepted[next(iter(self._accepted))]
                 return self._tcp_synack(pkt)
             return None
         return None if flags & TH_RST else self._tcp_reset(pkt)
