@@ -13,7 +13,8 @@
     lab.sysctl("net.netfilter.nf_conntrack_udp_timeout", 10)
     lab.capture("out.pcapng", duration=5)
     lab.diff()                             # Python tracker vs kernel, entry by entry
-    lab.load_rules("classroom-snat-range") # another shipped rules file (both tables restart)
+    lab.load_rules("classroom-snat-range") # another shipped rules file, swapped in like
+                                           # iptables-restore: entries keep their NAT
 
 The caller must be root or in the ``nattrack`` group.  Commands run by ``exec``
 run as the caller (root only for root) inside the node's namespace.

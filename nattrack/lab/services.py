@@ -35,6 +35,10 @@ def _http_handler(name: str):
     class Handler(BaseHTTPRequestHandler):
         server_version = "nattrack-lab"
         sys_version = ""
+        # Headers and body leave in one segment (flushed together after do_GET): written
+        # apart, Nagle made whether the server's FIN rode on the body a race, and so which
+        # side closed first -- a lab's TCP states must not depend on it.
+        wbufsize = 1 << 16
 
         def do_GET(self):                                    # noqa: N802 -- http.server API
             body = _page(name, self.client_address, self.connection.getsockname())
