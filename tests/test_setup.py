@@ -342,9 +342,10 @@ done < scripts/commands.txt
 
 
 def _mounts_under(path: Path) -> list[str]:
-    prefix = str(path.resolve()) + "/"
+    """Mount points at or below ``path``: before deleting it, there must be none."""
+    top = str(path.resolve())
     with open("/proc/self/mountinfo") as f:
-        return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+        return [m for m in (line.split()[4] for line in f) if m == top or m.startswith(top + "/")]
 
 
 def _machine_config(root: Path) -> dict[str, str]:
@@ -416,6 +417,9 @@ def test_setup_on_a_fresh_debian(suite, tmp_path, capsys):
             binds[str(host)] = inside
         if Path("/opt/wheels").is_dir():      # PIP_FIND_LINKS of this machine's pip set-up
             binds["/opt/wheels"] = "/opt/wheels"
+        # On a machine "/" is a mount point; Mininet's mnexec makes it private (EINVAL if not).
+        subprocess.run(["mount", "--bind", str(root), str(root)], check=True)
+        subprocess.run(["mount", "--make-private", str(root)], check=True)
         with Chroot(root, binds) as c:
             c.run(["update-ca-certificates"])
             t0 = time.monotonic()
@@ -437,7 +441,10 @@ def test_setup_on_a_fresh_debian(suite, tmp_path, capsys):
             assert (again.stdout, again.stderr) == ("", ""), "the second run is not a no-op"
             t3 = time.monotonic()
             if suite == "trixie":             # bookworm's is tests/lab/test_demo.py, on this host
-                demo = c.run(["scripts/demo"], cwd=CHECKOUT, env=env, timeout=300)
+                demo = c.run(["scripts/demo"], cwd=CHECKOUT, env=env, timeout=300, check=False)
+                log = root / "run/nattrack/lab.log"
+                assert demo.returncode == 0, (demo.stdout + demo.stderr)[-2000:] + (
+                    "\nlab.log: " + log.read_text()[-3000:] if log.exists() else "")
                 assert demo.stdout.count("=> the same entries") == 3, demo.stdout
                 assert "Both labs were stopped" in demo.stdout
             t4 = time.monotonic()
@@ -445,6 +452,8 @@ def test_setup_on_a_fresh_debian(suite, tmp_path, capsys):
             print(f"\n{suite}: root {t0 - started:.0f} s, setup.sh --tests {t1 - t0:.0f} s, "
                   f"checks {t2 - t1:.0f} s, second run {t3 - t2:.1f} s, demo {t4 - t3:.0f} s")
     finally:
+        if subprocess.run(["umount", str(root)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(root)], capture_output=True)
         left = _mounts_under(root)
         assert not left, f"still mounted, {root} kept: {left}"
         shutil.rmtree(root, ignore_errors=True)
