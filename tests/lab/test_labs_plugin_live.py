@@ -1,8 +1,9 @@
 """A lab submission in the live router: it is imported only after the router gave up root.
 
 ``nattrack lab up --plugin LAB=SUBMISSION`` (python mode): the router opens its sockets as
-root, forks, and the child becomes ``nobody`` (no groups, no capabilities, no_new_privs)
-before importing the submission; the root parent waits and puts the namespace back.
+root, forks, and the child becomes ``nobody`` (no groups, no capabilities, no_new_privs,
+the grader worker's seccomp filter: no new socket but AF_UNIX) before importing the
+submission; the root parent waits and puts the namespace back.
 """
 from __future__ import annotations
 
@@ -19,11 +20,16 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.needs_root
 
 SPY = '''\
-import os
+import os, socket
 status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
-raise RuntimeError("uid=%s gid=%s groups=%s caps=%s nnp=%s" % (
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
+    net = "inet socket opened"
+except OSError as exc:
+    net = "inet socket: %s" % exc.strerror
+raise RuntimeError("uid=%s gid=%s groups=%s caps=%s nnp=%s seccomp=%s %s" % (
     os.getresuid(), os.getresgid(), os.getgroups(), status["CapEff"].strip(),
-    status["NoNewPrivs"].strip()))
+    status["NoNewPrivs"].strip(), status["Seccomp"].strip(), net))
 '''
 
 
@@ -50,6 +56,8 @@ def test_submission_is_imported_without_root(fresh_lab, readable_lab):
     assert "spy/tcp_states.py does not import: RuntimeError:" in err, err
     assert "uid=(65534, 65534, 65534) gid=(65534, 65534, 65534) groups=[]" in err, err
     assert "caps=0000000000000000 nnp=1" in err, err
+    # the grader worker's seccomp filter: no network socket of its own (mode 2 = filter)
+    assert "seccomp=2 inet socket: Operation not permitted" in err, err
     assert not (fresh_lab.run_dir / "lab.sock").exists()
 
 
