@@ -80,6 +80,7 @@ class Rec < BasicObject
   def respond_to_missing?(*) = true
 end
 module Vagrant
+  VERSION = ENV.fetch("FAKE_VAGRANT_VERSION", "2.4.3")
   def self.require_version(*); end
   def self.configure(_version)
     yield ::Rec.new(["config"])
@@ -129,13 +130,26 @@ def test_vagrant_validate_ignoring_providers(tmp_path):
     assert "validated successfully" in p.stdout
 
 
+def vagrant_version() -> tuple[int, ...]:
+    out = subprocess.run(["vagrant", "--version"], capture_output=True, text=True).stdout
+    return tuple(int(n) for n in out.split()[-1].split(".")[:2])
+
+
 @needs_vagrant
+@pytest.mark.parametrize("debian", ["13", "12"])
 @pytest.mark.parametrize("arch", ["amd64", "arm64"])
-def test_vagrant_validate_with_the_virtualbox_block(tmp_path, arch):
+def test_vagrant_validate_with_the_virtualbox_block(tmp_path, arch, debian):
     wrapper = tmp_path / "box"
     wrapper.mkdir()
     (wrapper / "Vagrantfile").write_text(USABLE_PROVIDERS % json.dumps(str(VAGRANTFILE)))
-    env = vagrant_env(tmp_path, VAGRANT_DEFAULT_PROVIDER="virtualbox", NATTRACK_ARCH=arch)
+    env = vagrant_env(tmp_path, VAGRANT_DEFAULT_PROVIDER="virtualbox", NATTRACK_ARCH=arch,
+                      NATTRACK_DEBIAN=debian)
+    if arch == "arm64" and debian == "13" and vagrant_version() < (2, 4):
+        # Debian's vagrant (2.3.4) cannot pick a box's arm64 build: one line says so.
+        p = run_vagrant(["validate"], wrapper, env)
+        assert p.returncode != 0
+        assert "Debian 13 for arm64 needs Vagrant >= 2.4" in p.stdout + p.stderr
+        return
     p = run_vagrant(["validate"], wrapper, env)
     assert p.returncode == 0, p.stdout + p.stderr
 
@@ -156,6 +170,10 @@ def test_vagrant_rejects_a_bad_setting(tmp_path):
                     vagrant_env(tmp_path, NATTRACK_ARCH="sparc"))
     assert p.returncode != 0
     assert "NATTRACK_ARCH=sparc: expected amd64 or arm64" in p.stdout + p.stderr
+    p = run_vagrant(["validate", "--ignore-provider"], ROOT,
+                    vagrant_env(tmp_path, NATTRACK_DEBIAN="11"))
+    assert p.returncode != 0
+    assert "NATTRACK_DEBIAN=11: expected 13 (default) or 12" in p.stdout + p.stderr
 
 
 def _commands(script: str) -> list[list[str]]:
@@ -230,17 +248,28 @@ def test_provisioning_runs_the_setup_script_from_the_synced_folder(tmp_path):
     assert fwd[0]["host_ip"] == "127.0.0.1"          # never the host's other interfaces
 
 
+# The boxes each Debian release is offered in (names checked against the boxes' publishers:
+# bento's Debian 13 carries both CPUs under one name since Vagrant 2.4's box architectures).
+DEBIAN_13_BOXES = {"bento/debian-13", "debian/trixie64"}
+
+
 @needs_ruby
+@pytest.mark.parametrize("debian", ["13", "12", None])
 @pytest.mark.parametrize("arch", ["amd64", "arm64"])
-def test_boxes_and_resources_per_provider(tmp_path, arch):
-    log = record(tmp_path, NATTRACK_ARCH=arch)
+def test_boxes_and_resources_per_provider(tmp_path, arch, debian):
+    log = record(tmp_path, NATTRACK_ARCH=arch, **({"NATTRACK_DEBIAN": debian} if debian else {}))
     declared = {c["args"][0] for c in calls(log, "config", "vm", "provider")}
     assert declared == set(PROVIDERS)
     for provider in PROVIDERS:
         box = settings(log, "override", provider, "vm")["box"]
-        assert "debian" in box and "12" in box, (provider, box)
-        if provider != "libvirt":
-            assert box.endswith("-arm64") == (arch == "arm64"), (provider, arch, box)
+        if debian == "12":
+            assert "debian" in box and "12" in box, (provider, box)
+            if provider != "libvirt":
+                assert box.endswith("-arm64") == (arch == "arm64"), (provider, arch, box)
+        else:                                   # Debian 13 is the default
+            assert box in DEBIAN_13_BOXES, (provider, box)
+    # Vagrant >= 2.4 is told which CPU's build to fetch.
+    assert settings(log, "config", "vm")["box_architecture"] == arch
     vb = settings(log, "provider", "virtualbox")
     assert vb["cpus"] == 2 and 2048 <= vb["memory"] <= 4096
     vmx = settings(log, "provider", "vmware_desktop", "vmx")
@@ -251,3 +280,11 @@ def test_boxes_and_resources_per_provider(tmp_path, arch):
     # One variable replaces every provider's box.
     log = record(tmp_path, NATTRACK_ARCH=arch, NATTRACK_BOX="my/debian12")
     assert {settings(log, "override", p, "vm")["box"] for p in PROVIDERS} == {"my/debian12"}
+
+
+@needs_ruby
+def test_before_vagrant_2_4_no_box_architecture(tmp_path):
+    """Vagrant 2.3 has no box_architecture setting: the file must not use it there."""
+    log = record(tmp_path, NATTRACK_ARCH="amd64", FAKE_VAGRANT_VERSION="2.3.4")
+    assert "box_architecture" not in settings(log, "config", "vm")
+    assert settings(log, "config", "vm")["box"] == "bento/debian-13"
