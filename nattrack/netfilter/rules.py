@@ -53,7 +53,7 @@ __all__ = [
     "IcmpMatch", "StateMatch", "CommentMatch", "Rule", "Ruleset", "match",
     "NF_NAT_RANGE_MAP_IPS", "NF_NAT_RANGE_PROTO_SPECIFIED", "NF_NAT_RANGE_PROTO_RANDOM",
     "NF_NAT_RANGE_PERSISTENT", "NF_NAT_RANGE_PROTO_RANDOM_FULLY", "BUILTIN_CHAINS",
-    "STATE_BITS",
+    "STATE_BITS", "is_nft",
 ]
 
 # include/uapi/linux/netfilter/nf_nat.h
@@ -271,6 +271,11 @@ class Rule:
     nat_range: NatRange | None = None
     line: int = field(default=0, compare=False)
     text: str = field(default="", compare=False)
+    # nft only (nattrack.netfilter.nft): a `counter` statement, a `log prefix`,
+    # and `goto` instead of `jump` (no return to the calling chain).
+    counter: bool = False
+    log: str | None = None
+    goto: bool = False
     _preds: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -328,8 +333,10 @@ class Rule:
             elif isinstance(m, StateMatch):
                 opt = "--ctstate" if m.module == "conntrack" else "--state"
                 out.append(f"-m {m.module} {'! ' if m.invert else ''}{opt} {','.join(m.states)}")
-            else:
+            elif isinstance(m, CommentMatch):
                 out.append(f"-m comment --comment {_save_string(m.text)}")
+            else:
+                out.append(m.iptables())        # an nft-only match (nft.py)
         if self.target:
             out.append(f"-j {self.target}")
         nr = self.nat_range
@@ -390,6 +397,8 @@ def _compile(rule: Rule) -> tuple[Predicate, ...]:
         elif isinstance(m, StateMatch):
             smask, sinv2 = m.mask, m.invert
             preds.append(lambda p, c, i, o: bool(ctstate_bit(c) & smask) != sinv2)
+        elif hasattr(m, "predicate"):
+            preds.append(m.predicate())     # an nft-only match (nft.py)
     return tuple(preds)
 
 
@@ -448,10 +457,23 @@ class Ruleset:
 
     def __init__(self, tables: dict[str, dict[str, list[Rule]]] | None = None,
                  policies: dict[str, dict[str, str]] | None = None,
-                 filename: str = "<rules>") -> None:
+                 filename: str = "<rules>", bases: dict | None = None,
+                 sets: dict | None = None) -> None:
         self.tables = tables if tables is not None else {}
         self.policies = policies if policies is not None else {}
         self.filename = filename
+        # nft only: bases[table][chain] = (type, HOOK, priority) for each base
+        # chain, sets[table][name] = nft.NamedSet.  Empty for iptables files.
+        self.bases = bases if bases is not None else {}
+        self.sets = sets if sets is not None else {}
+        # (type, HOOK) -> [(priority, table, chain)], in the kernel's order
+        # (nf_register_net_hook() sorts a hook's entries by priority).
+        self.hooks: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
+        for table, chains in self.bases.items():
+            for chain, (kind, hook, prio) in chains.items():
+                self.hooks.setdefault((kind, hook), []).append((prio, table, chain))
+        for entries in self.hooks.values():
+            entries.sort(key=lambda e: e[0])
         # table -> chain -> [(rule, predicates, kind)], for first_match().
         self._compiled: dict[str, dict[str, list[tuple]]] = {}
         for table, chains in self.tables.items():
@@ -463,8 +485,22 @@ class Ruleset:
 
     @classmethod
     def parse(cls, text: str, filename: str = "<rules>") -> Ruleset:
-        """Parse iptables-save text; raise RulesError on anything unsupported."""
+        """Parse iptables-save or nft text (told apart by is_nft()); raise
+        RulesError on anything unsupported."""
+        if is_nft(text):
+            from .nft import parse_nft
+            return parse_nft(text, filename)
         return _Parser(filename).parse(text)
+
+    @property
+    def syntax(self) -> str:
+        """"nft" for a rule set read from nft syntax, else "iptables"."""
+        return "nft" if self.bases else "iptables"
+
+    def to_nft(self) -> str:
+        """The rule set as an ``nft -f`` file (nattrack.netfilter.nft.write_nft)."""
+        from .nft import write_nft
+        return write_nft(self)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Ruleset:
@@ -486,7 +522,24 @@ class Ruleset:
         MASQUERADE); None when the built-in chain runs out or RETURNs, i.e.
         when its policy applies.  Rules without a target are skipped, and a
         table missing from the file gives None.
+
+        For an nft rule set, ``first_match("nat", HOOK, ...)`` runs the nat
+        base chains on that hook in priority order like nf_nat_inet_fn(): an
+        accept ends one chain only, the first NAT (or drop) rule wins.
         """
+        if self.bases and (table, chain) in _HOOK_KINDS:
+            found = None
+            for _prio, tkey, base in self.hooks.get((table, chain), ()):
+                rule = self._walk(tkey, base, pkt, ctinfo, iif, oif)
+                if rule is not None and rule.target != "ACCEPT":
+                    return rule
+                found = found or rule
+            return found
+        return self._walk(table, chain, pkt, ctinfo, iif, oif)
+
+    def _walk(self, table: str, chain: str, pkt, ctinfo: int | None,
+              iif: str | None, oif: str | None) -> Rule | None:
+        """ipt_do_table() / nft_do_chain() over one base chain: see first_match()."""
         chains = self._compiled.get(table)
         if chains is None:
             return None
@@ -506,7 +559,8 @@ class Ruleset:
                     if kind == _FINAL:
                         return rule
                     if kind == _JUMP:
-                        stack.append((rules, i))
+                        if not rule.goto:
+                            stack.append((rules, i))
                         rules, i = chains[rule.target], 0
                     elif kind == _RETURN:
                         if not stack:
@@ -522,8 +576,17 @@ class Ruleset:
         """"ACCEPT" or "DROP" for ``pkt`` in filter ``chain`` (INPUT, FORWARD, OUTPUT).
 
         The chain's policy applies when no rule decides; without a filter
-        table everything is accepted.
+        table everything is accepted.  An nft rule set runs every filter base
+        chain on the hook, in priority order: accept ends one chain, a drop
+        (rule or policy) ends the packet.
         """
+        if self.bases:
+            for _prio, tkey, base in self.hooks.get(("filter", chain), ()):
+                rule = self._walk(tkey, base, pkt, ctinfo, iif, oif)
+                decided = rule.target if rule is not None else self.policies[tkey][base]
+                if decided != "ACCEPT":
+                    return decided
+            return "ACCEPT"
         policies = self.policies.get("filter")
         if policies is None:
             return "ACCEPT"
@@ -539,8 +602,13 @@ class Ruleset:
 
         Rules are written as they appeared in the file (``Rule.text``, without
         counters), so what the kernel loads is exactly what was parsed here;
-        ``canonical=True`` writes them as iptables-save would instead.
+        ``canonical=True`` writes them as iptables-save would instead.  An nft
+        rule set is translated first (nft.to_iptables(), an error where
+        iptables has no equivalent).
         """
+        if self.bases:
+            from .nft import to_iptables
+            return to_iptables(self).to_iptables_restore(canonical=True)
         out: list[str] = []
         for table, chains in self.tables.items():
             out.append(f"*{table}")
@@ -560,13 +628,34 @@ class Ruleset:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Ruleset):
             return NotImplemented
-        return self.tables == other.tables and self.policies == other.policies
+        return (self.tables == other.tables and self.policies == other.policies
+                and self.bases == other.bases and self.sets == other.sets)
 
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         n = sum(1 for _ in self.rules())
         return f"<Ruleset {self.filename} tables={list(self.tables)} rules={n}>"
+
+
+# The (type, chain) pairs the engine asks for: nat/core.py and stack.py.
+_HOOK_KINDS = {("nat", c) for c in BUILTIN_CHAINS["nat"]} | {
+    ("filter", c) for c in BUILTIN_CHAINS["filter"]}
+
+
+def is_nft(text: str) -> bool:
+    """Is this rules text nft syntax?  Its first line that is not blank or a
+    comment starts with ``table``, ``flush ruleset``, ``add`` or ``define``,
+    or the file starts with an nft ``#!`` line; iptables-save text starts
+    with ``*TABLE``."""
+    if text.startswith("#!") and "nft" in text.split("\n", 1)[0]:
+        return True
+    for line in text.split("\n"):
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        return words[0] in ("table", "add", "define") or words[:2] == ["flush", "ruleset"]
+    return False
 
 
 def _kind(rule: Rule, chains: dict) -> int:
