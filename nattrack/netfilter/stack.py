@@ -48,8 +48,8 @@ IPPROTO_IGMP, IPPROTO_UDPLITE = 2, 136
 # Protocols with a handler in inet_protos[] in a fresh namespace of a stock kernel (found by
 # sending every protocol number to a 6.18 router: only these got no protocol unreachable).
 # Modules add theirs when loaded (gre 47, ipip 4, esp4 50, ah4 51, sctp 132, ...).  IGMP and
-# UDP-Lite are delivered and answered with nothing here (UDP-Lite's port unreachable is not
-# modelled).
+# UDP-Lite are delivered and answered with nothing here: the kernel answers a valid UDP-Lite
+# datagram to a closed port with port unreachable (seen on 6.18), which is not modelled.
 LOCAL_PROTOCOLS = frozenset({IPPROTO_ICMP, IPPROTO_IGMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE})
 LISTEN_PROTOCOLS = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
 IPTOS_ECN_MASK = 0x03
