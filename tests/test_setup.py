@@ -389,8 +389,11 @@ def test_setup_on_a_fresh_debian(suite, tmp_path, capsys):
     """README's set-up from nothing: ``scripts/setup.sh --tests`` in a fresh root of
     ``suite``, run as CI runs it (a clone of HEAD, as root); then the probe, each command's
     owner, the kit importable from Debian's Python, and a second run that does nothing.
-    On trixie the README's demo runs there too (a chroot shares this kernel: Mininet's
-    namespaces, the lab service in the root's own /run)."""
+
+    The demo is not run here: Mininet starts each node's processes with setns() into the
+    node's mount namespace, which resets their root to that namespace's, outside a chroot
+    (the router fails with "no such file .venv/bin/python"); it needs a pivoted root (a
+    container or VM).  Bookworm's demo runs on this host (tests/lab/test_demo.py)."""
     from rootfs import Chroot, rootfs_problem, rootfs_tarball, unpack
     problem = rootfs_problem()
     if problem:
@@ -440,17 +443,9 @@ def test_setup_on_a_fresh_debian(suite, tmp_path, capsys):
             again = c.run(["scripts/setup.sh", "--tests"], cwd=CHECKOUT, env=env)
             assert (again.stdout, again.stderr) == ("", ""), "the second run is not a no-op"
             t3 = time.monotonic()
-            if suite == "trixie":             # bookworm's is tests/lab/test_demo.py, on this host
-                demo = c.run(["scripts/demo"], cwd=CHECKOUT, env=env, timeout=300, check=False)
-                log = root / "run/nattrack/lab.log"
-                assert demo.returncode == 0, (demo.stdout + demo.stderr)[-2000:] + (
-                    "\nlab.log: " + log.read_text()[-3000:] if log.exists() else "")
-                assert demo.stdout.count("=> the same entries") == 3, demo.stdout
-                assert "Both labs were stopped" in demo.stdout
-            t4 = time.monotonic()
         with capsys.disabled():
             print(f"\n{suite}: root {t0 - started:.0f} s, setup.sh --tests {t1 - t0:.0f} s, "
-                  f"checks {t2 - t1:.0f} s, second run {t3 - t2:.1f} s, demo {t4 - t3:.0f} s")
+                  f"checks {t2 - t1:.0f} s, second run {t3 - t2:.1f} s")
     finally:
         if subprocess.run(["umount", str(root)], capture_output=True).returncode:
             subprocess.run(["umount", "-l", str(root)], capture_output=True)
