@@ -399,12 +399,7 @@ def test_setup_on_a_fresh_debian(suite, tmp_path, capsys):
     if problem:
         pytest.skip(problem)
     started = time.monotonic()
-    tarball = rootfs_tarball(suite, BASE)
-    if tarball.is_dir():                      # rootfs.py without --format=tar: mmdebstrap made
-        root = tmp_path / "root"              # a directory of the ".tar.tmpPID" target
-        subprocess.run(["cp", "-a", str(tarball), str(root)], check=True)
-    else:
-        root = unpack(tarball, tmp_path / "root")
+    root = unpack(rootfs_tarball(suite, BASE), tmp_path / "root")
     try:
         subprocess.run(["git", "clone", "-q", str(ROOT), str(root / CHECKOUT.lstrip("/"))],
                        check=True, capture_output=True)
