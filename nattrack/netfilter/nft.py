@@ -310,6 +310,8 @@ class _Parser:
             tok = self.next()
             if tok.value == "}":
                 return
+            if tok.kind == "eof":
+                raise self.error(f"'}}' expected: table {t.key} is not closed", tok)
             if tok.value == "chain":
                 name = self.chain_name(t)
                 self.expect("{")
@@ -335,6 +337,8 @@ class _Parser:
             if tok.value == "}":
                 self.next()
                 return
+            if tok.kind == "eof":
+                raise self.error(f"'}}' expected: chain {chain} is not closed", tok)
             if tok.value in ("type", "policy"):
                 self.chain_spec(t, chain)
             else:
@@ -406,6 +410,8 @@ class _Parser:
             tok = self.next()
             if tok.value == "}":
                 break
+            if tok.kind == "eof":
+                raise self.error(f"'}}' expected: set {name.value} is not closed", tok)
             if tok.value == "type":
                 st = self.word("a set type")
                 if st.value not in _SET_TYPES:
@@ -494,7 +500,7 @@ class _Parser:
                 continue
             depth += {"{": 1, "}": -1}.get(tok.value, 0) if tok.kind == "op" else 0
             toks.append(self.next())
-        text = " ".join(_tok_text(x) for x in toks)
+        text = re.sub(r" (?=[,)])|(?<=\() ", "", " ".join(_tok_text(x) for x in toks))
         t.chains[chain].append((toks, first.line, text))
 
     # --- second pass: the rules ---
@@ -507,8 +513,9 @@ class _Parser:
             for chain, raw in t.chains.items():
                 chains[chain] = [_RuleBuilder(self, t, chain, toks, line, text).build()
                                  for toks, line, text in raw]
-            tables[key], policies[key], bases[key], sets[key] = chains, dict(t.policies), \
-                dict(t.bases), dict(t.sets)
+            tables[key], policies[key], bases[key] = chains, dict(t.policies), dict(t.bases)
+            if t.sets:
+                sets[key] = dict(t.sets)
             self.check_table(t, chains)
         return Ruleset(tables, policies, self.filename, bases, sets)
 
@@ -670,6 +677,8 @@ class _RuleBuilder:
                 e = self.next()
                 if e.value == "}":
                     break
+                if e.kind == "eof":
+                    raise self.error("'{' not closed", tok)
                 if e.kind not in ("word", "str"):
                     raise self.error(f"unexpected {e.value!r} in a set", e)
                 els.append(self.p.element(e, key))
@@ -1232,8 +1241,9 @@ def from_iptables(rs: Ruleset) -> Ruleset:
     tables, policies, bases = {}, {}, {}
     for table, chains in rs.tables.items():
         key = f"ip {table}"
-        tables[key] = {c: [replace(r, table=key, counter=True) for r in rules]
-                       for c, rules in chains.items()}
+        tables[key] = {c: [replace(r, table=key, counter=True, matches=tuple(
+            replace(m, module="conntrack") if isinstance(m, StateMatch) else m
+            for m in r.matches)) for r in rules] for c, rules in chains.items()}
         bases[key] = {c: (table, c, _IPT_PRIORITY.get((table, c), 0))
                       for c in BUILTIN_CHAINS[table]}
         policies[key] = dict(rs.policies[table])
