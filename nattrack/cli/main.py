@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     _record.register(sub)
     _grade.register(sub)
 
+    from . import rules as _rules      # issue 12: nft syntax
+    _rules.register(sub)
+
     d = sub.add_parser("demo", help="the same short exchange through the basic lab in python "
                        "and in kernel mode, with both tables after every step (root)")
     d.set_defaults(func=cmd_demo)
