@@ -179,8 +179,12 @@ def test_open_tcp_port_answers_a_syn_with_syn_ack_and_keeps_the_entry():
                                                                   seq=1000))
     assert (str(sa[TCP].flags), sa[TCP].ack, sa.id, str(sa.flags), sa.ttl) == ("SA", 1001, 0, "DF", 64)
     assert sa[TCP].options == [("MSS", 1460)]
-    assert [e.split()[0:5] for e in box.event_lines()] == [
-        ["[NEW]", "tcp", "6", "120", "SYN_SENT"], ["[UPDATE]", "tcp", "6", "60", "SYN_RECV"]]
+    _, [(_, again)] = box.send("wan", IP(src=PUB, dst=RTR_PUB) / TCP(sport=5000, dport=22,
+                                                                     flags="S", seq=1000))
+    assert (str(again[TCP].flags), again[TCP].seq) == ("SA", sa[TCP].seq)   # the SYN resent
+    assert [e.split()[0:5] for e in box.event_lines()] == [        # as 6.18 logged them
+        ["[NEW]", "tcp", "6", "120", "SYN_SENT"], ["[UPDATE]", "tcp", "6", "60", "SYN_RECV"],
+        ["[UPDATE]", "tcp", "6", "60", "SYN_RECV"]]
     _, out = box.send("wan", IP(src=PUB, dst=RTR_PUB) / TCP(sport=5000, dport=22, flags="A",
                                                             seq=1001, ack=sa[TCP].seq + 1))
     assert out == []                                 # the handshake's ACK: the socket's now

@@ -141,7 +141,7 @@ class Router:
         self.listen = parse_listen(listen)
         # Connections a listener answered, oldest first (a SYN flood forgets the oldest, as
         # a full SYN queue would).
-        self._accepted: dict[tuple[int, int, int, int], None] = {}
+        self._accepted: dict[tuple[int, int, int, int], int] = {}    # -> our ISN
         self.ct = ConntrackTable(self.clock, sysctl, seed=seed)
         unknown = set(icmp or ()) - set(ICMP_SYSCTL_DEFAULTS)
         if unknown:
@@ -326,9 +326,9 @@ class Router:
         No socket (nothing listens on the port): tcp_v4_send_reset() answers anything but a
         RST.  A port in ``listen`` behaves as a listener (tcp_rcv_state_process(), LISTEN):
         a segment with ACK gets a RST, a SYN without FIN a SYN-ACK (:meth:`_tcp_synack`),
-        anything else nothing; once a SYN-ACK went out, the rest of that connection
-        belongs to its socket and is answered with nothing (no data ACKs, no
-        retransmissions are modelled)."""
+        anything else nothing; once a SYN-ACK went out, a retransmitted SYN gets it again
+        (tcp_check_req()) and the rest of that connection belongs to its socket and is
+        answered with nothing (no data ACKs, no retransmission timers are modelled)."""
         if not pkt.l4ok or not pkt.l4_checksum_ok():
             return None
         flags = pkt.tcpflags
@@ -337,14 +337,16 @@ class Router:
             if conn in self._accepted:
                 if flags & TH_RST:
                     del self._accepted[conn]
+                elif flags & (TH_SYN | TH_ACK) == TH_SYN:
+                    return self._tcp_synack(pkt, self._accepted[conn])
                 return None
             if flags & TH_ACK and not flags & TH_RST:
                 return self._tcp_reset(pkt)
             if flags & TH_SYN and not flags & (TH_FIN | TH_RST):
-                self._accepted[conn] = None
+                self._accepted[conn] = isn = self._rng.getrandbits(32)
                 if len(self._accepted) > ACCEPTED_MAX:
                     del self._accepted[next(iter(self._accepted))]
-                return self._tcp_synack(pkt)
+                return self._tcp_synack(pkt, isn)
             return None
         return None if flags & TH_RST else self._tcp_reset(pkt)
 
@@ -362,16 +364,17 @@ class Router:
         tos = pkt.buf[pkt.off + 1] & ~IPTOS_ECN_MASK
         return _tcp_segment(pkt, tos, seq, ack, flags, 0, b"")
 
-    def _tcp_synack(self, pkt: Packet) -> Packet:
+    def _tcp_synack(self, pkt: Packet, isn: int) -> Packet:
         """tcp_v4_send_synack() from a listener: SYN|ACK acknowledging the SYN, IP id 0 with
         DF, TOS 0 (tcp_reflect_tos off), window 64240 and only an MSS option.  A real
         listener adds what the SYN offered (SACK permitted, timestamps, window scale) and
-        draws its sequence number from secure_tcp_seq(), a keyed hash: here it is random."""
+        draws its sequence number ``isn`` from secure_tcp_seq(), a keyed hash: here it is
+        random."""
         back = self.route(pkt.src)
         mss = self.ifaces[back.iface].mtu - 40 if back else 536
         options = struct.pack("!BBH", 2, 4, mss)
-        return _tcp_segment(pkt, 0, self._rng.getrandbits(32), (pkt.seq + 1) & 0xFFFFFFFF,
-                            TH_SYN | TH_ACK, SYNACK_WINDOW, options)
+        return _tcp_segment(pkt, 0, isn, (pkt.seq + 1) & 0xFFFFFFFF, TH_SYN | TH_ACK,
+                            SYNACK_WINDOW, options)
 
     def send_local(self, pkt: Packet, v: Verdict | None = None, step=None) -> Verdict:
         """A datagram the router itself sends: LOCAL_OUT, routing, POST_ROUTING.
