@@ -278,8 +278,8 @@ class Dataplane:
 def merge_rules(old: Ruleset | None, new: Ruleset) -> Ruleset:
     """``old`` with each table ``new`` names replaced by ``new``'s (iptables-restore
     without --noflush flushes and refills only the tables in its input)."""
-    if old is None:
-        return new
+    if old is None or new.bases or old.bases:
+        return new      # an nft rule set (issue 12) replaces the whole rule set
     tables = {t: c for t, c in old.tables.items() if t not in new.tables}
     policies = {t: p for t, p in old.policies.items() if t not in new.tables}
     tables.update(new.tables)

@@ -136,3 +136,14 @@ def test_replay_gives_the_same_events_and_table_with_either_syntax(tmp_path, cap
             entry.pop("id", None)              # the conntrack id differs on every run
         outs.append(out)
     assert outs[0] == outs[1] and outs[0]["table"] and outs[0]["events"]
+
+
+def test_reloading_an_nft_rule_set_replaces_the_whole_rule_set():
+    """The router's reload (merge_rules) keeps iptables-restore's per-table swap for
+    iptables text; an nft rule set replaces everything (its base chains included)."""
+    from nattrack.router.dataplane import merge_rules
+    ipt = Ruleset.load(ROOT / "examples/rules/portforward.rules")
+    nft = Ruleset.parse(Ruleset.load(ROOT / "examples/rules/basic.rules").to_nft())
+    merged = merge_rules(ipt, nft)
+    assert merged == nft and merged.hooks == nft.hooks
+    assert merge_rules(nft, ipt) == ipt
