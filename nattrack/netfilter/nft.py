@@ -975,9 +975,6 @@ class _RuleBuilder:
     def kw_comment(self, tok: _Tok) -> None:
         self.comment = self.word("a comment string").value
 
-    def verdict(self, tok: _Tok, target: str) -> None:
-        self.target = target
-
     def kw_accept(self, tok: _Tok) -> None:
         self.target = "ACCEPT"
 

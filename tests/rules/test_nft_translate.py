@@ -16,7 +16,7 @@ import pytest
 from nattrack.cli.main import main
 from nattrack.cli.rules import translate, _conntrack_states
 from nattrack.netfilter.nft import from_iptables, parse_nft, to_iptables
-from nattrack.netfilter.rules import Ruleset, RulesError
+from nattrack.netfilter.rules import Ruleset
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted([*ROOT.glob("examples/rules/*.rules"), *ROOT.glob("labs/*/rules/*.rules")])
