@@ -43,6 +43,7 @@ def rootfs_tarball(suite: str, packages=(), variant: str = "apt") -> Path:
     if path.exists() and time.time() - path.stat().st_mtime < MAX_AGE:
         return path
     CACHE.mkdir(parents=True, exist_ok=True)
+    _prune()
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tar")
     argv = ["mmdebstrap", "--mode=root", "--format=tar", f"--variant={variant}", "--quiet"]
     if packages:
@@ -57,6 +58,18 @@ def rootfs_tarball(suite: str, packages=(), variant: str = "apt") -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _prune() -> None:
+    """Forget what would be rebuilt anyway: roots older than MAX_AGE (package lists change,
+    each list is a tarball of its own) and anything that is not a tarball."""
+    for entry in CACHE.iterdir():
+        if entry.name.startswith("."):
+            continue                             # another build's temporary
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif time.time() - entry.stat().st_mtime >= MAX_AGE:
+            entry.unlink(missing_ok=True)
 
 
 def unpack(tarball: Path, dest: Path) -> Path:
