@@ -13,7 +13,7 @@ from nattrack.conntrack.conn import IPS_DST_NAT, IPS_SRC_NAT, IP_CT_ESTABLISHED_
 from nattrack.conntrack.tuple import Tuple, ip2int
 
 from nattrack_lab import (PRIV1, PRIV2, PUB, RTR_PUB, Lab, TcpFlow, UdpFlow, inet_sum,
-                          nat_rules, recomputed)
+                          nat_rules, recomputed, tcp_state)
 
 
 def port_class(port: int) -> range:
@@ -565,4 +565,11 @@ def test_dnat_of_locally_generated_packet_is_rerouted(make_lab):
     assert ct.status & IPS_DST_NAT
     v = lab.send("eth0", IP(src=PRIV1, dst=RTR_PUB) / TCP(sport=80, dport=50000, flags="SA", ack=1))
     assert lab.last.ct is ct and lab.last.ctinfo == IP_CT_ESTABLISHED_REPLY
-    assert not v.sent and (lab.last.src, lab.last.sport) == (ip2int(RTR_PUB), 8080)
+    assert (lab.last.src, lab.last.sport) == (ip2int(RTR_PUB), 8080)
+    # Delivered locally, where no socket owns port 50000 (the SYN had none behind it), so
+    # the router's stack answers the SYN-ACK with a RST (tcp_v4_send_reset(): seq = its
+    # ack); the RST is the connection's own and leaves DNATed as the SYN did.
+    out = sent_ip(v)
+    assert len(v.sent) == 1 and v.sent[0].oif == "eth0"
+    assert (out.dst, out[TCP].dport, out[TCP].flags, out[TCP].seq) == (PRIV1, 80, "R", 1)
+    assert tcp_state(ct) == "CLOSE" and lab.stats["invalid"] == 0

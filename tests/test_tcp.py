@@ -234,6 +234,19 @@ def reach(lab: Lab, state: str) -> TcpFlow:
     return f
 
 
+def assert_router_resets(f: TcpFlow, v) -> None:
+    """An INVALID server segment is not translated, so it is addressed to the router itself,
+    whose stack answers it with a RST (tcp_v4_send_reset(): nothing listens on the
+    masqueraded port).  That RST belongs to no connection and is INVALID too (tcp_new()
+    refuses a RST): `invalid` +2 in all, as a 6.18 router counts (tests/kernel scenario
+    local_late_replies_after_expiry)."""
+    assert len(v.sent) == 1, [IP(s.data).summary() for s in v.sent]
+    rst = IP(v.sent[0].data)
+    assert v.sent[0].oif == f.server_if
+    assert (rst.src, rst.dst, rst[TCP].sport, rst[TCP].dport) == (RTR_PUB, f.dst, f.nat_port, f.dport)
+    assert rst[TCP].flags.R
+
+
 PROBE_FLAGS = {"SYN": "S", "SYN-ACK": "SA", "FIN": "FA", "ACK": "A", "NONE": "U"}
 REACHABLE_CELLS = [(d, i, s) for d, i, s in ALL_CELLS if not (d == REPLY and s == "NONE")]
 
@@ -273,7 +286,11 @@ def test_transition_cell_through_router(direction, index, state):
     translated = f.client_translated(v) if direction == ORIG else f.server_translated(v)
 
     if expected == "sIV":
-        assert lab.stats["invalid"] == invalid + 1
+        if direction == REPLY and "R" not in flags:
+            assert_router_resets(f, v)          # the router's own RST: INVALID as well
+            assert lab.stats["invalid"] == invalid + 2
+        else:                                   # (no stack answers a RST)
+            assert lab.stats["invalid"] == invalid + 1
         assert not translated
         assert tcp_state(ct) == state and lab.remaining(ct) == remaining
         assert lab.events == []
@@ -284,12 +301,22 @@ def test_transition_cell_through_router(direction, index, state):
     elif expected == "SYN_SENT" and state in ("TIME_WAIT", "CLOSE"):
         # §3.4.1: the close was initiated (FIN) or the last packet this way was a RST.
         ev = lab.events
-        assert len(ev) == 2, ev
+        assert len(ev) == (3 if direction == REPLY else 2), ev
         assert ev[0].startswith(f"[DESTROY] tcp      6 {remaining} {state} ")
         assert ev[1].startswith("    [NEW] tcp      6 120 SYN_SENT ")
-        new = lab.only()
-        assert new is not ct and tcp_state(new) == "SYN_SENT"
-        assert new.orig.src == ct.orig.src if direction == ORIG else new.orig.src == ct.reply.src
+        if direction == REPLY:
+            # The new connection's SYN is for the router itself (the NAT binding went with
+            # the old entry); nothing listens there, so its stack answers RST|ACK, and that
+            # reply RST before any other reply deletes the new entry at once.
+            assert f"src={f.dst} dst={RTR_PUB} sport={f.dport} dport={f.nat_port} " in ev[1]
+            rst = IP(v.sent[0].data)
+            assert len(v.sent) == 1 and rst[TCP].flags == "RA" and rst.dst == f.dst
+            assert len(ev) == 3 and ev[2].startswith("[DESTROY] tcp      6 ") and " CLOSE " in ev[2]
+            assert lab.conns() == []
+        else:
+            new = lab.only()
+            assert new is not ct and tcp_state(new) == "SYN_SENT"
+            assert new.orig.src == ct.orig.src
     elif expected == "CLOSE" and state == "SYN_SENT":
         # §3.4: no reply seen yet and a RST -> the entry is deleted at once.
         assert lab.conns() == []
@@ -614,7 +641,8 @@ def test_window_check_III_on_server_side_is_invalid(lab):
     f.handshake()
     v = f.server("A", ack=f.cnxt + 10_000_000)
     assert not f.server_translated(v)
-    assert lab.stats["invalid"] == 1
+    assert_router_resets(f, v)                  # its RST is INVALID too
+    assert lab.stats["invalid"] == 2
 
 
 @pytest.mark.parametrize("which", ["seq", "ack"])
@@ -785,8 +813,9 @@ def test_out_of_window_fin_both_ways_cuts_assured_entry_to_unack(make_lab):
     f.handshake()
     f.client("FA", seq=f.cnxt + 10_000_000, advance=False)
     assert lab.remaining() == 432000
-    f.server("FA", seq=f.snxt + 10_000_000, advance=False)
-    assert lab.stats["invalid"] == 2
+    v = f.server("FA", seq=f.snxt + 10_000_000, advance=False)
+    assert_router_resets(f, v)                  # the server's FIN is for the router: RST, INVALID
+    assert lab.stats["invalid"] == 3
     assert lab.remaining() == 250
     assert tcp_state(lab.only()) == "ESTABLISHED"
 

@@ -122,17 +122,18 @@ class Router:
     ``ifaces`` maps interface names to ``"ADDR/PREFIX"`` (or a list of them);
     ``routes`` maps ``"default"`` or ``"NET/PREFIX"`` to ``"IFACE"`` or
     ``"IFACE via GATEWAY"``; connected subnets are routed implicitly.
-    With ``local_stack`` traffic to the router's own addresses is answered as Linux answers
-    it (:meth:`local_deliver`: RSTs, port and protocol unreachables, echo replies), and
-    ``listen`` (``{"tcp": {22}, "udp": {53}}``) declares the ports where something listens;
-    without it only pings are answered.
+    Traffic to the router's own addresses is answered as Linux answers it
+    (:meth:`local_deliver`: RSTs, port and protocol unreachables, echo replies), and
+    ``listen`` (``{"tcp": {22}, "udp": {53}}``) declares the ports where something listens.
+    ``local_stack=False`` answers only pings: for a tracker that sees the kernel's own
+    answers instead of making them (kernel mode's shadow).
     """
 
     def __init__(self, ifaces: dict[str, str | list[str]], routes: dict[str, str] | None = None,
                  ruleset=None, sysctl: dict | None = None, clock: Callable[[], float] | None = None,
                  seed: int | None = None, ip_forward: bool = True,
                  icmp: dict[str, int] | None = None,
-                 local_stack: bool = False,
+                 local_stack: bool = True,
                  listen: dict[str, Iterable[int]] | None = None) -> None:
         self.clock = clock or (lambda: 0.0)
         if listen and not local_stack:

@@ -3,7 +3,7 @@ router's network namespace).
 
     python -m nattrack.router --mode python|kernel --iface NAME=ADDR/PREFIX ...
         [--route DEST=IFACE[ via GW]]... [--rules FILE] [--sysctl KEY=VALUE]...
-        --control SOCKET [--log FILE] [--seed N]
+        --control SOCKET [--log FILE] [--seed N] [--listen PROTO:PORT[,PORT]]...
         [--plugin LAB_DIR=SUBMISSION_DIR [--run-as USER]]
 
 Prints ``ready`` on stdout once it forwards (python mode) or shadows (kernel
@@ -35,7 +35,7 @@ from ..conntrack.core import tune_gc
 from ..conntrack.sysctl import DEFAULTS, PREFIX, SysctlError, Sysctl
 from ..netfilter.rules import Ruleset, RulesError
 from ..netfilter.stack import Router
-from ..replay import parse_iface_args
+from ..replay import parse_iface_args, parse_listen_args
 from .control import Control, ControlError
 from .dataplane import PythonDataplane
 from .quiet import SetupError
@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", required=True, metavar="SOCKET", help="the control socket's path")
     p.add_argument("--log", metavar="FILE", help="log file (default: stderr)")
     p.add_argument("--seed", type=int, help="seed of the engine's random choices (tests)")
+    p.add_argument("--listen", action="append", default=[], metavar="PROTO:PORT[,PORT]",
+                   help="python mode: a port open on the router's own stack, answered as a "
+                        "listener would (e.g. tcp:22, udp:53); every other port gets a RST or "
+                        "a port unreachable (repeatable)")
     p.add_argument("--plugin", metavar="LAB_DIR=SUBMISSION_DIR",
                    help="run a lab submission's pieces in place of the engine's (python mode); "
                         "the submission is imported only after root is dropped")
@@ -190,7 +194,15 @@ def main(argv: list[str] | None = None) -> int:
         kernel_sysctls = {(k if "." in k else PREFIX + k): v for k, v in sysctls.items()}
         ruleset = Ruleset.load(args.rules) if args.rules else None
         rules_text = open(args.rules, encoding="utf-8").read() if args.rules else None
-        router = Router(ifaces, routes, ruleset, engine_sysctls, time.time, seed=args.seed)
+        listen = parse_listen_args(args.listen)
+        if listen and args.mode != "python":
+            raise ValueError("--listen works in python mode only (in kernel mode the router "
+                             "namespace's own sockets answer)")
+        # Python mode: the engine's stack answers what is addressed to the router, as the
+        # kernel's would.  Kernel mode: the kernel answers, and the shadow runs the kernel's
+        # answers through LOCAL_OUT as they leave; its own would count each one twice.
+        router = Router(ifaces, routes, ruleset, engine_sysctls, time.time, seed=args.seed,
+                        local_stack=args.mode == "python", listen=listen)
         plugin = _check_plugin(args) if args.plugin else None
     except (ValueError, RulesError, SysctlError, OSError) as exc:
         print(f"nattrack.router: {exc}", file=sys.stderr)
