@@ -61,16 +61,22 @@ def _ctinfo(pkt: Packet) -> str:
 
 
 class Engine:
-    """The tracker of a replayed scenario: the router model on a manual clock."""
+    """The tracker of a replayed scenario: the router model on a manual clock.
 
-    def __init__(self, rec: dict, overrides: dict[str, int]) -> None:
+    ``answers_seen``: the router's own answers (RSTs, ICMP errors) come in the recording or
+    the live mirror's feed and go through LOCAL_OUT from there (:meth:`feed`), so the
+    model's stack must not answer as well (each would count twice, as in kernel mode's
+    shadow).  Without them (a simulation, no kernel) its stack answers, as Linux's does."""
+
+    def __init__(self, rec: dict, overrides: dict[str, int], answers_seen: bool = True) -> None:
         text = rec.get("rules_text")
         if text is None:
             text = (RULES_DIR / f"{rec['rules']}.rules").read_text()
         sysctls = {**overrides, **rec.get("sysctls", {})}      # the scenario's own win, as live
         self.clock = ManualClock(rec["t0"])
         self.router = Router(rec["router"]["ifaces"], rec["router"].get("routes") or {},
-                             Ruleset.parse(text), sysctls, self.clock, seed=1)
+                             Ruleset.parse(text), sysctls, self.clock, seed=1,
+                             local_stack=not answers_seen)
         self.events: list[str] = []
         self.router.ct.listeners.append(self._on_event)
 
@@ -153,7 +159,7 @@ def simulation(scenario: sc.Scenario, t0: float, overrides: dict[str, int]) -> E
                    "rules_text": (RULES_DIR / f"{scenario.rules}.rules").read_text(),
                    "sysctls": {check_sysctl(k, v)[0]: v for k, v in scenario.sysctls.items()},
                    "t0": t0, "router": {"ifaces": sc.ROUTER_IFACES, "routes": sc.ROUTER_ROUTES}},
-                  overrides)
+                  overrides, answers_seen=False)
 
 
 def simulate_step(engine: Engine, scenario: sc.Scenario, step: sc.Step, driver,
