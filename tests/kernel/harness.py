@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import netns_tools
+from nattrack.netfilter.rules import is_nft
 from netns_tools import kill_netns_pids, list_netns
 
 AGENT = Path(__file__).with_name("agent.py")
@@ -86,7 +87,7 @@ STAT_KEYS = ("found", "invalid", "insert", "insert_failed", "drop", "early_drop"
 
 # Debian package providing each external tool (for a clear "install X" message).
 TOOLS = {"ip": "iproute2", "conntrack": "conntrack", "iptables-restore": "iptables",
-         "tcpdump": "tcpdump", "ethtool": "ethtool", "iptables": "iptables"}
+         "tcpdump": "tcpdump", "ethtool": "ethtool", "iptables": "iptables", "nft": "nftables"}
 
 PREFIX_RE = re.compile(r"^ntk(\d+)x\d+-")
 _counter = itertools.count()
@@ -611,7 +612,10 @@ class KernelLab:
             for host in HOSTS:
                 self.exec(host, "iptables", "-w", "-t", "raw", "-A", "PREROUTING", "-j", "DROP")
         # Router ruleset, and conntrack forced active whatever the ruleset says.
-        self.exec("rtr", "iptables-restore", "-w", input=self.rules_text)
+        if is_nft(self.rules_text):                 # issue 12: the nft form of a ruleset
+            self.exec("rtr", "nft", "-f", "-", input=self.rules_text)
+        else:
+            self.exec("rtr", "iptables-restore", "-w", input=self.rules_text)
         self.exec("rtr", "iptables", "-w", "-t", "mangle", "-A", "PREROUTING",
                   "-m", "conntrack", "!", "--ctstate", "UNTRACKED")
         self.set_sysctls(self.base_sysctls)
