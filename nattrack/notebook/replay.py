@@ -122,12 +122,15 @@ class Engine:
         after = Packet.parse(bytearray(pp.after), 0) if pp.after else None
         if orig is not None and after is not None:
             forced[orig] = get_tuple(after)
+        delivered = self.router.counters["delivered"]
         try:
             v = self.router.receive(pkt)
         finally:
             if orig is not None:
                 forced.pop(orig, None)
-        if simulate and v.sent:                   # no lab: the engine's own output
+        # (what the router sends back about a datagram delivered to it is its answer)
+        answered = self.router.counters["delivered"] > delivered
+        if simulate and v.sent and not answered:  # no lab: the engine's own output
             pp.iface_out, pp.after, pp.verdict = v.sent[0].oif, v.sent[0].data, "forwarded"
         elif pp.after is None:
             pp.verdict = f"dropped: {v.dropped}" if v.dropped else "delivered to the router"
