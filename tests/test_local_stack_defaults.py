@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 from scapy.layers.inet import IP, TCP
 
 from nattrack.lab import RULES_DIR
@@ -73,3 +74,14 @@ def test_simulation_engine_answers_itself():
     assert (pp.after, pp.verdict) == (None, "delivered to the router")
     assert [e.split()[0] for e in eng.events] == ["[NEW]", "[DESTROY]"]
     assert eng.table() == [] and eng.router.ct.stats.get("invalid", 0) == 0
+
+
+def test_lab_passes_listen_to_the_primary_router_only_in_python_mode():
+    from nattrack.lab.topo import RouterSpec
+    from nattrack.lab.topologies import get_topology
+    spec = RouterSpec("r", {"r-wan": "203.0.113.1/24"}, listen=["tcp:22", "udp:53,123"])
+    assert spec.router_args()[-4:] == ["--listen", "tcp:22", "--listen", "udp:53,123"]
+    topo = get_topology("basic")(mode="python", listen=["tcp:22"], wait=False)
+    assert topo.routers[topo.primary].router_args()[-2:] == ["--listen", "tcp:22"]
+    with pytest.raises(ValueError, match="python mode only"):
+        get_topology("basic")(mode="kernel", listen=["tcp:22"])

@@ -107,7 +107,8 @@ def _short_path(path: str | None) -> str:
 # --- up ----------------------------------------------------------------------------------
 
 def lab_up(topo: str, mode: str, rules: str | None, sysctls: list[str],
-           paths: Paths | None = None, quiet: bool = False, plugin: str | None = None) -> int:
+           paths: Paths | None = None, quiet: bool = False, plugin: str | None = None,
+           listen: list[str] | None = None) -> int:
     from ..lab import mininet_available
     paths = paths or Paths()
     _need_root("lab up")
@@ -122,6 +123,7 @@ def lab_up(topo: str, mode: str, rules: str | None, sysctls: list[str],
         if "=" not in kv:
             raise LabError(f"--sysctl {kv!r}: expected KEY=VALUE, e.g. "
                            f"net.netfilter.nf_conntrack_udp_timeout=10")
+    listen = _listen_args(listen or [], mode)
     ensure_run_dir(paths)
     lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -139,7 +141,8 @@ def lab_up(topo: str, mode: str, rules: str | None, sysctls: list[str],
             done = force_clean(paths)
             print(f"nattrack: cleared what a crashed lab left behind ({len(done)} item(s))",
                   file=sys.stderr)
-        return _spawn(paths, lock_fd, topo, mode, rules, sysctls, quiet, _plugin_arg(plugin, mode))
+        return _spawn(paths, lock_fd, topo, mode, rules, sysctls, quiet, _plugin_arg(plugin, mode),
+                      listen)
     finally:
         os.close(lock_fd)
 
@@ -159,8 +162,22 @@ def _plugin_arg(plugin: str | None, mode: str) -> str | None:
     return f"{lab_dir.resolve()}={sub.resolve()}"
 
 
+def _listen_args(items: list[str], mode: str) -> list[str]:
+    """``--listen PROTO:PORT[,PORT]``: checked here, so a typo fails before the lab starts."""
+    from ..replay import parse_listen_args
+    try:
+        parse_listen_args(items)
+    except ValueError as exc:
+        raise LabError(str(exc)) from None
+    if items and mode != "python":
+        raise LabError("--listen opens ports of nattrack's own stack: python mode only "
+                       "(in kernel mode the router's own sockets answer)")
+    return items
+
+
 def _spawn(paths: Paths, lock_fd: int, topo: str, mode: str, rules: str | None,
-           sysctls: list[str], quiet: bool, plugin: str | None = None) -> int:
+           sysctls: list[str], quiet: bool, plugin: str | None = None,
+           listen: list[str] | None = None) -> int:
     lab_id = uuid.uuid4().hex[:12]
     argv = [sys.executable, "-m", "nattrack.lab.daemon", "--topo", topo, "--mode", mode,
             "--run-dir", str(paths.dir), "--id", lab_id]
@@ -170,6 +187,8 @@ def _spawn(paths: Paths, lock_fd: int, topo: str, mode: str, rules: str | None,
         argv += ["--plugin", plugin]
     for kv in sysctls:
         argv += ["--sysctl", kv]
+    for item in listen or ():
+        argv += ["--listen", item]
     r, w = os.pipe()
     argv += ["--ready-fd", str(w), "--lock-fd", str(lock_fd)]
     log = open(paths.log, "ab")
@@ -360,7 +379,8 @@ def _pump_stdin(s) -> None:
 def cmd_lab(args) -> int:
     try:
         if args.lab_cmd == "up":
-            return lab_up(args.topo, args.mode, args.rules, args.sysctl or [], plugin=args.plugin)
+            return lab_up(args.topo, args.mode, args.rules, args.sysctl or [], plugin=args.plugin,
+                          listen=args.listen or [])
         if args.lab_cmd == "status":
             return lab_status(args.json)
         if args.lab_cmd == "down":
@@ -400,6 +420,9 @@ def register(sub) -> None:
                          "and nattrack shadows it")
     up.add_argument("--rules", metavar="FILE", help="rules for the primary router instead of "
                                                     "the topology's")
+    up.add_argument("--listen", action="append", metavar="PROTO:PORT[,PORT]",
+                    help="a port open on the primary router's own stack (python mode), e.g. "
+                         "tcp:22; every other port answers with a RST or port unreachable")
     up.add_argument("--plugin", metavar="LAB_DIR=SUBMISSION_DIR",
                     help="the router runs a lab submission's pieces in place of the engine's "
                          "(python mode; it drops root to nobody before importing them)")

@@ -549,7 +549,8 @@ class LabService:
                                  sysctls=sysctls, paths=self.paths,
                                  progress=lambda m: print(f"lab: {m}", flush=True),
                                  on_record=self.on_record, plugin=self.args.plugin,
-                                 run_as=self.args.run_as, rate=self.args.rate)
+                                 run_as=self.args.run_as, rate=self.args.rate,
+                                 listen=self.args.listen)
             self.labnet.start()
             self.api = LocalLab(self.labnet)
             self._listen()
@@ -620,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plugin")                       # LAB_DIR=SUBMISSION_DIR for the primary router
     p.add_argument("--run-as")
     p.add_argument("--sysctl", action="append", default=[])
+    p.add_argument("--listen", action="append", default=[])  # PROTO:PORT[,PORT], primary router
     p.add_argument("--rate", help="every shaped link's rate in Mbit/s, 0 = unshaped "
                                   "(default: the topology's; also $NATTRACK_LINK_RATE)")
     p.add_argument("--run-dir", required=True)

@@ -163,6 +163,7 @@ class RouterSpec:
     role: str = "NAT router"
     plugin: str = ""                             # LAB_DIR=SUBMISSION_DIR (a lab submission)
     run_as: str = ""                             # the user it runs as (router default: nobody)
+    listen: list[str] = field(default_factory=list)   # --listen PROTO:PORT[,PORT] (python mode)
 
     def router_args(self) -> list[str]:
         args = []
@@ -176,6 +177,8 @@ class RouterSpec:
             args += ["--plugin", self.plugin]
             if self.run_as:
                 args += ["--run-as", self.run_as]
+        for item in self.listen:
+            args += ["--listen", item]
         return args
 
 
@@ -362,7 +365,8 @@ class NatTopo(Topo):
     def __init__(self, mode: str = "python", rules: str | None = None,
                  sysctls: dict[str, str] | None = None, run_dir: str | None = None,
                  wait: bool = True, plugin: str | None = None, run_as: str | None = None,
-                 rate: float | str | None = None, **opts) -> None:
+                 rate: float | str | None = None, listen: list[str] | None = None,
+                 **opts) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected python or kernel")
         if rate is None and os.environ.get(RATE_ENV, "").strip():
@@ -371,6 +375,10 @@ class NatTopo(Topo):
         self.shaped: list[tuple[str, str, float]] = []       # (node, interface, Mbit/s)
         if plugin and mode != "python":
             raise ValueError("a plugin (a lab submission) runs in python mode only")
+        if listen and mode != "python":
+            raise ValueError("--listen opens ports of nattrack's own stack: python mode only "
+                             "(in kernel mode the router's own sockets answer)")
+        self.listen = list(listen or ())
         self.mode, self.rules_override = mode, rules
         self.plugin, self.run_as = plugin or "", run_as or ""
         self.sysctls = dict(sysctls or {})
@@ -396,6 +404,8 @@ class NatTopo(Topo):
         if self.plugin:
             spec = self.routers[self.primary]
             spec.plugin, spec.run_as = self.plugin, self.run_as
+        if self.listen:
+            self.routers[self.primary].listen = list(self.listen)
 
     def scene(self) -> None:
         raise NotImplementedError
