@@ -195,18 +195,17 @@ def test_syntax_detection():
     assert not is_nft("")
 
 
-def test_writer_round_trips_every_construct():
-    rs = Ruleset.parse(LIST_RULESET + """\
+WIDE = LIST_RULESET + """\
 table ip more {
-	chain fwd {
+	chain fwdchain {
 		type filter hook forward priority -10; policy accept;
-		tcp flags syn / syn,ack ct status dnat ct direction original counter jump sub
+		tcp flags syn / syn,ack ct status dnat ct direction original counter jump subchain
 		icmp type { echo-request, echo-reply } accept
 		meta l4proto { tcp, udp } ip daddr 10.0.0.1-10.0.0.3 log prefix "x" drop
-		tcp flags & (fin|syn|rst|ack) != syn,ack goto sub
+		tcp flags & (fin|syn|rst|ack) != syn,ack goto subchain
 		tcp flags rst drop
 	}
-	chain sub {
+	chain subchain {
 		udp dport != @ports return
 		ct status != snat accept
 	}
@@ -215,7 +214,11 @@ table ip more {
 		elements = { 53, 123 }
 	}
 }
-""")
+"""
+
+
+def test_writer_round_trips_every_construct():
+    rs = Ruleset.parse(WIDE)
     text = rs.to_nft()
     assert Ruleset.parse(text, "again.nft") == rs
     assert Ruleset.parse(Ruleset.parse(text).to_nft()).to_nft() == text
