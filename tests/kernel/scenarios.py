@@ -1238,9 +1238,6 @@ def _local_open_ports() -> Scenario:
          to_router("pub", ROUTER_PUB, TCP(sport=45073, dport=22, flags="F", seq=1)),
          to_router("pub", ROUTER_PUB, UDP(sport=45074, dport=53), b"q")),
         listen=("tcp:22", "udp:53"),
-        diff_xfail="the engine must replay with the scenario's open ports (rec.listen) and the "
-                   "SYN|ACK's sequence number is the kernel's secure_tcp_seq(): "
-                   "test_kernel_diff.py does not do either yet",
         expect=Expect(
             events=(ev("NEW", r"tcp\s+6 120 SYN_SENT .*sport=45070 dport=22 \[UNREPLIED\]"),
                     ev("UPDATE", r"tcp\s+6 60 SYN_RECV .*sport=45070 "),

@@ -76,7 +76,7 @@ SEED = 20240611
 
 def replay_recording(rec: Recording, pub_in=None, seed: int = SEED):
     try:
-        from nattrack.replay import replay_captures
+        from nattrack.replay import parse_listen_args, replay_captures
     except ImportError as exc:
         pytest.fail(f"nattrack.replay.replay_captures is not available yet ({exc})",
                     pytrace=False)
@@ -84,7 +84,8 @@ def replay_recording(rec: Recording, pub_in=None, seed: int = SEED):
         sources=[("r-priv", str(rec.pcaps[("r-priv", "in")])),
                  ("r-pub", str(pub_in or rec.pcaps[("r-pub", "in")]))],
         ifaces=dict(IFACES), routes=dict(ROUTES),
-        rules_text=rec.rules_text, sysctls=dict(rec.sysctls), now=rec.listed_at, seed=seed)
+        rules_text=rec.rules_text, sysctls=dict(rec.sysctls), now=rec.listed_at, seed=seed,
+        listen=parse_listen_args(rec.listen))
 
 
 def run_engine(scenario, rec: Recording, tmp_path):
@@ -411,8 +412,10 @@ def compare_stats(diff: Diff, kstats: dict, estats: dict, with_found: bool) -> N
             diff.problems.append(f"counter {k}: kernel {kstats.get(k, 0)}, engine {estats.get(k, 0)}")
 
 
-def frame_fields(frame: bytes, port_map: dict | None = None, nat_addr: str | None = None) -> tuple:
-    """The header fields compared for an egress frame (random NAT choices renamed)."""
+def frame_fields(frame: bytes, port_map: dict | None = None, nat_addr: str | None = None,
+                 listening: frozenset = frozenset()) -> tuple:
+    """The header fields compared for an egress frame (random NAT choices renamed; the
+    sequence number of a SYN-ACK from a router port in ``listening`` is left out)."""
     from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
     from scapy.layers.l2 import Ether
     pkt = Ether(frame)
@@ -427,7 +430,10 @@ def frame_fields(frame: bytes, port_map: dict | None = None, nat_addr: str | Non
             return port_map[(proto, value)]
         return value
     if isinstance(l4, TCP):
-        fields += [m(6, l4.sport, ip.src), l4.dport, str(l4.flags), l4.seq, l4.ack,
+        seq = l4.seq
+        if ip.src in ROUTER_ADDRS and l4.sport in listening and l4.flags.S and l4.flags.A:
+            seq = "secure_tcp_seq"               # a listener's ISN: a keyed hash in the kernel
+        fields += [m(6, l4.sport, ip.src), l4.dport, str(l4.flags), seq, l4.ack,
                    len(bytes(l4.payload))]
     elif isinstance(l4, UDP):
         fields += [m(17, l4.sport, ip.src), l4.dport, len(bytes(l4.payload))]
@@ -452,11 +458,12 @@ def frame_fields(frame: bytes, port_map: dict | None = None, nat_addr: str | Non
 
 def compare_egress(diff: Diff, rec: Recording, egress: list) -> None:
     nat_addr = IFACES["r-pub"].split("/")[0]
+    listening = frozenset(int(s.split(":")[1]) for s in rec.listen if s.startswith("tcp:"))
     for iface in ("r-priv", "r-pub"):
         kframes = [f for _, f in rec.frames(iface, "out")]
         eframes = [bytes(f) for _, i, f in egress if i == iface]
-        kf = [frame_fields(f, diff.port_map, nat_addr) for f in kframes]
-        ef = [frame_fields(f) for f in eframes]
+        kf = [frame_fields(f, diff.port_map, nat_addr, listening) for f in kframes]
+        ef = [frame_fields(f, listening=listening) for f in eframes]
         for f, fr in zip(ef, eframes):
             if f[-1]:
                 diff.problems.append(f"egress {iface}: engine frame with bad checksum "
