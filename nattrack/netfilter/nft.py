@@ -229,15 +229,12 @@ class _Table:
         self.sets: dict[str, NamedSet] = {}
 
 
-class _Parser:
-    def __init__(self, text: str, filename: str) -> None:
-        self.filename = filename
-        self.lines = text.split("\n")
-        self.toks = _tokenize(text, filename)
-        self.i = 0
-        self.tables: dict[str, _Table] = {}
+class _Tokens:
+    """A cursor over tokens, for the file's parser and each rule's builder alike."""
+    filename: str
+    toks: list[_Tok]
+    i: int
 
-    # --- token helpers ---
     def error(self, message: str, tok: _Tok | None = None) -> RulesError:
         tok = tok or self.peek()
         return RulesError(self.filename, tok.line, message, tok.value)
@@ -256,6 +253,16 @@ class _Parser:
         if tok.kind not in ("word", "str"):
             raise self.error(f"expected {what}, got {tok.value!r}", tok)
         return tok
+
+
+class _Parser(_Tokens):
+    def __init__(self, text: str, filename: str) -> None:
+        self.filename = filename
+        self.lines = text.split("\n")
+        self.toks = _tokenize(text, filename)
+        self.i = 0
+        self.tables: dict[str, _Table] = {}
+
 
     def expect(self, value: str) -> _Tok:
         tok = self.next()
@@ -617,12 +624,13 @@ def _tok_text(tok: _Tok) -> str:
     return f'"{tok.value}"' if tok.kind == "str" else tok.value
 
 
-class _RuleBuilder:
+class _RuleBuilder(_Tokens):
     """Turns one rule's tokens into a Rule, in the model's canonical order."""
 
     def __init__(self, p: _Parser, t: _Table, chain: str, toks: list[_Tok], line: int,
                  text: str) -> None:
         self.p, self.t, self.chain, self.line, self.text = p, t, chain, line, text
+        self.filename = p.filename
         self.toks = toks + [_Tok("eof", "end of the rule", line)]
         self.i = 0
         self.f: dict = {}
@@ -637,25 +645,6 @@ class _RuleBuilder:
         self.target = ""
         self.goto = False
         self.nat: NatRange | None = None
-
-    def error(self, message: str, tok: _Tok | None = None) -> RulesError:
-        tok = tok or self.peek()
-        return RulesError(self.p.filename, tok.line, message, tok.value)
-
-    def peek(self) -> _Tok:
-        return self.toks[self.i]
-
-    def next(self) -> _Tok:
-        tok = self.toks[self.i]
-        if tok.kind != "eof":
-            self.i += 1
-        return tok
-
-    def word(self, what: str) -> _Tok:
-        tok = self.next()
-        if tok.kind not in ("word", "str"):
-            raise self.error(f"expected {what}, got {tok.value!r}", tok)
-        return tok
 
     def negation(self) -> bool:
         if self.peek().value in ("!=", "=="):
