@@ -9,6 +9,7 @@ student sees, and the machine is left clean.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from nattrack.grading.github import results_from_gradescope, to_markdown
 from nattrack.grading.results import student_view
 from nattrack.grading.sandbox import MARKER_VAR
 
+from listener import Listener
 from netns_tools import live_processes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -237,35 +239,6 @@ def test_the_machine_is_left_clean(graded):
 PHONE_PORT = 47614                         # what tests/grading/phonehome calls on loopback
 
 
-def _listen(family, host: str, port: int, hits: list, stop: threading.Event):
-    """A listener that records what each connection sends; None where ``family`` is off."""
-    try:
-        srv = socket.socket(family)
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind((host, port))
-    except OSError:
-        return None
-    srv.listen(8)
-    srv.settimeout(0.2)
-
-    def serve():
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            conn.settimeout(2)
-            try:
-                hits.append(conn.recv(200))
-            except OSError:
-                hits.append(b"(connected)")
-            conn.close()
-        srv.close()
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
-    return th
-
-
 @pytest.fixture(scope="module")
 def unjailed():
     """The phone-home submission and the solution graded with NATTRACK_NO_BWRAP=1 (as on
@@ -278,23 +251,19 @@ def unjailed():
     klass = tmp / "class"
     shutil.copytree(GRADING / "phonehome", klass / "phonehome")
     shutil.copytree(LAB / "solution", klass / "zz-solution")
-    hits: list[bytes] = []
-    stop = threading.Event()
-    listeners = [_listen(socket.AF_INET, "127.0.0.1", PHONE_PORT, hits, stop),
-                 _listen(socket.AF_INET6, "::1", PHONE_PORT, hits, stop)]
-    assert listeners[0] is not None, f"127.0.0.1:{PHONE_PORT} is taken"
     env = dict(os.environ, PYTHONPATH=str(REPO), NATTRACK_NO_BWRAP="1")
     extra = [] if ROOT else ["--unsafe-no-jail"]      # not root: only with the teacher's word
-    try:
+    with contextlib.ExitStack() as ears:
+        v4 = ears.enter_context(Listener("127.0.0.1", PHONE_PORT))
+        try:                                          # ::1 too, where IPv6 is on
+            v6 = ears.enter_context(Listener("::1", PHONE_PORT, socket.AF_INET6))
+        except OSError:
+            v6 = None
         r = subprocess.run([sys.executable, "-m", "nattrack.cli.main", "grade", str(LAB),
                             str(klass), "--out", str(tmp / "out"), "--hidden", str(hidden),
                             "--mode", "offline", *extra],
                            capture_output=True, text=True, timeout=300, env=env, cwd="/")
-    finally:
-        stop.set()
-        for th in listeners:
-            if th is not None:
-                th.join(2)
+    hits = v4.got + (v6.got if v6 else [])
     docs = {sid: json.loads((tmp / "out" / sid / "results.json").read_text())
             for sid in ("phonehome", "zz-solution")}
     yield {"run": r, "docs": docs, "hits": hits}

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from listener import Listener
 from nattrack.grading import seccomp
 from nattrack.grading.sandbox import sandbox_uid
 
@@ -257,32 +258,9 @@ WORKS_UNFILTERED_ROOT = WORKS_UNFILTERED + ["AF_PACKET", "unshare NEWUSER", "uns
 
 @pytest.fixture
 def listener():
-    """A TCP listener on 127.0.0.1: what every connection sent it."""
-    got: list[bytes] = []
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    srv.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            conn.settimeout(2)
-            try:
-                got.append(conn.recv(100))
-            except OSError:
-                got.append(b"")
-            conn.close()
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
-    yield srv.getsockname()[1], got
-    stop.set()
-    th.join(2)
-    srv.close()
+    """A TCP listener on 127.0.0.1: its port, and what every connection sent it."""
+    with Listener() as ear:
+        yield ear.port, ear.got
 
 
 def run_child(port: int, mode: str, uid: int | None) -> dict:
