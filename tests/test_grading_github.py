@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from nattrack.grading.github import (report, results_from_gradescope, to_classro
                                      to_markdown)
 from nattrack.grading.results import Results, TestResult, to_gradescope
 from nattrack.grading.runner import load_lab, variant_for
+from tests.grading.cli import nattrack, scratch
 from tests.grading.schemas import validate_gradescope, validate_junit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,18 +35,9 @@ HIDDEN = REPO / "tests" / "grading" / "hidden-fixture"
 OWNER = "ann"
 
 
-def nattrack(*args, cwd="/"):
-    return subprocess.run([sys.executable, "-m", "nattrack.cli.main", *map(str, args)],
-                          capture_output=True, text=True, timeout=120, cwd=cwd,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
-
-
 @pytest.fixture
 def tmp():
-    d = Path(tempfile.mkdtemp(prefix="nt-gh-"))
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    yield from scratch("nt-gh-")
 
 
 def _repo_name() -> str:

@@ -9,12 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from tests.grading.cli import nattrack, scratch
 from tests.grading.schemas import validate_gradescope
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,18 +24,9 @@ HIDDEN = GRADING / "hidden-fixture"
 SENTINEL = "HIDDEN-SENTINEL-5c1e9b"
 
 
-def nattrack(*args, cwd="/"):
-    return subprocess.run([sys.executable, "-m", "nattrack.cli.main", *map(str, args)],
-                          capture_output=True, text=True, timeout=120, cwd=cwd,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
-
-
 @pytest.fixture
 def tmp():
-    d = Path(tempfile.mkdtemp(prefix="nt-pkg-"))
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    yield from scratch("nt-pkg-")
 
 
 def autograder(tmp: Path, submission: Path, hidden=True) -> Path:

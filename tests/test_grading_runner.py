@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from nattrack.grading.runner import GradeError, Grader, load_lab, variant_for
+from tests.grading.cli import nattrack, scratch
 from tests.grading.schemas import Invalid, validate_gradescope, validate_junit, xsd_validate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,18 +22,9 @@ LAB = GRADING / "fixture-lab"
 HIDDEN = GRADING / "hidden-fixture"
 
 
-def nattrack(*args, cwd="/", env=None):
-    return subprocess.run([sys.executable, "-m", "nattrack.cli.main", *map(str, args)],
-                          capture_output=True, text=True, timeout=120, cwd=cwd,
-                          env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})))
-
-
 @pytest.fixture
 def tmp():
-    d = Path(tempfile.mkdtemp(prefix="nt-grade-"))
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+    yield from scratch("nt-grade-")
 
 
 @pytest.fixture(scope="module")
