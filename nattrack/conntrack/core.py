@@ -31,7 +31,8 @@ from .conn import (HZ, IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_NEW, IP
                    IPCT_DESTROY, IPCT_NEW, IPCT_RELATED, IPS_ASSURED, IPS_CONFIRMED, IPS_DYING,
                    IPS_EXPECTED, IPS_FIXED_TIMEOUT, IPS_SEEN_REPLY, IPCT_REPLY, Conn)
 from .sysctl import Sysctl
-from .tuple import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, bysource_key, interned, invert_tuple
+from .tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, bysource_key, get_tuple, interned,
+                    invert_tuple)
 
 NF_DROP, NF_ACCEPT = 0, 1
 
@@ -61,20 +62,6 @@ PROTO_HANDLERS = {
 
 # listener(kind "NEW" | "UPDATE" | "DESTROY", ct, table, event bits)
 EventListener = Callable[[str, Conn, "ConntrackTable", int], None]
-
-
-def get_tuple(pkt) -> Tuple | None:
-    """nf_ct_get_tuple(): the tuple of a packet, or None if its L4 header is unusable."""
-    proto = pkt.proto
-    if proto in (IPPROTO_TCP, IPPROTO_UDP):
-        if not pkt.l4ok:
-            return None
-        return Tuple(pkt.src, pkt.dst, proto, pkt.sport, pkt.dport)
-    if proto == IPPROTO_ICMP:
-        if not pkt.l4ok:
-            return None
-        return Tuple(pkt.src, pkt.dst, proto, pkt.sport, pkt.itype << 8 | pkt.icode)
-    return Tuple(pkt.src, pkt.dst, proto, 0, 0)
 
 
 class ConntrackTable:

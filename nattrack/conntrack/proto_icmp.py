@@ -9,7 +9,7 @@ the flow they quote through the inverted embedded tuple.
 from __future__ import annotations
 
 from .conn import IP_CT_DIR_REPLY, IP_CT_RELATED, IP_CT_RELATED_REPLY
-from .tuple import ICMP_ERROR_TYPES, ICMP_QUERY_TYPES, invert_tuple
+from .tuple import ICMP_ERROR_TYPES, ICMP_QUERY_TYPES, get_tuple, invert_tuple
 
 NF_ACCEPT, INVALID = 1, 0
 NR_ICMP_TYPES = 18
@@ -42,7 +42,6 @@ def icmp_error(table, pkt, hook_is_prerouting: bool):
     inner = pkt.embedded_packet()
     if inner is None or inner.frag or not inner.l4ok:
         return "error", None, None
-    from .core import get_tuple                        # core imports this module
     origtuple = get_tuple(inner)
     if origtuple is None:
         return "error", None, None

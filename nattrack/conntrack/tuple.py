@@ -93,6 +93,20 @@ def invert_tuple(t: Tuple) -> Tuple | None:
     return Tuple(t.dst, t.src, t.proto, t.dport, t.sport)
 
 
+def get_tuple(pkt) -> Tuple | None:
+    """nf_ct_get_tuple(): the tuple of a packet, or None if its L4 header is unusable."""
+    proto = pkt.proto
+    if proto in (IPPROTO_TCP, IPPROTO_UDP):
+        if not pkt.l4ok:
+            return None
+        return Tuple(pkt.src, pkt.dst, proto, pkt.sport, pkt.dport)
+    if proto == IPPROTO_ICMP:
+        if not pkt.l4ok:
+            return None
+        return Tuple(pkt.src, pkt.dst, proto, pkt.sport, pkt.itype << 8 | pkt.icode)
+    return Tuple(pkt.src, pkt.dst, proto, 0, 0)
+
+
 def bysource_key(t: Tuple) -> int:
     """The key of NAT's by-source hash: source address, source port/id, protocol."""
     return t.src << 24 | t.sport << 8 | t.proto
