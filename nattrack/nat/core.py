@@ -30,10 +30,9 @@ from ..conntrack.core import (NF_ACCEPT, NF_DROP, NF_INET_LOCAL_IN, NF_INET_LOCA
 from ..conntrack.proto_tcp import TCP_CONNTRACK_SYN_SENT, TCP_CONNTRACK_TIME_WAIT
 from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_PROTOS, Tuple, bysource_key,
                                invert_tuple)
-from ..netfilter.rules import (NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PERSISTENT,
-                               NF_NAT_RANGE_PROTO_RANDOM, NF_NAT_RANGE_PROTO_RANDOM_FULLY,
-                               NF_NAT_RANGE_PROTO_SPECIFIED, NatRange)
 from .proto import nf_nat_icmp_reply_translation, nf_nat_ipv4_manip_pkt
+from .range import (NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PERSISTENT, NF_NAT_RANGE_PROTO_RANDOM,
+                    NF_NAT_RANGE_PROTO_RANDOM_FULLY, NF_NAT_RANGE_PROTO_SPECIFIED, NatRange)
 
 NF_NAT_MANIP_SRC, NF_NAT_MANIP_DST = 0, 1
 NF_NAT_RANGE_PROTO_RANDOM_ALL = NF_NAT_RANGE_PROTO_RANDOM | NF_NAT_RANGE_PROTO_RANDOM_FULLY

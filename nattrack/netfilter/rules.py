@@ -47,6 +47,8 @@ from typing import Callable, Iterable
 
 from ..conntrack.conn import ctstate_bit
 from ..conntrack.tuple import int2ip
+from ..nat.range import (NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PERSISTENT, NF_NAT_RANGE_PROTO_RANDOM,
+                         NF_NAT_RANGE_PROTO_RANDOM_FULLY, NF_NAT_RANGE_PROTO_SPECIFIED, NatRange)
 
 __all__ = [
     "RulesError", "NatRange", "AddrMatch", "IfaceMatch", "PortRange", "TcpUdpMatch",
@@ -55,13 +57,6 @@ __all__ = [
     "NF_NAT_RANGE_PERSISTENT", "NF_NAT_RANGE_PROTO_RANDOM_FULLY", "BUILTIN_CHAINS",
     "STATE_BITS", "is_nft",
 ]
-
-# include/uapi/linux/netfilter/nf_nat.h
-NF_NAT_RANGE_MAP_IPS = 0x01
-NF_NAT_RANGE_PROTO_SPECIFIED = 0x02
-NF_NAT_RANGE_PROTO_RANDOM = 0x04
-NF_NAT_RANGE_PERSISTENT = 0x08
-NF_NAT_RANGE_PROTO_RANDOM_FULLY = 0x10
 
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
 
@@ -140,26 +135,6 @@ class RulesError(ValueError):
 
 
 # --- the data model -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NatRange:
-    """struct nf_nat_range2 (IPv4 part): addresses and ports as host-order ints."""
-    min_ip: int = 0
-    max_ip: int = 0
-    min_port: int = 0
-    max_port: int = 0
-    flags: int = 0
-
-    def __str__(self) -> str:
-        out = ""
-        if self.flags & NF_NAT_RANGE_MAP_IPS:
-            out = int2ip(self.min_ip)
-            if self.max_ip != self.min_ip:
-                out += "-" + int2ip(self.max_ip)
-        if self.flags & NF_NAT_RANGE_PROTO_SPECIFIED:
-            out += f":{_range_str(self.min_port, self.max_port, '-')}"
-        return out
 
 
 @dataclass(frozen=True)
