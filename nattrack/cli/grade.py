@@ -6,6 +6,8 @@ The work is in :mod:`nattrack.grading.batch` (outputs), :mod:`nattrack.grading.r
 """
 from __future__ import annotations
 
+import sys
+
 
 def register(sub) -> None:
     """Add the `grade` subcommand to the top-level parser."""
@@ -38,5 +40,23 @@ def register(sub) -> None:
 
 
 def _grade(args) -> int:
-    from ..grading.batch import main_grade
-    return main_grade(args)
+    from ..grading.batch import grade_all
+    from ..grading.package import build_package
+    from ..grading.runner import GradeError
+    try:
+        if args.package:
+            if args.submissions:
+                raise GradeError("--package takes no submissions: nattrack grade --package "
+                                 "gradescope LAB [--out DIR]")
+            print(build_package(args.package, args.lab, args.out, hidden=args.hidden))
+            return 0
+        if not args.submissions:
+            raise GradeError("which submissions? nattrack grade LAB SUBMISSION... "
+                             "(a folder, or a folder of student folders)")
+        grade_all(args.lab, args.submissions, args.out or "grading-results", hidden=args.hidden,
+                  mode=args.mode, student_id=args.student_id, jobs=args.jobs,
+                  unsafe_no_jail=args.unsafe_no_jail)
+        return 0
+    except GradeError as exc:
+        print(f"nattrack: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2

@@ -23,7 +23,6 @@ import json
 import multiprocessing
 import os
 import multiprocessing.util
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -77,7 +76,7 @@ def discover(paths, files: list[str],
 
 
 def write_outputs(out: Path, sid: str, results: Results, suite: str) -> Path:
-    d = out / _safe(sid)
+    d = out / folder_name(sid)
     d.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)                        # one student's results: the teacher's only
     seen = student_view(results)
@@ -89,7 +88,8 @@ def write_outputs(out: Path, sid: str, results: Results, suite: str) -> Path:
     return d
 
 
-def _safe(sid: str) -> str:
+def folder_name(sid: str) -> str:
+    """The name of a student's results folder: the id with anything unsafe in a path made '_'."""
     keep = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in sid).strip(".")
     return keep or "submission"
 
@@ -172,27 +172,3 @@ def grade_all(lab, paths, out, *, hidden=None, mode: str = "auto", student_id=No
     if n == 1:
         echo(human_summary(student_view(done[0][1])).rstrip())
     return done
-
-
-
-def main_grade(args) -> int:
-    """`nattrack grade` (see nattrack.cli.grade)."""
-    try:
-        if args.package:
-            from .package import build_package
-            if args.submissions:
-                raise GradeError("--package takes no submissions: nattrack grade --package "
-                                 "gradescope LAB [--out DIR]")
-            path = build_package(args.package, args.lab, args.out, hidden=args.hidden)
-            print(path)
-            return 0
-        if not args.submissions:
-            raise GradeError("which submissions? nattrack grade LAB SUBMISSION... "
-                             "(a folder, or a folder of student folders)")
-        grade_all(args.lab, args.submissions, args.out or "grading-results", hidden=args.hidden,
-                  mode=args.mode, student_id=args.student_id, jobs=args.jobs,
-                  unsafe_no_jail=getattr(args, "unsafe_no_jail", False))
-        return 0
-    except GradeError as exc:
-        print(f"nattrack: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2

@@ -35,6 +35,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from .batch import folder_name, grade_all
 from .runner import GradeError, load_lab
 
 __all__ = ["build_package", "run_autograder"]
@@ -217,13 +218,12 @@ def run_autograder(root, source) -> int:
         try:
             # links stay links: the grader refuses them, never follows them
             shutil.copytree(root / "submission", work / "submission", symlinks=True)
-            from .batch import grade_all
             hidden = kit / "hidden"
             done = grade_all(kit / "lab", [work / "submission"], work / "out",
                              hidden=hidden if hidden.is_dir() else None, mode="auto",
                              student_id=_student_id(root), echo=print)
             sid = done[0][0]
-            shutil.copyfile(work / "out" / _safe(sid) / "results.json", results)
+            shutil.copyfile(work / "out" / folder_name(sid) / "results.json", results)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return 0
@@ -239,11 +239,6 @@ def run_autograder(root, source) -> int:
         results.parent.mkdir(parents=True, exist_ok=True)
         results.write_text(json.dumps(doc, indent=2) + "\n")
         return 0
-
-
-def _safe(sid: str) -> str:
-    from .batch import _safe as safe
-    return safe(sid)
 
 
 def main(argv=None) -> int:

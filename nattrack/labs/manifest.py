@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MODES = ("python", "kernel")
+# The [[pieces]] kinds: one adapter each in nattrack.labs.plugin.ADAPTERS (which checks it).
+PIECE_KINDS = ("tcp_state_table", "udp", "icmp", "snat_port", "checksum", "gc_worker", "early_drop")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -119,9 +121,8 @@ def load(lab_dir: str | Path) -> Lab:
             raise ManifestError(f"{at}: module {module!r} is not a Python module name")
         if f"{module}.py" not in files:
             raise ManifestError(f"{at}: module {module!r} has no {module}.py in `files`")
-        from .plugin import ADAPTERS
-        if kind not in ADAPTERS:
-            raise ManifestError(f"{at}: unknown kind {kind!r}; known: {', '.join(sorted(ADAPTERS))}")
+        if kind not in PIECE_KINDS:
+            raise ManifestError(f"{at}: unknown kind {kind!r}; known: {', '.join(sorted(PIECE_KINDS))}")
         pieces.append(Piece(module, kind))
 
     todos = []

@@ -46,6 +46,7 @@ from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PROTO_NAM
                                Tuple, int2ip, ip2int)
 from ..nat import core as nat_core
 from ..packet import ipv4 as pkt_ipv4
+from .manifest import PIECE_KINDS, Lab, load
 
 
 class PluginError(ValueError):
@@ -576,6 +577,8 @@ ADAPTERS: dict[str, Callable[[_Student], None]] = {
     "gc_worker": adapt_gc_worker,
     "early_drop": adapt_early_drop,
 }
+if ADAPTERS.keys() != set(PIECE_KINDS):
+    raise ImportError("nattrack.labs: manifest.PIECE_KINDS and plugin.ADAPTERS must name the same kinds")
 
 
 # --- the entry points ----------------------------------------------------------------------------
@@ -586,7 +589,6 @@ def install(lab, submission_dir: str | Path) -> None:
     ``lab`` is a :class:`~nattrack.labs.manifest.Lab` or a lab folder.  On any error
     nothing stays installed and :class:`PluginError` says what is wrong.
     """
-    from .manifest import Lab, load
     if not isinstance(lab, Lab):
         lab = load(lab)
     if installed():
