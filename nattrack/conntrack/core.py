@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 from . import proto_generic, proto_gre, proto_icmp, proto_tcp, proto_udp
 from .conn import (HZ, IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_NEW, IP_CT_RELATED,
                    IPCT_DESTROY, IPCT_NEW, IPCT_RELATED, IPS_ASSURED, IPS_CONFIRMED, IPS_DYING,
-                   IPS_EXPECTED, IPS_FIXED_TIMEOUT, IPS_SEEN_REPLY, IPCT_REPLY, Conn)
+                   IPS_EXPECTED, IPS_FIXED_TIMEOUT, IPS_NAT_CLASH, IPS_SEEN_REPLY, IPCT_REPLY, Conn)
 from .sysctl import Sysctl
 from .tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, bysource_key, get_tuple, interned,
                     invert_tuple)
@@ -53,6 +53,11 @@ NF_CT_EVICTION_RANGE = 8
 STAT_NAMES = ("found", "invalid", "insert", "insert_failed", "drop", "early_drop", "error",
               "search_restart", "clash_resolve", "chaintoolong")
 
+# Trackers without .allow_clash in 6.18: a confirm clash always drops their packet.
+# (ICMP gains it in 7.0; UDP, UDP-Lite, GRE and the generic tracker have it.)
+IPPROTO_SCTP = 132
+CLASH_NOT_ALLOWED = frozenset({IPPROTO_TCP, IPPROTO_ICMP, IPPROTO_SCTP})
+
 PROTO_HANDLERS = {
     IPPROTO_TCP: proto_tcp.tcp_packet,
     IPPROTO_UDP: proto_udp.udp_packet,
@@ -62,6 +67,13 @@ PROTO_HANDLERS = {
 
 # listener(kind "NEW" | "UPDATE" | "DESTROY", ct, table, event bits)
 EventListener = Callable[[str, Conn, "ConntrackTable", int], None]
+
+
+def _can_merge(ct: Conn, loser: Conn) -> bool:
+    """nf_ct_can_merge(): nf_ct_match() (both tuples equal) or nf_ct_match_reverse()
+    (the loser is the same flow from its other end: both packets were NEW, 6.12+)."""
+    return ((ct.orig == loser.orig and ct.reply == loser.reply)
+            or (ct.orig == loser.reply and ct.reply == loser.orig))
 
 
 class ConntrackTable:
@@ -276,28 +288,83 @@ class ConntrackTable:
                 self.stats["insert_failed"] += 1
                 return NF_DROP
             for t in (ct.orig, ct.reply):
-                other = self.hash.get(t)
-                if other is not None and self.is_expired(other):
-                    self.kill(other)
-                    other = None
+                other = self.live(t)
                 if other is not None:
-                    # No clash resolution can merge two different flows here; the
-                    # entry dies with its packet and leaves NAT's by-source hash.
-                    self.stats["drop"] += 1
-                    self.stats["insert_failed"] += 1
-                    ct.status |= IPS_DYING
-                    self._nat_cleanup(ct)
-                    pkt.ct = None
+                    break
+            if other is not None:
+                # Another CPU confirmed the same flow first (nattrack.conntrack.cpus).
+                if self.resolve_clash(pkt, other) == NF_DROP:
                     return NF_DROP
-            ct.timeout += self.jiffies()
-            self.hash[ct.orig] = ct
-            self.hash[ct.reply] = ct
-            self._bucket_add(ct)
-            self.count += 1
-            ct.status |= IPS_CONFIRMED
-            ct.ecache |= IPCT_RELATED if ct.status & IPS_EXPECTED else IPCT_NEW
+                ct = pkt.ct                # the winner, or the loser in the reply direction
+            else:
+                ct.timeout += self.jiffies()
+                self.hash[ct.orig] = ct
+                self.hash[ct.reply] = ct
+                self._bucket_add(ct)
+                self.count += 1
+                ct.status |= IPS_CONFIRMED
+                ct.ecache |= IPCT_RELATED if ct.status & IPS_EXPECTED else IPCT_NEW
         if not ct.status & IPS_DYING:
             self.deliver_cached_events(ct)
+        return NF_ACCEPT
+
+    def live(self, t: Tuple) -> Conn | None:
+        """The confirmed entry holding tuple t (either direction); an expired one is reaped."""
+        other = self.hash.get(t)
+        if other is not None and self.is_expired(other):
+            self.kill(other)
+            return None
+        return other
+
+    def resolve_clash(self, pkt, winner: Conn) -> int:
+        """nf_ct_resolve_clash() (nf_conntrack_core.c, 6.18): pkt's new entry lost the race
+        to ``winner``, confirmed on another CPU since pkt's conntrack_in.
+
+        * __nf_ct_resolve_clash(): if nf_ct_can_merge() (the same tuples both ways, or
+          the same flow seen from its other end) pkt adopts the winner; the loser's bytes
+          are added to it (nf_ct_acct_merge) and the loser is freed.  clash_resolve++.
+        * nf_ct_resolve_clash_harder(): else, if nothing holds the loser's reply tuple,
+          the loser is inserted in the reply direction only (its original tuple stays
+          the winner's, `conntrack -L` does not show it), with IPS_NAT_CLASH |
+          IPS_FIXED_TIMEOUT and one second to live, so replies to pkt's NAT come back.
+          clash_resolve++.  If its reply tuple is held, that holder is tried for a merge.
+        * Otherwise, and always for protocols without ``allow_clash`` (TCP, ICMP, SCTP),
+          the packet is dropped: drop++ and insert_failed++.
+        """
+        loser = pkt.ct
+        if loser.orig.proto not in CLASH_NOT_ALLOWED:
+            if _can_merge(winner, loser):
+                return self._adopt(pkt, winner)
+            holder = self.live(loser.reply)
+            if holder is not None:
+                if _can_merge(holder, loser):
+                    return self._adopt(pkt, holder)
+            else:
+                loser.timeout = self.jiffies() + self.hz
+                loser.status |= IPS_FIXED_TIMEOUT | IPS_NAT_CLASH | IPS_CONFIRMED
+                self.hash[loser.reply] = loser     # the original direction is a fake add
+                self._bucket_add(loser)
+                self.count += 1
+                self.stats["clash_resolve"] += 1
+                return NF_ACCEPT
+        self.stats["drop"] += 1
+        self.stats["insert_failed"] += 1
+        loser.status |= IPS_DYING                   # freed with its packet
+        self._nat_cleanup(loser)
+        pkt.ct = None
+        return NF_DROP
+
+    def _adopt(self, pkt, winner: Conn) -> int:
+        """The merge of __nf_ct_resolve_clash(): pkt goes on with the winner's entry."""
+        loser = pkt.ct
+        if winner.counters is not None and loser.counters is not None:
+            c = 2 * (pkt.ctinfo >= IP_CT_ESTABLISHED_REPLY)
+            winner.counters[c] += 1                 # nf_ct_acct_merge(): one packet, its bytes
+            winner.counters[c + 1] += loser.counters[c + 1]
+        loser.status |= IPS_DYING
+        self._nat_cleanup(loser)
+        pkt.ct = winner                             # nf_ct_set(skb, ct, ctinfo): ctinfo stays
+        self.stats["clash_resolve"] += 1
         return NF_ACCEPT
 
     # --- events ----------------------------------------------------------------------------
