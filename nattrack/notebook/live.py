@@ -18,16 +18,16 @@ from pathlib import Path
 from ..conntrack import show
 from ..conntrack.tuple import ip2int
 from ..lab import LabError, rpc
-from ..lab.craft import SEND_SNIPPET, build
+from ..lab.craft import SEND_SNIPPET
 from ..packet.ipv4 import Packet
 from ..packet.pcapio import CaptureReader, ip_offset
 from . import scenarios as sc
-from .session import (PacketPair, Session, SessionError, StepResult, check_sysctl,
-                      default_sysctl, flow_orig, scope_events, scope_table, step_flow,
-                      transition)
+from .engine import Engine, simulate_step, simulation
+from .session import PacketPair, Session, SessionError, StepResult
+from .steps import (Driver, check_sysctl, default_sysctl, find_entry, flow_orig, scope_events,
+                    scope_table, step_flow, transition)
 
 SETTLE_S = 0.15              # after a step's last packet: the router's answers, the shadow
-CLIENT_ISN, SERVER_ISN = 1_000_000, 5_000_000
 CAPTURE_START_S, CAPTURE_END_S = 5.0, 15.0    # the capture verb's start, and end after a step
 # The router records one capture at a time: another notebook's step holds it for about a
 # second, so a step waits this long for its turn, then says so in one line.
@@ -49,69 +49,6 @@ class NoLiveLab(SessionError):
 
 START_HINT = ("start the classroom lab with `sudo nattrack notebook` (or `sudo nattrack lab up "
               "--topo classroom --mode kernel`)")
-
-
-# --- building each step's packets -------------------------------------------------------------
-
-class Driver:
-    """Plays both ends of the scenario's flows: what to send, from which node."""
-
-    def __init__(self, scenario: sc.Scenario, reply_of) -> None:
-        self.scenario = scenario
-        self.reply_of = reply_of                  # (proto, orig dict) -> reply tuple dict
-        self.tcp: dict[str, dict] = {}
-        self.count: dict[str, int] = {}
-        self.ipid = 0x1000
-
-    def packet(self, action: dict) -> tuple[str, bytes]:
-        """(node, datagram) for one ``send`` action."""
-        from .session import flow_orig
-        flow: sc.Flow = self.scenario.flows[action["flow"]]
-        side = action.get("side", "client")
-        self.ipid += 1
-        kind = action["send"]
-        if side == "client":
-            node = flow.client
-            src, dst = sc.NODES[flow.client], flow.to[0]
-            sport, dport = flow.cport, flow.to[1]
-        else:
-            node = flow.server
-            reply = self.reply_of(flow.proto, flow_orig(flow))
-            if reply is None:
-                raise SessionError(f"{flow.server} cannot answer: the tracker has no entry for "
-                                   f"{flow.client}:{flow.cport} (run the scenario's earlier steps)")
-            src, dst, sport, dport = reply["src"], reply["dst"], reply["sport"], reply["dport"]
-        ttl = action.get("ttl", 64)
-        if kind == "ping":
-            n = self.count[action["flow"]] = self.count.get(action["flow"], 0) + 1
-            return node, build("icmp", src, dst, ipid=self.ipid, ttl=ttl, icmp_type=8,
-                               icmp_id=flow.cport, icmp_seq=n, payload=b"nattrack ping")
-        data = action.get("data", "").encode()
-        if kind == "udp":
-            return node, build("udp", src, dst, sport, dport, payload=data, ipid=self.ipid, ttl=ttl)
-        if kind == "icmp-error":
-            # A router further on reports on the datagram as it left ours (translated):
-            # the quote is its IP header and first 8 bytes, from the reply tuple's view.
-            quoted = build(flow.proto, dst, src, dport, sport, ipid=self.ipid - 1, ttl=1,
-                           payload=b"")[:28]
-            return node, build("icmp", src, dst, ipid=self.ipid, icmp_type=action["type"],
-                               icmp_code=action.get("code", 0), payload=quoted)
-        st = self.tcp.setdefault(action["flow"], {"client": CLIENT_ISN, "server": SERVER_ISN,
-                                                  "fin": {"client": False, "server": False}})
-        flags = action["flags"]
-        other = "server" if side == "client" else "client"
-        seq = st[side] + action.get("seq_offset", 0)
-        ack = st[other]
-        if action.get("ack_fin") is False and st["fin"][other]:
-            ack -= 1                              # the FIN crossed: not acknowledged yet
-        if "A" not in flags.upper():
-            ack = 0
-        pkt = build("tcp", src, dst, sport, dport, flags, seq, ack, payload=data,
-                    ipid=self.ipid, ttl=ttl)
-        st[side] += len(data) + ("S" in flags) + ("F" in flags)
-        if "F" in flags:
-            st["fin"][side] = True
-        return node, pkt
 
 
 # --- the router's both sides -------------------------------------------------------------------
@@ -311,7 +248,6 @@ class LiveSession(Session):
     def _start(self, scenario: sc.Scenario) -> None:
         self.sim = None
         if scenario.simulated:                    # the engine alone (see Scenario.simulated)
-            from .replay import simulation
             self.sim = simulation(scenario, time.time(), {})
             self.driver = Driver(scenario, self._reply_of)
             self.last_table = []
@@ -368,7 +304,6 @@ class LiveSession(Session):
         return [f"{why}: reconnected"]
 
     def _reply_of(self, proto: str, orig: dict) -> dict | None:
-        from .session import find_entry
         e = find_entry(self.table(), proto, orig)
         return e["reply"] if e else None
 
@@ -405,7 +340,6 @@ class LiveSession(Session):
         """The engine fed with what the router saw: conntrack's verdict on each packet
         (NEW, ESTABLISHED, RELATED, INVALID), which the tables cannot show."""
         from ..lab import RULES_DIR
-        from .replay import Engine
         try:
             text = (RULES_DIR / f"{scenario.rules}.rules").read_text()
         except OSError:
@@ -416,7 +350,6 @@ class LiveSession(Session):
 
     def _step(self, scenario: sc.Scenario, step: sc.Step) -> StepResult:
         if self.sim is not None:
-            from .replay import simulate_step
             r = simulate_step(self.sim, scenario, step, self.driver, self.last_table)
             self.last_table = r.table
             return r

@@ -17,7 +17,8 @@ from ..conntrack import show
 from ..conntrack.sysctl import DEFAULTS
 from ..packet.ipv4 import TH_ACK, TH_FIN, TH_RST, TH_SYN, Packet
 from . import scenarios as sc
-from .session import PROTO_NUM, StepResult, _tup, find_entry, flow_orig, tcp_flag_name
+from .session import StepResult
+from .steps import PROTO_NUM, _tup, find_entry, flow_orig, tcp_flag_name
 
 # who is who, for the sentences
 WHO = {**{ip: node for node, ip in sc.NODES.items()},

@@ -10,22 +10,20 @@ Tables are lists of dicts in the JSON form of ``nattrack.conntrack.show.conn_jso
 (what ``nattrack conntrack -L --json`` prints), remaining timeouts as of ``s.now()``;
 events are ``conntrack -E`` lines.  The kernel's side comes from the router's own
 conntrack (live) or from the recording (replay).
+
+This module is the interface only: the types and the :class:`Session` every backend
+implements.  ``open_session`` (the package) picks a backend: :mod:`.live` or :mod:`.replay`;
+what both do to run a step is in :mod:`.steps` and :mod:`.engine`.
 """
 from __future__ import annotations
 
 import os
-import socket
-import struct
 from dataclasses import dataclass, field
 
-from ..conntrack import show
-from ..conntrack.sysctl import DEFAULTS, Sysctl
-from ..conntrack.tuple import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
-from ..packet.ipv4 import TH_ACK, TH_FIN, TH_RST, TH_SYN, Packet
+from ..conntrack.sysctl import DEFAULTS
 from . import scenarios as sc
 
 MODE_ENV = "NATTRACK_NOTEBOOK_MODE"
-PROTO_NUM = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP, "icmp": IPPROTO_ICMP}
 
 
 class SessionError(Exception):
@@ -82,131 +80,6 @@ class StepResult:
     t: float = 0.0                  # the session clock when the step was over
     before: list[dict] = field(default_factory=list)   # the tracker's table as the step began
     notes: list[str] = field(default_factory=list)     # what the session had to put back first
-
-
-# --- helpers shared by the backends ---------------------------------------------------------
-
-def _ip(text: str) -> int:
-    return struct.unpack("!I", socket.inet_aton(text))[0]
-
-
-def flow_orig(flow: sc.Flow) -> dict:
-    """The original tuple the flow's first packet creates (``conn_json`` keys)."""
-    src, dst = sc.NODES[flow.client], flow.to[0]
-    if flow.proto == "icmp":
-        return {"src": src, "dst": dst, "type": 8, "code": 0, "id": flow.cport}
-    return {"src": src, "dst": dst, "sport": flow.cport, "dport": flow.to[1]}
-
-
-def find_entry(table: list[dict] | None, proto: str, orig: dict) -> dict | None:
-    for e in table or ():
-        if e.get("proto") == proto and all(e["orig"].get(k) == v for k, v in orig.items()):
-            return e
-    return None
-
-
-def tcp_flag_name(flags: int, payload: int) -> str:
-    if flags & TH_RST:
-        return "RST"
-    if flags & TH_SYN:
-        return "SYN-ACK" if flags & TH_ACK else "SYN"
-    if flags & TH_FIN:
-        return "FIN"
-    return "data" if payload else "ACK"
-
-
-def _tup(proto: str, t: dict) -> tuple:
-    return (PROTO_NUM[proto], _ip(t["src"]), t.get("sport"), _ip(t["dst"]), t.get("dport"))
-
-
-def transition(flow: sc.Flow | None, before: list[dict], after: list[dict],
-               packets: list[PacketPair], events: list[str] = ()) -> Transition | None:
-    """What the step did to the flow's TCP entry: the state it left and the state it
-    reached (from the table before, the step's events and the table after: an entry a
-    RST destroyed still shows its last state), with the direction and flags of the
-    step's last packet of that connection."""
-    if flow is None or flow.proto != "tcp":
-        return None
-    orig = flow_orig(flow)
-    old, new = find_entry(before, "tcp", orig), find_entry(after, "tcp", orig)
-    states = [old["state"] if old else "NONE"]
-    tuples = (old["orig"], old["reply"]) if old else None
-    for line in events:
-        try:
-            p = show.parse_conntrack_line(line)
-        except (ValueError, IndexError, KeyError):
-            continue
-        if p["proto"] == IPPROTO_TCP and all(p["orig"].get(k) == v for k, v in orig.items()):
-            states.append(p["state"])
-            tuples = (p["orig"], p["reply"])
-    if new is not None:
-        states.append(new["state"])
-        tuples = (new["orig"], new["reply"])
-    if tuples is None:
-        return None
-    seq = [st for i, st in enumerate(states) if i == 0 or st != states[i - 1]]
-    o, r = _tup("tcp", tuples[0]), _tup("tcp", tuples[1])
-    last = None
-    for pp in packets:
-        p = Packet.parse(bytearray(pp.before))
-        if p is None or not p.l4ok or p.proto != IPPROTO_TCP:
-            continue
-        t = (p.proto, p.src, p.sport, p.dst, p.dport)
-        if t == o:
-            last = ("ORIGINAL", p)
-        elif t == r:
-            last = ("REPLY", p)
-    if last is None:
-        return None
-    direction, p = last
-    return Transition(seq[-2] if len(seq) > 1 else seq[-1], seq[-1], direction,
-                      tcp_flag_name(p.tcpflags, p.payload_len))
-
-
-def step_flow(scenario: sc.Scenario, step: sc.Step) -> sc.Flow | None:
-    for a in step.actions:
-        if "flow" in a:
-            return scenario.flows[a["flow"]]
-    return None
-
-
-def _mine(scenario: sc.Scenario, proto: str, orig: dict) -> bool:
-    return any(find_entry([{"proto": proto, "orig": orig}], f.proto, flow_orig(f))
-               for f in scenario.flows.values())
-
-
-def scope_table(scenario: sc.Scenario, table: list[dict]) -> list[dict]:
-    """The entries of the scenario's own flows: other notebooks on the same lab have
-    theirs (each scenario has its own ports)."""
-    return [e for e in table if _mine(scenario, e.get("proto", ""), e.get("orig") or {})]
-
-
-def scope_events(scenario: sc.Scenario, lines: list[str]) -> list[str]:
-    """The ``conntrack -E`` lines about the scenario's own flows."""
-    out = []
-    for line in lines:
-        try:
-            p = show.parse_conntrack_line(line)
-        except (KeyError, ValueError, IndexError):
-            continue
-        if _mine(scenario, p.get("proto_name", ""), p["orig"]):
-            out.append(line)
-    return out
-
-
-def check_sysctl(key: str, value) -> tuple[str, int]:
-    """A conntrack setting by its kernel name (short names accepted), a whole number."""
-    try:
-        probe = Sysctl({})
-        probe.set(key, value)
-        full = key if key.startswith("net.") else "net.netfilter." + key
-        return full, int(probe.get_full(full))
-    except Exception as exc:                           # noqa: BLE001 -- SysctlError, ValueError
-        raise SessionError(f"{key}={value}: {exc}") from None
-
-
-def default_sysctl(key: str) -> int:
-    return int(DEFAULTS[Sysctl.short(key)])
 
 
 # --- the API ---------------------------------------------------------------------------------
@@ -338,43 +211,6 @@ class Session:
 GRADING_VARS = ("NATTRACK_GRADING", "NBGRADER_EXECUTION")
 
 
-def _grading() -> bool:
+def grading_run() -> bool:
+    """A grader executes the notebook (NATTRACK_GRADING or NBGRADER_EXECUTION is set)."""
     return any(os.environ.get(v) for v in GRADING_VARS)
-
-
-def open_session(notebook: str, mode: str = "auto", *, client=None,
-                 recordings: str | os.PathLike | None = None) -> Session:
-    """``mode``: "auto" (live when a lab service answers and NATTRACK_NOTEBOOK_MODE is not
-    "replay", else replay), "live" or "replay"; under grading (NATTRACK_GRADING or
-    NBGRADER_EXECUTION set) always replay, the reason in ``why_not_live``.  ``client``: a
-    LabClient (default: the lab socket); ``recordings``: where replay finds
-    notebooks/recordings/."""
-    if notebook not in sc.SCENARIOS:
-        raise SessionError(f"no notebook {notebook!r}: known are {', '.join(sc.NOTEBOOKS)}")
-    if mode not in ("auto", "live", "replay"):
-        raise SessionError(f"mode {mode!r}: auto, live or replay")
-    env = os.environ.get(MODE_ENV, "").strip().lower()
-    why = 'mode="replay"'
-    if _grading():
-        # A grader executes the notebook: a recorded run is the same for every student and
-        # needs no background thread (a live session reads the event streams in two).  This
-        # wins over NATTRACK_NOTEBOOK_MODE and an explicit mode="live": a graded notebook
-        # must still run, so it replays and says why.
-        why = "a grading run (NATTRACK_GRADING or NBGRADER_EXECUTION is set)"
-        if mode == "live" or (mode == "auto" and env == "live"):
-            why += ": replay instead of the live lab"
-        mode = "replay"
-    elif mode == "auto" and env in ("live", "replay"):
-        mode, why = env, f"{MODE_ENV}={env}"
-    if mode in ("auto", "live"):
-        from .live import LiveSession, NoLiveLab
-        try:
-            return LiveSession(notebook, client=client)
-        except NoLiveLab as exc:
-            if mode == "live":
-                raise SessionError(str(exc)) from None
-            why = str(exc)
-    from .replay import ReplaySession
-    s = ReplaySession(notebook, recordings=recordings)
-    s.why_not_live = why
-    return s

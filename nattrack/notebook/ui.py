@@ -34,8 +34,8 @@ from ..widgets import (ComparisonView, ConntrackTableView, EventLogView, ModeBan
 from ..widgets.render import _wrap, esc
 from . import narrate as nar
 from . import scenarios as sc
-from .session import (Session, SessionError, StepResult, find_entry, flow_orig, scope_events,
-                      scope_table, step_flow)
+from .session import Session, SessionError, StepResult
+from .steps import find_entry, flow_orig, scope_events, scope_table, step_flow
 
 IFACE_SIDE = {"ntr-lan": "LAN side", "ntr-wan": "WAN side"}
 
