@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 from .conntrack import show
 from .conntrack.conn import IPCT_PROTOINFO, Conn
 from .conntrack.core import ConntrackTable
+from .conntrack.profile import get_profile
 from .netfilter.rules import Ruleset
 from .netfilter.stack import Router, Verdict
 from .packet.ipv4 import Packet
@@ -78,7 +79,7 @@ def replay_captures(sources: Iterable[tuple[str | None, str]], ifaces: dict[str,
                     on_packet: Callable[[Packet, Verdict, Router], None] | None = None,
                     write: str | None = None, verify_egress: bool = False,
                     listen: dict[str, set[int]] | None = None,
-                    local_stack: bool = True) -> ReplayResult:
+                    local_stack: bool = True, kernel: str | None = None) -> ReplayResult:
     """Run captures (``(iface or None, path)``, merged by time) through a Router.
 
     ``now`` is the moment the table is listed (default: the last packet).
@@ -88,10 +89,12 @@ def replay_captures(sources: Iterable[tuple[str | None, str]], ifaces: dict[str,
     (``bad_checksums`` counts the wrong ones): what a plugged-in rewrite must get right.
     The router answers traffic to its own addresses as Linux does (``local_stack``: RSTs,
     ICMP port/protocol unreachable); ``listen`` names its open ports (``{"tcp": {22}}``).
+    ``kernel`` names the kernel whose behaviour to follow where kernels differ
+    (``6.1``, ``6.6``, ``6.12``, ``6.18``, ``running``; default the newest).
     """
     clock = ManualClock()
     router = Router(ifaces, routes, load_rules(rules_text, rules_path), sysctls, clock, seed=seed,
-                    local_stack=local_stack, listen=listen)
+                    local_stack=local_stack, listen=listen, profile=get_profile(kernel))
     res = ReplayResult()
     table = router.ct
     table.listeners.append(event_recorder(res.events, res.events_json, clock))

@@ -42,7 +42,7 @@ def cmd_replay(args) -> int:
     res = replay_captures(parse_source_args(args.capture), ifaces, routes, sysctls=sysctls,
                           now=args.now, seed=args.seed, rules_path=args.rules,
                           on_packet=printer, write=args.write, verify_egress=bool(args.plugin),
-                          listen=parse_listen_args(args.listen or ()))
+                          listen=parse_listen_args(args.listen or ()), kernel=args.kernel)
     for name in res.truncated:
         print(f"nattrack: warning: {name} ends in a truncated record; replayed what was complete",
               file=sys.stderr)
@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--listen", action="append", metavar="PROTO:PORT",
                    help="a port open on the router itself, e.g. tcp:22 or udp:53,123 (repeatable): "
                         "a SYN there gets a SYN-ACK, a datagram no port unreachable")
+    r.add_argument("--kernel", metavar="VERSION",
+                   help="behave as this kernel where kernels differ: 6.1, 6.6, 6.12, 6.18 or "
+                        "running (default: the newest, 6.18; see docs/kernel-profiles.md)")
     r.add_argument("--plugin", metavar="LAB_DIR=SUBMISSION_DIR",
                    help="plug a lab submission's pieces into the engine in place of the reference "
                         "(runs the submission's code in this process); sent packets' checksums "

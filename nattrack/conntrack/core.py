@@ -30,6 +30,7 @@ from . import proto_generic, proto_gre, proto_icmp, proto_tcp, proto_udp
 from .conn import (HZ, IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_NEW, IP_CT_RELATED,
                    IPCT_DESTROY, IPCT_NEW, IPCT_RELATED, IPS_ASSURED, IPS_CONFIRMED, IPS_DYING,
                    IPS_EXPECTED, IPS_FIXED_TIMEOUT, IPS_NAT_CLASH, IPS_SEEN_REPLY, IPCT_REPLY, Conn)
+from .profile import NEWEST, KernelProfile
 from .sysctl import Sysctl
 from .tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, bysource_key, get_tuple, interned,
                     invert_tuple)
@@ -83,8 +84,9 @@ class ConntrackTable:
     """
 
     def __init__(self, clock: Callable[[], float], sysctl: Sysctl | dict | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, profile: KernelProfile | None = None) -> None:
         self.clock = clock
+        self.profile = profile or NEWEST      # which kernel's behaviour (conntrack/profile.py)
         self.sysctl = sysctl if isinstance(sysctl, Sysctl) else Sysctl(sysctl)
         self.hz = hz = HZ
         self.rng = random.Random(seed)

@@ -183,9 +183,17 @@ def check_group(rep: Report) -> None:
                  f"the lab without sudo")
 
 
+def check_kernel_profile(rep: Report) -> None:
+    """Which kernel's behaviour the engine follows here (``--kernel``, default running)."""
+    from ..conntrack.profile import running_profile
+    rep.note(f"kernel {os.uname().release}: the engine follows "
+             f"{running_profile().describe()} (docs/kernel-profiles.md)")
+
+
 def doctor() -> Report:
     rep = Report()
     root = check_root(rep)
+    check_kernel_profile(rep)
     check_tools(rep)
     check_python(rep)
     if root:

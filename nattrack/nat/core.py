@@ -148,7 +148,9 @@ def _nf_nat_used_tuple_harder(table, t: Tuple, ct: Conn, attempts_left: int) -> 
     SNATed entry in TIME_WAIT or later whose sequence numbers the new SYN is past."""
     reply = invert_tuple(t)
     if (attempts_left > NF_NAT_HARDER_THRESH or t.proto != IPPROTO_TCP
-            or ct.proto is None or ct.proto.state != TCP_CONNTRACK_SYN_SENT):
+            or ct.proto is None or ct.proto.state != TCP_CONNTRACK_SYN_SENT
+            # 4589725502871e (v6.5): before it, a used port is simply taken
+            or not table.profile.snat_evicts_closing):
         return table.tuple_taken(reply, ct)
     found = table.find(reply)
     if found is None:
@@ -225,7 +227,9 @@ def nf_nat_l4proto_unique_tuple(table, t: Tuple, rng: NatRange, manip: int, ct: 
             lo, size = 1024, 64512
     else:
         return t
-    if rng.flags & NF_NAT_RANGE_PROTO_RANDOM_ALL or manip != NF_NAT_MANIP_DST:
+    if (rng.flags & NF_NAT_RANGE_PROTO_RANDOM_ALL or manip != NF_NAT_MANIP_DST
+            # 0f1ae2821fa4 (v6.8): before it, DNAT also started at a random offset
+            or not table.profile.dnat_range_from_start):
         off = table.rng.getrandbits(16)
     else:
         off = 0

@@ -126,7 +126,9 @@ class Router:
     (:meth:`local_deliver`: RSTs, port and protocol unreachables, echo replies), and
     ``listen`` (``{"tcp": {22}, "udp": {53}}``) declares the ports where something listens.
     ``local_stack=False`` answers only pings: for a tracker that sees the kernel's own
-    answers instead of making them (kernel mode's shadow).
+    answers instead of making them (kernel mode's shadow).  ``profile`` (a
+    :class:`~nattrack.conntrack.profile.KernelProfile`) says which kernel's behaviour the
+    engine follows where kernels differ (default: the newest).
     """
 
     def __init__(self, ifaces: dict[str, str | list[str]], routes: dict[str, str] | None = None,
@@ -134,7 +136,8 @@ class Router:
                  seed: int | None = None, ip_forward: bool = True,
                  icmp: dict[str, int] | None = None,
                  local_stack: bool = True,
-                 listen: dict[str, Iterable[int]] | None = None) -> None:
+                 listen: dict[str, Iterable[int]] | None = None,
+                 profile=None) -> None:
         self.clock = clock or (lambda: 0.0)
         if listen and not local_stack:
             raise ValueError("listen needs local_stack=True (open ports of the router's own stack)")
@@ -143,7 +146,7 @@ class Router:
         # Connections a listener answered, oldest first (a SYN flood forgets the oldest, as
         # a full SYN queue would).
         self._accepted: dict[tuple[int, int, int, int], int] = {}    # -> our ISN
-        self.ct = ConntrackTable(self.clock, sysctl, seed=seed)
+        self.ct = ConntrackTable(self.clock, sysctl, seed=seed, profile=profile)
         unknown = set(icmp or ()) - set(ICMP_SYSCTL_DEFAULTS)
         if unknown:
             raise ValueError(f"unknown ICMP setting {sorted(unknown)[0]!r}: known are "

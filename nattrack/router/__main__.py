@@ -32,6 +32,7 @@ import sys
 import time
 
 from ..conntrack.core import tune_gc
+from ..conntrack.profile import get_profile
 from ..conntrack.sysctl import DEFAULTS, PREFIX, SysctlError, Sysctl
 from ..netfilter.rules import Ruleset, RulesError
 from ..netfilter.stack import Router
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="python mode: a port open on the router's own stack, answered as a "
                         "listener would (e.g. tcp:22, udp:53); every other port gets a RST or "
                         "a port unreachable (repeatable)")
+    p.add_argument("--kernel", default="running", metavar="VERSION",
+                   help="behave as this kernel where kernels differ: 6.1, 6.6, 6.12, 6.18 or "
+                        "running (default: the kernel this machine runs)")
     p.add_argument("--plugin", metavar="LAB_DIR=SUBMISSION_DIR",
                    help="run a lab submission's pieces in place of the engine's (python mode); "
                         "the submission is imported only after root is dropped")
@@ -202,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         # kernel's would.  Kernel mode: the kernel answers, and the shadow runs the kernel's
         # answers through LOCAL_OUT as they leave; its own would count each one twice.
         router = Router(ifaces, routes, ruleset, engine_sysctls, time.time, seed=args.seed,
-                        local_stack=args.mode == "python", listen=listen)
+                        local_stack=args.mode == "python", listen=listen,
+                        profile=get_profile(args.kernel))
         plugin = _check_plugin(args) if args.plugin else None
     except (ValueError, RulesError, SysctlError, OSError) as exc:
         print(f"nattrack.router: {exc}", file=sys.stderr)
@@ -231,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             control.start()
             tune_gc()
-            log.info("ready: %s mode, pid %d, control %s", dp.mode, os.getpid(), args.control)
+            log.info("ready: %s mode, pid %d, control %s, engine as %s", dp.mode, os.getpid(),
+                     args.control, router.ct.profile.describe())
             try:
                 print("ready", flush=True)
             except OSError:
