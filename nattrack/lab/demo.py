@@ -11,6 +11,8 @@ import sys
 from dataclasses import dataclass, field
 
 from . import LabError
+from .client import LabClient
+from .lifecycle import lab_down, lab_up
 
 SERVER = "203.0.113.10"
 STEPS = (
@@ -43,8 +45,6 @@ def _shape(line: str) -> tuple:
 
 def run_mode(mode: str, progress) -> Run:
     """Bring `basic` up in one mode, run the steps, record the tables, bring it down."""
-    from ..cli.lab import lab_down, lab_up
-    from .client import LabClient
 
     run = Run(mode)
     progress(f"starting the basic lab in {mode} mode ...")
