@@ -15,6 +15,8 @@ import re
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 
+from nattrack.conntrack.profile import running_profile
+
 from .harness import (PRIV1, PRIV2, PUB, ROUTER_PRIV, ROUTER_PUB, Expect, Scenario, Send,
                       Sleep)
 
@@ -1318,6 +1320,117 @@ def _udp_refresh() -> Scenario:
             table=(r"^udp\s+17 1 .*sport=43020 ",), table_count=1))
 
 
+# ----------------------------------------------------------------------------------------
+# Where kernels differ (nattrack/conntrack/profile.py, docs/kernel-profiles.md): each
+# scenario expects what the running kernel's profile says, so the suite passes on 6.1,
+# 6.12 and 6.18 alike, and test_kernel_diff.py replays with that profile.
+
+RUNNING = running_profile()
+
+SNAT_TCP_TWO_PORTS = ("*nat\n"
+                      ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                      ":POSTROUTING ACCEPT [0:0]\n"
+                      "-A POSTROUTING -o r-pub -p tcp -j SNAT --to-source 203.0.113.1:2000-2001\n"
+                      "COMMIT\n")
+
+DNAT_PORT_RANGE = ("*nat\n"
+                   ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                   ":POSTROUTING ACCEPT [0:0]\n"
+                   "-A PREROUTING -i r-pub -p tcp --dport 32000:32001 -j DNAT "
+                   "--to-destination 10.0.0.2:21000-21010\n"
+                   "COMMIT\n")
+
+
+def _to_kernels_port(t: Tcp, step: Send) -> Send:
+    """A server segment of ``t`` addressed to the port the kernel's SNAT chose for it."""
+    def build(lab, pkt=step.packet):
+        p = pkt.copy()
+        p[TCP].dport = lab.mapped_key("tcp", t.csrc, t.cport)
+        return p
+    return Send(step.host, build, note=step.note + " (to the kernel's SNAT port)")
+
+
+def _snat_evicts_time_wait() -> Scenario:
+    held = Tcp.masq(40101, 80)                        # keeps one of the two ports
+    closed = Tcp.masq(40102, 80)                      # the other, then TIME_WAIT
+    new = Tcp.masq(40103, 80, client="priv2", ciss=900000)   # its SYN is past closed's
+    steps = (held.c("S"), _to_kernels_port(held, held.s("SA")), held.c("A"),
+             closed.c("S"), _to_kernels_port(closed, closed.s("SA")), closed.c("A"),
+             closed.c("FA"), _to_kernels_port(closed, closed.s("A")),
+             _to_kernels_port(closed, closed.s("FA")), closed.c("A"),
+             new.c("S"))
+    if RUNNING.snat_evicts_closing:
+        expect = Expect(
+            events=(ev("UPDATE", r"tcp .* TIME_WAIT .*sport=40102 "),
+                    ev("DESTROY", r"tcp .* TIME_WAIT .*sport=40102 "),
+                    ev("NEW", r"tcp\s+6 120 SYN_SENT .*sport=40103 ")),
+            table=(r"^tcp .* ESTABLISHED .*sport=40101 ", r"^tcp .* SYN_SENT .*sport=40103 "),
+            table_count=2, stats={"insert_failed": 0, "drop": 0},
+            egress=(("r-pub", r"tcp 203\.0\.113\.1:200[01] > 203\.0\.113\.2:80 \[S\] seq=900000"),),
+            checks=(_new_took_closed_port,))
+    else:
+        expect = Expect(
+            events=(ev("UPDATE", r"tcp .* TIME_WAIT .*sport=40102 "),),
+            no_events=(r"DESTROY", r"sport=40103 "),
+            table=(r"^tcp .* ESTABLISHED .*sport=40101 ", r"^tcp .* TIME_WAIT .*sport=40102 "),
+            table_count=2, stats={"insert_failed": 1, "drop": 1},
+            no_egress=(("r-pub", r"seq=900000"),))
+    return Scenario(
+        "snat_evicts_time_wait",
+        "§8.3 SNAT to two ports, one held by an established connection, the other by one in "
+        "TIME_WAIT: a new SYN (sequence past the old one's) evicts the TIME_WAIT entry and "
+        "takes its port since v6.5 (4589725502871e); before, it clashes at confirmation "
+        "and is dropped (insert_failed)",
+        SNAT_TCP_TWO_PORTS, steps, random_ports=True, expect=expect)
+
+
+def _new_took_closed_port(rec) -> None:
+    """The SYN of 10.0.0.3:40103 left with the port 10.0.0.2:40102 had."""
+    import re
+    closed = [re.findall(r"dport=(\d+)", e)[-1] for e in rec.events
+              if "sport=40102" in e and "TIME_WAIT" in e]
+    new = [re.findall(r"dport=(\d+)", line)[-1] for line in rec.table if "sport=40103" in line]
+    assert closed and new == [closed[-1]], (closed, new, rec.table)
+
+
+def _dnat_range_first_port() -> Scenario:
+    syns = [Send("pub", IP(src=PUB, dst=ROUTER_PUB) / TCP(sport=sport, dport=dport, flags="S",
+                                                         seq=5000 + sport),
+                 note=f"SYN {PUB}:{sport} > {ROUTER_PUB}:{dport}")
+            for sport, dport in ((50100, 32000), (50100, 32001), (50101, 32000), (50102, 32000),
+                                 (50103, 32000), (50104, 32000))]
+    if RUNNING.dnat_range_from_start:
+        expect = Expect(
+            table=(r"sport=50100 dport=32000 .* src=10\.0\.0\.2 dst=203\.0\.113\.2 sport=21000 ",
+                   r"sport=50100 dport=32001 .* src=10\.0\.0\.2 dst=203\.0\.113\.2 sport=21001 ",
+                   r"sport=50104 dport=32000 .* src=10\.0\.0\.2 dst=203\.0\.113\.2 sport=21000 "),
+            table_count=6, checks=(lambda rec: _dnat_ports(rec, first=True),))
+        xfail = ""
+    else:
+        expect = Expect(table_count=6, checks=(lambda rec: _dnat_ports(rec, first=False),))
+        xfail = ("before 0f1ae2821fa4 (v6.8) the kernel draws DNAT range ports at random and "
+                 "the engine (same profile) draws its own; tests/test_profiles.py checks the "
+                 "engine's draw")
+    return Scenario(
+        "dnat_range_first_port",
+        "§8.3 DNAT to 10.0.0.2:21000-21010 without --random: every connection gets the "
+        "range's first port unless its reply tuple is taken (then the next) since v6.8 "
+        "(0f1ae2821fa4); before, a random port of the range",
+        DNAT_PORT_RANGE, tuple(syns), expect=expect, diff_xfail=xfail)
+
+
+def _dnat_ports(rec, first: bool) -> None:
+    """The translated destination ports of the connections to 32000 (reply source ports)."""
+    import re
+    ports = [int(re.findall(r"sport=(\d+)", line)[1]) for line in rec.table
+             if "dport=32000" in line]
+    assert len(ports) == 5 and all(21000 <= p <= 21010 for p in ports), rec.table
+    if first:
+        assert ports == [21000] * 5, ports
+    else:
+        assert set(ports) != {21000}, f"all at the first port, as after v6.8: {ports}"
+
+
 SCENARIOS: list[Scenario] = [
     _tcp_lifecycle_client_close(), _tcp_server_close(), _tcp_fin_piggyback(),
     _tcp_simultaneous_close(), _tcp_half_close(), _tcp_rst_established(),
@@ -1338,6 +1451,7 @@ SCENARIOS: list[Scenario] = [
     _local_tcp_syn(), _local_tcp_ack(), _local_tcp_fin_synack(), _local_tcp_silent(),
     _local_late_replies(), _local_udp_closed(), _local_protocol_unreachable(),
     _local_input_drop(), _local_open_ports(),
+    _snat_evicts_time_wait(), _dnat_range_first_port(),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 assert len(BY_NAME) == len(SCENARIOS), "duplicate scenario names"

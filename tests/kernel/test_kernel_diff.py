@@ -85,7 +85,8 @@ def replay_recording(rec: Recording, pub_in=None, seed: int = SEED):
                  ("r-pub", str(pub_in or rec.pcaps[("r-pub", "in")]))],
         ifaces=dict(IFACES), routes=dict(ROUTES),
         rules_text=rec.rules_text, sysctls=dict(rec.sysctls), now=rec.listed_at, seed=seed,
-        listen=parse_listen_args(rec.listen))
+        listen=parse_listen_args(rec.listen),
+        kernel="running")        # where kernels differ, the engine follows this one's profile
 
 
 def run_engine(scenario, rec: Recording, tmp_path):
