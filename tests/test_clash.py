@@ -7,15 +7,27 @@ The kernel itself is raced in tests/kernel/test_race.py.
 from __future__ import annotations
 
 import pytest
+from nattrack_lab import PRIV1, PUB, RTR_PUB, nat_rules
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
 
-from nattrack.conntrack.conn import (IP_CT_ESTABLISHED_REPLY, IP_CT_NEW, IPS_ASSURED,
-                                     IPS_CONFIRMED, IPS_FIXED_TIMEOUT, IPS_NAT_CLASH)
-from nattrack.conntrack.cpus import (INSERT_FAILED, INSERTED, MERGED, NAT_CLASH, NO_CONFIRM,
-                                     NOT_REACHED, race)
-
-from nattrack_lab import PRIV1, PUB, RTR_PUB, nat_rules
+from nattrack.conntrack.conn import (
+    IP_CT_ESTABLISHED_REPLY,
+    IP_CT_NEW,
+    IPS_ASSURED,
+    IPS_CONFIRMED,
+    IPS_FIXED_TIMEOUT,
+    IPS_NAT_CLASH,
+)
+from nattrack.conntrack.cpus import (
+    INSERT_FAILED,
+    INSERTED,
+    MERGED,
+    NAT_CLASH,
+    NO_CONFIRM,
+    NOT_REACHED,
+    race,
+)
 
 CLIENT_PORT = 40000
 # A DNS service on the router's public address with several backends: the port is chosen
@@ -73,9 +85,9 @@ def test_reverse_entries_merge(make_lab):
     assert all(x.verdict.sent for x in lanes)
     assert back.ct is out.ct and back.ctinfo == IP_CT_NEW     # ctinfo stays what it was
     assert lab.stats["clash_resolve"] == 1
-    assert lab.table() == [
-        "udp      17 30 src=10.0.0.2 dst=203.0.113.2 sport=5000 dport=6000 [UNREPLIED] "
-        "src=203.0.113.2 dst=10.0.0.2 sport=6000 dport=5000 mark=0 use=1"]
+    line = ("udp      17 30 src=10.0.0.2 dst=203.0.113.2 sport=5000 dport=6000 [UNREPLIED] "
+            "src=203.0.113.2 dst=10.0.0.2 sport=6000 dport=5000 mark=0 use=1")
+    assert lab.table() == [line]
 
 
 # ------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ for each packet, only its confirm call is held back.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .conn import IPS_NAT_CLASH
 from .core import NF_DROP
