@@ -1148,7 +1148,8 @@ def rule_text(rule: Rule, family: str = "ip") -> str:
                                      "form here")
                 out.append(f"icmp code {m.code_min}")
         elif isinstance(m, StateMatch):
-            out.append(f"ct state {neg(m.invert)}{','.join(s.lower() for s in m.states)}")
+            states = sorted((b, n.lower()) for n, b in STATE_BITS.items() if m.mask & b)
+            out.append(f"ct state {neg(m.invert)}{','.join(n for _b, n in states)}")  # nft's order
         elif isinstance(m, SetMatch) and not m.key.startswith("ip "):
             out.append(f"{m.key} {neg(m.invert)}{_set_text(m)}")
         elif isinstance(m, TcpFlagsMatch):

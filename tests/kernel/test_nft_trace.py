@@ -1,0 +1,189 @@
+"""`nattrack trace --format nft` against the kernel's own `nft monitor trace` (issue 12 item 4).
+
+The same frames go through the same rule set twice: in a kernel lab of the harness (the
+rule set's nft form loaded with ``nft -f``, plus a table that sets ``meta nftrace set 1``
+in prerouting, before everything), with ``nft monitor trace`` recording in the router's
+namespace; and through nattrack's engine (nattrack.netfilter.nfttrace.trace_receive, what
+the live router runs for `nattrack trace --format nft`).  The lines must be the same, line
+by line, trace ids aside (random in the kernel, one per packet here).  Lines of the
+harness's own tables (the nftrace table, iptables' conntrack-forcing ``ip mangle``) are
+left out.  nft >= 1.1 prints a ``conntrack:`` line per base chain where the kernel
+reports the connection; nattrack's are compared when the machine's nft prints any.
+"""
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from nattrack.netfilter.nfttrace import nft_form, trace_receive
+from nattrack.netfilter.rules import Ruleset
+from nattrack.netfilter.stack import Router
+from nattrack.packet.ipv4 import Packet
+
+from .harness import (
+    HOST_GATEWAY_IF,
+    IFACES,
+    MACS,
+    PRIV1,
+    PUB,
+    ROUTER_PUB,
+    ROUTES,
+    KernelLab,
+)
+from .scenarios import MASQ_FORWARD_POLICY
+
+# A tutorial-style rule set: NAT both ways, a stateful forward filter with user chains
+# (jump, goto, return), a named and an anonymous set, counters, a comment, a log rule,
+# a second filter chain on forward at another priority, and an input chain.
+LESSON = """\
+table ip nat {
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		iifname "r-pub" tcp dport 8080 dnat to 10.0.0.2:80
+	}
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "r-pub" counter masquerade
+	}
+}
+table ip filter {
+	set blocked {
+		type inet_service
+		elements = { 7, 9 }
+	}
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		ct state established,related counter accept
+		ct state invalid drop
+		tcp dport { 22, 80 } counter comment "web or ssh"
+		udp dport @blocked drop
+		iifname "r-priv" jump from_lan
+		ct status dnat goto from_wan
+	}
+	chain from_lan {
+		udp dport 53 accept
+		tcp dport 80 accept
+		return
+	}
+	chain from_wan {
+		tcp dport 80 accept
+	}
+	chain input {
+		type filter hook input priority filter; policy accept;
+		icmp type echo-request counter accept
+	}
+}
+table ip audit {
+	chain early {
+		type filter hook forward priority -10; policy accept;
+		ip daddr 203.0.113.99 log prefix "audit " drop
+		meta l4proto udp counter
+	}
+}
+"""
+
+# Sets nftrace on every packet the router receives, before any other chain.
+TRACE_TABLE = """
+table ip nattrack_trace {
+	chain pre {
+		type filter hook prerouting priority -350; policy accept;
+		meta nftrace set 1
+	}
+}
+"""
+
+
+def _frames():
+    """(host, IP packet) in order: a TCP connection out (masqueraded), UDP allowed, UDP
+    blocked by a set, UDP dropped by the policy, a port forward in, a ping to the router,
+    a packet the audit chain drops, and an ICMP error for the open connection."""
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    out = lambda *a, **k: ("priv1", IP(src=PRIV1, dst=PUB, **k) / a[0])
+    back = lambda l4, **k: ("pub", IP(src=PUB, dst=ROUTER_PUB, **k) / l4)
+    return [
+        out(TCP(sport=40000, dport=80, flags="S", seq=1000), tos=0xb9),
+        back(TCP(sport=80, dport=40000, flags="SA", seq=5000, ack=1001)),
+        out(TCP(sport=40000, dport=80, flags="A", seq=1001, ack=5001)),
+        out(TCP(sport=40000, dport=80, flags="PA", seq=1001, ack=5001) / b"GET / HTTP/1.0\r\n"),
+        out(UDP(sport=40053, dport=53) / b"\x12\x34query"),
+        back(UDP(sport=53, dport=40053) / b"\x12\x34answer-longer-than-twelve"),
+        out(UDP(sport=40007, dport=7) / b"echo"),
+        out(UDP(sport=40099, dport=5000)),
+        back(TCP(sport=50000, dport=8080, flags="S", seq=7000)),
+        back(ICMP(type=8, id=7, seq=1) / b"ping"),
+        ("priv1", IP(src=PRIV1, dst="203.0.113.99") / UDP(sport=1, dport=2)),
+        back(ICMP(type=3, code=3) / IP(src=ROUTER_PUB, dst=PUB) / TCP(sport=40000, dport=80,
+                                                                   flags="PA")),
+    ]
+
+
+def _kernel_trace(rs: Ruleset, frames, workdir, handles: bool) -> list[str]:
+    rules = rs.to_nft() + TRACE_TABLE
+    with KernelLab(rules, workdir=workdir) as lab:
+        mon = lab._spawn("rtr", ["nft", *(["-a"] if handles else []), "monitor", "trace"],
+                         stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 10
+        while not lab._netlink_listening(mon.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for host, pkt in frames:
+            lab.send(host, pkt)
+            time.sleep(0.05)
+        time.sleep(0.5)
+        mon.send_signal(signal.SIGTERM)
+        out, _ = mon.communicate(timeout=10)
+    tables = tuple(key + " " for key in nft_form(rs).tables)
+    return [line for line in out.splitlines() if ID.sub("", line).startswith(tables)]
+
+
+def _engine_trace(rs: Ruleset, frames, conntrack: bool, handles: bool) -> list[list[str]]:
+    from scapy.layers.l2 import Ether
+    router = Router(IFACES, ROUTES, ruleset=rs)
+    traces = []
+    for host, pkt in frames:
+        iface = HOST_GATEWAY_IF[host]
+        frame = bytes(Ether(src=MACS[host], dst=MACS[iface]) / pkt)
+        p = Packet.parse(bytearray(frame[14:]), iif=iface)
+        _v, lines = trace_receive(router, p, ether=(MACS[host], MACS[iface]),
+                                  conntrack=conntrack, show_handles=handles)
+        traces.append(lines)
+    return traces
+
+
+ID = re.compile(r"^trace id [0-9a-f]{8} ")
+
+
+def _compare(rs: Ruleset, workdir, handles: bool = False) -> None:
+    frames = _frames()
+    kernel = _kernel_trace(rs, frames, workdir, handles)
+    assert kernel, "nft monitor trace printed nothing for the rule set's tables"
+    with_ct = any(" conntrack: " in line for line in kernel)
+    traces = _engine_trace(rs, frames, conntrack=with_ct, handles=handles)
+    for lines in traces:                         # one id per packet, its own
+        assert len({line[:17] for line in lines}) <= 1, lines
+    assert len({t[0][:17] for t in traces if t}) == sum(1 for t in traces if t)
+    ours = [ID.sub("trace id ID ", line) for t in traces for line in t]
+    theirs = [ID.sub("trace id ID ", line) for line in kernel]
+    if with_ct:                                  # ct ids are the kernel's and ours
+        ours, theirs = ([re.sub(r"ct id \d+ ", "ct id N ", x) for x in lines]
+                        for lines in (ours, theirs))
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        assert a == b, f"line {i}:\n nattrack: {a!r}\n kernel:   {b!r}"
+    assert len(ours) == len(theirs), (ours[len(theirs):], theirs[len(ours):])
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("handles", [False, True], ids=["plain", "with-handles"])
+def test_trace_matches_nft_monitor_trace_for_a_lesson_in_nft(tmp_path, handles):
+    """With ``handles``, `nft -a monitor trace` against ``show_handles``: each rule's
+    ``# handle N`` as the kernel numbered it (chains, named sets, anonymous sets, rules)."""
+    _compare(Ruleset.parse(LESSON, "lesson.nft"), tmp_path, handles)
+
+
+@pytest.mark.kernel
+def test_trace_matches_nft_monitor_trace_for_an_iptables_rule_set(tmp_path):
+    """An iptables rules file is traced in the nft form `nattrack rules translate` writes."""
+    _compare(Ruleset.parse(MASQ_FORWARD_POLICY, "masq.rules"), tmp_path)
