@@ -33,7 +33,7 @@ Limits of :func:`run_untrusted` (:class:`Untrusted` with a :class:`Jail` adds ``
   machine.  Only permissions keep it out of ``/etc/shadow``, root's 0600 files and 0700
   folders.  :class:`Jail` (``bwrap --ro-bind ...``) hides everything else.
 - The network is not cut off (:class:`Jail`: ``bwrap --unshare-net``; the grader's worker
-  also installs its own seccomp filter, :mod:`nattrack.grading.seccomp`, which is what cuts
+  also installs its own seccomp filter, :mod:`nattrack.sandbox.seccomp`, which is what cuts
   it off where bwrap cannot run).
 - ``RLIMIT_AS`` limits address space, not resident memory; a program that maps a lot
   without touching it fails early, and memory used through other processes is bounded only

@@ -3,7 +3,7 @@
 Two halves in one module:
 
 - inside the sandbox, ``python -m nattrack.grading.worker LAB_DIR SUBMISSION_DIR`` first
-  installs the seccomp filter of :mod:`nattrack.grading.seccomp` on itself (always, jail or
+  installs the seccomp filter of :mod:`nattrack.sandbox.seccomp` on itself (always, jail or
   not: without bwrap it is what keeps the network out) and sends what isolation held
   (:func:`isolate`), then imports the submission's modules (``files`` of ``lab.toml``), says
   hello (with each module's import error, if any), then answers JSON lines on stdin with
@@ -175,11 +175,11 @@ def _interfaces() -> list[str]:
 
 
 def isolate() -> dict:
-    """Install the seccomp filter (:mod:`nattrack.grading.seccomp`) on this process, then
+    """Install the seccomp filter (:mod:`nattrack.sandbox.seccomp`) on this process, then
     report what holds, as found by trying: the filter's answers, the namespaces, the network
     interfaces, whether the machine's /etc is in sight.  The grader turns it into the
     probe's text (:func:`isolation_lines`)."""
-    from nattrack.grading import seccomp
+    from nattrack.sandbox import seccomp
     try:
         seccomp.install()
         installed = "on"

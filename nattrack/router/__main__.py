@@ -289,7 +289,7 @@ def _run_plugin(args, plugin, dp, control) -> tuple[int, str | None]:
             # Its packet and control sockets are open already: from here on no new socket
             # but AF_UNIX, no ptrace, no namespaces -- the grader worker's own filter, so a
             # submission reaches the network only through the router's frames.
-            from ..grading import seccomp
+            from ..sandbox import seccomp
             try:
                 seccomp.install()
             except seccomp.SeccompUnavailable as exc:
