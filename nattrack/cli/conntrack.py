@@ -182,9 +182,25 @@ def format_trace(n: int, t: dict) -> list[str]:
     return lines
 
 
+def format_nft(t: dict) -> list[str]:
+    """The packet's ``nft monitor trace`` lines (nattrack.netfilter.nfttrace), which the
+    router sends with each trace; a router that does not is named in one line."""
+    if "nft" not in t:
+        raise LabError("this router sends no nft trace lines (router/dataplane.py must trace "
+                       "with nattrack.netfilter.nfttrace.trace_receive): use the default format")
+    return list(t["nft"])
+
+
+TRACE_FORMATS = ("steps", "nft")
+
+
 def run_trace(api, filters: dict, count: int | None = None, router: str | None = None,
-              as_json: bool = False, out: TextIO | None = None) -> int:
+              as_json: bool = False, out: TextIO | None = None, fmt: str = "steps") -> int:
+    """Print each traced packet: its path through the hooks (``steps``) or the lines
+    ``nft monitor trace`` prints for it (``nft``); ``as_json``: the whole record."""
     out = out or sys.stdout
+    if fmt not in TRACE_FORMATS:
+        raise LabError(f"unknown trace format {fmt!r}: choose steps or nft")
     n = 0
     traces = api.trace(filters, count=count, router=router)
     try:
@@ -192,6 +208,8 @@ def run_trace(api, filters: dict, count: int | None = None, router: str | None =
             n += 1
             if as_json:
                 out.write(json.dumps(t) + "\n")
+            elif fmt == "nft":
+                out.write("".join(line + "\n" for line in format_nft(t)))
             else:
                 out.write("\n".join(format_trace(n, t)) + "\n")
             out.flush()
@@ -310,6 +328,10 @@ def register(sub) -> None:
     t.add_argument("-c", "--count", type=int, help="stop after N packets")
     t.add_argument("--router")
     t.add_argument("--json", action="store_true", help="one JSON object per packet")
+    t.add_argument("--format", choices=TRACE_FORMATS, default="steps",
+                   help="steps: the path through the hooks (default); nft: the lines "
+                   "`nft monitor trace` prints for the packet (rule handles as `nft -a list "
+                   "ruleset` numbers the rule set's nft form)")
     t.set_defaults(func=None)
 
     cap = sub.add_parser("capture", help="record the router's both sides to a pcapng file")
@@ -322,11 +344,12 @@ def register(sub) -> None:
 
 
 def trace_main(argv: list[str]) -> int:
-    """``nattrack trace [-c N] [--router R] [--json] [conntrack filters]``."""
+    """``nattrack trace [-c N] [--router R] [--json] [--format steps|nft] [filters]``."""
     p = argparse.ArgumentParser(prog="nattrack trace", add_help=True)
     p.add_argument("-c", "--count", type=int)
     p.add_argument("--router")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--format", choices=TRACE_FORMATS, default="steps")
     args, rest = p.parse_known_args(argv)
     try:
         req = parse_filters(rest)
@@ -334,4 +357,5 @@ def trace_main(argv: list[str]) -> int:
         print(f"nattrack: trace: {exc}", file=sys.stderr)
         return 2
     return _guard(lambda _a: run_trace(_client(), router_filters(req), args.count,
-                                       args.router or req.router, args.json))(None)
+                                       args.router or req.router, args.json,
+                                       fmt=args.format))(None)

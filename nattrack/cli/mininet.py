@@ -6,7 +6,7 @@ Mininet's CLI with extra commands:
     ct [conntrack options]     the Python tracker's table: ct (= ct -L), ct -E, ct -S,
                                ct -p tcp --dport 80, ct --kernel -L, ct --router cgn ...
     ctdiff [--router R]        the Python tracker next to the kernel, each difference explained
-    trace [-c N] [filters]     each packet's path through the hooks (Ctrl-C ends)
+    trace [-c N] [--format nft] [filters]  each packet's path through the hooks (Ctrl-C ends)
     sysctl KEY[=VALUE]         the tracker's settings (kernel names)
     lab                        the topology: nodes, interfaces, addresses, routers
 
@@ -24,7 +24,7 @@ from mininet.cli import CLI
 from ..lab import LabError
 from ..lab.api import LocalLab
 from ..lab.ctargs import CtUsageError, parse, router_filters
-from .conntrack import run_conntrack, run_diff, run_sysctl, run_trace
+from .conntrack import TRACE_FORMATS, run_conntrack, run_diff, run_sysctl, run_trace
 
 
 class _NetView:
@@ -103,19 +103,21 @@ class NattrackCLI(CLI):
         self._run(lambda: run_diff(self.api, a.router, a.tolerance))
 
     def do_trace(self, line):
-        """trace [-c N] [--router R] [conntrack filters]: packets through the hooks."""
+        """trace [-c N] [--router R] [--format steps|nft] [conntrack filters]: packets
+        through the hooks (nft: the lines `nft monitor trace` prints)."""
         argv = self._split(line)
         if argv is None:
             return
         p = argparse.ArgumentParser(prog="trace", add_help=False)
         p.add_argument("-c", "--count", type=int)
         p.add_argument("--router")
+        p.add_argument("--format", choices=TRACE_FORMATS, default="steps")
         try:
             a, rest = p.parse_known_args(argv)
         except SystemExit:
             return
         self._run(lambda: run_trace(self.api, router_filters(parse(["-L", *rest])), a.count,
-                                    a.router))
+                                    a.router, fmt=a.format))
 
     def do_sysctl(self, line):
         """sysctl KEY[=VALUE]... [--kernel]: the tracker's settings under kernel names."""
