@@ -11,7 +11,6 @@ Filters are conntrack-tools' names as keyword arguments: ``proto``, ``src``,
 """
 from __future__ import annotations
 
-import shlex
 import subprocess
 from typing import Any, Iterator
 
@@ -177,15 +176,17 @@ class LocalLab(ConntrackAPI):
 
     def load_rules(self, name, router=None) -> dict:
         """Load ``examples/rules/NAME`` into a running router as iptables-restore does
-        (the router's ``rules`` verb; kernel mode: the kernel's tables too).  Nothing
+        (an nft file: as ``nft -f`` does, the whole rule set replaced) (the router's
+        ``rules`` verb; kernel mode: the kernel's tables too).  Nothing
         restarts: the connection tables, their NAT bindings, event streams and captures
         go on; established flows keep their NAT.  Only shipped files, by name."""
         path = shipped_rules(name)
         r = self.labnet.router(router)
         if r.kernel_fallback:
-            out = r.node.cmd(f"iptables-restore -w < {shlex.quote(str(path))} && echo __rules_ok__")
+            from .topo import kernel_load_command
+            out = r.node.cmd(kernel_load_command(str(path)) + " && echo __rules_ok__")
             if "__rules_ok__" not in out:
-                raise LabError(f"iptables-restore refused {path.name}: {' '.join(out.split())[:200]}")
+                raise LabError(f"the kernel refused {path.name}: {' '.join(out.split())[:200]}")
             r.spec.rules = str(path)
             return {"router": r.node.name, "rules": path.name, "pid": None}
         res = rpc.request(self._router(router).control, "rules",
@@ -230,17 +231,19 @@ def _lines_until_closed(p: subprocess.Popen) -> Iterator[str]:
 
 
 def shipped_rules(name):
-    """``examples/rules/NAME[.rules]``: a file shipped with the kit, named without a path."""
+    """``examples/rules/NAME[.rules]`` or ``NAME.nft``: a file shipped with the kit, named
+    without a path."""
     import re
     from . import RULES_DIR
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
         raise LabError(f"rules {name!r}: give the name of a file in examples/rules/, "
                        f"e.g. classroom-snat-range")
-    if not name.endswith(".rules"):
+    if not name.endswith((".rules", ".nft")):
         name += ".rules"
     path = RULES_DIR / name
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in RULES_DIR.glob("*.rules")))
+        known = ", ".join(sorted(p.name if p.suffix == ".nft" else p.stem
+                                 for p in RULES_DIR.glob("*") if p.suffix in (".rules", ".nft")))
         raise LabError(f"rules {name!r}: no such file in examples/rules/ (known: {known})")
     return path
 

@@ -20,6 +20,7 @@ from . import GROUP, Paths, router_available
 from .cleanup import leftovers
 
 TOOLS = {"ip": "iproute2", "iptables": "iptables", "iptables-restore": "iptables",
+         "nft": "nftables",
          "conntrack": "conntrack", "ethtool": "ethtool",
          "ping": "iputils-ping", "tcpdump": "tcpdump", "mnexec": "mininet",
          "setpriv": "util-linux", "unshare": "util-linux"}
@@ -123,12 +124,43 @@ def _count_rules(save_text: str) -> int:
     return sum(1 for line in save_text.splitlines() if line.startswith("-A "))
 
 
+def iptables_backend() -> tuple[str, str]:
+    """(backend, version line): ``iptables -V`` ends in "(nf_tables)" or "(legacy)";
+    backend "" when it says neither (or iptables is missing)."""
+    version = _first_line(_run(["iptables", "-V"]).stdout)
+    return ("nf_tables" if "(nf_tables)" in version else "legacy" if "(legacy)" in version
+            else ""), version
+
+
+def legacy_table_missing(table: str = "nat") -> str | None:
+    """The error line when the kernel has no legacy xtables TABLE (Linux 6.17+ without
+    CONFIG_NETFILTER_XTABLES_LEGACY: "Table does not exist"), tried in a scratch
+    namespace; None when it exists or iptables-legacy is not installed."""
+    if shutil.which("iptables-legacy") is None:
+        return None
+    p = _run(["unshare", "--net", "--", "iptables-legacy", "-t", table, "-L", "-n"])
+    if p.returncode != 0 and "Table does not exist" in p.stderr + p.stdout:
+        return _first_line(p.stderr) or _first_line(p.stdout)
+    return None
+
+
 def check_backends(rep: Report) -> None:
-    p = _run(["iptables", "-V"])
-    version = p.stdout.strip()
-    current = "nf_tables" if "nf_tables" in version else "legacy" if "legacy" in version else ""
+    current, version = iptables_backend()
     if not current:
         return
+    rep.note(f"iptables backend: {current} ({version}); kernel mode loads nft rules files "
+             f"with nft -f either way")
+    missing = legacy_table_missing()
+    if missing and current == "legacy":
+        rep.problem(f"`iptables` is the legacy backend but this kernel has no legacy tables "
+                    f"({missing}): switch to nf_tables with `sudo update-alternatives --set "
+                    f"iptables /usr/sbin/iptables-nft` (or boot a kernel built with "
+                    f"CONFIG_NETFILTER_XTABLES_LEGACY=y)")
+    elif missing:
+        rep.note("this kernel has no legacy iptables tables (CONFIG_NETFILTER_XTABLES_LEGACY "
+                 "off: iptables-legacy says \"Table does not exist\"): fine, the kit uses "
+                 "nf_tables; keep `iptables` on iptables-nft (`sudo update-alternatives --set "
+                 "iptables /usr/sbin/iptables-nft`)")
     other = "iptables-legacy-save" if current == "nf_tables" else "iptables-nft-save"
     if shutil.which(other) is None:
         return

@@ -6,7 +6,8 @@ a few verbs (:meth:`~NatTopo.nat_router`, :meth:`~NatTopo.plain_router`,
 record, besides the Mininet graph, what the lab needs to know: each NAT router's
 interfaces (the router process's ``--iface NAME=ADDR/PREFIX``), routes
 (``--route DEST=IFACE [via GW]``) and rules file (``examples/rules/*.rules``,
-iptables-save syntax, loaded unchanged by the kernel in kernel mode).
+iptables-save or nft syntax, loaded unchanged by the kernel in kernel mode:
+iptables-restore or nft -f).
 
 Rules the nodes keep (lab-kit-conventions §1, §2):
 
@@ -39,6 +40,7 @@ from pathlib import Path
 from mininet.node import Host, Node, Switch
 from mininet.topo import Topo
 
+from ..netfilter.rules import is_nft
 from . import (IFACE_PREFIX, RULES_DIR, LabError, Paths, node_env, python_for_nodes,
                router_available)
 
@@ -153,6 +155,18 @@ class LabBridge(Switch):
         return bool(ports) and all("state forwarding" in line for line in ports)
 
 
+def kernel_load_command(path: str) -> str:
+    """The shell command that loads a rules file into the kernel of the node it runs in:
+    ``iptables-restore`` for the iptables-save syntax; ``nft -f`` for nft syntax, after a
+    ``flush ruleset`` in the same transaction (the file replaces the whole rule set)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        nft = is_nft(f.read())
+    quoted = shlex.quote(path)
+    if nft:
+        return f"{{ echo 'flush ruleset'; cat {quoted}; }} | nft -f -"
+    return f"iptables-restore -w < {quoted}"
+
+
 @dataclass
 class RouterSpec:
     """What the router process needs: ``--iface``, ``--route``, ``--rules``."""
@@ -250,10 +264,9 @@ class RouterProcess:
             cmds.append(f"sysctl -qw {shlex.quote(k)}={shlex.quote(str(v))}")
         out = self.node.cmd("; ".join(cmds))
         if self.spec.rules:
-            out += self.node.cmd(f"iptables-restore < {shlex.quote(self.spec.rules)} "
-                                 f"&& echo __rules_ok__")
+            out += self.node.cmd(kernel_load_command(self.spec.rules) + " && echo __rules_ok__")
             if "__rules_ok__" not in out:
-                raise LabError(f"router {self.node.name}: iptables-restore rejected "
+                raise LabError(f"router {self.node.name}: the kernel rejected "
                                f"{self.spec.rules}: {' '.join(out.split())[:200]}")
         self.ready.set()
 

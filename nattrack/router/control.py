@@ -412,10 +412,12 @@ class Control:
         if text is None:
             with self.dp.lock:
                 rs = self.dp.router.ruleset
-                return {"name": rs.filename if rs else None,
-                        "text": rs.to_iptables_restore() if rs else ""}
+                text = "" if rs is None else rs.to_nft() if rs.syntax == "nft" else \
+                    rs.to_iptables_restore()
+                return {"name": rs.filename if rs else None, "text": text}
         if not isinstance(text, str) or not text.strip():
-            raise ControlError("rules: text must be the rules file's content (iptables-save syntax)")
+            raise ControlError("rules: text must be the rules file's content (iptables-save "
+                               "or nft syntax)")
         name = str(args.get("name") or "<rules>")
         try:
             new = Ruleset.parse(text, name)

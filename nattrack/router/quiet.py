@@ -4,8 +4,8 @@ Models nothing in the kernel: this is the lab-kit recipe for a user-space router
 (docs lab-kit-conventions.md section 2).  Every change goes through one
 :class:`NamespaceChanges` object that remembers how to take it back, so a clean
 exit (SIGTERM, SIGINT, the ``stop`` verb, an exception) leaves the namespace
-as it found it: iptables rules deleted, sysctls restored, addresses and routes
-it added removed.  Offloads are turned off and left off.
+as it found it: iptables rules deleted, the nft rule set put back, sysctls
+restored, addresses and routes it added removed.  Offloads are turned off and left off.
 
 Everything here acts on the namespace of the calling process (``ip``,
 ``iptables``, ``ethtool`` and /proc/sys all follow the process's netns), so it
@@ -18,6 +18,7 @@ import logging
 import socket
 import struct
 import subprocess
+from typing import Iterable
 
 from ..packet.checksum import checksum
 
@@ -67,6 +68,8 @@ class NamespaceChanges:
 
     def __init__(self) -> None:
         self._undo: list[tuple[str, object]] = []
+        self._nft_journaled = False
+        self._nft_tables: set[str] = set()            # "FAMILY NAME" of what nft_load loaded
 
     # --- primitives ------------------------------------------------------------------------
 
@@ -97,8 +100,21 @@ class NamespaceChanges:
         run(["iptables-restore", "-w"], input=text)
         restore = []
         for t in tables:
-            restore.append(saved.get(t) or _empty_table(t))
+            restore.append(saved.get(t) or empty_table(t))
         self._undo.append(("restore", "".join(restore)))
+
+    def nft_load(self, text: str, tables: Iterable[str]) -> None:
+        """Load an nft rule set: the tables loaded before and the ``tables`` ("FAMILY NAME")
+        the text defines are deleted and ``text`` is loaded, in one ``nft -f`` transaction
+        (a refusal changes nothing); other tables (iptables-nft's) stay.  Undone by deleting
+        the tables last loaded."""
+        drop = sorted(self._nft_tables | set(tables))
+        run(["nft", "-f", "-"], input=_nft_delete(drop) + text)
+        if not self._nft_journaled:
+            self._undo.append(("nft", self._nft_tables))    # the set as it is at undo time
+            self._nft_journaled = True
+        self._nft_tables.clear()
+        self._nft_tables.update(tables)
 
     def ensure_addr(self, iface: str, cidr: str) -> None:
         """The interface is up and has ADDR/PREFIX (added, and later removed, if missing)."""
@@ -141,6 +157,8 @@ class NamespaceChanges:
                     run(what)
                 elif kind == "restore":
                     run(["iptables-restore", "-w"], input=what)
+                elif kind == "nft":
+                    run(["nft", "-f", "-"], input=_nft_delete(sorted(what)))
             except Exception as exc:          # noqa: BLE001 -- keep undoing the rest
                 problems.append(f"undo {kind}: {exc}")
                 log.warning("undo %s failed: %s", kind, exc)
@@ -152,6 +170,11 @@ _BUILTIN = {"filter": ("INPUT", "FORWARD", "OUTPUT"),
             "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
             "raw": ("PREROUTING", "OUTPUT"),
             "security": ("INPUT", "FORWARD", "OUTPUT")}
+
+
+def _nft_delete(tables: list[str]) -> str:
+    # "add" first, so deleting a table that is not there is no error.
+    return "".join(f"add table {t}\ndelete table {t}\n" for t in tables)
 
 
 def _split_tables(text: str) -> dict[str, str]:
@@ -170,7 +193,7 @@ def _split_tables(text: str) -> dict[str, str]:
     return out
 
 
-def _empty_table(table: str) -> str:
+def empty_table(table: str) -> str:
     chains = "".join(f":{c} ACCEPT [0:0]\n" for c in _BUILTIN.get(table, ()))
     return f"*{table}\n{chains}COMMIT\n"
 
@@ -229,5 +252,5 @@ def packet_drops(sock: socket.socket) -> int:
     return drops
 
 
-__all__ = ["NamespaceChanges", "SetupError", "iface_info", "packet_socket", "packet_drops",
+__all__ = ["NamespaceChanges", "SetupError", "empty_table", "iface_info", "packet_socket", "packet_drops",
            "finish_checksum", "run", "sysctl_path", "VNET_LEN", "VNET_ZERO"]

@@ -1,6 +1,7 @@
 """Kernel mode: the real kernel routes and translates, the Python tracker shadows it.
 
-The namespace's kernel gets the same rules file (``iptables-restore``),
+The namespace's kernel gets the same rules file (``iptables-restore``, or ``nft -f``
+for an nft file: its tables replace the ones it names and the ones loaded before),
 ``ip_forward=1`` and the ``--sysctl`` settings; one extra rule,
 ``-t mangle -A PREROUTING -m conntrack ! --ctstate UNTRACKED`` (it changes
 nothing), makes sure the kernel tracks even when the rules alone would not.
@@ -48,8 +49,9 @@ flow with such losses that differs from the kernel's is put down to them, not to
 trackers' transitions.  Below the lab's link rate (topo.py, tbf) the shadow loses
 nothing: bench/README.md, figure 6.
 
-Rules change like the kernel's (``replace_rules``): iptables-restore in the namespace,
-then the shadow's tables swapped under the lock; both connection tables stay.
+Rules change like the kernel's (``replace_rules``): iptables-restore (or ``nft -f``, the
+nft tables replaced) in the namespace, then the shadow's tables swapped under the
+lock; both connection tables stay.
 
 The kernel's conntrack table is flushed when the shadow starts (it starts
 empty too) and when it stops (entries must not outlive the rules that made them).
@@ -68,10 +70,12 @@ from ..conntrack.core import get_tuple
 from ..conntrack.sysctl import PREFIX
 from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_PROTOS, PROTO_NAMES, Tuple,
                                int2ip, invert_tuple)
+from ..netfilter.rules import is_nft
 from ..netfilter.stack import ICMP_ERROR_TYPES, Router
 from ..packet.ipv4 import ICMP_QUERY_TYPES, Packet
 from .dataplane import BATCH, PACKET_OUTGOING, Dataplane, Port
-from .quiet import VNET_LEN, NamespaceChanges, finish_checksum, packet_drops, packet_socket, run
+from .quiet import (VNET_LEN, NamespaceChanges, empty_table, finish_checksum, packet_drops,
+                    packet_socket, run)
 
 log = logging.getLogger("nattrack.router")
 
@@ -105,6 +109,16 @@ def nat_invariant_key(pkt: Packet) -> tuple:
     else:
         sig = bytes(buf[l4:min(end, l4 + 16)])
     return (proto, pkt.ipid, pkt.tot_len, pkt.frag, sig)
+
+
+def dnat_possible(rs) -> bool:
+    """Could a rule of ``rs`` change a destination in PREROUTING (a rule in a nat
+    PREROUTING chain: iptables' built-in one, or an nft nat base chain on the hook)?"""
+    if rs is None:
+        return False
+    if rs.syntax == "nft":
+        return any(rs.tables[t][c] for _p, t, c in rs.hooks.get(("nat", "PREROUTING"), ()))
+    return bool(rs.tables.get("nat", {}).get("PREROUTING"))
 
 
 class Held:
@@ -153,8 +167,7 @@ class ShadowDataplane(Dataplane):
         self.seq_next: dict[Tuple, list] = {}          # tuple -> [next seq, largest segment]
         self.missed_by_tuple: dict[Tuple, int] = {}
         self._pruned_at = 0.0
-        nat = (router.ruleset.tables.get("nat", {}) if router.ruleset is not None else {})
-        self._dnat_possible = bool(nat.get("PREROUTING"))
+        self._dnat_possible = dnat_possible(router.ruleset)
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -167,7 +180,9 @@ class ShadowDataplane(Dataplane):
         for dest, via in self.routes.items():
             iface, _, gw = via.partition(" via ")
             ch.ensure_route(dest, iface.strip(), gw.strip() or None)
-        if self.rules_text:
+        if self.rules_text and is_nft(self.rules_text):
+            ch.nft_load(self.rules_text, self.router.ruleset.tables)
+        elif self.rules_text:
             ch.iptables_restore(self.rules_text)
         ch.iptables("mangle", ["-A", *FORCE_TRACKING], ["-D", *FORCE_TRACKING])
         for key, value in self.kernel_sysctls.items():     # nf_conntrack is loaded by now
@@ -201,13 +216,23 @@ class ShadowDataplane(Dataplane):
         the lock.  What the socket already holds is shadowed first, under the old rules
         the kernel applied to it."""
         self._catch_up()
-        text = new.to_iptables_restore()
-        self.changes.iptables_restore(text)
-        if "mangle" in new.tables:                   # the restore flushed FORCE_TRACKING
-            self.changes.iptables("mangle", ["-A", *FORCE_TRACKING], ["-D", *FORCE_TRACKING])
+        old = self.router.ruleset
+        if new.syntax == "nft":
+            if old is not None and old.syntax == "iptables":   # the legacy backend keeps them
+                self.changes.iptables_restore("".join(empty_table(t) for t in old.tables))
+            self.changes.nft_load(new.to_nft(), new.tables)
+        else:
+            if old is not None and old.syntax == "nft":
+                self.changes.nft_load("", ())
+            self.changes.iptables_restore(new.to_iptables_restore())
+        # A restore naming mangle, or an nft file's own `flush ruleset`, took FORCE_TRACKING
+        # away; setup's journal entry deletes it again at the end.
+        if run(["iptables", "-w", "-t", "mangle", "-C", *FORCE_TRACKING], check=False).returncode:
+            run(["iptables", "-w", "-t", "mangle", "-A", *FORCE_TRACKING])
         tables = super().replace_rules(new)
-        self.rules_text = self.router.ruleset.to_iptables_restore()
-        self._dnat_possible = bool(self.router.ruleset.tables.get("nat", {}).get("PREROUTING"))
+        rs = self.router.ruleset
+        self.rules_text = rs.to_nft() if rs.syntax == "nft" else rs.to_iptables_restore()
+        self._dnat_possible = dnat_possible(rs)
         return tables
 
     def _catch_up(self, rounds: int = 64) -> None:

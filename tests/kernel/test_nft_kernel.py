@@ -118,3 +118,111 @@ def test_every_construct_survives_the_kernel_and_nft_list_ruleset():
     finally:
         subprocess.run(["ip", "netns", "delete", ns], check=False)
     assert Ruleset.parse(listed, "nft list ruleset") == rs, listed
+
+
+# --- kernel mode's router process loads and swaps an nft file with nft -f ----------------------
+
+DEMO_NFT = """table inet demo {
+\tchain postrouting {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\toifname "r-pub" ip saddr 10.0.0.0/24 counter masquerade
+\t}
+\tchain myforward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tudp dport 9999 counter drop
+\t}
+}
+"""
+DEMO_IPT = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -o r-pub -p udp -j SNAT --to-source 203.0.113.1:40000-40009\nCOMMIT\n"
+
+
+def _nft_tables(lab: KernelLab) -> list[str]:
+    return lab.exec("rtr", "nft", "list", "tables").stdout.split("\n")
+
+
+def _udp(lab: KernelLab, sport: int, dport: int = 7000) -> str:
+    """Send one datagram priv1 -> pub and return the kernel's conntrack line for it."""
+    from scapy.layers.inet import IP, UDP
+    from .harness import PRIV1, PUB
+    lab.send("priv1", IP(src=PRIV1, dst=PUB) / UDP(sport=sport, dport=dport) / b"x")
+    lab.sleep(0.2)
+    return lab.conntrack("-L", "-p", "udp", "--sport", str(sport))
+
+
+@pytest.mark.kernel
+def test_kernel_mode_router_loads_swaps_and_removes_nft_rules(tmp_path):
+    """`python -m nattrack.router --mode kernel --rules F.nft` loads F with nft -f (its
+    tables, not an iptables translation), the kernel NATs and filters by it, a `rules`
+    reload swaps to iptables (the nft tables go) and back to nft (the iptables rules go,
+    FORCE_TRACKING stays), and the router's exit removes its tables."""
+    import subprocess
+    import sys
+
+    from nattrack.lab import rpc
+    from .harness import IFACES
+    nft_file = tmp_path / "demo.nft"
+    nft_file.write_text(DEMO_NFT)
+    sock = tmp_path / "ctl.sock"
+    with KernelLab("", workdir=tmp_path / "lab") as lab:
+        router = lab._spawn("rtr", [sys.executable, "-m", "nattrack.router", "--mode", "kernel",
+                                    *[a for n, c in IFACES.items() for a in ("--iface", f"{n}={c}")],
+                                    "--route", "default=r-pub", "--rules", str(nft_file),
+                                    "--control", str(sock)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert router.stdout.readline().strip() == "ready", router.stderr.read()
+            assert "table inet demo" in _nft_tables(lab)
+            assert "-A POSTROUTING" not in lab.exec("rtr", "iptables-save", "-t", "nat").stdout
+            line = _udp(lab, 41000)
+            assert "dst=203.0.113.1 sport=7000 dport=41000" in line, line     # masqueraded
+            listed = lab.exec("rtr", "nft", "list", "table", "inet", "demo").stdout
+            assert "counter packets 1 bytes 29 masquerade" in listed, listed
+
+            res = rpc.request(sock, "rules", {"text": DEMO_IPT, "name": "snat.rules"})
+            assert res["tables"] == ["nat"]
+            assert "table inet demo" not in _nft_tables(lab)
+            line = _udp(lab, 41001)
+            assert "dst=203.0.113.1 sport=7000 dport=4000" in line, line      # SNAT range
+            now = rpc.request(sock, "rules", {})["text"]
+            assert "--to-source 203.0.113.1:40000-40009" in now
+
+            rpc.request(sock, "rules", {"text": DEMO_NFT, "name": "demo.nft"})
+            assert "table inet demo" in _nft_tables(lab)
+            assert "-A POSTROUTING" not in lab.exec("rtr", "iptables-save", "-t", "nat").stdout
+            assert lab.exec("rtr", "iptables", "-t", "mangle", "-C", "PREROUTING", "-m",
+                            "conntrack", "!", "--ctstate", "UNTRACKED", check=False).returncode == 0
+            assert "table inet demo {" in rpc.request(sock, "rules", {})["text"]
+            assert "dport=41002" in _udp(lab, 41002)
+            _udp(lab, 41003, 9999)
+            listed = lab.exec("rtr", "nft", "list", "table", "inet", "demo").stdout
+            assert "udp dport 9999 counter packets 1 bytes 29 drop" in listed, listed
+        finally:
+            if router.poll() is None:
+                rpc.request(sock, "stop", {}, timeout=5)
+                router.wait(10)
+        err = router.stderr.read()
+        assert router.returncode == 0 and "undo" not in err, err
+        assert "table inet demo" not in _nft_tables(lab)
+        assert "-A POSTROUTING" not in lab.exec("rtr", "iptables-save", "-t", "nat").stdout
+
+
+@pytest.mark.kernel
+def test_kernel_load_command_loads_either_syntax(tmp_path):
+    """The shell command the lab's kernel fallback and `lab rules` run in a node: nft -f
+    after a flush for an nft file, iptables-restore for an iptables one."""
+    from nattrack.lab.topo import kernel_load_command
+    nft_file, ipt_file = tmp_path / "demo.nft", tmp_path / "snat.rules"
+    nft_file.write_text(DEMO_NFT)
+    ipt_file.write_text(DEMO_IPT)
+    with KernelLab("", workdir=tmp_path / "lab") as lab:
+        lab.exec("rtr", "sh", "-c", kernel_load_command(str(nft_file)))
+        assert "table inet demo" in _nft_tables(lab)
+        lab.exec("rtr", "sh", "-c", kernel_load_command(str(ipt_file)))
+        assert "--to-source 203.0.113.1:40000-40009" in lab.exec(
+            "rtr", "iptables-save", "-t", "nat").stdout
+        lab.exec("rtr", "sh", "-c", kernel_load_command(str(nft_file)))    # flush ruleset first
+        assert "-A POSTROUTING" not in lab.exec("rtr", "iptables-save", "-t", "nat").stdout
+        bad = tmp_path / "bad.nft"
+        bad.write_text("table ip t {\n\tchain c {\n\t\tbogus\n\t}\n}\n")
+        p = lab.exec("rtr", "sh", "-c", kernel_load_command(str(bad)), check=False)
+        assert p.returncode != 0 and "table inet demo" in _nft_tables(lab)   # all or nothing
