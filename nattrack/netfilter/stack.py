@@ -86,7 +86,7 @@ class Route:
     mask: int = 0
 
     def __post_init__(self) -> None:
-        self.mask = _mask(self.plen)
+        self.mask = inet_make_mask(self.plen)
 
 
 class Sent:
@@ -107,8 +107,12 @@ class Verdict:
         self.steps: list[tuple[str, str]] | None = [] if trace else None
 
 
-def _mask(plen: int) -> int:
+def inet_make_mask(plen: int) -> int:
+    """inet_make_mask() (include/linux/inetdevice.h): the netmask of a prefix length."""
     return (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF if plen else 0
+
+
+_mask = inet_make_mask          # its old name, until router/dataplane.py imports the new one
 
 
 def parse_cidr(text: str) -> tuple[int, int]:
@@ -167,13 +171,13 @@ class Router:
             iface = Interface(name, [parse_cidr(c) for c in cidrs])
             self.ifaces[name] = iface
             for addr, plen in iface.addrs:
-                self.routes.append(Route(addr & _mask(plen), plen, name))
+                self.routes.append(Route(addr & inet_make_mask(plen), plen, name))
         for dest, via in (routes or {}).items():
             net, plen = (0, 0) if dest == "default" else parse_cidr(dest)
             iface, _, gw = via.partition(" via ")
             if iface not in self.ifaces:
                 raise ValueError(f"route {dest}: unknown interface {iface!r}")
-            self.routes.append(Route(net & _mask(plen), plen, iface, ip2int(gw) if gw else None))
+            self.routes.append(Route(net & inet_make_mask(plen), plen, iface, ip2int(gw) if gw else None))
         self.routes.sort(key=lambda r: -r.plen)
         self.local = {addr for i in self.ifaces.values() for addr, _ in i.addrs}
 
@@ -194,7 +198,7 @@ class Router:
         r = self.route(daddr)
         nexthop = r.gateway if r is not None and r.gateway else daddr
         for addr, plen in iface.addrs:
-            if nexthop & _mask(plen) == addr & _mask(plen):
+            if nexthop & inet_make_mask(plen) == addr & inet_make_mask(plen):
                 return addr
         return iface.addrs[0][0]
 
@@ -483,7 +487,8 @@ class Router:
 
     def _is_broadcast(self, addr: int) -> bool:
         return addr == 0xFFFFFFFF or any(
-            plen < 31 and addr | _mask(plen) == 0xFFFFFFFF and addr & _mask(plen) == a & _mask(plen)
+            plen < 31 and addr | inet_make_mask(plen) == 0xFFFFFFFF
+            and addr & inet_make_mask(plen) == a & inet_make_mask(plen)
             for i in self.ifaces.values() for a, plen in i.addrs)
 
     def _icmp_limited(self, type_: int, code: int) -> bool:
