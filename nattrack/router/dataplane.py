@@ -14,9 +14,15 @@ batch, control verbs per verb), housekeeping about every 100 ms, the trace and
 capture taps the control socket switches on, and error counting: one bad frame
 costs one ``router_errors`` count, never the loop.
 
-Per-frame work in the hot loop is kept to: ``recv_into`` a reused buffer, one
-bytearray copy, the Ethernet checks, ``Packet.parse`` + ``Router.receive``, a
-dict lookup for the next hop's prebuilt Ethernet header and ``send``.
+Frames move in batches (batch.py): one ``recvmmsg`` reads every frame waiting
+on a socket (up to RX_BATCH) into fixed slots, and what the engine sends is
+copied into per-interface slots and leaves with one ``sendmmsg`` per interface
+once the batch is done.  Nothing waits for a batch to fill: a lone frame is read,
+forwarded and sent at once.  Per frame the hot loop does: one bytearray copy out
+of its slot, the Ethernet checks, ``Packet.parse`` + ``Router.receive``, a dict
+lookup for the next hop's prebuilt Ethernet header and a copy into a send slot.
+Where recvmmsg/sendmmsg are unavailable (or ``NATTRACK_NO_BATCH=1``), the same
+loop reads and sends one frame per system call (one log line says why).
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ from ..netfilter.rules import Ruleset
 from ..netfilter.stack import Router, Sent, Verdict, _mask
 from ..packet.ipv4 import Packet
 from ..packet.pcapio import PcapngWriter
+from .batch import RxBatch, SingleRx, SingleTx, TxBatch, mmsg_problem
 from .quiet import (VNET_LEN, VNET_ZERO, NamespaceChanges, finish_checksum, iface_info,
                     packet_drops, packet_socket)
 
@@ -48,6 +55,10 @@ PACKET_IGNORE_OUTGOING = 23
 PACKET_OUTGOING = 4
 VNET_F_NEEDS_CSUM = 1
 BATCH = 256                      # frames per socket per round (then the others get a turn)
+RX_BATCH = 64                    # frames per recvmmsg (the kernel takes up to 1024): a batch's
+                                 # sends leave after its last frame, so this bounds their wait
+TX_BATCH = 64                    # frames queued per interface before a sendmmsg
+RX_SLOT = 65536 + VNET_LEN       # a whole GSO super-frame fits
 HOUSEKEEPING_S = 0.1
 ARP_RETRY_S = 0.25
 ARP_QUEUE_S = 1.0
@@ -90,6 +101,7 @@ class Port:
         self.neigh: dict[int, bytes] = {}          # IP -> MAC learned on this link
         self.hdr: dict[int, bytes] = {}            # final destination -> Ethernet header
         self.pending: dict[int, list] = {}         # next hop -> [first_ts, last_arp_ts, [data...]]
+        self.tx: TxBatch | SingleTx | None = None  # frames queued for this interface's socket
 
     def on_link(self, addr: int) -> bool:
         return any((addr ^ a) & _mask(p) == 0 for a, p in self.addrs)
@@ -315,7 +327,14 @@ class PythonDataplane(Dataplane):
             self._register(port.sock.fileno(), self._make_drain(port))
             log.info("python mode: %s ifindex %d mac %s mtu %d %s", name, port.ifindex,
                      port.mac.hex(":"), port.mtu, " ".join(cidrs))
-        self._rbuf = bytearray(65536 + 64)
+        why = "NATTRACK_NO_BATCH=1" if os.environ.get("NATTRACK_NO_BATCH") == "1" else \
+            mmsg_problem(next(iter(self.ports.values())).sock if self.ports else None)
+        if why:
+            log.info("python mode: one frame per system call (no recvmmsg/sendmmsg batches): %s", why)
+        rx_kind, tx_kind = (SingleRx, SingleTx) if why else (RxBatch, TxBatch)
+        self._rx = rx_kind(RX_BATCH, RX_SLOT)
+        for port in self.ports.values():
+            port.tx = tx_kind(TX_BATCH, port.mtu + 14 + VNET_LEN)
         # Destinations ip_route_input() never forwards: 0/8, 127/8 and multicast (tested
         # in the loop), the limited broadcast and each subnet's broadcast (this set).
         self._no_forward = {0xFFFFFFFF}
@@ -330,10 +349,12 @@ class PythonDataplane(Dataplane):
     # --- receive ------------------------------------------------------------------------------
 
     def _drain(self, port: Port) -> None:
-        """Read what the socket has (at most BATCH frames) and forward it."""
+        """Read what the socket has, a batch per system call (at most BATCH frames in
+        all), forward it frame by frame, and after each batch send what the engine sent
+        (one batch per output interface)."""
         sock = port.sock
-        recv_into = sock.recv_into
-        rbuf = self._rbuf
+        rx = self._rx
+        view, slot, length = rx.view, rx.slot, rx.length
         name, mac, neigh = port.name, port.mac, port.neigh
         parse = Packet.parse
         receive = self.receive if self.tracers else self.router.receive
@@ -343,68 +364,79 @@ class PythonDataplane(Dataplane):
         no_forward = self._no_forward
         now = time.time()
         n = 0
-        tx = 0
         try:
             while n < BATCH:
-                try:
-                    if check_outgoing:
-                        size, addr = sock.recvfrom_into(rbuf)
-                        if addr[2] == PACKET_OUTGOING:
-                            continue
-                    else:
-                        size = recv_into(rbuf)
-                except BlockingIOError:
+                got = rx.recv(sock)
+                if not got:
                     break
-                except InterruptedError:
-                    continue
-                n += 1
-                try:
-                    if rbuf[0] & VNET_F_NEEDS_CSUM:
-                        self._finish_checksum(size)
-                    frame = rbuf[VNET_LEN:size]
-                    size -= VNET_LEN
-                    if capture is not None:
-                        capture.write(now, name, frame)
-                    if size < 34:
-                        self.counters["runts"] += 1
+                for i in range(got):
+                    if check_outgoing and rx.pkttype(i) == PACKET_OUTGOING:
                         continue
-                    if frame[12] != 8 or frame[13] != 0:
-                        self._other_frame(port, frame)
-                        continue
-                    if not frame.startswith(mac) and not self._broadcast_ok(port, frame):
-                        continue
-                    pkt = parse(frame, 14, name, now)
-                    if pkt is None:
-                        self.router.counters["ip_hdr_errors"] += 1
-                        continue
-                    d = pkt.dst
-                    if d >= 0xE0000000 or d < 0x01000000 or d >> 24 == 127 or d in no_forward:
-                        self._martian(pkt)
-                        continue
-                    if pkt.src not in neigh:
-                        self._learn_ip(port, pkt.src, frame)
-                    v = receive(pkt)
-                    for s in v.sent:
-                        out = ports[s.oif]
-                        hdr = out.hdr.get(s.pkt.dst)
-                        if hdr is None:
-                            self._send_slow(out, s, now)
-                            continue
-                        data = hdr + s.data
-                        try:
-                            out.sock.send(data)
-                            tx += 1
-                        except OSError:
-                            self.counters["tx_errors"] += 1
-                            continue
+                    n += 1
+                    try:
+                        off = i * slot
+                        size = length(i)
+                        if view[off] & VNET_F_NEEDS_CSUM:
+                            self._finish_checksum(view[off:off + size], size)
+                        frame = bytearray(view[off + VNET_LEN:off + size])
+                        size -= VNET_LEN
                         if capture is not None:
-                            capture.write(now, out.name, memoryview(data)[VNET_LEN:])
-                except Exception as exc:               # noqa: BLE001 -- one frame, not the loop
-                    self.frame_error(exc)
+                            capture.write(now, name, frame)
+                        if size < 34:
+                            self.counters["runts"] += 1
+                            continue
+                        if frame[12] != 8 or frame[13] != 0:
+                            self._other_frame(port, frame)
+                            continue
+                        if not frame.startswith(mac) and not self._broadcast_ok(port, frame):
+                            continue
+                        pkt = parse(frame, 14, name, now)
+                        if pkt is None:
+                            self.router.counters["ip_hdr_errors"] += 1
+                            continue
+                        d = pkt.dst
+                        if d >= 0xE0000000 or d < 0x01000000 or d >> 24 == 127 or d in no_forward:
+                            self._martian(pkt)
+                            continue
+                        if pkt.src not in neigh:
+                            self._learn_ip(port, pkt.src, frame)
+                        v = receive(pkt)
+                        for s in v.sent:
+                            out = ports[s.oif]
+                            hdr = out.hdr.get(s.pkt.dst)
+                            if hdr is None:
+                                self._send_slow(out, s, now)
+                                continue
+                            tx = out.tx
+                            if not tx.add(hdr, s.data):
+                                self._flush(out)
+                                if not tx.add(hdr, s.data):        # bigger than a slot
+                                    self._send_frame(out, hdr + s.data)
+                                    continue
+                            if capture is not None:
+                                capture.write(now, out.name, tx.frame(tx.queued - 1)[VNET_LEN:])
+                    except Exception as exc:               # noqa: BLE001 -- one frame, not the loop
+                        self.frame_error(exc)
+                self._flush_all()
+                if got < rx.count:      # the socket was empty: epoll says when more comes
+                    break
         finally:
-            c = self.counters
-            c["rx_frames"] += n
-            c["tx_frames"] += tx
+            self.counters["rx_frames"] += n
+            self._flush_all()
+
+    def _flush(self, port: Port) -> None:
+        """Send the frames queued for ``port`` (one sendmmsg); count what went and what
+        the kernel refused."""
+        sent, refused = port.tx.flush(port.sock)
+        c = self.counters
+        c["tx_frames"] += sent
+        if refused:
+            c["tx_errors"] += refused
+
+    def _flush_all(self) -> None:
+        for port in self.ports.values():
+            if port.tx.queued:
+                self._flush(port)
 
     def _other_frame(self, port: Port, frame: bytearray) -> None:
         if frame[12:14] == ETH_P_ARP:
@@ -514,20 +546,23 @@ class PythonDataplane(Dataplane):
         self._send_frame(port, VNET_ZERO + frame)
         self._count("arp_requests")
 
-    def _finish_checksum(self, size: int) -> None:
-        """A peer veth left the L4 checksum to offload: complete it (rare path).  A GSO
-        super-frame (the peer has tso/gso on) cannot be forwarded whole: counted, and
-        said once in the log."""
-        if self._rbuf[1]:
+    def _finish_checksum(self, buf, size: int) -> None:
+        """A peer veth left the L4 checksum to offload: complete it in ``buf`` (the frame
+        behind its virtio_net_hdr; rare path).  A GSO super-frame (the peer has tso/gso
+        on) cannot be forwarded whole: counted, and said once in the log."""
+        if buf[1]:
             self._count("gso_frames")
             if self.counters["gso_frames"] == 1:
                 log.warning("GSO super-frames arrive (%d bytes): turn offloads off on the peers' "
                             "veths (ethtool -K IF tso off gso off tx off)", size - VNET_LEN)
-        if finish_checksum(self._rbuf, size):
+        if finish_checksum(buf, size):
             self._count("csum_completed")
 
     def _send_frame(self, port: Port, frame: bytes) -> None:
-        """Send one frame (virtio_net_hdr included) outside the hot loop."""
+        """Send one frame (virtio_net_hdr included) outside the hot loop, after what is
+        queued for the same interface (so a flow's frames keep their order)."""
+        if port.tx is not None and port.tx.queued:
+            self._flush(port)
         try:
             port.sock.send(frame)
             self.counters["tx_frames"] += 1
