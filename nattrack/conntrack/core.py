@@ -86,6 +86,7 @@ class ConntrackTable:
     def __init__(self, clock: Callable[[], float], sysctl: Sysctl | dict | None = None,
                  seed: int | None = None, profile: KernelProfile | None = None) -> None:
         self.clock = clock
+        self.now_j = 0      # the clock in jiffies as conntrack_in read it for this packet
         self.profile = profile or NEWEST      # which kernel's behaviour (conntrack/profile.py)
         self.sysctl = sysctl if isinstance(sysctl, Sysctl) else Sysctl(sysctl)
         self.hz = hz = HZ
@@ -121,10 +122,11 @@ class ConntrackTable:
 
     def refresh(self, ct: Conn, seconds: int, pkt=None, direction: int = 0) -> None:
         """__nf_ct_refresh_acct(): the deadline becomes now + seconds (replaces, may
-        shorten), and the packet is counted (nf_conntrack_acct)."""
+        shorten), and the packet is counted (nf_conntrack_acct).  Called for the packet
+        conntrack_in() is tracking: "now" is the clock it read (``now_j``)."""
         if not ct.status & IPS_FIXED_TIMEOUT:
             extra = seconds * self.hz
-            ct.timeout = self.jiffies() + extra if ct.status & IPS_CONFIRMED else extra
+            ct.timeout = self.now_j + extra if ct.status & IPS_CONFIRMED else extra
         if pkt is not None:
             self.acct(ct, pkt, direction)
 
@@ -212,6 +214,8 @@ class ConntrackTable:
         if pkt.frag:                       # only whole datagrams are tracked
             self.stats["invalid"] += 1
             return NF_ACCEPT
+        # The clock is read once per packet, like the kernel's nfct_time_stamp.
+        self.now_j = now_j = int(self.clock() * self.hz)
         prerouting = hook == NF_INET_PRE_ROUTING
         if pkt.proto == IPPROTO_ICMP:
             kind, ct, ctinfo = proto_icmp.icmp_error(self, pkt, prerouting)
@@ -227,8 +231,11 @@ class ConntrackTable:
             if t is None:
                 self.stats["invalid"] += 1
                 return NF_ACCEPT
-            found = self.find(t)
-            if found is None:
+            ct = self.hash.get(t)                  # __nf_conntrack_find_get(), as find()
+            if ct is not None and ct.timeout - now_j <= 0:
+                self.kill(ct)                      # an expired entry met is reaped
+                ct = None
+            if ct is None:
                 ct = self.init_conntrack(t, pkt)
                 if ct is None:
                     self.stats["invalid"] += 1
@@ -238,7 +245,7 @@ class ConntrackTable:
                     return NF_DROP
                 direction = 0
             else:
-                ct, direction = found
+                direction = 0 if ct.orig == t else 1
             # resolve_normal_ct(): the per-packet classification.
             if direction:
                 ctinfo = IP_CT_ESTABLISHED_REPLY

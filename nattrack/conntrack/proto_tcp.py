@@ -425,7 +425,7 @@ def tcp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: 
         if keep:
             new_state = old_state
 
-    now_j = table.jiffies()
+    now_j = table.now_j
     if not in_window:
         res = tcp_in_window(tcp, direction, index, pkt, sysctl)
         if res == NFCT_TCP_IGNORE:
@@ -487,7 +487,10 @@ def _rst_check(ct, tcp: TcpState, direction: int, old_state: int, pkt, sysctl):
         if tcp.last_index == TCP_ACK_SET and tcp.last_dir == direction and seq == tcp.last_end:
             return None, False             # RST right after our own data: part of a train
         keep = True                        # not the exact sequence: allow a challenge ACK
-    if (((ct.status & IPS_SEEN_REPLY and tcp.last_index == TCP_SYN_SET)
+    # The SYN case answers the other side's SYN only ("netfilter: conntrack: tcp: do not
+    # force CLOSE on invalid-seq RST without direction check", stable June 2026: 6.12.93).
+    if (((ct.status & IPS_SEEN_REPLY and tcp.last_index == TCP_SYN_SET
+          and tcp.last_dir != direction)
          or (not ct.status & IPS_ASSURED and tcp.last_index == TCP_ACK_SET))
             and pkt.ack == tcp.last_end):
         return "in_window", keep           # RST to a SYN or ACK we let through unsynced

@@ -27,7 +27,7 @@ def udp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: 
     sysctl = table.sysctl
     if udp_error(pkt, hook_is_prerouting, sysctl):
         return INVALID
-    now_j = table.jiffies()
+    now_j = table.now_j
     status = ct.status
     if not status & IPS_CONFIRMED:
         ct.proto = now_j + STREAM_DELAY * table.hz         # stream_ts
