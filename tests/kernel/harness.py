@@ -202,6 +202,9 @@ class Recording:
     log: list[tuple[float, str]] = dataclasses.field(default_factory=list)  # (epoch, step)
     problems: list[str] = dataclasses.field(default_factory=list)  # recorder trouble
     listen: tuple[str, ...] = ()           # the scenario's open router ports ("tcp:22")
+    # (table, chain, index) -> (packets, bytes) each rule counted during the scenario
+    rule_counters: dict[tuple[str, str, int], tuple[int, int]] = dataclasses.field(
+        default_factory=dict)
 
     def frames(self, iface: str, direction: str) -> list[tuple[float, bytes]]:
         return read_pcap(self.pcaps[(iface, direction)])
@@ -773,7 +776,36 @@ class KernelLab:
                 raise LabError("conntrack -E did not start listening")
             time.sleep(0.01)
         rec["stats_before"] = self.stats()
+        rec["counters_before"] = self.rule_counters()
         rec["started_at"] = time.time()
+
+    def rule_counters(self) -> dict[tuple[str, str, int], tuple[int, int]]:
+        """(table, chain, index) -> (packets, bytes) of every nat and filter rule, as the
+        kernel counts them: ``iptables-save -c``, or ``nft list ruleset`` for an nft rule
+        set (its rules with a ``counter``; the nft form of an iptables rule set names its
+        tables nat and filter and its chains as iptables does, so the keys agree)."""
+        out: dict[tuple[str, str, int], tuple[int, int]] = {}
+        if is_nft(self.rules_text):
+            table = chain = None
+            idx = 0
+            for line in self.exec("rtr", "nft", "list", "ruleset").stdout.splitlines():
+                words = line.split()
+                if words[:1] == ["table"]:
+                    table = words[2]
+                elif words[:1] == ["chain"]:
+                    chain, idx = words[1], 0
+                elif table in ("nat", "filter") and (m := re.search(
+                        r"counter packets (\d+) bytes (\d+)", line)):
+                    out[(table, chain, idx)] = (int(m.group(1)), int(m.group(2)))
+                    idx += 1
+            return out
+        for table in ("nat", "filter"):
+            idx_of: dict[str, int] = {}
+            text = self.exec("rtr", "iptables-save", "-c", "-t", table, check=False).stdout
+            for m in re.finditer(r"(?m)^\[(\d+):(\d+)\] -A (\S+)", text):
+                i = idx_of[m.group(3)] = idx_of.get(m.group(3), -1) + 1
+                out[(table, m.group(3), i)] = (int(m.group(1)), int(m.group(2)))
+        return out
 
     @staticmethod
     def _netlink_listening(pid: int) -> bool:
@@ -811,6 +843,7 @@ class KernelLab:
             listed_at = time.time()
             table_out = self.conntrack("-L")
             stats_after = self.stats()
+            counters_after = self.rule_counters()
             time.sleep(0.2)                         # events of the listing (reaped entries)
         finally:
             self._rec = None
@@ -825,6 +858,8 @@ class KernelLab:
         m = re.search(r"(\d+) flow events have been shown", err)
         if not m or int(m.group(1)) != len(events):
             problems.append(f"conntrack -E: {len(events)} lines read but it said: {err.strip()!r}")
+        if "ENOBUFS" in err:        # its socket overflowed: events were lost
+            problems.append("conntrack -E lost events (ENOBUFS): it could not read fast enough")
         for p, errfile in rec["tcpdump_err"]:
             m = re.search(r"(\d+) packets? dropped by kernel", errfile.read_text(errors="replace"))
             if m and int(m.group(1)):
@@ -834,11 +869,14 @@ class KernelLab:
                  if line.strip() and "flow entries have been shown" not in line]
         stats = {k: stats_after.get(k, 0) - rec["stats_before"].get(k, 0)
                  for k in set(stats_after) | set(rec["stats_before"])}
+        before = rec["counters_before"]
+        counters = {k: (n - before.get(k, (0, 0))[0], b - before.get(k, (0, 0))[1])
+                    for k, (n, b) in counters_after.items()}
         return Recording(name=rec["name"], pcaps=dict(rec["pcaps"]), events=events, table=table,
                          listed_at=listed_at, stats=stats, stats_total=stats_after,
                          rules_text=self.rules_text, sysctls=dict(self.sysctls),
                          started_at=rec["started_at"], workdir=rec["dir"], log=rec["log"],
-                         problems=problems)
+                         problems=problems, rule_counters=counters)
 
     def _stop_proc(self, p: subprocess.Popen, sig: int = signal.SIGTERM,
                    timeout: float = 3.0) -> None:
