@@ -12,15 +12,21 @@ import subprocess
 import sys
 
 import pytest
+from nattrack_lab import PRIV1, PRIV2, PUB, RTR_PUB, Lab, TcpFlow, nat_rules, tcp_state
 from scapy.layers.inet import IP, TCP
 
-from nattrack.conntrack.profile import (BEHAVIOURS, NEWEST, PROFILES, get_profile,
-                                        profile_for_release, running_profile)
-from nattrack_lab import PRIV1, PRIV2, PUB, RTR_PUB, Lab, TcpFlow, nat_rules, tcp_state
+from nattrack.conntrack.profile import (
+    BEHAVIOURS,
+    NEWEST,
+    PROFILES,
+    get_profile,
+    profile_for_release,
+    running_profile,
+)
 
 SNAT_TWO_PORTS = nat_rules(postrouting=("-o eth1 -p tcp -j SNAT --to-source 203.0.113.1:2000-2001",))
-DNAT_RANGE = nat_rules(prerouting=("-i eth1 -p tcp --dport 32000:32001 -j DNAT "
-                                   "--to-destination 10.0.0.2:21000-21010",))
+DNAT_RANGE = nat_rules(prerouting=(("-i eth1 -p tcp --dport 32000:32001 -j DNAT "
+                                    "--to-destination 10.0.0.2:21000-21010"),))
 
 
 def lab_for(kernel: str, rules: str) -> Lab:
@@ -82,7 +88,7 @@ def _two_ports_one_closing(lab: Lab) -> tuple[TcpFlow, TcpFlow, TcpFlow]:
 
 def test_snat_evicts_time_wait_entry_on_618():
     lab = lab_for("6.18", SNAT_TWO_PORTS)
-    a, b, c = _two_ports_one_closing(lab)
+    a, _, c = _two_ports_one_closing(lab)
     lab.take_events()
     v = c.client("S")
     assert v.sent and IP(v.sent[0].data)[TCP].sport == a.nat_port
@@ -166,7 +172,7 @@ def test_replay_kernel_option(tmp_path):
                                f"eth1={pcap}", "--iface", "eth0=10.0.0.1/24",
                                "--iface", "eth1=203.0.113.1/24", "--rules", str(rules),
                                "--seed", "3", "-L", *extra],
-                              capture_output=True, text=True, timeout=60)
+                              check=False, capture_output=True, text=True, timeout=60)
     new = run()
     assert new.returncode == 0, new.stderr
     assert re.findall(r"src=10\.0\.0\.2 dst=203\.0\.113\.2 sport=(\d+)", new.stdout) == ["21000"] * 6
@@ -183,7 +189,8 @@ def test_replay_kernel_option(tmp_path):
 def test_router_process_rejects_unknown_kernel(tmp_path):
     p = subprocess.run([sys.executable, "-m", "nattrack.router", "--mode", "python",
                         "--iface", "eth0=10.0.0.1/24", "--control", str(tmp_path / "s"),
-                        "--kernel", "4.19"], capture_output=True, text=True, timeout=60)
+                        "--kernel", "4.19"], check=False, capture_output=True, text=True,
+                       timeout=60)
     assert p.returncode == 2
     assert p.stderr.strip() == ("nattrack.router: --kernel '4.19': expected one of 6.1, 6.6, "
                                 "6.12, 6.18 or running")

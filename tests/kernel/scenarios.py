@@ -495,6 +495,52 @@ def _tcp_rst_inexact() -> Scenario:
             table=(r"^tcp\s+6 (9|10) CLOSE ",), table_count=1))
 
 
+def _tcp_rst_after_syn_same_direction() -> Scenario:
+    t = Tcp.masq(42080, 9009)
+    syn = 777000
+    return Scenario(
+        "tcp_rst_after_syn_same_direction",
+        "§3.4(6) after a SYN in ESTABLISHED (ignored), a RST with a bogus sequence number from "
+        "the same side does not close the entry: only the other side's RST answers that SYN "
+        "(\"netfilter: conntrack: tcp: do not force CLOSE on invalid-seq RST without direction "
+        "check\", stable June 2026); the RST is INVALID, the entry keeps its timeout",
+        MASQ,
+        (*t.handshake(), t.c("PA", b"abc"), t.s("A"), t.c("S", seq=syn, advance=False),
+         t.c("RA", seq=t.cnxt + 5000000, ack=syn + 1, advance=False)),
+        expect=Expect(
+            no_events=(r"CLOSE",), stats={"invalid": 1}, table_count=1,
+            table=(r"^tcp\s+6 43(1999|2000) ESTABLISHED .*\[ASSURED\]",),
+            egress=(("r-pub", r"tcp 10\.0\.0\.2:42080 > 203\.0\.113\.2:9009 \[RA\]"),)))
+
+
+def _tcp_rst_out_of_window_both_ways() -> Scenario:
+    t = Tcp.masq(42081, 9009)
+    return Scenario(
+        "tcp_rst_out_of_window_both_ways",
+        "§3.5 nf_tcp_handle_invalid(): an out-of-window RST from each side in turn (both "
+        "INVALID) cuts an ASSURED entry's timeout to the UNACK value, state unchanged",
+        MASQ,
+        (*t.handshake(), t.c("PA", b"abc"), t.s("A"),
+         t.s("RA", seq=t.snxt + 5000000, advance=False),
+         t.c("RA", seq=t.cnxt + 5000000, advance=False)),
+        expect=Expect(
+            no_events=(r"CLOSE",), stats={"invalid": 2}, table_count=1,
+            table=(r"^tcp\s+6 (299|300) ESTABLISHED .*\[ASSURED\]",)))
+
+
+def _tcp_rst_below_maxack() -> Scenario:
+    t = Tcp.masq(42082, 9009)
+    return Scenario(
+        "tcp_rst_below_maxack",
+        "§3.4(6) a RST whose sequence number is below what the other side acknowledged is "
+        "INVALID (\"invalid rst\"); the entry keeps its state and timeout",
+        MASQ,
+        (*t.handshake(), t.c("PA", b"abc"), t.s("A"), t.s("R", seq=t.snxt - 5000, advance=False)),
+        expect=Expect(
+            no_events=(r"CLOSE",), stats={"invalid": 1}, table_count=1,
+            table=(r"^tcp\s+6 43(1999|2000) ESTABLISHED .*\[ASSURED\]",)))
+
+
 def _tcp_window_scale() -> Scenario:
     opts = [("MSS", 1460), ("WScale", 7), ("SAckOK", b"")]
     t = Tcp.masq(42070, 9008, win=502)          # 502 << 7 = 64256 bytes
@@ -1452,6 +1498,7 @@ SCENARIOS: list[Scenario] = [
     _local_late_replies(), _local_udp_closed(), _local_protocol_unreachable(),
     _local_input_drop(), _local_open_ports(),
     _snat_evicts_time_wait(), _dnat_range_first_port(),
+    _tcp_rst_after_syn_same_direction(), _tcp_rst_out_of_window_both_ways(), _tcp_rst_below_maxack(),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 assert len(BY_NAME) == len(SCENARIOS), "duplicate scenario names"
