@@ -24,13 +24,13 @@ from __future__ import annotations
 from ..conntrack.conn import (IP_CT_DIR_ORIGINAL, IP_CT_IS_REPLY, IP_CT_NEW, IP_CT_RELATED,
                               IP_CT_RELATED_REPLY, IPS_DST_NAT, IPS_DST_NAT_DONE, IPS_DYING,
                               IPS_FIXED_TIMEOUT, IPS_NAT_MASK, IPS_SEQ_ADJUST, IPS_SRC_NAT, IPS_SRC_NAT_DONE,
-                              Conn, ctinfo_dir)
+                              Conn)
 from ..conntrack.core import (NF_ACCEPT, NF_DROP, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT,
                               NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING)
 from ..conntrack.proto_tcp import TCP_CONNTRACK_SYN_SENT, TCP_CONNTRACK_TIME_WAIT
 from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_PROTOS, Tuple, bysource_key,
                                invert_tuple)
-from .proto import nf_nat_icmp_reply_translation, nf_nat_ipv4_manip_pkt
+from .proto import nf_nat_icmp_reply_translation, nf_nat_ipv4_manip_pkt, nf_nat_manip_to_inverse
 from .range import (NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PERSISTENT, NF_NAT_RANGE_PROTO_RANDOM,
                     NF_NAT_RANGE_PROTO_RANDOM_FULLY, NF_NAT_RANGE_PROTO_SPECIFIED, NatRange)
 
@@ -48,6 +48,10 @@ NAT_CHAIN = {NF_INET_PRE_ROUTING: "PREROUTING", NF_INET_LOCAL_OUT: "OUTPUT",
 def hook2manip(hook: int) -> int:
     """HOOK2MANIP(): POST_ROUTING and LOCAL_IN change the source, the others the destination."""
     return NF_NAT_MANIP_SRC if hook in (NF_INET_POST_ROUTING, NF_INET_LOCAL_IN) else NF_NAT_MANIP_DST
+
+
+# hook2manip() of each hook number, for the per-packet path.
+HOOK2MANIP = tuple(hook2manip(hook) for hook in range(NF_INET_POST_ROUTING + 1))
 
 
 def nf_nat_initialized(ct: Conn, manip: int) -> bool:
@@ -342,14 +346,15 @@ def nf_nat_masquerade_ipv4(table, ct: Conn, rng: NatRange, oif: str, newsrc: int
 
 def nf_nat_packet(ct: Conn, ctinfo: int, hook: int, pkt) -> int:
     """nf_nat_packet(): rewrite pkt to look like the inverse of the other direction."""
-    manip = hook2manip(hook)
+    manip = HOOK2MANIP[hook]
     statusbit = IPS_SRC_NAT if manip == NF_NAT_MANIP_SRC else IPS_DST_NAT
-    direction = ctinfo_dir(ctinfo)
-    if direction:
+    if ctinfo >= IP_CT_IS_REPLY:
         statusbit ^= IPS_NAT_MASK        # a reply undoes the other side's manipulation
+        other = ct.orig
+    else:
+        other = ct.reply
     if ct.status & statusbit:
-        target = invert_tuple(ct.tuple(1 - direction))
-        nf_nat_ipv4_manip_pkt(pkt, target, manip)
+        nf_nat_manip_to_inverse(pkt, other, manip)
     return NF_ACCEPT
 
 
@@ -364,7 +369,7 @@ def nf_nat_ipv4_fn(table, ruleset, pkt, hook: int, oif: str | None, masq_source)
         return NF_ACCEPT                 # INVALID packets are never translated
     if ctinfo in (IP_CT_RELATED, IP_CT_RELATED_REPLY) and pkt.proto == IPPROTO_ICMP:
         return NF_ACCEPT if nf_nat_icmp_reply_translation(pkt, ct, ctinfo, hook, hook2manip(hook)) else NF_DROP
-    manip = hook2manip(hook)
+    manip = HOOK2MANIP[hook]
     if ctinfo in (IP_CT_NEW, IP_CT_RELATED, IP_CT_RELATED_REPLY) and not nf_nat_initialized(ct, manip):
         # The first packet in this direction of manipulation: the rules decide, once.
         rule = ruleset.first_match("nat", NAT_CHAIN[hook], pkt, ctinfo, pkt.iif, oif) if ruleset else None

@@ -38,6 +38,25 @@ def nf_nat_ipv4_manip_pkt(pkt, target: Tuple, manip: int) -> None:
         pkt.set_addr(False, target.dst)
 
 
+def nf_nat_manip_to_inverse(pkt, other: Tuple, manip: int) -> None:
+    """nf_nat_ipv4_manip_pkt(pkt, invert_tuple(other), manip), read off ``other`` without
+    building the inverse: nf_ct_invert_tuple() swaps the halves, except that an ICMP id
+    stays the source key."""
+    proto = other.proto
+    if manip == MANIP_SRC:
+        if proto == IPPROTO_TCP or proto == IPPROTO_UDP:
+            pkt.set_port(True, other.dport)
+        elif proto == IPPROTO_ICMP and pkt.proto == IPPROTO_ICMP and pkt.itype in ICMP_QUERY_TYPES:
+            pkt.set_port(True, other.sport)
+        pkt.set_addr(True, other.dst)
+    else:
+        if proto == IPPROTO_TCP or proto == IPPROTO_UDP:
+            pkt.set_port(False, other.sport)
+        elif proto == IPPROTO_ICMP and pkt.proto == IPPROTO_ICMP and pkt.itype in ICMP_QUERY_TYPES:
+            pkt.set_port(True, other.sport)
+        pkt.set_addr(False, other.src)
+
+
 def nf_nat_icmp_reply_translation(pkt, ct, ctinfo: int, hook: int, manip: int) -> bool:
     """nf_nat_icmp_reply_translation(): translate an ICMP error about a NATed flow.
 

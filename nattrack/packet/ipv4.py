@@ -26,6 +26,8 @@ _IPHDR = struct.Struct("!BBHHHBBHII")
 _PORTS = struct.Struct("!HH")
 _TCPHDR = struct.Struct("!HHIIBBHHH")
 _ICMPHDR = struct.Struct("!BBHH")
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
 ICMP_QUERY_TYPES = frozenset((0, 8, 13, 14, 15, 16, 17, 18))
 
 
@@ -184,29 +186,29 @@ class Packet:
     def _patch16(self, at: int, csum_at: int, value: int) -> None:
         buf = self.buf
         old = buf[at] << 8 | buf[at + 1]
-        struct.pack_into("!H", buf, at, value)
+        _U16.pack_into(buf, at, value)
         c = buf[csum_at] << 8 | buf[csum_at + 1]
         c = csum_replace2(c, old, value)
         if c == 0 and self.proto == IPPROTO_UDP:
             c = 0xFFFF       # CSUM_MANGLED_0: 0 means "no checksum" in UDP
-        struct.pack_into("!H", buf, csum_at, c)
+        _U16.pack_into(buf, csum_at, c)
 
     def set_addr(self, is_src: bool, addr: int) -> None:
         """Write a new source or destination address, patching IP and L4 checksums."""
         at = self.off + (12 if is_src else 16)
         buf = self.buf
-        old = struct.unpack_from("!I", buf, at)[0]
+        old = _U32.unpack_from(buf, at)[0]
         if old == addr:
             return
-        struct.pack_into("!I", buf, at, addr)
+        _U32.pack_into(buf, at, addr)
         ipc = self.off + 10
-        struct.pack_into("!H", buf, ipc, csum_replace4(struct.unpack_from("!H", buf, ipc)[0], old, addr))
+        _U16.pack_into(buf, ipc, csum_replace4(buf[ipc] << 8 | buf[ipc + 1], old, addr))
         l4c = self._l4_csum_offset()
         if l4c is not None:
-            c = csum_replace4(struct.unpack_from("!H", buf, l4c)[0], old, addr)
+            c = csum_replace4(buf[l4c] << 8 | buf[l4c + 1], old, addr)
             if c == 0 and self.proto == IPPROTO_UDP:
                 c = 0xFFFF
-            struct.pack_into("!H", buf, l4c, c)
+            _U16.pack_into(buf, l4c, c)
         if is_src:
             self.src = addr
         else:
@@ -241,8 +243,8 @@ class Packet:
         self.buf[at] -= 1
         self.ttl -= 1
         ipc = self.off + 10
-        c = struct.unpack_from("!H", self.buf, ipc)[0]
-        struct.pack_into("!H", self.buf, ipc, csum_replace2(c, old, old - 0x100))
+        c = self.buf[ipc] << 8 | self.buf[ipc + 1]
+        _U16.pack_into(self.buf, ipc, csum_replace2(c, old, old - 0x100))
 
     def recompute_icmp_checksum(self) -> None:
         """Full ICMP checksum, as nf_nat_icmp_reply_translation() does for errors."""
