@@ -194,3 +194,15 @@ def test_router_process_rejects_unknown_kernel(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip() == ("nattrack.router: --kernel '4.19': expected one of 6.1, 6.6, "
                                 "6.12, 6.18 or running")
+
+
+def test_doctor_names_the_profile_it_follows():
+    import os
+
+    from nattrack.lab.doctor import Report, check_kernel_profile
+    rep = Report()
+    check_kernel_profile(rep)
+    note = (f"kernel {os.uname().release}: the engine follows "
+            f"{running_profile().describe()} (docs/kernel-profiles.md)")
+    assert rep.notes == [note]
+    assert f"Linux {running_profile().name} " in rep.notes[0] and not rep.problems
