@@ -22,7 +22,6 @@ ARCHITECTURE = REPO / "docs" / "architecture.md"
 # each must exist (the test says when one is gone, so the list only shrinks) and goes when
 # its file is free.  The end state is an empty list.
 NOT_YET = {
-    ("nattrack.lab.doctor", "nattrack.cli.lab"),            # doctor: `runnable` is lab.lifecycle's
     ("nattrack.netfilter.rules", "nattrack.netfilter.nft"),  # Ruleset.parse/to_nft dispatch to nft
 }
 

@@ -239,7 +239,7 @@ def doctor() -> Report:
 
 def run_doctor(out=None) -> int:
     out = out or sys.stdout
-    from ..cli.lab import runnable              # the fixes name nattrack as it runs here
+    from .lifecycle import runnable             # the fixes name nattrack as it runs here
     rep = doctor()
     for p in rep.problems:
         out.write(f"nattrack: doctor: {runnable(p)}\n")

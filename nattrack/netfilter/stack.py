@@ -112,9 +112,6 @@ def inet_make_mask(plen: int) -> int:
     return (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF if plen else 0
 
 
-_mask = inet_make_mask          # its old name, until router/dataplane.py imports the new one
-
-
 def parse_cidr(text: str) -> tuple[int, int]:
     addr, _, plen = text.partition("/")
     return ip2int(addr), int(plen or 32)

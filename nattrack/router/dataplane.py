@@ -39,7 +39,7 @@ from typing import Callable
 from ..conntrack.core import tune_gc
 from ..conntrack.tuple import int2ip, ip2int
 from ..netfilter.rules import Ruleset
-from ..netfilter.stack import Router, Sent, Verdict, _mask
+from ..netfilter.stack import Router, Sent, Verdict, inet_make_mask
 from ..packet.ipv4 import Packet
 from ..packet.pcapio import PcapngWriter
 from .batch import RxBatch, SingleRx, SingleTx, TxBatch, mmsg_problem
@@ -104,11 +104,11 @@ class Port:
         self.tx: TxBatch | SingleTx | None = None  # frames queued for this interface's socket
 
     def on_link(self, addr: int) -> bool:
-        return any((addr ^ a) & _mask(p) == 0 for a, p in self.addrs)
+        return any((addr ^ a) & inet_make_mask(p) == 0 for a, p in self.addrs)
 
     def source_for(self, nexthop: int) -> int:
         for a, p in self.addrs:
-            if (nexthop ^ a) & _mask(p) == 0:
+            if (nexthop ^ a) & inet_make_mask(p) == 0:
                 return a
         return self.addrs[0][0] if self.addrs else 0
 
@@ -341,7 +341,7 @@ class PythonDataplane(Dataplane):
         for port in self.ports.values():
             for addr, plen in port.addrs:
                 if plen < 31:
-                    self._no_forward.add(addr | (~_mask(plen) & 0xFFFFFFFF))
+                    self._no_forward.add(addr | (~inet_make_mask(plen) & 0xFFFFFFFF))
 
     def _make_drain(self, port: Port) -> Callable[[], None]:
         return lambda: self._drain(port)
