@@ -1,0 +1,271 @@
+"""The insertion race in the real kernel, outcome by outcome, against the engine.
+
+tests/kernel/race.py races two packets of one new flow on two CPUs, round after round,
+until every outcome a service can have was seen: for UDP to a DNAT service with several
+backends (``udp-random``) the loser's entry goes in the reply direction only (NAT clash)
+or, without a race, the second packet finds the first's entry; for UDP to one backend
+(``udp-one``) the racing entries are identical and merge; for TCP (``tcp-one``) the
+losing SYN is dropped (insert_failed).  Each outcome seen is then played on the engine
+(nattrack.conntrack.cpus.race) in the confirm order the kernel showed (the CPU whose
+packet owns the listed entry confirmed first), and the engine must show the same
+counters, the same `conntrack -E` lines and send the same datagrams.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+
+from nattrack.conntrack.cpus import INSERT_FAILED, INSERTED, MERGED, NAT_CLASH, race
+from nattrack.netfilter.rules import Ruleset
+from nattrack.netfilter.stack import Router
+from nattrack.packet.ipv4 import Packet
+from nattrack.replay import ManualClock, event_recorder
+
+from .conftest import kernel_env_problem
+from .harness import (
+    IFACES,
+    ROUTES,
+    KernelLab,
+    cleanup_stale,
+    read_pcap,
+    strip_timestamp,
+)
+from .race import (
+    CLIENT_PORT_BASE,
+    PAYLOADS,
+    SERVICES,
+    Round,
+    classify,
+    frames_for,
+    race_rules,
+    run_race,
+)
+
+ROUNDS = 200                  # a batch; a run takes about 2 s (plus up to 2 s of reaping)
+MAX_BATCHES = 5               # until each outcome was seen
+CLASH_KEYS = ("clash_resolve", "insert_failed", "drop")
+
+
+def outcome_counts(service: str, runs) -> dict[str, int]:
+    """How many rounds ended how, over every batch (races are told apart by the counters
+    where the captures cannot: a merge and a sequential pair look alike on the wire)."""
+    rounds = sum(len(r.rounds) for r in runs)
+    clash = sum(r.stats.get("clash_resolve", 0) for r in runs)
+    per_round = {}
+    for run in runs:
+        for k, v in run.count().items():
+            per_round[k] = per_round.get(k, 0) + v
+    if service == "udp-random":
+        nat = per_round.get("nat-clash", 0)
+        return {"nat-clash": nat, "merged": clash - nat, "sequential": rounds - clash}
+    if service == "udp-one":
+        return {"merged": clash, "sequential": rounds - clash}
+    failed = per_round.get("insert-failed", 0)
+    return {"insert-failed": failed, "sequential": rounds - failed}
+
+
+# The outcomes each service must show before the comparison counts (a merge of two random
+# choices of the same backend, 1 in 100 races, need not be seen).
+WANTED = {"udp-random": ("nat-clash", "sequential"), "udp-one": ("merged", "sequential"),
+          "tcp-one": ("insert-failed", "sequential")}
+
+
+@pytest.fixture(scope="module")
+def races(tmp_path_factory):
+    problem = kernel_env_problem()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    cleanup_stale()
+    runs: dict[str, list] = {}
+    base = CLIENT_PORT_BASE
+    with KernelLab(race_rules(), workdir=tmp_path_factory.mktemp("race")) as lab:
+        for service in SERVICES:
+            runs[service] = []
+            while len(runs[service]) < MAX_BATCHES:
+                runs[service].append(run_race(lab, service, ROUNDS, base))
+                base += ROUNDS
+                counts = outcome_counts(service, runs[service])
+                if all(counts[k] > 0 for k in WANTED[service]):
+                    break
+    return runs
+
+
+def _rounds(runs) -> list[tuple[object, Round]]:
+    return [(run, r) for run in runs for r in run.rounds]
+
+
+def _events_of(run, sport: int) -> list[str]:
+    return [strip_timestamp(e) for e in run.events if f" sport={sport} " in e]
+
+
+# ------------------------------------------------------------------------------------------
+# What the kernel did
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_kernel_shows_every_outcome(races, service):
+    counts = outcome_counts(service, races[service])
+    missing = [k for k in WANTED[service] if counts[k] <= 0]
+    assert not missing, (f"{service}: outcome(s) {missing} never seen in "
+                         f"{len(races[service])} batches of {ROUNDS} rounds: {counts}")
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_kernel_rounds_add_up(races, service):
+    """Per round: one listed entry and one NEW event; the counters match the rounds."""
+    proto = SERVICES[service][0]
+    for run in races[service]:
+        odd = [r for r in run.rounds if r.outcome.startswith("odd")]
+        assert not odd, f"{service}: rounds the model has no outcome for: {odd[:3]}"
+        counts = run.count()
+        failed = counts.get("insert-failed", 0)
+        assert run.stats.get("insert_failed", 0) == run.stats.get("drop", 0) == failed
+        if proto == "tcp":
+            assert run.stats.get("clash_resolve", 0) == 0
+        else:
+            assert failed == 0
+            assert run.stats.get("clash_resolve", 0) >= counts.get("nat-clash", 0)
+        for r in run.rounds:
+            events = _events_of(run, r.sport)
+            new = [e for e in events if e.lstrip().startswith("[NEW]")]
+            destroy = [e for e in events if e.lstrip().startswith("[DESTROY]")]
+            assert len(new) == 1 and f"sport={r.listed[0]} " in new[0], (r, events)
+            if r.outcome == "nat-clash":
+                # The hidden loser was never announced, but its end is.
+                lost = next(p for k, p in r.sent.items() if k != r.winner)
+                assert len(destroy) == 1 and f"sport={lost} " in destroy[0], (r, events)
+            else:
+                assert not destroy, (r, events)
+
+
+# ------------------------------------------------------------------------------------------
+# The engine, for each outcome the kernel showed
+# ------------------------------------------------------------------------------------------
+
+class Engine:
+    """The engine as the race's router: same interfaces, routes and rules."""
+
+    def __init__(self, seed: int = 7):
+        self.clock = ManualClock(1000.0)
+        self.router = Router(dict(IFACES), dict(ROUTES), Ruleset.parse(race_rules()),
+                             {"nf_conntrack_buckets": 1024}, self.clock, seed=seed)
+        self.events: list[str] = []
+        self.router.ct.listeners.append(event_recorder(self.events, [], self.clock))
+
+    def packets(self, service: str, sport: int) -> list[Packet]:
+        frames = frames_for(service, 1, sport)
+        return [Packet.parse(bytearray(f[0][14:]), 0, iif="r-pub", ts=self.clock())
+                for f in frames]
+
+    def reap(self) -> None:
+        """Let the gc worker run past the clash entries' second."""
+        ct = self.router.ct
+        ct.run_gc_until(self.clock() + 2.0, self.clock.set)
+        for _ in range(120):
+            if ct.count == len(list(ct.conns(reap=False))):
+                return
+            ct.run_gc_until(self.clock() + 1.0, self.clock.set)
+        raise AssertionError("the engine's gc worker never reaped the clash entries")
+
+
+def _kernel_frames(run, sport: int, service: str) -> dict[str, bytes]:
+    """IP bytes that left r-priv for the round, by payload (CPU)."""
+    l4 = UDP if SERVICES[service][0] == "udp" else TCP
+    out = {}
+    for _, frame in read_pcap(run.pcaps[("r-priv", "out")]):
+        ip = IP(frame[14:])
+        if l4 in ip and ip[l4].sport == sport:
+            key = (bytes(ip[l4].payload).decode() if l4 is UDP else PAYLOADS[ip.id % 2])
+            out[key] = frame[14:14 + ip.len]
+    return out
+
+
+def _normalize(text: str, ports: dict[int, str]) -> str:
+    """Backend ports chosen at random, named by their role (winner / loser)."""
+    return re.sub(r"sport=(\d+)", lambda m: f"sport={ports.get(int(m.group(1)), m.group(1))}",
+                  text)
+
+
+EXPECTED_LANES = {"nat-clash": (INSERTED, NAT_CLASH), "same-backend": (INSERTED, MERGED),
+                  "insert-failed": (INSERTED, INSERT_FAILED)}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("service", list(SERVICES))
+def test_engine_agrees_on_each_outcome_and_confirm_order(races, service):
+    seen = {}
+    for run, r in _rounds(races[service]):
+        seen.setdefault((r.outcome, r.winner), (run, r))
+    compared = []
+    for (outcome, winner), (run, r) in sorted(seen.items(), key=str):
+        kernel_events = _events_of(run, r.sport)
+        kernel_frames = _kernel_frames(run, r.sport, service)
+        first = PAYLOADS.index(winner)
+        # A same-backend round is a pair that did not race, or (one backend) a merge.
+        modes = (True,) if outcome != "same-backend" else \
+            (False, True) if service == "udp-one" else (False,)
+        for raced in modes:
+            eng = Engine()
+            pkts = eng.packets(service, r.sport)
+            before = {k: eng.router.ct.stats[k] for k in CLASH_KEYS}
+            if raced:
+                lanes = race(eng.router, pkts, order=(first, 1 - first))
+                assert (lanes[first].outcome, lanes[1 - first].outcome) == \
+                    EXPECTED_LANES[outcome], (outcome, winner)
+                verdicts = [x.verdict for x in lanes]
+            else:     # a round with no race: the second packet finds the first's entry
+                verdicts = [eng.router.receive(p) for p in (pkts[first], pkts[1 - first])]
+                verdicts = verdicts if first == 0 else verdicts[::-1]
+            eng.reap()
+            delta = {k: eng.router.ct.stats[k] - before[k] for k in CLASH_KEYS}
+            want = {"clash_resolve": int(raced and outcome != "insert-failed"),
+                    "insert_failed": int(outcome == "insert-failed"),
+                    "drop": int(outcome == "insert-failed")}
+            assert delta == want, (outcome, winner, raced)
+            sent = {PAYLOADS[i]: v.sent[0].data for i, v in enumerate(verdicts) if v.sent}
+            assert sent.keys() == kernel_frames.keys(), (outcome, winner, sent, kernel_frames)
+            engine_events = [strip_timestamp(e) for e in eng.events]
+            if service == "udp-random":
+                l4 = UDP
+                roles = {IP(kernel_frames[k])[l4].dport: role
+                         for k, role in ((winner, "WINNER"), (_other(winner), "LOSER"))
+                         if k in kernel_frames}
+                eroles = {IP(sent[k])[l4].dport: role
+                          for k, role in ((winner, "WINNER"), (_other(winner), "LOSER"))
+                          if k in sent}
+                assert [_normalize(e, eroles) for e in engine_events] == \
+                    [_normalize(e, roles) for e in kernel_events], (outcome, winner)
+                for k, data in sent.items():
+                    e, kf = IP(data), IP(kernel_frames[k])
+                    assert (e.src, e.dst, e[l4].sport, e.ttl, bytes(e[l4].payload)) == \
+                        (kf.src, kf.dst, kf[l4].sport, kf.ttl, bytes(kf[l4].payload))
+            else:
+                assert engine_events == kernel_events, (outcome, winner, raced)
+                assert sent == kernel_frames, (outcome, winner, raced)
+            compared.append((outcome, winner, raced))
+    assert compared, f"{service}: nothing to compare"
+
+
+def _other(payload: str) -> str:
+    return PAYLOADS[1 - PAYLOADS.index(payload)]
+
+
+# ------------------------------------------------------------------------------------------
+# The classification itself (no kernel needed)
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sent, listed, outcome, winner", [
+    ({"A?": 5301, "AAAA?": 5377}, [5377], "nat-clash", "AAAA?"),
+    ({"A?": 5400, "AAAA?": 5400}, [5400], "same-backend", "A?"),
+    ({"A?": None, "AAAA?": 5500}, [5500], "insert-failed", "AAAA?"),
+    ({"A?": 5400, "AAAA?": 5400}, [], "odd: 0 listed entries", None),
+    ({"A?": None, "AAAA?": None}, [5400], "odd: nothing left the router", None),
+])
+def test_classify(sent, listed, outcome, winner):
+    r = Round(20000, sent, listed)
+    classify("udp-random", r)
+    assert (r.outcome, r.winner) == (outcome, winner)
