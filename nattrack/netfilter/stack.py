@@ -265,7 +265,7 @@ class Router:
             return
         new = pkt.ct is not None and not pkt.ct.is_confirmed()
         if self.ct.confirm(pkt) == NF_DROP:
-            self._drop(v, "conntrack confirm: the reply tuple is taken (clash)")
+            self._drop(v, "conntrack confirm: clash with an entry confirmed first (insert_failed)")
             return
         if step:
             step(("POST_ROUTING", _nat_note("nat (source)", before, pkt)))
