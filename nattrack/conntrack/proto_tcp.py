@@ -62,22 +62,129 @@ sNO, sSS, sSR, sES, sFW, sCW, sLA, sTW, sCL, sS2 = range(10)
 sIV, sIG = TCP_CONNTRACK_MAX, TCP_CONNTRACK_IGNORE
 
 # tcp_conntracks[dir][index][state] -- columns: sNO sSS sSR sES sFW sCW sLA sTW sCL sS2
+# Under each row, one line per cell saying why, in the order and (where it has them) the
+# words of the kernel's own comments; sIV: INVALID, sIG: ignored (see the module doc).
 TCP_CONNTRACKS = (
     (   # ORIGINAL
         (sSS, sSS, sIG, sIG, sIG, sIG, sIG, sSS, sSS, sS2),   # syn
+        # sNO -> sSS  Initialize a new connection
+        # sSS -> sSS  Retransmitted SYN
+        # sS2 -> sS2  Late retransmitted SYN
+        # sSR -> sIG  A SYN after the server's SYN/ACK: as in sES
+        # sES -> sIG  Error: a SYN in window outside SYN_SENT; the receiver will answer with RST
+        #             and close, or we are out of sync and hold a dead connection
+        # sFW -> sIG  As in sES
+        # sCW -> sIG  As in sES
+        # sLA -> sIG  As in sES
+        # sTW -> sSS  Reopened connection (RFC 1122)
+        # sCL -> sSS  Reopened after a RST
         (sIV, sIV, sSR, sIV, sIV, sIV, sIV, sIV, sIV, sSR),   # synack
+        # sNO -> sIV  Too late and no reason to do anything
+        # sSS -> sIV  Client can't send SYN and then SYN/ACK
+        # sS2 -> sSR  SYN/ACK sent to SYN2 in simultaneous open
+        # sSR -> sSR  Late retransmitted SYN/ACK in simultaneous open
+        # sES -> sIV  Invalid SYN/ACK packets sent by the client
+        # sFW -> sIV  As in sES
+        # sCW -> sIV  As in sES
+        # sLA -> sIV  As in sES
+        # sTW -> sIV  As in sES
+        # sCL -> sIV  As in sES
         (sIV, sIV, sFW, sFW, sLA, sLA, sLA, sTW, sCL, sIV),   # fin
+        # sNO -> sIV  Too late and no reason to do anything
+        # sSS -> sIV  Client might not send FIN in this state: we wait for a SYN/ACK reply first
+        # sS2 -> sIV  As in sSS
+        # sSR -> sFW  Close started
+        # sES -> sFW  Close started
+        # sFW -> sLA  FIN seen in both directions, waiting for the last ACK (or a retransmitted FIN)
+        # sCW -> sLA  The client closes too, now that the server's FIN was acknowledged
+        # sLA -> sLA  Retransmitted FIN: remain in the same state
+        # sTW -> sTW  Retransmitted FIN after the last ACK: remain
+        # sCL -> sCL  Closed by a RST: remain
         (sES, sIV, sES, sES, sCW, sCW, sTW, sTW, sCL, sIV),   # ack
+        # sNO -> sES  Assumed: a connection picked up midway (nf_conntrack_tcp_loose)
+        # sSS -> sIV  ACK is invalid: we haven't seen a SYN/ACK yet
+        # sS2 -> sIV  As in sSS
+        # sSR -> sES  Established state is reached
+        # sES -> sES  Data and acknowledgments: stay established
+        # sFW -> sCW  Normal close request answered by ACK
+        # sCW -> sCW  Data and ACKs on the half still open
+        # sLA -> sTW  Last ACK detected (RFC 5961 challenged)
+        # sTW -> sTW  Retransmitted last ACK: remain in the same state
+        # sCL -> sCL  Closed by a RST: remain
         (sIV, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL),   # rst
+        # sNO -> sIV  A RST opens nothing
+        # sSS -> sCL  The client aborts its own SYN
+        # sS2 -> sCL  Simultaneous open aborted
+        # sSR -> sCL  The client refuses the SYN/ACK
+        # sES -> sCL  Connection reset (tcp_packet() has checked its sequence number)
+        # sFW -> sCL  Reset while closing
+        # sCW -> sCL  Reset while closing
+        # sLA -> sCL  Reset instead of the last ACK
+        # sTW -> sCL  Reset after both sides closed
+        # sCL -> sCL  Another RST: remain
         (sIV, sIV, sIV, sIV, sIV, sIV, sIV, sIV, sIV, sIV),   # none
+        # sNO..sS2 -> sIV  No SYN, FIN, ACK or RST: invalid in every state (tcp_error()
+        #                  drops such a segment before the table is read)
     ),
     (   # REPLY
         (sIV, sS2, sIV, sIV, sIV, sIV, sIV, sSS, sIV, sS2),   # syn
+        # sNO -> sIV  Never reached: an entry starts with its original direction
+        # sSS -> sS2  Simultaneous open
+        # sS2 -> sS2  Retransmitted simultaneous SYN
+        # sSR -> sIV  Invalid SYN packets sent by the server
+        # sES -> sIV  As in sSR
+        # sFW -> sIV  As in sSR
+        # sCW -> sIV  As in sSR
+        # sLA -> sIV  As in sSR
+        # sTW -> sSS  Reopened connection, but the server may have switched role
+        # sCL -> sIV  Only the original direction reopens after a RST
         (sIV, sSR, sIG, sIG, sIG, sIG, sIG, sIG, sIG, sSR),   # synack
+        # sNO -> sIV  Never reached: an entry starts with its original direction
+        # sSS -> sSR  Standard open
+        # sS2 -> sSR  Simultaneous open
+        # sSR -> sIG  Retransmitted SYN/ACK, ignore it
+        # sES -> sIG  Late retransmitted SYN/ACK?
+        # sFW -> sIG  Might be SYN/ACK answering ignored SYN
+        # sCW -> sIG  As in sFW
+        # sLA -> sIG  As in sFW
+        # sTW -> sIG  As in sFW
+        # sCL -> sIG  As in sFW
         (sIV, sIV, sFW, sFW, sLA, sLA, sLA, sTW, sCL, sIV),   # fin
+        # sNO -> sIV  Never reached: an entry starts with its original direction
+        # sSS -> sIV  Server might not send FIN in this state
+        # sS2 -> sIV  As in sSS
+        # sSR -> sFW  Close started
+        # sES -> sFW  Close started
+        # sFW -> sLA  FIN seen in both directions
+        # sCW -> sLA  The server closes too, now that the client's FIN was acknowledged
+        # sLA -> sLA  Retransmitted FIN
+        # sTW -> sTW  Retransmitted FIN after the last ACK: remain
+        # sCL -> sCL  Closed by a RST: remain
         (sIV, sIG, sSR, sES, sCW, sCW, sTW, sTW, sCL, sIG),   # ack
+        # sNO -> sIV  Never reached: an entry starts with its original direction
+        # sSS -> sIG  Might be a half-open connection
+        # sS2 -> sIG  As in sSS
+        # sSR -> sSR  Might answer late resent SYN
+        # sES -> sES  Data and acknowledgments: stay established
+        # sFW -> sCW  Normal close request answered by ACK
+        # sCW -> sCW  Data and ACKs on the half still open
+        # sLA -> sTW  Last ACK detected (RFC 5961 challenged)
+        # sTW -> sTW  Retransmitted last ACK
+        # sCL -> sCL  Closed by a RST: remain
         (sIV, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL),   # rst
+        # sNO -> sIV  Never reached: an entry starts with its original direction
+        # sSS -> sCL  The server refuses the connection (nothing listens on the port)
+        # sS2 -> sCL  Simultaneous open aborted
+        # sSR -> sCL  The server aborts its half-open connection
+        # sES -> sCL  Connection reset (tcp_packet() has checked its sequence number)
+        # sFW -> sCL  Reset while closing
+        # sCW -> sCL  Reset while closing
+        # sLA -> sCL  Reset instead of the last ACK
+        # sTW -> sCL  Reset after both sides closed
+        # sCL -> sCL  Another RST: remain
         (sIV, sIV, sIV, sIV, sIV, sIV, sIV, sIV, sIV, sIV),   # none
+        # sNO..sS2 -> sIV  No SYN, FIN, ACK or RST: invalid in every state (tcp_error()
+        #                  drops such a segment before the table is read)
     ),
 )
 
