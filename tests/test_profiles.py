@@ -206,3 +206,13 @@ def test_doctor_names_the_profile_it_follows():
             f"{running_profile().describe()} (docs/kernel-profiles.md)")
     assert rep.notes == [note]
     assert f"Linux {running_profile().name} " in rep.notes[0] and not rep.problems
+
+
+def test_notebook_engine_behaves_as_the_recorded_kernel():
+    from nattrack.notebook import scenarios as sc
+    from nattrack.notebook.engine import Engine
+    rec = {"rules_text": DNAT_RANGE, "sysctls": {}, "t0": 0.0,
+           "router": {"ifaces": sc.ROUTER_IFACES, "routes": sc.ROUTER_ROUTES}}
+    assert Engine({**rec, "kernel": "6.1.0-57-amd64"}, {}).router.ct.profile is PROFILES["6.1"]
+    assert Engine({**rec, "kernel": "6.12.118+deb13-amd64"}, {}).router.ct.profile is PROFILES["6.12"]
+    assert Engine(rec, {}).router.ct.profile is running_profile()      # live: this kernel

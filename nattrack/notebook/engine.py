@@ -6,8 +6,11 @@ each packet, which the tables cannot show); a simulated scenario runs on it alon
 """
 from __future__ import annotations
 
+import os
+
 from ..conntrack import show
 from ..conntrack.conn import CTINFO_NAMES, IPCT_PROTOINFO
+from ..conntrack.profile import profile_for_release
 from ..conntrack.tuple import IPPROTO_ICMP, get_tuple
 from ..lab import RULES_DIR
 from ..netfilter.rules import Ruleset
@@ -37,9 +40,11 @@ class Engine:
             text = (RULES_DIR / f"{rec['rules']}.rules").read_text()
         sysctls = {**overrides, **rec.get("sysctls", {})}      # the scenario's own win, as live
         self.clock = ManualClock(rec["t0"])
+        # Where kernels differ, behave as the kernel that was recorded (live: this one).
+        profile = profile_for_release(rec.get("kernel") or os.uname().release)
         self.router = Router(rec["router"]["ifaces"], rec["router"].get("routes") or {},
                              Ruleset.parse(text), sysctls, self.clock, seed=1,
-                             local_stack=not answers_seen)
+                             local_stack=not answers_seen, profile=profile)
         self.events: list[str] = []
         self.router.ct.listeners.append(self._on_event)
 
