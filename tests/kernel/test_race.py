@@ -108,6 +108,8 @@ def _events_of(run, sport: int) -> list[str]:
 @pytest.mark.parametrize("service", list(SERVICES))
 def test_kernel_shows_every_outcome(races, service):
     counts = outcome_counts(service, races[service])
+    seconds = sum(r.seconds for r in races[service])
+    print(f"{service}: {counts} in {len(races[service])} batch(es), {seconds:.1f} s of sending")
     missing = [k for k in WANTED[service] if counts[k] <= 0]
     assert not missing, (f"{service}: outcome(s) {missing} never seen in "
                          f"{len(races[service])} batches of {ROUNDS} rounds: {counts}")
