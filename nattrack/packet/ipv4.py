@@ -12,6 +12,7 @@ with ``l4ok = False``: conntrack then classifies the packet INVALID.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from .checksum import checksum, csum_replace2, csum_replace4, ones_sum, pseudo_header_sum
 
@@ -43,6 +44,37 @@ class Packet:
                  "ttl", "l4", "l4len", "l4ok", "sport", "dport", "tcpflags", "seq", "ack",
                  "win", "doff", "itype", "icode", "iif", "oif", "ts", "frag_sizes",
                  "embedded", "ct", "ctinfo")
+    # The slots' types, for readers and mypy (annotations without values make no class attributes).
+    buf: bytearray
+    off: int
+    ihl: int
+    tot_len: int
+    proto: int
+    src: int
+    dst: int
+    frag: int                   # fragment offset in bytes
+    mf: bool
+    ipid: int
+    ttl: int
+    l4: int                     # offset of the L4 header in buf
+    l4len: int
+    l4ok: bool
+    sport: int
+    dport: int
+    tcpflags: int
+    seq: int
+    ack: int
+    win: int
+    doff: int
+    itype: int                  # -1: not ICMP
+    icode: int
+    iif: str | None
+    oif: str | None
+    ts: float
+    frag_sizes: list[int] | None
+    embedded: bool
+    ct: Any                     # the nf_conn (nattrack.conntrack.conn.Conn), set by conntrack
+    ctinfo: int | None
 
     @classmethod
     def parse(cls, buf: bytearray, off: int = 0, iif: str | None = None, ts: float = 0.0,
