@@ -84,12 +84,45 @@ print("done", flush=True)
 """
 
 
+# The backend, run in priv1's namespace while UDP rounds race: it answers every UDP
+# datagram to 10.0.0.2 at once, from the port it was sent to ("ans:" + the query), as a
+# DNS server behind the service would.  It reads frames with AF_PACKET (the host's own IP
+# stack drops them, see quiet_hosts) and builds each answer itself; UDP checksum 0 (none).
+_RESPONDER = r"""
+import socket, struct, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s.bind((sys.argv[1], 0))
+me = socket.inet_aton(sys.argv[2])
+print("ready", flush=True)
+while True:
+    frame, addr = s.recvfrom(65535)
+    if addr[2] == socket.PACKET_OUTGOING or len(frame) < 42 or frame[23] != 17:
+        continue
+    ihl = (frame[14] & 15) * 4
+    ip, udp = frame[14:14 + ihl], frame[14 + ihl:]
+    if ip[16:20] != me:
+        continue
+    sport, dport, ulen = struct.unpack("!HHH", udp[:6])
+    payload = b"ans:" + udp[8:ulen]
+    total = 28 + len(payload)
+    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 17, 0, me, ip[12:16]))
+    c = sum(struct.unpack("!10H", hdr))
+    c = (c & 0xFFFF) + (c >> 16)
+    c = (c & 0xFFFF) + (c >> 16)
+    hdr[10:12] = struct.pack("!H", ~c & 0xFFFF)
+    answer = bytes(hdr) + struct.pack("!HHHH", dport, sport, 8 + len(payload), 0) + payload
+    s.send(frame[6:12] + frame[0:6] + frame[12:14] + answer)
+"""
+
+
 @dataclasses.dataclass
 class Round:
     """One round as the kernel showed it."""
     sport: int
     sent: dict[str, int | None]          # payload ("A?", "AAAA?") -> backend port it left to
     listed: list[int]                    # backend ports of the `conntrack -L` entries
+    answered: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
+    # ^ payload -> (source address, port) of its answer as it left r-pub to the client
     outcome: str = ""
     winner: str | None = None            # payload of the packet whose entry is listed
 
@@ -150,6 +183,13 @@ def run_race(lab: KernelLab, service: str, rounds: int, base: int, pause: float 
     lab.flush()
     before = proc_count(lab)
     lab.start_recording(name)
+    backend = None
+    if SERVICES[service][0] == "udp":
+        backend = lab._spawn("priv1", [sys.executable, "-c", _RESPONDER, "eth0", BACKEND],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+        if backend.stdout.readline().strip() != "ready":
+            raise LabError("the answering backend did not start")
     t0 = time.monotonic()
     senders = [lab._spawn("pub", ["taskset", "-c", str(cpu), sys.executable, "-c", _SENDER,
                                   "eth0", str(cpu), str(shm), str(files[cpu]), str(pause)],
@@ -170,6 +210,8 @@ def run_race(lab: KernelLab, service: str, rounds: int, base: int, pause: float 
     deadline = time.monotonic() + reap_wait
     while proc_count(lab) > before + rounds and time.monotonic() < deadline:
         time.sleep(0.2)
+    if backend is not None:
+        lab._stop_proc(backend)
     rec = lab.stop_recording(settle=0.5)
     if rec.problems:
         raise LabError("; ".join(rec.problems))
@@ -197,6 +239,13 @@ def _rounds(rec, service: str, rounds: int, base: int) -> list[Round]:
             r.sent[bytes(pkt[l4].payload).decode()] = pkt[l4].dport
         else:                                 # identical SYNs: IP id tells the CPU
             r.sent[PAYLOADS[pkt[IP].id % 2]] = pkt[l4].dport
+    for _, frame in read_pcap(rec.pcaps[("r-pub", "out")]):
+        pkt = Ether(frame)
+        if IP in pkt and UDP in pkt and pkt[IP].dst == PUB:
+            r = by_port.get(pkt[UDP].dport)
+            text = bytes(pkt[UDP].payload).decode(errors="replace")
+            if r is not None and text.startswith("ans:"):
+                r.answered[text[4:]] = (pkt[IP].src, pkt[UDP].sport)
     for line in rec.table:
         m = re.search(rf"sport=(\d+) dport=\d+ .*src={BACKEND} dst=\S+ sport=(\d+)", line)
         if m and int(m.group(1)) in by_port:
