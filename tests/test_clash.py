@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from nattrack_lab import PRIV1, PUB, RTR_PUB, nat_rules
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.packet import Raw
 
 from nattrack.conntrack.conn import (
@@ -215,3 +215,41 @@ def test_lane_describe_names_the_outcome(make_lab):
     lanes = race(lab.router, [query(lab), query(lab)])
     assert lanes[0].describe() == "CPU 0: confirmed first: its entry is inserted; packet sent"
     assert "reply direction only" in lanes[1].describe()
+
+
+# ------------------------------------------------------------------------------------------
+# Other protocols, and the many-to-one SNAT race (two hosts, one source port)
+# ------------------------------------------------------------------------------------------
+
+def test_icmp_has_no_clash_resolution_in_6_18(make_lab):
+    """ICMP's tracker gets allow_clash only after 6.18: two echo requests of one id racing
+    through MASQUERADE: the second is dropped."""
+    lab = make_lab()
+    ping = IP(src=PRIV1, dst=PUB) / ICMP(id=7, seq=1)
+    lanes = race(lab.router, [lab.parse("eth0", ping), lab.parse("eth0", ping)])
+    assert [x.outcome for x in lanes] == [INSERTED, INSERT_FAILED]
+    assert clash_stats(lab) == {"clash_resolve": 0, "insert_failed": 1, "drop": 1}
+
+
+def test_generic_protocol_identical_entries_merge(make_lab):
+    lab = make_lab(None)
+    generic = IP(src=PRIV1, dst=PUB, proto=253) / Raw(b"x")
+    lanes = race(lab.router, [lab.parse("eth0", generic), lab.parse("eth0", generic)])
+    assert [x.outcome for x in lanes] == [INSERTED, MERGED]
+
+
+@pytest.mark.parametrize("flag, outcomes", [
+    ("", [INSERTED, INSERT_FAILED]),
+    (" --random-fully", [INSERTED, INSERTED]),
+])
+def test_two_hosts_same_source_port_race_through_snat(make_lab, flag, outcomes):
+    """Two hosts' first datagrams from one source port to one server, at the same time:
+    neither sees the other's unconfirmed entry, so NAT keeps the port for both; the
+    second to confirm finds its reply tuple taken by a different flow: dropped even for
+    UDP.  --random-fully draws a port per entry and so (almost always) avoids it."""
+    lab = make_lab(nat_rules(postrouting=(f"-o eth1 -j MASQUERADE{flag}",)), seed=5)
+    pkts = [lab.parse("eth0", IP(src=src, dst=PUB) / UDP(sport=33000, dport=53) / Raw(b"q"))
+            for src in (PRIV1, "10.0.0.3")]
+    lanes = race(lab.router, pkts)
+    assert [x.outcome for x in lanes] == outcomes
+    assert lab.stats["insert_failed"] == (outcomes[1] == INSERT_FAILED)
