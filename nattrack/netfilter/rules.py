@@ -449,12 +449,17 @@ class Ruleset:
                 self.hooks.setdefault((kind, hook), []).append((prio, table, chain))
         for entries in self.hooks.values():
             entries.sort(key=lambda e: e[0])
-        # table -> chain -> [(rule, predicates, kind)], for first_match().
+        # (table, chain, index) -> [packets, bytes] each rule matched, as the kernel's
+        # per-rule counters count (ipt_do_table()'s ADD_COUNTER, nft's `counter`).
+        self.counters: dict[tuple[str, str, int], list[int]] = {}
+        # table -> chain -> [(rule, predicates, kind, counter)], for first_match().
         self._compiled: dict[str, dict[str, list[tuple]]] = {}
         for table, chains in self.tables.items():
             comp = self._compiled[table] = {}
             for chain, rules in chains.items():
-                comp[chain] = [(r, r._preds, _kind(r, chains)) for r in rules]
+                comp[chain] = [(r, r._preds, _kind(r, chains),
+                                self.counters.setdefault((table, chain, i), [0, 0]))
+                               for i, r in enumerate(rules)]
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -525,12 +530,14 @@ class Ruleset:
         i = 0
         while True:
             if i < len(rules):
-                rule, preds, kind = rules[i]
+                rule, preds, kind, count = rules[i]
                 i += 1
                 for pred in preds:
                     if not pred(pkt, ctinfo, iif, oif):
                         break
                 else:
+                    count[0] += 1
+                    count[1] += pkt.tot_len
                     if kind == _FINAL:
                         return rule
                     if kind == _JUMP:
