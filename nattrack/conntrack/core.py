@@ -307,7 +307,7 @@ class ConntrackTable:
                 self.count += 1
                 ct.status |= IPS_CONFIRMED
                 ct.ecache |= IPCT_RELATED if ct.status & IPS_EXPECTED else IPCT_NEW
-        if not ct.status & IPS_DYING:
+        if ct.ecache and not ct.status & IPS_DYING:
             self.deliver_cached_events(ct)
         return NF_ACCEPT
 

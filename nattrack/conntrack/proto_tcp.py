@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ..packet.ipv4 import TH_ACK, TH_CWR, TH_ECE, TH_FIN, TH_PSH, TH_RST, TH_SYN, TH_URG
 from .conn import (IP_CT_DIR_ORIGINAL, IP_CT_DIR_REPLY, IPCT_ASSURED, IPCT_PROTOINFO,
-                   IPS_ASSURED, IPS_FIXED_TIMEOUT, IPS_SEEN_REPLY)
+                   IPS_ASSURED, IPS_CONFIRMED, IPS_FIXED_TIMEOUT, IPS_SEEN_REPLY)
 
 # enum tcp_conntrack
 (TCP_CONNTRACK_NONE, TCP_CONNTRACK_SYN_SENT, TCP_CONNTRACK_SYN_RECV, TCP_CONNTRACK_ESTABLISHED,
@@ -249,7 +249,8 @@ class TcpState:
 def segment_seq_plus_len(pkt) -> int:
     """seq + data length + SYN + FIN: the sequence number after this segment."""
     f = pkt.tcpflags
-    return (pkt.seq + pkt.payload_len + (1 if f & TH_SYN else 0) + (1 if f & TH_FIN else 0)) & 0xFFFFFFFF
+    data_len = pkt.l4len - pkt.doff                  # pkt.payload_len of a TCP segment
+    return (pkt.seq + data_len + (1 if f & TH_SYN else 0) + (1 if f & TH_FIN else 0)) & 0xFFFFFFFF
 
 
 def tcp_options(pkt, seen: TcpSeen) -> None:
@@ -464,7 +465,7 @@ def tcp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: 
     sysctl = table.sysctl
     if tcp_error(pkt, hook_is_prerouting, sysctl):
         return INVALID
-    if not ct.is_confirmed() and not tcp_new(ct, pkt, sysctl):
+    if not ct.status & IPS_CONFIRMED and not tcp_new(ct, pkt, sysctl):
         return INVALID
     tcp: TcpState = ct.proto
     old_state = tcp.state

@@ -263,7 +263,7 @@ class Router:
         if self._nat(NF_INET_POST_ROUTING, pkt, oif) == NF_DROP:
             self._drop(v, "nat POSTROUTING")
             return
-        new = pkt.ct is not None and not pkt.ct.is_confirmed()
+        new = step and pkt.ct is not None and not pkt.ct.is_confirmed()
         if self.ct.confirm(pkt) == NF_DROP:
             self._drop(v, "conntrack confirm: clash with an entry confirmed first (insert_failed)")
             return
