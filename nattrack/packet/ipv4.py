@@ -192,14 +192,15 @@ class Packet:
 
     def l4_checksum_ok(self) -> bool:
         """nf_checksum(): verify the TCP/UDP/ICMP checksum of a whole datagram."""
-        view = memoryview(self.buf)[self.l4:self.l4 + self.l4len]
-        if self.proto == IPPROTO_ICMP:
-            return ones_sum(view) == 0xFFFF
-        if self.proto == IPPROTO_UDP and self.buf[self.l4 + 6:self.l4 + 8] == b"\0\0":
+        buf, l4, proto = self.buf, self.l4, self.proto
+        data = buf[l4:l4 + self.l4len]          # a copy is cheaper than a memoryview when small
+        if proto == IPPROTO_ICMP:
+            return ones_sum(data) == 0xFFFF
+        if proto == IPPROTO_UDP and buf[l4 + 6:l4 + 8] == b"\0\0":
             return True
-        if self.proto in (IPPROTO_TCP, IPPROTO_UDP):
-            start = pseudo_header_sum(self.src, self.dst, self.proto, self.l4len)
-            return ones_sum(view, start) == 0xFFFF
+        if proto == IPPROTO_TCP or proto == IPPROTO_UDP:
+            start = pseudo_header_sum(self.src, self.dst, proto, self.l4len)
+            return ones_sum(data, start) == 0xFFFF
         return True
 
     # --- rewriting (nf_nat_ipv4_manip_pkt and the l4 manip functions) ---------------
@@ -270,13 +271,12 @@ class Packet:
 
     def decrease_ttl(self) -> None:
         """ip_decrease_ttl(): TTL - 1 with the header checksum patched."""
-        at = self.off + 8
-        old = self.buf[at] << 8 | self.buf[at + 1]
-        self.buf[at] -= 1
+        buf, at = self.buf, self.off + 8
+        old = buf[at] << 8 | buf[at + 1]
+        buf[at] -= 1
         self.ttl -= 1
-        ipc = self.off + 10
-        c = self.buf[ipc] << 8 | self.buf[ipc + 1]
-        _U16.pack_into(self.buf, ipc, csum_replace2(c, old, old - 0x100))
+        c = csum_replace2(buf[at + 2] << 8 | buf[at + 3], old, old - 0x100)
+        buf[at + 2], buf[at + 3] = c >> 8, c & 0xFF
 
     def recompute_icmp_checksum(self) -> None:
         """Full ICMP checksum, as nf_nat_icmp_reply_translation() does for errors."""
