@@ -110,6 +110,9 @@ def race(router, packets: Sequence, order: Sequence[int] | None = None,
         run(0)
     finally:
         del table.confirm
+    for lane in lanes:
+        if trace and lane.verdict is not None and lane.verdict.steps is not None:
+            lane.verdict.steps.append((f"CPU {lane.cpu}", lane.describe()))
     return lanes
 
 
