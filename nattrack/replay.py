@@ -49,6 +49,7 @@ class ReplayResult:
     dropped: int = 0
     truncated: list[str] = field(default_factory=list)       # captures cut short
     bad_checksums: int = 0                                   # sent with a wrong checksum (verify_egress)
+    ruleset: Ruleset | None = None                           # the rules, with their counters
     log: list[str] = field(default_factory=list)
 
 
@@ -142,6 +143,7 @@ def replay_captures(sources: Iterable[tuple[str | None, str]], ifaces: dict[str,
     res.proc = [show.format_proc(ct, now_j) for ct in listing]
     res.stats = dict(table.stats)
     res.log = list(table.log)
+    res.ruleset = router.ruleset
     return res
 
 

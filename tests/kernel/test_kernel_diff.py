@@ -151,6 +151,14 @@ def test_engine_matches_kernel(scenario, kernel_runs, tmp_path):
     res = run_engine(scenario, rec, tmp_path)
     diff = compare(rec, res, random_ports=scenario.random_ports)
     assert diff.ok, diff.render(scenario.name, scenario.description)
+    assert engine_rule_counters(res) == rec.rule_counters, "per-rule packet/byte counters"
+
+
+def engine_rule_counters(res) -> dict[tuple[str, str, int], tuple[int, int]]:
+    """The engine's per-rule counters, keyed as the harness keys the kernel's."""
+    rs = res.ruleset
+    return {} if rs is None else {k: tuple(v) for k, v in rs.counters.items()
+                                  if k[0] in ("nat", "filter")}
 
 
 # ----------------------------------------------------------------------------------------
