@@ -133,7 +133,7 @@ def cmd_lab(args) -> int:
 def list_topologies() -> int:
     from ..lab.topologies import all_topologies
     for name, cls in sorted(all_topologies().items()):
-        print(f"{name:<12} {cls.description}")
+        print(f"{name:<12} {getattr(cls, 'description', '')}")
     return 0
 
 

@@ -58,8 +58,8 @@ def same_replay(got: dict, want: dict, *, events: bool = True, table: bool = Tru
     bad = got.get("packets", {}).get("bad_checksums_out", 0)
     if bad:
         problems.append(f"{bad} packet(s) left the router with a wrong checksum")
-    problems = [p for p in problems if p]
-    assert not problems, "; ".join(problems)
+    found = [p for p in problems if p]
+    assert not found, "; ".join(found)
 
 
 SHOWN_WRONG = 3                         # wrong cases named in a partial-credit message

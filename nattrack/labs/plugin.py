@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 from ..conntrack import core as ct_core, proto_icmp, proto_tcp, proto_udp
 from ..conntrack import tuple as ct_tuple
-from ..conntrack.conn import (HZ, IP_CT_DIR_REPLY, IP_CT_RELATED, IP_CT_RELATED_REPLY,
+from ..conntrack.conn import (HZ, IP_CT_RELATED, IP_CT_RELATED_REPLY,
                               IPCT_ASSURED, IPS_ASSURED, IPS_CONFIRMED, IPS_NAT_CLASH,
                               IPS_SEEN_REPLY)
 from ..conntrack.sysctl import DEFAULTS, Sysctl
@@ -133,6 +133,8 @@ def load_module(submission_dir: str | Path, module: str):
         sys.path.insert(0, folder)
         _paths.append(folder)
     spec = importlib.util.spec_from_file_location(module, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"{where} cannot be imported (not a Python source file)")
     mod = importlib.util.module_from_spec(spec)
     _modules.append((module, sys.modules.get(module)))
     sys.modules[module] = mod
@@ -524,8 +526,7 @@ def adapt_gc_worker(s: _Student) -> None:
                     lefts.append(left)
                 if v != "keep":
                     self.kill(ct)
-        args = (lefts, 1)
-        delay = s.call(next_run, *args)
+        delay = s.call(next_run, lefts, 1)
         if not isinstance(delay, int) or isinstance(delay, bool) or delay < 1:
             raise s.bad(next_run, (f"<{len(lefts)} entries>", 1), delay, "a delay of at least 1 jiffy")
         self.gc_next_bucket = 0

@@ -73,14 +73,14 @@ class Engine:
                 return "INVALID"
             attached = self._attached(pkt)
             tup = get_tuple(pkt)
-            new = tup is not None and tup not in self.router.ct.hash
-            if new:
-                forced[tup] = tup
+            new = tup if tup is not None and tup not in self.router.ct.hash else None
+            if new is not None:
+                forced[new] = new
             try:
                 self.router.send_local(pkt)
             finally:
-                if new:
-                    forced.pop(tup, None)
+                if new is not None:
+                    forced.pop(new, None)
             pp.ctinfo = attached or _ctinfo(pkt)
             return pp.ctinfo
         pkt = Packet.parse(bytearray(pp.before), 0, pp.iface_in, t)
@@ -88,8 +88,9 @@ class Engine:
             return "INVALID"
         orig = get_tuple(pkt)
         after = Packet.parse(bytearray(pp.after), 0) if pp.after else None
-        if orig is not None and after is not None:
-            forced[orig] = get_tuple(after)
+        left = get_tuple(after) if after is not None else None
+        if orig is not None and left is not None:     # (nat_forced reads a None as no entry)
+            forced[orig] = left
         delivered = self.router.counters["delivered"]
         try:
             v = self.router.receive(pkt)

@@ -194,7 +194,7 @@ class LiveSession(Session):
         self.last_table: list[dict] = []
         self.driver: Driver | None = None
         self.mirror = None
-        self.sim = None
+        self.sim: Engine | None = None          # a simulated scenario's engine
 
     # -- streams -----------------------------------------------------------------------------
     def _start_pumps(self) -> None:
@@ -383,6 +383,7 @@ class LiveSession(Session):
     def _actions(self, step: sc.Step) -> None:
         for a in step.actions:
             if "send" in a:
+                assert self.driver is not None        # _start() made it
                 node, pkt = self.driver.packet(a)
                 r = self.client.exec(node, ["python3", "-c", SEND_SNIPPET, pkt.hex()], timeout=20)
                 if r.returncode != 0:

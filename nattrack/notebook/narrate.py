@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..conntrack import show
 from ..conntrack.sysctl import DEFAULTS
@@ -91,7 +92,8 @@ def unacknowledged(results: list[StepResult], e: dict) -> str:
     """Who has sent data (or SYN, FIN) the other side has not acknowledged yet, by
     the sequence numbers of the packets so far ("" when nobody): the kernel's
     IP_CT_TCP_FLAG_DATA_UNACKNOWLEDGED (tcp_in_window())."""
-    end, acked = [None, None], [None, None]
+    end: list[Any] = [None, None]                  # per direction: int, or None before any
+    acked: list[Any] = [None, None]
     for d, p in _tcp_packets(results, e):
         e_ = p.seq + p.payload_len + bool(p.tcpflags & TH_SYN) + bool(p.tcpflags & TH_FIN)
         if p.payload_len or p.tcpflags & (TH_SYN | TH_FIN):
@@ -237,7 +239,7 @@ def _entry_story(lines: list[str], flow: sc.Flow, orig: dict, b: dict | None, a:
     if b is None and a is not None and find_entry(prior, flow.proto, orig) is not None:
         renewed = True                 # it was there after the step before, and expired since
         b = None
-    if renewed:
+    if renewed and a is not None:
         lines.append(f"The old entry of {label} was gone before this packet: its timeout had "
                      f"run out" + (f" (you let {waited:g} s pass)" if waited else "")
                      + f", so this packet created a new one: {_state(a)} {_flag_text(a)}".rstrip()

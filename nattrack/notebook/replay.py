@@ -104,7 +104,7 @@ class ReplaySession(Session):
         self.rec = rec
         self.engine = Engine(rec, self.overrides)
         self.offset = 0.0
-        self.last_table: list[dict] = []
+        self.last_table = []
         self._kernel_table = [] if rec.get("lab_mode") == "kernel" else None
 
     def _reset(self) -> None:
@@ -116,16 +116,18 @@ class ReplaySession(Session):
         self._kernel_table = [] if self._kernel_table is not None else None
 
     def _engine_reply(self, proto: str, orig: dict) -> dict | None:
-        e = find_entry(self.engine.table(), proto, orig)
+        e = find_entry(self.engine.table(), proto, orig) if self.engine is not None else None
         return e["reply"] if e else None
 
     def _step(self, scenario: sc.Scenario, step: sc.Step) -> StepResult:
+        eng, rec = self.engine, self.rec
+        assert eng is not None                       # run() started the scenario
         if scenario.simulated:
-            r = simulate_step(self.engine, scenario, step, self.driver, self.last_table)
+            r = simulate_step(eng, scenario, step, self.driver, self.last_table)
             self.last_table = r.table
             return r
-        rs = self.rec["steps"][scenario.index(step.name)]
-        eng = self.engine
+        assert rec is not None
+        rs = rec["steps"][scenario.index(step.name)]
         n0 = len(eng.events)
         before = eng.table()                  # as the step begins: time may have passed (advance)
         pairs = [PacketPair.from_json(p) for p in rs["packets"]]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from ..conntrack.sysctl import DEFAULTS
 from . import scenarios as sc
@@ -80,6 +81,7 @@ class StepResult:
     t: float = 0.0                  # the session clock when the step was over
     before: list[dict] = field(default_factory=list)   # the tracker's table as the step began
     notes: list[str] = field(default_factory=list)     # what the session had to put back first
+    frames: list[Any] = field(default_factory=list, repr=False)   # live: the capture (record)
 
 
 # --- the API ---------------------------------------------------------------------------------
@@ -91,7 +93,7 @@ class Session:
     label = ""
 
     why_not_live = ""               # replay sessions: why this is not live (one line)
-    on_progress = None              # a panel's status line while a step waits: fn(one line)
+    on_progress: Callable[[str], None] | None = None   # a panel's status line while a step waits
 
     def progress(self, message: str) -> None:
         if self.on_progress is not None:
@@ -142,6 +144,7 @@ class Session:
             result.scenario = scn.name
             self.results.append(result)
             self.next_index += 1
+        assert result is not None                  # index >= next_index: one step ran at least
         return result
 
     def run_all(self, scenario: str | sc.Scenario) -> list[StepResult]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Sequence
 
 from ..conntrack import show
 from ..conntrack.sysctl import DEFAULTS, Sysctl
@@ -56,7 +57,7 @@ def _tup(proto: str, t: dict) -> tuple:
 
 
 def transition(flow: sc.Flow | None, before: list[dict], after: list[dict],
-               packets: list[PacketPair], events: list[str] = ()) -> Transition | None:
+               packets: list[PacketPair], events: Sequence[str] = ()) -> Transition | None:
     """What the step did to the flow's TCP entry: the state it left and the state it
     reached (from the table before, the step's events and the table after: an entry a
     RST destroyed still shows its last state), with the direction and flags of the
@@ -84,19 +85,19 @@ def transition(flow: sc.Flow | None, before: list[dict], after: list[dict],
     o, r = _tup("tcp", tuples[0]), _tup("tcp", tuples[1])
     last = None
     for pp in packets:
-        p = Packet.parse(bytearray(pp.before))
-        if p is None or not p.l4ok or p.proto != IPPROTO_TCP:
+        pkt = Packet.parse(bytearray(pp.before))
+        if pkt is None or not pkt.l4ok or pkt.proto != IPPROTO_TCP:
             continue
-        t = (p.proto, p.src, p.sport, p.dst, p.dport)
+        t = (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
         if t == o:
-            last = ("ORIGINAL", p)
+            last = ("ORIGINAL", pkt)
         elif t == r:
-            last = ("REPLY", p)
+            last = ("REPLY", pkt)
     if last is None:
         return None
-    direction, p = last
+    direction, pkt = last
     return Transition(seq[-2] if len(seq) > 1 else seq[-1], seq[-1], direction,
-                      tcp_flag_name(p.tcpflags, p.payload_len))
+                      tcp_flag_name(pkt.tcpflags, pkt.payload_len))
 
 
 def step_flow(scenario: sc.Scenario, step: sc.Step) -> sc.Flow | None:

@@ -107,10 +107,10 @@ def guess_ctstates(res: StepResult, before: list[dict] | None = None) -> list[st
     * a packet that crossed the router with no entry was INVALID: it got none, and so
       no NAT either (a dropped one may be INVALID or an unconfirmed NEW: "").
     """
-    from ..conntrack.core import get_tuple
+    from ..conntrack.tuple import get_tuple
     from ..packet.ipv4 import IPPROTO_ICMP, Packet
     entries = step_entries(res, before)
-    where: dict[Tuple, tuple[str, int]] = {}
+    where: dict[Tuple | None, tuple[str, int]] = {}
     for i, e in enumerate(entries):
         proto = e.get("proto", "")
         where.setdefault(_json_tuple(proto, e["orig"]), ("ORIGINAL", i))
@@ -371,7 +371,7 @@ class Stepper:
         if diffs:
             why = (f" You let {self.waited:g} s pass before this step." if self.waited else "")
             body.append(f'<div class="nt-differs" style="color:#c92a2a">This run differs from '
-                        f'the script: expected {esc(nar.describe(expected))}, here '
+                        f'the script: expected {esc(nar.describe(expected or {}))}, here '
                         f'{esc(nar.describe(f))}.{esc(why)}</div>')
         if last:
             body.append('<div class="nt-end"><b>End of the scenario.</b> Press <b>reset</b> '
@@ -439,6 +439,7 @@ class Stepper:
             for name in names[done:target + 1]:
                 res = self.session.run(self.scenario, name)
                 self._show(res)
+            assert res is not None                    # target >= done: one step ran at least
             return res
 
     def _error(self, exc: Exception) -> str:
@@ -460,7 +461,9 @@ class Stepper:
         try:
             self.reset()
             for st in self.scenario.steps:
-                out.append(self.run(st.name))
+                r = self.run(st.name)
+                if isinstance(r, StepResult):         # (after a reset, never END)
+                    out.append(r)
         except (SessionError, LabError) as exc:
             print(f"nattrack: {self.scenario.name}: {self._error(exc)}")
         return out
@@ -604,7 +607,8 @@ class TimeoutsPanel(Stepper):
         try:
             table = scope_table(self.scenario, self.session.table())
             now = self.session.now()
-            self.timeline.update(table, now)
+            if self.timeline is not None:
+                self.timeline.update(table, now)
             self.table.update(table)
             if kernel:
                 k = self.session.kernel_table_now()

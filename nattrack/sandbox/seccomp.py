@@ -248,7 +248,7 @@ def _try(fn) -> str:
         fn()
         return "allowed"
     except OSError as exc:
-        return "denied" if exc.errno == errno.EPERM else errno.errorcode.get(exc.errno, "error")
+        return "denied" if exc.errno == errno.EPERM else errno.errorcode.get(exc.errno or 0, "error")
 
 
 def _inet_socket() -> None:
