@@ -21,9 +21,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+from ..packet.ipv4 import Packet
 from .conn import IPS_NAT_CLASH
-from .core import NF_DROP
+from .core import NF_DROP, ConntrackTable
+
+
+class VerdictLike(Protocol):
+    """What the router's receive() returns (netfilter.stack.Verdict, a layer above)."""
+    steps: list[tuple[str, str]] | None
+
+    @property
+    def sent(self) -> Sequence[object]: ...
+
+
+class RouterLike(Protocol):
+    """The router race() drives (netfilter.stack.Router): its table and its receive path."""
+    ct: ConntrackTable
+
+    def receive(self, pkt: Packet, trace: bool = False) -> VerdictLike: ...
+
 
 # What a packet's confirm did, as :attr:`Lane.outcome`.
 INSERTED = "inserted"                 # first to confirm: its entry is in the table
@@ -38,8 +56,8 @@ NOT_REACHED = "not-reached"           # dropped (or delivered elsewhere) before 
 class Lane:
     """One CPU's packet in a :func:`race`."""
     cpu: int
-    packet: object                    # nattrack.packet.ipv4.Packet
-    verdict: object = None            # nattrack.netfilter.stack.Verdict, once it ran
+    packet: Packet
+    verdict: VerdictLike | None = None    # once it ran
     outcome: str = NOT_REACHED
     confirmed_at: int | None = None   # its place in the confirm order (0 = first)
 
@@ -59,7 +77,7 @@ class Lane:
         return f"CPU {self.cpu}: {what}; packet {'sent' if sent else 'not sent'}"
 
 
-def race(router, packets: Sequence, order: Sequence[int] | None = None,
+def race(router: RouterLike, packets: Sequence[Packet], order: Sequence[int] | None = None,
          trace: bool = False) -> list[Lane]:
     """Run ``packets`` (parsed Packets with ``iif`` set) through ``router`` at the same
     time, one per CPU, and confirm them in ``order`` (indexes into ``packets``; default
@@ -72,7 +90,7 @@ def race(router, packets: Sequence, order: Sequence[int] | None = None,
                          "exactly once")
     table = router.ct
     lanes = [Lane(i, p) for i, p in enumerate(packets)]
-    parked: dict[int, object] = {}        # lane -> its packet, waiting at the confirm hook
+    parked: dict[int, Packet] = {}        # lane -> its packet, waiting at the confirm hook
     verdicts: dict[int, int] = {}         # lane -> what its confirm returned
     running: list[int] = []               # the lane whose code runs now (innermost last)
     real_confirm = table.confirm
@@ -96,7 +114,7 @@ def race(router, packets: Sequence, order: Sequence[int] | None = None,
         if i not in parked:               # it never got to the confirm hook: the next CPU
             run(i + 1)
 
-    def held_confirm(pkt) -> int:
+    def held_confirm(pkt: Packet) -> int:
         # The first confirm of each lane waits there while the other CPUs run theirs.
         i = running[-1]
         if i in parked:
@@ -105,7 +123,7 @@ def race(router, packets: Sequence, order: Sequence[int] | None = None,
         run(i + 1)
         return verdicts[i]
 
-    table.confirm = held_confirm          # the router calls self.ct.confirm(pkt)
+    table.confirm = held_confirm  # type: ignore[method-assign]  # the router calls self.ct.confirm
     try:
         run(0)
     finally:
@@ -116,7 +134,7 @@ def race(router, packets: Sequence, order: Sequence[int] | None = None,
     return lanes
 
 
-def _outcome(new: bool, verdict: int, pkt, clash_resolved: bool) -> str:
+def _outcome(new: bool, verdict: int, pkt: Packet, clash_resolved: bool) -> str:
     if not new:
         return NO_CONFIRM
     if verdict == NF_DROP:
