@@ -79,6 +79,11 @@ class Tuple(NamedTuple):
         return f"<{name} src={int2ip(self.src)} dst={int2ip(self.dst)} {keys}>"
 
 
+# Tuple(...) without the Python-level __new__ a NamedTuple class gets: the same object,
+# built in C, for the tuples made on every packet.
+_make = tuple.__new__
+
+
 def invert_tuple(t: Tuple) -> Tuple | None:
     """Models nf_ct_invert_tuple(): swap addresses and ports; map the ICMP type.
 
@@ -90,7 +95,7 @@ def invert_tuple(t: Tuple) -> Tuple | None:
         if rtype is None:
             return None
         return Tuple(t.dst, t.src, IPPROTO_ICMP, t.sport, rtype << 8 | (t.dport & 0xFF))
-    return Tuple(t.dst, t.src, t.proto, t.dport, t.sport)
+    return _make(Tuple, (t.dst, t.src, t.proto, t.dport, t.sport))
 
 
 def get_tuple(pkt) -> Tuple | None:
@@ -99,7 +104,7 @@ def get_tuple(pkt) -> Tuple | None:
     if proto in (IPPROTO_TCP, IPPROTO_UDP):
         if not pkt.l4ok:
             return None
-        return Tuple(pkt.src, pkt.dst, proto, pkt.sport, pkt.dport)
+        return _make(Tuple, (pkt.src, pkt.dst, proto, pkt.sport, pkt.dport))
     if proto == IPPROTO_ICMP:
         if not pkt.l4ok:
             return None
@@ -123,4 +128,5 @@ def interned(t: Tuple) -> Tuple:
         _ADDRS.clear()
     a = _ADDRS.setdefault
     p = _PORTS.setdefault
-    return Tuple(a(t.src, t.src), a(t.dst, t.dst), t.proto, p(t.sport, t.sport), p(t.dport, t.dport))
+    return _make(Tuple, (a(t.src, t.src), a(t.dst, t.dst), t.proto,
+                         p(t.sport, t.sport), p(t.dport, t.dport)))
