@@ -1,4 +1,6 @@
-"""`nattrack rules translate`: a rules file from iptables-save syntax to nft and back."""
+"""`nattrack rules translate`: a rules file from iptables-save syntax to nft and back.
+`nattrack rules list`: the rules with each rule's packet and byte counters, as `nft list
+ruleset` prints them, from the live lab's router or from a replay of captures."""
 from __future__ import annotations
 
 import sys
@@ -49,10 +51,42 @@ def cmd_translate(args) -> int:
     return 0
 
 
+def cmd_list(args) -> int:
+    if args.capture:
+        text = _replayed_listing(args)
+    else:
+        if args.rules or args.iface:
+            raise ValueError("rules list: --rules and --iface go with captures to replay "
+                             "(without captures it asks the running lab's router)")
+        from ..lab.client import LabClient
+        text = LabClient().router_call("ruleset", {}, args.router)["text"]
+    sys.stdout.write(text)
+    return 0
+
+
+def _replayed_listing(args) -> str:
+    """Replay the captures through the engine with the rules file, as `nattrack replay`
+    does, and list the rules with what each counted."""
+    from ..netfilter.nft import write_nft
+    from ..replay import parse_iface_args, parse_listen_args, parse_source_args, replay_captures
+    from .main import _kv
+    if not args.rules or not args.iface:
+        raise ValueError("rules list CAPTURE...: give --rules FILE and the router's "
+                         "interfaces (--iface NAME=ADDR/PREFIX, one per interface)")
+    res = replay_captures(parse_source_args(args.capture), parse_iface_args(args.iface),
+                          _kv(args.route, "--route"), sysctls=_kv(args.sysctl, "--sysctl"),
+                          rules_path=args.rules, seed=args.seed,
+                          listen=parse_listen_args(args.listen or ()), kernel=args.kernel)
+    for name in res.truncated:
+        print(f"nattrack: warning: {name} ends in a truncated record; replayed what was "
+              "complete", file=sys.stderr)
+    return write_nft(res.ruleset, counters=True)
+
+
 def register(sub) -> None:
     """Add the `rules` subcommand to the top-level parser."""
     p = sub.add_parser("rules", help="rules files: translate between iptables-save and nft "
-                       "syntax")
+                       "syntax; list the rules with their counters")
     rsub = p.add_subparsers(dest="rules_cmd", required=True)
     t = rsub.add_parser("translate", help="write a rules file in the other syntax",
                         description="Read FILE (iptables-save or nft syntax, told apart by its "
@@ -63,3 +97,26 @@ def register(sub) -> None:
                    help="the syntax to write (default: the one FILE is not in)")
     t.add_argument("-o", "--output", metavar="OUT", help="write to OUT instead of stdout")
     t.set_defaults(func=cmd_translate)
+    ls = rsub.add_parser("list", help="the rules with each rule's packet and byte counters",
+                         description="Print the rules as `nft list ruleset` does, each counter "
+                         "with the packets and bytes its rule matched (an iptables file in "
+                         "its nft form, a counter on every rule).  Without CAPTURE: the "
+                         "running lab's router (its engine's counts; in kernel mode `nft list "
+                         "ruleset` in the router shows the kernel's).  With CAPTURE...: a "
+                         "replay of them through the engine, as `nattrack replay` runs it.")
+    ls.add_argument("capture", nargs="*", metavar="CAPTURE", help="PATH or IFACE=PATH to replay")
+    ls.add_argument("--router", metavar="NAME", help="which router of the lab (default: the "
+                    "primary one)")
+    ls.add_argument("--rules", metavar="FILE", help="the rules file to replay with")
+    ls.add_argument("--iface", action="append", metavar="NAME=ADDR/PREFIX",
+                    help="a router interface for the replay (repeatable)")
+    ls.add_argument("--route", action="append", metavar="DEST=IFACE",
+                    help="a route for the replay, e.g. default=eth1")
+    ls.add_argument("--sysctl", action="append", metavar="KEY=VALUE",
+                    help="a conntrack setting for the replay")
+    ls.add_argument("--listen", action="append", metavar="PROTO:PORT",
+                    help="a port open on the router for the replay, e.g. tcp:22")
+    ls.add_argument("--seed", type=int, help="seed for NAT's random choices")
+    ls.add_argument("--kernel", metavar="VERSION", help="behave as this kernel where kernels "
+                    "differ (see nattrack replay --help)")
+    ls.set_defaults(func=cmd_list)

@@ -17,7 +17,8 @@ from typing import Any, Iterator
 from . import LabError, rpc
 from .ctargs import CtRequest, kernel_argv, validate
 
-ROUTER_VERBS = ("hello", "list", "proc", "stats", "count", "flush", "delete", "sysctl", "missed")
+ROUTER_VERBS = ("hello", "list", "proc", "stats", "count", "flush", "delete", "sysctl", "missed",
+                "ruleset")
 ROUTER_STREAMS = ("events", "trace")
 
 

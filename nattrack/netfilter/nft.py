@@ -1107,8 +1107,9 @@ def _quote(s: str) -> str:
     return f'"{s}"'
 
 
-def rule_text(rule: Rule, family: str = "ip") -> str:
-    """One rule in nft syntax (the statements, without 'add rule')."""
+def rule_text(rule: Rule, family: str = "ip", counts: tuple[int, int] | None = None) -> str:
+    """One rule in nft syntax (the statements, without 'add rule'); ``counts`` (packets,
+    bytes) go after its ``counter`` as `nft list ruleset` prints them."""
     out = []
     neg = lambda inv: "!= " if inv else ""    # noqa: E731
     for kw, m in (("iifname", rule.iif), ("oifname", rule.oif)):
@@ -1165,7 +1166,7 @@ def rule_text(rule: Rule, family: str = "ip") -> str:
         elif isinstance(m, CtDirectionMatch):
             out.append(f"ct direction {neg(m.invert)}{'reply' if m.reply else 'original'}")
     if rule.counter:
-        out.append("counter")
+        out.append("counter" if counts is None else f"counter packets {counts[0]} bytes {counts[1]}")
     if rule.log is not None:
         out.append(f"log prefix {_quote(rule.log)}" if rule.log else "log")
     t, nr = rule.target, rule.nat_range
@@ -1185,9 +1186,13 @@ def rule_text(rule: Rule, family: str = "ip") -> str:
     return " ".join(out)
 
 
-def write_nft(rs: Ruleset) -> str:
-    """The rule set as an ``nft -f`` file; an iptables one is translated first."""
+def write_nft(rs: Ruleset, counters: bool = False) -> str:
+    """The rule set as an ``nft -f`` file; an iptables one is translated first.  With
+    ``counters``: as `nft list ruleset` prints it, each ``counter`` with the packets and
+    bytes the engine counted for its rule (Ruleset.counters)."""
+    counts = rs.counters
     if not rs.bases:
+        counts = {(f"ip {t}", c, i): v for (t, c, i), v in counts.items()}
         rs = from_iptables(rs)
     out = []
     for key, chains in rs.tables.items():
@@ -1210,7 +1215,9 @@ def write_nft(rs: Ruleset) -> str:
                 kind, hook, prio = base
                 out.append(f"\t\ttype {kind} hook {hook.lower()} priority {prio}; "
                            f"policy {rs.policies[key][chain].lower()};")
-            out.extend("\t\t" + rule_text(r, family) for r in rules)
+            out.extend("\t\t" + rule_text(r, family, tuple(counts.get((key, chain, i), (0, 0)))
+                                           if counters else None)
+                       for i, r in enumerate(rules))
             out.append("\t}")
         out.append("}")
     return "\n".join(out) + "\n" if out else ""

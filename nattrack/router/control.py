@@ -289,7 +289,7 @@ class Control:
             "hello": self.v_hello, "list": self.v_list, "proc": self.v_proc, "stats": self.v_stats,
             "count": self.v_count, "flush": self.v_flush, "delete": self.v_delete,
             "sysctl": self.v_sysctl, "capture": self.v_capture, "rules": self.v_rules,
-            "missed": self.v_missed, "stop": self.v_stop,
+            "missed": self.v_missed, "ruleset": self.v_ruleset, "stop": self.v_stop,
         }
 
     def start(self) -> None:
@@ -433,6 +433,16 @@ class Control:
             count = self.dp.router.ct.count
         log.info("rules: %s replaced table(s) %s; %d entries kept", name, ",".join(tables), count)
         return {"name": name, "tables": tables, "entries": count}
+
+    def v_ruleset(self, args: dict) -> dict:
+        """The rules in force as `nft list ruleset` prints them, each rule's ``counter``
+        with the packets and bytes the engine counted (an iptables file shown in its nft
+        form, a counter on every rule, as iptables-nft shows it)."""
+        from ..netfilter.nft import write_nft
+        with self.dp.lock:
+            rs = self.dp.router.ruleset
+            return {"name": rs.filename if rs else None, "syntax": rs.syntax if rs else None,
+                    "text": write_nft(rs, counters=True) if rs else ""}
 
     def v_missed(self, args: dict) -> dict:
         """What the shadow (kernel mode) knows it missed: see ShadowDataplane.missed()."""
