@@ -77,7 +77,7 @@ _TARGETS = {
     "nat": ("ACCEPT", "RETURN", "SNAT", "DNAT", "MASQUERADE"),
     "filter": ("ACCEPT", "DROP", "RETURN"),
 }
-_ALL_TARGETS = ("ACCEPT", "DROP", "RETURN", "SNAT", "DNAT", "MASQUERADE")
+_ALL_TARGETS = ("ACCEPT", "DROP", "RETURN", "SNAT", "DNAT", "MASQUERADE", "REJECT")
 # Chain names that would clash with a target (xtables: "chain name may not clash
 # with target name") or that nattrack would read as a target.
 _RESERVED_CHAIN_NAMES = frozenset(_ALL_TARGETS + ("QUEUE",)
@@ -251,6 +251,9 @@ class Rule:
     counter: bool = False
     log: str | None = None
     goto: bool = False
+    # nft `reject` (target REJECT): how it answers, in ipt_REJECT's names
+    # (icmp-port-unreachable, ..., tcp-reset); stack.Router._reject sends it.
+    reject_with: str = ""
     _preds: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -314,6 +317,8 @@ class Rule:
                 out.append(m.iptables())        # an nft-only match (nft.py)
         if self.target:
             out.append(f"-j {self.target}")
+        if self.reject_with:
+            out.append(f"--reject-with {self.reject_with}")
         nr = self.nat_range
         if nr is not None:
             if self.target == "SNAT":
@@ -555,27 +560,34 @@ class Ruleset:
 
     def verdict(self, chain: str, pkt, ctinfo: int | None, iif: str | None,
                 oif: str | None) -> str:
-        """"ACCEPT" or "DROP" for ``pkt`` in filter ``chain`` (INPUT, FORWARD, OUTPUT).
+        """"ACCEPT", "DROP" or "REJECT" for ``pkt`` in filter ``chain`` (INPUT, FORWARD,
+        OUTPUT): decide() without the rule."""
+        return self.decide(chain, pkt, ctinfo, iif, oif)[0]
+
+    def decide(self, chain: str, pkt, ctinfo: int | None, iif: str | None,
+               oif: str | None) -> tuple[str, Rule | None]:
+        """The verdict for ``pkt`` in filter ``chain`` and the rule that gave it (None
+        when a policy did).
 
         The chain's policy applies when no rule decides; without a filter
         table everything is accepted.  An nft rule set runs every filter base
-        chain on the hook, in priority order: accept ends one chain, a drop
-        (rule or policy) ends the packet.
+        chain on the hook, in priority order: accept ends one chain, a drop or
+        reject (rule or policy) ends the packet.
         """
         if self.bases:
             for _prio, tkey, base in self.hooks.get(("filter", chain), ()):
                 rule = self._walk(tkey, base, pkt, ctinfo, iif, oif)
                 decided = rule.target if rule is not None else self.policies[tkey][base]
                 if decided != "ACCEPT":
-                    return decided
-            return "ACCEPT"
+                    return decided, rule
+            return "ACCEPT", None
         policies = self.policies.get("filter")
         if policies is None:
-            return "ACCEPT"
+            return "ACCEPT", None
         if chain not in policies:
             raise KeyError(f"the filter table has no built-in chain {chain!r}")
         rule = self.first_match("filter", chain, pkt, ctinfo, iif, oif)
-        return rule.target if rule is not None else policies[chain]
+        return (rule.target, rule) if rule is not None else (policies[chain], None)
 
     # --- output ----------------------------------------------------------------------------
 
