@@ -11,6 +11,7 @@ A request: ``{"capture": PATH or [PATH or IFACE=PATH...], "iface": {NAME: CIDR o
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 
 def normalise(req: dict) -> dict:
@@ -37,7 +38,7 @@ def replay_json(req: dict, verify: bool = False) -> dict:
     what a plugged-in rewrite must get right."""
     from nattrack.replay import parse_source_args, replay_captures
     r = normalise(req)
-    kw = {}
+    kw: dict[str, Any] = {}
     if verify and "verify_egress" in inspect.signature(replay_captures).parameters:
         kw["verify_egress"] = True
     res = replay_captures(parse_source_args(r["capture"]), r["iface"], r["route"],

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace

@@ -36,6 +36,7 @@ import tomllib
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..labs.testing import TestSpec, collect, number_key
 from .results import Results, TestResult
@@ -89,7 +90,7 @@ def load_lab(lab_dir) -> LabInfo:
     try:
         from ..labs import manifest as _manifest
     except ImportError:
-        _manifest = None
+        _manifest = None  # type: ignore[assignment]
     if _manifest is not None:
         try:
             manifest = _manifest.load(lab_dir)
@@ -140,6 +141,8 @@ def load_tests(lab: LabInfo, hidden: Path | None = None) -> list[LoadedTest]:
             tag = hashlib.sha1(str(path).encode()).hexdigest()[:10]
             name = f"nattrack_labtests_{tag}_{path.stem}"
             spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:
+                raise GradeError(f"{path}: not a Python test file")
             module = importlib.util.module_from_spec(spec)
             try:
                 spec.loader.exec_module(module)
@@ -213,8 +216,9 @@ class Ctx:
 
     def _replay_req(self, capture, iface, route, rules, sysctl, now, seed, inbox) -> dict:
         caps = [capture] if isinstance(capture, (str, os.PathLike)) else list(capture)
-        paths = []
+        paths: list[tuple[str | None, Any]] = []
         for c in caps:
+            iface_name: str | None
             iface_name, sep, p = str(c).partition("=")
             if not sep or Path(str(c)).exists() or (self.lab_dir / str(c)).exists():
                 iface_name, p = None, str(c)
@@ -386,11 +390,11 @@ class SubmissionRun:
         if not dead:
             return ""
         try:
-            lines = [l.strip() for l in (self.lab_run_dir / f"router-{dead[0]}.log")
-                     .read_text(errors="replace").splitlines() if l.strip()]
+            lines = [line.strip() for line in (self.lab_run_dir / f"router-{dead[0]}.log")
+                     .read_text(errors="replace").splitlines() if line.strip()]
         except OSError:
             lines = []
-        last = next((l for l in reversed(lines) if "Error" in l or "error" in l),
+        last = next((line for line in reversed(lines) if "Error" in line or "error" in line),
                     lines[-1] if lines else "no log")
         return f" (the router running your code stopped: {last[:300]})"
 

@@ -421,11 +421,13 @@ def run_untrusted(argv, cwd, *, timeout: float = 10.0, memory_mb: int = 256,
             start_new_session=True, umask=0o022)
     except OSError as exc:               # the grader's problem, not the student's
         raise SandboxError(f"cannot start the sandbox: {exc}") from exc
+    assert proc.stdout is not None and proc.stderr is not None      # both are pipes
     sid = proc.pid
     st = _proc_stat(sid)
     since = st[4] if st else 0
 
     if stdin is not None:
+        assert proc.stdin is not None                               # a pipe when given
         try:
             proc.stdin.write(stdin)
         except (BrokenPipeError, OSError):
@@ -578,8 +580,8 @@ def bwrap_problem() -> str | None:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         # Where no namespace can be made, installing bwrap would not help: say so instead.
-        problem = (namespaces_problem() or
-                   "bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
+        problem: str | None = (namespaces_problem() or
+                               "bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
     else:
         argv = [bwrap, *_jail_args(Jail([]), as_root), "--", "/bin/true"]
         try:
@@ -659,7 +661,7 @@ class Untrusted:
             nproc = _count_user_processes(os.getuid()) + max_procs
         self.jailed = jail is not None and bwrap_problem() is None
         inner = [*drop, *argv]
-        if self.jailed:
+        if self.jailed and jail is not None:
             inner = [shutil.which("bwrap"), *_jail_args(jail, as_root), "--", *inner]
         cpu = max(1, int(cpu_seconds))
         cmd = [prlimit, f"--as={int(memory_mb) << 20}", f"--nproc={nproc}",
@@ -685,7 +687,8 @@ class Untrusted:
         """Kill the process and everything it started; close the pipes."""
         for f in (self.stdin, self.stdout, self.stderr):
             try:
-                f.close()
+                if f is not None:
+                    f.close()
             except OSError:
                 pass
         if self.proc.poll() is None:

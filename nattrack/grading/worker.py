@@ -33,6 +33,10 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:                       # (the jailed worker process never imports the sandbox)
+    from .sandbox import Untrusted
 
 # --- inside the sandbox ----------------------------------------------------------------------
 
@@ -90,7 +94,7 @@ class _Served:
         self.lab_dir, self.sub = lab_dir, sub
         self.modules: dict[str, object] = {}
         self.errors: dict[str, str] = {}
-        self.plugged = None
+        self.plugged = False                # the submission is plugged into the engine
         sys.path.append(sub)                       # last: the stdlib and nattrack win
         for name in _read_files(lab_dir):
             if not name.endswith(".py"):
@@ -140,9 +144,10 @@ class _Served:
         if self.errors:
             return {"ok": False, "error": "; ".join(self.errors.values())}
         try:
-            if self.plugged is None:
+            if not self.plugged:
                 from nattrack.labs import manifest, plugin
-                self.plugged = plugin.install(manifest.load(self.lab_dir), self.sub) or True
+                plugin.install(manifest.load(self.lab_dir), self.sub)
+                self.plugged = True
             from nattrack.grading.replayjson import replay_json
             return {"ok": True, "value": replay_json(req, verify=True)}
         except BaseException as exc:           # noqa: BLE001
@@ -236,7 +241,7 @@ class SubmissionError(Exception):
 
 
 def _world_readable(path: Path) -> None:
-    for root, dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(path):
         os.chmod(root, 0o755)
         for f in files:
             os.chmod(os.path.join(root, f), 0o644)
@@ -286,7 +291,7 @@ class Worker:
         self.gid, self.unsafe_no_jail = gid, unsafe_no_jail
         self.uid: int | None = None
         self.cpu_seconds, self.max_output, self.max_answer = cpu_seconds, max_output, max_answer
-        self.proc = None
+        self.proc: Untrusted | None = None
         self.errors: dict[str, str] = {}
         self.dead: str | None = "not started"
         self.start_error: str | None = None    # it could not even start: no more tries
@@ -377,9 +382,11 @@ class Worker:
         if not self.alive():
             raise SubmissionError(f"{what}: your code's process is not running "
                                   f"({self.dead or 'it ended'})")
+        proc = self.proc
+        assert proc is not None and proc.stdin is not None     # alive() said so
         try:
-            self.proc.stdin.write((json.dumps(req) + "\n").encode())
-            self.proc.stdin.flush()
+            proc.stdin.write((json.dumps(req) + "\n").encode())
+            proc.stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
             self._died(what, timed_out=False)
         resp = self._read(timeout, what)
@@ -389,8 +396,10 @@ class Worker:
 
     def _read(self, timeout: float, what: str) -> dict:
         deadline = time.monotonic() + timeout
+        proc = self.proc
+        assert proc is not None and proc.stdout is not None    # request() checked it
         try:
-            fd = self.proc.stdout.fileno()
+            fd = proc.stdout.fileno()
         except ValueError:                     # closed: the output cap stopped it meanwhile
             self._died(what, timed_out=False)
         while b"\n" not in self.buf:
@@ -413,7 +422,7 @@ class Worker:
             self.buf += chunk
             if len(self.buf) > self.max_answer:
                 self.dead = "sent too much"
-                self.proc.stop()
+                proc.stop()
                 raise SubmissionError(f"{what}: your code returned more than "
                                       f"{self.max_answer >> 20} MB; the grader stopped it")
         line, _, self.buf = self.buf.partition(b"\n")
@@ -424,12 +433,13 @@ class Worker:
             return obj
         except ValueError:
             self.dead = "garbled answer"
-            self.proc.stop()
+            proc.stop()
             raise SubmissionError(f"{what}: your code wrote over the grader's channel; "
                                   f"the grader stopped it") from None
 
     def _died(self, what: str, timed_out: bool, timeout: float = 0.0):
         proc = self.proc
+        assert proc is not None
         if timed_out:
             proc.stop()
             reason = (f"did not finish within {timeout:g} s (an endless loop?); "

@@ -227,7 +227,7 @@ def _wait_ready(fd: int, proc: subprocess.Popen) -> dict | None:
 
 def _log_tail(paths: Paths) -> str:
     try:
-        lines = [l for l in paths.log.read_text(errors="replace").splitlines() if l.strip()]
+        lines = [line for line in paths.log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return "the service died without a word"
     return (lines[-1] if lines else "the service died without a word") + f" (see {paths.log})"
