@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from ..packet.ipv4 import Packet
 
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
 
@@ -36,7 +39,7 @@ PORT_PROTOS = frozenset((6, 17, 33, 132, 136))
 
 
 def ip2int(addr: str) -> int:
-    return struct.unpack("!I", socket.inet_aton(addr))[0]
+    return int(struct.unpack("!I", socket.inet_aton(addr))[0])
 
 
 def int2ip(addr: int) -> str:
@@ -98,7 +101,7 @@ def invert_tuple(t: Tuple) -> Tuple | None:
     return _make(Tuple, (t.dst, t.src, t.proto, t.dport, t.sport))
 
 
-def get_tuple(pkt) -> Tuple | None:
+def get_tuple(pkt: Packet) -> Tuple | None:
     """nf_ct_get_tuple(): the tuple of a packet, or None if its L4 header is unusable."""
     proto = pkt.proto
     if proto in (IPPROTO_TCP, IPPROTO_UDP):
