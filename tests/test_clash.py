@@ -213,7 +213,8 @@ def test_bad_confirm_order_is_one_clear_error(make_lab, order):
 def test_lane_describe_names_the_outcome(make_lab):
     lab = make_lab(DNAT_RANDOM, seed=3)
     lanes = race(lab.router, [query(lab), query(lab)], trace=True)
-    assert lanes[0].describe() == "CPU 0: confirmed first: its entry is inserted; packet sent"
+    assert lanes[0].describe() == ("CPU 0: confirm #1, no entry in its way: its entry is "
+                                   "inserted; packet sent")
     assert "reply direction only" in lanes[1].describe()
     assert lanes[1].verdict.steps[-1] == ("CPU 1", lanes[1].describe())
     assert lanes[1].verdict.steps[0][0] == "received"

@@ -64,9 +64,9 @@ class Lane:
     def describe(self) -> str:
         """One line for a notebook or a lab: which CPU, what happened at its confirm."""
         what = {
-            INSERTED: "confirmed first: its entry is inserted",
-            MERGED: "lost the race; its entry was identical: the packet adopts the winner's "
-                    "entry (clash_resolve)",
+            INSERTED: "no entry in its way: its entry is inserted",
+            MERGED: "lost the race; its entry was the same flow: the packet adopts the "
+                    "winner's entry (clash_resolve)",
             NAT_CLASH: "lost the race with another NAT choice: its entry is inserted in the "
                        "reply direction only, NAT_CLASH, 1 s (clash_resolve)",
             INSERT_FAILED: "lost the race and could not be merged: dropped (insert_failed, drop)",
@@ -74,7 +74,8 @@ class Lane:
             NOT_REACHED: "never reached the confirm hook",
         }[self.outcome]
         sent = self.verdict is not None and bool(self.verdict.sent)
-        return f"CPU {self.cpu}: {what}; packet {'sent' if sent else 'not sent'}"
+        place = "" if self.confirmed_at is None else f"confirm #{self.confirmed_at + 1}, "
+        return f"CPU {self.cpu}: {place}{what}; packet {'sent' if sent else 'not sent'}"
 
 
 def race(router: RouterLike, packets: Sequence[Packet], order: Sequence[int] | None = None,
