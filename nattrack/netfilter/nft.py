@@ -332,7 +332,7 @@ class _Parser(_Tokens):
 
     def chain_name(self, t: _Table) -> str:
         tok = self.word("a chain name")
-        if tok.value in ("ACCEPT", "DROP", "RETURN", "SNAT", "DNAT", "MASQUERADE"):
+        if tok.value in ("ACCEPT", "DROP", "RETURN", "SNAT", "DNAT", "MASQUERADE", "REJECT"):
             raise self.error(f"chain name {tok.value!r} clashes with an iptables target", tok)
         t.chains.setdefault(tok.value, [])
         return tok.value
@@ -537,11 +537,13 @@ class _Parser(_Tokens):
                                      f"{rule.target.lower()} in {where}: it is only valid in "
                                      f"nat chains on {', '.join(h.lower() for h in hooks)}",
                                      rule.target.lower())
-                if rule.target == "DROP" and kind == "nat":
-                    raise RulesError(self.filename, rule.line, "drop in a nat chain: the "
+                if rule.target in ("DROP", "REJECT") and kind == "nat":
+                    word = rule.target.lower()
+                    raise RulesError(self.filename, rule.line, f"{word} in a nat chain: the "
                                      "engine's NAT hook does not filter (use a filter chain)",
-                                     "drop")
-                if rule.target in chains and rule.target not in ("ACCEPT", "DROP", "RETURN"):
+                                     word)
+                if rule.target in chains and rule.target not in ("ACCEPT", "DROP", "RETURN",
+                                                                 "REJECT"):
                     if rule.target in path:
                         loop = " -> ".join(path[path.index(rule.target):] + [rule.target])
                         raise RulesError(self.filename, rule.line, f"jump loop {loop} (the "
@@ -645,6 +647,7 @@ class _RuleBuilder(_Tokens):
         self.target = ""
         self.goto = False
         self.nat: NatRange | None = None
+        self.reject_with = ""
 
     def negation(self) -> bool:
         if self.peek().value in ("!=", "=="):
@@ -718,7 +721,8 @@ class _RuleBuilder(_Tokens):
         return Rule(self.t.key, self.chain, self.f.get("ip saddr"), self.f.get("ip daddr"),
                     self.f.get("iif"), self.f.get("oif"), self.f.get("proto", 0),
                     self.f.get("proto_invert", False), tuple(matches), self.target, self.nat,
-                    self.line, self.text, counter=self.counter, log=self.log, goto=self.goto)
+                    self.line, self.text, counter=self.counter, log=self.log, goto=self.goto,
+                    reject_with=self.reject_with)
 
     # interfaces
     def kw_iifname(self, tok: _Tok, out: bool = False) -> None:
@@ -757,8 +761,17 @@ class _RuleBuilder(_Tokens):
             return self.kw_oifname(what)
         if what.value == "l4proto":
             return self.l4proto(what)
-        raise self.error(f"unsupported meta key {what.value!r} (l4proto, iifname, oifname, "
-                         "iif, oif)", what)
+        if what.value == "nfproto":
+            # What `nft list ruleset` shows in inet before `reject with icmp` (the
+            # dependency nft adds): every packet nattrack models is IPv4.
+            self.once("nfproto", what)
+            value = self.word("ipv4")
+            if value.value != "ipv4" or self.t.family != "inet":
+                raise self.error("only 'meta nfproto ipv4' in an inet table (nattrack models "
+                                 "IPv4 traffic)", value)
+            return None
+        raise self.error(f"unsupported meta key {what.value!r} (l4proto, nfproto, iifname, "
+                         "oifname, iif, oif)", what)
 
     def l4proto(self, tok: _Tok) -> None:
         self.once("l4proto", tok)
@@ -984,8 +997,31 @@ class _RuleBuilder(_Tokens):
     kw_goto = kw_jump
 
     def kw_reject(self, tok: _Tok) -> None:
-        raise self.error("'reject' is not supported yet: the engine does not send its "
-                         "ICMP/TCP RST answer (use drop)", tok)
+        """``reject [with icmp [type] NAME | icmpx [type] NAME | tcp reset]``; plain
+        ``reject`` answers ICMP port unreachable (icmpx port-unreachable in inet), and
+        ``with tcp reset`` implies ``meta l4proto tcp``, as nft's evaluation adds it."""
+        self.target, how = "REJECT", "icmp-port-unreachable"
+        if self.peek().value == "with":
+            self.next()
+            kind = self.word("icmp, icmpx or tcp")
+            if kind.value == "tcp":
+                if self.word("reset").value != "reset":
+                    raise self.error("expected 'reset' after 'reject with tcp'", kind)
+                self.set_proto(IPPROTO_TCP, False, kind)
+                how = "tcp-reset"
+            elif kind.value in ("icmp", "icmpx"):
+                if self.peek().value == "type":
+                    self.next()
+                name = self.word("an ICMP unreachable name")
+                names = _REJECT_ICMPX if kind.value == "icmpx" else _REJECT_ICMP
+                if name.value not in names:
+                    raise self.error(f"'reject with {kind.value} {name.value}' is not supported "
+                                     f"(nattrack knows: {', '.join(names)})", name)
+                how = names[name.value]
+            else:
+                raise self.error(f"'reject with {kind.value}' is not supported (icmp, icmpx "
+                                 "or tcp reset)", kind)
+        self.reject_with = how
 
     def kw_notrack(self, tok: _Tok) -> None:
         raise self.error("'notrack' is not supported: the engine has no raw hook", tok)
@@ -1126,9 +1162,10 @@ def rule_text(rule: Rule, family: str = "ip", counts: tuple[int, int] | None = N
     for m in sets:
         if m.key.startswith("ip "):
             out.append(f"{m.key} {neg(m.invert)}{_set_text(m)}")
-    implied = any(isinstance(m, (TcpUdpMatch, IcmpMatch, TcpFlagsMatch))
-                  or isinstance(m, SetMatch) and m.key.split()[0] in ("tcp", "udp", "icmp")
-                  for m in rule.matches)
+    implied = rule.reject_with == "tcp-reset" or any(
+        isinstance(m, (TcpUdpMatch, IcmpMatch, TcpFlagsMatch))
+        or isinstance(m, SetMatch) and m.key.split()[0] in ("tcp", "udp", "icmp")
+        for m in rule.matches)
     if rule.proto and not (implied and not rule.proto_invert):
         kw = "ip protocol" if family == "ip" else "meta l4proto"
         out.append(f"{kw} {neg(rule.proto_invert)}{_proto_name(rule.proto)}")
@@ -1176,6 +1213,8 @@ def rule_text(rule: Rule, family: str = "ip", counts: tuple[int, int] | None = N
             stmt += f" to {nr}"
         flags = [n for n, b in _NAT_FLAGS.items() if nr.flags & b]
         out.append(stmt + (" " + ",".join(flags) if flags else ""))
+    elif t == "REJECT":
+        out.append(_reject_text(rule.reject_with, family))
     elif t in ("ACCEPT", "DROP", "RETURN"):
         out.append(t.lower())
     elif t:
@@ -1184,6 +1223,33 @@ def rule_text(rule: Rule, family: str = "ip", counts: tuple[int, int] | None = N
     if comment is not None:
         out.append(f"comment {_quote(comment)}")
     return " ".join(out)
+
+
+# nft's reject names (icmp_code_type, icmpx_code_type) -> ipt_REJECT's --reject-with.
+_REJECT_ICMP = {"net-unreachable": "icmp-net-unreachable",
+                "host-unreachable": "icmp-host-unreachable",
+                "prot-unreachable": "icmp-proto-unreachable",
+                "port-unreachable": "icmp-port-unreachable",
+                "net-prohibited": "icmp-net-prohibited",
+                "host-prohibited": "icmp-host-prohibited",
+                "admin-prohibited": "icmp-admin-prohibited"}
+# NFT_REJECT_ICMPX_* -> the IPv4 code nft_reject_icmp_code() gives.
+_REJECT_ICMPX = {"no-route": "icmp-net-unreachable", "port-unreachable": "icmp-port-unreachable",
+                 "host-unreachable": "icmp-host-unreachable",
+                 "admin-prohibited": "icmp-admin-prohibited"}
+
+
+def _reject_text(how: str, family: str) -> str:
+    """The reject statement as `nft list ruleset` prints it."""
+    if how == "tcp-reset":
+        return "reject with tcp reset"
+    if how == "icmp-port-unreachable":
+        return "reject"
+    if family == "inet":
+        name = next((n for n, h in _REJECT_ICMPX.items() if h == how), None)
+        if name is not None:
+            return f"reject with icmpx {name}"
+    return "reject with icmp " + next(n for n, h in _REJECT_ICMP.items() if h == how)
 
 
 def write_nft(rs: Ruleset, counters: bool = False) -> str:
@@ -1287,6 +1353,9 @@ def to_iptables(rs: Ruleset) -> Ruleset:
                     raise ValueError(f"line {r.line}: 'log' has no iptables form nattrack reads")
                 if r.goto:
                     raise ValueError(f"line {r.line}: 'goto' has no iptables form nattrack reads")
+                if r.target == "REJECT":
+                    raise ValueError(f"line {r.line}: 'reject' has no iptables form nattrack "
+                                     "reads (-j REJECT is not in its iptables subset)")
                 for m in r.matches:
                     if hasattr(m, "iptables"):
                         m.iptables()           # raises where there is no form at all

@@ -44,6 +44,11 @@ FILTER_CHAIN = {NF_INET_LOCAL_IN: "INPUT", NF_INET_FORWARD: "FORWARD", NF_INET_L
 ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED = 3, 11
 ICMP_NET_UNREACH, ICMP_PROT_UNREACH, ICMP_PORT_UNREACH = 0, 2, 3
 ICMP_FRAG_NEEDED, ICMP_EXC_TTL = 4, 0
+# ipt_REJECT's --reject-with names (nft reject with icmp/icmpx ...) -> ICMP unreachable code.
+REJECT_ICMP_CODES = {"icmp-net-unreachable": 0, "icmp-host-unreachable": 1,
+                     "icmp-proto-unreachable": 2, "icmp-port-unreachable": 3,
+                     "icmp-net-prohibited": 9, "icmp-host-prohibited": 10,
+                     "icmp-admin-prohibited": 13}
 IPPROTO_IGMP, IPPROTO_UDPLITE = 2, 136
 # Protocols with a handler in inet_protos[] in a fresh namespace of a stock kernel (found by
 # sending every protocol number to a 6.18 router: only these got no protocol unreachable).
@@ -201,11 +206,39 @@ class Router:
 
     # --- hooks -------------------------------------------------------------------------
 
-    def _filter(self, hook: int, pkt: Packet, oif: str | None) -> int:
+    def _filter(self, hook: int, pkt: Packet, oif: str | None, v: Verdict | None = None,
+                step=None) -> int:
         if self.ruleset is None:
             return NF_ACCEPT
-        verdict = self.ruleset.verdict(FILTER_CHAIN[hook], pkt, pkt.ctinfo, pkt.iif, oif)
+        verdict, rule = self.ruleset.decide(FILTER_CHAIN[hook], pkt, pkt.ctinfo, pkt.iif, oif)
+        if verdict == "REJECT":
+            self._reject(pkt, rule.reject_with, v, step)
         return NF_ACCEPT if verdict == "ACCEPT" else NF_DROP
+
+    def _reject(self, pkt: Packet, how: str, v: Verdict | None, step) -> None:
+        """nft_reject_ipv4_eval() / reject_tg(): answer, then the packet is dropped.
+
+        ``tcp-reset``: nf_send_reset(): nothing for a non-first fragment, a RST, a bad
+        checksum or a broadcast; else the RST tcp_v4_send_reset() would send, but TOS 0
+        and TTL from the route (nf_reject_iphdr_put()), the rejected packet's entry
+        attached (nf_ct_attach()), out through LOCAL_OUT.  Otherwise nf_send_unreach():
+        nothing for a non-first fragment or a bad checksum (UDP without one is fine),
+        else icmp_send() destination unreachable with the code ``how`` names."""
+        if pkt.frag or not pkt.l4ok or not pkt.l4_checksum_ok():
+            return
+        if how != "tcp-reset":
+            self.icmp_send(pkt, ICMP_DEST_UNREACH, REJECT_ICMP_CODES[how], 0, v, step)
+            return
+        if (pkt.proto != IPPROTO_TCP or pkt.tcpflags & TH_RST or pkt.dst >= 0xE0000000
+                or self._is_broadcast(pkt.dst)):
+            return
+        rst = self._tcp_reset(pkt, tos=0)
+        if pkt.ct is not None:
+            rst.ct = pkt.ct
+            rst.ctinfo = IP_CT_RELATED if pkt.ctinfo >= IP_CT_IS_REPLY else IP_CT_RELATED_REPLY
+        if step:
+            step(("reject", f"answers {rst.summary()}"))
+        self.send_local(rst, v or Verdict(), step)
 
     def _nat(self, hook: int, pkt: Packet, oif: str | None) -> int:
         return nf_nat_ipv4_fn(self.ct, self.ruleset, pkt, hook, oif, self.source_address)
@@ -249,7 +282,7 @@ class Router:
             self.icmp_send(pkt, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, mtu, v, step)
             return self._drop(v, f"fragmentation needed (DF set, MTU {mtu})")
         pkt.decrease_ttl()
-        if self._filter(NF_INET_FORWARD, pkt, r.iface) == NF_DROP:
+        if self._filter(NF_INET_FORWARD, pkt, r.iface, v, step) == NF_DROP:
             return self._drop(v, "filter FORWARD")
         if step:
             step(("FORWARD", f"routed out {r.iface}, TTL now {pkt.ttl}, filter: ACCEPT"))
@@ -280,7 +313,7 @@ class Router:
             v.sent.append(Sent(oif, data, pkt))
 
     def _local_in(self, pkt: Packet, v: Verdict, step) -> Verdict:
-        if self._filter(NF_INET_LOCAL_IN, pkt, None) == NF_DROP:
+        if self._filter(NF_INET_LOCAL_IN, pkt, None, v, step) == NF_DROP:
             return self._drop(v, "filter INPUT")
         if self._nat(NF_INET_LOCAL_IN, pkt, None) == NF_DROP:
             return self._drop(v, "nat INPUT")
@@ -355,7 +388,7 @@ class Router:
             return None
         return None if flags & TH_RST else self._tcp_reset(pkt)
 
-    def _tcp_reset(self, pkt: Packet) -> Packet:
+    def _tcp_reset(self, pkt: Packet, tos: int | None = None) -> Packet:
         """tcp_v4_send_reset(): for a segment with ACK a RST with seq = its ack_seq;
         otherwise RST|ACK with seq 0 and ack = seq + SYN + FIN + data length.  Window 0,
         no options; from the per-CPU control socket (ip_send_unicast_reply()): TOS the
@@ -366,7 +399,8 @@ class Router:
         else:
             seglen = bool(pkt.tcpflags & TH_SYN) + bool(pkt.tcpflags & TH_FIN) + pkt.payload_len
             seq, ack, flags = 0, (pkt.seq + seglen) & 0xFFFFFFFF, TH_RST | TH_ACK
-        tos = pkt.buf[pkt.off + 1] & ~IPTOS_ECN_MASK
+        if tos is None:
+            tos = pkt.buf[pkt.off + 1] & ~IPTOS_ECN_MASK
         return _tcp_segment(pkt, tos, seq, ack, flags, 0, b"")
 
     def _tcp_synack(self, pkt: Packet, isn: int) -> Packet:
@@ -396,7 +430,7 @@ class Router:
         r = self.route(pkt.dst)
         if r is None:
             return self._drop(v, "no route")
-        if self._filter(NF_INET_LOCAL_OUT, pkt, r.iface) == NF_DROP:
+        if self._filter(NF_INET_LOCAL_OUT, pkt, r.iface, v, step) == NF_DROP:
             return self._drop(v, "filter OUTPUT")
         self._post_routing(pkt, r.iface, v, step)
         return v

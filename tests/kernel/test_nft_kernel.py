@@ -249,3 +249,84 @@ def test_kernel_load_command_loads_either_syntax(tmp_path):
         bad.write_text("table ip t {\n\tchain c {\n\t\tbogus\n\t}\n}\n")
         p = lab.exec("rtr", "sh", "-c", kernel_load_command(str(bad)), check=False)
         assert p.returncode != 0 and "table inet demo" in _nft_tables(lab)   # all or nothing
+
+
+# --- reject: the kernel's answers, and the engine's, for the same packets ------------------------
+
+REJECT_NFT = """table ip nat {
+\tchain POSTROUTING {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\toifname "r-pub" counter masquerade
+\t}
+}
+table inet filter {
+\tchain fwd_filter {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\ttcp dport 23 counter reject
+\t\ttcp dport 24 counter reject with tcp reset
+\t\tudp dport 25 counter reject with icmp host-unreachable
+\t\tudp dport 26 counter reject with icmpx admin-prohibited
+\t\tct state established counter accept
+\t}
+\tchain in_filter {
+\t\ttype filter hook input priority filter; policy accept;
+\t\ttcp dport 2222 counter reject with tcp reset
+\t\tudp dport 5353 counter reject with icmp prot-unreachable
+\t}
+}
+"""
+
+
+def _reject_scenarios():
+    from .harness import Expect, Scenario
+    from .scenarios import Tcp, ev, udp
+    telnet, rst, rst_ack = Tcp.masq(40100, 23), Tcp.masq(40101, 24), Tcp.masq(40102, 24)
+    local = Tcp("priv1", "10.0.0.2", 40103, "10.0.0.1", 2222, "pub", "10.0.0.1", 2222,
+                "10.0.0.2", 40103)
+    ok = Tcp.masq(40104, 80)
+    return [
+        Scenario("nft_reject_forward",
+                 "nft reject in forward: ICMP port unreachable (default), a RST (RST|ACK for a "
+                 "SYN, RST with seq = ack for an ACK), host unreachable, admin prohibited; the "
+                 "rejected packets' entries never confirmed; an allowed flow goes on",
+                 REJECT_NFT,
+                 (telnet.c("S"), rst.c("S"), rst_ack.c("A", ack=777), udp("priv1", 40105, 25),
+                  udp("priv1", 40106, 26), *ok.handshake()),
+                 expect=Expect(
+                     events=(ev("NEW", r"tcp .* SYN_SENT .*sport=40104 dport=80"),),
+                     no_events=(r"dport=2[3456] ",),
+                     egress=(("r-priv", r"icmp 10\.0\.0\.1 > 10\.0\.0\.2 type=3 code=3 "),
+                             ("r-priv", r"tcp 203\.0\.113\.2:24 > 10\.0\.0\.2:40101 \[RA\]"),
+                             ("r-priv", r"tcp 203\.0\.113\.2:24 > 10\.0\.0\.2:40102 \[R\]"),
+                             ("r-priv", r"icmp 10\.0\.0\.1 > 10\.0\.0\.2 type=3 code=1 "),
+                             ("r-priv", r"icmp 10\.0\.0\.1 > 10\.0\.0\.2 type=3 code=13 ")))),
+        Scenario("nft_reject_input",
+                 "nft reject in input: a RST (TOS 0, not the local stack's) and protocol "
+                 "unreachable from the router's own address",
+                 REJECT_NFT,
+                 (local.c("S"), udp("priv1", 40107, 5353, dst="10.0.0.1")),
+                 expect=Expect(
+                     egress=(("r-priv", r"tcp 10\.0\.0\.1:2222 > 10\.0\.0\.2:40103 \[RA\]"),
+                             ("r-priv", r"icmp 10\.0\.0\.1 > 10\.0\.0\.2 type=3 code=2 ")))),
+    ]
+
+
+REJECT_SCENARIOS = _reject_scenarios()
+
+
+@pytest.mark.kernel
+def test_reject_the_engine_answers_as_the_kernel_does(tmp_path):
+    from .harness import check_expectations
+    from .test_kernel_diff import run_engine
+    with KernelLab(REJECT_NFT, workdir=tmp_path / "lab") as lab:
+        assert _listed_ruleset(lab) == Ruleset.parse(REJECT_NFT)    # nft's reject, read back
+        recs = [(sc, lab.run_scenario(sc)) for sc in REJECT_SCENARIOS]
+    for sc, rec in recs:
+        problems = check_expectations(sc.expect, rec)
+        assert not problems, f"{sc.name}: the kernel did otherwise: {problems}\n{rec.describe()}"
+        res = run_engine(sc, rec, tmp_path / sc.name)
+        diff = compare(rec, res)
+        assert diff.ok, diff.render(sc.name, sc.description)
+        engine = {(k[0].split()[-1], k[1], k[2]): tuple(v)      # "inet filter" -> "filter"
+                  for k, v in res.ruleset.counters.items()}
+        assert engine == rec.rule_counters, sc.name

@@ -355,7 +355,19 @@ REFUSALS = [
     ("table ip t { chain c { type filter hook input priority bogus; } }", 1, "bogus", "priority"),
     ("table ip t { chain c { type nat hook postrouting priority 100; policy drop; } }", 1,
      "drop", "nat chain"),
-    ("table ip t {\n chain c {\n  reject\n }\n}", 3, "reject", "ICMP/TCP RST"),
+    ("table ip t {\n chain c {\n  udp dport 53 reject with tcp reset\n }\n}", 3, "tcp",
+     "contradicts"),
+    ("table ip t {\n chain c {\n  reject with icmp frag-needed\n }\n}", 3, "frag-needed",
+     "nattrack knows"),
+    ("table ip t {\n chain c {\n  reject with icmpx net-prohibited\n }\n}", 3,
+     "net-prohibited", "nattrack knows"),
+    ("table ip t {\n chain c {\n  reject with icmpv6 port-unreachable\n }\n}", 3, "icmpv6",
+     "icmp, icmpx or tcp reset"),
+    ("table ip t {\n chain c {\n  reject with tcp bogus\n }\n}", 3, "tcp", "reset"),
+    ("table inet t {\n chain c {\n  meta nfproto ipv6 accept\n }\n}", 3, "ipv6", "IPv4"),
+    ("table ip t {\n chain c {\n  reject accept\n }\n}", 3, "accept", "verdict"),
+    ("table ip t {\n chain c {\n  type nat hook output priority 0;\n  reject\n }\n}", 4,
+     "reject", "nat chain"),
     ("table ip t {\n chain c {\n  notrack\n }\n}", 3, "notrack", "raw hook"),
     ("table ip t {\n chain c {\n  meta mark 1 accept\n }\n}", 3, "mark", "meta key"),
     ("table ip t {\n chain c {\n  ip ttl 1 accept\n }\n}", 3, "ttl", "ip ttl"),
@@ -420,3 +432,40 @@ def test_refusals_name_the_line_and_the_token(text, line, token, words):
     assert err.value.token == token, str(err.value)
     assert words in str(err.value)
     assert str(err.value).startswith(f"bad.nft:{line + shift}: ")
+
+
+# --- reject ---------------------------------------------------------------------------------
+
+REJECTS = """table inet filter {
+\tchain fwd_filter {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\ttcp dport 23 reject
+\t\ttcp dport 24 reject with tcp reset
+\t\tudp dport 25 reject with icmp type host-unreachable
+\t\tudp dport 26 reject with icmpx admin-prohibited
+\t\tudp dport 27 reject with icmp prot-unreachable
+\t\treject with tcp reset
+\t}
+}
+"""
+
+
+def test_reject_forms_and_their_answers():
+    rs = Ruleset.parse(REJECTS)
+    got = [(r.target, r.proto, r.reject_with) for r in rs.rules()]
+    assert got == [("REJECT", 6, "icmp-port-unreachable"), ("REJECT", 6, "tcp-reset"),
+                   ("REJECT", 17, "icmp-host-unreachable"), ("REJECT", 17, "icmp-admin-prohibited"),
+                   ("REJECT", 17, "icmp-proto-unreachable"),
+                   ("REJECT", 6, "tcp-reset")]         # `with tcp reset` implies tcp, as in nft
+    text = rs.to_nft()
+    assert "\t\ttcp dport 23 reject\n" in text and "\t\treject with tcp reset\n" in text
+    assert "udp dport 25 reject with icmpx host-unreachable" in text
+    assert "udp dport 27 reject with icmp prot-unreachable" in text
+    assert Ruleset.parse(text) == rs
+    # `nft list ruleset` shows the IPv4 dependency nft adds in inet before `with icmp`.
+    listed = text.replace("udp dport 27", "meta nfproto ipv4 udp dport 27")
+    assert Ruleset.parse(listed) == rs
+    # In the engine: the verdict is REJECT, and decide() names the rule that answers.
+    verdict, rule = rs.decide("FORWARD", pkt(dport=24), None, "eth0", "eth1")
+    assert verdict == "REJECT" and rule.reject_with == "tcp-reset"
+    assert rs.verdict("FORWARD", pkt(proto="udp", dport=80), None, "eth0", "eth1") == "ACCEPT"

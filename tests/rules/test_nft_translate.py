@@ -106,11 +106,17 @@ def test_cli_translates_both_ways(tmp_path, capsys):
 
 def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.nft"
-    bad.write_text("table ip t {\n\tchain c {\n\t\treject\n\t}\n}\n")
+    bad.write_text("table ip t {\n\tchain c {\n\t\tnotrack\n\t}\n}\n")
     assert main(["rules", "translate", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert err == f"nattrack: {bad}:3: 'reject' is not supported yet: the engine does not send " \
-                  "its ICMP/TCP RST answer (use drop)\n"
+    assert err == f"nattrack: {bad}:3: 'notrack' is not supported: the engine has no raw hook\n"
+    rej = tmp_path / "reject.nft"
+    rej.write_text("table ip t {\n\tchain c {\n\t\ttype filter hook input priority 0;\n"
+                   "\t\ttcp dport 23 reject\n\t}\n}\n")
+    assert main(["rules", "translate", str(rej)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"nattrack: {rej}: line 4: 'reject' has no iptables form nattrack reads " \
+                  "(-j REJECT is not in its iptables subset)\n"
     sets = tmp_path / "sets.nft"
     sets.write_text("table ip t {\n\tchain c {\n\t\ttype filter hook input priority 0;\n"
                     "\t\ttcp dport { 22, 80 } accept\n\t}\n}\n")
