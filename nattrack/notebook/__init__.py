@@ -12,16 +12,21 @@ from __future__ import annotations
 import os
 
 from .scenarios import NOTEBOOKS, SCENARIOS, Flow, Scenario, Step
-from .session import MODE_ENV, PacketPair, Session, SessionError, StepResult, Transition, grading_run
+from .session import (MODE_ENV, SYNTAX_ENV, PacketPair, Session, SessionError, StepResult,
+                      Transition, grading_run, rules_syntax, set_syntax)
 
 
 def open_session(notebook: str, mode: str = "auto", *, client=None,
-                 recordings: str | os.PathLike | None = None) -> Session:
+                 recordings: str | os.PathLike | None = None,
+                 syntax: str | None = None) -> Session:
     """``mode``: "auto" (live when a lab service answers and NATTRACK_NOTEBOOK_MODE is not
     "replay", else replay), "live" or "replay"; under grading (NATTRACK_GRADING or
     NBGRADER_EXECUTION set) always replay, the reason in ``why_not_live``.  ``client``: a
     LabClient (default: the lab socket); ``recordings``: where replay finds
-    notebooks/recordings/."""
+    notebooks/recordings/; ``syntax``: "iptables" or "nft", the syntax the notebook shows
+    rules in (default: $NATTRACK_RULES_SYNTAX, else iptables; see session.set_syntax())."""
+    if syntax is not None:
+        set_syntax(syntax)
     if notebook not in SCENARIOS:
         raise SessionError(f"no notebook {notebook!r}: known are {', '.join(NOTEBOOKS)}")
     if mode not in ("auto", "live", "replay"):
@@ -53,5 +58,6 @@ def open_session(notebook: str, mode: str = "auto", *, client=None,
     return s
 
 
-__all__ = ["NOTEBOOKS", "Flow", "MODE_ENV", "PacketPair", "Scenario", "Session", "SessionError",
-           "Step", "StepResult", "Transition", "open_session"]
+__all__ = ["NOTEBOOKS", "Flow", "MODE_ENV", "SYNTAX_ENV", "PacketPair", "Scenario", "Session",
+           "SessionError", "Step", "StepResult", "Transition", "open_session", "rules_syntax",
+           "set_syntax"]

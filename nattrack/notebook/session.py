@@ -217,3 +217,28 @@ GRADING_VARS = ("NATTRACK_GRADING", "NBGRADER_EXECUTION")
 def grading_run() -> bool:
     """A grader executes the notebook (NATTRACK_GRADING or NBGRADER_EXECUTION is set)."""
     return any(os.environ.get(v) for v in GRADING_VARS)
+
+
+# The syntax rules are shown in: a teacher sets NATTRACK_RULES_SYNTAX once for the class
+# (nft or iptables), or a notebook calls set_syntax(); iptables by default.
+SYNTAX_ENV = "NATTRACK_RULES_SYNTAX"
+SYNTAXES = ("iptables", "nft")
+_chosen_syntax: list[str] = []
+
+
+def set_syntax(syntax: str | None) -> None:
+    """Show rules in ``syntax`` ("iptables" or "nft") from now on in this kernel; None goes
+    back to $NATTRACK_RULES_SYNTAX (else iptables)."""
+    if syntax is not None and syntax not in SYNTAXES:
+        raise SessionError(f"syntax {syntax!r}: iptables or nft")
+    _chosen_syntax[:] = [syntax] if syntax else []
+
+
+def rules_syntax() -> str:
+    """"iptables" or "nft": set_syntax()'s choice, else $NATTRACK_RULES_SYNTAX, else iptables."""
+    if _chosen_syntax:
+        return _chosen_syntax[0]
+    env = os.environ.get(SYNTAX_ENV, "").strip().lower()
+    if env and env not in SYNTAXES:
+        raise SessionError(f"{SYNTAX_ENV}={env}: iptables or nft")
+    return env or "iptables"

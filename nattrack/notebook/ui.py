@@ -34,7 +34,8 @@ from ..widgets import (ComparisonView, ConntrackTableView, EventLogView, ModeBan
 from ..widgets.render import _wrap, esc
 from . import narrate as nar
 from . import scenarios as sc
-from .session import Session, SessionError, StepResult
+from .session import Session, SessionError, StepResult, rules_syntax
+from .session import set_syntax as set_syntax  # ui.set_syntax("nft"): for the class
 from .steps import find_entry, flow_orig, scope_events, scope_table, step_flow
 
 IFACE_SIDE = {"ntr-lan": "LAN side", "ntr-wan": "WAN side"}
@@ -736,10 +737,12 @@ def live_table(session: Session, interval: float = 0.25) -> LiveTable:
 
 # --- small things ----------------------------------------------------------------------------------
 
-def show_rules(name: str) -> widgets.HTML:
-    """examples/rules/<name>.rules as the notebook shows it (comments greyed)."""
+def show_rules(name: str, syntax: str | None = None) -> widgets.HTML:
+    """examples/rules/<name>.rules as the notebook shows it (comments greyed), or its nft
+    twin <name>.nft when the class uses nft (``syntax``, else rules_syntax())."""
     from ..lab import RULES_DIR
-    path = RULES_DIR / f"{name}.rules"
+    syntax = syntax or rules_syntax()
+    path = RULES_DIR / f"{name}.{'nft' if syntax == 'nft' else 'rules'}"
     try:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
@@ -749,7 +752,33 @@ def show_rules(name: str) -> widgets.HTML:
     body = "\n".join(f'<span class="nt-note">{esc(ln)}</span>' if ln.startswith("#") else esc(ln)
                      for ln in lines)
     return widgets.HTML(value=_wrap("rules", f"<pre>{body}</pre>",
-                                    {"view": "rules", "name": name}, f"{path.name}"))
+                                    {"view": "rules", "name": name, "syntax": syntax},
+                                    f"{path.name}"))
+
+
+def rule_command(table: str, rule: str, syntax: str | None = None) -> str:
+    """One iptables rule (``-A CHAIN ...`` of ``table``) as the command that adds it, in
+    the class's syntax: ``iptables -t nat -A ...`` or ``nft add rule ip nat CHAIN ...``
+    (the chain of the nft form `nattrack rules translate` writes)."""
+    from dataclasses import replace
+
+    from ..netfilter.nft import from_iptables, rule_text
+    from ..netfilter.rules import Ruleset, RulesError
+    try:
+        rs = Ruleset.parse(f"*{table}\n{rule}\nCOMMIT\n", "the rule")
+    except RulesError as exc:
+        raise SessionError(str(exc)) from None
+    if (syntax or rules_syntax()) != "nft":
+        return f"iptables -t {table} {rule}"
+    (r,) = [x for x in from_iptables(rs).rules()]
+    return f"nft add rule {r.table} {r.chain} {rule_text(replace(r, counter=False))}"
+
+
+def show_rule(table: str, rule: str, syntax: str | None = None) -> widgets.HTML:
+    """One rule as the command that adds it, in the class's syntax (rule_command())."""
+    cmd = rule_command(table, rule, syntax)
+    return widgets.HTML(value=_wrap("rules", f"<pre>{esc(cmd)}</pre>",
+                                    {"view": "rule", "syntax": syntax or rules_syntax()}, ""))
 
 
 def close(session: Session) -> None:

@@ -227,13 +227,15 @@ any step if another notebook loaded others meanwhile; the step's text then says 
 from port 40022, just as free: which source port does the table's reply tuple show, and why
 does SNAT with a range change it anyway?
 """),
-        *scenario("forward", "port-forward", """
+        md("""
 ## Port forwarding (DNAT)
 
-`srv` connects to the router's public port 8080; the rule
-`-A PREROUTING -i ntr-wan -p tcp --dport 8080 -j DNAT --to-destination 10.0.0.11:5080`
-sends it to `h2`.
-""", """
+`srv` connects to the router's public port 8080; this rule sends it to `h2` (shown in the
+syntax your class uses, iptables or nft: `ui.set_syntax("nft")` switches):
+"""),
+        code('ui.show_rule("nat", "-A PREROUTING -i ntr-wan -p tcp --dport 8080 '
+             '-j DNAT --to-destination 10.0.0.11:5080")'),
+        *scenario("forward", "port-forward", "", """
 *Questions:* in the table, which tuple now differs from the packet `srv` sent? Which address
 does `srv` see in the answer (pick the SYN-ACK in the packet view: *after*)?
 """),
@@ -314,9 +316,10 @@ step's error, which came from outside.
 packet view). Why was it not translated? Who on the Internet sees a private address now?
 """),
         md("""
-## A stateful firewall from --ctstate rules
+## A stateful firewall from conntrack states
 
-The next scenario loads these rules:
+The next scenario loads these rules (in the syntax your class uses, iptables or nft:
+`ui.set_syntax("nft")` switches):
 """),
         code('ui.show_rules("classroom-firewall")'),
         *scenario("fw", "firewall", "", """
