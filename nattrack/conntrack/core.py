@@ -34,11 +34,12 @@ from .profile import NEWEST, KernelProfile
 from .sysctl import Sysctl
 from .tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, bysource_key, get_tuple, interned,
                     invert_tuple)
+# The verdicts and hooks (uapi.py), re-exported: nat, netfilter and the tests import them from here.
+from .uapi import NF_ACCEPT as NF_ACCEPT, NF_DROP as NF_DROP
+from .uapi import (NF_INET_FORWARD as NF_INET_FORWARD, NF_INET_LOCAL_IN as NF_INET_LOCAL_IN,
+                   NF_INET_LOCAL_OUT as NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING as NF_INET_POST_ROUTING,
+                   NF_INET_PRE_ROUTING as NF_INET_PRE_ROUTING)
 
-NF_DROP, NF_ACCEPT = 0, 1
-
-# Hook numbers (enum nf_inet_hooks)
-NF_INET_PRE_ROUTING, NF_INET_LOCAL_IN, NF_INET_FORWARD, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING = range(5)
 HOOK_NAMES = ["PRE_ROUTING", "LOCAL_IN", "FORWARD", "LOCAL_OUT", "POST_ROUTING"]
 
 # gc_worker constants (seconds; GC_SCAN_EXPIRED_MAX is per slice)

@@ -6,7 +6,7 @@ the 600-s generic timeout, and the entry is never ASSURED.
 """
 from __future__ import annotations
 
-NF_ACCEPT = 1
+from .uapi import NF_ACCEPT
 
 
 def generic_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: bool) -> int:

@@ -7,9 +7,9 @@ the PPTP helper the keys of the tuple are 0, as gre_pkt_to_tuple() sets them.
 from __future__ import annotations
 
 from .conn import IPCT_ASSURED, IPS_ASSURED, IPS_CONFIRMED, IPS_NAT_CLASH, IPS_SEEN_REPLY
+from .uapi import NF_ACCEPT
 
 IPPROTO_GRE = 47
-NF_ACCEPT = 1
 
 
 class GreState:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from .conn import IP_CT_DIR_REPLY, IP_CT_RELATED, IP_CT_RELATED_REPLY
 from .tuple import ICMP_ERROR_TYPES, ICMP_QUERY_TYPES, get_tuple, invert_tuple
+from .uapi import NF_ACCEPT
 
-NF_ACCEPT, INVALID = 1, 0
+INVALID = 0                              # the tracker's verdict (NF_ACCEPT: uapi.py)
 NR_ICMP_TYPES = 18
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from ..packet.ipv4 import TH_ACK, TH_CWR, TH_ECE, TH_FIN, TH_PSH, TH_RST, TH_SYN, TH_URG
 from .conn import (IP_CT_DIR_ORIGINAL, IP_CT_DIR_REPLY, IPCT_ASSURED, IPCT_PROTOINFO,
                    IPS_ASSURED, IPS_CONFIRMED, IPS_FIXED_TIMEOUT, IPS_SEEN_REPLY)
+from .uapi import NF_ACCEPT
 
 # enum tcp_conntrack
 (TCP_CONNTRACK_NONE, TCP_CONNTRACK_SYN_SENT, TCP_CONNTRACK_SYN_RECV, TCP_CONNTRACK_ESTABLISHED,
@@ -195,7 +196,7 @@ TCP_VALID_FLAGS = frozenset((
 ))
 
 # Verdicts of tcp_packet / tcp_in_window
-NF_ACCEPT, INVALID, REPEAT = 1, 0, -1
+INVALID, REPEAT = 0, -1                  # the tracker's own (NF_ACCEPT: uapi.py)
 NFCT_TCP_IGNORE, NFCT_TCP_INVALID, NFCT_TCP_ACCEPT = 0, 1, 2
 
 

@@ -42,6 +42,7 @@ from ..conntrack.conn import (HZ, IP_CT_RELATED, IP_CT_RELATED_REPLY,
                               IPCT_ASSURED, IPS_ASSURED, IPS_CONFIRMED, IPS_NAT_CLASH,
                               IPS_SEEN_REPLY)
 from ..conntrack.sysctl import DEFAULTS, Sysctl
+from ..conntrack.uapi import NF_ACCEPT
 from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PROTO_NAMES, PROTO_NUMBERS,
                                Tuple, int2ip, ip2int)
 from ..nat import core as nat_core
@@ -355,11 +356,11 @@ def adapt_udp(s: _Student) -> None:
             raise s.bad(decide, args, value, "(sysctl name, assured), e.g. ('nf_conntrack_udp_timeout', False)")
         table.refresh(ct, sysctl[Sysctl.short(value[0])], pkt, direction)
         if ct.status & IPS_NAT_CLASH:
-            return proto_udp.NF_ACCEPT
+            return NF_ACCEPT
         if value[1] and not ct.status & IPS_ASSURED:
             ct.status |= IPS_ASSURED
             ct.ecache |= IPCT_ASSURED
-        return proto_udp.NF_ACCEPT
+        return NF_ACCEPT
 
     _set_item(ct_core.PROTO_HANDLERS, IPPROTO_UDP, udp_packet)
 
