@@ -91,6 +91,7 @@ WINDOWS = (65535, 502, 0, 1)
 WSCALES = (None, 7, 0, 14)           # None: no options on a SYN; else MSS+WScale+SAckOK
 DATA_LENS = (0, 1, 5, 1000)
 ISNS = (1000, 2**32 - 3, 0x7FFFFFF0)
+PROTOS = ("tcp", "udp", "icmp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +101,9 @@ class Flow:
     dport: int        # the server's port (icmp: unused)
     ciss: int = 1000
     siss: int = 50000
+    # tcp: the steps start after a clean handshake (SYN, SYN-ACK, ACK), both SYNs with
+    # this window scale (-1: none), so the steps explore an established connection
+    handshake: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,61 +138,67 @@ def _dports(rules: str) -> st.SearchStrategy[int]:
 
 
 @st.composite
-def flows(draw, rules: str) -> tuple[Flow, ...]:
+def flows(draw, rules: str, protos: tuple[str, ...] = PROTOS) -> tuple[Flow, ...]:
     out = []
     for _ in range(draw(st.integers(1, 3))):
-        proto = draw(st.sampled_from(("tcp", "udp", "icmp")))
+        proto = draw(st.sampled_from(protos))
         host = draw(st.sampled_from(("priv1", "priv2")))
         if rules == "dnat" and proto == "tcp" and draw(st.booleans()):
             host = "pub"                          # inbound through the port forward
+        handshake = None
+        if proto == "tcp" and draw(st.booleans()):
+            handshake = draw(st.sampled_from((-1, 7, 0, 14)))
         out.append(Flow(proto, host, draw(_dports(rules)),
-                        ciss=draw(st.sampled_from(ISNS)), siss=draw(st.sampled_from(ISNS[::-1]))))
+                        ciss=draw(st.sampled_from(ISNS)), siss=draw(st.sampled_from(ISNS[::-1])),
+                        handshake=handshake))
     return tuple(out)
 
 
 @st.composite
-def steps_for(draw, rules: str, fl: tuple[Flow, ...]) -> tuple[Step, ...]:
-    out = []
-    for _ in range(draw(st.integers(1, 14))):
-        i = draw(st.integers(0, len(fl) - 1))
-        f = fl[i]
-        # The comparison does not rename random NAT ports inside ICMP errors: none for
-        # flows SNATed to a port range.
-        err = ("icmperr",) if _nat_kind(rules, f) != "random" else ()
-        if draw(st.integers(0, 11)) == 11:       # rare (it costs 2.7 s); shrinks away
-            out.append(Step("pause"))
-        kind = draw(st.sampled_from((f.proto,) * 8 + err))
-        if kind == "tcp":
-            flags = draw(st.sampled_from(TCP_FLAGS))
-            out.append(Step("tcp", i, draw(st.booleans()), flags,
-                            seq=draw(st.sampled_from(SEQ_CHOICES)),
-                            ack=draw(st.sampled_from(ACK_CHOICES)),
-                            data=draw(st.sampled_from(DATA_LENS)),
-                            win=draw(st.sampled_from(WINDOWS)),
-                            wscale=draw(st.sampled_from(WSCALES)) if "S" in flags else None))
-        elif kind == "icmperr":
-            out.append(Step("icmperr", i, draw(st.booleans()),
-                            code=draw(st.sampled_from((3, 1, 11))), bad_inner=draw(st.booleans())))
-        else:
-            out.append(Step(kind, i, draw(st.booleans()), data=draw(st.sampled_from((1, 5)))))
-    # one pause at most, and never first or last (it would only cost time)
-    seen, kept = False, []
-    for s in out:
-        if s.kind == "pause":
-            if seen or not kept:
-                continue
-            seen = True
-        kept.append(s)
-    while kept and kept[-1].kind == "pause":
-        kept.pop()
-    return tuple(kept) or (Step(fl[0].proto),)
+def one_step(draw, rules: str, fl: tuple[Flow, ...]) -> tuple[Step, ...]:
+    """A step of one of the flows, rarely after a pause (it costs 2.7 s; shrinks away)."""
+    i = draw(st.integers(0, len(fl) - 1))
+    f = fl[i]
+    pause = (Step("pause"),) if draw(st.integers(0, 11)) == 11 else ()
+    # The comparison does not rename random NAT ports inside ICMP errors: none for
+    # flows SNATed to a port range.
+    err = ("icmperr",) if _nat_kind(rules, f) != "random" else ()
+    kind = draw(st.sampled_from((f.proto,) * 8 + err))
+    if kind == "tcp":
+        flags = draw(st.sampled_from(TCP_FLAGS))
+        return (*pause, Step("tcp", i, draw(st.booleans()), flags,
+                             seq=draw(st.sampled_from(SEQ_CHOICES)),
+                             ack=draw(st.sampled_from(ACK_CHOICES)),
+                             data=draw(st.sampled_from(DATA_LENS)),
+                             win=draw(st.sampled_from(WINDOWS)),
+                             wscale=draw(st.sampled_from(WSCALES)) if "S" in flags else None))
+    if kind == "icmperr":
+        return (*pause, Step("icmperr", i, draw(st.booleans()),
+                             code=draw(st.sampled_from((3, 1, 11))),
+                             bad_inner=draw(st.booleans())))
+    return (*pause, Step(kind, i, draw(st.booleans()), data=draw(st.sampled_from((1, 5)))))
 
 
 @st.composite
-def cases(draw, rulesets: tuple[str, ...] = tuple(RULESETS)) -> Case:
+def steps_for(draw, rules: str, fl: tuple[Flow, ...]) -> tuple[Step, ...]:
+    drawn = draw(st.lists(one_step(rules, fl), min_size=1, max_size=16))
+    # one pause at most, and never first (it would only cost time)
+    out, paused = [], False
+    for step in (s for group in drawn for s in group):
+        if step.kind == "pause":
+            if paused or not out:
+                continue
+            paused = True
+        out.append(step)
+    return tuple(out)
+
+
+@st.composite
+def cases(draw, rulesets: tuple[str, ...] = tuple(RULESETS),
+          protos: tuple[str, ...] = PROTOS) -> Case:
     rules = draw(st.sampled_from(rulesets))
     profile = draw(st.sampled_from(tuple(SYSCTL_PROFILES)))
-    fl = draw(flows(rules))
+    fl = draw(flows(rules, protos))
     return Case(rules, profile, fl, draw(steps_for(rules, fl)))
 
 
@@ -369,6 +379,12 @@ def _datagram(conv: _Conv, step: Step) -> Send:
 def to_scenario(case: Case) -> Scenario:
     convs = [_Conv(case, i) for i in range(len(case.flows))]
     out: list[Any] = []
+    for conv in convs:
+        if conv.flow.handshake is not None:
+            ws = None if conv.flow.handshake < 0 else conv.flow.handshake
+            out += [_tcp_send(conv, Step("tcp", conv.index, False, "S", wscale=ws)),
+                    _tcp_send(conv, Step("tcp", conv.index, True, "SA", wscale=ws)),
+                    _tcp_send(conv, Step("tcp", conv.index, False, "A"))]
     for step in case.steps:
         if step.kind == "pause":
             out.append(Sleep(PAUSE, "pause"))
@@ -471,6 +487,21 @@ def engine_run(sc: Scenario, rec: Recording, tmp_path, rounds: int = 4):
     return res
 
 
+def quotes_random_port(rec: Recording, port_map: dict) -> bool:
+    """Whether an ICMP error seen by the router quotes a NAT port the kernel chose at random
+    (a clash: e.g. a reply-first packet's entry holds the client's port)."""
+    from scapy.layers.inet import IPerror, TCPerror, UDPerror
+    from scapy.layers.l2 import Ether
+    ports = {port for _, port in port_map}
+    for key in rec.pcaps:
+        for _, f in rec.frames(*key):
+            inner = Ether(f).getlayer(IPerror)
+            l4 = inner.payload if inner is not None else None
+            if isinstance(l4, (TCPerror, UDPerror)) and ports & {l4.sport, l4.dport}:
+                return True
+    return False
+
+
 @dataclasses.dataclass
 class Outcome:
     case: Case
@@ -493,6 +524,9 @@ def run_case(labs: Labs, case: Case, tmp_path) -> Outcome:
     if router_icmp_errors(rec) >= ICMP_BURST:
         raise Rejected("the router sent more ICMP errors than a full rate-limit bucket allows")
     diff = compare(rec, engine_run(sc, rec, tmp_path), random_ports=sc.random_ports)
+    if not diff.ok and quotes_random_port(rec, diff.port_map):
+        raise Rejected("an ICMP error quotes a port the kernel chose at random "
+                       "(the comparison renames outer ports only)")
     return Outcome(case, diff, rec, time.monotonic() - t0)
 
 
@@ -571,7 +605,8 @@ class Tally:
 
 
 def fuzz_chunk(labs: Labs, tally: Tally, tmp_path, examples: int, seed: int,
-               rulesets: tuple[str, ...] = tuple(RULESETS), shrink: bool = True) -> None:
+               rulesets: tuple[str, ...] = tuple(RULESETS), shrink: bool = True,
+               protos: tuple[str, ...] = PROTOS) -> None:
     """Run ``examples`` generated cases; a disagreement is shrunk and added to
     ``tally.found`` (the chunk then ends, as hypothesis stops at a failure)."""
     from hypothesis import HealthCheck, Phase, given, reject, settings
@@ -582,7 +617,7 @@ def fuzz_chunk(labs: Labs, tally: Tally, tmp_path, examples: int, seed: int,
               phases=[Phase.generate, Phase.shrink] if shrink else [Phase.generate],
               suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
     @hseed(seed)
-    @given(cases(rulesets))
+    @given(cases(rulesets, protos))
     def check(case: Case) -> None:
         try:
             out = run_case(labs, case, tmp_path)
@@ -621,13 +656,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=25, help="cases per hypothesis run")
     p.add_argument("--rules", default=",".join(RULESETS),
                    help=f"rulesets to draw from (default all: {','.join(RULESETS)})")
+    p.add_argument("--protos", default=",".join(PROTOS),
+                   help="protocols of the flows (default tcp,udp,icmp)")
     p.add_argument("--no-shrink", action="store_true", help="report disagreements unshrunk")
     p.add_argument("--out", default="", help="where to write findings (default: a temp dir)")
     a = p.parse_args(argv)
     rulesets = tuple(a.rules.split(","))
-    unknown = [r for r in rulesets if r not in RULESETS]
-    if unknown:
-        p.error(f"unknown ruleset {unknown[0]!r}: known are {', '.join(RULESETS)}")
+    protos = tuple(a.protos.split(","))
+    for given_, known, what in ((rulesets, RULESETS, "ruleset"), (protos, PROTOS, "protocol")):
+        unknown = [r for r in given_ if r not in known]
+        if unknown:
+            p.error(f"unknown {what} {unknown[0]!r}: known are {', '.join(known)}")
     out = pathlib.Path(a.out or tempfile.mkdtemp(prefix="nattrack-fuzz-"))
     (out / "tmp").mkdir(parents=True, exist_ok=True)
     tally, t0, chunk = Tally(), time.monotonic(), 0
@@ -638,7 +677,8 @@ def main(argv: list[str] | None = None) -> int:
                 break
             n = min(a.chunk, a.examples - generated)
             found_before = len(tally.found)
-            fuzz_chunk(labs, tally, out / "tmp", n, a.seed + chunk, rulesets, not a.no_shrink)
+            fuzz_chunk(labs, tally, out / "tmp", n, a.seed + chunk, rulesets, not a.no_shrink,
+                       protos)
             generated += n
             chunk += 1
             for case, text, rec in tally.found[found_before:]:
@@ -654,6 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"compared": tally.compared, "rejected": tally.rejected,
                "disagreeing_runs": tally.disagreed, "found": len(tally.found),
                "chunks": chunk, "first_seed": a.seed, "rules": list(rulesets),
+               "protos": list(protos),
                "minutes": round((time.monotonic() - t0) / 60, 1)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"compared {tally.compared} generated sequences with the kernel in "

@@ -86,6 +86,20 @@ def test_window_edge_and_wraparound():
     assert (segs[3].seq, segs[4].seq) == (edge - 1, edge + 1)
 
 
+def test_handshake_opens_the_flow_first():
+    case = Case("masq", "default", (Flow("tcp", "priv1", 9000, ciss=1000, siss=50000,
+                                         handshake=7),),
+                (_tcp(flags="PA", data=5), _tcp(reply=True, flags="A")))
+    segs = _segments(case)
+    assert [(str(s.flags), s.seq, s.ack) for s in segs] == [
+        ("S", 1000, 0), ("SA", 50000, 1001), ("A", 1001, 50001), ("PA", 1001, 50001),
+        ("A", 50001, 1006)]
+    assert dict(segs[1].options)["WScale"] == 7 and segs[2].options == []
+    plain = _segments(Case("masq", "default", (Flow("tcp", "priv1", 9000, handshake=-1),),
+                           (_tcp(),)))
+    assert len(plain) == 4 and plain[0].options == []
+
+
 def test_reply_addressing_follows_the_nat():
     flow = Flow("udp", "priv2", 53)
     masq = to_scenario(Case("masq", "default", (flow,), (Step("udp", 0, True),)))
@@ -107,7 +121,7 @@ def test_one_pause_at_most_never_first_or_last():
     def check(case):
         kinds = [s.kind for s in case.steps]
         assert kinds.count("pause") <= 1 and kinds[0] != "pause" and kinds[-1] != "pause"
-        steps = to_scenario(case).steps
+        steps = to_scenario(case).steps[-len(kinds):]     # after the handshakes
         assert [isinstance(s, Sleep) for s in steps] == [k == "pause" for k in kinds]
         assert all(s.seconds == PAUSE for s in steps if isinstance(s, Sleep))
     check()
