@@ -4,7 +4,8 @@ and to the live lab (as root, through the lab service).
 
 A configuration is a set of knobs:
 
-* ``rules``: the router r's rules (iptables-save subset, ``*nat`` and ``*filter``);
+* ``rules``: the router r's rules (iptables-save subset, ``*nat`` and ``*filter``; or nft
+  syntax, tables of nat and filter chains: the lab's nft variant, ``student/nft/``);
 * ``sysctl``: settings of r (``net.ipv4.ip_forward``, ``net.netfilter.nf_conntrack_*``);
 * ``offload``: ``{iface, rx|tx|tso|gso|gro = "on"|"off"}`` on a lab host's interface;
 * ``route``: ``{node, dest, via}``: ``ip route replace DEST via VIA`` in a host.
@@ -13,13 +14,13 @@ Every scenario starts from the healthy baseline, applies its own ``[break]`` kno
 (``scenarios/NAME.toml``, rules ``scenarios/NAME.rules``), then the student's
 ``NAME.toml`` and ``NAME.rules`` (a submission's files; the rules only when given).
 Nothing a student writes is executed: the rules are parsed by nattrack's own parser first (an option
-it does not know is an error naming the line) and loaded with ``iptables-restore``;
-every other knob is checked against a short list and applied as an argv.
+it does not know is an error naming the line) and loaded with ``iptables-restore`` (nft
+syntax: ``nft -f``); every other knob is checked against a short list and applied as an argv.
 
 Command line (the lab's Makefile uses it)::
 
     python scenarios.py list
-    sudo python scenarios.py break NAME            # the running lab gets scenario NAME
+    sudo python scenarios.py break NAME [--syntax nft]  # the running lab gets scenario NAME
     sudo python scenarios.py fix NAME [--dir DIR]  # ... plus DIR/NAME.toml, DIR/NAME.rules (default student/)
     python scenarios.py replay NAME [--dir DIR]    # the recorded traffic through the engine
 """
@@ -153,12 +154,17 @@ def parse_knobs(data: dict, where: str) -> Config:
 
 
 def check_rules(text: str, where: str) -> str:
-    """The rules parse with nattrack's parser and name only the nat and filter tables."""
-    from nattrack.netfilter.rules import Ruleset, RulesError
+    """The rules parse with nattrack's parser and name only the nat and filter tables (nft
+    syntax: at least one table; its chains can only be of type nat or filter)."""
+    from nattrack.netfilter.rules import RulesError, Ruleset, is_nft
     try:
-        Ruleset.parse(text, where)
+        rs = Ruleset.parse(text, where)
     except RulesError as exc:
         raise KnobError(str(exc)) from None
+    if rs.syntax == "nft" or is_nft(text):
+        if not rs.tables:
+            raise KnobError(f"{where}: no table (nft syntax: table ip nat {{ ... }})")
+        return text
     tables = {line.strip()[1:].split()[0] for line in text.splitlines()
               if line.strip().startswith("*")}
     if not tables or not tables <= {"nat", "filter"}:
@@ -174,14 +180,15 @@ def load_toml(text: str, where: str) -> dict:
         raise KnobError(f"{where}: not valid TOML: {exc}") from None
 
 
-def scenario(name: str) -> tuple[Config, dict]:
-    """(the broken configuration's knobs, the scenario's description) of scenario NAME."""
+def scenario(name: str, syntax: str = "iptables") -> tuple[Config, dict]:
+    """(the broken configuration's knobs, the scenario's description) of scenario NAME; its
+    rules from scenarios/NAME.rules, or NAME.nft (the same rules in nft syntax)."""
     if name not in SCENARIOS:
         raise KnobError(f"unknown scenario {name!r}: one of {', '.join(SCENARIOS)}")
     meta = load_toml((LAB / "scenarios" / f"{name}.toml").read_text(), f"scenarios/{name}.toml")
     cfg = parse_knobs(meta.get("break", {}), f"scenarios/{name}.toml [break]")
-    cfg.rules = check_rules((LAB / "scenarios" / f"{name}.rules").read_text(),
-                            f"scenarios/{name}.rules")
+    rules = f"scenarios/{name}.{'nft' if syntax == 'nft' else 'rules'}"
+    cfg.rules = check_rules((LAB / rules).read_text(), rules)
     return cfg, meta
 
 
@@ -202,8 +209,8 @@ def fix_from_dir(name: str, folder: Path) -> Config:
     return fix_from_texts(name, text(".toml"), text(".rules"))
 
 
-def effective(name: str, fix: Config | None) -> Config:
-    broken, _meta = scenario(name)
+def effective(name: str, fix: Config | None, syntax: str = "iptables") -> Config:
+    broken, _meta = scenario(name, syntax)
     cfg = baseline().then(broken)
     return cfg.then(fix) if fix is not None else cfg
 
@@ -480,9 +487,18 @@ def apply_live(lab, cfg: Config) -> None:
         return res
 
     from nattrack.conntrack.sysctl import DEFAULTS
+    from nattrack.netfilter.rules import is_nft
+    from nattrack.router.shadow import FORCE_TRACKING
     if lab.exec(ROUTER, ["id", "-u"]).stdout.strip() != "0":
         raise KnobError("applying a scenario changes the lab's nodes: run it as root (sudo)")
-    run(ROUTER, ["iptables-restore", "-w"], input=cfg.rules)
+    # The whole rule set is replaced, whichever syntax held it before (iptables-restore
+    # refuses a table nft made); conntrack stays forced on, as the lab's router keeps it.
+    run(ROUTER, ["nft", "flush", "ruleset"])
+    if is_nft(cfg.rules):
+        run(ROUTER, ["nft", "-f", "-"], input=cfg.rules)
+    else:
+        run(ROUTER, ["iptables-restore", "-w"], input=cfg.rules)
+    run(ROUTER, ["iptables", "-w", "-t", "mangle", "-A", *FORCE_TRACKING])
     # What an earlier configuration changed and this one does not mention goes back to
     # the lab's state: conntrack settings to their defaults, offloads off.
     sysctls = {k: DEFAULTS[k.rpartition(".")[2]] for k in _touched["sysctl"]
@@ -541,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     for cmd in ("break", "fix", "replay"):
         s = sub.add_parser(cmd)
         s.add_argument("name", choices=SCENARIOS)
+        s.add_argument("--syntax", choices=("iptables", "nft"), default="iptables",
+                       help="the scenario's broken rules in this syntax (nft: scenarios/NAME.nft)")
         if cmd != "break":
             s.add_argument("--dir", type=Path, default=LAB / "student",
                            help="the folder holding NAME.toml and NAME.rules (default: student/)")
@@ -552,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:22} {scenario(name)[1].get('title', '')}")
             return 0
         fix = fix_from_dir(args.name, args.dir) if args.cmd != "break" else None
-        cfg = effective(args.name, fix)
+        cfg = effective(args.name, fix, args.syntax)
         if args.cmd == "replay":
             o = replay(args.name, cfg)
             for oif, pkt in o.sent:
