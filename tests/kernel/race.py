@@ -32,16 +32,32 @@ import subprocess
 import sys
 import time
 
-from .harness import MACS, PUB, ROUTER_PUB, KernelLab, LabError, read_pcap
+from .harness import (HOST_ADDR, HOST_GATEWAY_IF, MACS, PUB, ROUTER_PUB, KernelLab, LabError,
+                      read_pcap)
 
 CLIENT_PORT_BASE = 20000
 SERVICES = {
-    # name: (protocol, service port on the router, iptables DNAT rule tail)
+    # name: (protocol, service port, iptables DNAT rule tail; None: not DNATed)
     "udp-random": ("udp", 53, "--to-destination 10.0.0.2:5300-5399 --random"),
     "udp-one": ("udp", 54, "--to-destination 10.0.0.2:5400"),
     "tcp-one": ("tcp", 55, "--to-destination 10.0.0.2:5500"),
+    # Two private hosts, one source port, one public server, through MASQUERADE: both keep
+    # the port (neither sees the other's unconfirmed entry); the second to confirm finds
+    # its reply tuple taken by another flow (insert_failed, even for UDP).
+    "udp-snat": ("udp", 53, None),
 }
+# Which hosts send (CPU 0, CPU 1): the client of the DNAT services, or two SNATed hosts.
+SENDERS = {"udp-snat": ("priv1", "priv2")}
 BACKEND = "10.0.0.2"
+
+
+def senders(service: str) -> tuple[str, str]:
+    return SENDERS.get(service, ("pub", "pub"))
+
+
+def has_backend(service: str) -> bool:
+    """A DNAT service (to BACKEND), as opposed to traffic SNATed to the public server."""
+    return SERVICES[service][2] is not None
 
 
 def race_rules(filler: int = 300) -> str:
@@ -50,8 +66,10 @@ def race_rules(filler: int = 300) -> str:
     lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
              ":POSTROUTING ACCEPT [0:0]"]
     for proto, port, target in SERVICES.values():
-        lines.append(f"-A PREROUTING -d {ROUTER_PUB}/32 -i r-pub -p {proto} -m {proto} "
-                     f"--dport {port} -j DNAT {target}")
+        if target is not None:
+            lines.append(f"-A PREROUTING -d {ROUTER_PUB}/32 -i r-pub -p {proto} -m {proto} "
+                         f"--dport {port} -j DNAT {target}")
+    lines.append("-A POSTROUTING -s 10.0.0.0/24 -o r-pub -j MASQUERADE")
     lines += ["COMMIT", "*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]",
               ":OUTPUT ACCEPT [0:0]"]
     lines += [f"-A FORWARD -s 198.18.{i // 250}.{i % 250 + 1}/32 -j DROP" for i in range(filler)]
@@ -154,13 +172,18 @@ def frames_for(service: str, rounds: int, base: int) -> list[list[bytes]]:
     proto, port, _ = SERVICES[service]
     out: list[list[bytes]] = [[], []]
     for r in range(rounds):
-        for cpu, payload in enumerate(PAYLOADS):
-            ip = IP(src=PUB, dst=ROUTER_PUB, id=cpu)     # the IP id tells the CPU
+        for cpu, (host, payload) in enumerate(zip(senders(service), PAYLOADS)):
+            if has_backend(service):
+                ip = IP(src=PUB, dst=ROUTER_PUB, id=cpu)     # the IP id tells the CPU
+            else:       # SNAT may change the port: the payload names the round
+                ip = IP(src=HOST_ADDR[host], dst=PUB, id=cpu)
+                payload = f"{payload} {base + r}"
             if proto == "udp":
                 pkt = ip / UDP(sport=base + r, dport=port) / Raw(payload.encode())
             else:       # two identical SYNs: a connect() the kernel would send once
                 pkt = ip / TCP(sport=base + r, dport=port, flags="S", seq=1000, window=64240)
-            out[cpu].append(bytes(Ether(src=MACS["pub"], dst=MACS["r-pub"]) / pkt))
+            ether = Ether(src=MACS[host], dst=MACS[HOST_GATEWAY_IF[host]])
+            out[cpu].append(bytes(ether / pkt))
     return out
 
 
@@ -184,30 +207,30 @@ def run_race(lab: KernelLab, service: str, rounds: int, base: int, pause: float 
     before = proc_count(lab)
     lab.start_recording(name)
     backend = None
-    if SERVICES[service][0] == "udp":
+    if SERVICES[service][0] == "udp" and has_backend(service):
         backend = lab._spawn("priv1", [sys.executable, "-c", _RESPONDER, "eth0", BACKEND],
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True)
         if backend.stdout.readline().strip() != "ready":
             raise LabError("the answering backend did not start")
     t0 = time.monotonic()
-    senders = [lab._spawn("pub", ["taskset", "-c", str(cpu), sys.executable, "-c", _SENDER,
-                                  "eth0", str(cpu), str(shm), str(files[cpu]), str(pause)],
-                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-               for cpu in (0, 1)]
+    procs = [lab._spawn(host, ["taskset", "-c", str(cpu), sys.executable, "-c", _SENDER,
+                               "eth0", str(cpu), str(shm), str(files[cpu]), str(pause)],
+                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True)
+             for cpu, host in enumerate(senders(service))]
     try:
-        for p in senders:
+        for p in procs:
             out, err = p.communicate(timeout=timeout)
             if p.returncode != 0 or "done" not in out:
                 raise LabError(f"race sender failed ({p.returncode}): {err.strip()[-300:]}")
     finally:
-        for p in senders:
+        for p in procs:
             lab._stop_proc(p)
     seconds = time.monotonic() - t0
     # Every round leaves one visible entry; a losing clash entry lives 1 s more, until the
     # gc worker reaps it (with a DESTROY event): wait for that, within reason.
-    deadline = time.monotonic() + reap_wait
+    deadline = time.monotonic() + (reap_wait if has_backend(service) else 0)
     while proc_count(lab) > before + rounds and time.monotonic() < deadline:
         time.sleep(0.2)
     if backend is not None:
@@ -228,6 +251,8 @@ def _rounds(rec, service: str, rounds: int, base: int) -> list[Round]:
     proto = SERVICES[service][0]
     l4 = UDP if proto == "udp" else TCP
     by_port = {base + r: Round(base + r, {p: None for p in PAYLOADS}, []) for r in range(rounds)}
+    if not has_backend(service):
+        return _snat_rounds(rec, by_port)
     for _, frame in read_pcap(rec.pcaps[("r-priv", "out")]):
         pkt = Ether(frame)
         if IP not in pkt or l4 not in pkt or pkt[IP].dst != BACKEND:
@@ -253,9 +278,40 @@ def _rounds(rec, service: str, rounds: int, base: int) -> list[Round]:
     return list(by_port.values())
 
 
+def _snat_rounds(rec, by_port: dict[int, Round]) -> list[Round]:
+    """SNAT rounds: ``sent`` is the source port each host's datagram left r-pub with."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    for _, frame in read_pcap(rec.pcaps[("r-pub", "out")]):
+        pkt = Ether(frame)
+        if IP not in pkt or UDP not in pkt or pkt[IP].dst != PUB:
+            continue
+        payload, _, port = bytes(pkt[UDP].payload).decode(errors="replace").partition(" ")
+        r = by_port.get(int(port)) if port.isdigit() else None
+        if r is not None and payload in r.sent:
+            r.sent[payload] = pkt[UDP].sport
+    for line in rec.table:
+        m = re.search(rf"src=10\.0\.0\.\d+ dst={PUB} sport=(\d+) dport=\d+ .*"
+                      rf"dst={ROUTER_PUB} sport=\d+ dport=(\d+)", line)
+        if m and int(m.group(1)) in by_port:
+            by_port[int(m.group(1))].listed.append(int(m.group(2)))
+    return list(by_port.values())
+
+
 def classify(service: str, r: Round) -> None:
     """The outcome class of one round, from what the kernel showed."""
     ports = [p for p in r.sent.values() if p is not None]
+    if not has_backend(service):
+        # Who kept the client's port confirmed first; a second one was remapped (no race)
+        # or dropped (the race).
+        r.winner = next((k for k, p in r.sent.items() if p == r.sport), None)
+        if len(ports) == 2 and len(set(ports)) == 2 and sorted(r.listed) == sorted(ports):
+            r.outcome = "sequential"
+        elif len(ports) == 1 and r.listed == ports:
+            r.outcome = "insert-failed"
+        else:
+            r.outcome = f"odd: sent {ports}, listed {r.listed}"
+        return
     if len(r.listed) == 1:
         r.winner = next((k for k, p in r.sent.items() if p == r.listed[0]), None)
     if len(r.listed) != 1:
@@ -268,7 +324,6 @@ def classify(service: str, r: Round) -> None:
         r.outcome = "same-backend"          # sequential, or a race resolved by a merge
     else:
         r.outcome = "odd: nothing left the router"
-    del service
 
 
 def proc_count(lab: KernelLab) -> int:

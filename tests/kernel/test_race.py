@@ -5,7 +5,9 @@ until every outcome a service can have was seen: for UDP to a DNAT service with 
 backends (``udp-random``) the loser's entry goes in the reply direction only (NAT clash)
 or, without a race, the second packet finds the first's entry; for UDP to one backend
 (``udp-one``) the racing entries are identical and merge; for TCP (``tcp-one``) the
-losing SYN is dropped (insert_failed).  Each outcome seen is then played on the engine
+losing SYN is dropped (insert_failed); for two hosts sending from one source port through
+MASQUERADE (``udp-snat``) the second to confirm finds its reply tuple taken by the other
+host's flow and is dropped, UDP or not.  Each outcome seen is then played on the engine
 (nattrack.conntrack.cpus.race) in the confirm order the kernel showed (the CPU whose
 packet owns the listed entry confirmed first), and the engine must show the same
 counters, the same `conntrack -E` lines and send the same datagrams.
@@ -36,6 +38,7 @@ from .harness import (
 )
 from .race import (
     CLIENT_PORT_BASE,
+    has_backend,
     PAYLOADS,
     SERVICES,
     Round,
@@ -71,7 +74,7 @@ def outcome_counts(service: str, runs) -> dict[str, int]:
 # The outcomes each service must show before the comparison counts (a merge of two random
 # choices of the same backend, 1 in 100 races, need not be seen).
 WANTED = {"udp-random": ("nat-clash", "sequential"), "udp-one": ("merged", "sequential"),
-          "tcp-one": ("insert-failed", "sequential")}
+          "tcp-one": ("insert-failed", "sequential"), "udp-snat": ("insert-failed", "sequential")}
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +131,7 @@ def test_kernel_rounds_add_up(races, service):
         counts = run.count()
         failed = counts.get("insert-failed", 0)
         assert run.stats.get("insert_failed", 0) == run.stats.get("drop", 0) == failed
-        if proto == "tcp":
+        if proto == "tcp" or not has_backend(service):
             assert run.stats.get("clash_resolve", 0) == 0
         else:
             assert failed == 0
@@ -142,6 +145,10 @@ def test_kernel_rounds_add_up(races, service):
             events = _events_of(run, r.sport)
             new = [e for e in events if e.lstrip().startswith("[NEW]")]
             destroy = [e for e in events if e.lstrip().startswith("[DESTROY]")]
+            if not has_backend(service):      # SNAT: one NEW per entry listed, each its port
+                assert sorted(int(re.findall(r"dport=(\d+)", e)[-1]) for e in new) == \
+                    sorted(r.listed) and not destroy, (r, events)
+                continue
             assert len(new) == 1 and f"sport={r.listed[0]} " in new[0], (r, events)
             if r.outcome == "nat-clash":
                 # The hidden loser was never announced, but its end is.
@@ -171,7 +178,8 @@ class Engine:
 
     def packets(self, service: str, sport: int) -> list[Packet]:
         frames = frames_for(service, 1, sport)
-        return [Packet.parse(bytearray(f[0][14:]), 0, iif="r-pub", ts=self.clock())
+        iif = "r-pub" if has_backend(service) else "r-priv"
+        return [Packet.parse(bytearray(f[0][14:]), 0, iif=iif, ts=self.clock())
                 for f in frames]
 
     def reap(self) -> None:
@@ -232,10 +240,13 @@ def test_engine_agrees_on_each_outcome_and_confirm_order(races, service):
     for run, r in _rounds(races[service]):
         # A same-backend round is a pair that did not race, or (one backend) a merge:
         # both must look the same.
-        modes = (True,) if r.outcome != "same-backend" else \
+        modes = (True,) if r.outcome not in ("same-backend", "sequential") else \
             (False, True) if service == "udp-one" else (False,)
         for raced in modes:
-            compare_round(service, run, r, raced)
+            if has_backend(service):
+                compare_round(service, run, r, raced)
+            else:
+                compare_snat_round(service, run, r)
             key = (r.outcome, r.winner, raced)
             compared[key] = compared.get(key, 0) + 1
     print(f"{service}: rounds compared by (outcome, winner, raced): {compared}")
@@ -300,6 +311,43 @@ def compare_round(service: str, run, r: Round, raced: bool) -> None:
             e[UDP].dport = kf[UDP].dport
             del e[UDP].chksum, kf[UDP].chksum
         assert bytes(e) == bytes(kf), why
+
+
+def compare_snat_round(service: str, run, r: Round) -> None:
+    """Two hosts' datagrams of one source port, through MASQUERADE: raced (the kernel's
+    confirm order) when one was lost, else one after the other (the second remapped)."""
+    why = (service, r.outcome, r.winner)
+    first = PAYLOADS.index(r.winner)
+    eng = Engine()
+    pkts = eng.packets(service, r.sport)
+    before = {k: eng.router.ct.stats[k] for k in CLASH_KEYS}
+    if r.outcome == "insert-failed":
+        lanes = race(eng.router, pkts, order=(first, 1 - first))
+        assert (lanes[first].outcome, lanes[1 - first].outcome) == (INSERTED, INSERT_FAILED), why
+        verdicts = [x.verdict for x in lanes]
+    else:
+        verdicts = [eng.router.receive(p) for p in (pkts[first], pkts[1 - first])]
+        verdicts = verdicts if first == 0 else verdicts[::-1]
+    failed = int(r.outcome == "insert-failed")
+    assert {k: eng.router.ct.stats[k] - before[k] for k in CLASH_KEYS} == \
+        {"clash_resolve": 0, "insert_failed": failed, "drop": failed}, why
+    sent = {PAYLOADS[i]: IP(v.sent[0].data) for i, v in enumerate(verdicts) if v.sent}
+    assert sent.keys() == {k for k, p in r.sent.items() if p is not None}, why
+    # The port a remapped datagram got is the kernel's (or the engine's) random choice.
+    remapped = {port: "REMAPPED" for port in r.sent.values() if port not in (None, r.sport)}
+    eremapped = {ip[UDP].sport: "REMAPPED" for ip in sent.values() if ip[UDP].sport != r.sport}
+    kernel_events = [_ports_named(e, remapped) for e in _events_of(run, r.sport)]
+    engine_events = [_ports_named(strip_timestamp(e), eremapped) for e in eng.events]
+    kernel_events = [_tick_late(k, e) for k, e in zip(kernel_events, engine_events)] + \
+        kernel_events[len(engine_events):]
+    assert engine_events == kernel_events, why
+    winner_out = _by_client_port(run.pcaps[("r-pub", "out")], "sport").get(r.sport, [])
+    assert [bytes(ip) for ip in winner_out] == [bytes(sent[r.winner])], why
+
+
+def _ports_named(text: str, ports: dict[int, str]) -> str:
+    return re.sub(r"(sport|dport)=(\d+)",
+                  lambda m: f"{m.group(1)}={ports.get(int(m.group(2)), m.group(2))}", text)
 
 
 def _kernel_answers(run, sport: int) -> list:
