@@ -190,8 +190,10 @@ def frames_for(service: str, rounds: int, base: int) -> list[list[bytes]]:
 def run_race(lab: KernelLab, service: str, rounds: int, base: int, pause: float = 0.002,
              timeout: float = 60.0, reap_wait: float = 20.0) -> RaceRun:
     """Send ``rounds`` racing pairs to ``service`` and read back every round's outcome."""
-    if (os.cpu_count() or 1) < 2:
-        raise LabError("the race needs two CPUs (taskset -c 0 and -c 1); this machine has one")
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        raise LabError(f"the race needs two CPUs to pin its senders to; this process may use "
+                       f"only CPU {allowed}")
     name = f"race-{service}-{base}"
     work = lab.workdir / f"{name}-input"         # start_recording() empties its own dir
     work.mkdir(parents=True, exist_ok=True)
@@ -214,7 +216,7 @@ def run_race(lab: KernelLab, service: str, rounds: int, base: int, pause: float 
         if backend.stdout.readline().strip() != "ready":
             raise LabError("the answering backend did not start")
     t0 = time.monotonic()
-    procs = [lab._spawn(host, ["taskset", "-c", str(cpu), sys.executable, "-c", _SENDER,
+    procs = [lab._spawn(host, ["taskset", "-c", str(allowed[cpu]), sys.executable, "-c", _SENDER,
                                "eth0", str(cpu), str(shm), str(files[cpu]), str(pause)],
                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE, text=True)
