@@ -124,3 +124,12 @@ def test_cli_prints_the_nft_lines_of_each_record():
 def test_cli_names_a_router_without_nft_lines_in_one_line():
     with pytest.raises(LabError, match="no nft trace lines"):
         run_trace(_Records([{"ts": 0, "steps": []}]), {}, fmt="nft", out=io.StringIO())
+
+
+def test_a_reject_is_a_drop_verdict_as_nft_reject_sets():
+    rs = Ruleset.parse("table ip filter {\n\tchain fw {\n\t\ttype filter hook forward priority 0;"
+                       " policy accept;\n\t\tudp dport 5000 reject\n\t}\n}\n")
+    router = Router(IFACES, {"default": "wan"}, ruleset=rs)
+    v, lines = trace_receive(router, _udp(4000, 5000), trace_id=3)
+    assert v.dropped and lines[-1] == "trace id 00000003 ip filter fw rule udp dport 5000 reject " \
+        "(verdict drop)"

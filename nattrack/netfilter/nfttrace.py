@@ -195,9 +195,10 @@ class NftTrace:
 
     def hook(self, kind: str, hook: str, pkt, ctinfo: int | None, iif: str | None,
              oif: str | None) -> None:
-        """The base chains of type ``kind`` ("nat" or "filter") on ``hook`` ("FORWARD",
-        ...) run on ``pkt``, in priority order: for filter until one drops, for nat until
-        one sets up a binding (Ruleset.verdict() / first_match())."""
+        """The base chains of type ``kind`` ("nat", "filter", or "raw": filter chains
+        before conntrack) on ``hook`` ("FORWARD", ...) run on ``pkt``, in priority order:
+        for filter until one drops, for nat until one sets up a binding
+        (Ruleset.decide() / first_match() / raw())."""
         for _prio, table, chain in self.rs.hooks.get((kind, hook), ()):
             head = self._head(table, chain)
             if self.conntrack:
@@ -232,8 +233,8 @@ class NftTrace:
             if not rule.matches_packet(pkt, ctinfo, iif, oif):
                 continue
             t = rule.target
-            if t in ("ACCEPT", "DROP", "SNAT", "DNAT", "MASQUERADE"):
-                verdict = "accept" if t != "DROP" else "drop"
+            if t in ("ACCEPT", "DROP", "REJECT", "SNAT", "DNAT", "MASQUERADE"):
+                verdict = "drop" if t in ("DROP", "REJECT") else "accept"   # reject: NF_DROP
             elif t == "RETURN":
                 verdict = "return"
             elif t:
@@ -274,6 +275,16 @@ class TracedRuleset:
         if self._mine(pkt):
             self._trace.hook("filter", chain, pkt, ctinfo, iif, oif)
         return self._rs.verdict(chain, pkt, ctinfo, iif, oif)
+
+    def decide(self, chain, pkt, ctinfo, iif, oif):
+        if self._mine(pkt):
+            self._trace.hook("filter", chain, pkt, ctinfo, iif, oif)
+        return self._rs.decide(chain, pkt, ctinfo, iif, oif)
+
+    def raw(self, hook, pkt, iif, oif):
+        if self._mine(pkt):                 # before conntrack: no entry, ct state invalid
+            self._trace.hook("raw", hook, pkt, None, iif, oif)
+        return self._rs.raw(hook, pkt, iif, oif)
 
     def first_match(self, table, chain, pkt, ctinfo, iif, oif):
         if table == "nat" and self._mine(pkt):
