@@ -32,12 +32,12 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..labs.manifest import Lab, ManifestError, load as load_manifest
 from ..labs.testing import TestSpec, collect, number_key
 from .results import Results, TestResult
 from .sandbox import sandbox_uid
@@ -57,7 +57,7 @@ class GradeError(Exception):
 class LabInfo:
     dir: Path
     raw: dict
-    manifest: object                       # nattrack.labs.manifest's Lab, or the raw dict
+    manifest: Lab                          # the lab as nattrack.labs.manifest read it
     number: int
     slug: str
     title: str
@@ -78,41 +78,22 @@ def _repo_root() -> Path:
 
 
 def load_lab(lab_dir) -> LabInfo:
+    """The grader's view of a lab: lab.toml read and checked once, by labs.manifest.load()."""
     lab_dir = Path(lab_dir).resolve()
     toml = lab_dir / "lab.toml"
     if not toml.is_file():
         raise GradeError(f"{lab_dir}: no lab.toml here; give a lab folder such as labs/02-tcp-states")
     try:
-        raw = tomllib.loads(toml.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise GradeError(f"{toml}: {exc}") from None
-    manifest: object = raw
-    try:
-        from ..labs import manifest as _manifest
-    except ImportError:
-        _manifest = None  # type: ignore[assignment]
-    if _manifest is not None:
-        try:
-            manifest = _manifest.load(lab_dir)
-        except Exception as exc:               # noqa: BLE001 -- its own one-line errors
-            raise GradeError(f"{toml}: {exc}") from None
-    files = [str(f) for f in raw.get("files", [])]
-    if not files:
+        lab = load_manifest(lab_dir)
+    except ManifestError as exc:               # one line already, naming the file
+        raise GradeError(str(exc)) from None
+    raw = lab.doc
+    if not lab.files:
         raise GradeError(f"{toml}: `files` is empty: list what a submission consists of")
-    rules = raw.get("rules")
-    rules_path = None
-    if rules:
-        for base in (lab_dir, _repo_root()):
-            if (base / rules).is_file():
-                rules_path = (base / rules).resolve()
-                break
-        else:
-            raise GradeError(f"{toml}: rules {rules!r} not found in the lab folder or the kit")
-    return LabInfo(dir=lab_dir, raw=raw, manifest=manifest, number=int(raw.get("number", 0)),
-                   slug=str(raw.get("slug", lab_dir.name)), title=str(raw.get("title", "")),
-                   files=files, todos=list(raw.get("todos", [])),
+    return LabInfo(dir=lab_dir, raw=raw, manifest=lab, number=lab.number, slug=lab.slug,
+                   title=lab.title, files=list(lab.files), todos=list(raw.get("todos", [])),
                    variants=dict(raw.get("variants", {})), topology=raw.get("topology"),
-                   mode=str(raw.get("mode", "python")), rules=rules_path)
+                   mode=lab.mode, rules=lab.rules)
 
 
 @dataclass

@@ -46,6 +46,7 @@ class Lab:
     pieces: tuple[Piece, ...] = ()
     todos: tuple[Todo, ...] = ()
     extra: dict = field(default_factory=dict)      # keys this module does not interpret
+    doc: dict = field(default_factory=dict)        # the whole file as read (the grader's view)
 
     @property
     def name(self) -> str:
@@ -84,7 +85,7 @@ def load(lab_dir: str | Path) -> Lab:
     except FileNotFoundError:
         raise ManifestError(f"{lab_dir}: no lab.toml here; give a lab folder such as "
                             f"labs/02-tcp-states") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{where}: not valid TOML: {exc}") from None
 
     number = _want(doc, "number", int, where, "an integer, e.g. number = 2")
@@ -143,7 +144,7 @@ def load(lab_dir: str | Path) -> Lab:
     known = {"number", "slug", "title", "topology", "mode", "rules", "files", "pieces", "todos"}
     extra = {k: v for k, v in doc.items() if k not in known}
     return Lab(lab_dir, number, slug, title, topology, mode, rules_path, tuple(files),
-               tuple(pieces), tuple(todos), extra)
+               tuple(pieces), tuple(todos), extra, doc)
 
 
 def _resolve_rules(lab_dir: Path, rules: str, where: str) -> Path:
