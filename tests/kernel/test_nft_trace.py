@@ -103,8 +103,13 @@ def _frames():
     blocked by a set, UDP dropped by the policy, a port forward in, a ping to the router,
     a packet the audit chain drops, and an ICMP error for the open connection."""
     from scapy.layers.inet import ICMP, IP, TCP, UDP
-    out = lambda *a, **k: ("priv1", IP(src=PRIV1, dst=PUB, **k) / a[0])
-    back = lambda l4, **k: ("pub", IP(src=PUB, dst=ROUTER_PUB, **k) / l4)
+
+    def out(l4, **k):
+        return "priv1", IP(src=PRIV1, dst=PUB, **k) / l4
+
+    def back(l4, **k):
+        return "pub", IP(src=PUB, dst=ROUTER_PUB, **k) / l4
+
     return [
         out(TCP(sport=40000, dport=80, flags="S", seq=1000), tos=0xb9),
         back(TCP(sport=80, dport=40000, flags="SA", seq=5000, ack=1001)),
