@@ -58,8 +58,9 @@ IP_CT_NEW = 2
 IP_CT_ESTABLISHED_REPLY = 3      # == IP_CT_IS_REPLY
 IP_CT_RELATED_REPLY = 4
 IP_CT_IS_REPLY = 3
+IP_CT_UNTRACKED = 7              # notrack (raw table): no conntrack, and not INVALID either
 CTINFO_NAMES = {0: "ESTABLISHED", 1: "RELATED", 2: "NEW", 3: "ESTABLISHED_REPLY",
-                4: "RELATED_REPLY", None: "INVALID"}
+                4: "RELATED_REPLY", 7: "UNTRACKED", None: "INVALID"}
 
 # enum ip_conntrack_dir
 IP_CT_DIR_ORIGINAL = 0
@@ -70,11 +71,16 @@ CTSTATE_INVALID = 1 << 0
 CTSTATE_UNTRACKED = 1 << 6
 
 
+# NF_CT_STATE_BIT(ctinfo) by ctinfo: ESTABLISHED=2, RELATED=4, NEW=8 (either direction);
+# IP_CT_UNTRACKED gives NF_CT_STATE_UNTRACKED_BIT (xt_conntrack, nft_ct_get_eval()).
+_STATE_BITS = (2, 4, 8, 2, 4, 0, 0, CTSTATE_UNTRACKED)
+
+
 def ctstate_bit(ctinfo: int | None) -> int:
-    """NF_CT_STATE_BIT(ctinfo): ESTABLISHED=2, RELATED=4, NEW=8; INVALID=1."""
+    """NF_CT_STATE_BIT(ctinfo): ESTABLISHED=2, RELATED=4, NEW=8; INVALID=1; UNTRACKED=64."""
     if ctinfo is None:
         return CTSTATE_INVALID
-    return 1 << (ctinfo % IP_CT_IS_REPLY + 1)
+    return _STATE_BITS[ctinfo]
 
 
 def ctinfo_dir(ctinfo: int) -> int:

@@ -364,15 +364,21 @@ class _Parser(_Tokens):
                 hook = self.word("a hook")
                 if hook.value not in _HOOKS:
                     raise self.error(f"unknown hook {hook.value!r} ({', '.join(_HOOKS)})", hook)
-                if hook.value not in _CHAIN_HOOKS[kind.value]:
+                raw_hook = kind.value == "filter" and hook.value == "prerouting"
+                if hook.value not in _CHAIN_HOOKS[kind.value] and not raw_hook:
                     why = ("nat chains cannot sit on forward" if kind.value == "nat" else
                            "the engine filters on input, forward and output only")
                     raise self.error(f"{kind.value} chain on hook {hook.value}: {why}", hook)
                 self.expect("priority")
                 prio = self.priority()
-                if prio <= NF_IP_PRI_CONNTRACK:
-                    raise self.error(f"priority {prio} runs before conntrack (-200): raw-table "
-                                     "work such as notrack is not modelled", tok)
+                if prio <= NF_IP_PRI_CONNTRACK and (
+                        kind.value != "filter" or hook.value not in ("prerouting", "output")):
+                    raise self.error(f"priority {prio} runs before conntrack (-200): nattrack "
+                                     "models filter chains there (raw) on prerouting and output "
+                                     "only", tok)
+                if raw_hook and prio > NF_IP_PRI_CONNTRACK:
+                    raise self.error("filter chain on hook prerouting: the engine filters there "
+                                     "only before conntrack (priority raw)", hook)
                 t.bases[chain] = (kind.value, hook.value.upper(), prio)
                 t.policies.setdefault(chain, "ACCEPT")
             else:
@@ -550,7 +556,16 @@ class _Parser(_Tokens):
                                          "kernel refuses it)", rule.target)
                     walk(rule.target, kind, hook, path + [rule.target])
 
-        for chain, (kind, hook, _prio) in t.bases.items():
+        for chain, (kind, hook, prio) in t.bases.items():
+            if prio <= NF_IP_PRI_CONNTRACK:
+                for rule in chains[chain]:     # Ruleset.raw() walks one chain, no jumps
+                    if rule.target not in ("", "ACCEPT", "DROP"):
+                        word = "jump" if rule.target not in ("RETURN", "REJECT") else \
+                            rule.target.lower()
+                        raise RulesError(self.filename, rule.line, f"{word} in a raw-priority "
+                                         "chain: nattrack runs those as one chain of "
+                                         "accept, drop and notrack", word)
+                continue
             walk(chain, kind, hook, [chain])
 
     def resolve_set(self, t: _Table, tok: _Tok, key: str) -> tuple[tuple, str]:
@@ -648,6 +663,7 @@ class _RuleBuilder(_Tokens):
         self.goto = False
         self.nat: NatRange | None = None
         self.reject_with = ""
+        self.notrack = False
 
     def negation(self) -> bool:
         if self.peek().value in ("!=", "=="):
@@ -722,7 +738,7 @@ class _RuleBuilder(_Tokens):
                     self.f.get("iif"), self.f.get("oif"), self.f.get("proto", 0),
                     self.f.get("proto_invert", False), tuple(matches), self.target, self.nat,
                     self.line, self.text, counter=self.counter, log=self.log, goto=self.goto,
-                    reject_with=self.reject_with)
+                    reject_with=self.reject_with, notrack=self.notrack)
 
     # interfaces
     def kw_iifname(self, tok: _Tok, out: bool = False) -> None:
@@ -1024,7 +1040,13 @@ class _RuleBuilder(_Tokens):
         self.reject_with = how
 
     def kw_notrack(self, tok: _Tok) -> None:
-        raise self.error("'notrack' is not supported: the engine has no raw hook", tok)
+        base = self.t.bases.get(self.chain)
+        if base is None or base[2] > NF_IP_PRI_CONNTRACK:
+            raise self.error("'notrack' outside a base chain at raw priority (-300): after "
+                             "conntrack (-200) the packet already has its entry", tok)
+        if self.notrack:
+            raise self.error("'notrack' given twice", tok)
+        self.notrack = True
 
     def kw_masquerade(self, tok: _Tok) -> None:
         self.nat_statement(tok, "MASQUERADE")
@@ -1206,6 +1228,8 @@ def rule_text(rule: Rule, family: str = "ip", counts: tuple[int, int] | None = N
         out.append("counter" if counts is None else f"counter packets {counts[0]} bytes {counts[1]}")
     if rule.log is not None:
         out.append(f"log prefix {_quote(rule.log)}" if rule.log else "log")
+    if rule.notrack:
+        out.append("notrack")
     t, nr = rule.target, rule.nat_range
     if t in ("SNAT", "DNAT", "MASQUERADE"):
         stmt = t.lower() + (" ip" if family == "inet" and t != "MASQUERADE" else "")
@@ -1334,6 +1358,9 @@ def to_iptables(rs: Ruleset) -> Ruleset:
             kind = kinds[c]
             base = rs.bases[key].get(c)
             name = base[1] if base else c
+            if base and base[2] <= NF_IP_PRI_CONNTRACK:
+                raise ValueError(f"chain {c} of table {key}: a raw-priority chain has no "
+                                 "iptables form nattrack reads (no raw table there)")
             if base:
                 std = _IPT_PRIORITY.get((kind, name), 0)
                 if base[2] != std:

@@ -59,6 +59,7 @@ __all__ = [
 ]
 
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
+NF_IP_PRI_CONNTRACK = -200      # a filter chain at or below runs before conntrack (raw)
 
 # Built-in chains in the order iptables-save prints them.
 BUILTIN_CHAINS = {
@@ -254,6 +255,8 @@ class Rule:
     # nft `reject` (target REJECT): how it answers, in ipt_REJECT's names
     # (icmp-port-unreachable, ..., tcp-reset); stack.Router._reject sends it.
     reject_with: str = ""
+    # nft `notrack` (a raw-priority chain): the packet is left untracked (IP_CT_UNTRACKED).
+    notrack: bool = False
     _preds: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -319,6 +322,8 @@ class Rule:
             out.append(f"-j {self.target}")
         if self.reject_with:
             out.append(f"--reject-with {self.reject_with}")
+        if self.notrack:
+            out.append("-j CT --notrack")
         nr = self.nat_range
         if nr is not None:
             if self.target == "SNAT":
@@ -451,6 +456,8 @@ class Ruleset:
         self.hooks: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
         for table, chains in self.bases.items():
             for chain, (kind, hook, prio) in chains.items():
+                if kind == "filter" and prio <= NF_IP_PRI_CONNTRACK:
+                    kind = "raw"                 # runs before conntrack: raw()
                 self.hooks.setdefault((kind, hook), []).append((prio, table, chain))
         for entries in self.hooks.values():
             entries.sort(key=lambda e: e[0])
@@ -557,6 +564,28 @@ class Ruleset:
                 rules, i = stack.pop()
             else:
                 return None
+
+    def raw(self, hook: str, pkt, iif: str | None, oif: str | None) -> tuple[bool, bool]:
+        """(drop, notrack) for ``pkt`` in the raw-priority filter chains on ``hook``
+        (PREROUTING, OUTPUT), which run before conntrack (NF_IP_PRI_RAW): the packet has
+        no entry yet (ct state is invalid there).  A ``notrack`` rule marks the packet and
+        the chain goes on; accept ends the chain, drop the packet.  No jumps (nft.py
+        refuses them there)."""
+        notrack = False
+        for _prio, tkey, base in self.hooks.get(("raw", hook), ()):
+            for rule, preds, _kind, count in self._compiled[tkey][base]:
+                if all(pred(pkt, None, iif, oif) for pred in preds):
+                    count[0] += 1
+                    count[1] += pkt.tot_len
+                    notrack = notrack or rule.notrack
+                    if rule.target == "DROP":
+                        return True, notrack
+                    if rule.target == "ACCEPT":
+                        break
+            else:
+                if self.policies[tkey][base] == "DROP":
+                    return True, notrack
+        return False, notrack
 
     def verdict(self, chain: str, pkt, ctinfo: int | None, iif: str | None,
                 oif: str | None) -> str:

@@ -28,7 +28,8 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from ..conntrack.conn import CTINFO_NAMES, HZ, IP_CT_IS_REPLY, IP_CT_RELATED, IP_CT_RELATED_REPLY
+from ..conntrack.conn import (CTINFO_NAMES, HZ, IP_CT_IS_REPLY, IP_CT_RELATED, IP_CT_RELATED_REPLY,
+                              IP_CT_UNTRACKED)
 from ..conntrack.core import (HOOK_NAMES, NF_ACCEPT, NF_DROP, NF_INET_FORWARD, NF_INET_LOCAL_IN,
                               NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING,
                               ConntrackTable)
@@ -257,7 +258,16 @@ class Router:
                 if step:
                     step(("defrag", "fragment queued"))
                 return v
-        if self.ct.conntrack_in(pkt, NF_INET_PRE_ROUTING) == NF_DROP:
+        rs = self.ruleset
+        if rs is not None and ("raw", "PREROUTING") in rs.hooks:
+            drop, notrack = rs.raw("PREROUTING", pkt, pkt.iif, None)
+            if drop:
+                return self._drop(v, "raw PREROUTING")
+            if notrack:                             # nft_notrack_eval(): nf_ct_set(UNTRACKED)
+                pkt.ct, pkt.ctinfo = None, IP_CT_UNTRACKED
+        if pkt.ctinfo == IP_CT_UNTRACKED:
+            pass                                    # nf_conntrack_in() ignores it
+        elif self.ct.conntrack_in(pkt, NF_INET_PRE_ROUTING) == NF_DROP:
             return self._drop(v, "conntrack: table full")
         if step:
             step(("PRE_ROUTING", "conntrack: " + _ct_note(pkt)))
@@ -423,7 +433,15 @@ class Router:
         kernels) and never confirmed; NAT still translates it (RELATED ICMP:
         nf_nat_icmp_reply_translation())."""
         v = v or Verdict(step is not None)
-        if pkt.ct is None and self.ct.conntrack_in(pkt, NF_INET_LOCAL_OUT) == NF_DROP:
+        rs = self.ruleset
+        if rs is not None and ("raw", "OUTPUT") in rs.hooks:
+            drop, notrack = rs.raw("OUTPUT", pkt, None, None)
+            if drop:
+                return self._drop(v, "raw OUTPUT")
+            if notrack and pkt.ct is None:          # an attached entry stays (nft_notrack_eval)
+                pkt.ctinfo = IP_CT_UNTRACKED
+        if pkt.ct is None and pkt.ctinfo != IP_CT_UNTRACKED and \
+                self.ct.conntrack_in(pkt, NF_INET_LOCAL_OUT) == NF_DROP:
             return self._drop(v, "conntrack: table full")
         if self._nat(NF_INET_LOCAL_OUT, pkt, None) == NF_DROP:
             return self._drop(v, "nat OUTPUT")
@@ -630,7 +648,7 @@ def _exceeds_mtu(pkt: Packet, mtu: int) -> bool:
 def _ct_note(pkt: Packet) -> str:
     ct = pkt.ct
     if ct is None:
-        return "INVALID (no conntrack)"
+        return "UNTRACKED (notrack)" if pkt.ctinfo == IP_CT_UNTRACKED else "INVALID (no conntrack)"
     return f"{CTINFO_NAMES[pkt.ctinfo]} {ct.orig!r}"
 
 

@@ -348,7 +348,17 @@ REFUSALS = [
     ("table ip t { chain c { type route hook output priority 0; } }", 1, "route", "chain type"),
     ("table ip t { chain c { type nat hook forward priority 0; } }", 1, "forward", "nat chains"),
     ("table ip t { chain c { type filter hook prerouting priority 0; } }", 1, "prerouting",
+     "only before conntrack"),
+    ("table ip t { chain c { type filter hook postrouting priority 0; } }", 1, "postrouting",
      "input, forward and output"),
+    ("table ip t { chain c { type filter hook input priority raw; } }", 1, "type",
+     "prerouting and output"),
+    ("table ip t {\n chain c {\n  type filter hook prerouting priority raw;\n  reject\n }\n}",
+     4, "reject", "raw-priority"),
+    ("table ip t {\n chain c {\n  type filter hook prerouting priority raw;\n  jump d\n }\n"
+     " chain d {\n }\n}", 4, "jump", "raw-priority"),
+    ("table ip t {\n chain c {\n  type filter hook prerouting priority raw;\n  notrack "
+     "notrack\n }\n}", 4, "notrack", "twice"),
     ("table ip t { chain c { type filter hook input priority raw; } }", 1, "type", "conntrack"),
     ("table ip t { chain c { type filter hook input priority 0; policy queue; } }", 1, "queue",
      "policy"),
@@ -368,7 +378,9 @@ REFUSALS = [
     ("table ip t {\n chain c {\n  reject accept\n }\n}", 3, "accept", "verdict"),
     ("table ip t {\n chain c {\n  type nat hook output priority 0;\n  reject\n }\n}", 4,
      "reject", "nat chain"),
-    ("table ip t {\n chain c {\n  notrack\n }\n}", 3, "notrack", "raw hook"),
+    ("table ip t {\n chain c {\n  notrack\n }\n}", 3, "notrack", "raw priority"),
+    ("table ip t {\n chain c {\n  type filter hook input priority 0;\n  notrack\n }\n}", 4,
+     "notrack", "raw priority"),
     ("table ip t {\n chain c {\n  meta mark 1 accept\n }\n}", 3, "mark", "meta key"),
     ("table ip t {\n chain c {\n  ip ttl 1 accept\n }\n}", 3, "ttl", "ip ttl"),
     ("table ip t {\n chain c {\n  tcp window 1 accept\n }\n}", 3, "window", "tcp window"),
@@ -469,3 +481,41 @@ def test_reject_forms_and_their_answers():
     verdict, rule = rs.decide("FORWARD", pkt(dport=24), None, "eth0", "eth1")
     assert verdict == "REJECT" and rule.reject_with == "tcp-reset"
     assert rs.verdict("FORWARD", pkt(proto="udp", dport=80), None, "eth0", "eth1") == "ACCEPT"
+
+
+# --- notrack ------------------------------------------------------------------------------
+
+NOTRACK = """table inet raw {
+\tchain pre {
+\t\ttype filter hook prerouting priority raw; policy accept;
+\t\tudp dport 5300 counter notrack
+\t\tudp dport 5399 drop
+\t}
+\tchain out {
+\t\ttype filter hook output priority -300; policy accept;
+\t\tudp sport 5300 notrack accept
+\t}
+\tchain myforward {
+\t\ttype filter hook forward priority filter; policy drop;
+\t\tct state untracked accept
+\t}
+}
+"""
+
+
+def test_notrack_in_raw_chains_runs_before_conntrack():
+    rs = Ruleset.parse(NOTRACK)
+    assert ("raw", "PREROUTING") in rs.hooks and ("raw", "OUTPUT") in rs.hooks
+    assert ("filter", "OUTPUT") not in rs.hooks           # a raw chain is not a filter one
+    assert rs.raw("PREROUTING", pkt(proto="udp", dport=5300), "eth0", None) == (False, True)
+    assert rs.raw("PREROUTING", pkt(proto="udp", dport=5399), "eth0", None) == (True, False)
+    assert rs.raw("PREROUTING", pkt(proto="udp", dport=53), "eth0", None) == (False, False)
+    assert rs.raw("OUTPUT", pkt(proto="udp", sport=5300), None, None) == (False, True)
+    assert rs.counters[("inet raw", "pre", 0)] == [1, 28]     # IP length, no payload
+    # ct state untracked: IP_CT_UNTRACKED, neither invalid nor new
+    from nattrack.conntrack.conn import IP_CT_UNTRACKED
+    assert rs.verdict("FORWARD", pkt(proto="udp"), IP_CT_UNTRACKED, "eth0", "eth1") == "ACCEPT"
+    assert rs.verdict("FORWARD", pkt(proto="udp"), None, "eth0", "eth1") == "DROP"
+    text = rs.to_nft()
+    assert "udp dport 5300 counter notrack\n" in text and "udp sport 5300 notrack accept" in text
+    assert Ruleset.parse(text) == rs

@@ -109,7 +109,8 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     bad.write_text("table ip t {\n\tchain c {\n\t\tnotrack\n\t}\n}\n")
     assert main(["rules", "translate", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert err == f"nattrack: {bad}:3: 'notrack' is not supported: the engine has no raw hook\n"
+    assert err == f"nattrack: {bad}:3: 'notrack' outside a base chain at raw priority (-300): " \
+                  "after conntrack (-200) the packet already has its entry\n"
     rej = tmp_path / "reject.nft"
     rej.write_text("table ip t {\n\tchain c {\n\t\ttype filter hook input priority 0;\n"
                    "\t\ttcp dport 23 reject\n\t}\n}\n")
