@@ -7,13 +7,11 @@ entries and events of the scenario's own flows; ``check_sysctl`` checks a settin
 """
 from __future__ import annotations
 
-import socket
-import struct
 from collections.abc import Sequence
 
 from ..conntrack import show
 from ..conntrack.sysctl import DEFAULTS, Sysctl
-from ..conntrack.tuple import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
+from ..conntrack.tuple import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, ip2int
 from ..lab.craft import build
 from ..packet.ipv4 import TH_ACK, TH_FIN, TH_RST, TH_SYN, Packet
 from . import scenarios as sc
@@ -21,10 +19,6 @@ from .session import PacketPair, SessionError, Transition
 
 PROTO_NUM = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP, "icmp": IPPROTO_ICMP}
 CLIENT_ISN, SERVER_ISN = 1_000_000, 5_000_000
-
-
-def _ip(text: str) -> int:
-    return struct.unpack("!I", socket.inet_aton(text))[0]
 
 
 def flow_orig(flow: sc.Flow) -> dict:
@@ -53,7 +47,7 @@ def tcp_flag_name(flags: int, payload: int) -> str:
 
 
 def _tup(proto: str, t: dict) -> tuple:
-    return (PROTO_NUM[proto], _ip(t["src"]), t.get("sport"), _ip(t["dst"]), t.get("dport"))
+    return (PROTO_NUM[proto], ip2int(t["src"]), t.get("sport"), ip2int(t["dst"]), t.get("dport"))
 
 
 def transition(flow: sc.Flow | None, before: list[dict], after: list[dict],
