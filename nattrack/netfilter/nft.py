@@ -14,6 +14,7 @@ Supported (families ip and inet, IPv4 traffic)::
     table FAMILY NAME { chain ... set ... }        add table|chain|rule ...
     chain NAME { type nat|filter hook HOOK priority P; policy accept|drop; RULES }
         P: a number or raw, mangle, dstnat, filter, security, srcnat [+|- N]
+        (a filter chain at raw priority, before conntrack: prerouting or output)
     set NAME { type ipv4_addr|inet_service|inet_proto; [flags interval;] elements = { ... } }
 
     iifname|oifname|iif|oif [!=] "NAME"   ("eth*" is a prefix)
@@ -23,15 +24,16 @@ Supported (families ip and inet, IPv4 traffic)::
     tcp flags F[,F] | tcp flags & (F|F) ==|!= F | tcp flags F / F,F
     icmp type [!=] NAME|NUMBER|{ ... } [icmp code N]
     ct state [!=] LIST   ct status [!=] expected|seen-reply|assured|confirmed|snat|dnat
-    ct direction [!=] original|reply
+    ct direction [!=] original|reply     meta nfproto ipv4 (inet)
     counter [packets N bytes M]   log [prefix "TEXT"]   comment "TEXT"
     accept | drop | return | jump CHAIN | goto CHAIN
+    reject [with icmp|icmpx [type] NAME | with tcp reset]    notrack (raw priority)
     masquerade [to :P[-Q]] [random|fully-random|persistent[,...]]
     snat|dnat [ip] to [ADDR[-ADDR]][:PORT[-PORT]] [random|fully-random|persistent[,...]]
 
-Refused with the line and the token (the engine does not model them yet):
-``reject`` (its ICMP/TCP RST answer), ``notrack`` and raw-priority chains, filter
-chains on prerouting/postrouting, other families, maps, verdict maps, ``define``.
+Refused with the line and the token (the engine does not model them):
+filter chains on postrouting (or prerouting above raw priority), jumps and reject in
+raw-priority chains, other families, maps, verdict maps, ``define`` (docs/nftables.md).
 """
 from __future__ import annotations
 
