@@ -301,9 +301,10 @@ def trace_receive(router, pkt, ether: tuple[str, str] | None = None,
     if saved is None:
         return router.receive(pkt, trace=True), []
     trace = NftTrace(saved, trace_id, ether, conntrack, show_handles)
-    router.ruleset = TracedRuleset(saved, trace)
+    traced = router.ruleset = TracedRuleset(saved, trace)
     try:
         v = router.receive(pkt, trace=True)
     finally:
-        router.ruleset = saved
+        if router.ruleset is traced:        # not if new rules were loaded meanwhile
+            router.ruleset = saved
     return v, trace.lines
