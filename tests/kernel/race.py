@@ -307,7 +307,11 @@ def classify(service: str, r: Round) -> None:
         # Who kept the client's port confirmed first; a second one was remapped (no race)
         # or dropped (the race).
         r.winner = next((k for k, p in r.sent.items() if p == r.sport), None)
-        if len(ports) == 2 and len(set(ports)) == 2 and sorted(r.listed) == sorted(ports):
+        if ports and r.winner is None:
+            # An earlier round's entry holds the client port (NAT remapped one of its flows
+            # to exactly this port at random): both were remapped, nothing raced for it.
+            r.outcome = "port-taken"
+        elif len(ports) == 2 and len(set(ports)) == 2 and sorted(r.listed) == sorted(ports):
             r.outcome = "sequential"
         elif len(ports) == 1 and r.listed == ports:
             r.outcome = "insert-failed"
