@@ -298,7 +298,7 @@ def test_nat_target_in_user_chain_reached_only_from_allowed_hooks():
 
 REJECTED = [
     # (file text, line, message fragment)
-    ("*mangle\nCOMMIT\n", 1, "unsupported table 'mangle' (nattrack supports: nat, filter)"),
+    ("*mangle\nCOMMIT\n", 1, "unsupported table 'mangle' (nattrack supports: nat, filter, raw)"),
     ("*filter\n-A INPUT -j ACCEPT\n", 3, "COMMIT expected at end of file"),
     ("*filter\n*nat\nCOMMIT\n", 2, "COMMIT expected before '*nat'"),
     ("-A INPUT -j ACCEPT\n", 1, "line outside a table"),

@@ -65,7 +65,8 @@ _NAT_HOOKS = {"SNAT": ("POSTROUTING", "INPUT"), "DNAT": ("PREROUTING", "OUTPUT")
               "MASQUERADE": ("POSTROUTING",)}
 # iptables' nat chains' priorities (NF_IP_PRI_NAT_DST / _SRC) and filter's.
 _IPT_PRIORITY = {("nat", "PREROUTING"): -100, ("nat", "OUTPUT"): -100,
-                 ("nat", "INPUT"): 100, ("nat", "POSTROUTING"): 100}
+                 ("nat", "INPUT"): 100, ("nat", "POSTROUTING"): 100,
+                 ("raw", "PREROUTING"): -300, ("raw", "OUTPUT"): -300}
 _TCP_FLAGS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20,
               "ecn": 0x40, "cwr": 0x80}
 _CT_STATUS = {"expected": IPS_EXPECTED, "seen-reply": IPS_SEEN_REPLY, "assured": IPS_ASSURED,
@@ -1330,8 +1331,8 @@ def from_iptables(rs: Ruleset) -> Ruleset:
         tables[key] = {c: [replace(r, table=key, counter=True, matches=tuple(
             replace(m, module="conntrack") if isinstance(m, StateMatch) else m
             for m in r.matches)) for r in rules] for c, rules in chains.items()}
-        bases[key] = {c: (table, c, _IPT_PRIORITY.get((table, c), 0))
-                      for c in BUILTIN_CHAINS[table]}
+        bases[key] = {c: ("filter" if table == "raw" else table, c,
+                          _IPT_PRIORITY.get((table, c), 0)) for c in BUILTIN_CHAINS[table]}
         policies[key] = dict(rs.policies[table])
     return Ruleset(tables, policies, rs.filename, bases, {})
 
@@ -1347,7 +1348,8 @@ def to_iptables(rs: Ruleset) -> Ruleset:
     for key, chains in rs.tables.items():
         if rs.sets.get(key):
             raise ValueError(f"table {key}: named sets have no iptables form nattrack reads")
-        kinds = {c: b[0] for c, b in rs.bases[key].items()}
+        kinds = {c: "raw" if b[2] <= NF_IP_PRI_CONNTRACK else b[0]
+                 for c, b in rs.bases[key].items()}
         for c in chains:
             if c not in kinds:
                 users = {b[0] for ch, b in rs.bases[key].items() if any(
@@ -1360,9 +1362,6 @@ def to_iptables(rs: Ruleset) -> Ruleset:
             kind = kinds[c]
             base = rs.bases[key].get(c)
             name = base[1] if base else c
-            if base and base[2] <= NF_IP_PRI_CONNTRACK:
-                raise ValueError(f"chain {c} of table {key}: a raw-priority chain has no "
-                                 "iptables form nattrack reads (no raw table there)")
             if base:
                 std = _IPT_PRIORITY.get((kind, name), 0)
                 if base[2] != std:
@@ -1385,6 +1384,9 @@ def to_iptables(rs: Ruleset) -> Ruleset:
                 if r.target == "REJECT":
                     raise ValueError(f"line {r.line}: 'reject' has no iptables form nattrack "
                                      "reads (-j REJECT is not in its iptables subset)")
+                if r.notrack and r.target:
+                    raise ValueError(f"line {r.line}: 'notrack {r.target.lower()}' is two "
+                                     "iptables rules (-j CT --notrack, then the verdict)")
                 for m in r.matches:
                     if hasattr(m, "iptables"):
                         m.iptables()           # raises where there is no form at all

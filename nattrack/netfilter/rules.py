@@ -6,7 +6,7 @@ iptables-restore 1.8 accepts *and* what nattrack implements; everything else
 raises RulesError naming the file, the line and the offending token.  Nothing
 is ever silently ignored.
 
-Supported (tables ``*nat`` and ``*filter``, each closed by ``COMMIT``)::
+Supported (tables ``*nat``, ``*filter`` and ``*raw``, each closed by ``COMMIT``)::
 
     :CHAIN POLICY [pkts:bytes]      built-in chain policy (counters optional)
     :NAME - [0:0]                   user-defined chain (declared before use)
@@ -20,6 +20,7 @@ Supported (tables ``*nat`` and ``*filter``, each closed by ``COMMIT``)::
     -m comment --comment TEXT
     !  before -s -d -i -o -p --sport --dport --icmp-type --ctstate --state
     -j ACCEPT | DROP | RETURN | USERCHAIN
+    -j NOTRACK | CT --notrack      (raw table, PREROUTING and OUTPUT: no user chains)
     -j MASQUERADE [--to-ports P[-Q]] [--random] [--random-fully]
     -j SNAT --to-source [IP[-IP]][:P[-Q]] [--random] [--random-fully] [--persistent]
     -j DNAT --to-destination [IP[-IP]][:P[-Q]] [--random] [--persistent]
@@ -65,8 +66,9 @@ NF_IP_PRI_CONNTRACK = -200      # a filter chain at or below runs before conntra
 BUILTIN_CHAINS = {
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "raw": ("PREROUTING", "OUTPUT"),
 }
-_POLICIES = {"nat": ("ACCEPT",), "filter": ("ACCEPT", "DROP")}
+_POLICIES = {"nat": ("ACCEPT",), "filter": ("ACCEPT", "DROP"), "raw": ("ACCEPT", "DROP")}
 
 # Where each NAT target may sit (the .hooks of xt_nat.c and xt_MASQUERADE.c).
 _NAT_HOOKS = {
@@ -77,6 +79,7 @@ _NAT_HOOKS = {
 _TARGETS = {
     "nat": ("ACCEPT", "RETURN", "SNAT", "DNAT", "MASQUERADE"),
     "filter": ("ACCEPT", "DROP", "RETURN"),
+    "raw": ("ACCEPT", "DROP", "NOTRACK", "CT"),      # CT --notrack only
 }
 _ALL_TARGETS = ("ACCEPT", "DROP", "RETURN", "SNAT", "DNAT", "MASQUERADE", "REJECT")
 # Chain names that would clash with a target (xtables: "chain name may not clash
@@ -459,6 +462,9 @@ class Ruleset:
                 if kind == "filter" and prio <= NF_IP_PRI_CONNTRACK:
                     kind = "raw"                 # runs before conntrack: raw()
                 self.hooks.setdefault((kind, hook), []).append((prio, table, chain))
+        if not self.bases and "raw" in self.tables:      # iptables' raw table (NF_IP_PRI_RAW)
+            for chain in BUILTIN_CHAINS["raw"]:
+                self.hooks[("raw", chain)] = [(-300, "raw", chain)]
         for entries in self.hooks.values():
             entries.sort(key=lambda e: e[0])
         # (table, chain, index) -> [packets, bytes] each rule matched, as the kernel's
@@ -783,6 +789,7 @@ _TARGET_OPTS = {
     "MASQUERADE": ("--to-ports", "--random", "--random-fully"),
     "SNAT": ("--to-source", "--random", "--random-fully", "--persistent"),
     "DNAT": ("--to-destination", "--random", "--persistent"),
+    "CT": ("--notrack",),
 }
 _NEGATABLE = {"-s", "-d", "-i", "-o", "-p", "--sport", "--dport", "--icmp-type", "--ctstate",
               "--state"}
@@ -844,7 +851,8 @@ class _Parser:
                                      f"(table {cur.name} opened at line {cur.lineno})")
                 name = line[1:].strip()
                 if name not in BUILTIN_CHAINS:
-                    raise self.error(f"unsupported table {name!r} (nattrack supports: nat, filter)",
+                    raise self.error(f"unsupported table {name!r} (nattrack supports: nat, filter, "
+                                     "raw)",
                                      name)
                 if name in tables:
                     raise self.error(f"table {name} given twice", name)
@@ -1091,6 +1099,9 @@ class _RuleParser:
     def parse_target(self, name: str) -> str:
         t = self.t
         if name in t.chains and name not in BUILTIN_CHAINS[t.name]:
+            if t.name == "raw":
+                raise self.error("a jump in the raw table: nattrack runs its built-in chains "
+                                 "only (accept, drop, NOTRACK)", name)
             return name
         if name in BUILTIN_CHAINS[t.name]:
             raise self.error(f"cannot jump to built-in chain {name!r}", name)
@@ -1244,6 +1255,9 @@ class _RuleParser:
     def target_option(self, tok: str, opt: str) -> None:
         if opt in self.target_opts:
             raise self.error(f"{self.target}: option {opt!r} can only be used once", tok)
+        if opt == "--notrack":
+            self.target_opts[opt] = True
+            return
         if opt in _FLAG_OPTS:
             self.target_opts[opt] = True
             return
@@ -1288,7 +1302,7 @@ class _RuleParser:
         self.target_opts[opt] = (ips, port_range)
 
     def nat_range(self) -> NatRange | None:
-        if self.target not in _TARGET_OPTS:
+        if self.target not in _NAT_HOOKS:
             return None
         required = {"SNAT": "--to-source", "DNAT": "--to-destination"}.get(self.target)
         if required and required not in self.target_opts:
@@ -1333,9 +1347,14 @@ class _RuleParser:
                 matches.append(StateMatch(mask, inv, m.name))
             else:
                 matches.append(CommentMatch(m.values[opt][0]))
+        # xt_CT's notrack_tg (-j NOTRACK, -j CT --notrack): mark, and the chain goes on.
+        notrack = self.target in ("NOTRACK", "CT")
+        if self.target == "CT" and "--notrack" not in self.target_opts:
+            raise self.error("-j CT: nattrack supports only --notrack", "CT")
         return Rule(self.t.name, self.chain, self.f.get("src"), self.f.get("dst"),
                     self.f.get("iif"), self.f.get("oif"), proto, pinv, tuple(matches),
-                    self.target or "", self.nat_range(), self.p.lineno, self.text)
+                    "" if notrack else self.target or "", self.nat_range(), self.p.lineno,
+                    self.text, notrack=notrack)
 
 
 _PROTO_MODULE = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_ICMP: "icmp"}

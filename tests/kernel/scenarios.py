@@ -675,7 +675,6 @@ def _raw_notrack() -> Scenario:
         "not NATed; other traffic is tracked and NATed as usual",
         MASQ_NOTRACK,
         (udp("priv1", 41400, 5300), udp_reply(5300, 41400), udp("priv1", 41401, 5301)),
-        diff_xfail="nattrack's rules parser supports the nat and filter tables only (no raw)",
         expect=Expect(
             events=(ev("NEW", r"udp .*sport=41401 dport=5301 "),),
             no_events=(r"sport=41400",), table_count=1, stats={"invalid": 0},

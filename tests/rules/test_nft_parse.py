@@ -519,3 +519,55 @@ def test_notrack_in_raw_chains_runs_before_conntrack():
     text = rs.to_nft()
     assert "udp dport 5300 counter notrack\n" in text and "udp sport 5300 notrack accept" in text
     assert Ruleset.parse(text) == rs
+
+
+# --- the iptables raw table (-j NOTRACK, -j CT --notrack) ----------------------------------
+
+RAW_IPT = """*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -p udp --dport 5300 -j NOTRACK
+-A PREROUTING -p udp --sport 5300 -j CT --notrack
+-A PREROUTING -p udp --dport 5399 -j DROP
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -m conntrack --ctstate UNTRACKED -j ACCEPT
+COMMIT
+"""
+
+
+def test_the_iptables_raw_table_runs_before_conntrack_and_translates():
+    from nattrack.cli.rules import translate
+    rs = Ruleset.parse(RAW_IPT)
+    assert [(r.target, r.notrack) for r in rs.tables["raw"]["PREROUTING"]] == [
+        ("", True), ("", True), ("DROP", False)]          # NOTRACK goes on (XT_CONTINUE)
+    assert rs.raw("PREROUTING", pkt(proto="udp", dport=5300), "eth0", None) == (False, True)
+    assert rs.raw("PREROUTING", pkt(proto="udp", dport=5399), "eth0", None) == (True, False)
+    text = translate(rs, "nft")
+    assert "table ip raw {" in text and "type filter hook prerouting priority -300;" in text
+    assert "udp dport 5300 counter notrack" in text
+    back = Ruleset.parse(text)
+    assert back.raw("PREROUTING", pkt(proto="udp", sport=5300), "eth0", None) == (False, True)
+    assert "-A PREROUTING -p udp -m udp --sport 5300 -j CT --notrack" in translate(back, "iptables")
+
+
+@pytest.mark.parametrize("text, says", [
+    ("*raw\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j CT\nCOMMIT\n", "only --notrack"),
+    ("*raw\n:PREROUTING ACCEPT [0:0]\n:X - [0:0]\n-A PREROUTING -j X\nCOMMIT\n", "raw table"),
+    ("*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j NOTRACK\nCOMMIT\n", "NOTRACK"),
+    ("*raw\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j MASQUERADE\nCOMMIT\n", "MASQUERADE"),
+])
+def test_raw_table_refusals(text, says):
+    with pytest.raises(RulesError) as e:
+        Ruleset.parse(text, "bad.rules")
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_notrack_with_a_verdict_has_no_iptables_form():
+    from nattrack.netfilter.nft import to_iptables
+    with pytest.raises(ValueError) as e:
+        to_iptables(Ruleset.parse(NOTRACK))
+    assert "two iptables rules" in str(e.value)
