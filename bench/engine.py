@@ -31,6 +31,7 @@ import time
 import tracemalloc
 
 from nattrack.conntrack.core import NF_INET_PRE_ROUTING, ConntrackTable, tune_gc
+from nattrack.conntrack.proto_tcp import TCP_CONNTRACK_ESTABLISHED
 from nattrack.netfilter.rules import Ruleset
 from nattrack.netfilter.stack import Router
 from nattrack.packet.checksum import checksum, pseudo_header_sum
@@ -47,9 +48,10 @@ SEED = 42
 
 TARGETS = {
     "throughput_pps": (">=", 300_000, "pkt/s"),
-    "new_tcp_per_s": (">=", 50_000, "conn/s"),
-    "new_udp_per_s": (">=", 50_000, "conn/s"),
-    "bytes_per_entry": ("<=", 500, "B"),
+    "new_tcp_per_s": (">=", 100_000, "conn/s"),
+    "new_udp_per_s": (">=", 100_000, "conn/s"),
+    "bytes_per_entry": ("<=", 300, "B"),          # UDP entries (RSS growth)
+    "tcp_bytes_per_entry": ("<=", 500, "B"),      # ESTABLISHED TCP entries (RSS growth)
     "gc_max_pause_ms": ("<=", 10, "ms"),
     "ctgc_max_slice_ms": ("<=", 10, "ms"),
     "ctgc_idle_slice_ms": ("<=", 10, "ms"),
@@ -194,7 +196,7 @@ def profile_lines(fn, top: int = 22) -> list[str]:
     total = sum(v[2] for v in st.stats.values())
     rows = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:top]
     lines = [f"{'tottime%':>8} {'cumtime':>8} {'calls':>9}  function (file:line)"]
-    for (fname, line, func), (cc, nc, tt, ct, _callers) in rows:
+    for (fname, line, func), (_cc, nc, tt, ct, _callers) in rows:
         short = fname.replace(ROOT + os.sep, "")
         lines.append(f"{100 * tt / total:7.1f}% {ct:8.3f} {nc:9d}  {func} ({short}:{line})")
     return lines
@@ -299,7 +301,7 @@ def bench_throughput(quick: bool, do_profile: bool) -> dict:
     for name, fn in (("parse", run_parse), ("ct_only", run_ct_only), ("receive_only", run_receive_only),
                      ("full", run_full)):
         times = []
-        for r in range(repeats):
+        for _ in range(repeats):
             times.append(fn())
         times.sort()
         res[name] = {"best_pps": n / times[0], "median_pps": n / times[len(times) // 2],
@@ -311,6 +313,92 @@ def bench_throughput(quick: bool, do_profile: bool) -> dict:
         prepare_gc()
         res["profile"] = profile_lines(lambda: full_loop(router, clock, fr))
     return res
+
+
+# --- figure 1, the kernel's: the same router in a network namespace ------------------------
+
+# The sender, run in namespace a: n datagrams of one established flow, and the CPU time that
+# cost (veth hands a frame to the peer in the sender's context, so every namespace's work on
+# it up to the drop is billed to the sender).
+_KERNEL_SENDER = """
+import json, resource, socket, sys, time
+n = int(sys.argv[1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("10.0.0.2", 40000))
+s.connect(("198.18.0.2", 53))
+data = bytes(40)
+for _ in range(1000):
+    s.send(data)
+time.sleep(0.2)
+ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+for _ in range(n):
+    s.send(data)
+ru1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+print(json.dumps({"n": n, "cpu_s": cpu, "wall_s": t1 - t0}))
+"""
+
+_DROP_ALL = "table ip bench {\n chain pre {\n  type filter hook prerouting priority -300; policy drop;\n }\n}\n"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+def _in_ns(ns: str, *cmd: str, stdin: str | None = None) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], check=True, capture_output=True,
+                          text=True, input=stdin).stdout
+
+
+def kernel_router_cost(quick: bool) -> dict:
+    """The kernel's cost per packet of figure 1's router path, measured in this run.
+
+    Namespaces a (10.0.0.2) -- r (lan 10.0.0.1/16, wan 203.0.113.1/24, the same rules as
+    nft, default route via b) -- b (203.0.113.254, drops everything at raw PREROUTING).
+    a sends one established UDP flow as fast as it can; the sender's CPU per datagram is
+    measured twice: with r forwarding (conntrack, NAT, filter, routing, TTL, out to b) and
+    with r dropping everything at raw PREROUTING (before conntrack).  The difference is what
+    r's path (and b's receive up to its drop) costs the kernel per packet.
+    """
+    if os.geteuid() != 0:
+        return {"error": "needs root (network namespaces)"}
+    n = 200_000 if quick else 1_000_000
+    pre = f"ntbe{os.getpid() % 100000}"
+    a, r, b = f"{pre}a", f"{pre}r", f"{pre}b"
+    made: list[str] = []
+    try:
+        for ns in (a, r, b):
+            _ip("netns", "add", ns)
+            made.append(ns)
+        _ip("link", "add", f"{pre}x", "netns", a, "type", "veth", "peer", "name", "lan", "netns", r)
+        _ip("link", "add", f"{pre}y", "netns", b, "type", "veth", "peer", "name", "wan", "netns", r)
+        for ns, dev, addr in ((a, f"{pre}x", "10.0.0.2/16"), (r, "lan", "10.0.0.1/16"),
+                              (r, "wan", "203.0.113.1/24"), (b, f"{pre}y", "203.0.113.254/24")):
+            _in_ns(ns, "ip", "addr", "add", addr, "dev", dev)
+            _in_ns(ns, "ip", "link", "set", dev, "up")
+        _in_ns(a, "ip", "route", "add", "default", "via", "10.0.0.1")
+        _in_ns(r, "ip", "route", "add", "default", "via", "203.0.113.254")
+        _in_ns(r, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        _in_ns(r, "nft", "-f", "-", stdin=Ruleset.parse(RULES).to_nft())
+        _in_ns(b, "nft", "-f", "-", stdin=_DROP_ALL)
+
+        def send() -> dict:
+            return json.loads(_in_ns(a, sys.executable, "-c", _KERNEL_SENDER, str(n)))
+
+        best_fwd = min((send() for _ in range(3)), key=lambda x: x["cpu_s"])
+        forwarded = int(_in_ns(r, "cat", "/proc/sys/net/netfilter/nf_conntrack_count").strip() or 0)
+        _in_ns(r, "nft", "-f", "-", stdin=_DROP_ALL)
+        best_drop = min((send() for _ in range(3)), key=lambda x: x["cpu_s"])
+    except (subprocess.CalledProcessError, OSError, ValueError) as exc:
+        err = getattr(exc, "stderr", "") or str(exc)
+        return {"error": f"kernel measurement failed: {err.strip().splitlines()[-1] if err.strip() else exc}"}
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    us = (best_fwd["cpu_s"] - best_drop["cpu_s"]) / n * 1e6
+    return {"n": n, "entries": forwarded, "sender_us_forwarded": best_fwd["cpu_s"] / n * 1e6,
+            "sender_us_dropped_at_r": best_drop["cpu_s"] / n * 1e6, "router_us_per_pkt": us,
+            "router_pps": 1e6 / us if us > 0 else None}
 
 
 # --- figure 2: new connections per second ---------------------------------------------------
@@ -343,7 +431,7 @@ def bench_new(quick: bool, do_profile: bool) -> dict:
     for name, builder, dport in (("tcp", tcp_syn, 443), ("udp", udp_datagram, 53)):
         times = []
         for _ in range(repeats):
-            dt, router, _f = run(lambda: distinct(builder, dport))
+            dt, router, _f = run(lambda b=builder, d=dport: distinct(b, d))
             times.append(dt)
         times.sort()
         res[name] = {"best_per_s": n / times[0], "median_per_s": n / times[len(times) // 2],
@@ -670,6 +758,35 @@ def child_traced(n: int) -> dict:
             "tcp_n": tcp_count, "tcp_bytes_per_entry": tcp_b, "tcp_top": tcp_top}
 
 
+def child_tcp(n: int) -> dict:
+    """Figure 3 for ESTABLISHED TCP entries: the RSS growth of n handshakes (SYN, SYN-ACK,
+    ACK) through the router, frames made a chunk at a time so they do not blur the figure."""
+    router, clock = new_router({"nf_conntrack_max": 2 * n})
+    parse, receive = Packet.parse, router.receive
+    prepare_gc()
+    rss0 = rss_bytes()
+    chunk = 20000
+    for base in range(0, n, chunk):
+        bufs = []
+        for k in range(base, min(n, base + chunk)):
+            c, s, p = big_flow(k)
+            bufs += [("lan", tcp_segment(c, s, p, 443, 1000, 0, 0x02, _SYN_OPTS, 64240)),
+                     ("wan", tcp_segment(s, PUBLIC, 443, p, 5000, 1001, 0x12, _SYN_OPTS, 65160)),
+                     ("lan", tcp_segment(c, s, p, 443, 1001, 5001, 0x10, b"", 502))]
+        for iif, buf in bufs:
+            receive(parse(buf, 0, iif, T0))
+        del bufs
+        if base // chunk % 10 == 0:
+            progress(f"figure 3 (TCP): {base + chunk:,} / {n:,} entries")
+    gc.collect()
+    rss1 = rss_bytes()
+    count = router.ct.count
+    established = sum(1 for ct in router.ct.conns(reap=False)
+                      if ct.proto is not None and ct.proto.state == TCP_CONNTRACK_ESTABLISHED)
+    return {"entries": count, "established": established, "rss_before": rss0, "rss_after": rss1,
+            "bytes_per_entry_rss": (rss1 - rss0) / max(1, count)}
+
+
 def run_child(kind: str, *args) -> dict:
     cmd = [sys.executable, "-m", "bench.engine", "--child", kind, *map(str, args)]
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -728,6 +845,15 @@ def build_report(args, header: dict, f1: dict, f2: dict, big: dict, traced: dict
          f"{full_us:.2f} total")
     line(f"  parse {p_us:.2f} | conntrack {c_us:.2f} | NAT+filter+route+rewrite {max(0.0, r_us - c_us):.2f}",
          f"{100 * p_us / full_us:.0f}% | {100 * c_us / full_us:.0f}% | {100 * max(0, r_us - c_us) / full_us:.0f}%")
+    k = f1.get("kernel", {})
+    if k.get("router_pps"):
+        line(f"the kernel, same run: r's path for one UDP flow (veth, {k['n']:,} datagrams)",
+             f"{k['router_pps']:,.0f} pkt/s")
+        line(f"  sender CPU per datagram: forwarded {k['sender_us_forwarded']:.2f} us, dropped at r "
+             f"{k['sender_us_dropped_at_r']:.2f} us; r's path", f"{k['router_us_per_pkt']:.2f} us")
+        line("  ratio ours / kernel (time per packet)", f"{full_us / k['router_us_per_pkt']:.1f}x")
+    else:
+        line("the kernel, same run", k.get("error", "n/a"))
     row(1, "throughput_pps", "throughput (parse + receive)", full["best_pps"], f"{full['best_pps']:,.0f} pkt/s")
     L.append("")
 
@@ -755,6 +881,13 @@ def build_report(args, header: dict, f1: dict, f2: dict, big: dict, traced: dict
         L.append(f"3. Memory per entry at {f3['entries']:,} entries (UDP first packets through "
                  f"Router.receive: conntrack_in + MASQUERADE + confirm; {f3['buckets']:,} buckets)")
         line("RSS growth / entries", f"{bpe:,.0f} B", fmt_target("bytes_per_entry"))
+        tcp = big.get("tcp", {})
+        tcp_bpe = tcp.get("bytes_per_entry_rss")
+        if tcp_bpe is not None:
+            line(f"  ESTABLISHED TCP entries ({tcp['established']:,} of {tcp['entries']:,}), RSS growth",
+                 f"{tcp_bpe:,.0f} B", fmt_target("tcp_bytes_per_entry"))
+        else:
+            line("  ESTABLISHED TCP entries", tcp.get("error", "n/a"))
         line("sys.getsizeof estimate (no tracemalloc)", f"{f3['sizeof']['total']:,.0f} B")
         for part, v in f3["sizeof"]["parts"].items():
             line(f"  {part}", f"{v:,.0f} B")
@@ -767,11 +900,15 @@ def build_report(args, header: dict, f1: dict, f2: dict, big: dict, traced: dict
             for t in traced["tcp_top"][:6]:
                 line(f"  {t['where']}", f"{t['bytes_per_entry']:,.0f} B")
         line("kernel nf_conn (slabinfo objsize)", f"{kern} B" if kern else "n/a")
-        line("ratio ours / kernel", f"{bpe / kern:.2f}x" if kern else "n/a")
+        line("ratio ours / kernel (UDP)", f"{bpe / kern:.2f}x" if kern else "n/a")
+        if tcp_bpe is not None:
+            line("ratio ours / kernel (TCP)", f"{tcp_bpe / kern:.2f}x" if kern else "n/a")
         line("build rate at scale (includes frame crafting)", f"{f3['build_per_s']:,.0f} conn/s")
         line("default gc while growing: collections / full / max pause",
              f"{f3['default_gc_pauses']} / {f3['default_gc_full']} / {f3['default_gc_max_pause_ms']:,.0f} ms")
-        row(3, "bytes_per_entry", "bytes per entry (RSS)", bpe, f"{bpe:,.0f} B")
+        row(3, "bytes_per_entry", "bytes per UDP entry (RSS)", bpe, f"{bpe:,.0f} B")
+        row(3, "tcp_bytes_per_entry", "bytes per TCP entry (RSS)", tcp_bpe,
+            f"{tcp_bpe:,.0f} B" if tcp_bpe is not None else "n/a")
         L.append("")
 
         # 4
@@ -837,7 +974,12 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.child:
         kind, *rest = args.child
-        out = child_big(int(rest[0]), int(rest[1]), int(rest[2])) if kind == "big" else child_traced(int(rest[0]))
+        if kind == "big":
+            out = child_big(int(rest[0]), int(rest[1]), int(rest[2]))
+        elif kind == "tcp":
+            out = child_tcp(int(rest[0]))
+        else:
+            out = child_traced(int(rest[0]))
         json.dump(out, sys.stdout)
         return
     header = {"cpu": cpu_model(), "python": f"{platform.python_implementation()} {sys.version.split()[0]}",
@@ -845,12 +987,16 @@ def main(argv=None) -> None:
               "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
     t0 = perf()
     f1 = bench_throughput(args.quick, args.profile)
+    progress("figure 1: the kernel's router path in network namespaces")
+    f1["kernel"] = kernel_router_cost(args.quick)
     f2 = bench_new(args.quick, args.profile)
     gc.unfreeze()
     gc.set_threshold(700, 10, 10)
     n, stream = size("table", args.quick), size("stream", args.quick)
     progress(f"figures 3-5: child process, {n:,} entries")
     big = run_child("big", n, stream, size("churn", args.quick))
+    progress(f"figure 3: ESTABLISHED TCP entries (child process), {n:,} entries")
+    big["tcp"] = run_child("tcp", n)
     progress("figure 3: tracemalloc cross-check (child process)")
     traced = run_child("traced", size("traced", args.quick))
     header["elapsed_s"] = round(perf() - t0, 1)
