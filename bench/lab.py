@@ -5,6 +5,7 @@ Run from the repository root, as root (it builds the lab's network namespaces)::
     sudo .venv/bin/python -m bench.lab            # full run, about 1.5 minutes
     sudo .venv/bin/python -m bench.lab --quick    # each measurement briefly, about 35 s
     sudo .venv/bin/python -m bench.lab --json     # the same figures as one JSON object
+    sudo .venv/bin/python -m bench.lab --no-batch # python mode one frame per system call (before)
 
 One run brings the `basic` lab up in python mode, measures, brings it down,
 then does the same in kernel mode, and prints both side by side with the ratio
@@ -49,10 +50,10 @@ LOSS_OK = 0.001             # "no loss": under 0.1 %
 PING_COUNT = 50
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-TARGETS = {
-    "udp_pps": (">=", 100_000, "pkt/s"),
-    "tcp_mbps": (">=", 1_000, "Mbit/s"),
-    "rtt_added_us": ("<=", 250, "us"),
+TARGETS = {                         # issue 11's
+    "udp_pps": (">=", 150_000, "pkt/s"),
+    "tcp_mbps": (">=", 1_500, "Mbit/s"),
+    "rtt_added_us": ("<=", 100, "us"),
     "shadow_missed_pct": ("<=", 0, "%"),
 }
 
@@ -821,7 +822,7 @@ def build_report(args, header: dict, modes: dict) -> tuple[list[str], dict]:
     head = f"  {'':<40} {'python mode':>16} {'kernel mode':>16} {'py/kern':>9}"
     L.append(f"nattrack live lab benchmark: topology {TOPO} (h1 10.0.0.10 -- r -- srv {SRV_IP})"
              + (" (--quick)" if args.quick else ""))
-    for k in ("cpu", "python", "platform", "nattrack", "tools", "date"):
+    for k in ("cpu", "python", "platform", "nattrack", "data path", "tools", "date"):
         L.append(f"  {k + ':':<10} {header[k]}")
     L.append("  Both modes ran on this machine in this run, one after the other; the sender (h1), the"
              " router and")
@@ -998,6 +999,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.lab", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="each measurement briefly (under 90 s in all)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ap.add_argument("--no-batch", action="store_true",
+                    help="python mode reads and sends one frame per system call, as before the "
+                         "recvmmsg/sendmmsg batches (NATTRACK_NO_BATCH=1 in the router)")
     ap.add_argument("--shadow-range", action="store_true",
                     help="only the shadow's exact range (kernel mode, section 6), about 1 minute")
     args = ap.parse_args(argv)
@@ -1019,9 +1023,13 @@ def main(argv=None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    if args.no_batch:
+        os.environ["NATTRACK_NO_BATCH"] = "1"          # the lab service passes it to the router
     header = {"cpu": f"{cpu_model()} ({os.cpu_count()} CPUs)",
               "python": f"{platform.python_implementation()} {sys.version.split()[0]}",
               "platform": platform.platform(), "nattrack": f"git {git_rev()}", "tools": tool_versions(),
+              "data path": "python mode: " + ("one frame per system call (--no-batch)" if args.no_batch
+                                              else "recvmmsg/sendmmsg batches"),
               "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
     t0 = time.monotonic()
     modes: dict = {}

@@ -49,6 +49,7 @@ STAMPED_ROUTER = r"""
 import atexit, json, select, sys, time
 from nattrack.router import batch, dataplane
 from nattrack.netfilter.stack import Router, Sent, Verdict
+from nattrack.packet.ipv4 import Packet
 out_path, bypass = sys.argv[1], sys.argv[2] == "relay"
 sys.argv = ["nattrack.router"] + sys.argv[3:]
 now = time.perf_counter
@@ -76,7 +77,7 @@ def stamp(cls, name, what):
             return orig(*a, **k)
         finally:
             log.append((what, t, now()))
-    setattr(cls, name, wrapper)
+    setattr(cls, name, staticmethod(wrapper) if isinstance(cls.__dict__[name], classmethod) else wrapper)
 
 if bypass:
     OTHER = {"r-lan": "r-wan", "r-wan": "r-lan"}
@@ -86,6 +87,7 @@ if bypass:
         return v
     Router.receive = relay
 stamp(Router, "receive", "engine")
+stamp(Packet, "parse", "parse")
 stamp(batch.RxBatch, "recv", "recvmmsg")
 stamp(batch.TxBatch, "flush", "sendmmsg")
 orig_drain = dataplane.PythonDataplane._drain
@@ -108,7 +110,26 @@ def ping(topo, count: int) -> list[float]:
     return [float(x) * 1000 for x in re.findall(r"time[=<]([\d.]+) ms", r.stdout)]
 
 
-def router_run(topo, mode: str, count: int, work: str) -> dict:
+def flood(topo, rate: int, seconds: float, pid: int) -> dict:
+    """bench.lab's paced UDP sender (64-byte frames) client -> a counting sink in the
+    server; the router process's CPU meanwhile."""
+    from .lab import SENDER, SINK, UDP_PAYLOAD, proc_cpu_s
+    sink = topo.popen(topo.server, sys.executable, "-c", SINK, "9000", "0.7", str(seconds + 15),
+                      stdout=subprocess.PIPE, text=True)
+    assert sink.stdout.readline().strip() == "ready"
+    cpu0 = proc_cpu_s(pid)
+    snd = topo.exec(topo.client, sys.executable, "-c", SENDER, "203.0.113.10", "9000", str(rate),
+                    str(seconds), str(UDP_PAYLOAD), timeout=seconds + 30)
+    cpu1 = proc_cpu_s(pid)
+    got = json.loads(sink.communicate(timeout=seconds + 20)[0])
+    sent = json.loads(snd.stdout)
+    return {"sent": sent["attempted"] - sent["errors"], "received": got["received"],
+            "seconds": sent["seconds"], "router_cpu_s": cpu1 - cpu0}
+
+
+def router_run(topo, mode: str, work: str, traffic) -> dict:
+    """The stamped router in python mode (``relay``: its engine bypassed) while
+    ``traffic(pid)`` runs; returns what traffic returned and the raw stamps."""
     stamps = os.path.join(work, f"{mode}.json")
     rules = os.path.join(work, "rules")
     with open(rules, "w") as f:
@@ -121,13 +142,21 @@ def router_run(topo, mode: str, count: int, work: str) -> dict:
     try:
         if proc.stdout.readline().strip() != "ready":
             raise SystemExit(f"the router did not start; see {work}/{mode}.log")
-        rtts = ping(topo, count)
+        result = traffic(proc.pid)
     finally:
         proc.terminate()
         proc.wait(20)
     with open(stamps) as f:
-        log = json.load(f)
-    return {"rtt": rtts, "parts": parts(log)}
+        return result, json.load(f)
+
+
+def totals(log: list) -> dict[str, tuple[int, float]]:
+    """Each stamped part: (calls, seconds in all)."""
+    out: dict[str, tuple[int, float]] = {}
+    for what, t0, t1 in log:
+        n, s = out.get(what, (0, 0.0))
+        out[what] = (n + 1, s + t1 - t0)
+    return out
 
 
 def parts(log: list) -> dict[str, float]:
@@ -157,6 +186,8 @@ def parts(log: list) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.live_rtt", description=__doc__.split("\n")[0])
     ap.add_argument("--count", type=int, default=300, help="pings per run (default 300)")
+    ap.add_argument("--flood", type=int, default=40_000, metavar="PKT/S",
+                    help="then a UDP flood at this rate for 3 s, per-frame costs (default 40000, 0: none)")
     ap.add_argument("--keep", metavar="DIR", help="keep the raw stamps (DIR/relay.json, DIR/python.json)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -173,8 +204,12 @@ def main() -> int:
         res["kernel"] = {"rtt": ping(topo, args.count)}
         topo.exec(topo.router, "sysctl", "-qw", "net.ipv4.ip_forward=0")
         for mode in ("relay", "python"):
-            res[mode] = router_run(topo, mode, args.count, work)
+            rtts, log = router_run(topo, mode, work, lambda pid: ping(topo, args.count))
+            res[mode] = {"rtt": rtts, "parts": parts(log)}
             time.sleep(0.5)
+        if args.flood:
+            fl, log = router_run(topo, "flood", work, lambda pid: flood(topo, args.flood, 3.0, pid))
+            fl["totals"] = totals(log)
     print(f"ping -i 0.01 client -> server through the router namespace, {args.count} pings per run; "
           f"medians in us")
     for mode, r in res.items():
@@ -190,6 +225,23 @@ def main() -> int:
                   f" ({p['pings']} pings matched)")
             print(f"          outside it (wake-ups, the kernel's veth paths): "
                   f"{statistics.median(r['rtt']) - inside:.1f}")
+    if args.flood:
+        t = fl["totals"]
+        frames = t.get("engine", (0, 0.0))[0] or 1
+        drains = sum(v[1] for k, v in t.items() if k.startswith("drain"))
+        per = {k: 1e6 * v[1] / frames for k, v in t.items()}
+        rest = 1e6 * drains / frames - sum(per.get(k, 0.0) for k in ("engine", "parse", "recvmmsg", "sendmmsg"))
+        print(f"UDP flood, 64-byte frames, {args.flood:,}/s offered for 3 s: sent {fl['sent']:,}, "
+              f"received {fl['received']:,} ({100 * (1 - fl['received'] / max(1, fl['sent'])):.2f} % lost)")
+        print(f"  router process CPU {1e6 * fl['router_cpu_s'] / frames:.1f} us per frame "
+              f"({100 * fl['router_cpu_s'] / fl['seconds']:.0f} % of a CPU); inside its drains "
+              f"{1e6 * drains / frames:.1f} us: Packet.parse {per.get('parse', 0):.1f}, "
+              f"Router.receive {per.get('engine', 0):.1f}, recvmmsg {per.get('recvmmsg', 0):.1f} "
+              f"({t.get('recvmmsg', (0,))[0] and frames / t['recvmmsg'][0]:.1f} frames per call), "
+              f"sendmmsg {per.get('sendmmsg', 0):.1f} "
+              f"({t.get('sendmmsg', (0,))[0] and frames / t['sendmmsg'][0]:.1f} per call), "
+              f"the loop's own work {rest:.1f}")
+        print("  (each stamp costs about half a microsecond itself)")
     return 0
 
 
