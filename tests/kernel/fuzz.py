@@ -108,7 +108,7 @@ class Flow:
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    kind: str                  # tcp, udp, icmp, icmperr, pause
+    kind: str                  # tcp, udp, icmp, icmperr, repeat (a flow's last packet), pause
     flow: int = 0
     reply: bool = False        # sent by the server side (or about the client's packet)
     flags: str = ""
@@ -163,7 +163,9 @@ def one_step(draw, rules: str, fl: tuple[Flow, ...]) -> tuple[Step, ...]:
     # The comparison does not rename random NAT ports inside ICMP errors: none for
     # flows SNATed to a port range.
     err = ("icmperr",) if _nat_kind(rules, f) != "random" else ()
-    kind = draw(st.sampled_from((f.proto,) * 8 + err))
+    kind = draw(st.sampled_from((f.proto,) * 8 + err + ("repeat",)))
+    if kind == "repeat":                 # the flow's previous packet again, unchanged
+        return (*pause, Step("repeat", i))
     if kind == "tcp":
         flags = draw(st.sampled_from(TCP_FLAGS))
         return (*pause, Step("tcp", i, draw(st.booleans()), flags,
@@ -182,15 +184,21 @@ def one_step(draw, rules: str, fl: tuple[Flow, ...]) -> tuple[Step, ...]:
 @st.composite
 def steps_for(draw, rules: str, fl: tuple[Flow, ...]) -> tuple[Step, ...]:
     drawn = draw(st.lists(one_step(rules, fl), min_size=1, max_size=16))
-    # one pause at most, and never first (it would only cost time)
-    out, paused = [], False
+    # one pause at most, never first (it would only cost time); a repeat needs a packet
+    out, paused, sent = [], False, {i for i, f in enumerate(fl) if f.handshake is not None}
     for step in (s for group in drawn for s in group):
         if step.kind == "pause":
             if paused or not out:
                 continue
             paused = True
+        elif step.kind == "repeat" and step.flow not in sent:
+            continue
+        else:
+            sent.add(step.flow)
         out.append(step)
-    return tuple(out)
+    while out and out[-1].kind == "pause":
+        out.pop()
+    return tuple(out) or (Step(fl[0].proto),)
 
 
 @st.composite
@@ -385,17 +393,23 @@ def to_scenario(case: Case) -> Scenario:
             out += [_tcp_send(conv, Step("tcp", conv.index, False, "S", wscale=ws)),
                     _tcp_send(conv, Step("tcp", conv.index, True, "SA", wscale=ws)),
                     _tcp_send(conv, Step("tcp", conv.index, False, "A"))]
+    last: dict[int, Send] = {}                # each flow's latest packet
     for step in case.steps:
         if step.kind == "pause":
             out.append(Sleep(PAUSE, "pause"))
             continue
         conv = convs[step.flow]
+        if step.kind == "repeat":
+            if step.flow in last:
+                out.append(last[step.flow])
+            continue
         if step.kind == "tcp":
             out.append(_tcp_send(conv, step))
         elif step.kind == "icmperr":
             out.append(_icmp_error(conv, step))
         else:
             out.append(_datagram(conv, step))
+        last[step.flow] = out[-1]
     random_ports = any(c.nat == "random" for c in convs)
     return Scenario(case.name, f"generated: {case!r}", RULESETS[case.rules], tuple(out),
                     sysctls=dict(SYSCTL_PROFILES[case.profile]), random_ports=random_ports)
@@ -599,6 +613,7 @@ def _pkt_source(pkt) -> str:
 class Tally:
     compared: int = 0          # cases run through both and compared
     rejected: int = 0
+    why_rejected: dict = dataclasses.field(default_factory=dict)     # reason -> count
     disagreed: int = 0         # compared cases that differed (shrinking steps included)
     seconds: float = 0.0
     found: list = dataclasses.field(default_factory=list)   # (case, rendered diff)
@@ -621,8 +636,10 @@ def fuzz_chunk(labs: Labs, tally: Tally, tmp_path, examples: int, seed: int,
     def check(case: Case) -> None:
         try:
             out = run_case(labs, case, tmp_path)
-        except Rejected:
+        except Rejected as exc:
             tally.rejected += 1
+            why = str(exc).split(":")[0]
+            tally.why_rejected[why] = tally.why_rejected.get(why, 0) + 1
             reject()
         tally.compared += 1
         tally.seconds += out.seconds
@@ -692,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{tally.compared} compared, {tally.rejected} rejected, "
                   f"{tally.disagreed} disagreeing runs, {len(tally.found)} found", flush=True)
     summary = {"compared": tally.compared, "rejected": tally.rejected,
+               "why_rejected": tally.why_rejected,
                "disagreeing_runs": tally.disagreed, "found": len(tally.found),
                "chunks": chunk, "first_seed": a.seed, "rules": list(rulesets),
                "protos": list(protos),
