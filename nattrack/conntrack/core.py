@@ -266,6 +266,7 @@ class ConntrackTable:
     def init_conntrack(self, t: Tuple, pkt):
         """init_conntrack(): a new, unconfirmed entry; None if no reply tuple exists,
         NF_DROP if the table is full and nothing could be evicted."""
+        t = interned(t)
         reply = invert_tuple(t)
         if reply is None:
             return None
@@ -274,8 +275,7 @@ class ConntrackTable:
             self.gc_early_drop = True
             self.log.append("nf_conntrack: table full, dropping packet")
             return NF_DROP
-        t = interned(t)
-        ct = Conn(t, invert_tuple(t))
+        ct = Conn(t, reply)
         if self.sysctl["nf_conntrack_acct"]:
             ct.counters = [0, 0, 0, 0]
         return ct

@@ -323,7 +323,7 @@ def nf_nat_alloc_null_binding(table, ct: Conn, hook: int) -> int:
         # What get_unique_tuple() comes to for this range: the address stays, and
         # without a port range a DST manip never moves a port, taken or not; only
         # the uniqueness check (and its `found` count) is left to do.
-        nf_nat_used_tuple(table, invert_tuple(ct.reply), ct)
+        table.tuple_taken(ct.reply, ct)      # nf_nat_used_tuple() of the current tuple
         ct.status |= IPS_DST_NAT_DONE
         return NF_ACCEPT
     ip = ct.reply.dst if manip == NF_NAT_MANIP_SRC else ct.reply.src
