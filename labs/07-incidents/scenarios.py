@@ -1,0 +1,506 @@
+"""Lab 07's incidents: production conntrack faults on topologies/incidents.py, the fixes a
+student submits as data, and how the grader checks them -- on recorded traffic (the
+engine) and in the live lab (the kernel forwards, as root, through the lab service).
+
+An incident is a story in three acts, the same live and offline:
+
+1. the node r runs healthy (``rules/healthy.rules``) and traffic flows;
+2. the incident happens (``scenarios/NAME.rules`` replace r's rules, ``scenarios/NAME.toml``
+   ``[break]`` sets sysctls and takes hosts down) -- conntrack's table is *not* flushed,
+   which is the point of most incidents;
+3. the student's fix is applied (``NAME.toml``: sysctls and ``[[delete]]`` entries, which
+   the grader turns into ``conntrack -D``; ``NAME.rules``: r's rules), and the traffic
+   after it must show the fix worked.
+
+Nothing a student writes is executed: rules are parsed by nattrack's parser first and
+loaded with ``iptables-restore``; every other knob is checked and applied as an argv.
+
+Command line (the lab's Makefile uses it)::
+
+    python scenarios.py list
+    sudo python scenarios.py break NAME          # the running lab: acts 1 and 2
+    sudo python scenarios.py fix NAME [--dir D]  # acts 1-3 with D/NAME.* (default student/)
+    python scenarios.py replay NAME [--dir D]    # the recorded traffic through the engine
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LAB = Path(__file__).resolve().parent
+SCENARIOS = ("stale-udp", "table-full", "new-rule", "invalid-rst")
+# nf_conntrack_max is global and read-only inside a network namespace: a table-full
+# incident cannot be staged in the live lab without changing the whole machine.
+LIVE = ("stale-udp", "new-rule")
+
+# topologies/incidents.py, as far as the knobs are concerned.
+ROUTER = "r"
+ROUTER_IFACES = {"ntr-lan": "10.0.0.1/24", "ntr-svc": "10.1.0.1/24", "ntr-wan": "203.0.113.1/24"}
+LAN, SVC, WAN = "ntr-lan", "ntr-svc", "ntr-wan"
+PUBLIC = "203.0.113.1"
+HOSTS = {"h1": ("nth1-eth0", "10.0.0.10"), "h2": ("nth2-eth0", "10.0.0.11"),
+         "be1": ("ntbe1-eth0", "10.1.0.11"), "be2": ("ntbe2-eth0", "10.1.0.12"),
+         "srv": ("ntsrv-eth0", "203.0.113.10")}
+PRIVATE = (ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("10.1.0.0/24"))
+PROTOS = {"udp": 17, "tcp": 6}
+
+
+class KnobError(ValueError):
+    """An incident or fix file that cannot be applied (the message says what to change)."""
+
+
+@dataclass
+class Config:
+    """Knobs: r's rules and sysctls, hosts taken down, conntrack entries to delete."""
+    rules: str = ""
+    sysctl: dict[str, int] = field(default_factory=dict)
+    down: list[str] = field(default_factory=list)
+    delete: list[dict] = field(default_factory=list)
+    diagnosis: str = ""
+
+
+# --- reading and checking knobs -------------------------------------------------------------
+
+def _check_delete(item, where: str) -> dict:
+    """One ``[[delete]]`` table: the original-direction tuple ``conntrack -D`` selects by."""
+    if not isinstance(item, dict) or item.get("proto") not in PROTOS:
+        raise KnobError(f"{where}: delete: expected {{proto = \"udp\", dst = \"203.0.113.1\", "
+                        f"dport = 53}} (proto udp or tcp; src, dst, sport, dport optional)")
+    unknown = set(item) - {"proto", "src", "dst", "sport", "dport"}
+    if unknown:
+        raise KnobError(f"{where}: delete: unknown key {sorted(unknown)[0]!r} (proto, src, "
+                        f"dst, sport, dport)")
+    for key in ("src", "dst"):
+        if key in item:
+            try:
+                ipaddress.IPv4Address(item[key])
+            except (ValueError, TypeError):
+                raise KnobError(f"{where}: delete {key} = {item[key]!r}: expected an IPv4 "
+                                f"address") from None
+    for key in ("sport", "dport"):
+        value = item.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+            raise KnobError(f"{where}: delete {key} = {item[key]!r}: expected a port 1-65535")
+    return dict(item)
+
+
+def parse_knobs(data: dict, where: str) -> Config:
+    cfg = Config()
+    unknown = set(data) - {"sysctl", "delete", "down", "diagnosis", "title", "symptom", "try",
+                           "break", "incident", "break_at", "fix_at"}
+    if unknown:
+        raise KnobError(f"{where}: unknown key {sorted(unknown)[0]!r} (expected sysctl, "
+                        f"delete, diagnosis)")
+    for key, value in (data.get("sysctl") or {}).items():
+        if not key.startswith("net.netfilter.nf_conntrack_"):
+            raise KnobError(f"{where}: sysctl {key!r}: only net.netfilter.nf_conntrack_* can "
+                            f"be set on the node")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise KnobError(f"{where}: sysctl {key} = {value!r}: expected a whole number")
+        cfg.sysctl[key] = value
+    deletes = data.get("delete") or []
+    cfg.delete = [_check_delete(d, where) for d in ([deletes] if isinstance(deletes, dict)
+                                                     else deletes)]
+    for host in data.get("down") or []:
+        if host not in HOSTS:
+            raise KnobError(f"{where}: down {host!r}: one of {', '.join(HOSTS)}")
+        cfg.down.append(host)
+    diag = data.get("diagnosis", "")
+    if not isinstance(diag, str):
+        raise KnobError(f"{where}: diagnosis: expected a string")
+    cfg.diagnosis = diag
+    return cfg
+
+
+def check_rules(text: str, where: str) -> str:
+    """The rules parse with nattrack's parser and name only the nat and filter tables."""
+    from nattrack.netfilter.rules import RulesError, Ruleset
+    try:
+        Ruleset.parse(text, where)
+    except RulesError as exc:
+        raise KnobError(str(exc)) from None
+    tables = {line.strip()[1:].split()[0] for line in text.splitlines()
+              if line.strip().startswith("*")}
+    if not tables or not tables <= {"nat", "filter"}:
+        raise KnobError(f"{where}: rules for the *nat and *filter tables only "
+                        f"(found: {', '.join(sorted(tables)) or 'none'})")
+    return text
+
+
+def load_toml(text: str, where: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise KnobError(f"{where}: not valid TOML: {exc}") from None
+
+
+def healthy() -> str:
+    return (LAB / "rules" / "healthy.rules").read_text()
+
+
+def scenario(name: str) -> tuple[Config, dict]:
+    """(the incident's knobs, its description) of incident NAME."""
+    if name not in SCENARIOS:
+        raise KnobError(f"unknown incident {name!r}: one of {', '.join(SCENARIOS)}")
+    meta = load_toml((LAB / "scenarios" / f"{name}.toml").read_text(), f"scenarios/{name}.toml")
+    cfg = parse_knobs(meta.get("break", {}), f"scenarios/{name}.toml [break]")
+    cfg.rules = check_rules((LAB / "scenarios" / f"{name}.rules").read_text(),
+                            f"scenarios/{name}.rules")
+    return cfg, meta
+
+
+def fix_from_texts(name: str, toml_text: str | None, rules_text: str | None) -> Config:
+    """The student's fix for NAME from the texts of NAME.toml and NAME.rules."""
+    cfg = Config()
+    if toml_text is not None:
+        cfg = parse_knobs(load_toml(toml_text, f"{name}.toml"), f"{name}.toml")
+        if cfg.down:
+            raise KnobError(f"{name}.toml: down: a fix cannot take hosts down")
+    if rules_text is not None and rules_text.strip():
+        cfg.rules = check_rules(rules_text, f"{name}.rules")
+    return cfg
+
+
+def fix_from_dir(name: str, folder: Path) -> Config:
+    def text(suffix):
+        p = folder / f"{name}{suffix}"
+        return p.read_text() if p.exists() else None
+    return fix_from_texts(name, text(".toml"), text(".rules"))
+
+
+def _matches(item: dict, orig) -> bool:
+    """Does an entry's original tuple match a ``[[delete]]`` item (conntrack -D's filter)?"""
+    from nattrack.conntrack.tuple import ip2int
+    return (orig.proto == PROTOS[item["proto"]]
+            and ("src" not in item or orig.src == ip2int(item["src"]))
+            and ("dst" not in item or orig.dst == ip2int(item["dst"]))
+            and ("sport" not in item or orig.sport == item["sport"])
+            and ("dport" not in item or orig.dport == item["dport"]))
+
+
+# --- the recorded traffic through the engine --------------------------------------------------
+
+def capture_path(name: str) -> Path:
+    return LAB / "data" / f"{name}.pcapng"
+
+
+class _View:
+    """A packet r received or sent: addresses as ipaddress objects, the time it was seen."""
+
+    def __init__(self, pkt, ts: float = 0.0) -> None:
+        self.proto, self.sport, self.dport = pkt.proto, pkt.sport, pkt.dport
+        self.src, self.dst = ipaddress.ip_address(pkt.src), ipaddress.ip_address(pkt.dst)
+        self.tcpflags, self.ts = pkt.tcpflags, ts
+        self.text = pkt.summary()
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+@dataclass
+class Outcome:
+    """What the node did with the incident's recorded traffic (times from the capture's start)."""
+    sent: list = field(default_factory=list)        # (oif, _View) of everything r sent
+    dropped: list = field(default_factory=list)     # (t, summary, reason)
+    log: list = field(default_factory=list)         # the engine's kernel log lines
+    stats: dict = field(default_factory=dict)       # conntrack -S totals
+
+    def out(self, iface: str, after: float = 0.0) -> list:
+        return [p for oif, p in self.sent if oif == iface and p.ts >= after]
+
+
+def replay(name: str, fix: Config | None, capture: Path | None = None) -> Outcome:
+    """The incident's recorded traffic (frames as they reach r) through nattrack's engine:
+    healthy until ``break_at``, broken from then on, with ``fix`` applied at ``fix_at``
+    (seconds from the capture's first frame)."""
+    from nattrack.conntrack.tuple import Tuple  # noqa: F401 -- entries' tuples
+    from nattrack.netfilter.rules import Ruleset
+    from nattrack.netfilter.stack import Router
+    from nattrack.packet.ipv4 import Packet
+    from nattrack.packet.pcapio import CaptureReader, ip_offset
+
+    broken, meta = scenario(name)
+    acts = [(float(meta.get("break_at", 0)), broken, f"scenarios/{name}.rules")]
+    if fix is not None:
+        acts.append((float(meta.get("fix_at", 0)), fix, f"{name}.rules"))
+    clock_now = [0.0]
+    router = Router(dict(ROUTER_IFACES), {}, Ruleset.parse(healthy(), "rules/healthy.rules"),
+                    {}, lambda: clock_now[0], seed=7)
+    down: set[str] = set()
+    out, t0 = Outcome(), None
+    for frame in CaptureReader(str(capture or capture_path(name))):
+        off = ip_offset(frame)
+        if off is None:
+            continue
+        t0 = frame.ts if t0 is None else t0
+        rel = frame.ts - t0
+        while acts and rel >= acts[0][0]:
+            _at, cfg, where = acts.pop(0)
+            _apply_engine(router, cfg, where)
+            down.update(cfg.down)
+        router.ct.run_gc_until(frame.ts, lambda t: clock_now.__setitem__(0, t))
+        clock_now[0] = frame.ts
+        pkt = Packet.parse(bytearray(frame.data), off, iif=frame.iface, ts=frame.ts)
+        if pkt is None or any(str(ipaddress.ip_address(pkt.src)) == HOSTS[h][1] for h in down):
+            continue
+        summary = pkt.summary()
+        v = router.receive(pkt)
+        if v.dropped:
+            out.dropped.append((rel, summary, v.dropped))
+        for s in v.sent:
+            out.sent.append((s.oif, _View(Packet.parse(bytearray(s.data), 0), rel)))
+    out.log = list(router.ct.log)
+    out.stats = dict(router.ct.stats)
+    return out
+
+
+def _apply_engine(router, cfg: Config, where: str) -> None:
+    """What apply_live does to the kernel, done to the engine: rules, sysctls, deletions."""
+    from nattrack.netfilter.rules import Ruleset
+    if cfg.rules:
+        router.ruleset = Ruleset.parse(cfg.rules, where)
+    for key, value in cfg.sysctl.items():
+        router.ct.sysctl.set(key, value)
+    for item in cfg.delete:
+        for ct in [c for c in router.ct.conns() if _matches(item, c.orig)]:
+            router.ct.kill(ct)
+
+
+# --- what a fixed node does with the recorded traffic ------------------------------------------
+
+def _recorded(name: str) -> list:
+    """(iface, _View) of the incident's capture, times from its first frame."""
+    from nattrack.packet.ipv4 import Packet
+    from nattrack.packet.pcapio import CaptureReader, ip_offset
+    out, t0 = [], None
+    for frame in CaptureReader(str(capture_path(name))):
+        off = ip_offset(frame)
+        if off is not None:
+            t0 = frame.ts if t0 is None else t0
+            out.append((frame.iface, _View(Packet.parse(bytearray(frame.data), off), frame.ts - t0)))
+    return out
+
+
+def check_offline(name: str, o: Outcome) -> list[str]:
+    """What is still wrong after the fix, one sentence each (empty: fixed)."""
+    _cfg, meta = scenario(name)
+    fix_at = float(meta.get("fix_at", 0))
+    rec = [(i, p) for i, p in _recorded(name) if p.ts >= fix_at]
+    problems = []
+    leaked = [p for p in o.out(WAN) if any(p.src in net for net in PRIVATE)]
+    if leaked:
+        problems.append(f"packets leave ntr-wan with a private source address ({leaked[0]}"
+                        + (f" and {len(leaked) - 1} more" if len(leaked) > 1 else "")
+                        + "): the client answers them with RST")
+    if name == "stale-udp":
+        asked = [p for i, p in rec if i == WAN and p.dport == 53]
+        to_be2 = [p for p in o.out(SVC, fix_at) if str(p.dst) == HOSTS["be2"][1]]
+        to_be1 = [p for p in o.out(SVC, fix_at) if str(p.dst) == HOSTS["be1"][1]]
+        if len(to_be2) < len(asked):
+            problems.append(f"srv's {len(asked)} queries after the fix should reach the new "
+                            f"backend be2; {len(to_be2)} did, {len(to_be1)} still went to "
+                            f"be1, which is gone")
+    elif name == "new-rule":
+        h2 = [p for p in o.out(WAN, fix_at) if p.sport == 6000]
+        h1 = [p for p in o.out(WAN, fix_at) if p.sport == 6001]
+        if h2:
+            problems.append(f"h2's flow still crosses r after the fix ({len(h2)} packets, "
+                            f"e.g. {h2[0]}): the new DROP rule does not reach it yet")
+        asked = [p for i, p in rec if i == LAN and str(p.src) == HOSTS["h1"][1]]
+        if len(h1) < len(asked):
+            problems.append(f"h1's {len(asked)} packets after the fix should still reach "
+                            f"srv; {len(h1)} did")
+    elif name == "table-full":
+        syn = [p for p in o.out(WAN) if p.proto == 6 and p.sport == 45000 and p.tcpflags & 0x02]
+        back = [p for p in o.out(LAN) if p.proto == 6 and p.dport == 45000]
+        full = sum(1 for line in o.log if "table full" in line)
+        if not syn:
+            problems.append(f"h1's new connection (port 45000) never leaves r: "
+                            f"\"nf_conntrack: table full, dropping packet\" {full} times")
+        elif not back:
+            problems.append("srv's answers to h1's new connection never reach h1")
+    elif name == "invalid-rst":
+        answers = [p for i, p in rec if i == SVC and str(p.src) == HOSTS["be1"][1]
+                   and p.tcpflags & 0x01]
+        back = [p for p in o.out(WAN) if str(p.src) == PUBLIC and p.sport == 80
+                and p.tcpflags & 0x01]
+        if len(back) < len(answers):
+            problems.append("be1's FIN never reaches srv as 203.0.113.1:80")
+    return problems
+
+
+# --- the live lab ---------------------------------------------------------------------------
+
+_touched: set[str] = set()
+
+
+def _run(lab, node, argv, input=None, ok=(0,)):
+    res = lab.exec(node, argv, input=input, timeout=20)
+    if res.returncode not in ok:
+        raise KnobError(f"{node}: {' '.join(argv)}: "
+                        f"{(res.stderr or res.stdout).strip() or 'exit %d' % res.returncode}")
+    return res
+
+
+def apply_live(lab, cfg: Config, fresh: bool = False) -> None:
+    """Put configuration ``cfg`` on the running lab (a LabClient whose caller is root):
+    r's rules and sysctls, hosts down, entries deleted.  Only ``fresh`` (act 1) brings
+    every host up and empties the kernel's table: an incident keeps its entries."""
+    from nattrack.conntrack.sysctl import DEFAULTS
+    from nattrack.router.shadow import FORCE_TRACKING
+    if lab.exec(ROUTER, ["id", "-u"]).stdout.strip() != "0":
+        raise KnobError("staging an incident changes the lab's nodes: run it as root (sudo)")
+    if fresh:
+        for node, (iface, _addr) in HOSTS.items():
+            _run(lab, node, ["ip", "link", "set", iface, "up"])
+    if cfg.rules:
+        _run(lab, ROUTER, ["nft", "flush", "ruleset"])
+        _run(lab, ROUTER, ["iptables-restore", "-w"], input=cfg.rules)
+        _run(lab, ROUTER, ["iptables", "-w", "-t", "mangle", "-A", *FORCE_TRACKING])
+    sysctls = dict(cfg.sysctl)
+    if fresh:         # what an earlier incident changed goes back to the kernel's default
+        sysctls = {k: DEFAULTS[k.rpartition(".")[2]] for k in _touched
+                   if k.rpartition(".")[2] in DEFAULTS} | sysctls
+    for key, value in sysctls.items():
+        res = lab.exec(ROUTER, ["sysctl", "-qw", f"{key}={value}"], timeout=20)
+        if res.returncode != 0:
+            raise KnobError(f"sysctl {key}={value} cannot be set in the live lab's namespace "
+                            f"({(res.stderr or res.stdout).strip()})")
+        _touched.add(key)
+    for host in cfg.down:
+        _run(lab, host, ["ip", "link", "set", HOSTS[host][0], "down"])
+    for item in cfg.delete:
+        argv = ["conntrack", "-D", "-p", item["proto"]]
+        for key, opt in (("src", "--orig-src"), ("dst", "--orig-dst"),
+                         ("sport", "--orig-port-src"), ("dport", "--orig-port-dst")):
+            if key in item:
+                argv += [opt, str(item[key])]
+        _run(lab, ROUTER, argv, ok=(0, 1))        # 1: no entry matched
+    if fresh:
+        lab.kernel_conntrack({"command": "F"})
+        try:
+            lab.flush()
+        except Exception:                 # noqa: BLE001 -- the shadow tracker is optional here
+            pass
+
+
+def udp_ask(lab, node: str, server: str, port: int, sport: int) -> str | None:
+    """Whom the echo service behind ``server:port`` saw asking (``ADDR:PORT``), or None."""
+    word = f"q-{node}-{int(time.time() * 1000) % 100000}"
+    res = lab.exec(node, ["nc", "-u", "-p", str(sport), "-w", "1", server, str(port)],
+                   input=word + "\n", timeout=10)
+    for line in res.stdout.splitlines():
+        if line.endswith(" " + word):
+            return line.split()[0]
+    return None
+
+
+# Each live incident: the flows (node, server, port, source port) asked in every act.
+FLOWS = {"stale-udp": [("srv", PUBLIC, 53, 5353)],
+         "new-rule": [("h2", HOSTS["srv"][1], 7, 6000), ("h1", HOSTS["srv"][1], 7, 6001)]}
+
+
+def _ask_all(lab, name: str) -> dict:
+    return {(n, sp): udp_ask(lab, n, s, p, sp) for n, s, p, sp in FLOWS[name]}
+
+
+def stage_live(lab, name: str) -> dict:
+    """Acts 1 and 2 in the running lab: healthy traffic, then the incident, the flows still
+    running.  Returns what the flows got in the incident (None: no answer)."""
+    if name not in LIVE:
+        raise KnobError(f"{name}: offline only (nf_conntrack_max is global and read-only in "
+                        f"the lab's namespaces): make replay INCIDENT={name}")
+    broken, _meta = scenario(name)
+    apply_live(lab, Config(rules=healthy()), fresh=True)
+    before = _ask_all(lab, name)
+    silent = [f"{n}:{sp}" for (n, sp), got in before.items() if got is None]
+    if silent:
+        raise KnobError(f"the healthy lab does not answer {', '.join(silent)}: is it the "
+                        f"incidents topology in kernel mode?")
+    apply_live(lab, broken)
+    return _ask_all(lab, name)
+
+
+def check_live(lab, name: str, fix: Config) -> list[str]:
+    """All three acts in the running lab; what is still wrong after the fix, one sentence
+    each (empty: fixed)."""
+    stage_live(lab, name)
+    apply_live(lab, fix)
+    got = _ask_all(lab, name)
+    problems = []
+    if name == "stale-udp":
+        if got[("srv", 5353)] is None:
+            entries = lab.kernel_list(proto="udp", dport=53)
+            problems.append("srv's queries from port 5353 to 203.0.113.1:53 still get no "
+                            "answer after the fix (r's kernel: "
+                            + ("; ".join(entries) or "no entry") + ")")
+    elif name == "new-rule":
+        if got[("h2", 6000)] is not None:
+            problems.append("h2's UDP flow (port 6000) to srv still gets answers after the "
+                            "fix: the new DROP rule does not reach it")
+        if got[("h1", 6001)] is None:
+            problems.append("h1's UDP flow (port 6001) to srv no longer gets answers")
+    return problems
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def _client():
+    from nattrack.lab.client import LabClient
+    return LabClient()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="scenarios.py", description="lab 07's incidents")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list")
+    for cmd in ("break", "fix", "replay"):
+        s = sub.add_parser(cmd)
+        s.add_argument("name", choices=SCENARIOS)
+        if cmd != "break":
+            s.add_argument("--dir", type=Path, default=LAB / "student",
+                           help="the folder holding NAME.toml and NAME.rules (default: student/)")
+    args = p.parse_args(argv)
+    from nattrack.lab import LabError
+    try:
+        if args.cmd == "list":
+            for name in SCENARIOS:
+                where = "live and offline" if name in LIVE else "offline"
+                print(f"{name:12} {scenario(name)[1].get('title', '')} ({where})")
+            return 0
+        meta = scenario(args.name)[1]
+        if args.cmd == "replay":
+            fix = fix_from_dir(args.name, args.dir)
+            o = replay(args.name, fix)
+            for oif, pkt in o.sent:
+                print(f"{pkt.ts:7.3f} sent on {oif}: {pkt}")
+            for t, summary, why in o.dropped:
+                print(f"{t:7.3f} dropped: {summary}: {why}")
+            for line in sorted(set(o.log)):
+                print(f"kernel log: {line}")
+            problems = check_offline(args.name, o)
+            print("\n".join(problems) or f"{args.name}: fixed on the recorded traffic")
+            return 0
+        if args.cmd == "break":
+            got = stage_live(_client(), args.name)
+            print(f"{args.name}: the incident is on. {meta.get('symptom', '')}")
+            for (node, sport), seen in got.items():
+                print(f"  {node} from port {sport}: {'answered' if seen else 'no answer'}")
+            for t in meta.get("try", []):
+                print(f"  try: {t}")
+            return 0
+        problems = check_live(_client(), args.name, fix_from_dir(args.name, args.dir))
+        print("\n".join(problems) or f"{args.name}: fixed in the live lab")
+        return 0
+    except (KnobError, LabError, OSError) as exc:      # LabError: e.g. no lab running
+        print(f"scenarios.py: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
