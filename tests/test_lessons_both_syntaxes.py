@@ -1,7 +1,7 @@
 """Every shipped rules file in both syntaxes (issue 12 item 5).
 
 Each iptables-save lesson (examples/rules/*.rules, examples/demo/home.rules,
-labs/*/rules/*.rules) has its nft twin beside it, NAME.nft: the file's leading comments,
+labs/*/rules/*.rules, labs/*/scenarios/*.rules) has its nft twin beside it, NAME.nft: the file's leading comments,
 one line saying where it comes from, then exactly what `nattrack rules translate NAME.rules`
 writes.  This test fails when a twin is missing or no longer equals the translation;
 ``python tests/test_lessons_both_syntaxes.py --write`` writes them all again.
@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HAND_WRITTEN = {ROOT / "labs" / "06-troubleshooting" / "rules" / "healthy.nft"}
+LAB06 = ROOT / "labs" / "06-troubleshooting"
+HAND_WRITTEN = {LAB06 / "rules" / "healthy.nft", *(LAB06 / "scenarios").glob("*.nft")}
 
 
 def lessons() -> list[Path]:
     return sorted([*ROOT.glob("examples/rules/*.rules"), ROOT / "examples/demo/home.rules",
-                   *ROOT.glob("labs/*/rules/*.rules")])
+                   *ROOT.glob("labs/*/rules/*.rules"), *ROOT.glob("labs/*/scenarios/*.rules")])
 
 
 def twin(path: Path) -> Path:
@@ -61,7 +62,7 @@ def test_each_lesson_has_its_nft_twin_equal_to_the_translation(path):
 
 def test_every_nft_file_shipped_has_an_iptables_lesson_or_is_hand_written():
     shipped = {*ROOT.glob("examples/rules/*.nft"), *ROOT.glob("examples/demo/*.nft"),
-               *ROOT.glob("labs/*/rules/*.nft")}
+               *ROOT.glob("labs/*/rules/*.nft"), *ROOT.glob("labs/*/scenarios/*.nft")}
     assert shipped - HAND_WRITTEN == {twin(p) for p in lessons()} - HAND_WRITTEN
 
 
