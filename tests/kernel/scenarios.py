@@ -1476,6 +1476,46 @@ def _dnat_ports(rec, first: bool) -> None:
         assert set(ports) != {21000}, f"all at the first port, as after v6.8: {ports}"
 
 
+# ----------------------------------------------------------------------------------------
+# Found by differential fuzzing (tests/kernel/fuzz.py, docs/fuzzing.md).
+
+def _port_changed_for_priv1(rec) -> None:
+    lines = [ln for ln in rec.table if "src=10.0.0.2 " in ln]
+    assert len(lines) == 1, rec.table
+    nat = int(re.findall(r"dport=(\d+)", lines[0])[-1])
+    assert nat != 41000 and nat >= 1024, lines[0]
+
+
+def _udp_router_entry_holds_port() -> Scenario:
+    # The fuzzer's case: a UDP flow whose server spoke first (masq, default sysctls); the
+    # engine agreed, the case only differed in the comparison of an ICMP error quoting the
+    # random port.  Here the port is open on the router (no ICMP error, no rate limit).
+    return Scenario(
+        "udp_router_entry_holds_port",
+        "§8.3 (found by fuzzing) a datagram from pub to the router's own port 41000 (open "
+        "there) is tracked pub -> router, its reply tuple holding 203.0.113.1:41000 -> "
+        "203.0.113.2:9000; so MASQUERADE cannot keep port 41000 for priv1's flow to "
+        "203.0.113.2:9000 and picks another (1024-65535); a second datagram to 41000 is "
+        "still the router's, the one to the new port reaches priv1",
+        MASQ,
+        (udp_reply(9000, 41000), udp("priv1", 41000, 9000), udp_reply(9000, 41000),
+         Send("pub", lambda lab: IP(src=PUB, dst=ROUTER_PUB) / UDP(
+             sport=9000, dport=lab.mapped_key("udp", PRIV1, 41000)) / b"r",
+             note="reply to the port the kernel chose for 10.0.0.2:41000")),
+        listen=("udp:41000",), random_ports=True,
+        expect=Expect(
+            events=(ev("NEW", r"udp\s+17 30 src=203\.0\.113\.2 dst=203\.0\.113\.1 sport=9000 "
+                              r"dport=41000 \[UNREPLIED\]"),
+                    ev("NEW", r"udp\s+17 30 src=10\.0\.0\.2 dst=203\.0\.113\.2 sport=41000 "
+                              r"dport=9000 \[UNREPLIED\] src=203\.0\.113\.2 dst=203\.0\.113\.1 "
+                              r"sport=9000 dport=(?!41000$)\d+$"),
+                    ev("UPDATE", r"udp .*src=10\.0\.0\.2 ")),
+            table_count=2, stats={"invalid": 0},
+            egress=(("r-priv", r"udp 203\.0\.113\.2:9000 > 10\.0\.0\.2:41000 len=1"),),
+            no_egress=(("r-pub", r"icmp"), ("r-pub", r"udp 203\.0\.113\.1:41000 ")),
+            checks=(_port_changed_for_priv1,)))
+
+
 SCENARIOS: list[Scenario] = [
     _tcp_lifecycle_client_close(), _tcp_server_close(), _tcp_fin_piggyback(),
     _tcp_simultaneous_close(), _tcp_half_close(), _tcp_rst_established(),
@@ -1498,6 +1538,7 @@ SCENARIOS: list[Scenario] = [
     _local_input_drop(), _local_open_ports(),
     _snat_evicts_time_wait(), _dnat_range_first_port(),
     _tcp_rst_after_syn_same_direction(), _tcp_rst_out_of_window_both_ways(), _tcp_rst_below_maxack(),
+    _udp_router_entry_holds_port(),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 assert len(BY_NAME) == len(SCENARIOS), "duplicate scenario names"
