@@ -336,39 +336,33 @@ def _send(conv: _Conv, reply: bool, build, note: str) -> Send:
 
 def _icmp_error(conv: _Conv, step: Step) -> Send:
     """An ICMP error about the flow: sent by the server about the client's packet as it
-    arrived there (``reply`` False), or by the client about the server's packet."""
+    arrived there (``reply`` False), or by the client about the server's packet.  (Flows
+    with a random NAT port get none: see :func:`one_step`.)"""
     typ, code = (11, 0) if step.code == 11 else (3, step.code)
-    proto = conv.flow.proto
-    bad = 1 if step.bad_inner else 0
-
-    def inner(src: str, dst: str, sport: int, dport: int) -> bytes:
-        if proto == "icmp":
-            l4 = ICMP(type=0 if step.reply else 8, id=conv.cport + bad, seq=1)
-        elif proto == "udp":
-            l4 = UDP(sport=sport + bad, dport=dport) / b"q"
-        else:
-            l4 = TCP(sport=sport + bad, dport=dport, flags="A", seq=1, ack=1)
-        return bytes(IP(src=src, dst=dst) / l4)[:28]
-
-    if not step.reply:     # the server reports on the client's packet as the server saw it
+    if not step.reply:
         host, src, sport = conv.server
         dst, dport = conv.server_dst()
-
-        def build_err(lab: KernelLab | None) -> IP:
-            port = dport if dport is not None else _nat_port(lab, conv)
-            quoted = inner(dst, src, port, sport)
-            return IP(src=src, dst=dst) / ICMP(type=typ, code=code) / quoted
-    else:                  # the client reports on the server's packet as the client saw it
+        assert dport is not None, "no ICMP error steps for a random NAT port"
+        quoted = _quoted(conv, step, dst, src, dport, sport)
+    else:
         host, src, dst, dport = conv.client
-
-        def build_err(lab: KernelLab | None) -> IP:
-            quoted = inner(dst, src, dport, conv.cport)
-            return IP(src=src, dst=dst) / ICMP(type=typ, code=code) / quoted
+        quoted = _quoted(conv, step, dst, src, dport, conv.cport)
     who = "client" if step.reply else "server"
-    note = f"flow {conv.index} icmp error {typ}/{code} from the {who}"
-    if not step.reply and conv.server_dst()[1] is None:
-        return Send(host, build_err, note=note)
-    return Send(host, build_err(None), note=note)
+    return Send(host, IP(src=src, dst=dst) / ICMP(type=typ, code=code) / quoted,
+                note=f"flow {conv.index} icmp error {typ}/{code} from the {who}")
+
+
+def _quoted(conv: _Conv, step: Step, src: str, dst: str, sport: int, dport: int) -> bytes:
+    """The start of the packet an ICMP error quotes (IP header + 8 bytes); ``bad_inner``
+    changes its source port (echo id) so that it belongs to no connection."""
+    bad = 1 if step.bad_inner else 0
+    if conv.flow.proto == "icmp":
+        l4 = ICMP(type=0 if step.reply else 8, id=conv.cport + bad, seq=1)
+    elif conv.flow.proto == "udp":
+        l4 = UDP(sport=sport + bad, dport=dport) / b"q"
+    else:
+        l4 = TCP(sport=sport + bad, dport=dport, flags="A", seq=1, ack=1)
+    return bytes(IP(src=src, dst=dst) / l4)[:28]
 
 
 def _datagram(conv: _Conv, step: Step) -> Send:

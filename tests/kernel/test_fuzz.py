@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, reject, settings
-from scapy.layers.inet import TCP
+from scapy.layers.inet import ICMP, TCP
 
 from .fuzz import (PAUSE, Case, Flow, Labs, Rejected, Step, cases, run_case, scenario_source,
                    timing_margin, to_scenario)
@@ -113,6 +113,21 @@ def test_reply_addressing_follows_the_nat():
                                (_tcp(flags="S"), _tcp(reply=True, flags="SA"))))
     assert [(s.host, s.packet.dst, s.packet.dport) for s in inbound.steps] == [
         ("pub", "203.0.113.1", 8080), ("priv1", "203.0.113.2", 41020)]
+
+
+def test_icmp_errors_quote_the_packet_as_the_other_end_saw_it():
+    from scapy.layers.inet import IP, UDP
+    flow = Flow("udp", "priv1", 53)
+    steps = to_scenario(Case("masq", "default", (flow,),
+                             (Step("icmperr", 0, False), Step("icmperr", 0, True),
+                              Step("icmperr", 0, True, code=11, bad_inner=True)))).steps
+    quoted = [IP(bytes(s.packet[ICMP].payload)) for s in steps]
+    assert [(s.host, s.packet.src, s.packet.dst, s.packet[ICMP].type) for s in steps] == [
+        ("pub", "203.0.113.2", "203.0.113.1", 3), ("priv1", "10.0.0.2", "203.0.113.2", 3),
+        ("priv1", "10.0.0.2", "203.0.113.2", 11)]
+    assert [(q.src, q[UDP].sport, q.dst, q[UDP].dport) for q in quoted] == [
+        ("203.0.113.1", 41000, "203.0.113.2", 53), ("203.0.113.2", 53, "10.0.0.2", 41000),
+        ("203.0.113.2", 54, "10.0.0.2", 41000)]
 
 
 def test_one_pause_at_most_never_first_or_last():
