@@ -157,13 +157,12 @@ class TxBatch:
         """Copy ``hdr + data`` into the next slot; False (nothing copied) when the batch
         is full or the frame does not fit a slot: flush, or send it on its own."""
         i = self.queued
-        n = len(hdr) + len(data)
+        frame = hdr + data              # one short copy: cheaper than two slice writes
+        n = len(frame)
         if i == self.count or n > self.slot:
             return False
         off = i * self.slot
-        view = self.view
-        view[off:off + len(hdr)] = hdr
-        view[off + len(hdr):off + n] = data
+        self.view[off:off + n] = frame
         self._iov_lens[i * _IOV_STRIDE + _IOV_LEN_AT] = n
         self.queued = i + 1
         return True
@@ -205,7 +204,7 @@ class SingleRx:
             self._len, addr = sock.recvfrom_into(self.view)
         except (BlockingIOError, InterruptedError):
             return 0
-        self._pkttype = addr[2]
+        self._pkttype = addr[2] if addr else 0       # (a Unix socket has no address)
         return 1
 
     def length(self, i: int) -> int:
