@@ -53,7 +53,7 @@ class KernelProfile:
     dnat_range_from_start: bool
 
     @classmethod
-    def of(cls, name: str) -> "KernelProfile":
+    def of(cls, name: str) -> KernelProfile:
         version = _series(name)
         return cls(name, version, **{b.name: version >= b.since for b in BEHAVIOURS})
 
