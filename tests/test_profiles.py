@@ -216,3 +216,29 @@ def test_notebook_engine_behaves_as_the_recorded_kernel():
     assert Engine({**rec, "kernel": "6.1.0-57-amd64"}, {}).router.ct.profile is PROFILES["6.1"]
     assert Engine({**rec, "kernel": "6.12.118+deb13-amd64"}, {}).router.ct.profile is PROFILES["6.12"]
     assert Engine(rec, {}).router.ct.profile is running_profile()      # live: this kernel
+
+
+def test_lab_passes_kernel_to_every_router_in_python_mode_only():
+    from nattrack.lab.topo import RouterSpec
+    from nattrack.lab.topologies import get_topology
+    assert RouterSpec("r", {"r-wan": "203.0.113.1/24"}, kernel="6.1").router_args()[-2:] == [
+        "--kernel", "6.1"]
+    assert "--kernel" not in RouterSpec("r", {"r-wan": "203.0.113.1/24"}).router_args()
+    topo = get_topology("double")(mode="python", kernel="6.12", wait=False)
+    assert len(topo.routers) == 2
+    assert all(s.router_args()[-2:] == ["--kernel", "6.12"] for s in topo.routers.values())
+    with pytest.raises(ValueError, match="python mode only"):
+        get_topology("basic")(mode="kernel", kernel="6.1")
+    with pytest.raises(ValueError, match=r"--kernel '6\.2': expected one of"):
+        get_topology("basic")(mode="python", kernel="6.2")
+
+
+def test_lab_up_checks_kernel_before_starting():
+    from nattrack.lab import LabError
+    from nattrack.lab.lifecycle import _kernel_arg
+    _kernel_arg(None, "kernel")
+    _kernel_arg("6.1", "python")
+    with pytest.raises(LabError, match="python mode only"):
+        _kernel_arg("6.1", "kernel")
+    with pytest.raises(LabError, match=r"--kernel 'latest': expected one of 6\.1, 6\.6"):
+        _kernel_arg("latest", "python")

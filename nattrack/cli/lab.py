@@ -111,7 +111,8 @@ def cmd_lab(args) -> int:
     try:
         if args.lab_cmd == "up":
             return lab_up(args.topo, args.mode, args.rules, args.sysctl or [],
-                          plugin=_plugin_arg(args.plugin, args.mode), listen=args.listen or [])
+                          plugin=_plugin_arg(args.plugin, args.mode), listen=args.listen or [],
+                          kernel=args.kernel)
         if args.lab_cmd == "status":
             return lab_status(args.json)
         if args.lab_cmd == "down":
@@ -154,6 +155,10 @@ def register(sub) -> None:
     up.add_argument("--listen", action="append", metavar="PROTO:PORT[,PORT]",
                     help="a port open on the primary router's own stack (python mode), e.g. "
                          "tcp:22; every other port answers with a RST or port unreachable")
+    up.add_argument("--kernel", metavar="VERSION",
+                    help="python mode: the routers behave as this kernel where kernels differ "
+                         "(6.1, 6.6, 6.12, 6.18; default: the kernel this machine runs; "
+                         "docs/kernel-profiles.md)")
     up.add_argument("--plugin", metavar="LAB_DIR=SUBMISSION_DIR",
                     help="the router runs a lab submission's pieces in place of the engine's "
                          "(python mode; it drops root to nobody before importing them)")

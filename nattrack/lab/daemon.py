@@ -550,7 +550,7 @@ class LabService:
                                  progress=lambda m: print(f"lab: {m}", flush=True),
                                  on_record=self.on_record, plugin=self.args.plugin,
                                  run_as=self.args.run_as, rate=self.args.rate,
-                                 listen=self.args.listen)
+                                 listen=self.args.listen, kernel=self.args.kernel)
             self.labnet.start()
             self.api = LocalLab(self.labnet)
             self._listen()
@@ -622,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-as")
     p.add_argument("--sysctl", action="append", default=[])
     p.add_argument("--listen", action="append", default=[])  # PROTO:PORT[,PORT], primary router
+    p.add_argument("--kernel")                       # VERSION the routers behave as (python mode)
     p.add_argument("--rate", help="every shaped link's rate in Mbit/s, 0 = unshaped "
                                   "(default: the topology's; also $NATTRACK_LINK_RATE)")
     p.add_argument("--run-dir", required=True)

@@ -103,8 +103,9 @@ def _short_path(path: str | None) -> str:
 
 def lab_up(topo: str, mode: str, rules: str | None, sysctls: list[str],
            paths: Paths | None = None, quiet: bool = False, plugin: str | None = None,
-           listen: list[str] | None = None) -> int:
-    """``plugin``: a checked ``LAB_DIR=SUBMISSION_DIR``, both absolute (the service runs in /)."""
+           listen: list[str] | None = None, kernel: str | None = None) -> int:
+    """``plugin``: a checked ``LAB_DIR=SUBMISSION_DIR``, both absolute (the service runs in /).
+    ``kernel``: the kernel the routers behave as where kernels differ (python mode)."""
     paths = paths or Paths()
     _need_root("lab up")
     problem = mininet_available()
@@ -118,6 +119,7 @@ def lab_up(topo: str, mode: str, rules: str | None, sysctls: list[str],
             raise LabError(f"--sysctl {kv!r}: expected KEY=VALUE, e.g. "
                            f"net.netfilter.nf_conntrack_udp_timeout=10")
     listen = _listen_args(listen or [], mode)
+    _kernel_arg(kernel, mode)
     ensure_run_dir(paths)
     lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -135,7 +137,7 @@ def lab_up(topo: str, mode: str, rules: str | None, sysctls: list[str],
             done = force_clean(paths)
             print(f"nattrack: cleared what a crashed lab left behind ({len(done)} item(s))",
                   file=sys.stderr)
-        return _spawn(paths, lock_fd, topo, mode, rules, sysctls, quiet, plugin, listen)
+        return _spawn(paths, lock_fd, topo, mode, rules, sysctls, quiet, plugin, listen, kernel)
     finally:
         os.close(lock_fd)
 
@@ -153,9 +155,23 @@ def _listen_args(items: list[str], mode: str) -> list[str]:
     return items
 
 
+def _kernel_arg(kernel: str | None, mode: str) -> None:
+    """``--kernel VERSION``: checked here, so a typo fails before the lab starts."""
+    if kernel is None:
+        return
+    from ..conntrack.profile import get_profile
+    try:
+        get_profile(kernel)
+    except ValueError as exc:
+        raise LabError(str(exc)) from None
+    if mode != "python":
+        raise LabError("--kernel makes nattrack behave as another kernel: python mode only "
+                       "(in kernel mode the kernel is this machine's, and the shadow follows it)")
+
+
 def _spawn(paths: Paths, lock_fd: int, topo: str, mode: str, rules: str | None,
            sysctls: list[str], quiet: bool, plugin: str | None = None,
-           listen: list[str] | None = None) -> int:
+           listen: list[str] | None = None, kernel: str | None = None) -> int:
     lab_id = uuid.uuid4().hex[:12]
     argv = [sys.executable, "-m", "nattrack.lab.daemon", "--topo", topo, "--mode", mode,
             "--run-dir", str(paths.dir), "--id", lab_id]
@@ -167,6 +183,8 @@ def _spawn(paths: Paths, lock_fd: int, topo: str, mode: str, rules: str | None,
         argv += ["--sysctl", kv]
     for item in listen or ():
         argv += ["--listen", item]
+    if kernel:
+        argv += ["--kernel", kernel]
     r, w = os.pipe()
     argv += ["--ready-fd", str(w), "--lock-fd", str(lock_fd)]
     log = open(paths.log, "ab")

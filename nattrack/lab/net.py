@@ -24,7 +24,8 @@ class LabNet:
                  paths: Paths | None = None, progress: Callable[[str], None] | None = None,
                  on_record: Callable[[dict], None] | None = None,
                  plugin: str | None = None, run_as: str | None = None,
-                 rate: float | str | None = None, listen: list[str] | None = None) -> None:
+                 rate: float | str | None = None, listen: list[str] | None = None,
+                 kernel: str | None = None) -> None:
         problem = mininet_available()
         if problem:
             raise LabError(problem)
@@ -38,7 +39,7 @@ class LabNet:
             try:
                 self.topo = cls(mode=mode, rules=rules, sysctls=sysctls or {},
                                 run_dir=str(self.paths.dir), wait=False, plugin=plugin,
-                                run_as=run_as, rate=rate, listen=listen)
+                                run_as=run_as, rate=rate, listen=listen, kernel=kernel)
             except ValueError as exc:                # a bad mode, rate ...: one line
                 raise LabError(str(exc)) from None
         self.net = None

@@ -40,6 +40,7 @@ from pathlib import Path
 from mininet.node import Host, Node, Switch
 from mininet.topo import Topo
 
+from ..conntrack.profile import get_profile
 from ..netfilter.rules import is_nft
 from . import (IFACE_PREFIX, RULES_DIR, LabError, Paths, node_env, python_for_nodes,
                router_available)
@@ -178,6 +179,7 @@ class RouterSpec:
     plugin: str = ""                             # LAB_DIR=SUBMISSION_DIR (a lab submission)
     run_as: str = ""                             # the user it runs as (router default: nobody)
     listen: list[str] = field(default_factory=list)   # --listen PROTO:PORT[,PORT] (python mode)
+    kernel: str = ""                             # --kernel VERSION (python mode; default running)
 
     def router_args(self) -> list[str]:
         args = []
@@ -193,6 +195,8 @@ class RouterSpec:
                 args += ["--run-as", self.run_as]
         for item in self.listen:
             args += ["--listen", item]
+        if self.kernel:
+            args += ["--kernel", self.kernel]
         return args
 
 
@@ -379,7 +383,7 @@ class NatTopo(Topo):
                  sysctls: dict[str, str] | None = None, run_dir: str | None = None,
                  wait: bool = True, plugin: str | None = None, run_as: str | None = None,
                  rate: float | str | None = None, listen: list[str] | None = None,
-                 **opts) -> None:
+                 kernel: str | None = None, **opts) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected python or kernel")
         if rate is None and os.environ.get(RATE_ENV, "").strip():
@@ -392,6 +396,13 @@ class NatTopo(Topo):
             raise ValueError("--listen opens ports of nattrack's own stack: python mode only "
                              "(in kernel mode the router's own sockets answer)")
         self.listen = list(listen or ())
+        if kernel and mode != "python":
+            raise ValueError("--kernel makes nattrack behave as another kernel: python mode only "
+                             "(in kernel mode the kernel is this machine's, and the shadow "
+                             "follows it)")
+        if kernel:
+            get_profile(kernel)                          # a bad name fails here, in one line
+        self.kernel = kernel or ""
         self.mode, self.rules_override = mode, rules
         self.plugin, self.run_as = plugin or "", run_as or ""
         self.sysctls = dict(sysctls or {})
@@ -419,6 +430,8 @@ class NatTopo(Topo):
             spec.plugin, spec.run_as = self.plugin, self.run_as
         if self.listen:
             self.routers[self.primary].listen = list(self.listen)
+        for spec in self.routers.values():
+            spec.kernel = self.kernel
 
     def scene(self) -> None:
         raise NotImplementedError
