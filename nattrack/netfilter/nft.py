@@ -86,6 +86,9 @@ _NAT_FLAGS = {"random": NF_NAT_RANGE_PROTO_RANDOM, "fully-random": NF_NAT_RANGE_
 _SET_TYPES = {"ipv4_addr": ("ip saddr", "ip daddr"),
               "inet_service": ("tcp sport", "tcp dport", "udp sport", "udp dport"),
               "inet_proto": ("meta l4proto",), "icmp_type": ("icmp type",)}
+# `typeof EXPR` -> the set type it names.
+_SET_TYPEOF = {key: stype for stype, keys in _SET_TYPES.items() for key in keys} | {
+    "ip protocol": "inet_proto"}
 _KEY_ORDER = ("ip saddr", "ip daddr", "meta l4proto", "tcp sport", "tcp dport", "udp sport",
               "udp dport", "icmp type")
 
@@ -445,13 +448,26 @@ class _Parser(_Tokens):
                     if self.peek().value != ",":
                         break
                     self.next()
+            elif tok.value == "typeof":
+                # `typeof EXPR`: the type of that expression (nft 0.9.4+; what nft list
+                # ruleset prints back for a set declared with typeof).
+                words = [self.word("an expression").value]
+                while self.peek().kind == "word" and " ".join(words) not in _SET_TYPEOF:
+                    words.append(self.next().value)
+                expr = " ".join(words)
+                if expr not in _SET_TYPEOF:
+                    raise self.error(f"unsupported 'typeof {expr}' (nattrack supports: "
+                                     f"{', '.join(_SET_TYPEOF)})", tok)
+                stype = _SET_TYPEOF[expr]
+            elif tok.value == "auto-merge":
+                pass                            # merges adjacent intervals: the same set
             elif tok.value == "elements":
                 self.expect("=")
                 self.expect("{")
                 elements = self.set_elements(tok)
             else:
-                raise self.error(f"unsupported {tok.value!r} in a set (type, flags, elements)",
-                                 tok)
+                raise self.error(f"unsupported {tok.value!r} in a set (type, typeof, flags, "
+                                 "auto-merge, elements)", tok)
             self.end_statement()
         if stype is None:
             raise self.error(f"set {name.value} has no type", name)

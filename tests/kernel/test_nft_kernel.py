@@ -379,3 +379,17 @@ def test_the_engine_answers_as_the_kernel_does(rules, scenarios, tmp_path):
         engine = {(k[0].split()[-1], k[1], k[2]): tuple(v)      # "inet filter" -> "filter"
                   for k, v in res.ruleset.counters.items()}
         assert engine == rec.rule_counters, sc.name
+
+
+@pytest.mark.kernel
+def test_typeof_sets_survive_the_kernel_and_nft_list_ruleset(tmp_path):
+    """A rule set with sets declared `typeof EXPR`, auto-merge and flags constant, as
+    tutorials write them: nft -f takes it, and `nft list ruleset` reads back the same."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "rules" / "test_nft_parse.py"
+    spec = importlib.util.spec_from_file_location("nft_parse_cases", path)
+    cases = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cases)
+    with KernelLab(cases.TYPEOF_SETS, workdir=tmp_path / "lab") as lab:
+        assert _listed_ruleset(lab) == Ruleset.parse(cases.TYPEOF_SETS)

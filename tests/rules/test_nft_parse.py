@@ -571,3 +571,43 @@ def test_notrack_with_a_verdict_has_no_iptables_form():
     with pytest.raises(ValueError) as e:
         to_iptables(Ruleset.parse(NOTRACK))
     assert "two iptables rules" in str(e.value)
+
+
+# --- named sets declared with typeof ------------------------------------------------------------
+
+TYPEOF_SETS = """table inet f {
+\tset blocked {
+\t\ttypeof ip saddr
+\t\tflags interval,constant
+\t\tauto-merge
+\t\telements = { 10.9.0.0/24, 10.1.0.1-10.1.0.9 }
+\t}
+\tset ports {
+\t\ttypeof tcp dport
+\t\telements = { 22, 80 }
+\t}
+\tset protos {
+\t\ttypeof meta l4proto
+\t\telements = { tcp, udp }
+\t}
+\tchain input {
+\t\ttype filter hook input priority 0; policy accept;
+\t\tip saddr @blocked drop
+\t\ttcp dport @ports accept
+\t\tmeta l4proto @protos counter
+\t}
+}
+"""
+
+
+def test_sets_declared_with_typeof_are_the_same_sets():
+    rs = Ruleset.parse(TYPEOF_SETS)
+    by_type = Ruleset.parse(TYPEOF_SETS.replace("typeof ip saddr", "type ipv4_addr")
+                            .replace("typeof tcp dport", "type inet_service")
+                            .replace("typeof meta l4proto", "type inet_proto")
+                            .replace("\t\tauto-merge\n", ""))
+    assert rs == by_type and {s.type for s in rs.sets["inet f"].values()} == {
+        "ipv4_addr", "inet_service", "inet_proto"}
+    with pytest.raises(RulesError) as e:
+        Ruleset.parse(TYPEOF_SETS.replace("typeof tcp dport", "typeof ip ttl"), "bad.nft")
+    assert "typeof ip ttl" in str(e.value) and "bad.nft:9" in str(e.value)
