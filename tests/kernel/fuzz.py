@@ -502,19 +502,23 @@ def engine_run(sc: Scenario, rec: Recording, tmp_path, rounds: int = 4):
 
 
 def random_reuse(rec: Recording) -> bool:
-    """Whether the kernel gave one connection (original tuple) two NAT ports in turn, or
-    one port to two connections (the first expired or was killed, the tuple came again)."""
+    """Whether the kernel gave one connection (original tuple) two NAT ports in turn (it
+    was made again and this time the port was taken), or one random port to two
+    connections (the first expired or was killed): the comparison cannot pair those."""
     from .test_kernel_diff import _nat_field, _parse, _snat_translated, conn_key
     ports: dict[tuple, set] = {}
     conns: dict[tuple, set] = {}
+    translated = set()
     for line in rec.events + rec.table:
         p = _parse(line)
-        if not _snat_translated(p):
+        if _nat_field(p) not in p["reply"]:
             continue
         value = (int(p["proto"]), p["reply"][_nat_field(p)])
         ports.setdefault(conn_key(p), set()).add(value)
-        conns.setdefault(value, set()).add(conn_key(p))
-    return any(len(v) > 1 for v in ports.values()) or any(len(c) > 1 for c in conns.values())
+        if _snat_translated(p):
+            translated.add(conn_key(p))
+            conns.setdefault(value, set()).add(conn_key(p))
+    return any(len(ports[k]) > 1 for k in translated) or any(len(c) > 1 for c in conns.values())
 
 
 def quotes_random_port(rec: Recording, port_map: dict) -> bool:
@@ -554,7 +558,7 @@ def run_case(labs: Labs, case: Case, tmp_path) -> Outcome:
     if router_icmp_errors(rec) >= ICMP_BURST:
         raise Rejected("the router sent more ICMP errors than a full rate-limit bucket allows")
     diff = compare(rec, engine_run(sc, rec, tmp_path), random_ports=sc.random_ports)
-    if not diff.ok and sc.random_ports and (random_reuse(rec) or any(
+    if not diff.ok and (random_reuse(rec) or sc.random_ports and any(
             w in p for p in diff.problems for w in RANDOM_REUSE)):
         raise Rejected("a random NAT port given to two connections in turn, or a connection "
                        "made again with another (the comparison pairs random ports by value)")

@@ -10,13 +10,15 @@ kernel needed).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, Phase, given, reject, settings
 from scapy.layers.inet import ICMP, TCP
 
-from .fuzz import (PAUSE, Case, Flow, Labs, Rejected, Step, cases, run_case, scenario_source,
-                   timing_margin, to_scenario)
-from .harness import Sleep
+from .fuzz import (PAUSE, Case, Flow, Labs, Rejected, Step, cases, random_reuse, run_case,
+                   scenario_source, timing_margin, to_scenario)
+from .harness import Recording, Sleep
 
 CI_EXAMPLES = 60
 
@@ -148,6 +150,26 @@ def test_timing_margin_sees_a_packet_near_a_boundary():
     assert timing_margin([100.0, 100.5, 103.0], 103.4) == pytest.approx(0.5)
     assert timing_margin([100.0, 100.3], 101.95) == pytest.approx(0.05)    # the listing
     assert timing_margin([100.0], 100.25) == pytest.approx(1.75)
+
+
+def _recording(events: list[str], table: list[str]) -> Recording:
+    return Recording(name="x", pcaps={}, events=events, table=table, listed_at=0.0, stats={},
+                     stats_total={}, rules_text="", sysctls={}, started_at=0.0,
+                     workdir=Path("/nonexistent"))
+
+
+_UDP = ("udp      17 2 src=10.0.0.{h} dst=203.0.113.2 sport={p} dport=9000 [UNREPLIED] "
+        "src=203.0.113.2 dst=203.0.113.1 sport=9000 dport={n}")
+
+
+def test_random_reuse_sees_a_connection_made_again_with_another_port():
+    new = "    [NEW] " + _UDP
+    kept_then_random = [new.format(h=2, p=41000, n=41000), new.format(h=2, p=41000, n=14067)]
+    assert random_reuse(_recording(kept_then_random, []))
+    one_port_two_conns = [new.format(h=2, p=41000, n=2000), new.format(h=3, p=41010, n=2000)]
+    assert random_reuse(_recording(one_port_two_conns, []))
+    plain = [new.format(h=2, p=41000, n=41000), new.format(h=3, p=41010, n=2001)]
+    assert not random_reuse(_recording(plain, [_UDP.format(h=3, p=41010, n=2001)]))
 
 
 def test_scenario_source_is_python():
