@@ -1,0 +1,81 @@
+"""Lab 07 (incidents) beyond its solution and skeleton (tests/grading/test_labs_grade.py):
+each incident needs its fix (the healthy network passes, the incident alone fails), the
+other fixes a student may rightly choose pass too, and bad knobs are one-line errors."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+LAB = Path(__file__).resolve().parents[2] / "labs" / "07-incidents"
+_spec = importlib.util.spec_from_file_location("nattrack_lab07_scenarios_t", LAB / "scenarios.py")
+S = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault(_spec.name, S)
+_spec.loader.exec_module(S)
+
+
+def problems(name, toml="", rules=None):
+    return S.check_offline(name, S.replay(name, S.fix_from_texts(name, toml, rules)))
+
+
+@pytest.mark.parametrize("name", S.SCENARIOS)
+def test_the_incident_is_real_and_the_reference_fixes_it(name):
+    assert problems(name), f"{name}: the incident without a fix passes its check"
+    sol = LAB / "solution"
+    rules = sol / f"{name}.rules"
+    assert problems(name, (sol / f"{name}.toml").read_text(),
+                    rules.read_text() if rules.exists() else None) == []
+
+
+def test_healthy_rules_pass_where_only_the_rules_broke():
+    """Without the incident's rules (the healthy ones as the 'fix' at t=0), invalid-rst is fine."""
+    assert problems("invalid-rst", rules=S.healthy()) == []
+
+
+def test_other_right_fixes():
+    # table-full: idle ESTABLISHED entries that expire make room as well as a bigger table
+    assert problems("table-full", '[sysctl]\n"net.netfilter.nf_conntrack_tcp_timeout_established" = 30\n') == []
+    # invalid-rst: a liberal window check keeps the segment tracked, so it is un-NATed
+    assert problems("invalid-rst", '[sysctl]\n"net.netfilter.nf_conntrack_tcp_be_liberal" = 1\n') == []
+    # stale-udp: deleting every UDP entry (conntrack -D -p udp) also works
+    assert problems("stale-udp", '[[delete]]\nproto = "udp"\n') == []
+
+
+def test_wrong_fixes_fail_with_reasons():
+    # deleting the wrong entries leaves the stale one
+    got = problems("stale-udp", '[[delete]]\nproto = "udp"\ndport = 54\n')
+    assert got and "still went to be1" in got[0]
+    # new-rule: a DROP for the whole LAN stops h2, and h1 with it: caught
+    rules = (LAB / "scenarios" / "new-rule.rules").read_text().replace(
+        "-s 10.0.0.11/32 -o ntr-wan -j DROP", "-s 10.0.0.0/24 -o ntr-wan -j DROP")
+    got = problems("new-rule", '[[delete]]\nproto = "udp"\n', rules)
+    assert any("h1's" in p for p in got), got
+
+
+@pytest.mark.parametrize("toml, rules, message", [
+    ('[[delete]]\nproto = "icmp"\n', None, "proto udp or tcp"),
+    ('[[delete]]\nproto = "udp"\ndst = "nowhere"\n', None, "expected an IPv4 address"),
+    ('[[delete]]\nproto = "udp"\ndport = 70000\n', None, "expected a port 1-65535"),
+    ('[[delete]]\nproto = "udp"\nzone = 1\n', None, "unknown key 'zone'"),
+    ('[sysctl]\n"net.ipv4.ip_forward" = 0\n', None, "only net.netfilter.nf_conntrack_*"),
+    ('down = ["be2"]\n', None, "a fix cannot take hosts down"),
+    ('flush = true\n', None, "unknown key 'flush'"),
+    ('diagnosis = "x\n', None, "not valid TOML"),
+    ("", "*raw\nCOMMIT\n", "*nat and *filter tables only"),
+    ("", "*filter\n-A FORWARD -j NOPE\nCOMMIT\n", "new-rule.rules"),
+])
+def test_bad_knobs_are_one_line_errors(toml, rules, message):
+    with pytest.raises(S.KnobError, match=None) as err:
+        S.fix_from_texts("new-rule", toml, rules)
+    text = str(err.value)
+    assert message in text and "\n" not in text, text
+
+
+def test_replay_command_line(capsys):
+    assert S.main(["replay", "stale-udp", "--dir", str(LAB / "solution")]) == 0
+    out = capsys.readouterr().out
+    assert "> 10.1.0.12.7" in out and out.rstrip().endswith("fixed on the recorded traffic")
+    assert S.main(["break", "table-full"]) == 1
+    assert "offline only" in capsys.readouterr().err
