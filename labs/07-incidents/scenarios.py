@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LAB = Path(__file__).resolve().parent
-SCENARIOS = ("stale-udp", "table-full", "new-rule", "invalid-rst")
+SCENARIOS = ("stale-udp", "table-full", "new-rule", "invalid-rst", "snat-race")
 # nf_conntrack_max is global and read-only inside a network namespace: a table-full
 # incident cannot be staged in the live lab without changing the whole machine.
 LIVE = ("stale-udp", "new-rule")
@@ -209,6 +209,7 @@ class Outcome:
     dropped: list = field(default_factory=list)     # (t, summary, reason)
     log: list = field(default_factory=list)         # the engine's kernel log lines
     stats: dict = field(default_factory=dict)       # conntrack -S totals
+    races: list = field(default_factory=list)       # what each CPU's packet did at confirm
 
     def out(self, iface: str, after: float = 0.0) -> list:
         return [p for oif, p in self.sent if oif == iface and p.ts >= after]
@@ -217,8 +218,9 @@ class Outcome:
 def replay(name: str, fix: Config | None, capture: Path | None = None) -> Outcome:
     """The incident's recorded traffic (frames as they reach r) through nattrack's engine:
     healthy until ``break_at``, broken from then on, with ``fix`` applied at ``fix_at``
-    (seconds from the capture's first frame)."""
-    from nattrack.conntrack.tuple import Tuple  # noqa: F401 -- entries' tuples
+    (seconds from the capture's first frame).  Frames recorded in the same microsecond
+    run on two CPUs of r at once (nattrack.conntrack.cpus.race), confirmed in capture order."""
+    from nattrack.conntrack.cpus import race
     from nattrack.netfilter.rules import Ruleset
     from nattrack.netfilter.stack import Router
     from nattrack.packet.ipv4 import Packet
@@ -232,28 +234,38 @@ def replay(name: str, fix: Config | None, capture: Path | None = None) -> Outcom
     router = Router(dict(ROUTER_IFACES), {}, Ruleset.parse(healthy(), "rules/healthy.rules"),
                     {}, lambda: clock_now[0], seed=7)
     down: set[str] = set()
-    out, t0 = Outcome(), None
-    for frame in CaptureReader(str(capture or capture_path(name))):
-        off = ip_offset(frame)
-        if off is None:
-            continue
-        t0 = frame.ts if t0 is None else t0
-        rel = frame.ts - t0
+    out = Outcome()
+    frames = [(f, off) for f in CaptureReader(str(capture or capture_path(name)))
+              if (off := ip_offset(f)) is not None]
+    t0 = frames[0][0].ts if frames else 0.0
+    at_once: dict[float, list] = {}                 # the same microsecond: CPUs in parallel
+    for frame, off in frames:
+        at_once.setdefault(round(frame.ts, 6), []).append((frame, off))
+    for ts, group in at_once.items():
+        rel = ts - t0
         while acts and rel >= acts[0][0]:
             _at, cfg, where = acts.pop(0)
             _apply_engine(router, cfg, where)
             down.update(cfg.down)
-        router.ct.run_gc_until(frame.ts, lambda t: clock_now.__setitem__(0, t))
-        clock_now[0] = frame.ts
-        pkt = Packet.parse(bytearray(frame.data), off, iif=frame.iface, ts=frame.ts)
-        if pkt is None or any(str(ipaddress.ip_address(pkt.src)) == HOSTS[h][1] for h in down):
-            continue
-        summary = pkt.summary()
-        v = router.receive(pkt)
-        if v.dropped:
-            out.dropped.append((rel, summary, v.dropped))
-        for s in v.sent:
-            out.sent.append((s.oif, _View(Packet.parse(bytearray(s.data), 0), rel)))
+        router.ct.run_gc_until(ts, lambda t: clock_now.__setitem__(0, t))
+        clock_now[0] = ts
+        pkts = [Packet.parse(bytearray(f.data), off, iif=f.iface, ts=f.ts) for f, off in group]
+        pkts = [p for p in pkts if p is not None
+                and not any(str(ipaddress.ip_address(p.src)) == HOSTS[h][1] for h in down)]
+        summaries = [p.summary() for p in pkts]
+        if len(pkts) > 1:
+            lanes = race(router, pkts)
+            out.races += [lane.describe() for lane in lanes]
+            verdicts = [lane.verdict for lane in lanes]
+        else:
+            verdicts = [router.receive(p) for p in pkts]
+        for summary, v in zip(summaries, verdicts):
+            if v is None:
+                continue
+            if v.dropped:
+                out.dropped.append((rel, summary, v.dropped))
+            for s in v.sent:
+                out.sent.append((s.oif, _View(Packet.parse(bytearray(s.data), 0), rel)))
     out.log = list(router.ct.log)
     out.stats = dict(router.ct.stats)
     return out
@@ -331,6 +343,13 @@ def check_offline(name: str, o: Outcome) -> list[str]:
                 and p.tcpflags & 0x01]
         if len(back) < len(answers):
             problems.append("be1's FIN never reaches srv as 203.0.113.1:80")
+    elif name == "snat-race":
+        asked = [p for i, p in rec if i == LAN]
+        left = [p for p in o.out(WAN) if str(p.src) == PUBLIC and p.dport == 7]
+        if len(left) < len(asked):
+            problems.append(f"{len(asked) - len(left)} of the {len(asked)} first datagrams "
+                            f"never leave r (conntrack -S: insert_failed="
+                            f"{o.stats.get('insert_failed', 0)}, drop={o.stats.get('drop', 0)})")
     return problems
 
 
@@ -481,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{pkt.ts:7.3f} sent on {oif}: {pkt}")
             for t, summary, why in o.dropped:
                 print(f"{t:7.3f} dropped: {summary}: {why}")
+            for line in o.races:
+                print(f"race: {line}")
             for line in sorted(set(o.log)):
                 print(f"kernel log: {line}")
             problems = check_offline(args.name, o)

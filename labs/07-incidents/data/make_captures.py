@@ -94,8 +94,17 @@ def invalid_rst():
     yield 0.062, *frame(BE1, SRV, TCP(sport=80, dport=50000, flags="A", seq=s + 1, ack=c + 1))
 
 
+def snat_race():
+    """h1 and h2 both start a UDP flow to srv's echo service from the same source port, in
+    the same microsecond (two CPUs of r handle them at once), five times: the pairs race
+    to confirm their entries.  Answers depend on the ports r picks: none are recorded."""
+    for i in range(5):
+        for host in (H1, H2):
+            yield float(i), *frame(host, SRV, UDP(sport=33000 + i, dport=7) / b"hello\n")
+
+
 STORIES = {"stale-udp": stale_udp, "table-full": table_full, "new-rule": new_rule,
-           "invalid-rst": invalid_rst}
+           "invalid-rst": invalid_rst, "snat-race": snat_race}
 
 
 def write(name: str, folder: Path) -> Path:
