@@ -780,7 +780,7 @@ class KernelLab:
         rec["started_at"] = time.time()
 
     def rule_counters(self) -> dict[tuple[str, str, int], tuple[int, int]]:
-        """(table, chain, index) -> (packets, bytes) of every nat and filter rule, as the
+        """(table, chain, index) -> (packets, bytes) of every nat, filter and raw rule, as the
         kernel counts them: ``iptables-save -c``, or ``nft list ruleset`` for an nft rule
         set (its rules with a ``counter``; the nft form of an iptables rule set names its
         tables nat and filter and its chains as iptables does, so the keys agree)."""
@@ -794,12 +794,12 @@ class KernelLab:
                     table = words[2]
                 elif words[:1] == ["chain"]:
                     chain, idx = words[1], 0
-                elif table in ("nat", "filter") and (m := re.search(
+                elif table in ("nat", "filter", "raw") and (m := re.search(
                         r"counter packets (\d+) bytes (\d+)", line)):
                     out[(table, chain, idx)] = (int(m.group(1)), int(m.group(2)))
                     idx += 1
             return out
-        for table in ("nat", "filter"):
+        for table in ("nat", "filter", "raw"):
             idx_of: dict[str, int] = {}
             text = self.exec("rtr", "iptables-save", "-c", "-t", table, check=False).stdout
             for m in re.finditer(r"(?m)^\[(\d+):(\d+)\] -A (\S+)", text):

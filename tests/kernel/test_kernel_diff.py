@@ -158,7 +158,7 @@ def engine_rule_counters(res) -> dict[tuple[str, str, int], tuple[int, int]]:
     """The engine's per-rule counters, keyed as the harness keys the kernel's."""
     rs = res.ruleset
     return {} if rs is None else {k: tuple(v) for k, v in rs.counters.items()
-                                  if k[0] in ("nat", "filter")}
+                                  if k[0] in ("nat", "filter", "raw")}
 
 
 # ----------------------------------------------------------------------------------------
