@@ -9,7 +9,8 @@ An incident is a story in three acts, the same live and offline:
    ``[break]`` sets sysctls and takes hosts down) -- conntrack's table is *not* flushed,
    which is the point of most incidents;
 3. the student's fix is applied (``NAME.toml``: sysctls and ``[[delete]]`` entries, which
-   the grader turns into ``conntrack -D``; ``NAME.rules``: r's rules), and the traffic
+   the grader turns into ``conntrack -D``; ``NAME.rules``: r's rules, in iptables-save or
+   nft syntax, as ``scenarios/NAME.nft`` writes them), and the traffic
    after it must show the fix worked.
 
 Nothing a student writes is executed: rules are parsed by nattrack's parser first and
@@ -118,12 +119,17 @@ def parse_knobs(data: dict, where: str) -> Config:
 
 
 def check_rules(text: str, where: str) -> str:
-    """The rules parse with nattrack's parser and name only the nat and filter tables."""
-    from nattrack.netfilter.rules import RulesError, Ruleset
+    """The rules parse with nattrack's parser and name only the nat and filter tables
+    (nft syntax, as scenarios/NAME.nft: at least one table)."""
+    from nattrack.netfilter.rules import RulesError, Ruleset, is_nft
     try:
-        Ruleset.parse(text, where)
+        rs = Ruleset.parse(text, where)
     except RulesError as exc:
         raise KnobError(str(exc)) from None
+    if rs.syntax == "nft" or is_nft(text):
+        if not rs.tables:
+            raise KnobError(f"{where}: no table (nft syntax: table ip nat {{ ... }})")
+        return text
     tables = {line.strip()[1:].split()[0] for line in text.splitlines()
               if line.strip().startswith("*")}
     if not tables or not tables <= {"nat", "filter"}:
@@ -371,6 +377,7 @@ def apply_live(lab, cfg: Config, fresh: bool = False) -> None:
     r's rules and sysctls, hosts down, entries deleted.  Only ``fresh`` (act 1) brings
     every host up and empties the kernel's table: an incident keeps its entries."""
     from nattrack.conntrack.sysctl import DEFAULTS
+    from nattrack.netfilter.rules import is_nft
     from nattrack.router.shadow import FORCE_TRACKING
     if lab.exec(ROUTER, ["id", "-u"]).stdout.strip() != "0":
         raise KnobError("staging an incident changes the lab's nodes: run it as root (sudo)")
@@ -379,7 +386,10 @@ def apply_live(lab, cfg: Config, fresh: bool = False) -> None:
             _run(lab, node, ["ip", "link", "set", iface, "up"])
     if cfg.rules:
         _run(lab, ROUTER, ["nft", "flush", "ruleset"])
-        _run(lab, ROUTER, ["iptables-restore", "-w"], input=cfg.rules)
+        if is_nft(cfg.rules):
+            _run(lab, ROUTER, ["nft", "-f", "-"], input=cfg.rules)
+        else:
+            _run(lab, ROUTER, ["iptables-restore", "-w"], input=cfg.rules)
         _run(lab, ROUTER, ["iptables", "-w", "-t", "mangle", "-A", *FORCE_TRACKING])
     sysctls = dict(cfg.sysctl)
     if fresh:         # what an earlier incident changed goes back to the kernel's default

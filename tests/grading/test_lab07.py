@@ -79,3 +79,17 @@ def test_replay_command_line(capsys):
     assert "> 10.1.0.12.7" in out and out.rstrip().endswith("fixed on the recorded traffic")
     assert S.main(["break", "table-full"]) == 1
     assert "offline only" in capsys.readouterr().err
+
+
+def test_a_fix_in_nft_syntax():
+    """NAME.rules may be nft (scenarios/NAME.nft is each incident's rules in nft): the
+    reference fixes translated to nft pass, the incidents' own nft rules still fail."""
+    from nattrack.cli.rules import translate
+    from nattrack.netfilter.rules import Ruleset
+    for name in ("invalid-rst", "snat-race"):
+        text = (LAB / "solution" / f"{name}.rules").read_text()
+        nft = translate(Ruleset.parse(text, name), "nft")
+        assert problems(name, "", nft) == [], name
+        assert problems(name, "", (LAB / "scenarios" / f"{name}.nft").read_text()), name
+    with pytest.raises(S.KnobError, match="new-rule.rules:"):
+        S.fix_from_texts("new-rule", "", "table ip nat {\n chain x { nonsense }\n}\n")
