@@ -18,7 +18,12 @@ from nattrack.conntrack.conn import (
     IPS_CONFIRMED,
     IPS_FIXED_TIMEOUT,
     IPS_NAT_CLASH,
+    IPS_NAT_DONE_MASK,
+    Conn,
 )
+from nattrack.conntrack.core import _can_merge
+from nattrack.conntrack.profile import PROFILES
+from nattrack.conntrack.tuple import Tuple
 from nattrack.conntrack.cpus import (
     INSERT_FAILED,
     INSERTED,
@@ -256,3 +261,62 @@ def test_two_hosts_same_source_port_race_through_snat(make_lab, flag, outcomes):
     lanes = race(lab.router, pkts)
     assert [x.outcome for x in lanes] == outcomes
     assert lab.stats["insert_failed"] == (outcomes[1] == INSERT_FAILED)
+
+
+# ------------------------------------------------------------------------------------------
+# Older kernels (nattrack/conntrack/profile.py): where their clash rules differ from 6.18's
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel, outcomes", [
+    ("6.18", [INSERTED, MERGED]), ("6.12", [INSERTED, MERGED]),
+    ("6.6", [INSERTED, INSERT_FAILED]), ("6.1", [INSERTED, INSERT_FAILED]),
+])
+def test_reverse_merge_since_6_12(make_lab, kernel, outcomes):
+    """nf_ct_match_reverse() came with a4e6a1031e77 (6.12).  Before, the winner here has
+    NAT done (the nat hooks gave it null bindings), so only identical tuples merge; the
+    loser's reply tuple is the winner's original one, so clash_resolve_harder cannot insert
+    it either: the second end's first datagram is dropped."""
+    lab = make_lab(None, routes={"default": "eth1"})
+    lab.router.ct.profile = PROFILES[kernel]
+    out = lab.parse("eth0", IP(src=PRIV1, dst=PUB) / UDP(sport=5000, dport=6000) / Raw(b"x"))
+    back = lab.parse("eth1", IP(src=PUB, dst=PRIV1) / UDP(sport=6000, dport=5000) / Raw(b"y"))
+    lanes = race(lab.router, [out, back])
+    assert [x.outcome for x in lanes] == outcomes
+    failed = int(outcomes[1] == INSERT_FAILED)
+    assert clash_stats(lab) == {"clash_resolve": 1 - failed, "insert_failed": failed,
+                                "drop": failed}
+    assert lab.ct.count == 1 and bool(lanes[1].verdict.sent) == (not failed)
+
+
+def test_before_6_12_a_winner_without_nat_done_merges_whatever_its_tuples():
+    """__nf_ct_resolve_clash() before a4e6a1031e77: ``(ct->status & IPS_NAT_DONE_MASK) == 0
+    || nf_ct_match(ct, loser_ct)``.  (The engine always runs the nat hooks, as a kernel with
+    a nat table loaded, so its winners have NAT done: here the bits are left out.)"""
+    there = Tuple.make(PRIV1, PUB, "udp", 5000, 6000)
+    back = Tuple.make(PUB, PRIV1, "udp", 6000, 5000)
+    winner, reverse = Conn(there, back), Conn(back, there)
+    other = Conn(Tuple.make("10.0.0.3", PUB, "udp", 5000, 6000), back)
+    for status, old, new in ((IPS_NAT_DONE_MASK, False, True), (0, True, True)):
+        winner.status = status
+        assert _can_merge(winner, reverse, PROFILES["6.1"]) is old
+        assert _can_merge(winner, reverse, PROFILES["6.18"]) is new
+    winner.status = 0                     # 6.1: no NAT done merges even a different flow
+    assert _can_merge(winner, other, PROFILES["6.1"]) is True
+    assert _can_merge(winner, other, PROFILES["6.18"]) is False
+
+
+@pytest.mark.parametrize("kernel, outcomes", [
+    ("6.18", [INSERTED, MERGED]), ("6.6", [INSERTED, MERGED]),
+    ("6.1", [INSERTED, INSERT_FAILED]),
+])
+def test_gre_clash_resolution_since_6_5(make_lab, kernel, outcomes):
+    """GRE's tracker got allow_clash with d671fd82eaa9 (6.5): two GRE packets of one new
+    flow through MASQUERADE racing on two CPUs merge; before, the second is dropped."""
+    lab = make_lab()
+    lab.router.ct.profile = PROFILES[kernel]
+    gre = IP(src=PRIV1, dst=PUB, proto=47) / Raw(b"\x00\x00\x08\x00" + bytes(20))
+    lanes = race(lab.router, [lab.parse("eth0", gre), lab.parse("eth0", gre)])
+    assert [x.outcome for x in lanes] == outcomes
+    failed = int(outcomes[1] == INSERT_FAILED)
+    assert clash_stats(lab) == {"clash_resolve": 1 - failed, "insert_failed": failed,
+                                "drop": failed}

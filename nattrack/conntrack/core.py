@@ -29,7 +29,8 @@ from typing import Callable, Iterator
 from . import proto_generic, proto_gre, proto_icmp, proto_tcp, proto_udp
 from .conn import (HZ, IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_NEW, IP_CT_RELATED,
                    IPCT_DESTROY, IPCT_NEW, IPCT_RELATED, IPS_ASSURED, IPS_CONFIRMED, IPS_DYING,
-                   IPS_EXPECTED, IPS_FIXED_TIMEOUT, IPS_NAT_CLASH, IPS_SEEN_REPLY, IPCT_REPLY, Conn)
+                   IPS_EXPECTED, IPS_FIXED_TIMEOUT, IPS_NAT_CLASH, IPS_NAT_DONE_MASK, IPS_SEEN_REPLY,
+                   IPCT_REPLY, Conn)
 from .profile import NEWEST, KernelProfile
 from .sysctl import Sysctl
 from .tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, bysource_key, get_tuple, interned,
@@ -71,11 +72,15 @@ PROTO_HANDLERS = {
 EventListener = Callable[[str, Conn, "ConntrackTable", int], None]
 
 
-def _can_merge(ct: Conn, loser: Conn) -> bool:
+def _can_merge(ct: Conn, loser: Conn, profile: KernelProfile) -> bool:
     """nf_ct_can_merge(): nf_ct_match() (both tuples equal) or nf_ct_match_reverse()
     (the loser is the same flow from its other end: both packets were NEW, 6.12+)."""
-    return ((ct.orig == loser.orig and ct.reply == loser.reply)
-            or (ct.orig == loser.reply and ct.reply == loser.orig))
+    same = ct.orig == loser.orig and ct.reply == loser.reply
+    if not profile.clash_merge_reverse:
+        # Before a4e6a1031e77 (6.12), __nf_ct_resolve_clash(): a winner without NAT done
+        # merges whatever its tuples; no reverse match.
+        return same or not ct.status & IPS_NAT_DONE_MASK
+    return same or (ct.orig == loser.reply and ct.reply == loser.orig)
 
 
 class ConntrackTable:
@@ -336,12 +341,16 @@ class ConntrackTable:
           the packet is dropped: drop++ and insert_failed++.
         """
         loser = pkt.ct
-        if loser.orig.proto not in CLASH_NOT_ALLOWED:
-            if _can_merge(winner, loser):
+        proto = loser.orig.proto
+        # GRE's allow_clash came with d671fd82eaa9 (6.5): before, a GRE clash drops.
+        allow_clash = proto not in CLASH_NOT_ALLOWED and (
+            proto != proto_gre.IPPROTO_GRE or self.profile.gre_clash)
+        if allow_clash:
+            if _can_merge(winner, loser, self.profile):
                 return self._adopt(pkt, winner)
             holder = self.live(loser.reply)
             if holder is not None:
-                if _can_merge(holder, loser):
+                if _can_merge(holder, loser, self.profile):
                     return self._adopt(pkt, holder)
             else:
                 loser.timeout = self.jiffies() + self.hz

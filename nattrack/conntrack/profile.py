@@ -40,6 +40,19 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
         "netfilter: nat: restore default DNAT behavior",
         "DNAT to a port range without --random takes the range's first free port; before, "
         "a random port of the range, as if --random were given"),
+    Behaviour(
+        "gre_clash", (6, 5), "d671fd82eaa9bceedd48ea2b0679a9a6bbcd6532",
+        "netfilter: conntrack: allow insertion clash of gre protocol",
+        "GRE has allow_clash: two GRE packets of one new flow racing to confirm are resolved "
+        "as UDP's are (merged, or the loser inserted in the reply direction only); before, "
+        "the later one is dropped (insert_failed)"),
+    Behaviour(
+        "clash_merge_reverse", (6, 12), "a4e6a1031e7769c63d17b8e97d79e25dd7271fd3",
+        "netfilter: conntrack: add clash resolution for reverse collisions",
+        "a clashing entry merges with the winner when their tuples are the same either way "
+        "round (nf_ct_can_merge: nf_ct_match or nf_ct_match_reverse); before, when they are "
+        "the same in the same direction or the winner has no NAT done (no SNAT_DONE or "
+        "DNAT_DONE bit: no nat hook saw it), whatever its tuples"),
 )
 BY_NAME = {b.name: b for b in BEHAVIOURS}
 
@@ -51,6 +64,8 @@ class KernelProfile:
     version: tuple[int, int]
     snat_evicts_closing: bool
     dnat_range_from_start: bool
+    gre_clash: bool
+    clash_merge_reverse: bool
 
     @classmethod
     def of(cls, name: str) -> KernelProfile:
