@@ -37,7 +37,7 @@ LAB = Path(__file__).resolve().parent
 SCENARIOS = ("stale-udp", "table-full", "new-rule", "invalid-rst", "snat-race")
 # nf_conntrack_max is global and read-only inside a network namespace: a table-full
 # incident cannot be staged in the live lab without changing the whole machine.
-LIVE = ("stale-udp", "new-rule")
+LIVE = ("stale-udp", "new-rule", "snat-race")
 
 # topologies/incidents.py, as far as the knobs are concerned.
 ROUTER = "r"
@@ -429,6 +429,99 @@ def udp_ask(lab, node: str, server: str, port: int, sport: int) -> str | None:
     return None
 
 
+# --- racing two first datagrams on two CPUs of r (snat-race) ------------------------------
+
+# The sender, run in h1 and in h2 by `taskset -c CPU python -c`: in every round both wait at
+# a barrier (two counters in a shared file), then send one frame each.  A frame sent on a
+# veth is processed by r on the sending CPU, so the two run r's hooks at the same time.
+# argv: iface role barrier-file frames-file pause
+_SENDER = r"""
+import mmap, os, socket, struct, sys, time
+iface, role, shm, frames = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+pause = float(sys.argv[5])
+frames = [bytes.fromhex(x) for x in open(frames).read().split()]
+m = mmap.mmap(os.open(shm, os.O_RDWR), 16)
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind((iface, 0))
+counter = struct.Struct("<Q")
+mine, other = 8 * role, 8 * (1 - role)
+for r, frame in enumerate(frames, 1):
+    counter.pack_into(m, mine, r)
+    while counter.unpack_from(m, other)[0] < r:
+        pass
+    s.send(frame)
+    time.sleep(pause)
+print("done", flush=True)
+"""
+RACE_ROUNDS = 150
+
+
+def _udp_frame(src_mac: str, dst_mac: str, src: str, dst: str, sport: int, dport: int,
+               payload: bytes) -> bytes:
+    """Ethernet + IPv4 + UDP (checksum 0: none, as IPv4 allows)."""
+    import struct
+    from nattrack.packet.checksum import checksum
+    total = 28 + len(payload)
+    hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 17, 0,
+                                ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed))
+    hdr[10:12] = checksum(bytes(hdr)).to_bytes(2, "big")
+    mac = lambda m: bytes.fromhex(m.replace(":", ""))          # noqa: E731
+    return (mac(dst_mac) + mac(src_mac) + b"\x08\x00" + bytes(hdr)
+            + struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload)
+
+
+def _mac(lab, node: str, iface: str) -> str:
+    return _run(lab, node, ["cat", f"/sys/class/net/{iface}/address"]).stdout.strip()
+
+
+def _kernel_stat(lab, name: str) -> int:
+    """conntrack -S's counter ``name`` on r, summed over the CPUs."""
+    res = lab.kernel_conntrack({"command": "S"})
+    return sum(int(tok.split("=")[1]) for tok in res["stdout"].split()
+               if tok.startswith(name + "="))
+
+
+def race_live(lab, base: int, rounds: int = RACE_ROUNDS) -> int:
+    """h1 and h2 each send ``rounds`` first datagrams to srv's echo service, pairs with the
+    same source port (base + round) in the same instant, pinned to two CPUs; returns how
+    many r's kernel lost at confirm (conntrack -S insert_failed)."""
+    import os
+    import shutil
+    import tempfile
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise KnobError(f"the race needs two CPUs; this process may use only CPU {cpus}")
+    r_mac = _mac(lab, ROUTER, LAN)
+    work = Path(tempfile.mkdtemp(prefix="nattrack-lab07-race-"))
+    try:
+        work.chmod(0o755)
+        (work / "barrier").write_bytes(bytes(16))
+        for host in ("h1", "h2"):
+            iface, addr = HOSTS[host]
+            mac = _mac(lab, host, iface)
+            frames = [_udp_frame(mac, r_mac, addr, HOSTS["srv"][1], base + i, 7,
+                                 f"{host} {base + i}\n".encode()) for i in range(rounds)]
+            (work / f"{host}.hex").write_text("\n".join(f.hex() for f in frames) + "\n")
+        before = _kernel_stat(lab, "insert_failed")
+        sessions = [lab.exec_session(host, ["taskset", "-c", str(cpus[role]), sys.executable,
+                                            "-c", _SENDER, HOSTS[host][0], str(role),
+                                            str(work / "barrier"), str(work / f"{host}.hex"),
+                                            "0.002"], timeout=60)
+                    for role, host in enumerate(("h1", "h2"))]
+        try:
+            for host, session in zip(("h1", "h2"), sessions):
+                out = b"".join(data for stream, data in session if stream == "stdout")
+                if b"done" not in out:
+                    raise KnobError(f"the race's sender in {host} failed")
+        finally:
+            for session in sessions:
+                session.close()
+        time.sleep(0.3)
+        return _kernel_stat(lab, "insert_failed") - before
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 # Each live incident: the flows (node, server, port, source port) asked in every act.
 FLOWS = {"stale-udp": [("srv", PUBLIC, 53, 5353)],
          "new-rule": [("h2", HOSTS["srv"][1], 7, 6000), ("h1", HOSTS["srv"][1], 7, 6001)]}
@@ -440,7 +533,13 @@ def _ask_all(lab, name: str) -> dict:
 
 def stage_live(lab, name: str) -> dict:
     """Acts 1 and 2 in the running lab: healthy traffic, then the incident, the flows still
-    running.  Returns what the flows got in the incident (None: no answer)."""
+    running.  Returns what the flows got in the incident (None: no answer; snat-race: how
+    many first datagrams r's kernel lost in the racing rounds)."""
+    if name == "snat-race":
+        broken, _meta = scenario(name)
+        apply_live(lab, Config(rules=healthy()), fresh=True)
+        apply_live(lab, broken)
+        return {"lost": race_live(lab, 20000)}
     if name not in LIVE:
         raise KnobError(f"{name}: offline only (nf_conntrack_max is global and read-only in "
                         f"the lab's namespaces): make replay INCIDENT={name}")
@@ -458,8 +557,14 @@ def stage_live(lab, name: str) -> dict:
 def check_live(lab, name: str, fix: Config) -> list[str]:
     """All three acts in the running lab; what is still wrong after the fix, one sentence
     each (empty: fixed)."""
-    stage_live(lab, name)
+    staged = stage_live(lab, name)
     apply_live(lab, fix)
+    if name == "snat-race":
+        lost = race_live(lab, 30000)
+        if lost:
+            return [f"after the fix r's kernel still lost {lost} of {RACE_ROUNDS} racing first "
+                    f"datagrams (insert_failed; {staged['lost']} before the fix)"]
+        return []
     got = _ask_all(lab, name)
     problems = []
     if name == "stale-udp":
@@ -520,8 +625,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "break":
             got = stage_live(_client(), args.name)
             print(f"{args.name}: the incident is on. {meta.get('symptom', '')}")
-            for (node, sport), seen in got.items():
-                print(f"  {node} from port {sport}: {'answered' if seen else 'no answer'}")
+            for key, seen in got.items():
+                if key == "lost":
+                    print(f"  {seen} of {RACE_ROUNDS} racing first datagrams lost at confirm "
+                          f"(insert_failed)")
+                else:
+                    print(f"  {key[0]} from port {key[1]}: {'answered' if seen else 'no answer'}")
             for t in meta.get("try", []):
                 print(f"  try: {t}")
             return 0
