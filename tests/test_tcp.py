@@ -900,6 +900,24 @@ def test_rst_answering_ignored_syn_closes_without_window_check(lab):
     assert tcp_state(lab.only()) == "CLOSE"
 
 
+@pytest.mark.parametrize("sender, accepted, state", [
+    ("server", True, "CLOSE"), ("client", False, "ESTABLISHED"),
+])
+def test_rst_to_ignored_syn_needs_the_other_direction(lab, sender, accepted, state):
+    """"netfilter: conntrack: tcp: do not force CLOSE on invalid-seq RST without direction
+    check" (_rst_check): only the other side's RST answers the ignored SYN without a window
+    check.  A RST from the SYN's own sender, with the same ack and a sequence number far
+    outside its window, goes through tcp_in_window like any RST: INVALID, left as it was
+    (not translated), and the entry stays ESTABLISHED."""
+    f = TcpFlow(lab)
+    f.handshake()
+    f.client("S", seq=3_000_000_000, advance=False)            # sIG on ESTABLISHED
+    v = getattr(f, sender)("RA", seq=0x7000_0000, ack=3_000_000_001)
+    translated = f.server_translated(v) if sender == "server" else f.client_translated(v)
+    assert translated == accepted
+    assert tcp_state(lab.only()) == state
+
+
 def test_rst_answering_challenge_ack_in_syn_sent(lab):
     """§3.4.6: a reset in response to a challenge ACK we let through earlier is accepted
     without window checks (SYN_SENT, reply ACK ignored, then RST with seq = its ack)."""

@@ -21,6 +21,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 
 from nattrack.conntrack.cpus import INSERT_FAILED, INSERTED, MERGED, NAT_CLASH, race
+from nattrack.conntrack.profile import running_profile
 from nattrack.netfilter.rules import Ruleset
 from nattrack.netfilter.stack import Router
 from nattrack.packet.ipv4 import Packet
@@ -175,8 +176,10 @@ class Engine:
         if Engine._rules is None:
             Engine._rules = Ruleset.parse(race_rules())
         self.clock = ManualClock(1000.0)
+        # As the kernel that raced: its clash rules (conntrack/profile.py) where they differ.
         self.router = Router(dict(IFACES), dict(ROUTES), Engine._rules,
-                             {"nf_conntrack_buckets": 1024}, self.clock, seed=seed)
+                             {"nf_conntrack_buckets": 1024}, self.clock, seed=seed,
+                             profile=running_profile())
         self.events: list[str] = []
         self.router.ct.listeners.append(event_recorder(self.events, [], self.clock))
 
