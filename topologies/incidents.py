@@ -48,6 +48,7 @@ class IncidentsTopo(_nt.NatTopo):
                       role="service backend", services=["http", "echo"])
         self.host("srv", "203.0.113.10/24", on=("r", "wan"), role="public server and client",
                   services=["http", "echo"])
+        self.probe("h1", "203.0.113.10")
         self.notes.append("healthy until an incident breaks it: make -C labs/07-incidents "
                           "run INCIDENT=stale-udp")
 

@@ -14,7 +14,7 @@ from nattrack.lab import IFACE_PREFIX, TOPOLOGY_DIR
 
 from .conftest import REPO, make_run_dir
 
-NAMES = ("basic", "clash", "seed", "portforward", "double")
+NAMES = ("basic", "clash", "seed", "portforward", "double", "incidents")
 
 
 def _netns_count() -> int:
