@@ -207,6 +207,7 @@ def _generic_geometry(a: str, b: str) -> tuple[str, tuple[float, float]]:
             best = (hits, c)
         if not hits:
             break
+    assert best is not None                   # the loop tried one bend at least
     c = best[1]
     return _quad(p, c, q), _mid(_mid(p, q), c)
 
@@ -418,7 +419,7 @@ def diagram_parts(current: int | str | None = None, prev: int | str | None = Non
                        for (a, b), by in edges.items() if a == old for dd, flags in by.items())
     parts = [_defs(uid)]
     drawn_hl = False
-    top = []
+    top: list[str] = []
     for (a, b), by_dir in edges.items():
         kind = edge_kind(a, b)
         is_hl = hl == (a, b)
@@ -586,7 +587,7 @@ def axis_ticks(horizon: float) -> list[float]:
 
 def timeline_parts(entries: Iterable[Any], now: float, horizon: float,
                    destroyed: Iterable[tuple[str, float]] = ()
-                   ) -> tuple[dict[str, Any], str, float]:
+                   ) -> tuple[dict[str, Any], str, int, int]:
     """(state, SVG body, height, width) of :func:`timeline_svg`."""
     if horizon <= 0:
         raise ValueError("horizon must be positive")

@@ -81,8 +81,8 @@ def esc(value: Any) -> str:
 
 
 def _cls(*names: str | None) -> str:
-    names = [n for n in names if n]
-    return f' class="{esc(" ".join(names))}"' if names else ""
+    present = [n for n in names if n]
+    return f' class="{esc(" ".join(present))}"' if present else ""
 
 
 def attr_value(value: Any) -> str:
@@ -350,7 +350,7 @@ def conntrack_table_html(lines_or_dicts: Iterable[str | Mapping[str, Any]],
 
 # --------------------------------------------------------------------------- packets
 
-def _u16(buf: bytes, at: int) -> int:
+def _u16(buf: bytes | bytearray, at: int) -> int:
     return struct.unpack_from("!H", buf, at)[0]
 
 
@@ -536,7 +536,7 @@ def comparison_parts(python_lines: Iterable[str | Mapping[str, Any]],
     differ = [not r.agree for r in rows]
     sides = (f'<div class="nt-sides">{_side_table(titles[0], py, changed, differ)}'
              f'{_side_table(titles[1], kern, changed, differ)}</div>')
-    problems = [f"<li>{esc(flow_text(r.python or r.kernel))}: {esc(p)}</li>"
+    problems = [f"<li>{esc(flow_text(r.python or r.kernel or {}))}: {esc(p)}</li>"
                 for r in rows for p in r.problems]
     same = sum(1 for r in rows if r.agree)
     summary = (f'<div class="nt-note">{len(rows)} flow(s): {same} agree, '
@@ -544,7 +544,7 @@ def comparison_parts(python_lines: Iterable[str | Mapping[str, Any]],
     plist = f'<ul class="nt-problems">{"".join(problems)}</ul>' if problems else ""
     state = {"view": "compare", "flows": len(rows), "agree": same,
              "differ": len(rows) - same, "same": same == len(rows),
-             "differing": [flow_text(r.python or r.kernel) for r in rows if not r.agree],
+             "differing": [flow_text(r.python or r.kernel or {}) for r in rows if not r.agree],
              "python": sum(1 for e in py if e), "kernel": sum(1 for e in kern if e)}
     return state, sides + plist + summary
 

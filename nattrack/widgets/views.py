@@ -139,7 +139,7 @@ class _View:
             self.renders += 1
             try:
                 state, markup = self._render()
-            except Exception as exc:                 # never into cell output from a timer
+            except Exception as exc:  # noqa: BLE001 -- never into cell output from a timer
                 state = {"view": self.kind, "error": f"{type(exc).__name__}: {exc}"}
                 markup = _wrap(self.kind, f'<div class="nt-err">{esc(state["error"])}</div>',
                                state, self.title)
@@ -229,7 +229,7 @@ class StateDiagramView(_View):
 
     def __init__(self, title: str | None = None, timeouts: Mapping[str, int] | None = None,
                  **kw: Any) -> None:
-        self._args: tuple[Any, ...] = (None, None, None, None)
+        self._args: tuple[Any, Any, Any, Any] = (None, None, None, None)   # state, prev, dir, flag
         self._timeouts = dict(timeouts or {})
         self._uid = f"nt{next(_ids)}"
         diagram_parts(timeouts=self._timeouts)
@@ -464,7 +464,7 @@ class Updater:
                                      f'data-recovered="true" style="font-family:monospace;'
                                      f'font-size:11px">updating again after {self.errors} '
                                      f'failed update(s) (last: {esc(self.last_error)})</span>')
-        except Exception as exc:                     # shown in the label, never raised
+        except Exception as exc:  # noqa: BLE001 -- shown in the label, never raised
             self._failing = True
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
