@@ -27,7 +27,10 @@ import random
 from typing import Callable, Iterator
 
 from . import proto_generic, proto_gre, proto_icmp, proto_tcp, proto_udp
+from .expect import ExpectTable
+from .helper_ftp import HELPERS
 from .conn import (HZ, IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_NEW, IP_CT_RELATED,
+                   IP_CT_RELATED_REPLY,
                    IPCT_DESTROY, IPCT_NEW, IPCT_RELATED, IPS_ASSURED, IPS_CONFIRMED, IPS_DYING,
                    IPS_EXPECTED, IPS_FIXED_TIMEOUT, IPS_NAT_CLASH, IPS_NAT_DONE_MASK, IPS_SEEN_REPLY,
                    IPCT_REPLY, Conn)
@@ -106,6 +109,11 @@ class ConntrackTable:
         self.log: list[str] = []               # what the kernel would printk
         self.nat_bysource: dict[int, Conn | list[Conn]] = {}
         self.nat_forced: dict[Tuple, Tuple] = {}   # kernel mode: NAT choices seen leave
+        # Helpers and expectations (expect.py, helper_ftp.py): kept beside the entries, so
+        # an entry without a helper costs nothing.
+        self.expect = ExpectTable(self)
+        self.helpers: dict[Conn, object] = {}      # entry -> its helper's state (nfct_help)
+        self.masters: dict[Conn, Conn] = {}        # expected entry -> its master (ct->master)
         # gc_worker state
         self.gc_next_bucket = 0
         self.gc_next_run: int | None = None     # jiffies; None until the clock is first read
@@ -283,13 +291,35 @@ class ConntrackTable:
         ct = Conn(t, reply)
         if self.sysctl["nf_conntrack_acct"]:
             ct.counters = [0, 0, 0, 0]
+        if self.expect.items:
+            exp = self.expect.find(t)
+            if exp is not None:            # the entry is RELATED to the helper's master
+                ct.status |= IPS_EXPECTED
+                ct.mark = exp.master.mark
+                self.masters[ct] = exp.master
         return ct
+
+    def assign_helper(self, ct: Conn, name: str) -> None:
+        """The CT target's template (__nf_ct_try_assign_helper()) or nft_ct_helper_obj_eval():
+        a new, unconfirmed entry of the helper's protocol gets it; others are left alone."""
+        if ct.status & IPS_CONFIRMED or ct in self.helpers or ct.orig.proto != IPPROTO_TCP:
+            return
+        self.helpers[ct] = HELPERS[name]()
+
+    def helper_name(self, ct: Conn) -> str | None:
+        """What `conntrack -L` prints after helper=, if anything."""
+        info = self.helpers.get(ct) if self.helpers else None
+        return info.name if info is not None else None
 
     def confirm(self, pkt) -> int:
         """nf_conntrack_confirm() at POST_ROUTING / LOCAL_IN: insert a new entry, deliver events."""
         ct = pkt.ct
         if ct is None:
             return NF_ACCEPT
+        if self.helpers and pkt.ctinfo != IP_CT_RELATED_REPLY:
+            info = self.helpers.get(ct)    # nf_confirm(): the helper sees the packet first
+            if info is not None and info.help(self, ct, pkt, pkt.ctinfo) != NF_ACCEPT:
+                return NF_DROP
         if not ct.status & IPS_CONFIRMED:
             if pkt.ctinfo >= IP_CT_ESTABLISHED_REPLY:
                 return NF_ACCEPT           # only original-direction packets confirm
@@ -408,6 +438,12 @@ class ConntrackTable:
             self._bucket_del(ct)
             self.count -= 1
             self._nat_cleanup(ct)
+        if self.helpers:
+            self.helpers.pop(ct, None)
+        if self.masters:
+            self.masters.pop(ct, None)
+        if self.expect.items:
+            self.expect.remove_for(ct)     # nf_ct_remove_expectations()
         return True
 
     def flush(self) -> int:

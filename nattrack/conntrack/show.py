@@ -158,8 +158,9 @@ def _gre_proc(ct: Conn) -> list[str]:
 # --------------------------------------------------------------------------- lines
 
 def format_conn(ct: Conn, now: int, *, extended: bool = False, show_id: bool = False,
-                zone: int = 0, use: int = 1) -> str:
-    """One ``conntrack -L`` line (``-o extended`` / ``-o id`` optional).
+                zone: int = 0, use: int = 1, helper: str | None = None) -> str:
+    """One ``conntrack -L`` line (``-o extended`` / ``-o id`` optional); ``helper`` is the
+    entry's helper name (ConntrackTable.helper_name()).
 
     ctnetlink_dump_info() sends neither timeout nor protocol state for an
     offloaded entry, so neither is printed then.
@@ -171,6 +172,8 @@ def format_conn(ct: Conn, now: int, *, extended: bool = False, show_id: bool = F
     out.append(f"mark={ct.mark}")
     if zone:
         out.append(f"zone={zone}")
+    if helper:
+        out.append(f"helper={helper}")
     out.append(f"use={use}")
     if show_id:
         out.append(f"id={ct.id}")
@@ -208,7 +211,8 @@ def _event_timeout(kind: str, ct: Conn, now: int, destroy_timeout: int | None) -
 def format_event(kind: str, ct: Conn, now: int, *, ts: float | None = None,
                  destroy_timeout: int | None = None, userspace_portid: int | None = None,
                  userspace_progname: str | None = None, extended: bool = False,
-                 show_id: bool = False, zone: int = 0, protoinfo: bool = True) -> str:
+                 show_id: bool = False, zone: int = 0, protoinfo: bool = True,
+                 helper: str | None = None) -> str:
     """One ``conntrack -E`` line.
 
     What ctnetlink_conntrack_event() sends: NEW/UPDATE carry the remaining time and
@@ -227,6 +231,8 @@ def format_event(kind: str, ct: Conn, now: int, *, ts: float | None = None,
         out.append(f"mark={ct.mark}")
     if zone:
         out.append(f"zone={zone}")
+    if helper and not destroy:                     # ctnetlink_dump_helpinfo(): not on DESTROY
+        out.append(f"helper={helper}")
     if show_id:
         out.append(f"id={ct.id}")
     if userspace_portid is not None:

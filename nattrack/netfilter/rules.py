@@ -21,6 +21,7 @@ Supported (tables ``*nat``, ``*filter`` and ``*raw``, each closed by ``COMMIT``)
     !  before -s -d -i -o -p --sport --dport --icmp-type --ctstate --state
     -j ACCEPT | DROP | RETURN | USERCHAIN
     -j NOTRACK | CT --notrack      (raw table, PREROUTING and OUTPUT: no user chains)
+    -j CT --helper ftp             (raw table: a new entry gets the FTP helper, docs/helpers.md)
     -j MASQUERADE [--to-ports P[-Q]] [--random] [--random-fully]
     -j SNAT --to-source [IP[-IP]][:P[-Q]] [--random] [--random-fully] [--persistent]
     -j DNAT --to-destination [IP[-IP]][:P[-Q]] [--random] [--persistent]
@@ -68,6 +69,8 @@ BUILTIN_CHAINS = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
     "raw": ("PREROUTING", "OUTPUT"),
 }
+# The conntrack helpers -j CT --helper / ct helper set may name (conntrack/helper_ftp.py).
+CT_HELPERS = ("ftp",)
 _POLICIES = {"nat": ("ACCEPT",), "filter": ("ACCEPT", "DROP"), "raw": ("ACCEPT", "DROP")}
 
 # Where each NAT target may sit (the .hooks of xt_nat.c and xt_MASQUERADE.c).
@@ -260,6 +263,8 @@ class Rule:
     reject_with: str = ""
     # nft `notrack` (a raw-priority chain): the packet is left untracked (IP_CT_UNTRACKED).
     notrack: bool = False
+    # -j CT --helper NAME / nft `ct helper set`: the helper a new entry gets (docs/helpers.md).
+    helper: str = ""
     _preds: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -327,6 +332,8 @@ class Rule:
             out.append(f"--reject-with {self.reject_with}")
         if self.notrack:
             out.append("-j CT --notrack")
+        if self.helper:
+            out.append(f"-j CT --helper {self.helper}")
         nr = self.nat_range
         if nr is not None:
             if self.target == "SNAT":
@@ -467,6 +474,9 @@ class Ruleset:
                 self.hooks[("raw", chain)] = [(-300, "raw", chain)]
         for entries in self.hooks.values():
             entries.sort(key=lambda e: e[0])
+        # Does any rule attach a conntrack helper?  (Then the router asks raw_helper().)
+        self.helpers = any(r.helper for chains in self.tables.values()
+                           for rules in chains.values() for r in rules)
         # (table, chain, index) -> [packets, bytes] each rule matched, as the kernel's
         # per-rule counters count (ipt_do_table()'s ADD_COUNTER, nft's `counter`).
         self.counters: dict[tuple[str, str, int], list[int]] = {}
@@ -592,6 +602,19 @@ class Ruleset:
                 if self.policies[tkey][base] == "DROP":
                     return True, notrack
         return False, notrack
+
+    def raw_helper(self, hook: str, pkt, iif: str | None, oif: str | None) -> str:
+        """The helper the raw chains on ``hook`` give a new entry of ``pkt`` ("" for none):
+        the first matching ``-j CT --helper`` (xt_ct_target() leaves a packet that already
+        has a template alone), walked as raw() walks."""
+        for _prio, tkey, base in self.hooks.get(("raw", hook), ()):
+            for rule, preds, _kind, _count in self._compiled[tkey][base]:
+                if all(pred(pkt, None, iif, oif) for pred in preds):
+                    if rule.helper or rule.notrack:
+                        return rule.helper
+                    if rule.target in ("ACCEPT", "DROP"):
+                        break
+        return ""
 
     def verdict(self, chain: str, pkt, ctinfo: int | None, iif: str | None,
                 oif: str | None) -> str:
@@ -789,7 +812,7 @@ _TARGET_OPTS = {
     "MASQUERADE": ("--to-ports", "--random", "--random-fully"),
     "SNAT": ("--to-source", "--random", "--random-fully", "--persistent"),
     "DNAT": ("--to-destination", "--random", "--persistent"),
-    "CT": ("--notrack",),
+    "CT": ("--notrack", "--helper"),
 }
 _NEGATABLE = {"-s", "-d", "-i", "-o", "-p", "--sport", "--dport", "--icmp-type", "--ctstate",
               "--state"}
@@ -1258,6 +1281,13 @@ class _RuleParser:
         if opt == "--notrack":
             self.target_opts[opt] = True
             return
+        if opt == "--helper":
+            name = self.next_arg(tok)
+            if name not in CT_HELPERS:
+                raise self.error(f"-j CT --helper {name!r}: nattrack models only "
+                                 + ", ".join(CT_HELPERS), name)
+            self.target_opts[opt] = name
+            return
         if opt in _FLAG_OPTS:
             self.target_opts[opt] = True
             return
@@ -1348,13 +1378,17 @@ class _RuleParser:
             else:
                 matches.append(CommentMatch(m.values[opt][0]))
         # xt_CT's notrack_tg (-j NOTRACK, -j CT --notrack): mark, and the chain goes on.
-        notrack = self.target in ("NOTRACK", "CT")
-        if self.target == "CT" and "--notrack" not in self.target_opts:
-            raise self.error("-j CT: nattrack supports only --notrack", "CT")
+        helper = self.target_opts.get("--helper", "") if self.target == "CT" else ""
+        notrack = self.target == "NOTRACK" or (self.target == "CT" and not helper)
+        if self.target == "CT" and ("--notrack" in self.target_opts) == bool(helper):
+            raise self.error("-j CT: nattrack supports only --notrack or --helper ftp, one of them",
+                             "CT")
+        if helper and proto != IPPROTO_TCP:
+            raise self.error(f"-j CT --helper {helper}: the helper is for TCP: add -p tcp", "CT")
         return Rule(self.t.name, self.chain, self.f.get("src"), self.f.get("dst"),
                     self.f.get("iif"), self.f.get("oif"), proto, pinv, tuple(matches),
-                    "" if notrack else self.target or "", self.nat_range(), self.p.lineno,
-                    self.text, notrack=notrack)
+                    "" if notrack or helper else self.target or "", self.nat_range(),
+                    self.p.lineno, self.text, notrack=notrack, helper=helper)
 
 
 _PROTO_MODULE = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_ICMP: "icmp"}

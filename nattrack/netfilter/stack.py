@@ -259,16 +259,21 @@ class Router:
                     step(("defrag", "fragment queued"))
                 return v
         rs = self.ruleset
+        helper = ""
         if rs is not None and ("raw", "PREROUTING") in rs.hooks:
             drop, notrack = rs.raw("PREROUTING", pkt, pkt.iif, None)
             if drop:
                 return self._drop(v, "raw PREROUTING")
             if notrack:                             # nft_notrack_eval(): nf_ct_set(UNTRACKED)
                 pkt.ct, pkt.ctinfo = None, IP_CT_UNTRACKED
+            elif rs.helpers:                        # -j CT --helper: the template's helper
+                helper = rs.raw_helper("PREROUTING", pkt, pkt.iif, None)
         if pkt.ctinfo == IP_CT_UNTRACKED:
             pass                                    # nf_conntrack_in() ignores it
         elif self.ct.conntrack_in(pkt, NF_INET_PRE_ROUTING) == NF_DROP:
             return self._drop(v, "conntrack: table full")
+        if helper and pkt.ct is not None:
+            self.ct.assign_helper(pkt.ct, helper)
         if step:
             step(("PRE_ROUTING", "conntrack: " + _ct_note(pkt)))
             before = _addr_note(pkt)
@@ -440,9 +445,13 @@ class Router:
                 return self._drop(v, "raw OUTPUT")
             if notrack and pkt.ct is None:          # an attached entry stays (nft_notrack_eval)
                 pkt.ctinfo = IP_CT_UNTRACKED
-        if pkt.ct is None and pkt.ctinfo != IP_CT_UNTRACKED and \
-                self.ct.conntrack_in(pkt, NF_INET_LOCAL_OUT) == NF_DROP:
-            return self._drop(v, "conntrack: table full")
+        if pkt.ct is None and pkt.ctinfo != IP_CT_UNTRACKED:
+            if self.ct.conntrack_in(pkt, NF_INET_LOCAL_OUT) == NF_DROP:
+                return self._drop(v, "conntrack: table full")
+            if rs is not None and rs.helpers and pkt.ct is not None:
+                helper = rs.raw_helper("OUTPUT", pkt, None, None)
+                if helper:                          # -j CT --helper in raw OUTPUT
+                    self.ct.assign_helper(pkt.ct, helper)
         if self._nat(NF_INET_LOCAL_OUT, pkt, None) == NF_DROP:
             return self._drop(v, "nat OUTPUT")
         r = self.route(pkt.dst)
