@@ -60,7 +60,7 @@ def event_recorder(events: list[str], events_json: list[dict], clock: Callable[[
         destroy_timeout = ct.remaining(now_j) if kind == "DESTROY" else None
         protoinfo = bool(bits & IPCT_PROTOINFO)
         events.append(show.format_event(kind, ct, now_j, ts=ts, destroy_timeout=destroy_timeout,
-                                        protoinfo=protoinfo))
+                                        protoinfo=protoinfo, helper=table.helper_name(ct)))
         events_json.append(show.event_json(kind, ct, now_j, ts=ts, destroy_timeout=destroy_timeout))
     return listener
 
@@ -138,7 +138,8 @@ def replay_captures(sources: Iterable[tuple[str | None, str]], ifaces: dict[str,
     clock.set(end)
     listing = list(table.conns())        # like the kernel's dump, reaps what has expired
     now_j = table.jiffies()
-    res.table = [show.format_conn(ct, now_j) for ct in listing]
+    res.table = [show.format_conn(ct, now_j, helper=table.helper_name(ct), use=table.use(ct))
+                 for ct in listing]
     res.table_json = [show.conn_json(ct, now_j) for ct in listing]
     res.proc = [show.format_proc(ct, now_j) for ct in listing]
     res.stats = dict(table.stats)

@@ -133,6 +133,10 @@ def test_active_port_expects_the_server_from_any_port():
     assert f.expect_lines() == [mask_master(25620, PUB, PRIV1)]
     v, pkt = f.data("eth1", PUB, PRIV1, 20, 25620)
     assert v.sent and pkt.ctinfo == C.IP_CT_RELATED
+    # Each live data connection holds a reference to its master (kernel: use=2 here).
+    assert f.ct.use(f.master()) == 2 and f.ct.use(pkt.ct) == 1
+    f.ct.kill(pkt.ct)
+    assert f.ct.use(f.master()) == 1
 
 
 def test_epsv_and_eprt():

@@ -306,6 +306,14 @@ class ConntrackTable:
             return
         self.helpers[ct] = HELPERS[name]()
 
+    def use(self, ct: Conn) -> int:
+        """What `conntrack -L` prints after use=: the table's reference plus one held by
+        each entry whose master it is (ct->master; seen on 6.18: a master with two live
+        data connections shows use=3, an expectation adds none)."""
+        if not self.masters:
+            return 1
+        return 1 + sum(1 for master in self.masters.values() if master is ct)
+
     def helper_name(self, ct: Conn) -> str | None:
         """What `conntrack -L` prints after helper=, if anything."""
         info = self.helpers.get(ct) if self.helpers else None

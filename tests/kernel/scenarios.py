@@ -1516,6 +1516,69 @@ def _udp_router_entry_holds_port() -> Scenario:
             checks=(_port_changed_for_priv1,)))
 
 
+# ----------------------------------------------------------------------------------------
+# Conntrack helpers (docs/helpers.md): FTP between the private hosts, through the router
+# without NAT (with NAT the kernel would rewrite the payload: nf_nat_ftp, not modelled yet).
+
+def _ftp_rules(helper: bool) -> str:
+    raw = ("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+           + ("-A PREROUTING -p tcp --dport 21 -j CT --helper ftp\n" if helper else "")
+           + "COMMIT\n")
+    return raw + MASQ + (
+        "*filter\n"
+        ":INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+        "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+        "-A FORWARD -p tcp --dport 21 -m conntrack --ctstate NEW -j ACCEPT\n"
+        "COMMIT\n")
+
+
+def _ftp_steps() -> tuple:
+    """A control connection 10.0.0.2:40000 -> 10.0.0.3:21; PASV answered 227 and the
+    client's data connection to it; then PORT and the server's data connection from 20."""
+    ctl = Tcp("priv1", PRIV1, 40000, PRIV2, 21, "priv2", PRIV2, 21, PRIV1, 40000)
+    pasv = Tcp("priv1", PRIV1, 36150, PRIV2, 51210, "priv2", PRIV2, 51210, PRIV1, 36150)
+    active = Tcp("priv2", PRIV2, 20, PRIV1, 25620, "priv1", PRIV1, 25620, PRIV2, 20)
+    return (*ctl.handshake(), ctl.s("PA", b"220 hi\r\n"), ctl.c("PA", b"USER anonymous\r\n"),
+            ctl.s("PA", b"331 pw\r\n"), ctl.c("PA", b"PASV\r\n"),
+            ctl.s("PA", b"227 Entering Passive Mode (10,0,0,3,200,10).\r\n"),
+            *pasv.handshake(),
+            ctl.c("PA", b"PORT 10,0,0,2,100,20\r\n"), ctl.s("PA", b"200 ok\r\n"),
+            active.c("S"), active.s("SA"))
+
+
+def _ftp_helper() -> Scenario:
+    return Scenario(
+        "ftp_helper",
+        "helpers: -j CT --helper ftp on the control connection; the 227 reply and the PORT "
+        "command each open an expectation, and each data connection is RELATED (the "
+        "FORWARD policy is DROP, RELATED is accepted), its entry without a helper",
+        _ftp_rules(True), _ftp_steps(),
+        expect=Expect(
+            events=(ev("NEW", r"tcp\s+6 120 SYN_SENT src=10\.0\.0\.2 dst=10\.0\.0\.3 "
+                              r"sport=40000 dport=21 .* helper=ftp$"),
+                    ev("NEW", r"tcp\s+6 120 SYN_SENT src=10\.0\.0\.2 dst=10\.0\.0\.3 "
+                              r"sport=36150 dport=51210 \[UNREPLIED\] src=10\.0\.0\.3 "
+                              r"dst=10\.0\.0\.2 sport=51210 dport=36150$"),
+                    ev("NEW", r"tcp\s+6 120 SYN_SENT src=10\.0\.0\.3 dst=10\.0\.0\.2 "
+                              r"sport=20 dport=25620 ")),
+            table=(r"sport=40000 dport=21 .* helper=ftp use=3$",), table_count=3,
+            egress=(("r-priv", r"tcp 10\.0\.0\.2:36150 > 10\.0\.0\.3:51210 \[S\]"),
+                    ("r-priv", r"tcp 10\.0\.0\.3:20 > 10\.0\.0\.2:25620 \[S\]"))))
+
+
+def _ftp_no_helper() -> Scenario:
+    return Scenario(
+        "ftp_no_helper",
+        "helpers: without a CT rule (kernel 6.0 removed nf_conntrack_helper) port 21 gets "
+        "no helper, no expectation: the data connections are NEW and the FORWARD policy "
+        "drops them",
+        _ftp_rules(False), _ftp_steps(),
+        expect=Expect(
+            no_events=(r"helper=", r"sport=36150 dport=51210 ", r"sport=20 dport=25620 "),
+            table_count=1,
+            no_egress=(("r-priv", r":51210 \[S\]"), ("r-priv", r":25620 \[S\]"))))
+
+
 SCENARIOS: list[Scenario] = [
     _tcp_lifecycle_client_close(), _tcp_server_close(), _tcp_fin_piggyback(),
     _tcp_simultaneous_close(), _tcp_half_close(), _tcp_rst_established(),
@@ -1539,6 +1602,7 @@ SCENARIOS: list[Scenario] = [
     _snat_evicts_time_wait(), _dnat_range_first_port(),
     _tcp_rst_after_syn_same_direction(), _tcp_rst_out_of_window_both_ways(), _tcp_rst_below_maxack(),
     _udp_router_entry_holds_port(),
+    _ftp_helper(), _ftp_no_helper(),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 assert len(BY_NAME) == len(SCENARIOS), "duplicate scenario names"
