@@ -37,8 +37,9 @@ def rules(helper: bool = True, forward_policy: str = "DROP") -> str:
 class Ftp:
     """A control connection PRIV1:40000 -> PUB:21 through a router without NAT."""
 
-    def __init__(self, helper: bool = True, forward_policy: str = "DROP") -> None:
-        self.lab = lab = Lab(rules(helper, forward_policy))
+    def __init__(self, helper: bool = True, forward_policy: str = "DROP",
+                 ruleset: str | None = None) -> None:
+        self.lab = lab = Lab(ruleset or rules(helper, forward_policy))
         self.ct = lab.ct
         self.exp_events: list[str] = []
         self.ct.expect.listeners.append(
@@ -240,3 +241,45 @@ def test_rule_round_trips():
     assert rs.helpers
     assert str(rs.tables["raw"]["PREROUTING"][0]) == \
         "-A PREROUTING -p tcp -m tcp --dport 21 -j CT --helper ftp"
+
+
+NFT = """table inet filter {
+  ct helper ftp-standard {
+    type "ftp" protocol tcp;
+    l3proto ip;
+  }
+  chain forward {
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    tcp dport 21 ct helper set "ftp-standard" accept
+  }
+}
+"""
+
+
+def test_nft_ct_helper_set_in_the_forward_chain():
+    from nattrack.netfilter.nft import parse_nft, write_nft
+    f = Ftp(ruleset=NFT)
+    assert f.ct.helper_name(f.master()) == "ftp"
+    f.server(b"220 hi\r\n")
+    f.server(b"227 ok (203,0,113,2,200,10)\r\n")
+    v, pkt = f.data("eth0", PRIV1, PUB, 36150, 51210)
+    assert v.sent and pkt.ctinfo == C.IP_CT_RELATED
+    text = write_nft(parse_nft(NFT))
+    assert '\tct helper ftp {\n\t\ttype "ftp" protocol tcp\n\t\tl3proto ip\n\t}\n' in text
+    assert 'tcp dport 21 ct helper set "ftp" accept' in text
+    assert parse_nft(text).helpers
+
+
+@pytest.mark.parametrize("text, message", [
+    ('table ip t { chain f { type filter hook forward priority 0; ct helper set "x"; } }',
+     "no ct helper 'x' in table ip t"),
+    ('table ip t { ct helper x { type "sip" protocol udp; } }', "models only ftp"),
+    ('table ip t { ct helper x { type "ftp" protocol tcp; }\n chain r { type filter hook '
+     'prerouting priority raw; ct helper set "x"; } }', "at raw priority"),
+    ('table ip t { ct helper x { l3proto ip; } }', "has no 'type'"),
+])
+def test_nft_errors(text, message):
+    from nattrack.netfilter.nft import parse_nft
+    with pytest.raises(RulesError, match=message):
+        parse_nft(text)

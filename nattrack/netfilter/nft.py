@@ -28,6 +28,8 @@ Supported (families ip and inet, IPv4 traffic)::
     counter [packets N bytes M]   log [prefix "TEXT"]   comment "TEXT"
     accept | drop | return | jump CHAIN | goto CHAIN
     reject [with icmp|icmpx [type] NAME | with tcp reset]    notrack (raw priority)
+    ct helper NAME { type "ftp" protocol tcp; [l3proto ip;] }  (an object in the table)
+    ct helper set "NAME"     (a filter chain after conntrack: input, forward, output)
     masquerade [to :P[-Q]] [random|fully-random|persistent[,...]]
     snat|dnat [ip] to [ADDR[-ADDR]][:PORT[-PORT]] [random|fully-random|persistent[,...]]
 
@@ -44,7 +46,7 @@ from dataclasses import dataclass, replace
 from ..conntrack.conn import (IPS_ASSURED, IPS_CONFIRMED, IPS_DST_NAT, IPS_DYING,
                               IPS_EXPECTED, IPS_SEEN_REPLY, IPS_SRC_NAT, IP_CT_IS_REPLY)
 from ..conntrack.tuple import int2ip
-from .rules import (BUILTIN_CHAINS, ICMP_ANY, NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PERSISTENT,
+from .rules import (BUILTIN_CHAINS, CT_HELPERS, ICMP_ANY, NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PERSISTENT,
                     NF_NAT_RANGE_PROTO_RANDOM, NF_NAT_RANGE_PROTO_RANDOM_FULLY,
                     NF_NAT_RANGE_PROTO_SPECIFIED, STATE_BITS, AddrMatch, CommentMatch,
                     IcmpMatch, IfaceMatch, NatRange, PortRange, Rule, RulesError, Ruleset,
@@ -233,6 +235,7 @@ class _Table:
         self.bases: dict[str, tuple[str, str, int]] = {}
         self.policies: dict[str, str] = {}
         self.sets: dict[str, NamedSet] = {}
+        self.ct_helpers: dict[str, str] = {}     # ct helper object name -> helper type
 
 
 class _Tokens:
@@ -331,9 +334,11 @@ class _Parser(_Tokens):
                 self.chain_body(t, name)
             elif tok.value == "set":
                 self.set_def(t)
+            elif tok.value == "ct":
+                self.ct_helper_def(t)
             else:
                 raise self.error(f"unsupported {tok.value!r} in a table (nattrack supports: "
-                                 "chain, set)", tok)
+                                 "chain, set, ct helper)", tok)
             self.end_statement()
 
     def chain_name(self, t: _Table) -> str:
@@ -419,6 +424,39 @@ class _Parser(_Tokens):
                 raise self.error(f"bad priority offset {digits!r}", nxt)
             prio += int(digits) if sign == "+" else -int(digits)
         return prio
+
+    def ct_helper_def(self, t: _Table) -> None:
+        """``ct helper NAME { type "ftp" protocol tcp; l3proto ip; }`` (nft_ct_helper_obj_init())."""
+        if self.word("'helper'").value != "helper":
+            raise self.error("only 'ct helper' objects are supported in a table", self.toks[self.i - 1])
+        name = self.word("a ct helper name")
+        self.expect("{")
+        htype = None
+        while True:
+            self.skip_nl()
+            tok = self.next()
+            if tok.value == "}":
+                break
+            if tok.kind == "eof":
+                raise self.error(f"'}}' expected: ct helper {name.value} is not closed", tok)
+            if tok.value == "type":
+                ht = self.word("a helper type")
+                if ht.value not in CT_HELPERS:
+                    raise self.error(f"ct helper type {ht.value!r}: nattrack models only "
+                                     + ", ".join(CT_HELPERS), ht)
+                if self.word("'protocol'").value != "protocol" or self.word("tcp").value != "tcp":
+                    raise self.error(f"ct helper {name.value}: the {ht.value} helper needs "
+                                     "'protocol tcp'", ht)
+                htype = ht.value
+            elif tok.value == "l3proto":
+                l3 = self.word("ip or inet")
+                if l3.value not in ("ip", "inet"):
+                    raise self.error(f"l3proto {l3.value!r}: nattrack models IPv4 (ip, inet)", l3)
+            else:
+                raise self.error(f"unsupported {tok.value!r} in a ct helper (type, l3proto)", tok)
+        if htype is None:
+            raise self.error(f"ct helper {name.value} has no 'type'", name)
+        t.ct_helpers[name.value] = htype
 
     def set_def(self, t: _Table) -> None:
         name = self.word("a set name")
@@ -683,6 +721,7 @@ class _RuleBuilder(_Tokens):
         self.nat: NatRange | None = None
         self.reject_with = ""
         self.notrack = False
+        self.helper = ""
 
     def negation(self) -> bool:
         if self.peek().value in ("!=", "=="):
@@ -757,7 +796,7 @@ class _RuleBuilder(_Tokens):
                     self.f.get("iif"), self.f.get("oif"), self.f.get("proto", 0),
                     self.f.get("proto_invert", False), tuple(matches), self.target, self.nat,
                     self.line, self.text, counter=self.counter, log=self.log, goto=self.goto,
-                    reject_with=self.reject_with, notrack=self.notrack)
+                    reject_with=self.reject_with, notrack=self.notrack, helper=self.helper)
 
     # interfaces
     def kw_iifname(self, tok: _Tok, out: bool = False) -> None:
@@ -948,8 +987,11 @@ class _RuleBuilder(_Tokens):
             self.extras.append(SetMatch("icmp type", els, inv, name))
 
     def kw_ct(self, tok: _Tok) -> None:
-        what = self.word("state, status or direction")
+        what = self.word("state, status, direction or helper")
         self.once(f"ct {what.value}", what)
+        if what.value == "helper":
+            self.ct_helper_set(what)
+            return
         inv = self.negation()
         if what.value == "state":
             mask = self.name_list(STATE_BITS, "ct state", upper=True)
@@ -963,6 +1005,24 @@ class _RuleBuilder(_Tokens):
             self.extras.append(CtDirectionMatch(d.value == "reply", inv))
         else:
             raise self.error(f"unsupported 'ct {what.value}' (state, status, direction)", what)
+
+    def ct_helper_set(self, what: _Tok) -> None:
+        """``ct helper set "NAME"`` (nft_ct_helper_obj_eval()): a new entry gets the helper."""
+        if self.word("'set'").value != "set":
+            raise self.error("'ct helper' in a rule: only 'ct helper set \"NAME\"'", what)
+        name = self.word("a ct helper name")
+        if name.value not in self.t.ct_helpers:
+            raise self.error(f"no ct helper {name.value!r} in table {self.t.key}: declare it, "
+                             f"ct helper {name.value} {{ type \"ftp\" protocol tcp; }}", name)
+        base = self.t.bases.get(self.chain)
+        if base is not None and base[0] != "filter":
+            raise self.error("'ct helper set' in a nat chain: nattrack applies it in filter "
+                             "chains (input, forward, output)", name)
+        if base is not None and base[2] <= NF_IP_PRI_CONNTRACK:
+            raise self.error("'ct helper set' at raw priority: the packet has no conntrack entry "
+                             "yet and the kernel does nothing; use a chain at priority filter",
+                             name)
+        self.helper = self.t.ct_helpers[name.value]
 
     def name_list(self, names: dict, what: str, upper: bool = False) -> int:
         toks = []
@@ -1249,6 +1309,8 @@ def rule_text(rule: Rule, family: str = "ip", counts: tuple[int, int] | None = N
         out.append(f"log prefix {_quote(rule.log)}" if rule.log else "log")
     if rule.notrack:
         out.append("notrack")
+    if rule.helper:                     # write_nft() declares an object named as the type
+        out.append(f"ct helper set {_quote(rule.helper)}")
     t, nr = rule.target, rule.nat_range
     if t in ("SNAT", "DNAT", "MASQUERADE"):
         stmt = t.lower() + (" ip" if family == "inet" and t != "MASQUERADE" else "")
@@ -1317,6 +1379,9 @@ def write_nft(rs: Ruleset, counters: bool = False) -> str:
                 out.append("\t\telements = { " + ", ".join(
                     _element_text(key0, lo, hi) for lo, hi in s.elements) + " }")
             out.append("\t}")
+        for htype in sorted({r.helper for rules in chains.values() for r in rules if r.helper}):
+            out += [f"\tct helper {htype} {{", f'\t\ttype "{htype}" protocol tcp',
+                    "\t\tl3proto ip", "\t}"]
         for chain, rules in chains.items():
             out.append(f"\tchain {chain} {{")
             base = rs.bases[key].get(chain)

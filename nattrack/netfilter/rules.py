@@ -477,6 +477,7 @@ class Ruleset:
         # Does any rule attach a conntrack helper?  (Then the router asks raw_helper().)
         self.helpers = any(r.helper for chains in self.tables.values()
                            for rules in chains.values() for r in rules)
+        self._helper_pending: tuple | None = None
         # (table, chain, index) -> [packets, bytes] each rule matched, as the kernel's
         # per-rule counters count (ipt_do_table()'s ADD_COUNTER, nft's `counter`).
         self.counters: dict[tuple[str, str, int], list[int]] = {}
@@ -566,6 +567,9 @@ class Ruleset:
                 else:
                     count[0] += 1
                     count[1] += pkt.tot_len
+                    if rule.helper and (self._helper_pending is None
+                                        or self._helper_pending[0] is not pkt):
+                        self._helper_pending = (pkt, rule.helper)   # nft `ct helper set`
                     if kind == _FINAL:
                         return rule
                     if kind == _JUMP:
@@ -602,6 +606,12 @@ class Ruleset:
                 if self.policies[tkey][base] == "DROP":
                     return True, notrack
         return False, notrack
+
+    def take_helper(self, pkt) -> str:
+        """The helper an nft ``ct helper set`` gave ``pkt`` in the chains just walked ("")
+        (nft_ct_helper_obj_eval(): the first one counts)."""
+        pending, self._helper_pending = self._helper_pending, None
+        return pending[1] if pending is not None and pending[0] is pkt else ""
 
     def raw_helper(self, hook: str, pkt, iif: str | None, oif: str | None) -> str:
         """The helper the raw chains on ``hook`` give a new entry of ``pkt`` ("" for none):

@@ -212,6 +212,10 @@ class Router:
         if self.ruleset is None:
             return NF_ACCEPT
         verdict, rule = self.ruleset.decide(FILTER_CHAIN[hook], pkt, pkt.ctinfo, pkt.iif, oif)
+        if self.ruleset.helpers:
+            helper = self.ruleset.take_helper(pkt)
+            if helper and pkt.ct is not None:       # nft `ct helper set` on a new entry
+                self.ct.assign_helper(pkt.ct, helper)
         if verdict == "REJECT":
             self._reject(pkt, rule.reject_with, v, step)
         return NF_ACCEPT if verdict == "ACCEPT" else NF_DROP

@@ -1579,6 +1579,37 @@ def _ftp_no_helper() -> Scenario:
             no_egress=(("r-priv", r":51210 \[S\]"), ("r-priv", r":25620 \[S\]"))))
 
 
+FTP_NFT = """table ip filter {
+	ct helper ftp-standard {
+		type "ftp" protocol tcp
+		l3proto ip
+	}
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		ct state established,related accept
+		tcp dport 21 ct state new ct helper set "ftp-standard" accept
+	}
+}
+"""
+
+
+def _ftp_helper_nft() -> Scenario:
+    return Scenario(
+        "ftp_helper_nft",
+        "helpers: nft's ct helper object and 'ct helper set' in the forward chain (the "
+        "entry is still unconfirmed there); the same exchange as ftp_helper, the same "
+        "RELATED data connections",
+        FTP_NFT, _ftp_steps(),
+        expect=Expect(
+            events=(ev("NEW", r"tcp\s+6 120 SYN_SENT src=10\.0\.0\.2 dst=10\.0\.0\.3 "
+                              r"sport=40000 dport=21 .* helper=ftp$"),
+                    ev("NEW", r"tcp .*sport=36150 dport=51210 "),
+                    ev("NEW", r"tcp .*sport=20 dport=25620 ")),
+            table=(r"sport=40000 dport=21 .* helper=ftp use=3$",), table_count=3,
+            egress=(("r-priv", r"tcp 10\.0\.0\.2:36150 > 10\.0\.0\.3:51210 \[S\]"),
+                    ("r-priv", r"tcp 10\.0\.0\.3:20 > 10\.0\.0\.2:25620 \[S\]"))))
+
+
 SCENARIOS: list[Scenario] = [
     _tcp_lifecycle_client_close(), _tcp_server_close(), _tcp_fin_piggyback(),
     _tcp_simultaneous_close(), _tcp_half_close(), _tcp_rst_established(),
@@ -1602,7 +1633,7 @@ SCENARIOS: list[Scenario] = [
     _snat_evicts_time_wait(), _dnat_range_first_port(),
     _tcp_rst_after_syn_same_direction(), _tcp_rst_out_of_window_both_ways(), _tcp_rst_below_maxack(),
     _udp_router_entry_holds_port(),
-    _ftp_helper(), _ftp_no_helper(),
+    _ftp_helper(), _ftp_no_helper(), _ftp_helper_nft(),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 assert len(BY_NAME) == len(SCENARIOS), "duplicate scenario names"
