@@ -133,3 +133,14 @@ def test_a_reject_is_a_drop_verdict_as_nft_reject_sets():
     v, lines = trace_receive(router, _udp(4000, 5000), trace_id=3)
     assert v.dropped and lines[-1] == "trace id 00000003 ip filter fw rule udp dport 5000 reject " \
         "(verdict drop)"
+
+
+def test_handles_count_ct_helper_objects_before_sets():
+    """What `nft -a list ruleset` showed on 6.18 after `nft -f` of this rule set's nft form:
+    chain fw 1, ct helper ftp 2, set s 3, rules 4 and (after the anonymous set 5) 6."""
+    rs = Ruleset.parse('table ip filter {\n\tct helper ftp {\n\t\ttype "ftp" protocol tcp\n\t}\n'
+                       "\tset s { type inet_service; elements = { 1, 2 } }\n"
+                       "\tchain fw {\n\t\ttype filter hook forward priority 0; policy accept;\n"
+                       '\t\ttcp dport 21 ct helper set "ftp"\n\t\ttcp dport { 5, 6 } accept\n'
+                       "\t}\n}\n")
+    assert handles(rs) == {("ip filter", "fw"): [4, 6]}

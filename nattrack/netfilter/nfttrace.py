@@ -72,11 +72,14 @@ def nft_form(rs: Ruleset) -> Ruleset:
 def handles(rs: Ruleset) -> dict[tuple[str, str], list[int]]:
     """(table, chain) -> the handle of each of its rules, as ``nft -a list ruleset`` numbers
     them after ``nft -f``: one counter per table (nf_tables_alloc_handle()), given out in
-    the order nft sends the objects (nft_cmd_expand(): the chains, the named sets, then the
-    rules chain by chain; an anonymous set ``{ a, b }`` takes a handle before its rule)."""
+    the order nft sends the objects (nft_cmd_expand(): the chains, the objects -- one ct
+    helper per helper type the table's rules set, as write_nft() writes them -- the named
+    sets, then the rules chain by chain; an anonymous set ``{ a, b }`` takes a handle
+    before its rule)."""
     out: dict[tuple[str, str], list[int]] = {}
     for table, chains in rs.tables.items():
-        n = len(chains) + len(rs.sets.get(table, {}))
+        helpers = {getattr(r, "helper", None) for rules in chains.values() for r in rules} - {None, ""}
+        n = len(chains) + len(helpers) + len(rs.sets.get(table, {}))
         for chain, rules in chains.items():
             hs = out[(table, chain)] = []
             for rule in rules:
