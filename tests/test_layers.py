@@ -2,8 +2,10 @@
 the packages below it, and no set of modules imports itself round (docs/architecture.md).
 
 Every import statement in nattrack/ counts, those inside functions too: a function-level
-import is how a cycle hides.  The layer order is read from docs/architecture.md, so the
-picture there is the one this test enforces.
+import is how a cycle hides.  One kind is left out of the cycle check only: an import under
+``if TYPE_CHECKING:``, which names a type of the same package for an annotation and is never
+run (it must still go down the layers).  The layer order is read from docs/architecture.md,
+so the picture there is the one this test enforces.
 """
 from __future__ import annotations
 
@@ -32,6 +34,19 @@ class Edge:
     source: str          # importing module, e.g. "nattrack.lab.demo"
     target: str          # imported module (a package means its __init__)
     where: str           # "nattrack/lab/demo.py:46"
+    typing_only: bool = False   # under `if TYPE_CHECKING:`: an annotation's, never run
+
+
+def _typing_only_nodes(tree: ast.AST) -> set[int]:
+    """ids of the import statements inside ``if TYPE_CHECKING:`` blocks."""
+    found: set[int] = set()
+    for node in ast.walk(tree):
+        test = getattr(node, "test", None)
+        if isinstance(node, ast.If) and (
+                isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+                or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"):
+            found.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return found
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -49,6 +64,7 @@ def import_edges(root: Path) -> tuple[set[str], list[Edge]]:
     for mod, path in files.items():
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        typing_only = _typing_only_nodes(tree)
         for node in ast.walk(tree):
             names: list[str] = []
             if isinstance(node, ast.Import):
@@ -68,7 +84,7 @@ def import_edges(root: Path) -> tuple[set[str], list[Edge]]:
                     while name not in files:         # "import a.b.c" of a name inside a module
                         name = name.rpartition(".")[0]
                     if name != mod:
-                        edges[Edge(mod, name, where)] = None
+                        edges[Edge(mod, name, where, id(node) in typing_only)] = None
     return set(files), list(edges)
 
 
@@ -150,8 +166,9 @@ def problems(root: Path, layers: list[list[str]], allowed=frozenset()) -> list[s
             for n in sorted(placed - packages)]
     checked = [e for e in edges if (e.source, e.target) not in allowed]
     out += upward(checked, layers)
-    for comp in cycles(checked):
-        inside = [e.where + f" -> {e.target}" for e in checked
+    run = [e for e in checked if not e.typing_only]
+    for comp in cycles(run):
+        inside = [e.where + f" -> {e.target}" for e in run
                   if e.source in comp and e.target in comp]
         out.append(f"import cycle among {', '.join(comp)}: {'; '.join(inside)}")
     return out
@@ -209,6 +226,8 @@ def test_the_checker_reads_the_layer_block():
     ({"core/a.py": "from . import b\n", "core/b.py": "def f():\n    from .a import x\n"},
      "import cycle among kit.core.a, kit.core.b"),
     ({"extra/x.py": ""}, "kit.extra: a package in no layer"),
+    ({"base/low.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..cli import main\n"},
+     "kit.base.low imports kit.cli.main"),
 ])
 def test_the_checker_finds_an_upward_or_sideways_import_a_cycle_and_an_unplaced_package(
         tmp_path, files, words):
@@ -220,3 +239,11 @@ def test_the_checker_finds_an_upward_or_sideways_import_a_cycle_and_an_unplaced_
     assert problems(_tree(tmp_path / "ok", base), layers) == []
     found = problems(_tree(tmp_path / "bad", {**base, **files}), layers)
     assert any(words in p for p in found), found
+
+
+def test_a_type_only_back_reference_inside_a_package_is_no_cycle(tmp_path):
+    files = {"__init__.py": "", "cli/__init__.py": "", "cli/main.py": "", "util/__init__.py": "",
+             "util/tool.py": "", "base/__init__.py": "",
+             "core/__init__.py": "", "core/a.py": "from . import b\n",
+             "core/b.py": "import typing\nif typing.TYPE_CHECKING:\n    from .a import A\n"}
+    assert problems(_tree(tmp_path, files), documented_layers(LAYERS_MD)) == []
