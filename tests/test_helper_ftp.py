@@ -283,3 +283,72 @@ def test_nft_errors(text, message):
     from nattrack.netfilter.nft import parse_nft
     with pytest.raises(RulesError, match=message):
         parse_nft(text)
+
+
+# --- NAT of the payload (nf_nat_ftp, nf_ct_seqadj) ---------------------------------------
+
+MASQ_FTP = ("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            "-A PREROUTING -p tcp --dport 21 -j CT --helper ftp\nCOMMIT\n"
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            ":POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -o eth1 -j MASQUERADE\nCOMMIT\n")
+
+
+def test_active_ftp_through_masquerade_rewrites_port_and_adjusts_sequence_numbers():
+    f = Ftp(ruleset=MASQ_FTP)
+    f.flow.nat_addr = "203.0.113.1"
+    f.greet()
+    before = f.flow.cnxt
+    v = f.client(b"PORT 10,0,0,2,100,20\r\n")
+    out = IP(v.sent[0].data)
+    assert bytes(out[TCP].payload) == b"PORT 203,0,113,1,100,20\r\n"       # 3 bytes longer
+    assert out[TCP].seq == before and out.len == 20 + 20 + 25
+    assert IP(bytes(out)).chksum == out.chksum                            # both checksums right
+    assert TCP(bytes(out[TCP])).chksum == out[TCP].chksum
+    assert f.master().status & C.IPS_SEQ_ADJUST
+    assert f.expect_lines() == [
+        "300 proto=6 src=203.0.113.2 dst=203.0.113.1 sport=0 dport=25620 "
+        "mask-src=255.255.255.255 mask-dst=255.255.255.255 sport=0 dport=65535 "
+        f"master-src={PRIV1} master-dst={PUB} sport={CLIENT_PORT} dport=21 class=0 helper=ftp"]
+    # The server acknowledges the 3 bytes more it got; the client sees its own numbering.
+    v = f.flow.server("PA", b"200 ok\r\n", ack=f.flow.cnxt + 3)
+    assert v.sent and IP(v.sent[0].data)[TCP].ack == f.flow.cnxt
+    # The client's next segment is moved on by 3.
+    seq = f.flow.cnxt
+    v = f.client(b"LIST\r\n")
+    assert IP(v.sent[0].data)[TCP].seq == seq + 3
+    # The server's data connection to the router's port reaches the client (DNAT).
+    v, pkt = f.data("eth1", PUB, "203.0.113.1", 20, 25620)
+    out = IP(v.sent[0].data)
+    assert (out.dst, out[TCP].dport, pkt.ctinfo) == (PRIV1, 25620, C.IP_CT_RELATED)
+    assert pkt.ct.status & C.IPS_DST_NAT and f.ct.masters[pkt.ct] is f.master()
+
+
+def test_passive_ftp_through_masquerade_snats_the_data_connection():
+    f = Ftp(ruleset=MASQ_FTP)
+    f.flow.nat_addr = "203.0.113.1"
+    f.greet()
+    v = f.server(b"227 Entering Passive Mode (203,0,113,2,200,10).\r\n")
+    assert bytes(IP(v.sent[0].data)[TCP].payload) == \
+        b"227 Entering Passive Mode (203,0,113,2,200,10).\r\n"             # same length
+    assert not f.master().status & C.IPS_SEQ_ADJUST
+    v, pkt = f.data("eth0", PRIV1, PUB, 36150, 51210)
+    out = IP(v.sent[0].data)
+    assert (out.src, out[TCP].sport, out.dst, out[TCP].dport) == ("203.0.113.1", 36150, PUB, 51210)
+    assert pkt.ctinfo == C.IP_CT_RELATED and pkt.ct.status & C.IPS_SRC_NAT_DONE
+
+
+def test_an_expected_port_already_expected_moves():
+    """nf_nat_exp_find_port(): two masters announcing the same port to the same peer:
+    the second gets another port, and its payload says so."""
+    f = Ftp(ruleset=MASQ_FTP)
+    f.flow.nat_addr = "203.0.113.1"
+    f.greet()
+    f.client(b"PORT 10,0,0,2,100,20\r\n")
+    other = TcpFlow(f.lab, src="10.0.0.3", sport=CLIENT_PORT, dport=21)
+    other.handshake()
+    other.server("PA", b"220 hi\r\n")
+    other.client("PA", b"USER a\r\n")
+    v = other.client("PA", b"PORT 10,0,0,3,100,20\r\n")
+    text = bytes(IP(v.sent[0].data)[TCP].payload)
+    assert text.startswith(b"PORT 203,0,113,1,") and text != b"PORT 203,0,113,1,100,20\r\n"
+    assert len(f.ct.expect.items) == 2

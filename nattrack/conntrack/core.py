@@ -26,14 +26,14 @@ import gc
 import random
 from typing import Callable, Iterator
 
-from . import proto_generic, proto_gre, proto_icmp, proto_tcp, proto_udp
+from . import proto_generic, proto_gre, proto_icmp, proto_tcp, proto_udp, seqadj
 from .expect import ExpectTable
 from .helper_ftp import HELPERS
 from .conn import (HZ, IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_NEW, IP_CT_RELATED,
                    IP_CT_RELATED_REPLY,
                    IPCT_DESTROY, IPCT_NEW, IPCT_RELATED, IPS_ASSURED, IPS_CONFIRMED, IPS_DYING,
                    IPS_EXPECTED, IPS_FIXED_TIMEOUT, IPS_NAT_CLASH, IPS_NAT_DONE_MASK, IPS_SEEN_REPLY,
-                   IPCT_REPLY, Conn)
+                   IPS_SEQ_ADJUST, IPCT_REPLY, Conn)
 from .profile import NEWEST, KernelProfile
 from .sysctl import Sysctl
 from .tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, bysource_key, get_tuple, interned,
@@ -114,6 +114,7 @@ class ConntrackTable:
         self.expect = ExpectTable(self)
         self.helpers: dict[Conn, object] = {}      # entry -> its helper's state (nfct_help)
         self.masters: dict[Conn, Conn] = {}        # expected entry -> its master (ct->master)
+        self.seqadj: dict[Conn, tuple] = {}        # entry -> its nf_conn_seqadj (seqadj.py)
         # gc_worker state
         self.gc_next_bucket = 0
         self.gc_next_run: int | None = None     # jiffies; None until the clock is first read
@@ -297,6 +298,8 @@ class ConntrackTable:
                 ct.status |= IPS_EXPECTED
                 ct.mark = exp.master.mark
                 self.masters[ct] = exp.master
+                if exp.expectfn is not None:
+                    exp.expectfn(self, ct, exp)    # NAT: nf_nat_follow_master()
         return ct
 
     def assign_helper(self, ct: Conn, name: str) -> None:
@@ -328,6 +331,8 @@ class ConntrackTable:
             info = self.helpers.get(ct)    # nf_confirm(): the helper sees the packet first
             if info is not None and info.help(self, ct, pkt, pkt.ctinfo) != NF_ACCEPT:
                 return NF_DROP
+        if ct.status & IPS_SEQ_ADJUST and pkt.ctinfo != IP_CT_RELATED_REPLY:
+            seqadj.seq_adjust(self, ct, pkt, pkt.ctinfo)   # nf_confirm(): nf_ct_seq_adjust()
         if not ct.status & IPS_CONFIRMED:
             if pkt.ctinfo >= IP_CT_ESTABLISHED_REPLY:
                 return NF_ACCEPT           # only original-direction packets confirm
@@ -450,6 +455,8 @@ class ConntrackTable:
             self.helpers.pop(ct, None)
         if self.masters:
             self.masters.pop(ct, None)
+        if self.seqadj:
+            self.seqadj.pop(ct, None)
         if self.expect.items:
             self.expect.remove_for(ct)     # nf_ct_remove_expectations()
         return True

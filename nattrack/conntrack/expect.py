@@ -33,13 +33,19 @@ ExpectListener = Callable[[str, "Expectation", int], None]
 
 class Expectation:
     """struct nf_conntrack_expect: tuple & mask, master, deadline (jiffies), helper name."""
-    __slots__ = ("tuple", "mask", "master", "timeout", "helper", "klass")
+    __slots__ = ("tuple", "mask", "master", "timeout", "helper", "klass", "expectfn",
+                 "saved_port", "dir")
 
     def __init__(self, master: Conn, t: Tuple, mask: Tuple, helper: str,
                  klass: int = NF_CT_EXPECT_CLASS_DEFAULT) -> None:
         self.master, self.tuple, self.mask = master, t, mask
         self.helper, self.klass = helper, klass
         self.timeout = 0
+        # NAT (nf_nat_ftp): called on the new entry that fulfils it (nf_nat_follow_master),
+        # with the port announced before NAT changed it and the direction it comes from.
+        self.expectfn: Callable[[ConntrackTable, Conn, Expectation], None] | None = None
+        self.saved_port = 0
+        self.dir = 0
 
     def matches(self, t: Tuple) -> bool:
         """nf_ct_tuple_mask_cmp(): t equals the expected tuple where the mask has bits."""

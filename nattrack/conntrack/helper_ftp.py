@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from .conn import IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, ctinfo_dir
+from .conn import IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IPS_NAT_MASK, ctinfo_dir
 from .expect import FULL_MASK, Expectation
 from .tuple import IPPROTO_TCP
 from .uapi import NF_ACCEPT, NF_DROP
@@ -135,6 +135,12 @@ def try_epsv_response(data: bytes, term: int | None, sender: int) -> tuple[int, 
     return end, 0, sender, port
 
 
+# The kinds of announcement (enum nf_ct_ftp_type), as SEARCH lists them.
+FTP_TYPES = (("PORT", "EPRT"), ("PASV", "EPSV"))
+# nf_nat_ftp_hook: nattrack.nat.ftp registers nf_nat_ftp() here (the kernel's RCU hook),
+# called instead of expecting the connection as announced when the entry is NATed.
+nf_nat_ftp_hook: Callable[..., int] | None = None
+
 # search[dir]: (pattern, skip character, terminator, parser)
 SEARCH: tuple[tuple[tuple[bytes, int | None, int | None, Parser], ...], ...] = (
     ((b"PORT", ord(" "), ord("\r"), lambda d, t, s: try_rfc959(d, t)),
@@ -145,22 +151,23 @@ SEARCH: tuple[tuple[tuple[bytes, int | None, int | None, Parser], ...], ...] = (
 
 
 def find_pattern(data: bytes, pattern: bytes, skip: int | None, term: int | None,
-                 getnum: Parser, sender: int) -> tuple[int, int, int]:
-    """find_pattern(): (1 match, 0 none, -1 partial), address, port."""
+                 getnum: Parser, sender: int) -> tuple[int, int, int, int, int]:
+    """find_pattern(): (1 match, 0 none, -1 partial), address, port, and where the
+    numbers are in the payload (matchoff, matchlen: what nf_nat_ftp rewrites)."""
     plen = len(pattern)
     if len(data) <= plen:
-        return (-1 if data.lower() == pattern[:len(data)].lower() else 0), 0, 0
+        return (-1 if data.lower() == pattern[:len(data)].lower() else 0), 0, 0, 0, 0
     if data[:plen].lower() != pattern.lower():
-        return 0, 0, 0
+        return 0, 0, 0, 0, 0
     i = plen
     if skip is not None:
         while data[i] != skip:
             if i == len(data) - 1:
-                return -1, 0, 0
+                return -1, 0, 0, 0, 0
             i += 1
         i += 1
-    length, _, addr, port = getnum(data[i:], term, sender)
-    return (1 if length else -1), addr, port
+    length, shift, addr, port = getnum(data[i:], term, sender)
+    return (1 if length else -1), addr, port, i + shift, length
 
 
 def help_ftp(table: ConntrackTable, ct: Conn, info: FtpMaster, pkt: Packet, ctinfo: int) -> int:
@@ -178,9 +185,11 @@ def help_ftp(table: ConntrackTable, ct: Conn, info: FtpMaster, pkt: Packet, ctin
     ret = NF_ACCEPT
     if pkt.seq in info.seq_aft_nl[d]:
         sender = ct.tuple(d).src
-        found = addr = port = 0
-        for pattern, skip, term, getnum in SEARCH[d]:
-            found, addr, port = find_pattern(data, pattern, skip, term, getnum, sender)
+        found = addr = port = matchoff = matchlen = kind = 0
+        for kind in range(len(SEARCH[d])):
+            pattern, skip, term, getnum = SEARCH[d][kind]
+            found, addr, port, matchoff, matchlen = find_pattern(data, pattern, skip, term,
+                                                                 getnum, sender)
             if found:
                 break
         if found == -1:
@@ -191,7 +200,10 @@ def help_ftp(table: ConntrackTable, ct: Conn, info: FtpMaster, pkt: Packet, ctin
             other = ct.tuple(1 - d)
             exp = Expectation(ct, other._replace(proto=IPPROTO_TCP, sport=0, dport=port),
                               FTP_MASK, "ftp")
-            if not table.expect.related(exp):
+            if nf_nat_ftp_hook is not None and ct.status & IPS_NAT_MASK:
+                ret = nf_nat_ftp_hook(table, pkt, ct, ctinfo, FTP_TYPES[d][kind], matchoff,
+                                      matchlen, exp)
+            elif not table.expect.related(exp):
                 table.log.append("nf_ct_ftp: dropping packet: cannot add expectation")
                 ret = NF_DROP
     if ends_in_nl:

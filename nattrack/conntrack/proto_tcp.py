@@ -19,6 +19,7 @@ from __future__ import annotations
 from ..packet.ipv4 import TH_ACK, TH_CWR, TH_ECE, TH_FIN, TH_PSH, TH_RST, TH_SYN, TH_URG
 from .conn import (IP_CT_DIR_ORIGINAL, IP_CT_DIR_REPLY, IPCT_ASSURED, IPCT_PROTOINFO,
                    IPS_ASSURED, IPS_CONFIRMED, IPS_FIXED_TIMEOUT, IPS_SEEN_REPLY)
+from .seqadj import seq_offset
 from .uapi import NF_ACCEPT
 
 # enum tcp_conntrack
@@ -321,8 +322,10 @@ def _liberal(sender: TcpSeen, sysctl, verdict: int) -> int:
     return verdict
 
 
-def tcp_in_window(tcp: TcpState, direction: int, index: int, pkt, sysctl) -> int:
-    """tcp_in_window(): the four sequence/ack checks (Rooij) and window bookkeeping."""
+def tcp_in_window(tcp: TcpState, direction: int, index: int, pkt, sysctl,
+                  receiver_offset: int = 0) -> int:
+    """tcp_in_window(): the four sequence/ack checks (Rooij) and window bookkeeping;
+    ``receiver_offset``: what a helper's NAT moved the receiver's bytes by (seqadj.py)."""
     sender, receiver = tcp.seen[direction], tcp.seen[1 - direction]
     flags = pkt.tcpflags
     seq = pkt.seq
@@ -336,6 +339,9 @@ def tcp_in_window(tcp: TcpState, direction: int, index: int, pkt, sysctl) -> int
         edge = pkt.tcp_options()[2]
         if edge is not None and after(edge, sack):
             sack = edge
+    if receiver_offset:
+        ack = (ack - receiver_offset) & M
+        sack = (sack - receiver_offset) & M
 
     if sender.td_maxwin == 0:
         if flags & TH_SYN:
@@ -537,7 +543,9 @@ def tcp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: 
 
     now_j = table.now_j
     if not in_window:
-        res = tcp_in_window(tcp, direction, index, pkt, sysctl)
+        # NAT sequence mangling (nf_ct_seq_offset()): ACKs are read as the receiver sent.
+        offset = seq_offset(table, ct, 1 - direction, (pkt.ack - 1) & 0xFFFFFFFF) if table.seqadj else 0
+        res = tcp_in_window(tcp, direction, index, pkt, sysctl, offset)
         if res == NFCT_TCP_IGNORE:
             return NF_ACCEPT
         if res == NFCT_TCP_INVALID:

@@ -34,6 +34,7 @@ from ..conntrack.core import (HOOK_NAMES, NF_ACCEPT, NF_DROP, NF_INET_FORWARD, N
                               NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING,
                               ConntrackTable)
 from ..conntrack.tuple import IPPROTO_ICMP, int2ip, ip2int
+from ..nat import ftp as _nat_ftp  # noqa: F401 -- registers nf_nat_ftp (as loading nf_nat_ftp.ko)
 from ..nat.core import nf_nat_ipv4_fn
 from ..nat.masquerade import masq_device_down, masq_inet_addr_removed
 from ..packet.checksum import checksum, pseudo_header_sum
