@@ -5,7 +5,7 @@ Run from the repository root, as root (it builds the lab's network namespaces)::
     sudo .venv/bin/python -m bench.lab            # full run, about 1.5 minutes
     sudo .venv/bin/python -m bench.lab --quick    # each measurement briefly, about 35 s
     sudo .venv/bin/python -m bench.lab --json     # the same figures as one JSON object
-    sudo .venv/bin/python -m bench.lab --no-batch # python mode one frame per system call (before)
+    sudo .venv/bin/python -m bench.lab --no-batch # one frame per system call (before batches)
 
 One run brings the `basic` lab up in python mode, measures, brings it down,
 then does the same in kernel mode, and prints both side by side with the ratio
@@ -1000,8 +1000,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="each measurement briefly (under 90 s in all)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ap.add_argument("--no-batch", action="store_true",
-                    help="python mode reads and sends one frame per system call, as before the "
-                         "recvmmsg/sendmmsg batches (NATTRACK_NO_BATCH=1 in the router)")
+                    help="python mode's data path and kernel mode's shadow read (and send) one frame "
+                         "per system call, as before the recvmmsg/sendmmsg batches (NATTRACK_NO_BATCH=1 "
+                         "in the router)")
     ap.add_argument("--shadow-range", action="store_true",
                     help="only the shadow's exact range (kernel mode, section 6), about 1 minute")
     args = ap.parse_args(argv)
@@ -1028,8 +1029,8 @@ def main(argv=None) -> int:
     header = {"cpu": f"{cpu_model()} ({os.cpu_count()} CPUs)",
               "python": f"{platform.python_implementation()} {sys.version.split()[0]}",
               "platform": platform.platform(), "nattrack": f"git {git_rev()}", "tools": tool_versions(),
-              "data path": "python mode: " + ("one frame per system call (--no-batch)" if args.no_batch
-                                              else "recvmmsg/sendmmsg batches"),
+              "data path": "python mode and the shadow: " + ("one frame per system call (--no-batch)"
+                                                             if args.no_batch else "recvmmsg/sendmmsg batches"),
               "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
     t0 = time.monotonic()
     modes: dict = {}
