@@ -1610,6 +1610,43 @@ def _ftp_helper_nft() -> Scenario:
                     ("r-priv", r"tcp 10\.0\.0\.3:20 > 10\.0\.0\.2:25620 \[S\]"))))
 
 
+FTP_MASQ = ("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+            "-A PREROUTING -p tcp --dport 21 -j CT --helper ftp\nCOMMIT\n") + MASQ
+
+
+def _ftp_helper_masq() -> Scenario:
+    """Active FTP from behind MASQUERADE: PORT 10,0,0,2,... leaves as PORT 203,0,113,1,...
+    (3 bytes longer), so the router moves the client's later sequence numbers by 3 and the
+    server's ACKs back; pub's data connection to 203.0.113.1:25620 is DNATed to priv1.
+    Then PASV: the 227 keeps its length, priv1's data connection is SNATed."""
+    ctl = Tcp.masq(40000, 21)
+    active = Tcp("pub", PUB, 20, ROUTER_PUB, 25620, "priv1", PRIV1, 25620, PUB, 20)
+    pasv = Tcp.masq(36150, 51210)
+    steps = (*ctl.handshake(), ctl.s("PA", b"220 hi\r\n"), ctl.c("PA", b"USER anonymous\r\n"),
+             ctl.s("PA", b"331 pw\r\n"), ctl.c("PA", b"PORT 10,0,0,2,100,20\r\n"))
+    # The server got 3 bytes more than the client sent: its ACK counts them.
+    steps += (ctl.s("PA", b"200 ok\r\n", ack=ctl.cnxt + 3), active.c("S"), active.s("SA"),
+              active.c("A"))
+    steps += (ctl.c("PA", b"PASV\r\n"),
+              ctl.s("PA", b"227 Entering Passive Mode (203,0,113,2,200,10).\r\n",
+                    ack=ctl.cnxt + 3),
+              *pasv.handshake(), ctl.c("A"))
+    return Scenario(
+        "ftp_helper_masq",
+        "helpers + NAT (nf_nat_ftp, nf_ct_seqadj): active FTP through MASQUERADE rewrites "
+        "PORT to the router's address with sequence adjustment, and the server's data "
+        "connection is DNATed to the client; passive FTP's data connection is SNATed",
+        FTP_MASQ, steps,
+        expect=Expect(
+            table=(r"sport=40000 dport=21 .* helper=ftp use=3$",
+                   r"src=203\.0\.113\.2 dst=203\.0\.113\.1 sport=20 dport=25620 src=10\.0\.0\.2 "
+                   r"dst=203\.0\.113\.2 sport=25620 dport=20 "),
+            table_count=3,
+            egress=(("r-pub", r"tcp 203\.0\.113\.1:40000 > 203\.0\.113\.2:21 \[PA\] .* len=25 "),
+                    ("r-priv", r"tcp 203\.0\.113\.2:20 > 10\.0\.0\.2:25620 \[S\]"),
+                    ("r-pub", r"tcp 203\.0\.113\.1:36150 > 203\.0\.113\.2:51210 \[S\]"))))
+
+
 SCENARIOS: list[Scenario] = [
     _tcp_lifecycle_client_close(), _tcp_server_close(), _tcp_fin_piggyback(),
     _tcp_simultaneous_close(), _tcp_half_close(), _tcp_rst_established(),
@@ -1633,7 +1670,7 @@ SCENARIOS: list[Scenario] = [
     _snat_evicts_time_wait(), _dnat_range_first_port(),
     _tcp_rst_after_syn_same_direction(), _tcp_rst_out_of_window_both_ways(), _tcp_rst_below_maxack(),
     _udp_router_entry_holds_port(),
-    _ftp_helper(), _ftp_no_helper(), _ftp_helper_nft(),
+    _ftp_helper(), _ftp_no_helper(), _ftp_helper_nft(), _ftp_helper_masq(),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 assert len(BY_NAME) == len(SCENARIOS), "duplicate scenario names"
