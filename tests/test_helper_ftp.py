@@ -352,3 +352,14 @@ def test_an_expected_port_already_expected_moves():
     text = bytes(IP(v.sent[0].data)[TCP].payload)
     assert text.startswith(b"PORT 203,0,113,1,") and text != b"PORT 203,0,113,1,100,20\r\n"
     assert len(f.ct.expect.items) == 2
+
+
+def test_dropped_control_syns_leave_no_helper_state():
+    """A SYN to port 21 that the firewall drops gets the helper in raw PREROUTING, but its
+    entry is never confirmed: nothing of it may stay behind."""
+    lab = Lab(rules(helper=True, forward_policy="DROP").replace(
+        "-A FORWARD -p tcp --dport 21 -m conntrack --ctstate NEW -j ACCEPT\n", ""))
+    for port in range(30000, 30050):
+        v = lab.send("eth0", IP(src=PRIV1, dst=PUB) / TCP(sport=port, dport=21, flags="S"))
+        assert v.dropped == "filter FORWARD"
+    assert len(lab.ct.helpers) <= 1 and lab.ct.count == 0

@@ -75,6 +75,13 @@ PROTO_HANDLERS = {
 EventListener = Callable[[str, Conn, "ConntrackTable", int], None]
 
 
+def _forget_unconfirmed(side: dict) -> None:
+    """Drop what a side table holds for entries never confirmed: their packets were dropped
+    (one packet is in flight at a time), and nothing else would ever free them."""
+    for ct in [c for c in side if not c.status & IPS_CONFIRMED]:
+        del side[ct]
+
+
 def _can_merge(ct: Conn, loser: Conn, profile: KernelProfile) -> bool:
     """nf_ct_can_merge(): nf_ct_match() (both tuples equal) or nf_ct_match_reverse()
     (the loser is the same flow from its other end: both packets were NEW, 6.12+)."""
@@ -297,6 +304,7 @@ class ConntrackTable:
             if exp is not None:            # the entry is RELATED to the helper's master
                 ct.status |= IPS_EXPECTED
                 ct.mark = exp.master.mark
+                _forget_unconfirmed(self.masters)
                 self.masters[ct] = exp.master
                 if exp.expectfn is not None:
                     exp.expectfn(self, ct, exp)    # NAT: nf_nat_follow_master()
@@ -307,6 +315,7 @@ class ConntrackTable:
         a new, unconfirmed entry of the helper's protocol gets it; others are left alone."""
         if ct.status & IPS_CONFIRMED or ct in self.helpers or ct.orig.proto != IPPROTO_TCP:
             return
+        _forget_unconfirmed(self.helpers)
         self.helpers[ct] = HELPERS[name]()
 
     def use(self, ct: Conn) -> int:
