@@ -13,7 +13,11 @@ prints them::
 The packet line comes once per base chain, before its first event, and is decoded from
 the header bytes the kernel sends (link header, the IP header, at most 20 bytes from
 the transport header): fields as nft 1.0.6 orders and filters them, bytes it has no
-field for as ``@th,OFFSET,BITS 0x..``.  nft >= 1.1 with a kernel that reports the
+field for as ``@th,OFFSET,BITS 0x..``.  nft 1.1 prints a UDP header's ``udp checksum``
+where 1.0.6 leaves it out, an ICMP code as a number, and no raw bytes past a header it
+decodes (checked with Debian 13's nft 1.1.3 against the same kernel): ``nft=(1, 1)``
+(the live router passes :func:`installed_nft`, the version of this machine's nft).
+nft with a kernel that reports the
 connection prints a ``conntrack: ct direction ... ct state ... ct status ... ct id ...``
 line before it: ``conntrack=True`` adds that line.  Rule handles are those ``nft -a
 list ruleset`` shows after ``nft -f`` of the rule set's nft form (:func:`handles`;
@@ -29,9 +33,13 @@ only for a connection's first packet, as nf_nat_inet_fn()).
 """
 from __future__ import annotations
 
+import functools
 import random
+import re
+import shutil
 import socket
 import struct
+import subprocess
 
 from ..conntrack.conn import IP_CT_IS_REPLY, ctstate_bit
 from ..conntrack.tuple import int2ip
@@ -45,7 +53,8 @@ from .nft import (
 )
 from .rules import Ruleset
 
-__all__ = ["NftTrace", "TracedRuleset", "handles", "listed_rule", "trace_receive"]
+__all__ = ["NftTrace", "TracedRuleset", "handles", "installed_nft", "listed_rule",
+           "nft_version", "trace_receive"]
 
 TRANSPORT_HSIZE = 20        # NFT_TRACETYPE_TRANSPORT_HSIZE
 # nft's dscp_type and ecn_type symbols (src/proto.c).
@@ -58,7 +67,28 @@ _ECN = ("not-ect", "ect1", "ect0", "ce")
 _ICMP_CODES = {0: "net-unreachable", 1: "host-unreachable", 2: "prot-unreachable",
                3: "port-unreachable", 4: "frag-needed", 9: "net-prohibited",
                10: "host-prohibited", 13: "admin-prohibited"}
-_STATE_NAMES = {1: "invalid", 2: "established", 4: "related", 8: "new"}
+_STATE_NAMES = {1: "invalid", 2: "established", 4: "related", 8: "new", 64: "untracked"}
+NFT_1_0 = (1, 0)            # Debian 12's nft 1.0.6: how the lines print unless told otherwise
+
+
+def nft_version(argv=("nft",)) -> tuple[int, int]:
+    """(major, minor) of ``argv --version`` ("nftables v1.1.3 ..."); 1.0 when that nft is
+    missing or says something else."""
+    if shutil.which(argv[0]) is None:
+        return NFT_1_0
+    try:
+        out = subprocess.run([*argv, "--version"], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return NFT_1_0
+    m = re.search(r"v(\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else NFT_1_0
+
+
+@functools.cache
+def installed_nft() -> tuple[int, int]:
+    """This machine's nft version, read once (the live router's trace lines follow it)."""
+    return nft_version()
 _FLAG_NAMES = {bit: name for name, bit in _TCP_FLAGS.items()}
 
 
@@ -107,9 +137,9 @@ def _raw(base: str, offset: int, data: bytes) -> str:
     return f"@{base},{offset * 8},{len(data) * 8} 0x{int.from_bytes(data, 'big'):x}"
 
 
-def _transport(proto: int, th: bytes) -> list[str] | None:
-    """The transport header's fields as nft prints them; None for a protocol it does not
-    decode (then ``ip protocol`` stays and every byte is raw)."""
+def _transport(proto: int, th: bytes, nft: tuple[int, int] = NFT_1_0) -> list[str] | None:
+    """The transport header's fields as ``nft`` (its version) prints them; None for a
+    protocol it does not decode (then ``ip protocol`` stays and every byte is raw)."""
     if proto == socket.IPPROTO_TCP and len(th) >= 20:
         sport, dport, flags, win = struct.unpack_from("!HH8xxBH", th)
         name = _FLAG_NAMES.get(flags, f"0x{flags:x}")
@@ -118,12 +148,16 @@ def _transport(proto: int, th: bytes) -> list[str] | None:
     if proto == socket.IPPROTO_UDP and len(th) >= 8:
         sport, dport, length = struct.unpack_from("!HHH", th)
         out = [f"udp sport {sport}", f"udp dport {dport}", f"udp length {length}"]
+        if nft >= (1, 1):                   # the checksum, and nothing past the header
+            return out + [f"udp checksum {struct.unpack_from('!H', th, 6)[0]}"]
         return out + ([_raw("th", 8, th[8:])] if len(th) > 8 else [])
     if proto == socket.IPPROTO_ICMP and len(th) >= 8:
         itype, code, _csum, ident, seq = struct.unpack_from("!BBHHH", th)
-        out = [f"icmp type {_ICMP_TYPE_NAMES.get(itype, itype)}",
-               f"icmp code {_ICMP_CODES.get(code, code)}", f"icmp id {ident}",
-               f"icmp sequence {seq}"]
+        code_text = code if nft >= (1, 1) else _ICMP_CODES.get(code, code)   # 1.1: a number
+        out = [f"icmp type {_ICMP_TYPE_NAMES.get(itype, itype)}", f"icmp code {code_text}",
+               f"icmp id {ident}", f"icmp sequence {seq}"]
+        if nft >= (1, 1):
+            return out
         return out + ([_raw("th", 8, th[8:])] if len(th) > 8 else [])
     return None
 
@@ -136,7 +170,7 @@ def _proto_name(num: int) -> str:
 
 
 def packet_fields(pkt, iif: str | None, oif: str | None,
-                  ether: tuple[str, str] | None = None) -> str:
+                  ether: tuple[str, str] | None = None, nft: tuple[int, int] = NFT_1_0) -> str:
     """What follows ``packet:``: the devices, the link header when the packet came in on
     Ethernet, the IP header and the start of the transport header."""
     out = []
@@ -152,7 +186,7 @@ def packet_fields(pkt, iif: str | None, oif: str | None,
             f"ip dscp {_DSCP.get(tos >> 2, f'0x{tos >> 2:02x}')}", f"ip ecn {_ECN[tos & 3]}",
             f"ip ttl {ttl}", f"ip id {ipid}"]
     th = b"" if pkt.frag else bytes(buf[pkt.l4:off + min(tot_len, pkt.ihl + TRANSPORT_HSIZE)])
-    fields = _transport(pkt.proto, th)
+    fields = _transport(pkt.proto, th, nft)
     if fields is None:
         out.append(f"ip protocol {_proto_name(pkt.proto)}")
     out.append(f"ip length {tot_len}")
@@ -186,11 +220,12 @@ class NftTrace:
 
     def __init__(self, ruleset: Ruleset, trace_id: int | None = None,
                  ether: tuple[str, str] | None = None, conntrack: bool = False,
-                 show_handles: bool = False) -> None:
+                 show_handles: bool = False, nft: tuple[int, int] = NFT_1_0) -> None:
         self.rs = nft_form(ruleset)
         self.handles = handles(self.rs)
         self.id = random.getrandbits(32) if trace_id is None else trace_id
         self.ether, self.conntrack, self.show_handles = ether, conntrack, show_handles
+        self.nft = nft
         self.lines: list[str] = []
 
     def _head(self, table: str, chain: str) -> str:
@@ -208,7 +243,8 @@ class NftTrace:
                 ct = conntrack_fields(pkt, ctinfo)
                 if ct is not None:
                     self.lines.append(head + "conntrack: " + ct)
-            self.lines.append(head + "packet: " + packet_fields(pkt, iif, oif, self.ether))
+            fields = packet_fields(pkt, iif, oif, self.ether, self.nft)
+            self.lines.append(head + "packet: " + fields)
             decided = self._chain(table, chain, pkt, ctinfo, iif, oif)
             if decided is None:
                 policy = self.rs.policies[table][chain].lower()
@@ -297,13 +333,14 @@ class TracedRuleset:
 
 def trace_receive(router, pkt, ether: tuple[str, str] | None = None,
                   trace_id: int | None = None, conntrack: bool = False,
-                  show_handles: bool = False):
+                  show_handles: bool = False, nft: tuple[int, int] = NFT_1_0):
     """``router.receive(pkt, trace=True)`` with the nft trace of ``pkt``: returns the
-    Verdict and the lines.  ``ether`` is the frame's (source, destination) MAC."""
+    Verdict and the lines.  ``ether`` is the frame's (source, destination) MAC; ``nft``
+    the (major, minor) version of nft whose printing to follow."""
     saved = router.ruleset
     if saved is None:
         return router.receive(pkt, trace=True), []
-    trace = NftTrace(saved, trace_id, ether, conntrack, show_handles)
+    trace = NftTrace(saved, trace_id, ether, conntrack, show_handles, nft)
     traced = router.ruleset = TracedRuleset(saved, trace)
     try:
         v = router.receive(pkt, trace=True)

@@ -9,7 +9,11 @@ by line, trace ids aside (random in the kernel, one per packet here).  Lines of 
 harness's own tables (the nftrace table, iptables' conntrack-forcing ``ip mangle``) are
 left out.  nft >= 1.1 prints a ``conntrack:`` line per base chain where the kernel
 reports the connection; nattrack's are compared (direction and state) when the machine's
-nft prints any (nft 1.0.6 on Debian 12 prints none).
+nft prints any (nft 1.0.6 on Debian 12 and 1.1.3 on Debian 13 print none).
+
+Each comparison runs twice, with the machine's nft and with Debian 13's (nft 1.1.3 from
+a cached trixie root, ``tests/rootfs.py``, run with chroot inside the router's namespace
+against this kernel): the engine prints as the monitoring nft's version does.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import time
 
 import pytest
 
-from nattrack.netfilter.nfttrace import nft_form, trace_receive
+from nattrack.netfilter.nfttrace import nft_form, nft_version, trace_receive
 from nattrack.netfilter.rules import Ruleset
 from nattrack.netfilter.stack import Router
 from nattrack.packet.ipv4 import Packet
@@ -127,10 +131,27 @@ def _frames():
     ]
 
 
-def _kernel_trace(rs: Ruleset, frames, workdir, handles: bool) -> list[str]:
+@pytest.fixture(scope="module")
+def trixie_nft(tmp_path_factory) -> list[str]:
+    """Debian 13's nft, run through chroot (no mounts: nft needs only netlink)."""
+    from tests.rootfs import rootfs_problem, rootfs_tarball, unpack
+    problem = rootfs_problem()
+    if problem:
+        pytest.skip(problem)
+    root = unpack(rootfs_tarball("trixie", ["nftables"]), tmp_path_factory.mktemp("trixie"))
+    return ["chroot", str(root), "/usr/sbin/nft"]
+
+
+@pytest.fixture(params=["host", "trixie"], ids=["host-nft", "debian13-nft"])
+def nft(request) -> list[str]:
+    """The nft that monitors: this machine's, or Debian 13's."""
+    return ["nft"] if request.param == "host" else request.getfixturevalue("trixie_nft")
+
+
+def _kernel_trace(rs: Ruleset, frames, workdir, handles: bool, nft: list[str]) -> list[str]:
     rules = rs.to_nft() + TRACE_TABLE
     with KernelLab(rules, workdir=workdir) as lab:
-        mon = lab._spawn("rtr", ["nft", *(["-a"] if handles else []), "monitor", "trace"],
+        mon = lab._spawn("rtr", [*nft, *(["-a"] if handles else []), "monitor", "trace"],
                          stdout=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 10
         while not lab._netlink_listening(mon.pid) and time.monotonic() < deadline:
@@ -145,7 +166,8 @@ def _kernel_trace(rs: Ruleset, frames, workdir, handles: bool) -> list[str]:
     return [line for line in out.splitlines() if ID.sub("", line).startswith(tables)]
 
 
-def _engine_trace(rs: Ruleset, frames, conntrack: bool, handles: bool) -> list[list[str]]:
+def _engine_trace(rs: Ruleset, frames, conntrack: bool, handles: bool,
+                  version: tuple[int, int]) -> list[list[str]]:
     from scapy.layers.l2 import Ether
     router = Router(IFACES, ROUTES, ruleset=rs)
     traces = []
@@ -154,7 +176,7 @@ def _engine_trace(rs: Ruleset, frames, conntrack: bool, handles: bool) -> list[l
         frame = bytes(Ether(src=MACS[host], dst=MACS[iface]) / pkt)
         p = Packet.parse(bytearray(frame[14:]), iif=iface)
         _v, lines = trace_receive(router, p, ether=(MACS[host], MACS[iface]),
-                                  conntrack=conntrack, show_handles=handles)
+                                  conntrack=conntrack, show_handles=handles, nft=version)
         traces.append(lines)
     return traces
 
@@ -162,12 +184,13 @@ def _engine_trace(rs: Ruleset, frames, conntrack: bool, handles: bool) -> list[l
 ID = re.compile(r"^trace id [0-9a-f]{8} ")
 
 
-def _compare(rs: Ruleset, workdir, handles: bool = False) -> None:
+def _compare(rs: Ruleset, workdir, nft: list[str], handles: bool = False) -> None:
     frames = _frames()
-    kernel = _kernel_trace(rs, frames, workdir, handles)
+    kernel = _kernel_trace(rs, frames, workdir, handles, nft)
     assert kernel, "nft monitor trace printed nothing for the rule set's tables"
     with_ct = any(" conntrack: " in line for line in kernel)
-    traces = _engine_trace(rs, frames, conntrack=with_ct, handles=handles)
+    traces = _engine_trace(rs, frames, conntrack=with_ct, handles=handles,
+                           version=nft_version(nft))
     for lines in traces:                         # one id per packet, its own
         assert len({line[:17] for line in lines}) <= 1, lines
     assert len({t[0][:17] for t in traces if t}) == sum(1 for t in traces if t)
@@ -183,13 +206,13 @@ def _compare(rs: Ruleset, workdir, handles: bool = False) -> None:
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("handles", [False, True], ids=["plain", "with-handles"])
-def test_trace_matches_nft_monitor_trace_for_a_lesson_in_nft(tmp_path, handles):
+def test_trace_matches_nft_monitor_trace_for_a_lesson_in_nft(tmp_path, nft, handles):
     """With ``handles``, `nft -a monitor trace` against ``show_handles``: each rule's
     ``# handle N`` as the kernel numbered it (chains, named sets, anonymous sets, rules)."""
-    _compare(Ruleset.parse(LESSON, "lesson.nft"), tmp_path, handles)
+    _compare(Ruleset.parse(LESSON, "lesson.nft"), tmp_path, nft, handles)
 
 
 @pytest.mark.kernel
-def test_trace_matches_nft_monitor_trace_for_an_iptables_rule_set(tmp_path):
+def test_trace_matches_nft_monitor_trace_for_an_iptables_rule_set(tmp_path, nft):
     """An iptables rules file is traced in the nft form `nattrack rules translate` writes."""
-    _compare(Ruleset.parse(MASQ_FORWARD_POLICY, "masq.rules"), tmp_path)
+    _compare(Ruleset.parse(MASQ_FORWARD_POLICY, "masq.rules"), tmp_path, nft)
