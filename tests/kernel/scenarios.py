@@ -1647,6 +1647,36 @@ def _ftp_helper_masq() -> Scenario:
                     ("r-pub", r"tcp 203\.0\.113\.1:36150 > 203\.0\.113\.2:51210 \[S\]"))))
 
 
+def _ftp_helper_parsing() -> Scenario:
+    """The helper's reading rules: the first line each way is not read; a segment that is
+    only the start of a command is dropped; EPSV and EPRT; one expectation per master
+    (the EPRT one evicts the EPSV one)."""
+    ctl = Tcp("priv1", PRIV1, 40000, PRIV2, 21, "priv2", PRIV2, 21, PRIV1, 40000)
+    steps = (*ctl.handshake(),
+             ctl.s("PA", b"227 Entering Passive Mode (10,0,0,3,200,10).\r\n"),
+             ctl.c("PA", b"EPRT |1|10.0.0.2|50003|\r\n"),
+             ctl.s("PA", b"229 Entering Extended Passive Mode (|||50001|)\r\n"),
+             ctl.c("PA", b"POR", advance=False),
+             ctl.c("PA", b"EPRT |1|10.0.0.2|50002|\r\n"),
+             ctl.s("A"),
+             Tcp("priv1", PRIV1, 36150, PRIV2, 51210, "priv2", PRIV2, 51210, PRIV1, 36150).c("S"),
+             Tcp("priv2", PRIV2, 20, PRIV1, 50003, "priv1", PRIV1, 50003, PRIV2, 20).c("S"),
+             Tcp("priv1", PRIV1, 36151, PRIV2, 50001, "priv2", PRIV2, 50001, PRIV1, 36151).c("S"),
+             Tcp("priv2", PRIV2, 20, PRIV1, 50002, "priv1", PRIV1, 50002, PRIV2, 20).c("S"))
+    return Scenario(
+        "ftp_helper_parsing",
+        "helpers: the first line each way is never read (the 227 and the first EPRT open "
+        "nothing), a segment holding only 'POR' is dropped, the 229 opens 50001 and the "
+        "second EPRT 50002, evicting 50001 (max_expected 1): only 10.0.0.3:20 -> "
+        "10.0.0.2:50002 is RELATED, the other SYNs meet the DROP policy",
+        _ftp_rules(True), steps,
+        expect=Expect(
+            table_count=2,
+            egress=(("r-priv", r"tcp 10\.0\.0\.3:20 > 10\.0\.0\.2:50002 \[S\]"),),
+            no_egress=(("r-priv", r"len=3 "), ("r-priv", r":51210 \[S\]"),
+                       ("r-priv", r":50003 \[S\]"), ("r-priv", r":50001 \[S\]"))))
+
+
 SCENARIOS: list[Scenario] = [
     _tcp_lifecycle_client_close(), _tcp_server_close(), _tcp_fin_piggyback(),
     _tcp_simultaneous_close(), _tcp_half_close(), _tcp_rst_established(),
@@ -1671,6 +1701,7 @@ SCENARIOS: list[Scenario] = [
     _tcp_rst_after_syn_same_direction(), _tcp_rst_out_of_window_both_ways(), _tcp_rst_below_maxack(),
     _udp_router_entry_holds_port(),
     _ftp_helper(), _ftp_no_helper(), _ftp_helper_nft(), _ftp_helper_masq(),
+    _ftp_helper_parsing(),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}
 assert len(BY_NAME) == len(SCENARIOS), "duplicate scenario names"
