@@ -363,3 +363,11 @@ def test_dropped_control_syns_leave_no_helper_state():
         v = lab.send("eth0", IP(src=PRIV1, dst=PUB) / TCP(sport=port, dport=21, flags="S"))
         assert v.dropped == "filter FORWARD"
     assert len(lab.ct.helpers) <= 1 and lab.ct.count == 0
+
+
+def test_ct_helper_set_has_no_iptables_form():
+    """iptables attaches helpers only in the raw table (xt_CT); a filter chain's
+    `ct helper set` cannot be written as iptables: a clear error."""
+    from nattrack.netfilter.nft import parse_nft, to_iptables
+    with pytest.raises(ValueError, match="no iptables form"):
+        to_iptables(parse_nft(NFT))

@@ -1465,6 +1465,10 @@ def to_iptables(rs: Ruleset) -> Ruleset:
                 if r.target == "REJECT":
                     raise ValueError(f"line {r.line}: 'reject' has no iptables form nattrack "
                                      "reads (-j REJECT is not in its iptables subset)")
+                if r.helper:
+                    raise ValueError(f"line {r.line}: 'ct helper set' has no iptables form: "
+                                     "iptables attaches a helper in the raw table "
+                                     "(-j CT --helper)")
                 if r.notrack and r.target:
                     raise ValueError(f"line {r.line}: 'notrack {r.target.lower()}' is two "
                                      "iptables rules (-j CT --notrack, then the verdict)")
