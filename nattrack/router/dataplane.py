@@ -38,6 +38,7 @@ from typing import Callable
 
 from ..conntrack.core import tune_gc
 from ..conntrack.tuple import int2ip, ip2int
+from ..netfilter.nfttrace import installed_nft, trace_receive
 from ..netfilter.rules import Ruleset
 from ..netfilter.stack import Router, Sent, Verdict, inet_make_mask
 from ..packet.ipv4 import Packet
@@ -242,14 +243,18 @@ class Dataplane:
         if not wanted:
             return self.router.receive(pkt)
         before, ts = pkt.summary(), pkt.ts
-        v = self.router.receive(pkt, trace=True)
+        # nft monitor trace's lines too (only here, for traced packets), as this machine's
+        # nft prints them; the frame's MACs give the "ether saddr/daddr" the kernel shows.
+        buf, off = pkt.buf, pkt.off
+        ether = (bytes(buf[6:12]).hex(":"), bytes(buf[0:6]).hex(":")) if off >= 14 else None
+        v, nft = trace_receive(self.router, pkt, ether=ether, nft=installed_nft())
         after = None
         for s in v.sent:
             if s.pkt is not None and s.pkt.iif is not None:
                 after = s.pkt.summary()
                 break
         rec = {"ts": ts, "steps": [list(s) for s in v.steps], "before": before, "after": after,
-               "dropped": v.dropped}
+               "dropped": v.dropped, "nft": nft}
         for t in wanted:
             t.push(rec)
         if any(t.done for t in wanted):
