@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from nattrack_lab import PRIV1, PRIV2, PUB, RTR_PUB, Lab, TcpFlow, nat_rules, tcp_state
 from scapy.layers.inet import IP, TCP
 
+import nattrack
 from nattrack.conntrack.profile import (
     BEHAVIOURS,
     NEWEST,
@@ -56,6 +58,20 @@ def test_profiles_differ_only_by_cited_behaviours():
     for b in BEHAVIOURS:
         assert re.fullmatch(r"[0-9a-f]{40}", b.commit) and b.subject.startswith("netfilter: ")
     assert "0f1ae2821fa4" in PROFILES["6.6"].describe()
+
+
+def test_each_behaviour_is_one_cited_if_in_the_engine():
+    """Every behaviour is read by the engine (``profile.NAME``) with its commit's first 12
+    digits in a comment within three lines: the place the kernel differs, and why."""
+    sources = {p: p.read_text().splitlines() for p in Path(nattrack.__file__).parent.rglob("*.py")
+               if p.name != "profile.py"}
+    for b in BEHAVIOURS:
+        uses = [(p, i) for p, lines in sources.items() for i, line in enumerate(lines)
+                if f"profile.{b.name}" in line]
+        assert uses, f"{b.name}: no engine code reads it"
+        for p, i in uses:
+            near = "\n".join(sources[p][max(0, i - 3):i + 4])
+            assert b.commit[:12] in near, f"{p.name}:{i + 1}: {b.name} without {b.commit[:12]}"
 
 
 def test_get_profile_names_and_one_line_error():
