@@ -391,6 +391,9 @@ class ConntrackTable:
           clash_resolve++.  If its reply tuple is held, that holder is tried for a merge.
         * Otherwise, and always for protocols without ``allow_clash`` (TCP, ICMP, SCTP),
           the packet is dropped: drop++ and insert_failed++.
+
+        Older kernels (``self.profile``): no GRE clash support before 6.5, and before
+        6.12 no reverse merge but a merge with any winner without NAT done.
         """
         loser = pkt.ct
         proto = loser.orig.proto
