@@ -3,7 +3,8 @@ kernels a class runs, seen from outside the engine (packets in, packets and tabl
 
 The expectations come from the commits that changed the kernel (cited in the profile
 module and docs/kernel-profiles.md) and were checked against real 6.1 and 6.18 kernels
-by tests/kernel (scenarios snat_evicts_time_wait, dnat_range_first_port).
+by tests/kernel (scenarios snat_evicts_time_wait, dnat_range_first_port).  The clash
+behaviours (gre_clash, clash_merge_reverse) are tested in tests/test_clash.py, with races.
 """
 from __future__ import annotations
 
