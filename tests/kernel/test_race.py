@@ -15,10 +15,16 @@ counters, the same `conntrack -E` lines and send the same datagrams.
 from __future__ import annotations
 
 import functools
+import os
 import re
+import subprocess
+import sys
+import time
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 from nattrack.conntrack.cpus import INSERT_FAILED, INSERTED, MERGED, NAT_CLASH, race
 from nattrack.conntrack.profile import running_profile
@@ -30,6 +36,7 @@ from nattrack.replay import ManualClock, event_recorder
 from .conftest import kernel_env_problem
 from .harness import (
     IFACES,
+    MACS,
     ROUTER_PUB,
     ROUTES,
     KernelLab,
@@ -37,7 +44,9 @@ from .harness import (
     read_pcap,
     strip_timestamp,
 )
+from .race import _SENDER as SENDER
 from .race import (
+    BACKEND,
     CLIENT_PORT_BASE,
     has_backend,
     PAYLOADS,
@@ -382,6 +391,74 @@ def _tick_late(kernel: str, engine: str) -> str:
 
 def _other(payload: str) -> str:
     return PAYLOADS[1 - PAYLOADS.index(payload)]
+
+
+# ------------------------------------------------------------------------------------------
+# GRE: clash resolution since 6.5 (profile gre_clash, d671fd82eaa9)
+# ------------------------------------------------------------------------------------------
+
+GRE_ROUNDS = 200                 # one new flow a round: source 203.0.113.20 + round
+
+
+def gre_rules() -> str:
+    """GRE to the router's public address DNATed to priv1, and the race's FORWARD filler."""
+    nat = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+           ":POSTROUTING ACCEPT [0:0]",
+           f"-A PREROUTING -d {ROUTER_PUB}/32 -i r-pub -p gre -j DNAT --to-destination {BACKEND}",
+           "COMMIT"]
+    rules = race_rules()
+    return "\n".join(nat) + "\n" + rules[rules.index("*filter"):]
+
+
+def gre_frame(r: int, cpu: int) -> bytes:
+    ip = IP(src=f"203.0.113.{20 + r}", dst=ROUTER_PUB, proto=47, id=cpu)
+    return bytes(Ether(src=MACS["pub"], dst=MACS["r-pub"]) / ip / Raw(b"\x00\x00\x08\x00" + bytes(20)))
+
+
+@pytest.mark.kernel
+def test_gre_race_resolved_as_the_running_kernels_profile_says(tmp_path):
+    """Two identical GRE packets of a new flow on two CPUs, GRE_ROUNDS flows: from 6.5 the
+    loser merges (clash_resolve), before it is dropped (insert_failed); the engine, with
+    the running kernel's profile, does the same with a race it runs."""
+    problem = kernel_env_problem()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    with KernelLab(gre_rules(), workdir=tmp_path) as lab:
+        shm = tmp_path / "barrier"
+        shm.write_bytes(bytes(16))
+        files = []
+        for cpu in (0, 1):
+            files.append(tmp_path / f"gre-{cpu}.hex")
+            files[-1].write_text("\n".join(gre_frame(r, cpu).hex() for r in range(GRE_ROUNDS)))
+        lab.flush()
+        before = lab.stats()
+        cpus = sorted(os.sched_getaffinity(0))[:2]
+        procs = [lab._spawn("pub", ["taskset", "-c", str(cpus[c]), sys.executable, "-c", SENDER,
+                                    "eth0", str(c), str(shm), str(files[c]), "0.002"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for c in (0, 1)]
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert "done" in out, err
+        time.sleep(0.5)
+        delta = {k: lab.stats().get(k, 0) - before.get(k, 0) for k in CLASH_KEYS}
+        listed = [x for x in lab.conntrack("-L", "-p", "gre").splitlines() if x.startswith("gre")]
+    profile = running_profile()
+    print(f"{profile.name}: {GRE_ROUNDS} GRE races: {delta}")
+    assert len(listed) == GRE_ROUNDS
+    raced = delta["clash_resolve"] + delta["insert_failed"]
+    assert raced > 0, f"no round raced: {delta}"
+    if profile.gre_clash:
+        assert delta == {"clash_resolve": raced, "insert_failed": 0, "drop": 0}
+    else:
+        assert delta == {"clash_resolve": 0, "insert_failed": raced, "drop": raced}
+
+    eng = Router(dict(IFACES), dict(ROUTES), Ruleset.parse(gre_rules()), {}, ManualClock(1000.0),
+                 profile=profile)
+    pkts = [Packet.parse(bytearray(gre_frame(0, cpu)[14:]), 0, iif="r-pub", ts=1000.0)
+            for cpu in (0, 1)]
+    lanes = race(eng, pkts)
+    assert [x.outcome for x in lanes] == [INSERTED, MERGED if profile.gre_clash else INSERT_FAILED]
 
 
 # ------------------------------------------------------------------------------------------
