@@ -69,6 +69,10 @@ _ICMP_CODES = {0: "net-unreachable", 1: "host-unreachable", 2: "prot-unreachable
                10: "host-prohibited", 13: "admin-prohibited"}
 _STATE_NAMES = {1: "invalid", 2: "established", 4: "related", 8: "new", 64: "untracked"}
 NFT_1_0 = (1, 0)            # Debian 12's nft 1.0.6: how the lines print unless told otherwise
+# Kernels before this report a chain's end and a `return` as NFT_TRACETYPE_RETURN events
+# ("verdict continue" / "verdict return", nf_tables_core.c __nft_trace_verdict() as in
+# 6.1); seen on Debian 12's 6.1, not on 6.12 or 6.18 (6.5: a guess between the two).
+QUIET_CHAIN_END_SINCE = (6, 5)
 
 
 def nft_version(argv=("nft",)) -> tuple[int, int]:
@@ -220,12 +224,13 @@ class NftTrace:
 
     def __init__(self, ruleset: Ruleset, trace_id: int | None = None,
                  ether: tuple[str, str] | None = None, conntrack: bool = False,
-                 show_handles: bool = False, nft: tuple[int, int] = NFT_1_0) -> None:
+                 show_handles: bool = False, nft: tuple[int, int] = NFT_1_0,
+                 chain_end_events: bool = False) -> None:
         self.rs = nft_form(ruleset)
         self.handles = handles(self.rs)
         self.id = random.getrandbits(32) if trace_id is None else trace_id
         self.ether, self.conntrack, self.show_handles = ether, conntrack, show_handles
-        self.nft = nft
+        self.nft, self.chain_end_events = nft, chain_end_events
         self.lines: list[str] = []
 
     def _head(self, table: str, chain: str) -> str:
@@ -263,6 +268,8 @@ class NftTrace:
         while True:
             rules = chains[chain]
             if i >= len(rules):
+                if self.chain_end_events:       # 6.1: the end of every chain is an event
+                    self.lines.append(self._head(table, chain) + "verdict continue ")
                 if not stack:
                     return None
                 chain, i = stack.pop()          # the end of a jumped-to chain: no event
@@ -281,7 +288,10 @@ class NftTrace:
             else:
                 verdict = "continue"
             text = listed_rule(rule, family) + (f" # handle {handle}" if self.show_handles else "")
-            self.lines.append(self._head(table, chain) + f"rule {text} (verdict {verdict})")
+            if verdict == "return" and self.chain_end_events:      # 6.1: a RETURN event
+                self.lines.append(self._head(table, chain) + "verdict return ")
+            else:
+                self.lines.append(self._head(table, chain) + f"rule {text} (verdict {verdict})")
             if verdict in ("accept", "drop"):
                 return "nat" if t in ("SNAT", "DNAT", "MASQUERADE") else verdict
             if verdict == "return":
@@ -336,11 +346,13 @@ def trace_receive(router, pkt, ether: tuple[str, str] | None = None,
                   show_handles: bool = False, nft: tuple[int, int] = NFT_1_0):
     """``router.receive(pkt, trace=True)`` with the nft trace of ``pkt``: returns the
     Verdict and the lines.  ``ether`` is the frame's (source, destination) MAC; ``nft``
-    the (major, minor) version of nft whose printing to follow."""
+    the (major, minor) version of nft whose printing to follow.  The events are those of
+    the router's kernel profile (``router.ct.profile``)."""
     saved = router.ruleset
     if saved is None:
         return router.receive(pkt, trace=True), []
-    trace = NftTrace(saved, trace_id, ether, conntrack, show_handles, nft)
+    chain_end_events = router.ct.profile.version < QUIET_CHAIN_END_SINCE
+    trace = NftTrace(saved, trace_id, ether, conntrack, show_handles, nft, chain_end_events)
     traced = router.ruleset = TracedRuleset(saved, trace)
     try:
         v = router.receive(pkt, trace=True)

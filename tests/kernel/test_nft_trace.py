@@ -11,6 +11,10 @@ left out.  nft >= 1.1 prints a ``conntrack:`` line per base chain where the kern
 reports the connection; nattrack's are compared (direction and state) when the machine's
 nft prints any (nft 1.0.6 on Debian 12 and 1.1.3 on Debian 13 print none).
 
+The engine traces with the running kernel's profile: before 6.5 (Debian 12's 6.1) the
+kernel reports the end of each chain as ``verdict continue`` and a ``return`` as
+``verdict return`` (NFT_TRACETYPE_RETURN events), later kernels do not.
+
 Each comparison runs twice, with the machine's nft and with Debian 13's (nft 1.1.3 from
 a cached trixie root, ``tests/rootfs.py``, run with chroot inside the router's namespace
 against this kernel): the engine prints as the monitoring nft's version does.
@@ -24,6 +28,7 @@ import time
 
 import pytest
 
+from nattrack.conntrack.profile import PROFILES, running_profile
 from nattrack.netfilter.nfttrace import nft_form, nft_version, trace_receive
 from nattrack.netfilter.rules import Ruleset
 from nattrack.netfilter.stack import Router
@@ -133,12 +138,13 @@ def _frames():
 
 @pytest.fixture(scope="module")
 def trixie_nft(tmp_path_factory) -> list[str]:
-    """Debian 13's nft, run through chroot (no mounts: nft needs only netlink)."""
+    """Debian 13's nft, run through chroot (no mounts: nft needs only netlink; netbase's
+    /etc/protocols names ``ip protocol udp`` as on an installed system)."""
     from tests.rootfs import rootfs_problem, rootfs_tarball, unpack
     problem = rootfs_problem()
     if problem:
         pytest.skip(problem)
-    root = unpack(rootfs_tarball("trixie", ["nftables"]), tmp_path_factory.mktemp("trixie"))
+    root = unpack(rootfs_tarball("trixie", ["netbase", "nftables"]), tmp_path_factory.mktemp("trixie"))
     return ["chroot", str(root), "/usr/sbin/nft"]
 
 
@@ -169,7 +175,7 @@ def _kernel_trace(rs: Ruleset, frames, workdir, handles: bool, nft: list[str]) -
 def _engine_trace(rs: Ruleset, frames, conntrack: bool, handles: bool,
                   version: tuple[int, int]) -> list[list[str]]:
     from scapy.layers.l2 import Ether
-    router = Router(IFACES, ROUTES, ruleset=rs)
+    router = Router(IFACES, ROUTES, ruleset=rs, profile=running_profile())   # this kernel's events
     traces = []
     for host, pkt in frames:
         iface = HOST_GATEWAY_IF[host]
@@ -216,3 +222,35 @@ def test_trace_matches_nft_monitor_trace_for_a_lesson_in_nft(tmp_path, nft, hand
 def test_trace_matches_nft_monitor_trace_for_an_iptables_rule_set(tmp_path, nft):
     """An iptables rules file is traced in the nft form `nattrack rules translate` writes."""
     _compare(Ruleset.parse(MASQ_FORWARD_POLICY, "masq.rules"), tmp_path, nft)
+
+
+def test_a_6_1_kernel_reports_chain_ends_and_returns_as_return_events():
+    """Offline: with the 6.1 profile the lines have 6.1's NFT_TRACETYPE_RETURN events
+    (what Debian 12's 6.1 printed under vm-check: ``verdict continue`` ending the nat
+    prerouting chain), with the newest none."""
+    from scapy.layers.inet import IP, UDP
+    rs = Ruleset.parse(LESSON, "lesson.nft")
+    lines = {}
+    for name in ("6.1", "6.18"):
+        router = Router(IFACES, ROUTES, ruleset=rs, profile=PROFILES[name])
+        p = Packet.parse(bytearray(bytes(IP(src=PRIV1, dst=PUB) / UDP(sport=40099, dport=5000))),
+                         iif=HOST_GATEWAY_IF["priv1"])
+        lines[name] = [ID.sub("", line) for line in trace_receive(router, p, trace_id=1)[1]
+                       if " packet: " not in line]
+    assert lines["6.18"] == [
+        "ip nat prerouting policy accept ",
+        "ip audit early rule ip protocol udp counter packets 0 bytes 0 (verdict continue)",
+        "ip audit early policy accept ",
+        'ip filter forward rule iifname "r-priv" jump from_lan (verdict jump from_lan)',
+        "ip filter from_lan rule return (verdict return)",
+        "ip filter forward policy drop "]
+    assert lines["6.1"] == [
+        "ip nat prerouting verdict continue ",
+        "ip nat prerouting policy accept ",
+        "ip audit early rule ip protocol udp counter packets 0 bytes 0 (verdict continue)",
+        "ip audit early verdict continue ",
+        "ip audit early policy accept ",
+        'ip filter forward rule iifname "r-priv" jump from_lan (verdict jump from_lan)',
+        "ip filter from_lan verdict return ",
+        "ip filter forward verdict continue ",
+        "ip filter forward policy drop "]
