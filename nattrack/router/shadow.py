@@ -11,6 +11,10 @@ kernel's own order: the ingress copy is queued to the socket (in
 __netif_receive_skb_core) before the kernel routes it, so the translated copy
 that leaves (dev_queue_xmit_nit, ``PACKET_OUTGOING``) always comes later in the
 same queue.  Ingress frames feed a :class:`Router` whose output is thrown away.
+The socket is read in batches (batch.py: one ``recvmmsg`` takes every frame waiting,
+up to RX_BATCH, into fixed slots; ``sll_ifindex`` says which interface): an egress
+copy is parsed where it landed, an ingress frame copied out once for the engine.
+With ``NATTRACK_NO_BATCH=1`` (or no recvmmsg) it reads one frame per call.
 
 Learning the kernel's NAT choices.  A datagram whose tuple is not in the
 shadow's table may create a connection, and the shadow must bind it to the
@@ -59,6 +63,7 @@ empty too) and when it stops (entries must not outlive the rules that made them)
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 import subprocess
@@ -73,7 +78,8 @@ from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_PROT
 from ..netfilter.rules import is_nft
 from ..netfilter.stack import ICMP_ERROR_TYPES, Router
 from ..packet.ipv4 import ICMP_QUERY_TYPES, Packet
-from .dataplane import BATCH, PACKET_OUTGOING, Dataplane, Port
+from .batch import SOCKADDR_LL_ROOM, RxBatch, SingleRx, mmsg_problem
+from .dataplane import BATCH, PACKET_OUTGOING, RX_BATCH, RX_SLOT, VNET_F_NEEDS_CSUM, Dataplane, Port
 from .quiet import (VNET_LEN, NamespaceChanges, empty_table, finish_checksum, packet_drops,
                     packet_socket, run)
 
@@ -119,6 +125,41 @@ def dnat_possible(rs) -> bool:
     if rs.syntax == "nft":
         return any(rs.tables[t][c] for _p, t, c in rs.hooks.get(("nat", "PREROUTING"), ()))
     return bool(rs.tables.get("nat", {}).get("PREROUTING"))
+
+
+class ShadowRx(RxBatch):
+    """An RxBatch that also says by which interface each frame came (``sll_ifindex``,
+    4 bytes into its ``struct sockaddr_ll``): the shadow's one socket is bound to all."""
+
+    def __init__(self, count: int, slot: int) -> None:
+        super().__init__(count, slot)
+        self._ifindexes = memoryview(self._names).cast("B").cast("i")
+
+    def ifindex(self, i: int) -> int:
+        return self._ifindexes[i * (SOCKADDR_LL_ROOM // 4) + 1]
+
+
+class ShadowSingleRx(SingleRx):
+    """ShadowRx's interface, one recvfrom per call (no recvmmsg, or NATTRACK_NO_BATCH=1)."""
+
+    def __init__(self, count: int, slot: int) -> None:
+        super().__init__(count, slot)
+        self._ifindex = 0
+        self._indexes: dict[str, int] = {}       # recvfrom names the interface: no ioctl per frame
+
+    def recv(self, sock: socket.socket) -> int:
+        try:
+            self._len, (ifname, _proto, self._pkttype, *_rest) = sock.recvfrom_into(self.view)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        index = self._indexes.get(ifname)
+        if index is None:
+            index = self._indexes[ifname] = socket.if_nametoindex(ifname)
+        self._ifindex = index
+        return 1
+
+    def ifindex(self, i: int) -> int:
+        return self._ifindex
 
 
 class Held:
@@ -193,7 +234,11 @@ class ShadowDataplane(Dataplane):
             self.ports[name] = port
         self.sock = packet_socket(None)                    # listening before the kernel forwards
         self._register(self.sock.fileno(), self._drain)
-        self._rbuf = bytearray(65536 + 64)
+        why = "NATTRACK_NO_BATCH=1" if os.environ.get("NATTRACK_NO_BATCH") == "1" else mmsg_problem(self.sock)
+        if why:
+            log.info("kernel mode: the shadow reads one frame per system call (no recvmmsg): %s", why)
+        self._rx = (ShadowSingleRx if why else ShadowRx)(RX_BATCH, RX_SLOT)
+        self._port_by_index = {port.ifindex: port for port in self.ports.values()}
         run(["conntrack", "-F"], check=False)              # both tables start empty
         ch.sysctl("net.ipv4.ip_forward", 1)
         log.info("kernel mode: shadowing %s", ", ".join(self.ports))
@@ -249,44 +294,54 @@ class ShadowDataplane(Dataplane):
         return 0.01 if self.held else super().poll_timeout()
 
     def _drain(self) -> None:
-        sock, rbuf = self.sock, self._rbuf
-        ports = self.ports
+        """Read what the socket holds, a batch per system call (recvmmsg; at most BATCH
+        frames a round), and sort each frame: ingress, egress, or not ours.  An egress
+        copy is parsed in its slot (only its NAT-invariant key and tuple are kept); an
+        ingress frame is copied out, since the engine keeps and rewrites its buffer."""
+        sock, rx = self.sock, self._rx
+        view, slot, length, pkttype, ifindex = rx.view, rx.slot, rx.length, rx.pkttype, rx.ifindex
+        by_index = self._port_by_index
+        capture = self.capture
+        counters = self.counters
         now = time.time()
         n = 0
         try:
             while n < BATCH:
-                try:
-                    size, addr = sock.recvfrom_into(rbuf)
-                except BlockingIOError:
+                got = rx.recv(sock)
+                if not got:
                     break
-                except InterruptedError:
-                    continue
-                port = ports.get(addr[0])
-                if port is None:
-                    continue
-                n += 1
-                try:
-                    if finish_checksum(rbuf, size):      # left to offload by a veth peer
-                        self.counters["csum_completed"] += 1
-                    frame = rbuf[VNET_LEN:size]
-                    size -= VNET_LEN
-                    if self.capture is not None:
-                        self.capture.write(now, port.name, frame)
-                    if size < 34:
-                        self.counters["runts"] += 1
-                    elif frame[12] != 8 or frame[13] != 0:
-                        self.counters["not_ipv4"] += 1
-                    elif addr[2] == PACKET_OUTGOING:
-                        self._egress(port, frame)
-                    elif addr[2] in (PACKET_HOST, PACKET_BROADCAST):
-                        self._ingress(port, frame, now, addr[2])
-                    else:
-                        self.counters["not_for_us"] += 1
-                except Exception as exc:               # noqa: BLE001
-                    self.frame_error(exc)
+                for i in range(got):
+                    port = by_index.get(ifindex(i))
+                    if port is None:
+                        continue
+                    n += 1
+                    try:
+                        off = i * slot
+                        size = length(i)
+                        if view[off] & VNET_F_NEEDS_CSUM and finish_checksum(view[off:off + size], size):
+                            counters["csum_completed"] += 1     # left to offload by a veth peer
+                        frame = view[off + VNET_LEN:off + size]
+                        size -= VNET_LEN
+                        if capture is not None:
+                            capture.write(now, port.name, frame)
+                        kind = pkttype(i)
+                        if size < 34:
+                            counters["runts"] += 1
+                        elif frame[12] != 8 or frame[13] != 0:
+                            counters["not_ipv4"] += 1
+                        elif kind == PACKET_OUTGOING:
+                            self._egress(port, frame)
+                        elif kind in (PACKET_HOST, PACKET_BROADCAST):
+                            self._ingress(port, bytearray(frame), now, kind)
+                        else:
+                            counters["not_for_us"] += 1
+                    except Exception as exc:               # noqa: BLE001
+                        self.frame_error(exc)
+                if got < rx.count:          # the socket is empty: epoll says when more comes
+                    break
         finally:
-            self.counters["rx_frames"] += n
-        if n == BATCH:                                     # busy: did the socket overflow?
+            counters["rx_frames"] += n
+        if n >= BATCH:                                     # busy: did the socket overflow?
             self._check_drops(now)
         if self.held:
             self._release(time.time())
@@ -406,7 +461,9 @@ class ShadowDataplane(Dataplane):
                 if not oq:
                     del self.inflight[old]
 
-    def _egress(self, port: Port, frame: bytearray) -> None:
+    def _egress(self, port: Port, frame: memoryview) -> None:
+        """A copy leaving the kernel (``frame`` is a view of its receive slot: a packet
+        kept past this call is parsed again from a copy)."""
         pkt = Packet.parse(frame, 14, None, 0.0)
         if pkt is None:
             return
@@ -443,6 +500,7 @@ class ShadowDataplane(Dataplane):
             self.counters["kernel_originated"] += 1
             if pkt.proto == IPPROTO_ICMP and (pkt.itype == 0 or pkt.itype in ICMP_ERROR_TYPES):
                 return
+            pkt = Packet.parse(bytearray(frame), 14, None, 0.0)    # kept: off the slot
             t = get_tuple(pkt)
             answered = invert_tuple(t) if t is not None else None
             for h in self.held:                       # the request it answers was delivered here
