@@ -371,3 +371,82 @@ def test_ct_helper_set_has_no_iptables_form():
     from nattrack.netfilter.nft import parse_nft, to_iptables
     with pytest.raises(ValueError, match="no iptables form"):
         to_iptables(parse_nft(NFT))
+
+
+# --- the lines against the kernel's, on this machine -----------------------------------------
+
+KERNEL_EXCHANGE = r'''
+import socket, subprocess, sys, time
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 21)); srv.listen(1)
+ev = subprocess.Popen(["conntrack", "-E", "expect"], stdout=subprocess.PIPE, text=True)
+time.sleep(0.5)
+c = socket.create_connection(("127.0.0.1", 21), source_address=("127.0.0.1", 40000))
+s, _ = srv.accept()
+for sender, receiver, line in ((s, c, b"220 hi\r\n"), (c, s, b"USER anonymous\r\n"),
+                               (s, c, b"227 Entering Passive Mode (127,0,0,1,200,10).\r\n")):
+    sender.sendall(line)
+    receiver.recv(100)
+time.sleep(0.3)
+print(subprocess.run(["conntrack", "-L", "expect"], capture_output=True, text=True).stdout, end="")
+ev.terminate()
+print(ev.communicate()[0].splitlines()[0])
+'''
+
+
+def _kernel_expect_lines() -> list[str]:
+    """`conntrack -L expect` and the first `conntrack -E expect` line after a 227 over
+    loopback in a namespace of our own, with `-t raw -A OUTPUT ... -j CT --helper ftp`."""
+    import os
+    import subprocess
+    import sys
+    ns = f"ntI-ftp-{os.getpid()}"
+    run = lambda *a, **kw: subprocess.run(a, check=True, capture_output=True, text=True, **kw)  # noqa: E731
+    run("ip", "netns", "add", ns)
+    try:
+        run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        run("ip", "netns", "exec", ns, "iptables", "-t", "raw", "-A", "OUTPUT", "-p", "tcp",
+            "--dport", "21", "-j", "CT", "--helper", "ftp")
+        out = run("ip", "netns", "exec", ns, sys.executable, "-c", KERNEL_EXCHANGE, timeout=60)
+        return out.stdout.splitlines()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_expect_lines_are_the_kernels():
+    """The same exchange through the engine (the kernel's loopback path runs the helper
+    twice, which only replaces the expectation): the same `-L expect` line, and the same
+    `[NEW]` event, as conntrack-tools prints them here."""
+    import os
+    import shutil
+    if os.geteuid() != 0 or shutil.which("conntrack") is None:
+        pytest.skip("needs root and conntrack(8): a namespace of its own")
+    listed, new_event = _kernel_expect_lines()
+    from nattrack.conntrack.core import NF_INET_LOCAL_OUT, ConntrackTable
+    from nattrack.replay import ManualClock
+    table = ConntrackTable(ManualClock(0.0))
+    events: list[str] = []
+    table.expect.listeners.append(
+        lambda kind, exp, now_j: events.append(format_expect_event(kind, exp, now_j, C.HZ)))
+    lo = "127.0.0.1"
+    seqs = {40000: 1000, 21: 5000}
+
+    def send(sport: int, dport: int, flags: str, data: bytes = b""):
+        pkt = Lab(None).parse(None, IP(src=lo, dst=lo) / TCP(
+            sport=sport, dport=dport, flags=flags, seq=seqs[sport],
+            ack=seqs[dport] if "A" in flags else 0) / data)
+        seqs[sport] += len(data) + ("S" in flags)
+        table.conntrack_in(pkt, NF_INET_LOCAL_OUT)
+        table.assign_helper(pkt.ct, "ftp") if dport == 21 else None
+        table.confirm(pkt)
+
+    send(40000, 21, "S")
+    send(21, 40000, "SA")
+    send(40000, 21, "A")
+    send(21, 40000, "PA", b"220 hi\r\n")
+    send(40000, 21, "PA", b"USER anonymous\r\n")
+    send(21, 40000, "PA", b"227 Entering Passive Mode (127,0,0,1,200,10).\r\n")
+    engine = [format_expect(e, table.jiffies(), C.HZ) for e in table.expect]
+    # The kernel's clock ran on while it listed: its timeout may be 299.
+    assert [line.split(" ", 1)[1] for line in engine] == [listed.split(" ", 1)[1]]
+    assert events[0] == new_event
