@@ -564,6 +564,11 @@ def test_several_state_matches_must_all_match():
     line = "-A INPUT -m state --state NEW,ESTABLISHED -m conntrack ! --ctstate NEW"
     assert m(line, pkt(), IP_CT_ESTABLISHED)
     assert not m(line, pkt(), IP_CT_NEW)
+    # Each match keeps its own states: the first one's NEW must not become the
+    # second one's NEW,ESTABLISHED (a closure once read the last match's mask).
+    line = "-A INPUT -m conntrack --ctstate NEW -m conntrack --ctstate NEW,ESTABLISHED"
+    assert not m(line, pkt(), IP_CT_ESTABLISHED)
+    assert m(line, pkt(), IP_CT_NEW)
 
 
 def test_rule_matches_packet_method_is_match():

@@ -390,11 +390,17 @@ def _compile(rule: Rule) -> tuple[Predicate, ...]:
         elif isinstance(m, IcmpMatch):
             preds.append(_icmp_pred(m))
         elif isinstance(m, StateMatch):
-            smask, sinv2 = m.mask, m.invert
-            preds.append(lambda p, c, i, o: bool(ctstate_bit(c) & smask) != sinv2)
+            preds.append(_state_pred(m))
         elif hasattr(m, "predicate"):
             preds.append(m.predicate())     # an nft-only match (nft.py)
     return tuple(preds)
+
+
+def _state_pred(m: StateMatch) -> Predicate:
+    # conntrack_mt(): the packet's state bit against --ctstate's mask.  A
+    # function of its own, so that each match's closure keeps its own mask.
+    mask, inv = m.mask, m.invert
+    return lambda p, c, i, o: bool(ctstate_bit(c) & mask) != inv
 
 
 def _iface_pred(m: IfaceMatch, is_in: bool) -> Predicate:
