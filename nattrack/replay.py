@@ -154,6 +154,18 @@ def checksums_ok(datagram: bytes) -> bool:
     return p is not None and (p.frag or p.mf or not p.l4ok or p.l4_checksum_ok())
 
 
+def parse_kv_args(items: Iterable[str] | None, what: str) -> dict[str, str]:
+    """``--route DEST=GW`` / ``--sysctl NAME=VALUE`` options as a dict; a
+    ValueError naming the option where one is not KEY=VALUE."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what} {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def parse_iface_args(items: Iterable[str]) -> dict[str, list[str]]:
     """``NAME=ADDR/PREFIX`` (repeatable, several addresses per interface allowed)."""
     out: dict[str, list[str]] = {}

@@ -14,16 +14,7 @@ from ..conntrack.sysctl import SysctlError
 from ..netfilter.rules import RulesError
 from ..lab import LabError
 from ..packet.pcapio import CaptureError
-
-
-def _kv(items, what: str) -> dict[str, str]:
-    out = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"{what} {item!r}: expected KEY=VALUE")
-        out[key] = value
-    return out
+from ..replay import parse_kv_args
 
 
 def cmd_replay(args) -> int:
@@ -33,8 +24,8 @@ def cmd_replay(args) -> int:
     if not args.iface:
         raise ValueError("replay needs the router's interfaces: --iface NAME=ADDR/PREFIX (one per interface)")
     ifaces = parse_iface_args(args.iface)
-    routes = _kv(args.route, "--route")
-    sysctls = _kv(args.sysctl, "--sysctl")
+    routes = parse_kv_args(args.route, "--route")
+    sysctls = parse_kv_args(args.sysctl, "--sysctl")
     printer = StepPrinter(sys.stdout) if args.steps else None
     if args.plugin:
         from ..labs.plugin import install_spec

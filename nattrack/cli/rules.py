@@ -69,12 +69,12 @@ def _replayed_listing(args) -> str:
     does, and list the rules with what each counted."""
     from ..netfilter.nft import write_nft
     from ..replay import parse_iface_args, parse_listen_args, parse_source_args, replay_captures
-    from .main import _kv
+    from ..replay import parse_kv_args
     if not args.rules or not args.iface:
         raise ValueError("rules list CAPTURE...: give --rules FILE and the router's "
                          "interfaces (--iface NAME=ADDR/PREFIX, one per interface)")
     res = replay_captures(parse_source_args(args.capture), parse_iface_args(args.iface),
-                          _kv(args.route, "--route"), sysctls=_kv(args.sysctl, "--sysctl"),
+                          parse_kv_args(args.route, "--route"), sysctls=parse_kv_args(args.sysctl, "--sysctl"),
                           rules_path=args.rules, seed=args.seed,
                           listen=parse_listen_args(args.listen or ()), kernel=args.kernel)
     for name in res.truncated:

@@ -36,7 +36,7 @@ from ..conntrack.profile import get_profile
 from ..conntrack.sysctl import DEFAULTS, PREFIX, SysctlError, Sysctl
 from ..netfilter.rules import Ruleset, RulesError
 from ..netfilter.stack import Router
-from ..replay import parse_iface_args, parse_listen_args
+from ..replay import parse_iface_args, parse_kv_args, parse_listen_args
 from .control import Control, ControlError
 from .dataplane import PythonDataplane
 from .quiet import SetupError
@@ -164,16 +164,6 @@ def _readable_by(path, pw) -> bool:
     return True
 
 
-def _kv(items: list[str], what: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{what} {item!r}: expected KEY=VALUE")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.FileHandler(args.log) if args.log else logging.StreamHandler(sys.stderr)
@@ -186,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.iface:
             raise ValueError("at least one --iface NAME=ADDR/PREFIX is needed")
         ifaces = parse_iface_args(args.iface)
-        routes = _kv(args.route, "--route")
-        sysctls = _kv(args.sysctl, "--sysctl")
+        routes = parse_kv_args(args.route, "--route")
+        sysctls = parse_kv_args(args.sysctl, "--sysctl")
         engine_sysctls = {k: v for k, v in sysctls.items() if Sysctl.short(k) in DEFAULTS}
         if args.mode == "python":
             unknown = sorted(set(sysctls) - set(engine_sysctls))
