@@ -24,7 +24,9 @@ rejects the rare case where a packet or the final listing still lands within 0.2
 a 2 s boundary.  The router's own ICMP errors are rate-limited per destination and the
 kernel's bucket outlives a case (the engine's starts full), so the labs run with
 ``net.ipv4.icmp_ratelimit=0`` and a case that makes the router send more errors than a
-full bucket holds (6) is rejected.
+full bucket holds (6) is rejected.  Random NAT ports are paired with the engine's by value
+(test_kernel_diff.compare), so a disagreement where that pairing cannot work (an ICMP error
+quoting a random port, a random port given twice) is rejected too (docs/fuzzing.md).
 
 Used by test_fuzz.py (a fixed-seed budget in CI) and ``scripts/fuzz-kernel`` (long runs).
 """
