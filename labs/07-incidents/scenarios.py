@@ -37,7 +37,7 @@ LAB = Path(__file__).resolve().parent
 SCENARIOS = ("stale-udp", "table-full", "new-rule", "invalid-rst", "snat-race")
 # nf_conntrack_max is global and read-only inside a network namespace: a table-full
 # incident cannot be staged in the live lab without changing the whole machine.
-LIVE = ("stale-udp", "new-rule", "snat-race")
+LIVE = ("stale-udp", "new-rule", "invalid-rst", "snat-race")
 
 # topologies/incidents.py, as far as the knobs are concerned.
 ROUTER = "r"
@@ -47,6 +47,7 @@ PUBLIC = "203.0.113.1"
 HOSTS = {"h1": ("nth1-eth0", "10.0.0.10"), "h2": ("nth2-eth0", "10.0.0.11"),
          "be1": ("ntbe1-eth0", "10.1.0.11"), "be2": ("ntbe2-eth0", "10.1.0.12"),
          "srv": ("ntsrv-eth0", "203.0.113.10")}
+GATEWAY = {"h1": "10.0.0.1", "h2": "10.0.0.1", "be1": "10.1.0.1", "be2": "10.1.0.1"}
 PRIVATE = (ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("10.1.0.0/24"))
 PROTOS = {"udp": 17, "tcp": 6}
 
@@ -384,6 +385,8 @@ def apply_live(lab, cfg: Config, fresh: bool = False) -> None:
     if fresh:
         for node, (iface, _addr) in HOSTS.items():
             _run(lab, node, ["ip", "link", "set", iface, "up"])
+            if node in GATEWAY:         # a link taken down lost its default route
+                _run(lab, node, ["ip", "route", "replace", "default", "via", GATEWAY[node]])
     if cfg.rules:
         _run(lab, ROUTER, ["nft", "flush", "ruleset"])
         if is_nft(cfg.rules):
@@ -522,6 +525,71 @@ def race_live(lab, base: int, rounds: int = RACE_ROUNDS) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
+# --- a segment out of the window (invalid-rst) -------------------------------------------------
+
+# srv's connection to the service, held open from a known port while be1 sends into it.
+_HOLD = r"""
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[2])))
+s.settimeout(5)
+s.connect(("203.0.113.1", 80))
+print("up", flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+OUT_OF_WINDOW_SEQ = 3000000000
+
+
+def out_of_window_live(lab) -> tuple[list[str], int]:
+    """srv holds a connection to 203.0.113.1:80 (be1:80) from a port of its own; be1 sends
+    an ACK into it with a sequence number far outside the window (hping3).  Returns (what
+    left r towards srv from the backends' network, how many segments from be1's port 80
+    r received: 0 means the test itself did not happen)."""
+    import random
+    port = random.randint(40000, 59999)     # not one a connection of an earlier round holds
+    dump = lab.exec_session(ROUTER, ["tcpdump", "-nn", "-l", "-i", "any",
+                                     f"tcp and src port 80 and dst port {port} and "
+                                     f"tcp[4:4] = {OUT_OF_WINDOW_SEQ}"], timeout=30)
+    hold = None
+    lines: list[str] = []
+    try:
+        it = iter(dump)
+        for stream, data in it:                   # wait until tcpdump listens
+            if stream == "stderr" and b"listening on" in data:
+                break
+        hold = lab.exec_session("srv", [sys.executable, "-c", _HOLD, "4", str(port)], timeout=20)
+        up, err = b"", b""
+        for stream, data in hold:
+            up += data if stream == "stdout" else b""
+            err += data if stream == "stderr" else b""
+            if b"up" in up:
+                break
+        if b"up" not in up:
+            last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise KnobError(f"srv could not connect to the service 203.0.113.1:80 ({last[0]})")
+        _run(lab, "be1", ["hping3", "-c", "3", "-i", "u200000", "-A", "-s", "80", "-k",
+                          "-p", str(port), "-M", str(OUT_OF_WINDOW_SEQ), "-L", "1",
+                          HOSTS["srv"][1]],
+             ok=(0, 1))                       # 1: no answer, which is the point
+        time.sleep(0.5)
+        dump.signal("INT")
+        for stream, data in it:
+            if stream == "stdout":
+                lines += data.decode(errors="replace").splitlines()
+    finally:
+        dump.close()
+        if hold is not None:
+            hold.close()
+    lines = [line for line in lines if line.strip()]
+    received = [line for line in lines if f" {SVC} In " in f" {line} "]
+    leaked = [line for line in lines if f" {WAN} Out " in f" {line} "
+              and f"{HOSTS['be1'][1]}.80 >" in line]
+    return leaked, len(received)
+
+
 # Each live incident: the flows (node, server, port, source port) asked in every act.
 FLOWS = {"stale-udp": [("srv", PUBLIC, 53, 5353)],
          "new-rule": [("h2", HOSTS["srv"][1], 7, 6000), ("h1", HOSTS["srv"][1], 7, 6001)]}
@@ -535,10 +603,12 @@ def stage_live(lab, name: str) -> dict:
     """Acts 1 and 2 in the running lab: healthy traffic, then the incident, the flows still
     running.  Returns what the flows got in the incident (None: no answer; snat-race: how
     many first datagrams r's kernel lost in the racing rounds)."""
-    if name == "snat-race":
+    if name in ("snat-race", "invalid-rst"):
         broken, _meta = scenario(name)
         apply_live(lab, Config(rules=healthy()), fresh=True)
         apply_live(lab, broken)
+        if name == "invalid-rst":
+            return {"leaked": out_of_window_live(lab)[0]}
         return {"lost": race_live(lab, 20000)}
     if name not in LIVE:
         raise KnobError(f"{name}: offline only (nf_conntrack_max is global and read-only in "
@@ -564,6 +634,14 @@ def check_live(lab, name: str, fix: Config) -> list[str]:
         if lost:
             return [f"after the fix r's kernel still lost {lost} of {RACE_ROUNDS} racing first "
                     f"datagrams (insert_failed; {staged['lost']} before the fix)"]
+        return []
+    if name == "invalid-rst":
+        leaked, received = out_of_window_live(lab)
+        if not received:
+            return ["be1's out-of-window segment never reached r (hping3 failed?)"]
+        if leaked:
+            return [f"a segment from the backends' network still leaves r to srv after the fix: "
+                    f"{leaked[0]}"]
         return []
     got = _ask_all(lab, name)
     problems = []
@@ -626,7 +704,10 @@ def main(argv: list[str] | None = None) -> int:
             got = stage_live(_client(), args.name)
             print(f"{args.name}: the incident is on. {meta.get('symptom', '')}")
             for key, seen in got.items():
-                if key == "lost":
+                if key == "leaked":
+                    print(f"  {len(seen)} segment(s) from 10.1.0.0/24 left r to srv"
+                          + (f": {seen[0]}" if seen else ""))
+                elif key == "lost":
                     print(f"  {seen} of {RACE_ROUNDS} racing first datagrams lost at confirm "
                           f"(insert_failed)")
                 else:
