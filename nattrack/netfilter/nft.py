@@ -1363,6 +1363,8 @@ def write_nft(rs: Ruleset, counters: bool = False) -> str:
     bytes the engine counted for its rule (Ruleset.counters)."""
     counts = rs.counters
     if not rs.bases:
+        if not counters:
+            _refuse_ct_helper_target(rs)
         counts = {(f"ip {t}", c, i): v for (t, c, i), v in counts.items()}
         rs = from_iptables(rs)
     out = []
@@ -1398,6 +1400,20 @@ def write_nft(rs: Ruleset, counters: bool = False) -> str:
 
 
 # --- between the two syntaxes ----------------------------------------------------------------
+
+
+def _refuse_ct_helper_target(rs: Ruleset) -> None:
+    """``-j CT --helper`` has no nft form to translate to (iptables-translate comments it
+    out): the raw table runs before conntrack, where nft's ``ct helper set`` does nothing.
+    (A listing, write_nft(counters=True), still shows the rule as it stands.)"""
+    for rules in rs.tables.get("raw", {}).values():
+        for r in rules:
+            if r.helper:
+                raise RulesError(rs.filename or "<rules>", r.line,
+                                 "-j CT --helper has no nft translation (iptables-translate "
+                                 "refuses it too): in nft, declare 'ct helper NAME { type "
+                                 "\"ftp\" protocol tcp; }' and 'ct helper set \"NAME\"' in a "
+                                 "chain after conntrack (priority filter)", "CT")
 
 
 def from_iptables(rs: Ruleset) -> Ruleset:
