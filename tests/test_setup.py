@@ -253,8 +253,10 @@ KIT_SUBCOMMANDS = ("lab", "conntrack", "diff", "trace", "sysctl", "capture", "no
 def readme_commands(text: str) -> list[str]:
     """Code spans and fenced lines that are commands (start with a program, not a value)."""
     spans = CODE_SPAN.findall(re.sub(r"```.*?```", "", text, flags=re.S))
-    for block in re.findall(r"```(?:sh|bash|console)?\n(.*?)```", text, flags=re.S):
-        spans += [l for l in block.splitlines() if l.strip() and not l.startswith("#")]
+    # Fences in pairs: a ```toml block's closing fence must not open a shell block.
+    for lang, block in re.findall(r"```(\w*)\n(.*?)```", text, flags=re.S):
+        if lang in ("", "sh", "bash", "console"):
+            spans += [l for l in block.splitlines() if l.strip() and not l.startswith("#")]
     cmds = []
     for span in spans:
         for part in re.split(r"\s*(?:\||&&|;)\s*", span.strip()):
