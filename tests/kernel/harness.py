@@ -614,6 +614,12 @@ class KernelLab:
         if self.quiet_hosts:
             for host in HOSTS:
                 self.exec(host, "iptables", "-w", "-t", "raw", "-A", "PREROUTING", "-j", "DROP")
+        # A helper's NAT half (nf_nat_ftp) is a module of its own where the kernel is built
+        # with modules (Debian's): xt_CT's xt_ct_set_helper() loads only the conntrack half
+        # (nf_conntrack_helper_try_module_get()), so without this FTP through NAT is never
+        # rewritten.  Built in (this project's 6.18), it is a no-op.
+        if "helper" in self.rules_text and shutil.which("modprobe"):
+            _run(["modprobe", "-q", "nf_nat_ftp"], check=False)
         # Router ruleset, and conntrack forced active whatever the ruleset says.
         if is_nft(self.rules_text):                 # issue 12: the nft form of a ruleset
             self.exec("rtr", "nft", "-f", "-", input=self.rules_text)
