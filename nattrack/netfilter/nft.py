@@ -425,20 +425,25 @@ class _Parser(_Tokens):
             prio += int(digits) if sign == "+" else -int(digits)
         return prio
 
+    def block_items(self, what: str):
+        """``{ ... }``: yield the token that starts each item, up to the closing brace."""
+        self.expect("{")
+        while True:
+            self.skip_nl()
+            tok = self.next()
+            if tok.value == "}":
+                return
+            if tok.kind == "eof":
+                raise self.error(f"'}}' expected: {what} is not closed", tok)
+            yield tok
+
     def ct_helper_def(self, t: _Table) -> None:
         """``ct helper NAME { type "ftp" protocol tcp; l3proto ip; }`` (nft_ct_helper_obj_init())."""
         if self.word("'helper'").value != "helper":
             raise self.error("only 'ct helper' objects are supported in a table", self.toks[self.i - 1])
         name = self.word("a ct helper name")
-        self.expect("{")
         htype = None
-        while True:
-            self.skip_nl()
-            tok = self.next()
-            if tok.value == "}":
-                break
-            if tok.kind == "eof":
-                raise self.error(f"'}}' expected: ct helper {name.value} is not closed", tok)
+        for tok in self.block_items(f"ct helper {name.value}"):
             if tok.value == "type":
                 ht = self.word("a helper type")
                 if ht.value not in CT_HELPERS:
@@ -460,15 +465,8 @@ class _Parser(_Tokens):
 
     def set_def(self, t: _Table) -> None:
         name = self.word("a set name")
-        self.expect("{")
         stype, interval, elements = None, False, None
-        while True:
-            self.skip_nl()
-            tok = self.next()
-            if tok.value == "}":
-                break
-            if tok.kind == "eof":
-                raise self.error(f"'}}' expected: set {name.value} is not closed", tok)
+        for tok in self.block_items(f"set {name.value}"):
             if tok.value == "type":
                 st = self.word("a set type")
                 if st.value not in _SET_TYPES:
