@@ -68,8 +68,26 @@ if ((${#missing[@]})); then
     echo "==> installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # vsftpd's package starts a machine-wide FTP server and enables it at boot: an FTP
+    # server open to the student's network, which the kit never uses (lab 07 and
+    # tests/live/test_ftp.py start their own, one per namespace, with their own config).
+    # A policy-rc.d answering 101 keeps this install's services from starting (invoke-rc.d
+    # and deb-systemd-invoke ask it; one already there, as in a container, is left alone),
+    # and vsftpd's boot link is removed after.
+    policy=""
+    if [[ " ${missing[*]} " == *" vsftpd "* && ! -e /usr/sbin/policy-rc.d ]]; then
+        policy=/usr/sbin/policy-rc.d
+        trap 'rm -f "$policy"' EXIT
+        printf '#!/bin/sh\nexit 101\n' > "$policy"
+        chmod 755 "$policy"
+    fi
     # No recommends: Mininet's would pull in Open vSwitch, which the kit never uses.
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [[ -n "$policy" ]]; then rm -f "$policy"; trap - EXIT; fi
+    if [[ " ${missing[*]} " == *" vsftpd "* ]] && command -v systemctl >/dev/null; then
+        systemctl disable vsftpd >/dev/null 2>&1 ||
+            echo "nattrack: could not disable vsftpd at boot (systemctl disable vsftpd)" >&2
+    fi
 fi
 
 VENV=.venv
