@@ -24,6 +24,7 @@ from nattrack.conntrack.conn import (
 from nattrack.conntrack.core import _can_merge
 from nattrack.conntrack.profile import PROFILES
 from nattrack.conntrack.tuple import Tuple
+from nattrack.nat.bysource import nat_net
 from nattrack.conntrack.cpus import (
     INSERT_FAILED,
     INSERTED,
@@ -164,8 +165,8 @@ def test_tcp_clash_is_insert_failed_and_drop(make_lab, rules):
     assert clash_stats(lab) == {"clash_resolve": 0, "insert_failed": 1, "drop": 1}
     assert len(lab.table()) == 1 and lab.ct.count == 1
     assert len(lab.events) == 1 and "[NEW] tcp" in lab.events[0]
-    assert not lab.ct.nat_bysource or all(
-        c is lanes[0].packet.ct for c in lab.ct.nat_bysource.values())
+    bysource = nat_net(lab.ct).bysource
+    assert not bysource or all(c is lanes[0].packet.ct for c in bysource.values())
 
 
 def test_tcp_to_dnat_service_loser_dropped(make_lab):

@@ -11,6 +11,7 @@ from scapy.packet import Raw
 
 from nattrack.conntrack.conn import IPS_DST_NAT, IPS_SRC_NAT, IP_CT_ESTABLISHED_REPLY
 from nattrack.conntrack.tuple import Tuple, ip2int
+from nattrack.nat.bysource import nat_forced
 
 from nattrack_lab import (PRIV1, PRIV2, PUB, RTR_PUB, Lab, TcpFlow, UdpFlow, inet_sum,
                           nat_rules, recomputed, tcp_state)
@@ -259,10 +260,10 @@ def test_random_picks_random_port_even_when_original_free(make_lab, flag):
 
 def test_forced_choice_is_taken_instead_of_a_search(make_lab):
     """Kernel mode: the shadow tracker records the port the kernel chose (nat_forced)
-    and get_unique_tuple() takes it, even under --random-fully."""
+    and nf_nat_setup_info() binds to it, even under --random-fully."""
     lab = make_lab(rules=nat_rules(postrouting=["-o eth1 -j MASQUERADE --random-fully"]))
     orig = Tuple.make(PRIV1, PUB, "udp", 40000, 5353)
-    lab.router.ct.nat_forced[orig] = Tuple.make("203.0.113.1", PUB, "udp", 61234, 5353)
+    nat_forced(lab.router.ct)[orig] = Tuple.make("203.0.113.1", PUB, "udp", 61234, 5353)
     assert sent_ip(udp_from(lab, PRIV1, 40000))[UDP].sport == 61234
     assert "dport=61234" in lab.table()[0]
 

@@ -36,8 +36,7 @@ from .conn import (HZ, IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_NEW, IP
                    IPS_SEQ_ADJUST, IPCT_REPLY, Conn)
 from .profile import NEWEST, KernelProfile
 from .sysctl import Sysctl
-from .tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, bysource_key, get_tuple, interned,
-                    invert_tuple)
+from .tuple import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, get_tuple, interned, invert_tuple
 # The verdicts and hooks (uapi.py), re-exported: nat, netfilter and the tests import them from here.
 from .uapi import NF_ACCEPT as NF_ACCEPT, NF_DROP as NF_DROP
 from .uapi import (NF_INET_FORWARD as NF_INET_FORWARD, NF_INET_LOCAL_IN as NF_INET_LOCAL_IN,
@@ -114,8 +113,11 @@ class ConntrackTable:
         self.stats = dict.fromkeys(STAT_NAMES, 0)
         self.listeners: list[EventListener] = []
         self.log: list[str] = []               # what the kernel would printk
-        self.nat_bysource: dict[int, Conn | list[Conn]] = {}
-        self.nat_forced: dict[Tuple, Tuple] = {}   # kernel mode: NAT choices seen leave
+        # What modules above conntrack keep per table (net_generic(): NAT's by-source hash,
+        # nat/bysource.py), and what they ask to be told of each entry freed (nf_conntrack_free()
+        # calls nat_hook->remove_nat_bysrc()): conntrack knows neither.
+        self.pernet: dict[str, object] = {}
+        self.destroy_hooks: list[Callable[[Conn], None]] = []
         # Helpers and expectations (expect.py, helper_ftp.py): kept beside the entries, so
         # an entry without a helper costs nothing.
         self.expect = ExpectTable(self)
@@ -418,7 +420,7 @@ class ConntrackTable:
         self.stats["drop"] += 1
         self.stats["insert_failed"] += 1
         loser.status |= IPS_DYING                   # freed with its packet
-        self._nat_cleanup(loser)
+        self._run_destroy_hooks(loser)
         pkt.ct = None
         return NF_DROP
 
@@ -430,7 +432,7 @@ class ConntrackTable:
             winner.counters[c] += 1                 # nf_ct_acct_merge(): one packet, its bytes
             winner.counters[c + 1] += loser.counters[c + 1]
         loser.status |= IPS_DYING
-        self._nat_cleanup(loser)
+        self._run_destroy_hooks(loser)
         pkt.ct = winner                             # nf_ct_set(skb, ct, ctinfo): ctinfo stays
         self.stats["clash_resolve"] += 1
         return NF_ACCEPT
@@ -462,7 +464,7 @@ class ConntrackTable:
                 del self.hash[ct.reply]
             self._bucket_del(ct)
             self.count -= 1
-            self._nat_cleanup(ct)
+            self._run_destroy_hooks(ct)
         if self.helpers:
             self.helpers.pop(ct, None)
         if self.masters:
@@ -480,18 +482,11 @@ class ConntrackTable:
             self.kill(ct)
         return len(doomed)
 
-    def _nat_cleanup(self, ct: Conn) -> None:
-        """nf_nat_cleanup_conntrack(): leave the by-source hash."""
-        key = bysource_key(ct.orig)
-        entry = self.nat_bysource.get(key)
-        if entry is ct:
-            del self.nat_bysource[key]
-        elif isinstance(entry, list):
-            entry[:] = [c for c in entry if c is not ct]
-            if len(entry) == 1:
-                self.nat_bysource[key] = entry[0]
-            elif not entry:
-                del self.nat_bysource[key]
+    def _run_destroy_hooks(self, ct: Conn) -> None:
+        """nf_conntrack_free()'s call of nat_hook->remove_nat_bysrc(): each module above that
+        registered in ``destroy_hooks`` forgets the entry."""
+        for hook in self.destroy_hooks:
+            hook(ct)
 
     # --- table full ---------------------------------------------------------------------------
 

@@ -115,11 +115,6 @@ def get_tuple(pkt: Packet) -> Tuple | None:
     return Tuple(pkt.src, pkt.dst, proto, 0, 0)
 
 
-def bysource_key(t: Tuple) -> int:
-    """The key of NAT's by-source hash: source address, source port/id, protocol."""
-    return t.src << 24 | t.sport << 8 | t.proto
-
-
 _ADDRS: dict[int, int] = {}
 _PORTS: dict[int, int] = {}
 

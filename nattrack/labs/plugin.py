@@ -455,8 +455,7 @@ def adapt_snat_port(s: _Student) -> None:
 
     def get_unique_tuple(table, orig, rng, ct, manip):
         if (manip != nat_core.NF_NAT_MANIP_SRC or orig.proto not in (IPPROTO_TCP, IPPROTO_UDP)
-                or rng.flags & nat_core.NF_NAT_RANGE_PROTO_RANDOM_ALL
-                or (table.nat_forced and ct.orig in table.nat_forced)):
+                or rng.flags & nat_core.NF_NAT_RANGE_PROTO_RANDOM_ALL):
             return reference(table, orig, rng, ct, manip)
         if nat_core.nf_in_range(orig, rng):
             if not nat_core.nf_nat_used_tuple_new(table, orig, ct):

@@ -28,8 +28,8 @@ from ..conntrack.conn import (IP_CT_DIR_ORIGINAL, IP_CT_IS_REPLY, IP_CT_NEW, IP_
 from ..conntrack.core import (NF_ACCEPT, NF_DROP, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT,
                               NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING)
 from ..conntrack.proto_tcp import TCP_CONNTRACK_SYN_SENT, TCP_CONNTRACK_TIME_WAIT
-from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_PROTOS, Tuple, bysource_key,
-                               invert_tuple)
+from ..conntrack.tuple import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_PROTOS, Tuple, invert_tuple
+from .bysource import nat_net
 from .proto import nf_nat_icmp_reply_translation, nf_nat_ipv4_manip_pkt, nf_nat_manip_to_inverse
 from .range import (NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PERSISTENT, NF_NAT_RANGE_PROTO_RANDOM,
                     NF_NAT_RANGE_PROTO_RANDOM_FULLY, NF_NAT_RANGE_PROTO_SPECIFIED, NatRange)
@@ -176,10 +176,7 @@ def _nf_nat_used_tuple_harder(table, t: Tuple, ct: Conn, attempts_left: int) -> 
 def find_appropriate_src(table, t: Tuple, rng: NatRange) -> Tuple | None:
     """find_appropriate_src(): reuse the mapping of another flow from the same source
     address, port and protocol (endpoint-independent mapping)."""
-    entry = table.nat_bysource.get(bysource_key(t))
-    if entry is None:
-        return None
-    for other in (entry if isinstance(entry, list) else (entry,)):
+    for other in nat_net(table).same_source(t):
         src_part = invert_tuple(other.reply)
         if src_part is None:
             continue
@@ -251,27 +248,30 @@ def nf_nat_l4proto_unique_tuple(table, t: Tuple, rng: NatRange, manip: int, ct: 
         off = table.rng.getrandbits(16)
 
 
-def _forced_tuple(orig: Tuple, k: Tuple, manip: int) -> Tuple:
-    """The kernel's own choice, as the shadow tracker saw it leave (kernel mode)."""
-    keyed = orig.proto in PORT_PROTOS
+def forced_range(k: Tuple, manip: int) -> NatRange:
+    """The kernel's own choice as a one-point range, as ctnetlink builds one from CTA_NAT_SRC
+    or CTA_NAT_DST (nfnetlink_parse_nat_setup()): ``k`` is the tuple the connection's first
+    packet had when the real kernel sent it (kernel mode's shadow, recorded sessions)."""
     if manip == NF_NAT_MANIP_SRC:
-        if keyed or orig.proto == IPPROTO_ICMP:
-            return orig._replace(src=k.src, sport=k.sport)
-        return orig._replace(src=k.src)
-    return orig._replace(dst=k.dst, dport=k.dport) if keyed else orig._replace(dst=k.dst)
+        if k.proto in PORT_PROTOS or k.proto == IPPROTO_ICMP:
+            return NatRange(k.src, k.src, k.sport, k.sport, NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED)
+        return NatRange(k.src, k.src, 0, 0, NF_NAT_RANGE_MAP_IPS)
+    if k.proto in PORT_PROTOS:
+        return NatRange(k.dst, k.dst, k.dport, k.dport, NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED)
+    return NatRange(k.dst, k.dst, 0, 0, NF_NAT_RANGE_MAP_IPS)
+
+
+def range_point(t: Tuple, rng: NatRange, manip: int) -> Tuple:
+    """What get_unique_tuple() comes to for a one-point range: t with the range's address
+    and, if given, port (or ICMP id) in the part ``manip`` changes."""
+    port = rng.flags & NF_NAT_RANGE_PROTO_SPECIFIED
+    if manip == NF_NAT_MANIP_SRC:
+        return t._replace(src=rng.min_ip, sport=rng.min_port) if port else t._replace(src=rng.min_ip)
+    return t._replace(dst=rng.min_ip, dport=rng.min_port) if port else t._replace(dst=rng.min_ip)
 
 
 def get_unique_tuple(table, orig: Tuple, rng: NatRange, ct: Conn, manip: int) -> Tuple:
-    """get_unique_tuple(): the tuple this connection will have after NAT.
-
-    A connection listed in ``table.nat_forced`` (original tuple -> the tuple its
-    first packet had when the real kernel sent it) takes the kernel's choice:
-    that is how the shadow tracker in kernel mode learns random port choices.
-    """
-    if table.nat_forced:
-        k = table.nat_forced.get(ct.orig)
-        if k is not None:
-            return _forced_tuple(orig, k, manip)
+    """get_unique_tuple(): the tuple this connection will have after NAT."""
     random_all = rng.flags & NF_NAT_RANGE_PROTO_RANDOM_ALL
     if manip == NF_NAT_MANIP_SRC and not random_all:
         if nf_in_range(orig, rng):
@@ -293,23 +293,27 @@ def get_unique_tuple(table, orig: Tuple, rng: NatRange, ct: Conn, manip: int) ->
 
 
 def nf_nat_setup_info(table, ct: Conn, rng: NatRange, manip: int) -> int:
-    """nf_nat_setup_info(): bind an unconfirmed entry; only its reply tuple changes."""
+    """nf_nat_setup_info(): bind an unconfirmed entry; only its reply tuple changes.
+
+    A connection in ``nat_forced(table)`` (kernel mode) is bound to the kernel's choice, a
+    one-point range (forced_range()) as ctnetlink passes one.  get_unique_tuple() of such a
+    range comes to its point; the search it may run on the way (a random draw, `found`
+    counts) was the kernel's own, so the point is taken directly (range_point()).
+    """
     if ct.is_confirmed():
         return NF_ACCEPT
+    net = nat_net(table)
     curr = invert_tuple(ct.reply)
-    new = get_unique_tuple(table, curr, rng, ct, manip)
+    k = net.forced.get(ct.orig) if net.forced else None
+    if k is not None:
+        new = range_point(curr, forced_range(k, manip), manip)
+    else:
+        new = get_unique_tuple(table, curr, rng, ct, manip)
     if new != curr:
         ct.reply = invert_tuple(new)                     # nf_conntrack_alter_reply()
         ct.status |= IPS_SRC_NAT if manip == NF_NAT_MANIP_SRC else IPS_DST_NAT
     if manip == NF_NAT_MANIP_SRC:
-        key = bysource_key(ct.orig)
-        entry = table.nat_bysource.get(key)
-        if entry is None:
-            table.nat_bysource[key] = ct
-        elif isinstance(entry, list):
-            entry.insert(0, ct)                          # hlist_add_head
-        else:
-            table.nat_bysource[key] = [ct, entry]
+        net.add(ct)                                      # into nf_nat_bysource
         ct.status |= IPS_SRC_NAT_DONE
     else:
         ct.status |= IPS_DST_NAT_DONE

@@ -13,6 +13,7 @@ from ..conntrack.conn import CTINFO_NAMES, IPCT_PROTOINFO
 from ..conntrack.profile import profile_for_release
 from ..conntrack.tuple import IPPROTO_ICMP, get_tuple
 from ..lab import RULES_DIR
+from ..nat.bysource import nat_forced
 from ..netfilter.rules import Ruleset
 from ..netfilter.stack import Router
 from ..packet.ipv4 import ICMP_QUERY_TYPES, Packet
@@ -66,7 +67,7 @@ class Engine:
         INVALID) and, for a datagram that did not leave, ``pp.verdict`` (why)."""
         self.until(t)
         self.router.defrag.expire(t)
-        forced = self.router.ct.nat_forced
+        forced = nat_forced(self.router.ct)
         if pp.iface_in is None:                  # the router's own (an ICMP error, a RST)
             pkt = Packet.parse(bytearray(pp.before), 0, None, t)
             if pkt is None:

@@ -8,7 +8,7 @@ The kernel's side is shown as recorded.  The tracker's side is computed again: t
 recorded ingress datagrams go through the engine (:class:`.engine.Engine`: a
 :class:`~nattrack.netfilter.stack.Router` on a :class:`~nattrack.replay.ManualClock`) at
 their recorded times, each bound to the
-NAT choice the kernel made (``table.nat_forced``, as the shadow tracker does), so
+NAT choice the kernel made (``nat_forced(table)``, as the shadow tracker does), so
 ``advance()`` makes timeouts run down and the gc worker reap for real.  The tests check
 that this recomputation gives the recorded tables and events.
 """

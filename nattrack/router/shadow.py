@@ -23,9 +23,9 @@ port the kernel chose, not to one of its own.  Such a datagram is *held*
 not change: protocol, IP id, total length and the L4 bytes after the ports
 (TCP sequence numbers, UDP length and payload, ICMP type/code/sequence and
 payload) -- or until 50 ms have passed (the kernel dropped it or delivered it
-locally).  The shadow then processes it with ``table.nat_forced[orig] =
-<tuple that left>``, which ``nattrack.nat.core.get_unique_tuple`` returns
-instead of searching: the
+locally).  The shadow then processes it with ``nat_forced(table)[orig] =
+<tuple that left>``, which ``nattrack.nat.core.nf_nat_setup_info`` binds to (a
+one-point range, as ctnetlink passes) instead of searching: the
 address/port part that manipulation changes comes from the kernel's packet.
 When no copy left (the datagram waits in the kernel's ARP queue, or was
 answered locally), the kernel's table is asked instead (``conntrack -G``, at
@@ -75,6 +75,7 @@ from ..conntrack.core import get_tuple
 from ..conntrack.sysctl import PREFIX
 from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_PROTOS, PROTO_NAMES, Tuple,
                                int2ip, invert_tuple)
+from ..nat.bysource import nat_forced
 from ..netfilter.rules import is_nft
 from ..netfilter.stack import ICMP_ERROR_TYPES, Router
 from ..packet.ipv4 import ICMP_QUERY_TYPES, Packet
@@ -522,7 +523,7 @@ class ShadowDataplane(Dataplane):
         """A packet the kernel itself sent, through the shadow's LOCAL_OUT.  A new connection
         keeps the tuple it left with (the kernel's NAT choice for it is not visible)."""
         t = get_tuple(pkt)
-        forced = self.router.ct.nat_forced
+        forced = nat_forced(self.router.ct)
         new = t is not None and t not in self.router.ct.hash
         if new:
             forced[t] = t
@@ -569,7 +570,7 @@ class ShadowDataplane(Dataplane):
         """Process held datagrams from the head while they are ready: matched ones, kernel
         packets, locally answered ones, and those whose wait is over."""
         held = self.held
-        forced = self.router.ct.nat_forced
+        forced = nat_forced(self.router.ct)
         while held and held[0].ready(now):
             h = held.popleft()
             if h.out:
