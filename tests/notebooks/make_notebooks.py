@@ -331,8 +331,79 @@ the table?
     ]
 
 
+def incidents() -> list:
+    """05: two production incidents on the engine (nattrack.notebook.incidents)."""
+    return [
+        md("""
+# Incidents: the DNS race and the stale UDP entry
+
+Two faults operators really fight with (issue tracker rows #2 and #3 of lab 07), replayed
+step by step on nattrack's engine: packets made here and run through the same conntrack and
+NAT code as the other notebooks, with the kernel's rules for clashes and timeouts. The race
+needs two CPUs within the same microsecond, so this notebook never uses the live lab (lab 07
+stages both incidents live); `tests/kernel/test_race.py` shows the real kernel doing what
+the engine does here.
+"""),
+        code(PARAMS, tags=["parameters"]),
+        code('from nattrack.notebook import incidents, ui\n'
+             'session = incidents.open_session("05-incidents", MODE)\nui.banner(session)'),
+        md("""
+## 1. DNS lookups that take 5 seconds: the insertion race
+
+A new connection's entry is made when its first packet enters the node
+(`nf_conntrack_in()`), but it only goes into the table at the very end of that packet's
+trip (`__nf_conntrack_confirm()`). Two packets of one new flow handled **at the same time on
+two CPUs** both find nothing, both make an entry, and the second to confirm finds the first's:
+a *clash* (docs/clash.md). Step through it: both CPUs' packets, each CPU's unconfirmed
+entry, the confirms, and what the loser's fate was. The drop-downs change the variant, the
+kernel (6.1 is Debian 12's, 6.18 the newest) and which CPU confirms first.
+"""),
+        code('race = incidents.race_panel("dns-race")\nrace'),
+        code("race.run_all();"),
+        md("""
+*Questions:* after *cpu-1*, why is the table (`conntrack -L`) still empty although two
+entries exist? At *confirm-second*, which counter of `conntrack -S` moved, on which CPU?
+The loser's entry is inserted "in the reply direction only": why does `conntrack -L` never
+show it, and why does the AAAA answer still reach the client? Switch the variant to *both
+drawn to the same instance*: what happens to the loser now? Does the kernel drop-down change
+anything (the table under the timeline says)?
+"""),
+        md("""
+## 2. Where the 5 seconds still come from: two pods, one source port, SNAT
+
+On current kernels a DNAT race to two backends is resolved (above). A query is still
+**dropped** when the loser's *reply* tuple is held by another flow: two pods asking the same
+server from the same source port at the same moment, through the node's masquerade.
+"""),
+        code('snat = incidents.race_panel("dns-race-snat")\nsnat'),
+        code("snat.run_all();"),
+        md("""
+*Questions:* at *cpu-1*, compare the two unconfirmed entries' reply tuples: why did NAT give
+both the same public port? At *confirm-second*, what does `conntrack -S` count, and what does
+the timeline show the pod's resolver doing for 5 seconds? Switch to *--random-fully*: why
+does the race no longer cost anything?
+"""),
+        md("""
+## 3. A backend restarts, and one client is black-holed: the stale UDP entry
+
+`srv` asks a UDP service through the node's DNAT every 2 seconds, always from port 5353.
+The backend restarts and the rule is updated, but the client keeps getting no answer.
+"""),
+        code("stale = incidents.stale_panel()\nstale"),
+        code("stale.run_all();"),
+        md("""
+*Questions:* after *queries-lost*, which address does the table's reply tuple still name?
+Why does the entry never expire (the chart), although no answer has come for 30 seconds?
+Why does a query from port 5354 work? What does `conntrack -D` change, and what does it
+leave alone?
+"""),
+        *CLOSING,
+    ]
+
+
 NOTEBOOKS = {"00-welcome": welcome, "01-tcp-states": tcp_states, "02-snat": snat,
-             "03-timeouts": timeouts, "04-related-and-invalid": related_invalid}
+             "03-timeouts": timeouts, "04-related-and-invalid": related_invalid,
+             "05-incidents": incidents}
 
 
 def build(name: str):

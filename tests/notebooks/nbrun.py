@@ -32,7 +32,8 @@ from nbclient import NotebookClient
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO / "notebooks"
-NOTEBOOKS = ["00-welcome", "01-tcp-states", "02-snat", "03-timeouts", "04-related-and-invalid"]
+NOTEBOOKS = ["00-welcome", "01-tcp-states", "02-snat", "03-timeouts", "04-related-and-invalid",
+             "05-incidents"]
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 CELL_TIMEOUT = 60          # seconds, unless a cell's metadata says {"nattrack": {"timeout": N}}
 NOBODY = 65534
