@@ -716,21 +716,22 @@ def race_timeline_svg(marks: list[dict], labels: list[str], horizon: float = 6.0
 def refresh_chart_svg(samples: list[tuple[float, int, str]], markers: list[tuple[float, str]],
                       until: float, top: int = 130) -> str:
     """The stale entry's timeout over time: a sawtooth, each packet resetting it; one
-    line per entry (flow ``sport>backend``), markers for what happened."""
-    width, left, height, bottom = 640, 40, 230, 200
-    span = max(until, 1.0)
+    line per entry (flow ``sport>backend``, named in the legend), markers for what
+    happened."""
+    width, left, right, height, bottom = 700, 40, 20, 250, 220
+    span = max(until, 1.0) + 2.0          # room after the last packet
 
     def x(t: float) -> float:
-        return left + t / span * (width - left - 10)
+        return left + t / span * (width - left - right)
 
     def y(v: float) -> float:
-        return bottom - v / top * (bottom - 20)
+        return bottom - v / top * (bottom - 40)
 
     colours = [RED, GREEN, ORANGE, GREY]
     flows: dict[str, list[tuple[float, int]]] = {}
     for t, left_s, flow in samples:
         flows.setdefault(flow, []).append((t, left_s))
-    parts = []
+    parts = [f'<text x="{left}" y="12" font-size="10">seconds left on each entry:</text>']
     for i, (flow, pts) in enumerate(flows.items()):
         path = []
         for j, (t, v) in enumerate(pts):
@@ -740,23 +741,26 @@ def refresh_chart_svg(samples: list[tuple[float, int, str]], markers: list[tuple
             path.append(f"{x(t):.1f},{y(v):.1f}")
         colour = colours[i % len(colours)]
         sport, backend = flow.split(">")
+        lx = left + 150 + i * 160
         parts.append(f'<g data-flow="{esc(flow)}" data-points="{len(pts)}" '
                      f'data-min="{min(v for _, v in pts)}"><polyline fill="none" '
                      f'stroke="{colour}" stroke-width="2" points="{" ".join(path)}"/>'
-                     f'<text x="{x(pts[-1][0]) + 4:.1f}" y="{y(pts[-1][1]) - 4:.1f}" '
-                     f'font-size="10" fill="{colour}">port {esc(sport)} → {esc(backend)}'
-                     f'</text></g>')
+                     f'<circle cx="{x(pts[-1][0]):.1f}" cy="{y(pts[-1][1]):.1f}" r="3" '
+                     f'fill="{colour}"/><rect x="{lx}" y="4" width="14" height="8" fill="{colour}"/>'
+                     f'<text x="{lx + 18}" y="12" font-size="10">port {esc(sport)} → '
+                     f'{esc(backend)}</text></g>')
     for t, what in markers:
-        parts.append(f'<g data-marker="{esc(what)}"><line x1="{x(t):.1f}" y1="20" '
+        end = x(t) > width - 160                      # near the right edge: text to the left
+        parts.append(f'<g data-marker="{esc(what)}"><line x1="{x(t):.1f}" y1="26" '
                      f'x2="{x(t):.1f}" y2="{bottom}" stroke="{GREY}" stroke-dasharray="4,3"/>'
-                     f'<text x="{x(t) + 3:.1f}" y="30" font-size="10">{esc(what)}</text></g>')
+                     f'<text x="{x(t) + (-3 if end else 3):.1f}" y="36" font-size="10" '
+                     f'text-anchor="{"end" if end else "start"}">{esc(what)}</text></g>')
     for v in (0, 30, 60, 90, 120):
         parts.append(f'<text x="{left - 4}" y="{y(v) + 3:.1f}" font-size="10" '
                      f'text-anchor="end">{v}</text>')
-    parts.append(f'<line x1="{left}" y1="{bottom}" x2="{width - 10}" y2="{bottom}" '
-                 f'stroke="{GREY}"/><text x="{width - 10}" y="{bottom + 16}" font-size="10" '
-                 f'text-anchor="end">time (s)</text><text x="{left}" y="12" font-size="10">'
-                 f'seconds left on each entry</text>')
+    parts.append(f'<line x1="{left}" y1="{bottom}" x2="{width - right}" y2="{bottom}" '
+                 f'stroke="{GREY}"/><text x="{width - right}" y="{bottom + 16}" font-size="10" '
+                 f'text-anchor="end">time (s) → {span:.0f}</text>')
     state = {"view": "refresh-chart", "flows": list(flows), "samples": len(samples),
              "markers": [m for _, m in markers]}
     svg = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
