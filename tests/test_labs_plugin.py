@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from nattrack.cli.main import main as cli
-from nattrack.conntrack import core as ct_core, proto_icmp, proto_tcp
+from nattrack.conntrack import core as ct_core, proto_icmp, proto_tcp, proto_udp
 from nattrack.conntrack import tuple as ct_tuple
 from nattrack.labs import manifest, plugin
 from nattrack.labs.testing import collect
@@ -177,7 +177,8 @@ def test_manifest_missing(tmp_path):
 
 def _engine_objects():
     return {"TCP_CONNTRACKS": proto_tcp.TCP_CONNTRACKS, "TIMEOUT_SYSCTL": proto_tcp.TIMEOUT_SYSCTL,
-            "udp": ct_core.PROTO_HANDLERS[ct_tuple.IPPROTO_UDP], "ICMP_INVMAP": ct_tuple.ICMP_INVMAP,
+            "udp_timeout_choice": proto_udp.udp_timeout_choice,
+            "ICMP_INVMAP": ct_tuple.ICMP_INVMAP,
             "icmp_error": proto_icmp.icmp_error, "get_unique_tuple": nat_core.get_unique_tuple,
             "csum_replace2": ipv4.csum_replace2, "csum_replace4": ipv4.csum_replace4,
             "gc_worker": ct_core.ConntrackTable.gc_worker,

@@ -19,7 +19,8 @@ Kinds (docs/labs-format.md; each lab's README documents its functions):
 =================  ===========================================================================
 tcp_state_table    lab 2: ``next_state()`` builds ``proto_tcp.TCP_CONNTRACKS``, ``timeout()``
                    builds ``proto_tcp.TIMEOUT_SYSCTL``
-udp                lab 3: ``udp_timeout()`` decides each UDP packet's timeout and ASSURED
+udp                lab 3: ``udp_timeout()`` is ``proto_udp.udp_timeout_choice()``: each UDP
+                   packet's timeout and ASSURED
 icmp               lab 3: ``reply_type()`` builds ``tuple.ICMP_INVMAP``; ``error_lookup()`` and
                    ``related_ctinfo()`` are ``nf_conntrack_inet_error()``
 snat_port          lab 4: ``pick_port()`` is the port choice of ``get_unique_tuple()``
@@ -38,11 +39,8 @@ from typing import Any, Callable
 
 from ..conntrack import core as ct_core, proto_icmp, proto_tcp, proto_udp
 from ..conntrack import tuple as ct_tuple
-from ..conntrack.conn import (HZ, IP_CT_RELATED, IP_CT_RELATED_REPLY,
-                              IPCT_ASSURED, IPS_ASSURED, IPS_CONFIRMED, IPS_NAT_CLASH,
-                              IPS_SEEN_REPLY)
+from ..conntrack.conn import HZ, IP_CT_RELATED, IP_CT_RELATED_REPLY, IPS_ASSURED, IPS_SEEN_REPLY
 from ..conntrack.sysctl import DEFAULTS, Sysctl
-from ..conntrack.uapi import NF_ACCEPT
 from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PROTO_NAMES, PROTO_NUMBERS,
                                Tuple, int2ip, ip2int)
 from ..nat import core as nat_core
@@ -338,31 +336,21 @@ UDP_TIMEOUTS = ("nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream")
 
 
 def adapt_udp(s: _Student) -> None:
-    """nf_conntrack_udp_packet() with the student's decision (timeout, ASSURED)."""
+    """proto_udp.udp_timeout_choice(), nf_conntrack_udp_packet()'s decision: the student's
+    udp_timeout(replied, age) says which timeout, and whether the entry is ASSURED."""
     decide = s.fn("udp_timeout", "TODO 1")
     stream_delay = proto_udp.STREAM_DELAY * HZ
 
-    def udp_packet(table, ct, pkt, ctinfo, direction, hook_is_prerouting):
-        sysctl = table.sysctl
-        if proto_udp.udp_error(pkt, hook_is_prerouting, sysctl):
-            return proto_udp.INVALID
-        now_j = table.jiffies()
-        if not ct.status & IPS_CONFIRMED:
-            ct.proto = now_j + stream_delay               # stream_ts, as the reference keeps it
+    def udp_timeout_choice(ct, now_j):
+        # stream_ts is the first packet's time plus STREAM_DELAY: the age is counted from it
         args = (bool(ct.status & IPS_SEEN_REPLY), (now_j - (ct.proto - stream_delay)) / HZ)
         value = s.call(decide, *args)
         if (not isinstance(value, (list, tuple)) or len(value) != 2
                 or Sysctl.short(str(value[0])) not in UDP_TIMEOUTS or not isinstance(value[1], bool)):
             raise s.bad(decide, args, value, "(sysctl name, assured), e.g. ('nf_conntrack_udp_timeout', False)")
-        table.refresh(ct, sysctl[Sysctl.short(value[0])], pkt, direction)
-        if ct.status & IPS_NAT_CLASH:
-            return NF_ACCEPT
-        if value[1] and not ct.status & IPS_ASSURED:
-            ct.status |= IPS_ASSURED
-            ct.ecache |= IPCT_ASSURED
-        return NF_ACCEPT
+        return Sysctl.short(value[0]), value[1]
 
-    _set_item(ct_core.PROTO_HANDLERS, IPPROTO_UDP, udp_packet)
+    _set(proto_udp, "udp_timeout_choice", udp_timeout_choice)
 
 
 def adapt_icmp(s: _Student) -> None:
