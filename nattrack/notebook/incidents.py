@@ -371,9 +371,6 @@ def _race_frames(run: RaceRun, snaps: dict, events: list[str], marks: list[dict]
                 "stage": ("done" if confirmed else "parked" if ran else "received"),
                 "outcome": lane.outcome if confirmed else "",
                 "out": _summary(lane.after) if confirmed else "",
-                "answered": (lane.answered_at is not None and lane.retried_at is None
-                             and k >= 5) or (k >= 6 and lane.answered_at is not None),
-                "retried": k >= 6 and lane.retried_at is not None,
             })
         t = {5: RTT, 6: RESOLVER_TIMEOUT + (RTT if any(x.retried_at for x in lanes) else 0)}
         frames.append(Frame(step, title, _race_text(run, k, first, second), views, table,
@@ -630,8 +627,9 @@ def stale() -> StaleRun:
     q = queries[-1]
     frame(5, [f"The next query from port {CLIENT_PORT} makes a new entry: DNAT to "
               f"{q['backend']}, {'answered' if q['answered'] else 'no answer'}.",
-              "The incident is over. kube-proxy now does this itself: it deletes the UDP "
-              "entries of an endpoint that went away (kubernetes #59368)."])
+              "The incident is over. Since these reports (kubernetes #48370, #59368) "
+              "kube-proxy does it itself: when a UDP service's endpoint goes away, it "
+              "deletes the entries that still translate to it."])
     return StaleRun(frames, samples, queries, markers)
 
 
