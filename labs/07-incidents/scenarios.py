@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LAB = Path(__file__).resolve().parent
-SCENARIOS = ("stale-udp", "table-full", "new-rule", "invalid-rst", "snat-race")
+SCENARIOS = ("stale-udp", "table-full", "new-rule", "invalid-rst", "snat-race", "dns-race",
+             "ftp-helper")
 # nf_conntrack_max is global and read-only inside a network namespace: a table-full
 # incident cannot be staged in the live lab without changing the whole machine.
-LIVE = ("stale-udp", "new-rule", "invalid-rst", "snat-race")
+LIVE = ("stale-udp", "new-rule", "invalid-rst", "snat-race", "ftp-helper")
 
 # topologies/incidents.py, as far as the knobs are concerned.
 ROUTER = "r"
@@ -120,7 +121,7 @@ def parse_knobs(data: dict, where: str) -> Config:
 
 
 def check_rules(text: str, where: str) -> str:
-    """The rules parse with nattrack's parser and name only the nat and filter tables
+    """The rules parse with nattrack's parser and name only the raw, nat and filter tables
     (nft syntax, as scenarios/NAME.nft: at least one table)."""
     from nattrack.netfilter.rules import RulesError, Ruleset, is_nft
     try:
@@ -133,8 +134,8 @@ def check_rules(text: str, where: str) -> str:
         return text
     tables = {line.strip()[1:].split()[0] for line in text.splitlines()
               if line.strip().startswith("*")}
-    if not tables or not tables <= {"nat", "filter"}:
-        raise KnobError(f"{where}: rules for the *nat and *filter tables only "
+    if not tables or not tables <= {"raw", "nat", "filter"}:
+        raise KnobError(f"{where}: rules for the *raw, *nat and *filter tables only "
                         f"(found: {', '.join(sorted(tables)) or 'none'})")
     return text
 
@@ -150,14 +151,15 @@ def healthy() -> str:
     return (LAB / "rules" / "healthy.rules").read_text()
 
 
-def scenario(name: str) -> tuple[Config, dict]:
-    """(the incident's knobs, its description) of incident NAME."""
+def scenario(name: str, syntax: str = "iptables") -> tuple[Config, dict]:
+    """(the incident's knobs, its description) of incident NAME; its rules from
+    scenarios/NAME.rules, or NAME.nft (the same rules in nft syntax: the nft variant)."""
     if name not in SCENARIOS:
         raise KnobError(f"unknown incident {name!r}: one of {', '.join(SCENARIOS)}")
     meta = load_toml((LAB / "scenarios" / f"{name}.toml").read_text(), f"scenarios/{name}.toml")
     cfg = parse_knobs(meta.get("break", {}), f"scenarios/{name}.toml [break]")
-    cfg.rules = check_rules((LAB / "scenarios" / f"{name}.rules").read_text(),
-                            f"scenarios/{name}.rules")
+    rules = f"scenarios/{name}.{'nft' if syntax == 'nft' else 'rules'}"
+    cfg.rules = check_rules((LAB / rules).read_text(), rules)
     return cfg, meta
 
 
@@ -204,6 +206,9 @@ class _View:
         self.src, self.dst = ipaddress.ip_address(pkt.src), ipaddress.ip_address(pkt.dst)
         self.tcpflags, self.ts = pkt.tcpflags, ts
         self.text = pkt.summary()
+        data = bytes(pkt.buf[pkt.l4 + pkt.l4len - pkt.payload_len:pkt.l4 + pkt.l4len])
+        self.data = data.decode(errors="replace").strip()
+        self.word = (self.data.split() or [""])[0]          # "A?", "AAAA", "PORT"
 
     def __repr__(self) -> str:
         return self.text
@@ -222,7 +227,8 @@ class Outcome:
         return [p for oif, p in self.sent if oif == iface and p.ts >= after]
 
 
-def replay(name: str, fix: Config | None, capture: Path | None = None) -> Outcome:
+def replay(name: str, fix: Config | None, capture: Path | None = None,
+           syntax: str = "iptables") -> Outcome:
     """The incident's recorded traffic (frames as they reach r) through nattrack's engine:
     healthy until ``break_at``, broken from then on, with ``fix`` applied at ``fix_at``
     (seconds from the capture's first frame).  Frames recorded in the same microsecond
@@ -233,7 +239,7 @@ def replay(name: str, fix: Config | None, capture: Path | None = None) -> Outcom
     from nattrack.packet.ipv4 import Packet
     from nattrack.packet.pcapio import CaptureReader, ip_offset
 
-    broken, meta = scenario(name)
+    broken, meta = scenario(name, syntax)
     acts = [(float(meta.get("break_at", 0)), broken, f"scenarios/{name}.rules")]
     if fix is not None:
         acts.append((float(meta.get("fix_at", 0)), fix, f"{name}.rules"))
@@ -241,6 +247,8 @@ def replay(name: str, fix: Config | None, capture: Path | None = None) -> Outcom
     router = Router(dict(ROUTER_IFACES), {}, Ruleset.parse(healthy(), "rules/healthy.rules"),
                     {}, lambda: clock_now[0], seed=7)
     down: set[str] = set()
+    asked: dict = {}              # (client, its port, query type) -> (backend, port) r chose
+    refused = False               # ftp-helper: a PORT left r that srv's server refuses
     out = Outcome()
     frames = [(f, off) for f in CaptureReader(str(capture or capture_path(name)))
               if (off := ip_offset(f)) is not None]
@@ -256,7 +264,12 @@ def replay(name: str, fix: Config | None, capture: Path | None = None) -> Outcom
             down.update(cfg.down)
         router.ct.run_gc_until(ts, lambda t: clock_now.__setitem__(0, t))
         clock_now[0] = ts
-        pkts = [Packet.parse(bytearray(f.data), off, iif=f.iface, ts=f.ts) for f, off in group]
+        bufs = [bytearray(f.data) for f, _off in group]
+        if name == "dns-race":
+            for buf, (f, off) in zip(bufs, group):
+                if f.iface == SVC:
+                    _answer_from_queried(buf, off, asked)
+        pkts = [Packet.parse(buf, off, iif=f.iface, ts=f.ts) for buf, (f, off) in zip(bufs, group)]
         pkts = [p for p in pkts if p is not None
                 and not any(str(ipaddress.ip_address(p.src)) == HOSTS[h][1] for h in down)]
         summaries = [p.summary() for p in pkts]
@@ -272,10 +285,39 @@ def replay(name: str, fix: Config | None, capture: Path | None = None) -> Outcom
             if v.dropped:
                 out.dropped.append((rel, summary, v.dropped))
             for s in v.sent:
-                out.sent.append((s.oif, _View(Packet.parse(bytearray(s.data), 0), rel)))
+                view = _View(Packet.parse(bytearray(s.data), 0), rel)
+                out.sent.append((s.oif, view))
+                if s.oif == SVC and view.proto == 17:       # where r sent this query
+                    asked[(view.src, view.sport, view.word.rstrip("?"))] = (view.dst, view.dport)
+                if s.oif == WAN and view.word == "PORT" and not _port_accepted(view.data):
+                    refused = True
+        if refused:         # srv's server answered 500 and the client gave up: no more
+            break           # of the recorded (working) conversation happens
     out.log = list(router.ct.log)
     out.stats = dict(router.ct.stats)
     return out
+
+
+def _port_accepted(command: str) -> bool:
+    """Would srv's vsftpd accept this PORT command from the node's public address?  It
+    accepts only the control connection's own peer address (port_promiscuous=NO)."""
+    return command.startswith("PORT " + PUBLIC.replace(".", ",") + ",")
+
+
+def _answer_from_queried(buf: bytearray, off: int, asked: dict) -> None:
+    """dns-race: a recorded answer comes from the resolver instance r sent its query to
+    (the recording's answers came from one instance; which one gets a query is r's random
+    DNAT choice, different with another rule set).  Rewrites the frame's UDP source port
+    in place; its UDP checksum becomes 0 (none, as IPv4 allows)."""
+    from nattrack.packet.ipv4 import Packet
+    pkt = Packet.parse(bytearray(buf), off)
+    if pkt is None or pkt.proto != 17:
+        return
+    view = _View(pkt)
+    backend = asked.get((view.dst, view.dport, view.word))
+    if backend is not None and backend[0] == view.src:
+        buf[pkt.l4:pkt.l4 + 2] = backend[1].to_bytes(2, "big")
+        buf[pkt.l4 + 6:pkt.l4 + 8] = b"\0\0"
 
 
 def _apply_engine(router, cfg: Config, where: str) -> None:
@@ -350,6 +392,18 @@ def check_offline(name: str, o: Outcome) -> list[str]:
                 and p.tcpflags & 0x01]
         if len(back) < len(answers):
             problems.append("be1's FIN never reaches srv as 203.0.113.1:80")
+    elif name == "dns-race":
+        problems += _slow_lookups(rec, o)
+    elif name == "ftp-helper":
+        port = [p for p in o.out(WAN) if p.word == "PORT"]
+        if port and not _port_accepted(port[0].data):
+            problems.append(f"h1's '{port[0].data}' left r unchanged: srv's server accepts a "
+                            f"PORT only for the control connection's address {PUBLIC} (500 "
+                            f"Illegal PORT command)")
+        got = "".join(p.data for p in o.out(LAN) if p.sport == 20 and p.proto == 6)
+        if "hello from srv" not in got:
+            problems.append("srv's data connection (from port 20 to 203.0.113.1:40000) never "
+                            "reaches h1: the download fails")
     elif name == "snat-race":
         asked = [p for i, p in rec if i == LAN]
         left = [p for p in o.out(WAN) if str(p.src) == PUBLIC and p.dport == 7]
@@ -357,6 +411,33 @@ def check_offline(name: str, o: Outcome) -> list[str]:
             problems.append(f"{len(asked) - len(left)} of the {len(asked)} first datagrams "
                             f"never leave r (conntrack -S: insert_failed="
                             f"{o.stats.get('insert_failed', 0)}, drop={o.stats.get('drop', 0)})")
+    return problems
+
+
+LOOKUP_BUDGET = 2.0        # seconds: a lookup slower than this is the incident's symptom
+
+
+def _slow_lookups(rec: list, o: Outcome) -> list[str]:
+    """dns-race: each lookup (h1's A and AAAA queries from one port) must get both answers,
+    from the service's address, within LOOKUP_BUDGET of its first query."""
+    problems = []
+    starts: dict[int, float] = {}
+    for iface, p in rec:
+        if iface == LAN and p.dport == 53:
+            starts.setdefault(p.sport, p.ts)
+    for port, t0 in starts.items():
+        got: dict[str, float] = {}          # the first answer of each type
+        for p in o.out(LAN):
+            if p.dport == port and str(p.src) == PUBLIC and p.sport == 53:
+                got.setdefault(p.word, p.ts - t0)
+        slow = {q: got.get(q) for q in ("A", "AAAA") if got.get(q, 1e9) > LOOKUP_BUDGET}
+        if slow:
+            problems.append(f"h1's lookup from port {port} took "
+                            + " and ".join(f"{q}: {'no answer' if t is None else f'{t:.1f} s'}"
+                                           for q, t in slow.items())
+                            + f" (conntrack -S: clash_resolve={o.stats.get('clash_resolve', 0)}, "
+                              f"insert_failed={o.stats.get('insert_failed', 0)}; "
+                              f"{len(o.dropped)} packets dropped)")
     return problems
 
 
@@ -394,6 +475,8 @@ def apply_live(lab, cfg: Config, fresh: bool = False) -> None:
         else:
             _run(lab, ROUTER, ["iptables-restore", "-w"], input=cfg.rules)
         _run(lab, ROUTER, ["iptables", "-w", "-t", "mangle", "-A", *FORCE_TRACKING])
+        if "helper" in cfg.rules:     # a modular kernel loads nf_nat_ftp only when asked
+            _run(lab, ROUTER, ["modprobe", "-q", "nf_nat_ftp"], ok=(0, 1))
     sysctls = dict(cfg.sysctl)
     if fresh:         # what an earlier incident changed goes back to the kernel's default
         sysctls = {k: DEFAULTS[k.rpartition(".")[2]] for k in _touched
@@ -590,6 +673,31 @@ def out_of_window_live(lab) -> tuple[list[str], int]:
     return leaked, len(received)
 
 
+# --- active FTP from h1 to srv's vsftpd (ftp-helper) ------------------------------------------
+
+FTP_FILE = b"hello from srv\n" * 64
+
+
+def ftp_get_live(lab) -> tuple[bool, str]:
+    """vsftpd on srv (nattrack.lab.ftp.FtpServer, started in srv's namespace), h1 downloads
+    data.bin from it in active mode with a PORT command (curl -P - --disable-eprt).
+    Returns (whether h1 got the file, the server's reply to the PORT command)."""
+    import subprocess
+    from nattrack.lab.ftp import FtpServer
+    pid = lab.status()["nodes"]["srv"]["pid"]
+
+    def popen(argv, **kw):
+        return subprocess.Popen(["mnexec", "-a", str(pid), *argv], start_new_session=True, **kw)
+
+    with FtpServer({"data.bin": FTP_FILE}, popen) as server:
+        res = lab.exec("h1", ["curl", "-sS", "-m", "8", "-P", "-", "--disable-eprt",
+                              f"ftp://{HOSTS['srv'][1]}/data.bin"], timeout=20)
+        said = server.protocol()
+    reply = next((said[i + 1] for i, line in enumerate(said[:-1]) if line.startswith("PORT")),
+                 "no PORT command arrived")
+    return res.returncode == 0 and res.stdout == FTP_FILE.decode(), reply
+
+
 # Each live incident: the flows (node, server, port, source port) asked in every act.
 FLOWS = {"stale-udp": [("srv", PUBLIC, 53, 5353)],
          "new-rule": [("h2", HOSTS["srv"][1], 7, 6000), ("h1", HOSTS["srv"][1], 7, 6001)]}
@@ -599,21 +707,23 @@ def _ask_all(lab, name: str) -> dict:
     return {(n, sp): udp_ask(lab, n, s, p, sp) for n, s, p, sp in FLOWS[name]}
 
 
-def stage_live(lab, name: str) -> dict:
+def stage_live(lab, name: str, syntax: str = "iptables") -> dict:
     """Acts 1 and 2 in the running lab: healthy traffic, then the incident, the flows still
     running.  Returns what the flows got in the incident (None: no answer; snat-race: how
     many first datagrams r's kernel lost in the racing rounds)."""
-    if name in ("snat-race", "invalid-rst"):
-        broken, _meta = scenario(name)
+    if name in ("snat-race", "invalid-rst", "ftp-helper"):
+        broken, _meta = scenario(name, syntax)
         apply_live(lab, Config(rules=healthy()), fresh=True)
         apply_live(lab, broken)
         if name == "invalid-rst":
             return {"leaked": out_of_window_live(lab)[0]}
+        if name == "ftp-helper":
+            return {"ftp": ftp_get_live(lab)}
         return {"lost": race_live(lab, 20000)}
     if name not in LIVE:
         raise KnobError(f"{name}: offline only (nf_conntrack_max is global and read-only in "
                         f"the lab's namespaces): make replay INCIDENT={name}")
-    broken, _meta = scenario(name)
+    broken, _meta = scenario(name, syntax)
     apply_live(lab, Config(rules=healthy()), fresh=True)
     before = _ask_all(lab, name)
     silent = [f"{n}:{sp}" for (n, sp), got in before.items() if got is None]
@@ -624,11 +734,17 @@ def stage_live(lab, name: str) -> dict:
     return _ask_all(lab, name)
 
 
-def check_live(lab, name: str, fix: Config) -> list[str]:
+def check_live(lab, name: str, fix: Config, syntax: str = "iptables") -> list[str]:
     """All three acts in the running lab; what is still wrong after the fix, one sentence
     each (empty: fixed)."""
-    staged = stage_live(lab, name)
+    staged = stage_live(lab, name, syntax)
     apply_live(lab, fix)
+    if name == "ftp-helper":
+        got, said = ftp_get_live(lab)
+        if not got:
+            return ["h1's active FTP download from srv still fails after the fix (srv's "
+                    f"server: {said or 'no reply'})"]
+        return []
     if name == "snat-race":
         lost = race_live(lab, 30000)
         if lost:
@@ -674,6 +790,8 @@ def main(argv: list[str] | None = None) -> int:
     for cmd in ("break", "fix", "replay"):
         s = sub.add_parser(cmd)
         s.add_argument("name", choices=SCENARIOS)
+        s.add_argument("--syntax", choices=("iptables", "nft"), default="iptables",
+                       help="the incident's rules in this syntax (nft: scenarios/NAME.nft)")
         if cmd != "break":
             s.add_argument("--dir", type=Path, default=LAB / "student",
                            help="the folder holding NAME.toml and NAME.rules (default: student/)")
@@ -688,9 +806,10 @@ def main(argv: list[str] | None = None) -> int:
         meta = scenario(args.name)[1]
         if args.cmd == "replay":
             fix = fix_from_dir(args.name, args.dir)
-            o = replay(args.name, fix)
+            o = replay(args.name, fix, syntax=args.syntax)
             for oif, pkt in o.sent:
-                print(f"{pkt.ts:7.3f} sent on {oif}: {pkt}")
+                said = f"  {pkt.data!r}" if pkt.word in ("PORT", "EPRT") else ""
+                print(f"{pkt.ts:7.3f} sent on {oif}: {pkt}{said}")
             for t, summary, why in o.dropped:
                 print(f"{t:7.3f} dropped: {summary}: {why}")
             for line in o.races:
@@ -701,12 +820,15 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(problems) or f"{args.name}: fixed on the recorded traffic")
             return 0
         if args.cmd == "break":
-            got = stage_live(_client(), args.name)
+            got = stage_live(_client(), args.name, args.syntax)
             print(f"{args.name}: the incident is on. {meta.get('symptom', '')}")
             for key, seen in got.items():
                 if key == "leaked":
                     print(f"  {len(seen)} segment(s) from 10.1.0.0/24 left r to srv"
                           + (f": {seen[0]}" if seen else ""))
+                elif key == "ftp":
+                    print(f"  h1's active FTP download from srv: "
+                          f"{'done' if seen[0] else 'failed'} (srv's server: {seen[1]})")
                 elif key == "lost":
                     print(f"  {seen} of {RACE_ROUNDS} racing first datagrams lost at confirm "
                           f"(insert_failed)")
@@ -715,7 +837,7 @@ def main(argv: list[str] | None = None) -> int:
             for t in meta.get("try", []):
                 print(f"  try: {t}")
             return 0
-        problems = check_live(_client(), args.name, fix_from_dir(args.name, args.dir))
+        problems = check_live(_client(), args.name, fix_from_dir(args.name, args.dir), args.syntax)
         print("\n".join(problems) or f"{args.name}: fixed in the live lab")
         return 0
     except (KnobError, LabError, OSError) as exc:      # LabError: e.g. no lab running

@@ -63,7 +63,7 @@ def test_wrong_fixes_fail_with_reasons():
     ('down = ["be2"]\n', None, "a fix cannot take hosts down"),
     ('flush = true\n', None, "unknown key 'flush'"),
     ('diagnosis = "x\n', None, "not valid TOML"),
-    ("", "*raw\nCOMMIT\n", "*nat and *filter tables only"),
+    ("", "*mangle\nCOMMIT\n", "unsupported table 'mangle'"),
     ("", "*filter\n-A FORWARD -j NOPE\nCOMMIT\n", "new-rule.rules"),
 ])
 def test_bad_knobs_are_one_line_errors(toml, rules, message):

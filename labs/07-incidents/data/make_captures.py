@@ -103,8 +103,82 @@ def snat_race():
             yield float(i), *frame(host, SRV, UDP(sport=33000 + i, dport=7) / b"hello\n")
 
 
+DNS_PORT = 5300            # the resolver instance the recording's answers came from
+
+
+def dns_race():
+    """h1's resolver looks a name up four times (t=0, 10, 20, 30), each time from a new
+    socket: the A and the AAAA query leave it in the same microsecond (two CPUs of r
+    handle them at once).  The A answer comes at once, the AAAA answer (not cached: the
+    instance asks upstream) 1.5 s later; glibc's resolver sends the AAAA query again
+    after 5 s, answered at once.  The answers are recorded from instance 5300; the
+    replay sends each one from the instance r sent its query to."""
+    for i in range(4):
+        t, port = 10.0 * i, 40000 + i
+        for qtype in ("A", "AAAA"):
+            yield t, *frame(H1, PUB, UDP(sport=port, dport=53) / f"{qtype}? www.example.\n".encode())
+        yield t + 0.002, *frame(BE1, H1, UDP(sport=DNS_PORT, dport=port)
+                                / b"A www.example. 192.0.2.80\n")
+        yield t + 1.5, *frame(BE1, H1, UDP(sport=DNS_PORT, dport=port)
+                              / b"AAAA www.example. 2001:db8::80\n")
+        yield t + 5.0, *frame(H1, PUB, UDP(sport=port, dport=53) / b"AAAA? www.example.\n")
+        yield t + 5.002, *frame(BE1, H1, UDP(sport=DNS_PORT, dport=port)
+                                / b"AAAA www.example. 2001:db8::80\n")
+
+
+class Control:
+    """One TCP connection's segments as they reach r: ``c`` from the client (as it sent
+    them), ``s`` from the server, whose ACKs count ``grow`` bytes more of the client's
+    stream once r's FTP helper lengthened a command (nf_nat_ftp + sequence adjustment)."""
+
+    def __init__(self, client, cport, server_seen, sport, server, client_seen, c=1000, s=5000):
+        self.client, self.cport, self.server_seen, self.sport = client, cport, server_seen, sport
+        self.server, self.client_seen = server, client_seen
+        self.cseq, self.sseq, self.grow = c, s, 0
+
+    def c(self, flags, data=b""):
+        seg = TCP(sport=self.cport, dport=self.sport, flags=flags, seq=self.cseq,
+                  ack=self.sseq if "A" in flags else 0, window=502)
+        self.cseq += len(data) + ("S" in flags) + ("F" in flags)
+        return frame(self.client, self.server_seen, seg / data if data else seg)
+
+    def s(self, flags, data=b""):
+        seg = TCP(sport=self.sport, dport=self.cport, flags=flags, seq=self.sseq,
+                  ack=self.cseq + self.grow if "A" in flags else 0, window=510)
+        self.sseq += len(data) + ("S" in flags) + ("F" in flags)
+        return frame(self.server, self.client_seen, seg / data if data else seg)
+
+
+FTP_DATA = b"hello from srv\n"
+
+
+def ftp_helper():
+    """h1 downloads data.bin from srv's FTP server in active mode (curl -P - --disable-eprt):
+    PORT 10,0,0,10,156,64 names h1's own port 40000; r's FTP helper rewrites it to
+    203,0,113,1 (2 bytes longer: srv's ACKs count them) and expects srv's data connection
+    from port 20 to 203.0.113.1:40000.  Recorded as a working node delivers it."""
+    ctl = Control(H1, 41000, SRV, 21, SRV, PUB)
+    data = Control(SRV, 20, PUB, 40000, H1, SRV, c=9000, s=7000)
+    steps = [ctl.c("S"), ctl.s("SA"), ctl.c("A"),
+             ctl.s("PA", b"220 (vsFTPd 3.0.3)\r\n"), ctl.c("PA", b"USER anonymous\r\n"),
+             ctl.s("PA", b"230 Login successful.\r\n"), ctl.c("PA", b"TYPE I\r\n"),
+             ctl.s("PA", b"200 Switching to Binary mode.\r\n"),
+             ctl.c("PA", b"PORT 10,0,0,10,156,64\r\n")]
+    ctl.grow = len("203,0,113,1") - len("10,0,0,10")
+    steps += [ctl.s("PA", b"200 PORT command successful. Consider using PASV.\r\n"),
+              ctl.c("PA", b"RETR data.bin\r\n"),
+              data.c("S"), data.s("SA"), data.c("A"),
+              ctl.s("PA", b"150 Opening BINARY mode data connection for data.bin (15 bytes).\r\n"),
+              data.c("PA", FTP_DATA), data.c("FA"), data.s("A"), data.s("FA"), data.c("A"),
+              ctl.s("PA", b"226 Transfer complete.\r\n"), ctl.c("PA", b"QUIT\r\n"),
+              ctl.s("PA", b"221 Goodbye.\r\n")]
+    for i, (iface, pkt) in enumerate(steps):
+        yield 0.001 * i, iface, pkt
+
+
 STORIES = {"stale-udp": stale_udp, "table-full": table_full, "new-rule": new_rule,
-           "invalid-rst": invalid_rst, "snat-race": snat_race}
+           "invalid-rst": invalid_rst, "snat-race": snat_race, "dns-race": dns_race,
+           "ftp-helper": ftp_helper}
 
 
 def write(name: str, folder: Path) -> Path:
