@@ -181,8 +181,8 @@ def _engine_objects():
             "ICMP_INVMAP": ct_tuple.ICMP_INVMAP,
             "icmp_error": proto_icmp.icmp_error, "get_unique_tuple": nat_core.get_unique_tuple,
             "csum_replace2": ipv4.csum_replace2, "csum_replace4": ipv4.csum_replace4,
-            "gc_worker": ct_core.ConntrackTable.gc_worker,
-            "early_drop": ct_core.ConntrackTable.early_drop}
+            "gc_verdict": ct_core.gc_verdict, "GcAverage": ct_core.GcAverage,
+            "early_drop_choice": ct_core.early_drop_choice}
 
 
 def test_install_replaces_and_uninstall_restores_the_reference():

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import gc
 import random
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from . import proto_generic, proto_gre, proto_icmp, proto_tcp, proto_udp, seqadj
 from .expect import ExpectTable
@@ -92,6 +92,68 @@ def _can_merge(ct: Conn, loser: Conn, profile: KernelProfile) -> bool:
     return same or (ct.orig == loser.reply and ct.reply == loser.orig)
 
 
+# gc_verdict()'s answers: what the gc worker does with one entry
+GC_KEEP, GC_REAP, GC_EVICT = 0, 1, 2
+
+
+def gc_verdict(ct: Conn, left: int, near_full: bool) -> int:
+    """gc_worker()'s decision for one entry, ``left`` jiffies before its deadline: GC_REAP
+    an expired one (nf_ct_is_expired()); near a full table (``near_full``: the table was
+    full since the last run and holds 95% of nf_conntrack_max) GC_EVICT one that is not
+    ASSURED or is a TCP connection that is closing (gc_worker_can_early_drop()); else GC_KEEP."""
+    if left <= 0:
+        return GC_REAP
+    if near_full and (not ct.status & IPS_ASSURED or (
+            ct.orig.proto == IPPROTO_TCP and proto_tcp.tcp_can_early_drop(ct.proto))):
+        return GC_EVICT
+    return GC_KEEP
+
+
+class GcAverage:
+    """gc_worker()'s running average of the time entries have left (gc_work's avg_timeout
+    and count), which says when the next full scan starts.  A scan starts a new one."""
+
+    __slots__ = ("hz", "avg", "count")
+
+    def __init__(self, hz: int) -> None:
+        self.hz = hz
+        self.avg = GC_SCAN_INTERVAL_MAX * hz
+        self.count = GC_SCAN_INITIAL_COUNT
+
+    def add(self, left: int) -> None:
+        """An entry the scan kept or evicted, ``left`` jiffies before its deadline, clamped
+        to 1..300 s (a long-lived entry must not push the next run out for long)."""
+        hz = self.hz
+        left = min(max(left, GC_SCAN_INTERVAL_MIN * hz), GC_SCAN_INTERVAL_CLAMP * hz)
+        self.count += 1
+        self.avg += int((left - self.avg) / self.count)   # C division: truncates toward zero
+
+    def next_run(self, elapsed: int) -> int:
+        """Jiffies from the end of a scan that took ``elapsed`` (at least 1) to the next one:
+        the average clamped to 1..60 s, less the time the scan took, at least 1."""
+        avg = min(max(self.avg, GC_SCAN_INTERVAL_MIN * self.hz), GC_SCAN_INTERVAL_MAX * self.hz)
+        return avg - elapsed if avg > elapsed else 1
+
+
+def early_drop_choice(chains: Sequence[Sequence[Conn]], now_j: int) -> list[tuple[int, int, bool]]:
+    """early_drop()'s decision over the new tuple's chain and the 7 after it: (chain,
+    index, evict) for each entry to kill, in order.  Expired entries met are reaped
+    (evict False); every live entry neither ASSURED nor dying is evicted; the walk
+    stops after the first chain that evicted one."""
+    actions: list[tuple[int, int, bool]] = []
+    for c, chain in enumerate(chains):
+        evicted = False
+        for i, ct in enumerate(chain):
+            if ct.timeout - now_j <= 0:
+                actions.append((c, i, False))
+            elif not ct.status & (IPS_ASSURED | IPS_DYING):
+                actions.append((c, i, True))
+                evicted = True
+        if evicted:
+            break
+    return actions
+
+
 class ConntrackTable:
     """One network namespace's conntrack state: table, settings, counters, gc.
 
@@ -127,8 +189,7 @@ class ConntrackTable:
         # gc_worker state
         self.gc_next_bucket = 0
         self.gc_next_run: int | None = None     # jiffies; None until the clock is first read
-        self.gc_avg_timeout = GC_SCAN_INTERVAL_MAX * hz
-        self.gc_count = GC_SCAN_INITIAL_COUNT
+        self.gc_average = GcAverage(hz)
         self.gc_start_time = 0
         self.gc_early_drop = False
 
@@ -491,23 +552,18 @@ class ConntrackTable:
     # --- table full ---------------------------------------------------------------------------
 
     def early_drop(self, t: Tuple) -> bool:
-        """early_drop(): evict every non-ASSURED entry of the first of 8 buckets that has one."""
+        """early_drop(): evict every non-ASSURED entry of the first of 8 buckets that has one
+        (early_drop_choice(), which lab 5 replaces); expired ones met are reaped in passing."""
         now_j = self.jiffies()
         b = self._bucket(t)
-        for _ in range(NF_CT_EVICTION_RANGE):
-            drops = 0
-            for ct in self.buckets[b] or ():
-                if ct.timeout - now_j <= 0:
-                    self.kill(ct)          # reaped in passing, not an early drop
-                    continue
-                if ct.status & (IPS_ASSURED | IPS_DYING):
-                    continue
-                if self.kill(ct):
-                    drops += 1
-            if drops:
-                self.stats["early_drop"] += drops
-                return True
-            b = (b + 1) % self.nbuckets
+        chains = [self.buckets[(b + k) % self.nbuckets] or () for k in range(NF_CT_EVICTION_RANGE)]
+        drops = 0
+        for c, i, evict in early_drop_choice(chains, now_j):
+            if self.kill(chains[c][i]) and evict:
+                drops += 1
+        if drops:
+            self.stats["early_drop"] += drops
+            return True
         return False
 
     # --- garbage collection --------------------------------------------------------------------
@@ -526,11 +582,9 @@ class ConntrackTable:
         if self.gc_early_drop:
             max95 = self.sysctl["nf_conntrack_max"] // 100 * 95
         if i == 0:
-            self.gc_avg_timeout = GC_SCAN_INTERVAL_MAX * hz
-            self.gc_count = GC_SCAN_INITIAL_COUNT
+            self.gc_average = GcAverage(hz)
             self.gc_start_time = now_j
-        next_run = self.gc_avg_timeout
-        count = self.gc_count
+        average = self.gc_average
         expired_max = 64000 // hz
         expired_count = 0
         end = min(i + GC_SCAN_BUCKETS_PER_SLICE, self.nbuckets)
@@ -540,32 +594,26 @@ class ConntrackTable:
             if chain:
                 for ct in chain:
                     if expired_count > expired_max:
-                        self.gc_next_bucket, self.gc_avg_timeout, self.gc_count = i, next_run, count
+                        self.gc_next_bucket = i
                         over = now_j - self.gc_start_time >= GC_SCAN_INTERVAL_MAX * hz
                         return self._gc_schedule(0 if over else 1, now_j)
-                    if ct.timeout - now_j <= 0:
+                    left = ct.timeout - now_j
+                    verdict = gc_verdict(ct, left, 0 < max95 <= self.count)
+                    if verdict == GC_REAP:
                         self.kill(ct)
                         expired_count += 1
                         continue
-                    left = min(max(ct.timeout - now_j, GC_SCAN_INTERVAL_MIN * hz), GC_SCAN_INTERVAL_CLAMP * hz)
-                    count += 1
-                    next_run += int((left - next_run) / count)
-                    if not max95 or self.count < max95:
-                        continue
-                    if not ct.status & IPS_ASSURED or (
-                            ct.orig.proto == IPPROTO_TCP and proto_tcp.tcp_can_early_drop(ct.proto)):
+                    average.add(left)
+                    if verdict == GC_EVICT:
                         self.kill(ct)      # gc early drop near a full table
                         expired_count += 1
             i += 1
         if i < self.nbuckets:
             # Slice over: the kernel reschedules at once and goes on where it stopped.
-            self.gc_next_bucket, self.gc_avg_timeout, self.gc_count = i, next_run, count
+            self.gc_next_bucket = i
             return self._gc_schedule(0, now_j)
         self.gc_next_bucket = 0
-        next_run = min(max(next_run, GC_SCAN_INTERVAL_MIN * hz), GC_SCAN_INTERVAL_MAX * hz)
-        delta = max(now_j - self.gc_start_time, 1)
-        next_run = next_run - delta if next_run > delta else 1
-        return self._gc_schedule(next_run, now_j)
+        return self._gc_schedule(average.next_run(max(now_j - self.gc_start_time, 1)), now_j)
 
     def _gc_schedule(self, delay: int, now_j: int) -> int:
         if delay:

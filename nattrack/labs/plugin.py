@@ -25,8 +25,9 @@ icmp               lab 3: ``reply_type()`` builds ``tuple.ICMP_INVMAP``; ``error
                    ``related_ctinfo()`` are ``nf_conntrack_inet_error()``
 snat_port          lab 4: ``pick_port()`` is the port choice of ``get_unique_tuple()``
 checksum           lab 4: ``csum_replace2()`` / ``csum_replace4()`` patch every rewritten header
-gc_worker          lab 5: ``gc_verdict()`` and ``next_run()`` are the gc worker's scan
-early_drop         lab 5: ``early_drop()`` chooses what a full table evicts
+gc_worker          lab 5: ``gc_verdict()`` is ``core.gc_verdict()``, ``next_run()`` ends the
+                   scan's ``core.GcAverage``
+early_drop         lab 5: ``early_drop()`` is ``core.early_drop_choice()``: what a full table evicts
 =================  ===========================================================================
 """
 from __future__ import annotations
@@ -485,76 +486,69 @@ def adapt_checksum(s: _Student) -> None:
 
 # --- lab 5: timeouts, garbage collection, a full table ----------------------------------------
 
-GC_VERDICTS = ("reap", "evict", "keep")
+GC_VERDICTS = {"keep": ct_core.GC_KEEP, "reap": ct_core.GC_REAP, "evict": ct_core.GC_EVICT}
 
 
 def adapt_gc_worker(s: _Student) -> None:
-    """gc_worker(): one whole pass per run (the kernel's 10-ms slices are a CPU budget the
-    model does not need), the student's verdict per entry and the student's next run."""
+    """gc_worker()'s two decisions: core.gc_verdict() for each entry is the student's
+    gc_verdict(left, assured, closing, near_full); core.GcAverage, the running average that
+    says when the next scan starts, hands the student's next_run(lefts, elapsed) the time
+    left of every entry the scan kept or evicted."""
     verdict = s.fn("gc_verdict", "TODO 1")
     next_run = s.fn("next_run", "TODO 2")
 
-    def gc_worker(self) -> int:
-        now_j = self.jiffies()
-        max95 = self.sysctl["nf_conntrack_max"] // 100 * 95 if self.gc_early_drop else 0
-        lefts = []
-        for chain in self.buckets:
-            if not chain:
-                continue
-            for ct in list(chain):
-                left = ct.timeout - now_j
-                closing = (ct.orig.proto == IPPROTO_TCP and ct.proto is not None
-                           and proto_tcp.tcp_can_early_drop(ct.proto))
-                args = (left, bool(ct.status & IPS_ASSURED), closing,
-                        bool(max95) and self.count >= max95)
-                v = s.call(verdict, *args)
-                if v not in GC_VERDICTS:
-                    raise s.bad(verdict, args, v, "'reap', 'evict' or 'keep'")
-                if v != "reap":
-                    lefts.append(left)
-                if v != "keep":
-                    self.kill(ct)
-        delay = s.call(next_run, lefts, 1)
-        if not isinstance(delay, int) or isinstance(delay, bool) or delay < 1:
-            raise s.bad(next_run, (f"<{len(lefts)} entries>", 1), delay, "a delay of at least 1 jiffy")
-        self.gc_next_bucket = 0
-        return self._gc_schedule(delay, now_j)
+    def gc_verdict(ct, left, near_full):
+        closing = (ct.orig.proto == IPPROTO_TCP and ct.proto is not None
+                   and proto_tcp.tcp_can_early_drop(ct.proto))
+        args = (left, bool(ct.status & IPS_ASSURED), closing, near_full)
+        v = s.call(verdict, *args)
+        if v not in GC_VERDICTS:
+            raise s.bad(verdict, args, v, "'reap', 'evict' or 'keep'")
+        return GC_VERDICTS[v]
 
-    _set(ct_core.ConntrackTable, "gc_worker", gc_worker)
+    class StudentAverage:
+        def __init__(self, hz: int) -> None:
+            self.lefts: list[int] = []
+
+        def add(self, left: int) -> None:
+            self.lefts.append(left)
+
+        def next_run(self, elapsed: int) -> int:
+            delay = s.call(next_run, self.lefts, elapsed)
+            if not isinstance(delay, int) or isinstance(delay, bool) or delay < 1:
+                raise s.bad(next_run, (f"<{len(self.lefts)} entries>", elapsed), delay,
+                            "a delay of at least 1 jiffy")
+            return delay
+
+    _set(ct_core, "gc_verdict", gc_verdict)
+    _set(ct_core, "GcAverage", StudentAverage)
 
 
 def adapt_early_drop(s: _Student) -> None:
-    """early_drop(): the student walks the 8 chains and says what to reap and evict."""
+    """core.early_drop_choice(): the student's early_drop(chains) walks the 8 chains and
+    says what to reap and evict."""
     choose = s.fn("early_drop", "TODO 3")
 
-    def early_drop(self, t) -> bool:
-        now_j = self.jiffies()
-        b = self._bucket(t)
-        chains = [list(self.buckets[(b + k) % self.nbuckets] or ())
-                  for k in range(ct_core.NF_CT_EVICTION_RANGE)]
+    def early_drop_choice(chains, now_j):
         view = [[{"assured": bool(ct.status & IPS_ASSURED), "expired": ct.timeout - now_j <= 0}
                  for ct in chain] for chain in chains]
         args = (view,)
         actions = s.call(choose, *args)
         if not isinstance(actions, (list, tuple)):
             raise s.bad(choose, args, actions, "a list of [chain, entry, 'reap' or 'evict']")
-        drops = 0
+        out = []
         for a in actions:
             try:
                 c, i, what = a
-                ct = chains[c][i]
+                chains[c][i]
                 if what not in ("reap", "evict") or isinstance(c, bool) or isinstance(i, bool):
                     raise ValueError
             except (TypeError, ValueError, IndexError):
                 raise s.bad(choose, args, a, "[chain 0-7, entry index, 'reap' or 'evict']") from None
-            if self.kill(ct) and what == "evict":
-                drops += 1
-        if drops:
-            self.stats["early_drop"] += drops
-            return True
-        return False
+            out.append((c, i, what == "evict"))
+        return out
 
-    _set(ct_core.ConntrackTable, "early_drop", early_drop)
+    _set(ct_core, "early_drop_choice", early_drop_choice)
 
 
 ADAPTERS: dict[str, Callable[[_Student], None]] = {
