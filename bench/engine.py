@@ -33,7 +33,7 @@ import tracemalloc
 
 from nattrack.conntrack.core import NF_INET_PRE_ROUTING, ConntrackTable, tune_gc
 from nattrack.conntrack.proto_tcp import TCP_CONNTRACK_ESTABLISHED
-from nattrack.netfilter.rules import Ruleset
+from nattrack.netfilter.rulesfile import parse_rules, to_nft
 from nattrack.netfilter.stack import Router
 from nattrack.packet.checksum import checksum, pseudo_header_sum
 from nattrack.packet.ipv4 import Packet
@@ -170,7 +170,7 @@ def server(n: int) -> int:
 
 def new_router(sysctl: dict | None = None, seed: int = SEED) -> tuple[Router, ManualClock]:
     clock = ManualClock(T0)
-    return Router(IFACES, ROUTES, Ruleset.parse(RULES), sysctl, clock, seed=seed), clock
+    return Router(IFACES, ROUTES, parse_rules(RULES), sysctl, clock, seed=seed), clock
 
 
 def timed_gc_collect() -> float:
@@ -388,7 +388,7 @@ def _kernel_router_cost(n: int) -> dict:
         _in_ns(a, "ip", "route", "add", "default", "via", "10.0.0.1")
         _in_ns(r, "ip", "route", "add", "default", "via", "203.0.113.254")
         _in_ns(r, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        _in_ns(r, "nft", "-f", "-", stdin=Ruleset.parse(RULES).to_nft())
+        _in_ns(r, "nft", "-f", "-", stdin=to_nft(parse_rules(RULES)))
         _in_ns(b, "nft", "-f", "-", stdin=_DROP_ALL)
 
         def send() -> dict:

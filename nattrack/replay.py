@@ -15,7 +15,8 @@ from .conntrack import show
 from .conntrack.conn import IPCT_PROTOINFO, Conn
 from .conntrack.core import ConntrackTable
 from .conntrack.profile import get_profile
-from .netfilter.rules import Ruleset
+from .netfilter import rulesfile
+from .netfilter.ruleset import Ruleset
 from .netfilter.stack import Router, Verdict
 from .packet.ipv4 import Packet
 from .packet.pcapio import CaptureReader, PcapngWriter, ip_offset, merge_captures
@@ -67,9 +68,9 @@ def event_recorder(events: list[str], events_json: list[dict], clock: Callable[[
 
 def load_rules(rules_text: str | None, path: str | None = None) -> Ruleset | None:
     if path is not None:
-        return Ruleset.load(path)
+        return rulesfile.load_rules(path)
     if rules_text is not None:
-        return Ruleset.parse(rules_text)
+        return rulesfile.parse_rules(rules_text)
     return None
 
 

@@ -22,7 +22,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.packet import Raw
 
 from nattrack.conntrack.show import format_conn
-from nattrack.netfilter.rules import Ruleset
+from nattrack.netfilter.rulesfile import parse_rules
 from nattrack.netfilter.stack import Router, Verdict
 from nattrack.packet.ipv4 import Packet
 from nattrack.replay import ManualClock, event_recorder
@@ -116,7 +116,7 @@ class Lab:
         settings = dict(LAB_SYSCTL)
         settings.update(sysctl or {})
         self.router = Router(ifaces or DEFAULT_IFACES, routes or DEFAULT_ROUTES,
-                             Ruleset.parse(rules) if rules is not None else None,
+                             parse_rules(rules) if rules is not None else None,
                              settings, self.clock, seed=seed)
         self.ct = self.router.ct
         self.raw_events: list[str] = []

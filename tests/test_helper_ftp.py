@@ -14,7 +14,8 @@ from nattrack.conntrack import conn as C
 from nattrack.conntrack.expect import format_expect, format_expect_event
 from nattrack.conntrack.helper_ftp import find_pattern, try_rfc1123, SEARCH
 from nattrack.conntrack.show import format_conn, format_event
-from nattrack.netfilter.rules import Ruleset, RulesError
+from nattrack.netfilter.rulesfile import parse_rules
+from nattrack.netfilter.xtables import RulesError
 
 from nattrack_lab import PRIV1, PUB, Lab, TcpFlow
 
@@ -233,11 +234,11 @@ def test_parsers_follow_the_kernel():
 ])
 def test_rule_errors(rule, message):
     with pytest.raises(RulesError, match=message):
-        Ruleset.parse(f"*raw\n:PREROUTING ACCEPT [0:0]\n{rule}\nCOMMIT\n")
+        parse_rules(f"*raw\n:PREROUTING ACCEPT [0:0]\n{rule}\nCOMMIT\n")
 
 
 def test_rule_round_trips():
-    rs = Ruleset.parse(rules())
+    rs = parse_rules(rules())
     assert rs.helpers
     assert str(rs.tables["raw"]["PREROUTING"][0]) == \
         "-A PREROUTING -p tcp -m tcp --dport 21 -j CT --helper ftp"

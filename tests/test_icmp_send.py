@@ -5,7 +5,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 
 from nattrack.conntrack.conn import CTINFO_NAMES
-from nattrack.netfilter.rules import Ruleset
+from nattrack.netfilter.rulesfile import parse_rules
 from nattrack.netfilter.stack import Router
 from nattrack.packet.ipv4 import Packet
 
@@ -24,7 +24,7 @@ class Clock:
 
 def router(**kw) -> Router:
     return Router({"lan": "10.0.0.1/24", "wan": "203.0.113.1/24"}, kw.pop("routes", {"default": "wan"}),
-                  Ruleset.parse(RULES), clock=kw.pop("clock", Clock()), seed=1, **kw)
+                  parse_rules(RULES), clock=kw.pop("clock", Clock()), seed=1, **kw)
 
 
 def feed(r: Router, scapy_pkt, iif: str):
@@ -143,6 +143,6 @@ def test_inbound_ifaddr_and_bad_setting():
 def test_filter_drop_answers_nothing():
     rules = RULES + "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
     r = Router({"lan": "10.0.0.1/24", "wan": "203.0.113.1/24"}, {"default": "wan"},
-               Ruleset.parse(rules), clock=Clock(), seed=1)
+               parse_rules(rules), clock=Clock(), seed=1)
     v, _ = feed(r, IP(src="10.0.0.2", dst="198.51.100.9") / UDP(sport=1, dport=2), "lan")
     assert v.dropped == "filter FORWARD" and v.sent == []

@@ -20,14 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "nattrack"
 ARCHITECTURE = REPO / "docs" / "architecture.md"
 
-# Edges still waiting for files other helpers were editing (issue 13, 2026-12-06 round):
-# each must exist (the test says when one is gone, so the list only shrinks) and goes when
-# its file is free.  The end state is an empty list.
-NOT_YET = {
-    ("nattrack.netfilter.rules", "nattrack.netfilter.nft"),  # Ruleset.parse/to_nft dispatch to nft
-}
-
-
 @dataclass(frozen=True)
 class Edge:
     source: str          # importing module, e.g. "nattrack.lab.demo"
@@ -155,7 +147,7 @@ def cycles(edges: list[Edge]) -> list[list[str]]:
     return found
 
 
-def problems(root: Path, layers: list[list[str]], allowed=frozenset()) -> list[str]:
+def problems(root: Path, layers: list[list[str]]) -> list[str]:
     modules, edges = import_edges(root)
     packages = {layer_of(m) for m in modules} - {""}
     placed = {n for names in layers for n in names}
@@ -163,9 +155,8 @@ def problems(root: Path, layers: list[list[str]], allowed=frozenset()) -> list[s
            for p in sorted(packages - placed)]
     out += [f"{ARCHITECTURE.name} names {n}, which is no package of {root.name}"
             for n in sorted(placed - packages)]
-    checked = [e for e in edges if (e.source, e.target) not in allowed]
-    out += upward(checked, layers)
-    run = [e for e in checked if not e.typing_only]
+    out += upward(edges, layers)
+    run = [e for e in edges if not e.typing_only]
     for comp in cycles(run):
         inside = [e.where + f" -> {e.target}" for e in run
                   if e.source in comp and e.target in comp]
@@ -177,15 +168,8 @@ def problems(root: Path, layers: list[list[str]], allowed=frozenset()) -> list[s
 
 def test_every_import_goes_down_the_documented_layers_and_none_goes_round():
     layers = documented_layers(ARCHITECTURE.read_text(encoding="utf-8"))
-    found = problems(PACKAGE, layers, NOT_YET)
+    found = problems(PACKAGE, layers)
     assert not found, "\n".join(found)
-
-
-def test_each_edge_still_waiting_exists_so_the_list_only_shrinks():
-    _, edges = import_edges(PACKAGE)
-    present = {(e.source, e.target) for e in edges}
-    gone = sorted(NOT_YET - present)
-    assert not gone, f"gone from the code, so delete from NOT_YET: {gone}"
 
 
 def test_the_root_package_imports_nothing():

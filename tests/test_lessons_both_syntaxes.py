@@ -34,7 +34,7 @@ def twin(path: Path) -> Path:
 def nft_twin_text(path: Path) -> str:
     """The twin's text: the lesson's leading comments, where it comes from, the translation."""
     from nattrack.cli.rules import translate
-    from nattrack.netfilter.rules import Ruleset
+    from nattrack.netfilter.rulesfile import parse_rules
     text = path.read_text(encoding="utf-8")
     head = []
     for line in text.splitlines():
@@ -43,21 +43,21 @@ def nft_twin_text(path: Path) -> str:
         head.append(line + "\n")
     head.append(f"# nft syntax: `nattrack rules translate {path.name}` wrote what follows (edit\n"
                 f"# {path.name}, then: python tests/test_lessons_both_syntaxes.py --write)\n")
-    return "".join(head) + translate(Ruleset.parse(text, path.name), "nft")
+    return "".join(head) + translate(parse_rules(text, path.name), "nft")
 
 
 @pytest.mark.parametrize("path", [p for p in lessons() if twin(p) not in HAND_WRITTEN],
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_each_lesson_has_its_nft_twin_equal_to_the_translation(path):
     from nattrack.netfilter.nft import from_iptables
-    from nattrack.netfilter.rules import Ruleset
+    from nattrack.netfilter.rulesfile import load_rules
     nft = twin(path)
     assert nft.exists(), (f"{nft.relative_to(ROOT)} is missing: "
                           "python tests/test_lessons_both_syntaxes.py --write")
     assert nft.read_text(encoding="utf-8") == nft_twin_text(path), (
         f"{nft.relative_to(ROOT)} is not the translation of {path.name} any more: "
         "python tests/test_lessons_both_syntaxes.py --write")
-    assert Ruleset.load(nft) == from_iptables(Ruleset.load(path))
+    assert load_rules(nft) == from_iptables(load_rules(path))
 
 
 def test_every_nft_file_shipped_has_an_iptables_lesson_or_is_hand_written():

@@ -11,7 +11,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 
 from nattrack.conntrack.conn import CTINFO_NAMES
-from nattrack.netfilter.rules import Ruleset
+from nattrack.netfilter.rulesfile import parse_rules
 from nattrack.netfilter.stack import Router
 from nattrack.packet.ipv4 import Packet
 from nattrack.replay import ManualClock, event_recorder, parse_listen_args
@@ -28,7 +28,7 @@ class Box:
     def __init__(self, rules: str = MASQ, **kw) -> None:
         self.clock = ManualClock(1000.0)
         self.router = Router({"lan": RTR_PRIV + "/24", "wan": RTR_PUB + "/24"}, {"default": "wan"},
-                             Ruleset.parse(rules), clock=self.clock, seed=1,
+                             parse_rules(rules), clock=self.clock, seed=1,
                              local_stack=kw.pop("local_stack", True), **kw)
         self.events: list[str] = []
         self.router.ct.listeners.append(event_recorder(self.events, [], self.clock))

@@ -11,7 +11,8 @@ from nattrack.cli.conntrack import run_trace
 from nattrack.conntrack.tuple import ip2int
 from nattrack.lab import LabError
 from nattrack.netfilter.nfttrace import handles, listed_rule, trace_receive
-from nattrack.netfilter.rules import Ruleset
+from nattrack.netfilter.ruleset import Ruleset
+from nattrack.netfilter.rulesfile import parse_rules
 from nattrack.netfilter.stack import Router
 from nattrack.packet.ipv4 import Packet
 
@@ -47,19 +48,19 @@ def _udp(sport: int, dport: int, payload: bytes = b"") -> Packet:
 
 
 def test_handles_follow_nft_f_order_chains_sets_anonymous_sets_rules():
-    rs = Ruleset.parse(RULES)
+    rs = parse_rules(RULES)
     # chains fw 1, lan 2, set ports 3; { 22, 80 } 4, its rule 5; then 6, 7; lan's rule 8
     assert handles(rs) == {("ip filter", "fw"): [5, 6, 7], ("ip filter", "lan"): [8]}
 
 
 def test_rule_text_has_counter_values_but_not_inside_a_comment():
-    rule = Ruleset.parse(RULES).tables["ip filter"]["fw"][0]
+    rule = parse_rules(RULES).tables["ip filter"]["fw"][0]
     assert listed_rule(rule) == ('tcp dport { 22, 80 } counter packets 0 bytes 0 '
                                  'comment "counter in a comment"')
 
 
 def test_a_packet_through_a_jump_to_its_verdict():
-    router = Router(IFACES, {"default": "wan"}, ruleset=Ruleset.parse(RULES))
+    router = Router(IFACES, {"default": "wan"}, ruleset=parse_rules(RULES))
     v, lines = trace_receive(router, _udp(4000, 53, b"\x00\x01hi"), trace_id=0xABCDEF01,
                              ether=("02:00:00:00:00:02", "02:00:00:00:00:01"))
     assert v.sent and not v.dropped
@@ -74,7 +75,7 @@ def test_a_packet_through_a_jump_to_its_verdict():
 
 
 def test_a_drop_by_a_set_and_a_drop_by_the_policy():
-    router = Router(IFACES, {"default": "wan"}, ruleset=Ruleset.parse(RULES))
+    router = Router(IFACES, {"default": "wan"}, ruleset=parse_rules(RULES))
     p = _udp(4000, 7)
     p.iif = "wan"                       # not from lan: no jump
     v, lines = trace_receive(router, p, trace_id=1)
@@ -89,8 +90,8 @@ def test_a_drop_by_a_set_and_a_drop_by_the_policy():
 
 
 def test_the_engine_answers_the_same_with_and_without_the_trace():
-    a = Router(IFACES, {"default": "wan"}, ruleset=Ruleset.parse(RULES), seed=1)
-    b = Router(IFACES, {"default": "wan"}, ruleset=Ruleset.parse(RULES), seed=1)
+    a = Router(IFACES, {"default": "wan"}, ruleset=parse_rules(RULES), seed=1)
+    b = Router(IFACES, {"default": "wan"}, ruleset=parse_rules(RULES), seed=1)
     for sport, dport in ((1, 53), (2, 7), (3, 22), (4, 5000)):
         va = a.receive(_udp(sport, dport), trace=True)
         vb, _lines = trace_receive(b, _udp(sport, dport))
@@ -109,7 +110,7 @@ class _Records:
 
 
 def test_cli_prints_the_nft_lines_of_each_record():
-    router = Router(IFACES, {"default": "wan"}, ruleset=Ruleset.parse(RULES))
+    router = Router(IFACES, {"default": "wan"}, ruleset=parse_rules(RULES))
     records = []
     for dport in (53, 5000):
         _v, lines = trace_receive(router, _udp(4000 + dport, dport))
@@ -127,7 +128,7 @@ def test_cli_names_a_router_without_nft_lines_in_one_line():
 
 
 def test_a_reject_is_a_drop_verdict_as_nft_reject_sets():
-    rs = Ruleset.parse("table ip filter {\n\tchain fw {\n\t\ttype filter hook forward priority 0;"
+    rs = parse_rules("table ip filter {\n\tchain fw {\n\t\ttype filter hook forward priority 0;"
                        " policy accept;\n\t\tudp dport 5000 reject\n\t}\n}\n")
     router = Router(IFACES, {"default": "wan"}, ruleset=rs)
     v, lines = trace_receive(router, _udp(4000, 5000), trace_id=3)
@@ -138,7 +139,7 @@ def test_a_reject_is_a_drop_verdict_as_nft_reject_sets():
 def test_handles_count_ct_helper_objects_before_sets():
     """What `nft -a list ruleset` showed on 6.18 after `nft -f` of this rule set's nft form:
     chain fw 1, ct helper ftp 2, set s 3, rules 4 and (after the anonymous set 5) 6."""
-    rs = Ruleset.parse('table ip filter {\n\tct helper ftp {\n\t\ttype "ftp" protocol tcp\n\t}\n'
+    rs = parse_rules('table ip filter {\n\tct helper ftp {\n\t\ttype "ftp" protocol tcp\n\t}\n'
                        "\tset s { type inet_service; elements = { 1, 2 } }\n"
                        "\tchain fw {\n\t\ttype filter hook forward priority 0; policy accept;\n"
                        '\t\ttcp dport 21 ct helper set "ftp"\n\t\ttcp dport { 5, 6 } accept\n'

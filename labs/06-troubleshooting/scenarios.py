@@ -156,9 +156,10 @@ def parse_knobs(data: dict, where: str) -> Config:
 def check_rules(text: str, where: str) -> str:
     """The rules parse with nattrack's parser and name only the nat and filter tables (nft
     syntax: at least one table; its chains can only be of type nat or filter)."""
-    from nattrack.netfilter.rules import RulesError, Ruleset, is_nft
+    from nattrack.netfilter.rulesfile import is_nft, parse_rules
+    from nattrack.netfilter.xtables import RulesError
     try:
-        rs = Ruleset.parse(text, where)
+        rs = parse_rules(text, where)
     except RulesError as exc:
         raise KnobError(str(exc)) from None
     if rs.syntax == "nft" or is_nft(text):
@@ -276,13 +277,13 @@ def replay(name: str, cfg: Config, capture: Path | None = None) -> Outcome:
     LAN host's route decides whether its frame reaches r at all, and the tx offload of a
     host behind the user-space bridge whether its checksums arrive finished."""
     from nattrack.conntrack import show
-    from nattrack.netfilter.rules import Ruleset
+    from nattrack.netfilter.rulesfile import parse_rules
     from nattrack.netfilter.stack import Router
     from nattrack.packet.ipv4 import Packet
     from nattrack.packet.pcapio import CaptureReader, ip_offset
 
     clock_now = [0.0]
-    router = Router(dict(ROUTER_IFACES), {}, Ruleset.parse(cfg.rules, f"{name}.rules"),
+    router = Router(dict(ROUTER_IFACES), {}, parse_rules(cfg.rules, f"{name}.rules"),
                     cfg.conntrack_sysctls(), lambda: clock_now[0], seed=6,
                     ip_forward=cfg.ip_forward)
     by_addr = {addr: node for node, (_i, addr) in HOSTS.items()}
@@ -487,7 +488,7 @@ def apply_live(lab, cfg: Config) -> None:
         return res
 
     from nattrack.conntrack.sysctl import DEFAULTS
-    from nattrack.netfilter.rules import is_nft
+    from nattrack.netfilter.rulesfile import is_nft
     from nattrack.router.shadow import FORCE_TRACKING
     if lab.exec(ROUTER, ["id", "-u"]).stdout.strip() != "0":
         raise KnobError("applying a scenario changes the lab's nodes: run it as root (sudo)")

@@ -123,9 +123,10 @@ def parse_knobs(data: dict, where: str) -> Config:
 def check_rules(text: str, where: str) -> str:
     """The rules parse with nattrack's parser and name only the raw, nat and filter tables
     (nft syntax, as scenarios/NAME.nft: at least one table)."""
-    from nattrack.netfilter.rules import RulesError, Ruleset, is_nft
+    from nattrack.netfilter.rulesfile import is_nft, parse_rules
+    from nattrack.netfilter.xtables import RulesError
     try:
-        rs = Ruleset.parse(text, where)
+        rs = parse_rules(text, where)
     except RulesError as exc:
         raise KnobError(str(exc)) from None
     if rs.syntax == "nft" or is_nft(text):
@@ -234,7 +235,7 @@ def replay(name: str, fix: Config | None, capture: Path | None = None,
     (seconds from the capture's first frame).  Frames recorded in the same microsecond
     run on two CPUs of r at once (nattrack.conntrack.cpus.race), confirmed in capture order."""
     from nattrack.conntrack.cpus import race
-    from nattrack.netfilter.rules import Ruleset
+    from nattrack.netfilter.rulesfile import parse_rules
     from nattrack.netfilter.stack import Router
     from nattrack.packet.ipv4 import Packet
     from nattrack.packet.pcapio import CaptureReader, ip_offset
@@ -244,7 +245,7 @@ def replay(name: str, fix: Config | None, capture: Path | None = None,
     if fix is not None:
         acts.append((float(meta.get("fix_at", 0)), fix, f"{name}.rules"))
     clock_now = [0.0]
-    router = Router(dict(ROUTER_IFACES), {}, Ruleset.parse(healthy(), "rules/healthy.rules"),
+    router = Router(dict(ROUTER_IFACES), {}, parse_rules(healthy(), "rules/healthy.rules"),
                     {}, lambda: clock_now[0], seed=7)
     down: set[str] = set()
     asked: dict = {}              # (client, its port, query type) -> (backend, port) r chose
@@ -322,9 +323,9 @@ def _answer_from_queried(buf: bytearray, off: int, asked: dict) -> None:
 
 def _apply_engine(router, cfg: Config, where: str) -> None:
     """What apply_live does to the kernel, done to the engine: rules, sysctls, deletions."""
-    from nattrack.netfilter.rules import Ruleset
+    from nattrack.netfilter.rulesfile import parse_rules
     if cfg.rules:
-        router.ruleset = Ruleset.parse(cfg.rules, where)
+        router.ruleset = parse_rules(cfg.rules, where)
     for key, value in cfg.sysctl.items():
         router.ct.sysctl.set(key, value)
     for item in cfg.delete:
@@ -459,7 +460,7 @@ def apply_live(lab, cfg: Config, fresh: bool = False) -> None:
     r's rules and sysctls, hosts down, entries deleted.  Only ``fresh`` (act 1) brings
     every host up and empties the kernel's table: an incident keeps its entries."""
     from nattrack.conntrack.sysctl import DEFAULTS
-    from nattrack.netfilter.rules import is_nft
+    from nattrack.netfilter.rulesfile import is_nft
     from nattrack.router.shadow import FORCE_TRACKING
     if lab.exec(ROUTER, ["id", "-u"]).stdout.strip() != "0":
         raise KnobError("staging an incident changes the lab's nodes: run it as root (sudo)")

@@ -11,7 +11,7 @@ import sys
 
 from ..conntrack import show
 from ..conntrack.sysctl import SysctlError
-from ..netfilter.rules import RulesError
+from ..netfilter.xtables import RulesError
 from ..lab import LabError
 from ..packet.pcapio import CaptureError
 from ..replay import parse_kv_args

@@ -11,12 +11,13 @@ def translate(rs, to: str) -> str:
     """The text of rule set ``rs`` in syntax ``to``, checked by parsing it back: the
     result must give the same model (nft.from_iptables()/to_iptables() of ``rs``)."""
     from ..netfilter.nft import from_iptables, to_iptables
-    from ..netfilter.rules import Ruleset
+    from ..netfilter.iptables import write_iptables
+    from ..netfilter.rulesfile import parse_rules, to_nft
     if to == "nft":
-        text, want = rs.to_nft(), from_iptables(rs)
+        text, want = to_nft(rs), from_iptables(rs)
     else:
-        text, want = to_iptables(rs).to_iptables_restore(canonical=True), to_iptables(rs)
-    got = Ruleset.parse(text, f"{rs.filename} (as {to})")
+        text, want = write_iptables(to_iptables(rs), canonical=True), to_iptables(rs)
+    got = parse_rules(text, f"{rs.filename} (as {to})")
     if to == "iptables":                       # -m state and -m conntrack are one match
         got, want = (_conntrack_states(x) for x in (got, want))
     if got != want:
@@ -26,7 +27,8 @@ def translate(rs, to: str) -> str:
 
 
 def _conntrack_states(rs):
-    from ..netfilter.rules import Ruleset, StateMatch
+    from ..netfilter.ruleset import Ruleset
+    from ..netfilter.xtables import StateMatch
     tables = {t: {c: [replace(r, matches=tuple(replace(m, module="conntrack")
                                                if isinstance(m, StateMatch) else m
                                                for m in r.matches)) for r in rules]
@@ -35,8 +37,8 @@ def _conntrack_states(rs):
 
 
 def cmd_translate(args) -> int:
-    from ..netfilter.rules import Ruleset
-    rs = Ruleset.load(args.file)
+    from ..netfilter.rulesfile import load_rules
+    rs = load_rules(args.file)
     to = args.to or ("iptables" if rs.syntax == "nft" else "nft")
     try:
         text = translate(rs, to)

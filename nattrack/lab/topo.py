@@ -41,7 +41,7 @@ from mininet.node import Host, Node, Switch
 from mininet.topo import Topo
 
 from ..conntrack.profile import get_profile
-from ..netfilter.rules import is_nft
+from ..netfilter.rulesfile import is_nft
 from . import (IFACE_PREFIX, RULES_DIR, LabError, Paths, node_env, python_for_nodes,
                router_available)
 

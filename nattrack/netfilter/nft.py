@@ -2,7 +2,7 @@
 
 An ``nft -f`` file (or ``nft list ruleset`` output, or the ``add table/chain/
 rule`` commands iptables-restore-translate prints) is read into the SAME
-Ruleset the iptables parser builds (rules.py): tables of chains of Rules.  An
+Ruleset the iptables parser builds (iptables.py): tables of chains of Rules.  An
 nft table is keyed ``"FAMILY NAME"`` (``"ip nat"``, ``"inet filter"``);
 ``Ruleset.bases`` says which chains are base chains (type, hook, priority),
 and the engine runs every base chain of a hook in priority order, as
@@ -46,25 +46,23 @@ from dataclasses import dataclass, replace
 from ..conntrack.conn import (IPS_ASSURED, IPS_CONFIRMED, IPS_DST_NAT, IPS_DYING,
                               IPS_EXPECTED, IPS_SEEN_REPLY, IPS_SRC_NAT, IP_CT_IS_REPLY)
 from ..conntrack.tuple import int2ip
-from .rules import (BUILTIN_CHAINS, CT_HELPERS, ICMP_ANY, NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PERSISTENT,
-                    NF_NAT_RANGE_PROTO_RANDOM, NF_NAT_RANGE_PROTO_RANDOM_FULLY,
-                    NF_NAT_RANGE_PROTO_SPECIFIED, STATE_BITS, AddrMatch, CommentMatch,
-                    IcmpMatch, IfaceMatch, NatRange, PortRange, Rule, RulesError, Ruleset,
-                    StateMatch, TcpUdpMatch, _parse_ip, _proto_name)
+from ..conntrack.uapi import NF_IP_PRI_CONNTRACK
+from ..nat.range import (NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PERSISTENT, NF_NAT_RANGE_PROTO_RANDOM,
+                         NF_NAT_RANGE_PROTO_RANDOM_FULLY, NF_NAT_RANGE_PROTO_SPECIFIED, NatRange)
+from ..packet.ipv4 import IPPROTO_TCP, IPPROTO_UDP
+from .ruleset import Ruleset
+from .xtables import (BUILTIN_CHAINS, CT_HELPERS, ICMP_ANY, NAT_HOOKS, STATE_BITS, AddrMatch,
+                      CommentMatch, IcmpMatch, IfaceMatch, PortRange, Rule, RulesError, StateMatch,
+                      TcpUdpMatch, parse_ip, proto_name)
 
 __all__ = ["parse_nft", "write_nft", "to_iptables", "from_iptables", "NamedSet", "SetMatch",
            "TcpFlagsMatch", "CtStatusMatch", "CtDirectionMatch", "PRIORITY_NAMES"]
 
-IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
 PRIORITY_NAMES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50,
                   "srcnat": 100}
-NF_IP_PRI_CONNTRACK = -200
 _HOOKS = ("prerouting", "input", "forward", "output", "postrouting")
 _CHAIN_HOOKS = {"nat": ("prerouting", "input", "output", "postrouting"),
                 "filter": ("input", "forward", "output")}
-# Where each NAT statement may sit (nft_nat_validate(), nft_masq_validate()).
-_NAT_HOOKS = {"SNAT": ("POSTROUTING", "INPUT"), "DNAT": ("PREROUTING", "OUTPUT"),
-              "MASQUERADE": ("POSTROUTING",)}
 # iptables' nat chains' priorities (NF_IP_PRI_NAT_DST / _SRC) and filter's.
 _IPT_PRIORITY = {("nat", "PREROUTING"): -100, ("nat", "OUTPUT"): -100,
                  ("nat", "INPUT"): 100, ("nat", "POSTROUTING"): 100,
@@ -95,7 +93,7 @@ _KEY_ORDER = ("ip saddr", "ip daddr", "meta l4proto", "tcp sport", "tcp dport", 
               "udp dport", "icmp type")
 
 
-# --- the nft-only matches (rules.py compiles them through .predicate()) ------------------
+# --- the nft-only matches (xtables.py compiles them through .predicate()) ------------------
 
 
 @dataclass(frozen=True)
@@ -591,7 +589,7 @@ class _Parser(_Tokens):
         """Jump loops and NAT statements outside their hooks (nft_chain_validate())."""
         def walk(chain: str, kind: str, hook: str, path: list[str]) -> None:
             for rule in chains[chain]:
-                hooks = _NAT_HOOKS.get(rule.target)
+                hooks = NAT_HOOKS.get(rule.target)
                 if hooks and (kind != "nat" or hook not in hooks):
                     where = f"a {kind} chain on {hook.lower()}"
                     raise RulesError(self.filename, rule.line,
@@ -638,7 +636,7 @@ class _Parser(_Tokens):
         if key in ("ip saddr", "ip daddr"):
             if "/" in v:
                 addr, _, plen = v.partition("/")
-                ip = _parse_ip(addr)
+                ip = parse_ip(addr)
                 if ip is None or not plen.isdigit() or int(plen) > 32:
                     raise self.error(f"malformed prefix {v!r} (A.B.C.D/LEN)", tok)
                 mask = (0xFFFFFFFF << (32 - int(plen))) & 0xFFFFFFFF
@@ -646,7 +644,7 @@ class _Parser(_Tokens):
                     raise self.error(f"prefix {v!r} has host bits set", tok)
                 return ip, ip | (~mask & 0xFFFFFFFF)
             lo_s, dash, hi_s = v.partition("-")
-            lo, hi = _parse_ip(lo_s), (_parse_ip(hi_s) if dash else _parse_ip(lo_s))
+            lo, hi = parse_ip(lo_s), (parse_ip(hi_s) if dash else parse_ip(lo_s))
             if lo is None or hi is None:
                 raise self.error(f"malformed address {v!r} (A.B.C.D, A.B.C.D/LEN or A-B; host "
                                  "names are not resolved)", tok)
@@ -762,8 +760,8 @@ class _RuleBuilder(_Tokens):
 
     def set_proto(self, num: int, invert: bool, tok: _Tok) -> None:
         if "proto" in self.f and (self.f["proto"], self.f.get("proto_invert")) != (num, invert):
-            raise self.error(f"protocol {_proto_name(num)} contradicts the rule's "
-                             f"{_proto_name(self.f['proto'])} match", tok)
+            raise self.error(f"protocol {proto_name(num)} contradicts the rule's "
+                             f"{proto_name(self.f['proto'])} match", tok)
         self.f["proto"], self.f["proto_invert"] = num, invert
 
     # --- the rule ---
@@ -1135,10 +1133,10 @@ class _RuleBuilder(_Tokens):
 
     def nat_statement(self, tok: _Tok, target: str) -> None:
         base = self.t.bases.get(self.chain)
-        if base is not None and (base[0] != "nat" or base[1] not in _NAT_HOOKS[target]):
+        if base is not None and (base[0] != "nat" or base[1] not in NAT_HOOKS[target]):
             raise self.error(f"{tok.value} in a {base[0]} chain on {base[1].lower()}: it is "
                              f"only valid in nat chains on "
-                             f"{', '.join(h.lower() for h in _NAT_HOOKS[target])}", tok)
+                             f"{', '.join(h.lower() for h in NAT_HOOKS[target])}", tok)
         flags, ips, ports = 0, None, None
         if target != "MASQUERADE":
             if self.peek().value == "ip":
@@ -1155,7 +1153,7 @@ class _RuleBuilder(_Tokens):
                                  arg)
             if ip_s:
                 lo_s, dash, hi_s = ip_s.partition("-")
-                lo, hi = _parse_ip(lo_s), (_parse_ip(hi_s) if dash else _parse_ip(lo_s))
+                lo, hi = parse_ip(lo_s), (parse_ip(hi_s) if dash else parse_ip(lo_s))
                 if lo is None or hi is None or lo > hi:
                     raise self.error(f"bad address (range) in {arg.value!r}", arg)
                 ips = (lo, hi)
@@ -1267,7 +1265,7 @@ def rule_text(rule: Rule, family: str = "ip", counts: tuple[int, int] | None = N
         for m in rule.matches)
     if rule.proto and not (implied and not rule.proto_invert):
         kw = "ip protocol" if family == "ip" else "meta l4proto"
-        out.append(f"{kw} {neg(rule.proto_invert)}{_proto_name(rule.proto)}")
+        out.append(f"{kw} {neg(rule.proto_invert)}{proto_name(rule.proto)}")
     for m in rule.matches:
         if isinstance(m, TcpUdpMatch):
             for kw, pr in (("sport", m.sport), ("dport", m.dport)):

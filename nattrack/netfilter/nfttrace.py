@@ -51,7 +51,7 @@ from .nft import (
     from_iptables,
     rule_text,
 )
-from .rules import Ruleset
+from .ruleset import Ruleset
 
 __all__ = ["NftTrace", "TracedRuleset", "handles", "installed_nft", "listed_rule",
            "nft_version", "trace_receive"]
@@ -99,7 +99,7 @@ _FLAG_NAMES = {bit: name for name, bit in _TCP_FLAGS.items()}
 # --- the rule set as nft holds it ------------------------------------------------------------
 
 def nft_form(rs: Ruleset) -> Ruleset:
-    """The rule set the kernel would hold after ``nft -f`` of ``rs.to_nft()``."""
+    """The rule set the kernel would hold after ``nft -f`` of ``rulesfile.to_nft(rs)``."""
     return from_iptables(rs) if not rs.bases else rs
 
 

@@ -14,7 +14,7 @@ from ..conntrack.profile import profile_for_release
 from ..conntrack.tuple import IPPROTO_ICMP, get_tuple
 from ..lab import RULES_DIR
 from ..nat.bysource import nat_forced
-from ..netfilter.rules import Ruleset
+from ..netfilter.rulesfile import parse_rules
 from ..netfilter.stack import Router
 from ..packet.ipv4 import ICMP_QUERY_TYPES, Packet
 from ..replay import ManualClock
@@ -44,7 +44,7 @@ class Engine:
         # Where kernels differ, behave as the kernel that was recorded (live: this one).
         profile = profile_for_release(rec.get("kernel") or os.uname().release)
         self.router = Router(rec["router"]["ifaces"], rec["router"].get("routes") or {},
-                             Ruleset.parse(text), sysctls, self.clock, seed=1,
+                             parse_rules(text), sysctls, self.clock, seed=1,
                              local_stack=not answers_seen, profile=profile)
         self.events: list[str] = []
         self.router.ct.listeners.append(self._on_event)

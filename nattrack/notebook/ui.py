@@ -763,9 +763,10 @@ def rule_command(table: str, rule: str, syntax: str | None = None) -> str:
     from dataclasses import replace
 
     from ..netfilter.nft import from_iptables, rule_text
-    from ..netfilter.rules import Ruleset, RulesError
+    from ..netfilter.rulesfile import parse_rules
+    from ..netfilter.xtables import RulesError
     try:
-        rs = Ruleset.parse(f"*{table}\n{rule}\nCOMMIT\n", "the rule")
+        rs = parse_rules(f"*{table}\n{rule}\nCOMMIT\n", "the rule")
     except RulesError as exc:
         raise SessionError(str(exc)) from None
     if (syntax or rules_syntax()) != "nft":

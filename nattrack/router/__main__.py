@@ -34,7 +34,8 @@ import time
 from ..conntrack.core import tune_gc
 from ..conntrack.profile import get_profile
 from ..conntrack.sysctl import DEFAULTS, PREFIX, SysctlError, Sysctl
-from ..netfilter.rules import Ruleset, RulesError
+from ..netfilter.rulesfile import load_rules
+from ..netfilter.xtables import RulesError
 from ..netfilter.stack import Router
 from ..replay import parse_iface_args, parse_kv_args, parse_listen_args
 from .control import Control, ControlError
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                                  f"(python mode keeps the kernel out of the data path)")
         Sysctl(engine_sysctls)                        # validate values now
         kernel_sysctls = {(k if "." in k else PREFIX + k): v for k, v in sysctls.items()}
-        ruleset = Ruleset.load(args.rules) if args.rules else None
+        ruleset = load_rules(args.rules) if args.rules else None
         rules_text = open(args.rules, encoding="utf-8").read() if args.rules else None
         listen = parse_listen_args(args.listen)
         if listen and args.mode != "python":

@@ -31,7 +31,8 @@ from ..conntrack.core import get_tuple
 from ..conntrack.proto_tcp import TCP_CONNTRACK_NAMES
 from ..conntrack.sysctl import SysctlError
 from ..conntrack.tuple import PORT_PROTOS, PROTO_NUMBERS, ip2int
-from ..netfilter.rules import Ruleset, RulesError
+from ..netfilter.rulesfile import parse_rules, to_iptables_restore, to_nft
+from ..netfilter.xtables import RulesError
 from .dataplane import Capture, Dataplane
 from .quiet import SetupError
 
@@ -412,15 +413,15 @@ class Control:
         if text is None:
             with self.dp.lock:
                 rs = self.dp.router.ruleset
-                text = "" if rs is None else rs.to_nft() if rs.syntax == "nft" else \
-                    rs.to_iptables_restore()
+                text = "" if rs is None else to_nft(rs) if rs.syntax == "nft" else \
+                    to_iptables_restore(rs)
                 return {"name": rs.filename if rs else None, "text": text}
         if not isinstance(text, str) or not text.strip():
             raise ControlError("rules: text must be the rules file's content (iptables-save "
                                "or nft syntax)")
         name = str(args.get("name") or "<rules>")
         try:
-            new = Ruleset.parse(text, name)
+            new = parse_rules(text, name)
         except RulesError as exc:
             raise ControlError(f"{exc} (the old rules stay)") from None
         if not new.tables:

@@ -39,7 +39,7 @@ from typing import Callable
 from ..conntrack.core import tune_gc
 from ..conntrack.tuple import int2ip, ip2int
 from ..netfilter.nfttrace import installed_nft, trace_receive
-from ..netfilter.rules import Ruleset
+from ..netfilter.ruleset import Ruleset
 from ..netfilter.stack import Router, Sent, Verdict, inet_make_mask
 from ..packet.ipv4 import Packet
 from ..packet.pcapio import PcapngWriter

@@ -76,7 +76,7 @@ from ..conntrack.sysctl import PREFIX
 from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_PROTOS, PROTO_NAMES, Tuple,
                                int2ip, invert_tuple)
 from ..nat.bysource import nat_forced
-from ..netfilter.rules import is_nft
+from ..netfilter.rulesfile import is_nft, to_iptables_restore, to_nft
 from ..netfilter.stack import ICMP_ERROR_TYPES, Router
 from ..packet.ipv4 import ICMP_QUERY_TYPES, Packet
 from .batch import SOCKADDR_LL_ROOM, RxBatch, SingleRx, mmsg_problem
@@ -266,18 +266,18 @@ class ShadowDataplane(Dataplane):
         if new.syntax == "nft":
             if old is not None and old.syntax == "iptables":   # the legacy backend keeps them
                 self.changes.iptables_restore("".join(empty_table(t) for t in old.tables))
-            self.changes.nft_load(new.to_nft(), new.tables)
+            self.changes.nft_load(to_nft(new), new.tables)
         else:
             if old is not None and old.syntax == "nft":
                 self.changes.nft_load("", ())
-            self.changes.iptables_restore(new.to_iptables_restore())
+            self.changes.iptables_restore(to_iptables_restore(new))
         # A restore naming mangle, or an nft file's own `flush ruleset`, took FORCE_TRACKING
         # away; setup's journal entry deletes it again at the end.
         if run(["iptables", "-w", "-t", "mangle", "-C", *FORCE_TRACKING], check=False).returncode:
             run(["iptables", "-w", "-t", "mangle", "-A", *FORCE_TRACKING])
         tables = super().replace_rules(new)
         rs = self.router.ruleset
-        self.rules_text = rs.to_nft() if rs.syntax == "nft" else rs.to_iptables_restore()
+        self.rules_text = to_nft(rs) if rs.syntax == "nft" else to_iptables_restore(rs)
         self._dnat_possible = dnat_possible(rs)
         return tables
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from nattrack.grading.runner import Grader
-from nattrack.netfilter.rules import Ruleset
+from nattrack.netfilter.rulesfile import load_rules, parse_rules
 
 LAB = Path(__file__).resolve().parents[2] / "labs" / "06-troubleshooting"
 ROOT = os.geteuid() == 0
@@ -53,11 +53,11 @@ def test_the_nft_variant_has_every_file_in_nft():
     for folder in ("student/nft", "solution/nft"):
         for name in S.SCENARIOS:
             text = (LAB / folder / f"{name}.rules").read_text()
-            assert Ruleset.parse(text, name).syntax == "nft", (folder, name)
+            assert parse_rules(text, name).syntax == "nft", (folder, name)
             toml = (LAB / folder / f"{name}.toml").read_text()
             assert toml.replace("`nft list chain ip filter forward`", "`iptables -L FORWARD -v`") \
                 == (LAB / folder).parent.joinpath(f"{name}.toml").read_text()
-    assert Ruleset.load(LAB / "rules" / "healthy.nft").syntax == "nft"
+    assert load_rules(LAB / "rules" / "healthy.nft").syntax == "nft"
 
 
 def test_no_package_ships_the_nft_answers(tmp_path):
@@ -77,7 +77,7 @@ def _outcome(o):
 def test_a_scenarios_nft_rules_do_what_its_iptables_rules_do(name):
     S = _scenarios()
     ipt, nft = (S.effective(name, None, syntax) for syntax in ("iptables", "nft"))
-    assert Ruleset.parse(nft.rules).syntax == "nft" and Ruleset.parse(ipt.rules).syntax != "nft"
+    assert parse_rules(nft.rules).syntax == "nft" and parse_rules(ipt.rules).syntax != "nft"
     assert _outcome(S.replay(name, nft)) == _outcome(S.replay(name, ipt))
     healthy = S.Config((LAB / "rules" / "healthy.nft").read_text())
     assert _outcome(S.replay(name, ipt.then(healthy))) == \

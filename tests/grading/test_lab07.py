@@ -85,10 +85,10 @@ def test_a_fix_in_nft_syntax():
     """NAME.rules may be nft (scenarios/NAME.nft is each incident's rules in nft): the
     reference fixes translated to nft pass, the incidents' own nft rules still fail."""
     from nattrack.cli.rules import translate
-    from nattrack.netfilter.rules import Ruleset
+    from nattrack.netfilter.rulesfile import parse_rules
     for name in ("invalid-rst", "snat-race"):
         text = (LAB / "solution" / f"{name}.rules").read_text()
-        nft = translate(Ruleset.parse(text, name), "nft")
+        nft = translate(parse_rules(text, name), "nft")
         assert problems(name, "", nft) == [], name
         assert problems(name, "", (LAB / "scenarios" / f"{name}.nft").read_text()), name
     with pytest.raises(S.KnobError, match="new-rule.rules:"):

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import netns_tools
-from nattrack.netfilter.rules import is_nft
+from nattrack.netfilter.rulesfile import is_nft
 from netns_tools import kill_netns_pids, list_netns
 
 AGENT = Path(__file__).with_name("agent.py")

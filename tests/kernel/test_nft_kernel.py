@@ -17,7 +17,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from nattrack.netfilter.rules import Ruleset, RulesError
+from nattrack.netfilter.ruleset import Ruleset
+from nattrack.netfilter.rulesfile import parse_rules, to_nft
+from nattrack.netfilter.xtables import RulesError
 
 from .harness import IFACES, KernelLab, Recording
 from .scenarios import BY_NAME, SCENARIOS
@@ -35,7 +37,7 @@ def _listed_ruleset(lab: KernelLab) -> Ruleset:
     ``ip mangle`` table (iptables' FORCE_TRACKING rule) is left out."""
     text = lab.exec("rtr", "nft", "list", "ruleset").stdout
     blocks = re.split(r"(?m)^(?=table )", text)
-    return Ruleset.parse("".join(b for b in blocks if not b.startswith("table ip mangle ")),
+    return parse_rules("".join(b for b in blocks if not b.startswith("table ip mangle ")),
                          "nft list ruleset")
 
 
@@ -59,14 +61,14 @@ class NftRuns:
 
     def _run_group(self, rules: str) -> None:
         group = [s for s in SCENARIOS if s.rules == rules and s.name not in self.recordings]
-        nft_text = Ruleset.parse(rules).to_nft()
+        nft_text = to_nft(parse_rules(rules))
         extra = tuple(sorted({a for s in group for a in s.public_extra}))
         self.labs += 1
         try:
             with KernelLab(nft_text, public_extra=extra,
                            workdir=self.base_dir / f"nft{self.labs}") as lab:
                 listed = _listed_ruleset(lab)
-                if listed != Ruleset.parse(nft_text):
+                if listed != parse_rules(nft_text):
                     raise AssertionError(f"nft list ruleset reads back otherwise:\n{listed}")
                 for sc in group:
                     try:
@@ -102,13 +104,13 @@ def _nft_params():
 def test_every_scenarios_rules_have_an_nft_form_or_a_reason():
     for sc in SCENARIOS:
         try:
-            text = Ruleset.parse(sc.rules).to_nft()
+            text = to_nft(parse_rules(sc.rules))
         except RulesError as exc:
             assert sc.name in NOT_IN_NFT, f"{sc.name}: no nft form ({exc}) and no reason given"
             continue
         assert sc.name not in NOT_IN_NFT, f"{sc.name} has an nft form now"
-        assert Ruleset.parse(text).syntax == "nft"
-        if Ruleset.parse(sc.rules).syntax == "iptables":    # iptables always counts
+        assert parse_rules(text).syntax == "nft"
+        if parse_rules(sc.rules).syntax == "iptables":    # iptables always counts
             assert "counter" in text
 
 
@@ -138,17 +140,17 @@ def test_every_construct_survives_the_kernel_and_nft_list_ruleset():
     cases = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cases)
     WIDE = cases.WIDE
-    rs = Ruleset.parse(WIDE, "wide.nft")
+    rs = parse_rules(WIDE, "wide.nft")
     ns = f"ntknft{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
         run = lambda *cmd, **kw: subprocess.run(["ip", "netns", "exec", ns, *cmd],  # noqa: E731
                                                 check=True, capture_output=True, text=True, **kw)
-        run("nft", "-f", "-", input=rs.to_nft())
+        run("nft", "-f", "-", input=to_nft(rs))
         listed = run("nft", "list", "ruleset").stdout
     finally:
         subprocess.run(["ip", "netns", "delete", ns], check=False)
-    assert Ruleset.parse(listed, "nft list ruleset") == rs, listed
+    assert parse_rules(listed, "nft list ruleset") == rs, listed
 
 
 # --- kernel mode's router process loads and swaps an nft file with nft -f ----------------------
@@ -378,7 +380,7 @@ def test_the_engine_answers_as_the_kernel_does(rules, scenarios, tmp_path):
     from .test_kernel_diff import run_engine
     group = REJECT_SCENARIOS if scenarios == "reject" else _notrack_scenarios()
     with KernelLab(rules, workdir=tmp_path / "lab") as lab:
-        assert _listed_ruleset(lab) == Ruleset.parse(rules)      # read back as written
+        assert _listed_ruleset(lab) == parse_rules(rules)      # read back as written
         recs = [(sc, lab.run_scenario(sc)) for sc in group]
     for sc, rec in recs:
         problems = check_expectations(sc.expect, rec)
@@ -402,4 +404,4 @@ def test_typeof_sets_survive_the_kernel_and_nft_list_ruleset(tmp_path):
     cases = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cases)
     with KernelLab(cases.TYPEOF_SETS, workdir=tmp_path / "lab") as lab:
-        assert _listed_ruleset(lab) == Ruleset.parse(cases.TYPEOF_SETS)
+        assert _listed_ruleset(lab) == parse_rules(cases.TYPEOF_SETS)

@@ -30,7 +30,8 @@ import pytest
 
 from nattrack.conntrack.profile import PROFILES, running_profile
 from nattrack.netfilter.nfttrace import nft_form, nft_version, trace_receive
-from nattrack.netfilter.rules import Ruleset
+from nattrack.netfilter.ruleset import Ruleset
+from nattrack.netfilter.rulesfile import parse_rules, to_nft
 from nattrack.netfilter.stack import Router
 from nattrack.packet.ipv4 import Packet
 
@@ -155,7 +156,7 @@ def nft(request) -> list[str]:
 
 
 def _kernel_trace(rs: Ruleset, frames, workdir, handles: bool, nft: list[str]) -> list[str]:
-    rules = rs.to_nft() + TRACE_TABLE
+    rules = to_nft(rs) + TRACE_TABLE
     with KernelLab(rules, workdir=workdir) as lab:
         mon = lab._spawn("rtr", [*nft, *(["-a"] if handles else []), "monitor", "trace"],
                          stdout=subprocess.PIPE, text=True)
@@ -215,13 +216,13 @@ def _compare(rs: Ruleset, workdir, nft: list[str], handles: bool = False) -> Non
 def test_trace_matches_nft_monitor_trace_for_a_lesson_in_nft(tmp_path, nft, handles):
     """With ``handles``, `nft -a monitor trace` against ``show_handles``: each rule's
     ``# handle N`` as the kernel numbered it (chains, named sets, anonymous sets, rules)."""
-    _compare(Ruleset.parse(LESSON, "lesson.nft"), tmp_path, nft, handles)
+    _compare(parse_rules(LESSON, "lesson.nft"), tmp_path, nft, handles)
 
 
 @pytest.mark.kernel
 def test_trace_matches_nft_monitor_trace_for_an_iptables_rule_set(tmp_path, nft):
     """An iptables rules file is traced in the nft form `nattrack rules translate` writes."""
-    _compare(Ruleset.parse(MASQ_FORWARD_POLICY, "masq.rules"), tmp_path, nft)
+    _compare(parse_rules(MASQ_FORWARD_POLICY, "masq.rules"), tmp_path, nft)
 
 
 def test_a_6_1_kernel_reports_chain_ends_and_returns_as_return_events():
@@ -229,7 +230,7 @@ def test_a_6_1_kernel_reports_chain_ends_and_returns_as_return_events():
     (what Debian 12's 6.1 printed under vm-check: ``verdict continue`` ending the nat
     prerouting chain), with the newest none."""
     from scapy.layers.inet import IP, UDP
-    rs = Ruleset.parse(LESSON, "lesson.nft")
+    rs = parse_rules(LESSON, "lesson.nft")
     lines = {}
     for name in ("6.1", "6.18"):
         router = Router(IFACES, ROUTES, ruleset=rs, profile=PROFILES[name])

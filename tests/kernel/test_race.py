@@ -28,7 +28,8 @@ from scapy.packet import Raw
 
 from nattrack.conntrack.cpus import INSERT_FAILED, INSERTED, MERGED, NAT_CLASH, race
 from nattrack.conntrack.profile import running_profile
-from nattrack.netfilter.rules import Ruleset
+from nattrack.netfilter.ruleset import Ruleset
+from nattrack.netfilter.rulesfile import parse_rules
 from nattrack.netfilter.stack import Router
 from nattrack.packet.ipv4 import Packet
 from nattrack.replay import ManualClock, event_recorder
@@ -183,7 +184,7 @@ class Engine:
 
     def __init__(self, seed: int = 7):
         if Engine._rules is None:
-            Engine._rules = Ruleset.parse(race_rules())
+            Engine._rules = parse_rules(race_rules())
         self.clock = ManualClock(1000.0)
         # As the kernel that raced: its clash rules (conntrack/profile.py) where they differ.
         self.router = Router(dict(IFACES), dict(ROUTES), Engine._rules,
@@ -453,7 +454,7 @@ def test_gre_race_resolved_as_the_running_kernels_profile_says(tmp_path):
     else:
         assert delta == {"clash_resolve": 0, "insert_failed": raced, "drop": raced}
 
-    eng = Router(dict(IFACES), dict(ROUTES), Ruleset.parse(gre_rules()), {}, ManualClock(1000.0),
+    eng = Router(dict(IFACES), dict(ROUTES), parse_rules(gre_rules()), {}, ManualClock(1000.0),
                  profile=profile)
     pkts = [Packet.parse(bytearray(gre_frame(0, cpu)[14:]), 0, iif="r-pub", ts=1000.0)
             for cpu in (0, 1)]

@@ -66,7 +66,7 @@ def test_topology_metadata(name):
     """Interface names carry the prefix and fit IFNAMSIZ; every NAT router has a rules
     file that nattrack parses; addresses are where the issue puts them."""
     from nattrack.lab.topologies import get_topology
-    from nattrack.netfilter.rules import Ruleset
+    from nattrack.netfilter.rulesfile import load_rules
     topo = get_topology(name)(mode="python", run_dir="/nonexistent", wait=False)
     d = topo.describe()
     assert d["topo"] == name and d["primary"] in d["routers"] and d["probe"]
@@ -75,7 +75,7 @@ def test_topology_metadata(name):
             assert ifname.startswith(IFACE_PREFIX + node + "-") and len(ifname) <= 15
     for r, spec in d["routers"].items():
         assert Path(spec["rules"]).is_file()
-        rs = Ruleset.load(spec["rules"])
+        rs = load_rules(spec["rules"])
         assert rs is not None
         for ifname in spec["ifaces"]:
             assert ifname in d["nodes"][r]["ifaces"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from nattrack.lab import RULES_DIR
-from nattrack.netfilter.rules import Ruleset
+from nattrack.netfilter.rulesfile import load_rules, parse_rules
 from nattrack.notebook import SYNTAX_ENV, open_session, ui
 from nattrack.notebook.session import SessionError
 from nattrack.widgets import widget_state
@@ -42,7 +42,7 @@ def test_the_teachers_environment_variable_shows_nft(monkeypatch):
     assert widget_state(w.value)["syntax"] == "nft"
     text = _text(w)
     assert "ct state invalid counter drop" in text and "-A FORWARD" not in text
-    assert Ruleset.parse(text) == Ruleset.load(RULES_DIR / "classroom-firewall.nft")
+    assert parse_rules(text) == load_rules(RULES_DIR / "classroom-firewall.nft")
     assert _text(ui.show_rule("nat", DNAT)).strip() == (
         'nft add rule ip nat PREROUTING iifname "ntr-wan" tcp dport 8080 dnat to 10.0.0.11:5080')
 

@@ -15,10 +15,12 @@ from nattrack.conntrack.conn import (IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY,
 from nattrack.conntrack.tuple import ip2int
 from nattrack.netfilter.nft import (CtDirectionMatch, CtStatusMatch, NamedSet, SetMatch,
                                     TcpFlagsMatch, parse_nft)
-from nattrack.netfilter.rules import (NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PERSISTENT,
-                                      NF_NAT_RANGE_PROTO_RANDOM, NF_NAT_RANGE_PROTO_RANDOM_FULLY,
-                                      NF_NAT_RANGE_PROTO_SPECIFIED, IcmpMatch, NatRange,
-                                      RulesError, Ruleset, StateMatch, is_nft)
+from nattrack.nat.range import (NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PERSISTENT,
+                                NF_NAT_RANGE_PROTO_RANDOM, NF_NAT_RANGE_PROTO_RANDOM_FULLY,
+                                NF_NAT_RANGE_PROTO_SPECIFIED, NatRange)
+from nattrack.netfilter.ruleset import Ruleset
+from nattrack.netfilter.rulesfile import is_nft, parse_rules, to_nft
+from nattrack.netfilter.xtables import IcmpMatch, RulesError, StateMatch
 from nattrack.packet.ipv4 import Packet
 
 
@@ -52,7 +54,7 @@ def one(*rules: str, **kw):
 
 
 def iptables_rule(line: str, table="filter"):
-    rs = Ruleset.parse(f"*{table}\n{line}\nCOMMIT\n")
+    rs = parse_rules(f"*{table}\n{line}\nCOMMIT\n")
     return next(iter(rs.rules()))
 
 
@@ -156,7 +158,7 @@ table ip nat {
 
 
 def test_list_ruleset_output_named_priorities_sets_and_counters():
-    rs = Ruleset.parse(LIST_RULESET, "list.nft")
+    rs = parse_rules(LIST_RULESET, "list.nft")
     assert rs.syntax == "nft"
     assert list(rs.tables) == ["inet filter", "ip nat"]
     assert rs.bases["inet filter"]["input"] == ("filter", "INPUT", 0)
@@ -218,10 +220,10 @@ table ip more {
 
 
 def test_writer_round_trips_every_construct():
-    rs = Ruleset.parse(WIDE)
-    text = rs.to_nft()
-    assert Ruleset.parse(text, "again.nft") == rs
-    assert Ruleset.parse(Ruleset.parse(text).to_nft()).to_nft() == text
+    rs = parse_rules(WIDE)
+    text = to_nft(rs)
+    assert parse_rules(text, "again.nft") == rs
+    assert to_nft(parse_rules(to_nft(parse_rules(text)))) == text
 
 
 # --- matching -----------------------------------------------------------------------------
@@ -438,7 +440,7 @@ REFUSALS = [
 @pytest.mark.parametrize("text, line, token, words", REFUSALS)
 def test_refusals_name_the_line_and_the_token(text, line, token, words):
     with pytest.raises(RulesError) as err:
-        Ruleset.parse("#!/usr/sbin/nft -f\n" + text, "bad.nft")
+        parse_rules("#!/usr/sbin/nft -f\n" + text, "bad.nft")
     shift = 1
     assert err.value.lineno == line + shift, str(err.value)
     assert err.value.token == token, str(err.value)
@@ -463,20 +465,20 @@ REJECTS = """table inet filter {
 
 
 def test_reject_forms_and_their_answers():
-    rs = Ruleset.parse(REJECTS)
+    rs = parse_rules(REJECTS)
     got = [(r.target, r.proto, r.reject_with) for r in rs.rules()]
     assert got == [("REJECT", 6, "icmp-port-unreachable"), ("REJECT", 6, "tcp-reset"),
                    ("REJECT", 17, "icmp-host-unreachable"), ("REJECT", 17, "icmp-admin-prohibited"),
                    ("REJECT", 17, "icmp-proto-unreachable"),
                    ("REJECT", 6, "tcp-reset")]         # `with tcp reset` implies tcp, as in nft
-    text = rs.to_nft()
+    text = to_nft(rs)
     assert "\t\ttcp dport 23 reject\n" in text and "\t\treject with tcp reset\n" in text
     assert "udp dport 25 reject with icmpx host-unreachable" in text
     assert "udp dport 27 reject with icmp prot-unreachable" in text
-    assert Ruleset.parse(text) == rs
+    assert parse_rules(text) == rs
     # `nft list ruleset` shows the IPv4 dependency nft adds in inet before `with icmp`.
     listed = text.replace("udp dport 27", "meta nfproto ipv4 udp dport 27")
-    assert Ruleset.parse(listed) == rs
+    assert parse_rules(listed) == rs
     # In the engine: the verdict is REJECT, and decide() names the rule that answers.
     verdict, rule = rs.decide("FORWARD", pkt(dport=24), None, "eth0", "eth1")
     assert verdict == "REJECT" and rule.reject_with == "tcp-reset"
@@ -504,7 +506,7 @@ NOTRACK = """table inet raw {
 
 
 def test_notrack_in_raw_chains_runs_before_conntrack():
-    rs = Ruleset.parse(NOTRACK)
+    rs = parse_rules(NOTRACK)
     assert ("raw", "PREROUTING") in rs.hooks and ("raw", "OUTPUT") in rs.hooks
     assert ("filter", "OUTPUT") not in rs.hooks           # a raw chain is not a filter one
     assert rs.raw("PREROUTING", pkt(proto="udp", dport=5300), "eth0", None) == (False, True)
@@ -516,9 +518,9 @@ def test_notrack_in_raw_chains_runs_before_conntrack():
     from nattrack.conntrack.conn import IP_CT_UNTRACKED
     assert rs.verdict("FORWARD", pkt(proto="udp"), IP_CT_UNTRACKED, "eth0", "eth1") == "ACCEPT"
     assert rs.verdict("FORWARD", pkt(proto="udp"), None, "eth0", "eth1") == "DROP"
-    text = rs.to_nft()
+    text = to_nft(rs)
     assert "udp dport 5300 counter notrack\n" in text and "udp sport 5300 notrack accept" in text
-    assert Ruleset.parse(text) == rs
+    assert parse_rules(text) == rs
 
 
 # --- the iptables raw table (-j NOTRACK, -j CT --notrack) ----------------------------------
@@ -541,7 +543,7 @@ COMMIT
 
 def test_the_iptables_raw_table_runs_before_conntrack_and_translates():
     from nattrack.cli.rules import translate
-    rs = Ruleset.parse(RAW_IPT)
+    rs = parse_rules(RAW_IPT)
     assert [(r.target, r.notrack) for r in rs.tables["raw"]["PREROUTING"]] == [
         ("", True), ("", True), ("DROP", False)]          # NOTRACK goes on (XT_CONTINUE)
     assert rs.raw("PREROUTING", pkt(proto="udp", dport=5300), "eth0", None) == (False, True)
@@ -549,7 +551,7 @@ def test_the_iptables_raw_table_runs_before_conntrack_and_translates():
     text = translate(rs, "nft")
     assert "table ip raw {" in text and "type filter hook prerouting priority -300;" in text
     assert "udp dport 5300 counter notrack" in text
-    back = Ruleset.parse(text)
+    back = parse_rules(text)
     assert back.raw("PREROUTING", pkt(proto="udp", sport=5300), "eth0", None) == (False, True)
     assert "-A PREROUTING -p udp -m udp --sport 5300 -j CT --notrack" in translate(back, "iptables")
 
@@ -562,14 +564,14 @@ def test_the_iptables_raw_table_runs_before_conntrack_and_translates():
 ])
 def test_raw_table_refusals(text, says):
     with pytest.raises(RulesError) as e:
-        Ruleset.parse(text, "bad.rules")
+        parse_rules(text, "bad.rules")
     assert says in str(e.value) and "\n" not in str(e.value)
 
 
 def test_notrack_with_a_verdict_has_no_iptables_form():
     from nattrack.netfilter.nft import to_iptables
     with pytest.raises(ValueError) as e:
-        to_iptables(Ruleset.parse(NOTRACK))
+        to_iptables(parse_rules(NOTRACK))
     assert "two iptables rules" in str(e.value)
 
 
@@ -601,13 +603,13 @@ TYPEOF_SETS = """table inet f {
 
 
 def test_sets_declared_with_typeof_are_the_same_sets():
-    rs = Ruleset.parse(TYPEOF_SETS)
-    by_type = Ruleset.parse(TYPEOF_SETS.replace("typeof ip saddr", "type ipv4_addr")
+    rs = parse_rules(TYPEOF_SETS)
+    by_type = parse_rules(TYPEOF_SETS.replace("typeof ip saddr", "type ipv4_addr")
                             .replace("typeof tcp dport", "type inet_service")
                             .replace("typeof meta l4proto", "type inet_proto")
                             .replace("\t\tauto-merge\n", ""))
     assert rs == by_type and {s.type for s in rs.sets["inet f"].values()} == {
         "ipv4_addr", "inet_service", "inet_proto"}
     with pytest.raises(RulesError) as e:
-        Ruleset.parse(TYPEOF_SETS.replace("typeof tcp dport", "typeof ip ttl"), "bad.nft")
+        parse_rules(TYPEOF_SETS.replace("typeof tcp dport", "typeof ip ttl"), "bad.nft")
     assert "typeof ip ttl" in str(e.value) and "bad.nft:9" in str(e.value)

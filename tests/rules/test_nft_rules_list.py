@@ -12,7 +12,7 @@ from scapy.layers.inet import IP, UDP
 
 from nattrack.cli.main import main
 from nattrack.netfilter.nft import from_iptables
-from nattrack.netfilter.rules import Ruleset
+from nattrack.netfilter.rulesfile import load_rules, parse_rules
 from nattrack.replay import parse_iface_args, replay_captures
 from nattrack.router.control import Control
 from nattrack.router.dataplane import Dataplane
@@ -67,7 +67,7 @@ def test_a_replay_lists_an_iptables_file_in_its_nft_form_with_counts(capsys):
     assert _counters(out) == [(len(new), _first_packet_bytes(res))]
     assert "oifname \"wan\" ip saddr 10.0.0.0/24 counter packets" in out
     # What it prints reads back as the rules (the values are read and dropped).
-    assert Ruleset.parse(out) == from_iptables(Ruleset.load("examples/demo/home.rules"))
+    assert parse_rules(out) == from_iptables(load_rules("examples/demo/home.rules"))
 
 
 def _first_packet_bytes(res) -> int:
@@ -102,7 +102,7 @@ def test_an_nft_file_counts_only_where_it_says_counter(capsys, tmp_path):
     assert est[0] + rest[0] == fwd          # every forwarded packet ended in one accept
     assert rest[0] >= dns[0]                # a rule without a verdict counts, then goes on
     assert masq[0] == sum(1 for e in res.events if "[NEW]" in e)
-    assert Ruleset.parse(out) == Ruleset.parse(FILTERED_NFT)
+    assert parse_rules(out) == parse_rules(FILTERED_NFT)
 
 
 def test_bad_requests_are_one_line(capsys):

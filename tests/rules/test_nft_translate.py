@@ -16,7 +16,7 @@ import pytest
 from nattrack.cli.main import main
 from nattrack.cli.rules import translate, _conntrack_states
 from nattrack.netfilter.nft import from_iptables, parse_nft, to_iptables
-from nattrack.netfilter.rules import Ruleset
+from nattrack.netfilter.rulesfile import load_rules, parse_rules, to_nft
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted([*ROOT.glob("examples/rules/*.rules"), *ROOT.glob("labs/*/rules/*.rules")])
@@ -34,12 +34,12 @@ def test_there_are_shipped_rules_files():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_shipped_file_round_trips_and_agrees_with_iptables_restore_translate(path):
-    rs = Ruleset.load(path)
+    rs = load_rules(path)
     nft_text = translate(rs, "nft")
-    again = Ruleset.parse(nft_text, "again.nft")
+    again = parse_rules(nft_text, "again.nft")
     assert again == from_iptables(rs)                     # parse -> write -> parse
     assert _conntrack_states(to_iptables(again)) == _conntrack_states(rs)
-    assert Ruleset.parse(translate(again, "iptables")) == to_iptables(again)
+    assert parse_rules(translate(again, "iptables")) == to_iptables(again)
     out = subprocess.run([tool("iptables-restore-translate"), "-f", str(path)],
                          capture_output=True, text=True, check=True).stdout
     assert parse_nft(out, "iptables-restore-translate") == again
@@ -63,8 +63,8 @@ IPTABLES_LINES = [
 @pytest.mark.parametrize("table, line", IPTABLES_LINES)
 def test_one_rule_agrees_with_iptables_translate(table, line):
     chain = line.split()[1]
-    rs = Ruleset.parse(f"*{table}\n{line}\nCOMMIT\n")
-    (mine,) = [r for r in Ruleset.parse(translate(rs, "nft")).rules()]
+    rs = parse_rules(f"*{table}\n{line}\nCOMMIT\n")
+    (mine,) = [r for r in parse_rules(translate(rs, "nft")).rules()]
     out = subprocess.run([tool("iptables-translate"), "-t", table, *shlex.split(line)],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out.startswith("nft '") and out.endswith("'"), out
@@ -95,11 +95,11 @@ def test_cli_translates_both_ways(tmp_path, capsys):
     out = tmp_path / "fw.nft"
     assert main(["rules", "translate", str(src), "-o", str(out)]) == 0
     assert out.read_text().startswith("table ip nat {")
-    assert Ruleset.load(out) == from_iptables(Ruleset.load(src))
+    assert load_rules(out) == from_iptables(load_rules(src))
     assert main(["rules", "translate", str(out)]) == 0
     back = capsys.readouterr().out
     assert back.startswith("*nat\n")
-    assert Ruleset.parse(back) == Ruleset.load(src)
+    assert parse_rules(back) == load_rules(src)
     assert main(["rules", "translate", str(out), "--to", "nft"]) == 0
     assert capsys.readouterr().out == out.read_text()
 
@@ -127,7 +127,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
 
 
 def test_replay_gives_the_same_events_and_table_with_either_syntax(tmp_path, capsys):
-    """`nattrack replay --rules` reads an nft file (Ruleset.load tells the syntax) and the
+    """`nattrack replay --rules` reads an nft file (load_rules tells the syntax) and the
     engine does exactly what it does with the iptables file."""
     nft = tmp_path / "home.nft"
     assert main(["rules", "translate", str(ROOT / "examples/demo/home.rules"), "-o",
@@ -149,8 +149,8 @@ def test_reloading_an_nft_rule_set_replaces_the_whole_rule_set():
     """The router's reload (merge_rules) keeps iptables-restore's per-table swap for
     iptables text; an nft rule set replaces everything (its base chains included)."""
     from nattrack.router.dataplane import merge_rules
-    ipt = Ruleset.load(ROOT / "examples/rules/portforward.rules")
-    nft = Ruleset.parse(Ruleset.load(ROOT / "examples/rules/basic.rules").to_nft())
+    ipt = load_rules(ROOT / "examples/rules/portforward.rules")
+    nft = parse_rules(to_nft(load_rules(ROOT / "examples/rules/basic.rules")))
     merged = merge_rules(ipt, nft)
     assert merged == nft and merged.hooks == nft.hooks
     assert merge_rules(nft, ipt) == ipt
