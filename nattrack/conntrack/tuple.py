@@ -25,10 +25,8 @@ IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
 
 # nf_conntrack_proto_icmp.c: invmap[] -- the only ICMP types that have an answer.
 ICMP_INVMAP = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 17: 18, 18: 17}
-# icmp_new(): only requests may create an entry.
-ICMP_QUERY_TYPES = frozenset((8, 13, 15, 17))
-# nf_conntrack_inet_error(): ICMP errors that carry an embedded packet.
-ICMP_ERROR_TYPES = frozenset((3, 4, 5, 11, 12))
+# icmp_new()'s valid_new[]: only requests may create an entry.
+ICMP_REQUEST_TYPES = frozenset((8, 13, 15, 17))
 
 # nf_conntrack_standalone.c: l4proto names as /proc and conntrack(8) print them.
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 33: "dccp", 47: "gre", 58: "icmpv6",

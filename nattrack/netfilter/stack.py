@@ -39,7 +39,8 @@ from ..nat.core import nf_nat_ipv4_fn
 from ..nat.masquerade import masq_device_down, masq_inet_addr_removed
 from ..packet.checksum import checksum, pseudo_header_sum
 from ..packet.defrag import Defrag, refragment
-from ..packet.ipv4 import IPPROTO_TCP, IPPROTO_UDP, TH_ACK, TH_FIN, TH_RST, TH_SYN, Packet
+from ..packet.ipv4 import (ICMP_ERROR_TYPES, IPPROTO_TCP, IPPROTO_UDP, TH_ACK, TH_FIN, TH_RST, TH_SYN,
+                           Packet)
 
 FILTER_CHAIN = {NF_INET_LOCAL_IN: "INPUT", NF_INET_FORWARD: "FORWARD", NF_INET_LOCAL_OUT: "OUTPUT"}
 
@@ -65,7 +66,6 @@ IP_DEFAULT_TTL = 64                                 # net.ipv4.ip_default_ttl
 SYNACK_WINDOW = 64240                               # tcp_select_initial_window() for MSS 1460
 ACCEPTED_MAX = 4096                                 # connections remembered per router
 NR_ICMP_TYPES = 18
-ICMP_ERROR_TYPES = frozenset({3, 4, 5, 11, 12})     # icmp_pointers[type].error
 XRLIM_BURST_FACTOR = 6                              # inet_peer_xrlim_allow()
 IPTOS_PREC_INTERNETCONTROL = 0xC0
 ICMP_SYSCTL_DEFAULTS = {                            # net.ipv4.*, their kernel defaults

@@ -27,8 +27,9 @@ from typing import Any, Callable, Iterable
 
 import ipywidgets as widgets
 
-from ..conntrack.tuple import ICMP_ERROR_TYPES, Tuple, invert_tuple
+from ..conntrack.tuple import Tuple, invert_tuple
 from ..lab import LabError
+from ..packet.ipv4 import ICMP_ERROR_TYPES
 from ..widgets import (ComparisonView, ConntrackTableView, EventLogView, ModeBanner, PacketView,
                        StateDiagramView, TimelineView, Updater, grading_mode)
 from ..widgets.render import _wrap, esc

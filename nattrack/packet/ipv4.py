@@ -29,7 +29,10 @@ _TCPHDR = struct.Struct("!HHIIBBHHH")
 _ICMPHDR = struct.Struct("!BBHH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+# The ICMP types whose header carries an identifier (echo, timestamp, info, address mask),
+# requests and replies; and the error types, which quote a datagram (icmp_pointers[].error).
 ICMP_QUERY_TYPES = frozenset((0, 8, 13, 14, 15, 16, 17, 18))
+ICMP_ERROR_TYPES = frozenset((3, 4, 5, 11, 12))
 
 
 class Packet:
