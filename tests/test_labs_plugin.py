@@ -179,7 +179,8 @@ def _engine_objects():
     return {"TCP_CONNTRACKS": proto_tcp.TCP_CONNTRACKS, "TIMEOUT_SYSCTL": proto_tcp.TIMEOUT_SYSCTL,
             "udp_timeout_choice": proto_udp.udp_timeout_choice,
             "ICMP_INVMAP": ct_tuple.ICMP_INVMAP,
-            "icmp_error": proto_icmp.icmp_error, "get_unique_tuple": nat_core.get_unique_tuple,
+            "error_lookup": proto_icmp.error_lookup,
+            "related_ctinfo": proto_icmp.related_ctinfo, "nat_port_choice": nat_core.nat_port_choice,
             "csum_replace2": ipv4.csum_replace2, "csum_replace4": ipv4.csum_replace4,
             "gc_verdict": ct_core.gc_verdict, "GcAverage": ct_core.GcAverage,
             "early_drop_choice": ct_core.early_drop_choice}

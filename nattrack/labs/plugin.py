@@ -22,8 +22,9 @@ tcp_state_table    lab 2: ``next_state()`` builds ``proto_tcp.TCP_CONNTRACKS``, 
 udp                lab 3: ``udp_timeout()`` is ``proto_udp.udp_timeout_choice()``: each UDP
                    packet's timeout and ASSURED
 icmp               lab 3: ``reply_type()`` builds ``tuple.ICMP_INVMAP``; ``error_lookup()`` and
-                   ``related_ctinfo()`` are ``nf_conntrack_inet_error()``
-snat_port          lab 4: ``pick_port()`` is the port choice of ``get_unique_tuple()``
+                   ``related_ctinfo()`` are ``proto_icmp``'s, nf_conntrack_inet_error()'s decisions
+snat_port          lab 4: ``pick_port()`` is ``nat_core.nat_port_choice()``, the port choice of
+                   ``get_unique_tuple()``
 checksum           lab 4: ``csum_replace2()`` / ``csum_replace4()`` patch every rewritten header
 gc_worker          lab 5: ``gc_verdict()`` is ``core.gc_verdict()``, ``next_run()`` ends the
                    scan's ``core.GcAverage``
@@ -355,7 +356,8 @@ def adapt_udp(s: _Student) -> None:
 
 
 def adapt_icmp(s: _Student) -> None:
-    """The ICMP type map of nf_ct_invert_tuple() and nf_conntrack_inet_error()."""
+    """The ICMP type map of nf_ct_invert_tuple(), and nf_conntrack_inet_error()'s two
+    decisions: proto_icmp.error_lookup() and proto_icmp.related_ctinfo()."""
     reply_type = s.fn("reply_type", "TODO 2")
 
     def invmap():
@@ -372,43 +374,26 @@ def adapt_icmp(s: _Student) -> None:
     related = s.fn("related_ctinfo", "TODO 3")
     ctinfos = {"RELATED": IP_CT_RELATED, "RELATED_REPLY": IP_CT_RELATED_REPLY}
 
-    def icmp_error(table, pkt, hook_is_prerouting):
-        if not pkt.l4ok:
-            return "error", None, None
-        if table.sysctl["nf_conntrack_checksum"] and hook_is_prerouting and not pkt.l4_checksum_ok():
-            return "error", None, None
-        if pkt.itype > proto_icmp.NR_ICMP_TYPES:
-            return "error", None, None
-        if pkt.itype not in ct_tuple.ICMP_ERROR_TYPES:
-            return "query", None, None
-        inner = pkt.embedded_packet()
-        if inner is None or inner.frag or not inner.l4ok:
-            return "error", None, None
-        quoted = ct_core.get_tuple(inner)
-        if quoted is None:
-            return "error", None, None
+    def error_lookup(quoted):
         args = (tuple_to_dict(quoted),)
         want = s.call(lookup, *args)
         if want is None:
-            return "error", None, None
+            return None
         try:
-            want = dict_to_tuple(want)
+            return dict_to_tuple(want)
         except ValueError as exc:
             raise s.bad(lookup, args, want, f"None or {exc}") from None
-        found = table.find(want)
-        if found is None:
-            return "error", None, None
-        ct, direction = found
-        args = (DIRECTIONS[direction], int2ip(pkt.dst), int2ip(ct.tuple(direction).dst))
+
+    def related_ctinfo(direction, outer_dst, entry_dst):
+        args = (DIRECTIONS[direction], int2ip(outer_dst), int2ip(entry_dst))
         answer = s.call(related, *args)
-        if answer is None:
-            return "error", None, None
-        if answer not in ctinfos:
+        if answer is not None and answer not in ctinfos:
             raise s.bad(related, args, answer, "'RELATED', 'RELATED_REPLY' or None")
-        return "related", ct, ctinfos[answer]
+        return None if answer is None else ctinfos[answer]
 
     _set(ct_tuple, "ICMP_INVMAP", _built(invmap))
-    _set(proto_icmp, "icmp_error", icmp_error)
+    _set(proto_icmp, "error_lookup", error_lookup)
+    _set(proto_icmp, "related_ctinfo", related_ctinfo)
 
 
 # --- lab 4: SNAT ---------------------------------------------------------------------------------
@@ -438,22 +423,15 @@ def _taken_quietly(table, t: Tuple, ct) -> bool:
 
 
 def adapt_snat_port(s: _Student) -> None:
-    """get_unique_tuple() steps 4-5 for TCP/UDP source NAT: keep the port or search one."""
+    """nat_core.nat_port_choice(), get_unique_tuple() steps 4-5, for TCP/UDP source NAT
+    without a random flag: the student's pick_port() keeps the port or searches one."""
     pick = s.fn("pick_port", "TODO 2")
-    reference = nat_core.get_unique_tuple
+    reference = nat_core.nat_port_choice
 
-    def get_unique_tuple(table, orig, rng, ct, manip):
-        if (manip != nat_core.NF_NAT_MANIP_SRC or orig.proto not in (IPPROTO_TCP, IPPROTO_UDP)
+    def nat_port_choice(table, t, rng, manip, ct):
+        if (manip != nat_core.NF_NAT_MANIP_SRC or t.proto not in (IPPROTO_TCP, IPPROTO_UDP)
                 or rng.flags & nat_core.NF_NAT_RANGE_PROTO_RANDOM_ALL):
-            return reference(table, orig, rng, ct, manip)
-        if nat_core.nf_in_range(orig, rng):
-            if not nat_core.nf_nat_used_tuple_new(table, orig, ct):
-                return orig
-        else:
-            t = nat_core.find_appropriate_src(table, orig, rng)
-            if t is not None and not nat_core.nf_nat_used_tuple(table, t, ct):
-                return t
-        t = nat_core.find_best_ips_proto(orig, rng, manip)
+            return reference(table, t, rng, manip, ct)
         if rng.flags & nat_core.NF_NAT_RANGE_PROTO_SPECIFIED:
             to_ports = [rng.min_port, rng.max_port]
             stays = (rng.min_port <= t.sport <= rng.max_port
@@ -468,7 +446,7 @@ def adapt_snat_port(s: _Student) -> None:
             raise s.bad(pick, args, port, "a port number 0-65535")
         return t._replace(sport=port)
 
-    _set(nat_core, "get_unique_tuple", get_unique_tuple)
+    _set(nat_core, "nat_port_choice", nat_port_choice)
 
 
 def adapt_checksum(s: _Student) -> None:

@@ -282,7 +282,14 @@ def get_unique_tuple(table, orig: Tuple, rng: NatRange, ct: Conn, manip: int) ->
             if t is not None and not nf_nat_used_tuple(table, t, ct):
                 return t
     t = find_best_ips_proto(orig, rng, manip)            # 3. the address
-    if not random_all:                                   # 4. keep the port if free
+    return nat_port_choice(table, t, rng, manip, ct)     # 4. and 5. the port
+
+
+def nat_port_choice(table, t: Tuple, rng: NatRange, manip: int, ct: Conn) -> Tuple:
+    """get_unique_tuple()'s last steps, once the address is chosen (lab 4 replaces them):
+    keep the port (or ICMP id) if it is free and in the range, else search one
+    (nf_nat_l4proto_unique_tuple()); with a random flag always search."""
+    if not rng.flags & NF_NAT_RANGE_PROTO_RANDOM_ALL:    # 4. keep the port if free
         if rng.flags & NF_NAT_RANGE_PROTO_SPECIFIED:
             if (l4proto_in_range(t, manip, rng.min_port, rng.max_port)
                     and (rng.min_port == rng.max_port or not nf_nat_used_tuple(table, t, ct))):
