@@ -2,11 +2,13 @@
 
 ``install(lab, submission_dir)`` imports each module a lab's ``[[pieces]]`` name from the
 submission folder and hands it to the adapter of its ``kind``; the adapter replaces one
-engine name (a table, a module-level function, a handler in a dispatch dict, a method)
-with the student's version or with a thin wrapper around it.  ``uninstall()`` puts every
-reference object back.  The engine itself has no hooks: everything replaced is a name the
-engine already looks up when it runs, so the reference path costs nothing extra, and
-an adapter that can precompute (lab 2's transition table) does so at install time.
+engine name, a table or a decision function the reference calls by name (the seams in the
+table below: each is exactly the piece a student writes), with the student's version or
+with a thin wrapper that converts the arguments and checks the answer.  Nothing of the
+engine is written again here: an engine fix is made once.  ``uninstall()`` puts every
+reference object back.  The seams are plain module-level names, not hooks, so the
+reference path costs a function call per decision, and an adapter that can precompute
+(lab 2's transition table) does so at install time.
 
 Anything wrong with a submission (a missing file or function, a syntax error, a
 ``NotImplementedError("TODO ...")``, a wrong return value, an exception while packets
