@@ -18,15 +18,12 @@ import socket
 import struct
 import sys
 
+from ..conntrack.tuple import ip2int
 from ..packet.checksum import checksum, pseudo_header_sum
 from ..packet.ipv4 import TH_ACK, TH_FIN, TH_PSH, TH_RST, TH_SYN, TH_URG
 
 FLAG_BITS = {"F": TH_FIN, "S": TH_SYN, "R": TH_RST, "P": TH_PSH, "A": TH_ACK, "U": TH_URG}
 PROTOS = {"icmp": 1, "tcp": 6, "udp": 17}
-
-
-def _ip(text: str) -> int:
-    return struct.unpack("!I", socket.inet_aton(text))[0]
 
 
 def tcp_flags(text: str) -> int:
@@ -50,7 +47,7 @@ def build(proto: str, src: str, dst: str, sport: int = 0, dport: int = 0, flags:
     num = PROTOS.get(proto)
     if num is None:
         raise ValueError(f"protocol {proto!r}: tcp, udp or icmp")
-    s, d = _ip(src), _ip(dst)
+    s, d = ip2int(src), ip2int(dst)
     if num == 6:
         hdr = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
                           5 << 4, tcp_flags(flags), window, 0, 0)

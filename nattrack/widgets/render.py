@@ -29,6 +29,7 @@ from html.parser import HTMLParser
 from typing import Any, Iterable, Mapping
 
 from ..conntrack.show import format_timestamp, parse_conntrack_line
+from ..conntrack.tuple import int2ip
 from ..lab.diff import diff_tables, flow_text
 from ..packet.ipv4 import ICMP_QUERY_TYPES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Packet
 
@@ -354,10 +355,6 @@ def _u16(buf: bytes | bytearray, at: int) -> int:
     return struct.unpack_from("!H", buf, at)[0]
 
 
-def _ip(addr: int) -> str:
-    return f"{addr >> 24}.{addr >> 16 & 255}.{addr >> 8 & 255}.{addr & 255}"
-
-
 _TCP_FLAG_NAMES = ((0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH"),
                    (0x20, "URG"), (0x40, "ECE"), (0x80, "CWR"))
 
@@ -371,7 +368,7 @@ def packet_fields(p: Packet, prefix: str = "") -> list[tuple[str, str, str]]:
     """
     buf = p.buf
     kp = "inner_" if prefix else ""
-    out = [(kp + "src", prefix + "IP src", _ip(p.src)), (kp + "dst", prefix + "IP dst", _ip(p.dst))]
+    out = [(kp + "src", prefix + "IP src", int2ip(p.src)), (kp + "dst", prefix + "IP dst", int2ip(p.dst))]
     if not prefix:
         out += [("ttl", "IP ttl", str(p.ttl)),
                 ("ip_csum", "IP checksum", f"0x{_u16(buf, p.off + 10):04x}")]
