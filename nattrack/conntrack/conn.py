@@ -9,6 +9,8 @@ never has to walk a million of them (see nattrack.conntrack.core.tune_gc).
 """
 from __future__ import annotations
 
+from typing import Any
+
 from .tuple import Tuple
 
 # The kernel's tick rate (CONFIG_HZ of Debian's and this CI's kernels).  Deadlines
@@ -113,12 +115,12 @@ class Conn:
         self.reply = reply
         self.status = 0
         self.timeout = 0
-        self.proto = None        # TcpState (TCP), stream_ts in jiffies (UDP), GreState (GRE)
+        self.proto: Any = None   # TcpState (TCP), stream_ts in jiffies (UDP), GreState (GRE)
         self.mark = 0
         self.ident = ident       # an id given from outside (parsed output), else derived
-        self.nat_oif = None      # MASQUERADE: the output interface recorded at set-up
+        self.nat_oif: str | None = None  # MASQUERADE: the output interface recorded at set-up
         self.ecache = 0          # events cached for the packet being processed
-        self.counters = None     # [orig packets, orig bytes, reply packets, reply bytes]
+        self.counters: list[int] | None = None  # [orig packets, orig bytes, reply packets, reply bytes]
 
     @property
     def id(self) -> int:

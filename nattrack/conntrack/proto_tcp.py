@@ -229,6 +229,10 @@ class TcpSeen:
     __slots__ = ("td_end", "td_maxend", "td_maxwin", "td_maxack", "td_scale", "flags")
 
     def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """memset(&ct->proto.tcp.seen[dir], 0, ...): forget what was seen of this direction."""
         self.td_end = self.td_maxend = self.td_maxwin = self.td_maxack = 0
         self.td_scale = 0
         self.flags = 0
@@ -500,7 +504,7 @@ def tcp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: 
             s.td_scale = tcp.last_wscale
             tcp.last_flags &= ~IP_CT_EXP_CHALLENGE_ACK
             s.flags = tcp.last_flags
-            tcp.seen[direction].__init__()
+            tcp.seen[direction].clear()
         else:
             tcp.last_index, tcp.last_dir = index, direction
             tcp.last_seq = pkt.seq

@@ -41,6 +41,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import compiled_loaded
 from ..conntrack import core as ct_core, proto_icmp, proto_tcp, proto_udp
 from ..conntrack import tuple as ct_tuple
 from ..conntrack.conn import HZ, IP_CT_RELATED, IP_CT_RELATED_REPLY, IPS_ASSURED, IPS_SEEN_REPLY
@@ -556,6 +557,9 @@ def install(lab, submission_dir: str | Path) -> None:
         lab = load(lab)
     if installed():
         raise PluginError("a submission is already plugged in: uninstall() it first")
+    if compiled_loaded():    # compiled modules call each other directly: a patch would not run
+        raise PluginError("this process runs the compiled engine, which a plugin cannot replace "
+                          "pieces of: run it with NATTRACK_PURE=1 (--plugin on the command line does)")
     submission_dir = Path(submission_dir).resolve()
     try:
         for piece in lab.pieces:
