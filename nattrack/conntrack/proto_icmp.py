@@ -9,7 +9,8 @@ the flow they quote through the inverted embedded tuple.
 from __future__ import annotations
 
 from .conn import IP_CT_DIR_REPLY, IP_CT_RELATED, IP_CT_RELATED_REPLY
-from .tuple import ICMP_ERROR_TYPES, ICMP_QUERY_TYPES, Tuple, get_tuple, invert_tuple
+from ..packet.ipv4 import ICMP_ERROR_TYPES
+from .tuple import ICMP_REQUEST_TYPES, Tuple, get_tuple, invert_tuple
 from .uapi import NF_ACCEPT
 
 INVALID = 0                              # the tracker's verdict (NF_ACCEPT: uapi.py)
@@ -18,7 +19,7 @@ NR_ICMP_TYPES = 18
 
 def icmp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: bool) -> int:
     """nf_conntrack_icmp_packet(): only requests may open an entry; refresh to 30 s."""
-    if ct.orig.dport >> 8 not in ICMP_QUERY_TYPES:
+    if ct.orig.dport >> 8 not in ICMP_REQUEST_TYPES:
         return INVALID                     # "can't create new conn with type"
     table.refresh(ct, table.sysctl["nf_conntrack_icmp_timeout"], pkt, direction)
     return NF_ACCEPT
