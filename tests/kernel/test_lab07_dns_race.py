@@ -25,7 +25,7 @@ from scapy.layers.inet import IP, UDP
 
 from nattrack.conntrack.cpus import race
 from nattrack.conntrack.profile import running_profile
-from nattrack.netfilter.rules import Ruleset
+from nattrack.netfilter.rulesfile import parse_rules
 from nattrack.netfilter.stack import Router
 from nattrack.packet.ipv4 import Packet
 from nattrack.replay import ManualClock
@@ -116,7 +116,7 @@ def engine_round(r: R.Round) -> dict[str, tuple[str, int]]:
     after the other), each answered by the instance it went to, the AAAA answer SLOW
     seconds later; what reached the client, as race.Round.answered."""
     clock = ManualClock(1000.0)
-    router = Router(dict(IFACES), dict(ROUTES), Ruleset.parse(dns_rules()),
+    router = Router(dict(IFACES), dict(ROUTES), parse_rules(dns_rules()),
                     {"nf_conntrack_buckets": 1024}, clock, seed=7, profile=running_profile())
     frames = R.frames_for("udp-random", 1, r.sport)
     pkts = [Packet.parse(bytearray(f[0][14:]), 0, iif="r-pub", ts=clock()) for f in frames]
