@@ -208,6 +208,63 @@ def test_install_replaces_and_uninstall_restores_the_reference():
     assert ct_tuple.ICMP_INVMAP == before["ICMP_INVMAP"]
 
 
+def test_an_adapter_swaps_only_the_decision_the_student_wrote():
+    """Seams, not copies: with any lab's solution plugged in, the engine's mechanisms
+    (the packet handlers, the gc pass, early drop, the NAT search) stay the reference's."""
+    mechanisms = {"udp_packet": lambda: ct_core.PROTO_HANDLERS[ct_tuple.IPPROTO_UDP],
+                  "icmp_error": lambda: proto_icmp.icmp_error,
+                  "get_unique_tuple": lambda: nat_core.get_unique_tuple,
+                  "nf_nat_l4proto_unique_tuple": lambda: nat_core.nf_nat_l4proto_unique_tuple,
+                  "gc_worker": lambda: ct_core.ConntrackTable.gc_worker,
+                  "early_drop": lambda: ct_core.ConntrackTable.early_drop}
+    before = {name: get() for name, get in mechanisms.items()}
+    for lab_dir in LABS.values():
+        plugin.install(lab_dir, lab_dir / "solution")
+        try:
+            assert all(get() is before[name] for name, get in mechanisms.items()), lab_dir.name
+        finally:
+            plugin.uninstall()
+
+
+def _full_table(sysctl):
+    from nattrack.conntrack.conn import IPS_CONFIRMED, Conn
+    now = [0.0]
+    table = ct_core.ConntrackTable(lambda: now[0], sysctl)
+    for i in range(6):
+        t = ct_tuple.Tuple(0x0A000002, 0xCB00710A, ct_tuple.IPPROTO_UDP, 40000 + i, 53)
+        ct = Conn(t, ct_tuple.invert_tuple(t))
+        ct.timeout, ct.status = 250 * (1 + i), ct.status | IPS_CONFIRMED
+        table.hash[ct.orig] = table.hash[ct.reply] = ct
+        table._bucket_add(ct)
+        table.count += 1
+    return table, now
+
+
+def test_the_students_gc_decisions_run_inside_the_reference_scan(tmp_path):
+    """gc_verdict() says keep for everything and next_run() says 7: the reference's
+    gc_worker() reaps nothing and schedules the next scan 7 jiffies on."""
+    _sub(tmp_path, "gc_worker.py", """\
+        seen = []
+        def gc_verdict(left, assured, closing, near_full):
+            seen.append(left)
+            return "keep"
+        def next_run(lefts, elapsed):
+            seen.append(("next_run", len(lefts), elapsed))
+            return 7
+        def early_drop(chains):
+            return [[0, 0, "evict"]] if chains[0] else []
+        """)
+    table, now = _full_table({"nf_conntrack_max": 6, "nf_conntrack_buckets": 4})
+    now[0] = 100.0                                  # every entry expired long ago
+    plugin.install(LABS[5], tmp_path)
+    assert table.gc_worker() == 7 and table.count == 6
+    import gc_worker as student
+    assert sorted(student.seen[:6]) == sorted(250 * (1 + i) - 25000 for i in range(6))
+    assert student.seen[6:] == [("next_run", 6, 1)]
+    plugin.uninstall()
+    assert table.gc_worker() > 7 and table.count == 0      # the reference reaps them
+
+
 # --- every lab's offline tests: solution, skeleton, half done ------------------------------------
 
 @pytest.mark.parametrize("n", sorted(LABS))
