@@ -300,7 +300,6 @@ class _Parser(_Tokens):
             elif tok.value == "table":
                 t = self.table_header()
                 if self.peek().value == "{":
-                    self.next()
                     self.table_body(t)
             elif tok.value == "add":
                 self.add_command()
@@ -319,13 +318,7 @@ class _Parser(_Tokens):
         return self.tables.setdefault(key, _Table(fam.value, name.value))
 
     def table_body(self, t: _Table) -> None:
-        while True:
-            self.skip_nl()
-            tok = self.next()
-            if tok.value == "}":
-                return
-            if tok.kind == "eof":
-                raise self.error(f"'}}' expected: table {t.key} is not closed", tok)
+        for tok in self.block_items(f"table {t.key}"):
             if tok.value == "chain":
                 name = self.chain_name(t)
                 self.expect("{")

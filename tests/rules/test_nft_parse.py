@@ -347,6 +347,7 @@ def test_icmp_match_in_the_model():
 
 REFUSALS = [
     ("table ip6 t { }", 1, "ip6", "unsupported family"),
+    ("table ip t {\n chain c {\n }\n", 4, "end of file", "table ip t is not closed"),
     ("table ip t { chain c { type route hook output priority 0; } }", 1, "route", "chain type"),
     ("table ip t { chain c { type nat hook forward priority 0; } }", 1, "forward", "nat chains"),
     ("table ip t { chain c { type filter hook prerouting priority 0; } }", 1, "prerouting",
