@@ -13,7 +13,8 @@ A configuration is a set of knobs:
 Every scenario starts from the healthy baseline, applies its own ``[break]`` knobs
 (``scenarios/NAME.toml``, rules ``scenarios/NAME.rules``), then the student's
 ``NAME.toml`` and ``NAME.rules`` (a submission's files; the rules only when given).
-Nothing a student writes is executed: the rules are parsed by nattrack's own parser first (an option
+Nothing a student writes is executed (the mechanism, shared with lab 07, is
+nattrack.labs.scenarios): the rules are parsed by nattrack's own parser first (an option
 it does not know is an error naming the line) and loaded with ``iptables-restore`` (nft
 syntax: ``nft -f``); every other knob is checked against a short list and applied as an argv.
 
@@ -26,13 +27,17 @@ Command line (the lab's Makefile uses it)::
 """
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from nattrack.labs.scenarios import (KnobError, check_diagnosis, check_keys, check_rules,
+                                     check_sysctls, command_line, flush_tables, frames,
+                                     kernel_stat, lab_client, load_rules_live, load_toml, recorded,
+                                     require_root, run, run_command, scenario_files, sent_view,
+                                     set_sysctls_live, submission_texts, table_list, udp_ask)
 
 LAB = Path(__file__).resolve().parent
 SCENARIOS = ("no-masquerade", "forwarding-off", "filter-drops-replies", "asymmetric-route",
@@ -52,10 +57,6 @@ OFFLOADS = ("rx", "tx", "tso", "gso", "gro")
 SYSCTL_OK = ("net.ipv4.ip_forward",)
 BASELINE_ROUTES = {"h1": {"default": "10.0.0.1"}, "h2": {"default": "10.0.0.1"},
                    "web": {"default": "10.0.0.1"}}
-
-
-class KnobError(ValueError):
-    """A scenario or fix file that cannot be applied (the message says what to change)."""
 
 
 @dataclass
@@ -102,21 +103,10 @@ def _iface_node(iface: str) -> str:
 
 
 def parse_knobs(data: dict, where: str) -> Config:
-    cfg = Config()
-    unknown = set(data) - {"sysctl", "offload", "route", "diagnosis", "title", "symptom", "try",
-                           "break"}
-    if unknown:
-        raise KnobError(f"{where}: unknown key {sorted(unknown)[0]!r} (expected sysctl, offload, "
-                        f"route, diagnosis)")
-    for key, value in (data.get("sysctl") or {}).items():
-        if key not in SYSCTL_OK and not key.startswith("net.netfilter.nf_conntrack_"):
-            raise KnobError(f"{where}: sysctl {key!r}: only net.ipv4.ip_forward and "
-                            f"net.netfilter.nf_conntrack_* can be set on the router")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise KnobError(f"{where}: sysctl {key} = {value!r}: expected a whole number")
-        cfg.sysctl[key] = value
-    offloads = data.get("offload") or []
-    for item in [offloads] if isinstance(offloads, dict) else offloads:
+    check_keys(data, where, ("sysctl", "offload", "route"), ("title", "symptom", "try", "break"))
+    cfg = Config(sysctl=check_sysctls(data, where, "router", SYSCTL_OK),
+                 diagnosis=check_diagnosis(data, where))
+    for item in table_list(data, "offload"):
         if not isinstance(item, dict) or "iface" not in item:
             raise KnobError(f"{where}: offload: expected {{iface = \"nth2-eth0\", tx = \"off\"}}")
         try:
@@ -129,8 +119,7 @@ def parse_knobs(data: dict, where: str) -> Config:
                 raise KnobError(f"{where}: offload {feat} = {state!r}: features are "
                                 f"{', '.join(OFFLOADS)}, each \"on\" or \"off\"")
         cfg.offload.setdefault(item["iface"], {}).update(feats)
-    routes = data.get("route") or []
-    for item in [routes] if isinstance(routes, dict) else routes:
+    for item in table_list(data, "route"):
         if not isinstance(item, dict) or set(item) != {"node", "dest", "via"}:
             raise KnobError(f"{where}: route: expected {{node = \"web\", dest = \"default\", "
                             f"via = \"10.0.0.1\"}}")
@@ -146,50 +135,15 @@ def parse_knobs(data: dict, where: str) -> Config:
             raise KnobError(f"{where}: route via {via!r}: the gateways on the LAN are "
                             f"{', '.join(GATEWAYS)}")
         cfg.routes.setdefault(node, {})[dest] = via
-    diag = data.get("diagnosis", "")
-    if not isinstance(diag, str):
-        raise KnobError(f"{where}: diagnosis: expected a string")
-    cfg.diagnosis = diag
     return cfg
-
-
-def check_rules(text: str, where: str) -> str:
-    """The rules parse with nattrack's parser and name only the nat and filter tables (nft
-    syntax: at least one table; its chains can only be of type nat or filter)."""
-    from nattrack.netfilter.rulesfile import is_nft, parse_rules
-    from nattrack.netfilter.xtables import RulesError
-    try:
-        rs = parse_rules(text, where)
-    except RulesError as exc:
-        raise KnobError(str(exc)) from None
-    if rs.syntax == "nft" or is_nft(text):
-        if not rs.tables:
-            raise KnobError(f"{where}: no table (nft syntax: table ip nat {{ ... }})")
-        return text
-    tables = {line.strip()[1:].split()[0] for line in text.splitlines()
-              if line.strip().startswith("*")}
-    if not tables or not tables <= {"nat", "filter"}:
-        raise KnobError(f"{where}: rules for the *nat and *filter tables only "
-                        f"(found: {', '.join(sorted(tables)) or 'none'})")
-    return text
-
-
-def load_toml(text: str, where: str) -> dict:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise KnobError(f"{where}: not valid TOML: {exc}") from None
 
 
 def scenario(name: str, syntax: str = "iptables") -> tuple[Config, dict]:
     """(the broken configuration's knobs, the scenario's description) of scenario NAME; its
     rules from scenarios/NAME.rules, or NAME.nft (the same rules in nft syntax)."""
-    if name not in SCENARIOS:
-        raise KnobError(f"unknown scenario {name!r}: one of {', '.join(SCENARIOS)}")
-    meta = load_toml((LAB / "scenarios" / f"{name}.toml").read_text(), f"scenarios/{name}.toml")
+    meta, rules, where = scenario_files(LAB, name, SCENARIOS, "scenario", syntax)
     cfg = parse_knobs(meta.get("break", {}), f"scenarios/{name}.toml [break]")
-    rules = f"scenarios/{name}.{'nft' if syntax == 'nft' else 'rules'}"
-    cfg.rules = check_rules((LAB / rules).read_text(), rules)
+    cfg.rules = check_rules(rules, where)
     return cfg, meta
 
 
@@ -204,10 +158,7 @@ def fix_from_texts(name: str, toml_text: str | None, rules_text: str | None) -> 
 
 
 def fix_from_dir(name: str, folder: Path) -> Config:
-    def text(suffix):
-        p = folder / f"{name}{suffix}"
-        return p.read_text() if p.exists() else None
-    return fix_from_texts(name, text(".toml"), text(".rules"))
+    return fix_from_texts(name, *submission_texts(folder, name))
 
 
 def effective(name: str, fix: Config | None, syntax: str = "iptables") -> Config:
@@ -280,7 +231,6 @@ def replay(name: str, cfg: Config, capture: Path | None = None) -> Outcome:
     from nattrack.netfilter.rulesfile import parse_rules
     from nattrack.netfilter.stack import Router
     from nattrack.packet.ipv4 import Packet
-    from nattrack.packet.pcapio import CaptureReader, ip_offset
 
     clock_now = [0.0]
     router = Router(dict(ROUTER_IFACES), {}, parse_rules(cfg.rules, f"{name}.rules"),
@@ -288,10 +238,7 @@ def replay(name: str, cfg: Config, capture: Path | None = None) -> Outcome:
                     ip_forward=cfg.ip_forward)
     by_addr = {addr: node for node, (_i, addr) in HOSTS.items()}
     out = Outcome()
-    for frame in CaptureReader(str(capture or capture_path(name))):
-        off = ip_offset(frame)
-        if off is None:
-            continue
+    for frame, off in frames(capture or capture_path(name)):
         buf = bytearray(frame.data)
         head = Packet.parse(bytearray(buf), off)
         if head is None:
@@ -313,25 +260,11 @@ def replay(name: str, cfg: Config, capture: Path | None = None) -> Outcome:
         if v.dropped:
             out.dropped.append((summary, v.dropped))
         for s in v.sent:
-            out.sent.append((s.oif, _View(Packet.parse(bytearray(s.data), 0))))
+            out.sent.append((s.oif, sent_view(s.data)))
     now_j = router.ct.jiffies()
     out.table = [show.conn_json(ct, now_j) for ct in router.ct.conns()]
     out.invalid = router.ct.stats.get("invalid", 0)
     return out
-
-
-class _View:
-    """A sent packet, its addresses as ipaddress objects, its checksum verified."""
-
-    def __init__(self, pkt) -> None:
-        self.proto, self.sport, self.dport = pkt.proto, pkt.sport, pkt.dport
-        self.src, self.dst = ipaddress.ip_address(pkt.src), ipaddress.ip_address(pkt.dst)
-        self.tcpflags = pkt.tcpflags
-        self.checksum_ok = pkt.l4_checksum_ok()
-        self.text = pkt.summary()
-
-    def __repr__(self) -> str:
-        return self.text
 
 
 # --- what a fixed network does with the recorded traffic -------------------------------------
@@ -339,22 +272,10 @@ class _View:
 CLIENT = {"offload-checksums": "h2"}                  # whose traffic the outbound scenarios carry
 
 
-def _recorded(name: str) -> list:
-    """(iface, Packet) of the scenario's capture, unchanged."""
-    from nattrack.packet.ipv4 import Packet
-    from nattrack.packet.pcapio import CaptureReader, ip_offset
-    out = []
-    for frame in CaptureReader(str(capture_path(name))):
-        off = ip_offset(frame)
-        if off is not None:
-            out.append((frame.iface, _View(Packet.parse(bytearray(frame.data), off))))
-    return out
-
-
 def check_offline(name: str, o: Outcome) -> list[str]:
     """What is still wrong after the fix, one sentence each (empty: fixed)."""
     problems = []
-    rec = _recorded(name)
+    rec = recorded(capture_path(name))
     bad_sum = [p for _oif, p in o.sent if not p.checksum_ok]
     if bad_sum:
         problems.append(f"r sends packets with a bad checksum ({bad_sum[0]}): the receiver's "
@@ -427,7 +348,7 @@ def check_live(lab, name: str) -> list[str]:
         kernel = [l for l in lab.kernel_list(proto="tcp", dport=80, src=addr) if "ASSURED" in l]
         if not kernel:
             problems.append(f"r's kernel has no ASSURED entry for {host}'s web request")
-    seen = udp_echo(lab, host, "203.0.113.10")
+    seen = udp_ask(lab, host, "203.0.113.10")
     if seen is None:
         problems.append(f"{host}'s UDP question to srv's echo service (port 7) gets no answer")
     elif not seen.startswith(PUBLIC + ":"):
@@ -442,16 +363,10 @@ def check_live(lab, name: str) -> list[str]:
     return problems
 
 
-def _kernel_invalid(lab) -> int:
-    res = lab.kernel_conntrack({"command": "S"})
-    return sum(int(tok.split("=")[1]) for tok in res["stdout"].split()
-               if tok.startswith("invalid="))
-
-
 def stray_segments(lab, host: str) -> tuple[list[str], int]:
     """``host`` sends two TCP segments of no connection (FIN, RST) to srv while srv listens
     for private sources; (what srv saw, how many INVALID packets r's kernel counted)."""
-    before = _kernel_invalid(lab)
+    before = kernel_stat(lab, "invalid")
     s = lab.exec_session("srv", ["tcpdump", "-nn", "-l", "-i", HOSTS["srv"][0],
                                  "tcp and src net 10.0.0.0/24"], timeout=20)
     lines: list[str] = []
@@ -469,7 +384,7 @@ def stray_segments(lab, host: str) -> tuple[list[str], int]:
                 lines += data.decode(errors="replace").splitlines()
     finally:
         s.close()
-    return [l for l in lines if l.strip()], _kernel_invalid(lab) - before
+    return [l for l in lines if l.strip()], kernel_stat(lab, "invalid") - before
 
 
 # --- the live lab ---------------------------------------------------------------------------
@@ -479,34 +394,13 @@ _touched: dict[str, set] = {"sysctl": set(), "offload": set()}
 
 def apply_live(lab, cfg: Config) -> None:
     """Put the running lab (a LabClient whose caller is root) in configuration ``cfg``:
-    r's rules and sysctls, the hosts' offloads and routes; both tables start empty."""
-    def run(node, argv, input=None):
-        res = lab.exec(node, argv, input=input, timeout=20)
-        if res.returncode != 0:
-            raise KnobError(f"{node}: {' '.join(argv)}: "
-                            f"{(res.stderr or res.stdout).strip() or 'exit %d' % res.returncode}")
-        return res
-
-    from nattrack.conntrack.sysctl import DEFAULTS
-    from nattrack.netfilter.rulesfile import is_nft
+    r's rules and sysctls, the hosts' offloads and routes; both tables start empty.
+    What an earlier configuration changed and this one does not mention goes back to the
+    lab's state: conntrack settings to their defaults, offloads off."""
     from nattrack.router.shadow import FORCE_TRACKING
-    if lab.exec(ROUTER, ["id", "-u"]).stdout.strip() != "0":
-        raise KnobError("applying a scenario changes the lab's nodes: run it as root (sudo)")
-    # The whole rule set is replaced, whichever syntax held it before (iptables-restore
-    # refuses a table nft made); conntrack stays forced on, as the lab's router keeps it.
-    run(ROUTER, ["nft", "flush", "ruleset"])
-    if is_nft(cfg.rules):
-        run(ROUTER, ["nft", "-f", "-"], input=cfg.rules)
-    else:
-        run(ROUTER, ["iptables-restore", "-w"], input=cfg.rules)
-    run(ROUTER, ["iptables", "-w", "-t", "mangle", "-A", *FORCE_TRACKING])
-    # What an earlier configuration changed and this one does not mention goes back to
-    # the lab's state: conntrack settings to their defaults, offloads off.
-    sysctls = {k: DEFAULTS[k.rpartition(".")[2]] for k in _touched["sysctl"]
-               if k.rpartition(".")[2] in DEFAULTS}
-    sysctls.update(cfg.sysctl)
-    for key, value in sysctls.items():
-        run(ROUTER, ["sysctl", "-qw", f"{key}={value}"])
+    require_root(lab, ROUTER, "applying a scenario")
+    load_rules_live(lab, ROUTER, cfg.rules, FORCE_TRACKING)
+    set_sysctls_live(lab, ROUTER, cfg.sysctl, _touched["sysctl"])
     offload = {iface: dict.fromkeys(OFFLOADS, "off") for iface in _touched["offload"]}
     for iface, feats in cfg.offload.items():
         offload.setdefault(iface, {}).update(feats)
@@ -516,16 +410,11 @@ def apply_live(lab, cfg: Config) -> None:
             if res.returncode != 0 and feat in cfg.offload.get(iface, {}):
                 raise KnobError(f"ethtool -K {iface} {feat} {state}: "
                                 f"{(res.stderr or res.stdout).strip()}")
-    _touched["sysctl"].update(k for k in cfg.sysctl if k.startswith("net.netfilter."))
     _touched["offload"].update(cfg.offload)
     for node, rts in cfg.routes.items():
         for dest, via in rts.items():
-            run(node, ["ip", "route", "replace", dest, "via", via])
-    lab.kernel_conntrack({"command": "F"})
-    try:
-        lab.flush()
-    except Exception:                 # noqa: BLE001 -- the shadow tracker is optional here
-        pass
+            run(lab, node, ["ip", "route", "replace", dest, "via", via])
+    flush_tables(lab)
 
 
 def curl(lab, node: str, url: str) -> str | None:
@@ -534,66 +423,39 @@ def curl(lab, node: str, url: str) -> str | None:
     return res.stdout.strip() if res.returncode == 0 and "you came from" in res.stdout else None
 
 
-def udp_echo(lab, node: str, server: str) -> str | None:
-    """Whom srv's echo service (UDP port 7) saw asking (``ADDR:PORT``), or None: no answer."""
-    word = f"probe-{node}-{int(time.time() * 1000) % 100000}"
-    res = lab.exec(node, ["nc", "-u", "-w", "1", server, "7"], input=word + "\n", timeout=10)
-    for line in res.stdout.splitlines():
-        if line.endswith(" " + word):
-            return line.split()[0]
-    return None
-
-
 # --- command line -------------------------------------------------------------------------------
 
-def _client():
-    from nattrack.lab.client import LabClient
-    return LabClient()
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="scenarios.py", description="lab 06's broken set-ups")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list")
-    for cmd in ("break", "fix", "replay"):
-        s = sub.add_parser(cmd)
-        s.add_argument("name", choices=SCENARIOS)
-        s.add_argument("--syntax", choices=("iptables", "nft"), default="iptables",
-                       help="the scenario's broken rules in this syntax (nft: scenarios/NAME.nft)")
-        if cmd != "break":
-            s.add_argument("--dir", type=Path, default=LAB / "student",
-                           help="the folder holding NAME.toml and NAME.rules (default: student/)")
-    args = p.parse_args(argv)
-    from nattrack.lab import LabError
-    try:
-        if args.cmd == "list":
-            for name in SCENARIOS:
-                print(f"{name:22} {scenario(name)[1].get('title', '')}")
-            return 0
-        fix = fix_from_dir(args.name, args.dir) if args.cmd != "break" else None
-        cfg = effective(args.name, fix, args.syntax)
-        if args.cmd == "replay":
-            o = replay(args.name, cfg)
-            for oif, pkt in o.sent:
-                print(f"sent on {oif}: {pkt}{'' if pkt.checksum_ok else '  (bad checksum)'}")
-            for summary, why in o.dropped:
-                print(f"dropped: {summary}: {why}")
-            if o.not_reaching_r:
-                print(f"{o.not_reaching_r} frame(s) went to another router (the hosts' routes)")
-            return 0
-        apply_live(_client(), cfg)
-        meta = scenario(args.name)[1]
-        if args.cmd == "break":
-            print(f"{args.name}: broken. {meta.get('symptom', '')}")
-        else:
-            print(f"{args.name}: broken, then your {args.dir}/{args.name}.* applied; "
-                  f"was: {meta.get('symptom', '')}")
-        for t in meta.get("try", []):
-            print(f"  try: {t}")
+    args = command_line("scenarios.py", "lab 06's broken set-ups", SCENARIOS, LAB / "student", argv)
+    return run_command(_command, args)
+
+
+def _command(args) -> int:
+    if args.cmd == "list":
+        for name in SCENARIOS:
+            print(f"{name:22} {scenario(name)[1].get('title', '')}")
         return 0
-    except (KnobError, LabError, OSError) as exc:      # LabError: e.g. no lab running
-        print(f"scenarios.py: {exc}", file=sys.stderr)
-        return 1
+    fix = fix_from_dir(args.name, args.dir) if args.cmd != "break" else None
+    cfg = effective(args.name, fix, args.syntax)
+    if args.cmd == "replay":
+        o = replay(args.name, cfg)
+        for oif, pkt in o.sent:
+            print(f"sent on {oif}: {pkt}{'' if pkt.checksum_ok else '  (bad checksum)'}")
+        for summary, why in o.dropped:
+            print(f"dropped: {summary}: {why}")
+        if o.not_reaching_r:
+            print(f"{o.not_reaching_r} frame(s) went to another router (the hosts' routes)")
+        return 0
+    apply_live(lab_client(), cfg)
+    meta = scenario(args.name)[1]
+    if args.cmd == "break":
+        print(f"{args.name}: broken. {meta.get('symptom', '')}")
+    else:
+        print(f"{args.name}: broken, then your {args.dir}/{args.name}.* applied; "
+              f"was: {meta.get('symptom', '')}")
+    for t in meta.get("try", []):
+        print(f"  try: {t}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ An incident is a story in three acts, the same live and offline:
    nft syntax, as ``scenarios/NAME.nft`` writes them), and the traffic
    after it must show the fix worked.
 
-Nothing a student writes is executed: rules are parsed by nattrack's parser first and
-loaded with ``iptables-restore``; every other knob is checked and applied as an argv.
+Nothing a student writes is executed (the mechanism, shared with lab 06, is
+nattrack.labs.scenarios): rules are parsed by nattrack's parser first and loaded with
+``iptables-restore`` or ``nft -f``; every other knob is checked and applied as an argv.
 
 Command line (the lab's Makefile uses it)::
 
@@ -22,16 +23,21 @@ Command line (the lab's Makefile uses it)::
     sudo python scenarios.py break NAME          # the running lab: acts 1 and 2
     sudo python scenarios.py fix NAME [--dir D]  # acts 1-3 with D/NAME.* (default student/)
     python scenarios.py replay NAME [--dir D]    # the recorded traffic through the engine
+    (--syntax nft: the incident's rules from scenarios/NAME.nft, the nft variant)
 """
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from nattrack.labs.scenarios import (KnobError, View, check_diagnosis, check_keys, check_rules,
+                                     check_sysctls, command_line, flush_tables, frames,
+                                     kernel_stat, lab_client, load_rules_live, load_toml, recorded,
+                                     require_root, run, run_command, scenario_files, sent_view,
+                                     set_sysctls_live, submission_texts, table_list, udp_ask)
 
 LAB = Path(__file__).resolve().parent
 SCENARIOS = ("stale-udp", "table-full", "new-rule", "invalid-rst", "snat-race", "dns-race",
@@ -51,10 +57,7 @@ HOSTS = {"h1": ("nth1-eth0", "10.0.0.10"), "h2": ("nth2-eth0", "10.0.0.11"),
 GATEWAY = {"h1": "10.0.0.1", "h2": "10.0.0.1", "be1": "10.1.0.1", "be2": "10.1.0.1"}
 PRIVATE = (ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("10.1.0.0/24"))
 PROTOS = {"udp": 17, "tcp": 6}
-
-
-class KnobError(ValueError):
-    """An incident or fix file that cannot be applied (the message says what to change)."""
+TABLES = ("raw", "nat", "filter")      # raw: -j CT --helper ftp (ftp-helper)
 
 
 @dataclass
@@ -93,59 +96,16 @@ def _check_delete(item, where: str) -> dict:
 
 
 def parse_knobs(data: dict, where: str) -> Config:
-    cfg = Config()
-    unknown = set(data) - {"sysctl", "delete", "down", "diagnosis", "title", "symptom", "try",
-                           "break", "incident", "break_at", "fix_at"}
-    if unknown:
-        raise KnobError(f"{where}: unknown key {sorted(unknown)[0]!r} (expected sysctl, "
-                        f"delete, diagnosis)")
-    for key, value in (data.get("sysctl") or {}).items():
-        if not key.startswith("net.netfilter.nf_conntrack_"):
-            raise KnobError(f"{where}: sysctl {key!r}: only net.netfilter.nf_conntrack_* can "
-                            f"be set on the node")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise KnobError(f"{where}: sysctl {key} = {value!r}: expected a whole number")
-        cfg.sysctl[key] = value
-    deletes = data.get("delete") or []
-    cfg.delete = [_check_delete(d, where) for d in ([deletes] if isinstance(deletes, dict)
-                                                     else deletes)]
+    check_keys(data, where, ("sysctl", "delete"), ("down", "title", "symptom", "try", "break",
+                                                   "incident", "break_at", "fix_at"))
+    cfg = Config(sysctl=check_sysctls(data, where, "node"),
+                 delete=[_check_delete(d, where) for d in table_list(data, "delete")],
+                 diagnosis=check_diagnosis(data, where))
     for host in data.get("down") or []:
         if host not in HOSTS:
             raise KnobError(f"{where}: down {host!r}: one of {', '.join(HOSTS)}")
         cfg.down.append(host)
-    diag = data.get("diagnosis", "")
-    if not isinstance(diag, str):
-        raise KnobError(f"{where}: diagnosis: expected a string")
-    cfg.diagnosis = diag
     return cfg
-
-
-def check_rules(text: str, where: str) -> str:
-    """The rules parse with nattrack's parser and name only the raw, nat and filter tables
-    (nft syntax, as scenarios/NAME.nft: at least one table)."""
-    from nattrack.netfilter.rulesfile import is_nft, parse_rules
-    from nattrack.netfilter.xtables import RulesError
-    try:
-        rs = parse_rules(text, where)
-    except RulesError as exc:
-        raise KnobError(str(exc)) from None
-    if rs.syntax == "nft" or is_nft(text):
-        if not rs.tables:
-            raise KnobError(f"{where}: no table (nft syntax: table ip nat {{ ... }})")
-        return text
-    tables = {line.strip()[1:].split()[0] for line in text.splitlines()
-              if line.strip().startswith("*")}
-    if not tables or not tables <= {"raw", "nat", "filter"}:
-        raise KnobError(f"{where}: rules for the *raw, *nat and *filter tables only "
-                        f"(found: {', '.join(sorted(tables)) or 'none'})")
-    return text
-
-
-def load_toml(text: str, where: str) -> dict:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise KnobError(f"{where}: not valid TOML: {exc}") from None
 
 
 def healthy() -> str:
@@ -155,12 +115,9 @@ def healthy() -> str:
 def scenario(name: str, syntax: str = "iptables") -> tuple[Config, dict]:
     """(the incident's knobs, its description) of incident NAME; its rules from
     scenarios/NAME.rules, or NAME.nft (the same rules in nft syntax: the nft variant)."""
-    if name not in SCENARIOS:
-        raise KnobError(f"unknown incident {name!r}: one of {', '.join(SCENARIOS)}")
-    meta = load_toml((LAB / "scenarios" / f"{name}.toml").read_text(), f"scenarios/{name}.toml")
+    meta, rules, where = scenario_files(LAB, name, SCENARIOS, "incident", syntax)
     cfg = parse_knobs(meta.get("break", {}), f"scenarios/{name}.toml [break]")
-    rules = f"scenarios/{name}.{'nft' if syntax == 'nft' else 'rules'}"
-    cfg.rules = check_rules((LAB / rules).read_text(), rules)
+    cfg.rules = check_rules(rules, where, TABLES)
     return cfg, meta
 
 
@@ -172,15 +129,12 @@ def fix_from_texts(name: str, toml_text: str | None, rules_text: str | None) -> 
         if cfg.down:
             raise KnobError(f"{name}.toml: down: a fix cannot take hosts down")
     if rules_text is not None and rules_text.strip():
-        cfg.rules = check_rules(rules_text, f"{name}.rules")
+        cfg.rules = check_rules(rules_text, f"{name}.rules", TABLES)
     return cfg
 
 
 def fix_from_dir(name: str, folder: Path) -> Config:
-    def text(suffix):
-        p = folder / f"{name}{suffix}"
-        return p.read_text() if p.exists() else None
-    return fix_from_texts(name, text(".toml"), text(".rules"))
+    return fix_from_texts(name, *submission_texts(folder, name))
 
 
 def _matches(item: dict, orig) -> bool:
@@ -199,26 +153,10 @@ def capture_path(name: str) -> Path:
     return LAB / "data" / f"{name}.pcapng"
 
 
-class _View:
-    """A packet r received or sent: addresses as ipaddress objects, the time it was seen."""
-
-    def __init__(self, pkt, ts: float = 0.0) -> None:
-        self.proto, self.sport, self.dport = pkt.proto, pkt.sport, pkt.dport
-        self.src, self.dst = ipaddress.ip_address(pkt.src), ipaddress.ip_address(pkt.dst)
-        self.tcpflags, self.ts = pkt.tcpflags, ts
-        self.text = pkt.summary()
-        data = bytes(pkt.buf[pkt.l4 + pkt.l4len - pkt.payload_len:pkt.l4 + pkt.l4len])
-        self.data = data.decode(errors="replace").strip()
-        self.word = (self.data.split() or [""])[0]          # "A?", "AAAA", "PORT"
-
-    def __repr__(self) -> str:
-        return self.text
-
-
 @dataclass
 class Outcome:
     """What the node did with the incident's recorded traffic (times from the capture's start)."""
-    sent: list = field(default_factory=list)        # (oif, _View) of everything r sent
+    sent: list = field(default_factory=list)        # (oif, View) of everything r sent
     dropped: list = field(default_factory=list)     # (t, summary, reason)
     log: list = field(default_factory=list)         # the engine's kernel log lines
     stats: dict = field(default_factory=dict)       # conntrack -S totals
@@ -238,7 +176,6 @@ def replay(name: str, fix: Config | None, capture: Path | None = None,
     from nattrack.netfilter.rulesfile import parse_rules
     from nattrack.netfilter.stack import Router
     from nattrack.packet.ipv4 import Packet
-    from nattrack.packet.pcapio import CaptureReader, ip_offset
 
     broken, meta = scenario(name, syntax)
     acts = [(float(meta.get("break_at", 0)), broken, f"scenarios/{name}.rules")]
@@ -251,11 +188,10 @@ def replay(name: str, fix: Config | None, capture: Path | None = None,
     asked: dict = {}              # (client, its port, query type) -> (backend, port) r chose
     refused = False               # ftp-helper: a PORT left r that srv's server refuses
     out = Outcome()
-    frames = [(f, off) for f in CaptureReader(str(capture or capture_path(name)))
-              if (off := ip_offset(f)) is not None]
-    t0 = frames[0][0].ts if frames else 0.0
+    got = frames(capture or capture_path(name))
+    t0 = got[0][0].ts if got else 0.0
     at_once: dict[float, list] = {}                 # the same microsecond: CPUs in parallel
-    for frame, off in frames:
+    for frame, off in got:
         at_once.setdefault(round(frame.ts, 6), []).append((frame, off))
     for ts, group in at_once.items():
         rel = ts - t0
@@ -286,7 +222,7 @@ def replay(name: str, fix: Config | None, capture: Path | None = None,
             if v.dropped:
                 out.dropped.append((rel, summary, v.dropped))
             for s in v.sent:
-                view = _View(Packet.parse(bytearray(s.data), 0), rel)
+                view = sent_view(s.data, rel)
                 out.sent.append((s.oif, view))
                 if s.oif == SVC and view.proto == 17:       # where r sent this query
                     asked[(view.src, view.sport, view.word.rstrip("?"))] = (view.dst, view.dport)
@@ -314,7 +250,7 @@ def _answer_from_queried(buf: bytearray, off: int, asked: dict) -> None:
     pkt = Packet.parse(bytearray(buf), off)
     if pkt is None or pkt.proto != 17:
         return
-    view = _View(pkt)
+    view = View(pkt)
     backend = asked.get((view.dst, view.dport, view.word))
     if backend is not None and backend[0] == view.src:
         buf[pkt.l4:pkt.l4 + 2] = backend[1].to_bytes(2, "big")
@@ -335,24 +271,11 @@ def _apply_engine(router, cfg: Config, where: str) -> None:
 
 # --- what a fixed node does with the recorded traffic ------------------------------------------
 
-def _recorded(name: str) -> list:
-    """(iface, _View) of the incident's capture, times from its first frame."""
-    from nattrack.packet.ipv4 import Packet
-    from nattrack.packet.pcapio import CaptureReader, ip_offset
-    out, t0 = [], None
-    for frame in CaptureReader(str(capture_path(name))):
-        off = ip_offset(frame)
-        if off is not None:
-            t0 = frame.ts if t0 is None else t0
-            out.append((frame.iface, _View(Packet.parse(bytearray(frame.data), off), frame.ts - t0)))
-    return out
-
-
 def check_offline(name: str, o: Outcome) -> list[str]:
     """What is still wrong after the fix, one sentence each (empty: fixed)."""
     _cfg, meta = scenario(name)
     fix_at = float(meta.get("fix_at", 0))
-    rec = [(i, p) for i, p in _recorded(name) if p.ts >= fix_at]
+    rec = [(i, p) for i, p in recorded(capture_path(name)) if p.ts >= fix_at]
     problems = []
     leaked = [p for p in o.out(WAN) if any(p.src in net for net in PRIVATE)]
     if leaked:
@@ -447,73 +370,32 @@ def _slow_lookups(rec: list, o: Outcome) -> list[str]:
 _touched: set[str] = set()
 
 
-def _run(lab, node, argv, input=None, ok=(0,)):
-    res = lab.exec(node, argv, input=input, timeout=20)
-    if res.returncode not in ok:
-        raise KnobError(f"{node}: {' '.join(argv)}: "
-                        f"{(res.stderr or res.stdout).strip() or 'exit %d' % res.returncode}")
-    return res
-
-
 def apply_live(lab, cfg: Config, fresh: bool = False) -> None:
     """Put configuration ``cfg`` on the running lab (a LabClient whose caller is root):
     r's rules and sysctls, hosts down, entries deleted.  Only ``fresh`` (act 1) brings
     every host up and empties the kernel's table: an incident keeps its entries."""
-    from nattrack.conntrack.sysctl import DEFAULTS
-    from nattrack.netfilter.rulesfile import is_nft
-    from nattrack.router.shadow import FORCE_TRACKING
-    if lab.exec(ROUTER, ["id", "-u"]).stdout.strip() != "0":
-        raise KnobError("staging an incident changes the lab's nodes: run it as root (sudo)")
+    require_root(lab, ROUTER, "staging an incident")
     if fresh:
         for node, (iface, _addr) in HOSTS.items():
-            _run(lab, node, ["ip", "link", "set", iface, "up"])
+            run(lab, node, ["ip", "link", "set", iface, "up"])
             if node in GATEWAY:         # a link taken down lost its default route
-                _run(lab, node, ["ip", "route", "replace", "default", "via", GATEWAY[node]])
+                run(lab, node, ["ip", "route", "replace", "default", "via", GATEWAY[node]])
     if cfg.rules:
-        _run(lab, ROUTER, ["nft", "flush", "ruleset"])
-        if is_nft(cfg.rules):
-            _run(lab, ROUTER, ["nft", "-f", "-"], input=cfg.rules)
-        else:
-            _run(lab, ROUTER, ["iptables-restore", "-w"], input=cfg.rules)
-        _run(lab, ROUTER, ["iptables", "-w", "-t", "mangle", "-A", *FORCE_TRACKING])
-        if "helper" in cfg.rules:     # a modular kernel loads nf_nat_ftp only when asked
-            _run(lab, ROUTER, ["modprobe", "-q", "nf_nat_ftp"], ok=(0, 1))
-    sysctls = dict(cfg.sysctl)
-    if fresh:         # what an earlier incident changed goes back to the kernel's default
-        sysctls = {k: DEFAULTS[k.rpartition(".")[2]] for k in _touched
-                   if k.rpartition(".")[2] in DEFAULTS} | sysctls
-    for key, value in sysctls.items():
-        res = lab.exec(ROUTER, ["sysctl", "-qw", f"{key}={value}"], timeout=20)
-        if res.returncode != 0:
-            raise KnobError(f"sysctl {key}={value} cannot be set in the live lab's namespace "
-                            f"({(res.stderr or res.stdout).strip()})")
-        _touched.add(key)
+        from nattrack.router.shadow import FORCE_TRACKING
+        load_rules_live(lab, ROUTER, cfg.rules, FORCE_TRACKING)
+    # act 1: what an earlier incident changed goes back to the kernel's default
+    set_sysctls_live(lab, ROUTER, cfg.sysctl, _touched, restore=fresh)
     for host in cfg.down:
-        _run(lab, host, ["ip", "link", "set", HOSTS[host][0], "down"])
+        run(lab, host, ["ip", "link", "set", HOSTS[host][0], "down"])
     for item in cfg.delete:
         argv = ["conntrack", "-D", "-p", item["proto"]]
         for key, opt in (("src", "--orig-src"), ("dst", "--orig-dst"),
                          ("sport", "--orig-port-src"), ("dport", "--orig-port-dst")):
             if key in item:
                 argv += [opt, str(item[key])]
-        _run(lab, ROUTER, argv, ok=(0, 1))        # 1: no entry matched
+        run(lab, ROUTER, argv, ok=(0, 1))         # 1: no entry matched
     if fresh:
-        lab.kernel_conntrack({"command": "F"})
-        try:
-            lab.flush()
-        except Exception:                 # noqa: BLE001 -- the shadow tracker is optional here
-            pass
-
-
-def udp_ask(lab, node: str, server: str, port: int, sport: int) -> str | None:
-    """Whom the echo service behind ``server:port`` saw asking (``ADDR:PORT``), or None."""
-    word = f"q-{node}-{int(time.time() * 1000) % 100000}"
-    res = lab.exec(node, ["nc", "-u", "-p", str(sport), "-w", "1", server, str(port)],
-                   input=word + "\n", timeout=10)
-    for line in res.stdout.splitlines():
-        if line.endswith(" " + word):
-            return line.split()[0]
-    return None
+        flush_tables(lab)
 
 
 # --- racing two first datagrams on two CPUs of r (snat-race) ------------------------------
@@ -558,14 +440,7 @@ def _udp_frame(src_mac: str, dst_mac: str, src: str, dst: str, sport: int, dport
 
 
 def _mac(lab, node: str, iface: str) -> str:
-    return _run(lab, node, ["cat", f"/sys/class/net/{iface}/address"]).stdout.strip()
-
-
-def _kernel_stat(lab, name: str) -> int:
-    """conntrack -S's counter ``name`` on r, summed over the CPUs."""
-    res = lab.kernel_conntrack({"command": "S"})
-    return sum(int(tok.split("=")[1]) for tok in res["stdout"].split()
-               if tok.startswith(name + "="))
+    return run(lab, node, ["cat", f"/sys/class/net/{iface}/address"]).stdout.strip()
 
 
 def race_live(lab, base: int, rounds: int = RACE_ROUNDS) -> int:
@@ -589,7 +464,7 @@ def race_live(lab, base: int, rounds: int = RACE_ROUNDS) -> int:
             frames = [_udp_frame(mac, r_mac, addr, HOSTS["srv"][1], base + i, 7,
                                  f"{host} {base + i}\n".encode()) for i in range(rounds)]
             (work / f"{host}.hex").write_text("\n".join(f.hex() for f in frames) + "\n")
-        before = _kernel_stat(lab, "insert_failed")
+        before = kernel_stat(lab, "insert_failed")
         sessions = [lab.exec_session(host, ["taskset", "-c", str(cpus[role]), sys.executable,
                                             "-c", _SENDER, HOSTS[host][0], str(role),
                                             str(work / "barrier"), str(work / f"{host}.hex"),
@@ -604,7 +479,7 @@ def race_live(lab, base: int, rounds: int = RACE_ROUNDS) -> int:
             for session in sessions:
                 session.close()
         time.sleep(0.3)
-        return _kernel_stat(lab, "insert_failed") - before
+        return kernel_stat(lab, "insert_failed") - before
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -654,10 +529,10 @@ def out_of_window_live(lab) -> tuple[list[str], int]:
         if b"up" not in up:
             last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
             raise KnobError(f"srv could not connect to the service 203.0.113.1:80 ({last[0]})")
-        _run(lab, "be1", ["hping3", "-c", "3", "-i", "u200000", "-A", "-s", "80", "-k",
-                          "-p", str(port), "-M", str(OUT_OF_WINDOW_SEQ), "-L", "1",
-                          HOSTS["srv"][1]],
-             ok=(0, 1))                       # 1: no answer, which is the point
+        run(lab, "be1", ["hping3", "-c", "3", "-i", "u200000", "-A", "-s", "80", "-k",
+                         "-p", str(port), "-M", str(OUT_OF_WINDOW_SEQ), "-L", "1",
+                         HOSTS["srv"][1]],
+            ok=(0, 1))                       # 1: no answer, which is the point
         time.sleep(0.5)
         dump.signal("INT")
         for stream, data in it:
@@ -779,71 +654,54 @@ def check_live(lab, name: str, fix: Config, syntax: str = "iptables") -> list[st
 
 # --- command line -------------------------------------------------------------------------------
 
-def _client():
-    from nattrack.lab.client import LabClient
-    return LabClient()
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="scenarios.py", description="lab 07's incidents")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list")
-    for cmd in ("break", "fix", "replay"):
-        s = sub.add_parser(cmd)
-        s.add_argument("name", choices=SCENARIOS)
-        s.add_argument("--syntax", choices=("iptables", "nft"), default="iptables",
-                       help="the incident's rules in this syntax (nft: scenarios/NAME.nft)")
-        if cmd != "break":
-            s.add_argument("--dir", type=Path, default=LAB / "student",
-                           help="the folder holding NAME.toml and NAME.rules (default: student/)")
-    args = p.parse_args(argv)
-    from nattrack.lab import LabError
-    try:
-        if args.cmd == "list":
-            for name in SCENARIOS:
-                where = "live and offline" if name in LIVE else "offline"
-                print(f"{name:12} {scenario(name)[1].get('title', '')} ({where})")
-            return 0
-        meta = scenario(args.name)[1]
-        if args.cmd == "replay":
-            fix = fix_from_dir(args.name, args.dir)
-            o = replay(args.name, fix, syntax=args.syntax)
-            for oif, pkt in o.sent:
-                said = f"  {pkt.data!r}" if pkt.word in ("PORT", "EPRT") else ""
-                print(f"{pkt.ts:7.3f} sent on {oif}: {pkt}{said}")
-            for t, summary, why in o.dropped:
-                print(f"{t:7.3f} dropped: {summary}: {why}")
-            for line in o.races:
-                print(f"race: {line}")
-            for line in sorted(set(o.log)):
-                print(f"kernel log: {line}")
-            problems = check_offline(args.name, o)
-            print("\n".join(problems) or f"{args.name}: fixed on the recorded traffic")
-            return 0
-        if args.cmd == "break":
-            got = stage_live(_client(), args.name, args.syntax)
-            print(f"{args.name}: the incident is on. {meta.get('symptom', '')}")
-            for key, seen in got.items():
-                if key == "leaked":
-                    print(f"  {len(seen)} segment(s) from 10.1.0.0/24 left r to srv"
-                          + (f": {seen[0]}" if seen else ""))
-                elif key == "ftp":
-                    print(f"  h1's active FTP download from srv: "
-                          f"{'done' if seen[0] else 'failed'} (srv's server: {seen[1]})")
-                elif key == "lost":
-                    print(f"  {seen} of {RACE_ROUNDS} racing first datagrams lost at confirm "
-                          f"(insert_failed)")
-                else:
-                    print(f"  {key[0]} from port {key[1]}: {'answered' if seen else 'no answer'}")
-            for t in meta.get("try", []):
-                print(f"  try: {t}")
-            return 0
-        problems = check_live(_client(), args.name, fix_from_dir(args.name, args.dir), args.syntax)
-        print("\n".join(problems) or f"{args.name}: fixed in the live lab")
+    args = command_line("scenarios.py", "lab 07's incidents", SCENARIOS, LAB / "student", argv)
+    return run_command(_command, args)
+
+
+def _command(args) -> int:
+    if args.cmd == "list":
+        for name in SCENARIOS:
+            where = "live and offline" if name in LIVE else "offline"
+            print(f"{name:12} {scenario(name)[1].get('title', '')} ({where})")
         return 0
-    except (KnobError, LabError, OSError) as exc:      # LabError: e.g. no lab running
-        print(f"scenarios.py: {exc}", file=sys.stderr)
-        return 1
+    meta = scenario(args.name)[1]
+    if args.cmd == "replay":
+        fix = fix_from_dir(args.name, args.dir)
+        o = replay(args.name, fix, syntax=args.syntax)
+        for oif, pkt in o.sent:
+            said = f"  {pkt.data!r}" if pkt.word in ("PORT", "EPRT") else ""
+            print(f"{pkt.ts:7.3f} sent on {oif}: {pkt}{said}")
+        for t, summary, why in o.dropped:
+            print(f"{t:7.3f} dropped: {summary}: {why}")
+        for line in o.races:
+            print(f"race: {line}")
+        for line in sorted(set(o.log)):
+            print(f"kernel log: {line}")
+        problems = check_offline(args.name, o)
+        print("\n".join(problems) or f"{args.name}: fixed on the recorded traffic")
+        return 0
+    if args.cmd == "break":
+        got = stage_live(lab_client(), args.name, args.syntax)
+        print(f"{args.name}: the incident is on. {meta.get('symptom', '')}")
+        for key, seen in got.items():
+            if key == "leaked":
+                print(f"  {len(seen)} segment(s) from 10.1.0.0/24 left r to srv"
+                      + (f": {seen[0]}" if seen else ""))
+            elif key == "ftp":
+                print(f"  h1's active FTP download from srv: "
+                      f"{'done' if seen[0] else 'failed'} (srv's server: {seen[1]})")
+            elif key == "lost":
+                print(f"  {seen} of {RACE_ROUNDS} racing first datagrams lost at confirm "
+                      f"(insert_failed)")
+            else:
+                print(f"  {key[0]} from port {key[1]}: {'answered' if seen else 'no answer'}")
+        for t in meta.get("try", []):
+            print(f"  try: {t}")
+        return 0
+    problems = check_live(lab_client(), args.name, fix_from_dir(args.name, args.dir), args.syntax)
+    print("\n".join(problems) or f"{args.name}: fixed in the live lab")
+    return 0
 
 
 if __name__ == "__main__":

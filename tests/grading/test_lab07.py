@@ -3,17 +3,14 @@ each incident needs its fix (the healthy network passes, the incident alone fail
 other fixes a student may rightly choose pass too, and bad knobs are one-line errors."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from nattrack.labs.scenarios import load_lab_module
+
 LAB = Path(__file__).resolve().parents[2] / "labs" / "07-incidents"
-_spec = importlib.util.spec_from_file_location("nattrack_lab07_scenarios_t", LAB / "scenarios.py")
-S = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault(_spec.name, S)
-_spec.loader.exec_module(S)
+S = load_lab_module(LAB / "scenarios.py", "nattrack_lab07_scenarios")
 
 
 def problems(name, toml="", rules=None):

@@ -8,14 +8,13 @@ traffic exactly what their iptables forms do.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 from nattrack.grading.runner import Grader
+from nattrack.labs.scenarios import load_lab_module
 from nattrack.netfilter.rulesfile import parse_rules
 
 LAB = Path(__file__).resolve().parents[2] / "labs" / "07-incidents"
@@ -24,13 +23,7 @@ CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 def _scenarios():
-    spec = importlib.util.spec_from_file_location("nattrack_lab07_scenarios", LAB / "scenarios.py")
-    mod = sys.modules.get(spec.name)
-    if mod is None:
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-    return mod
+    return load_lab_module(LAB / "scenarios.py", "nattrack_lab07_scenarios")
 
 
 def _check(mode: str) -> None:

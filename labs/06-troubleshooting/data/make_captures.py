@@ -13,8 +13,8 @@ from pathlib import Path
 
 from scapy.all import ICMP, IP, TCP, UDP, Ether, raw
 
+from nattrack.labs.scenarios import write_captures
 from nattrack.packet.checksum import ones_sum, pseudo_header_sum
-from nattrack.packet.pcapio import PcapngWriter
 
 T0 = 1767225600.0          # 2026-01-01 00:00:00 UTC
 PUB, SRV = "203.0.113.1", "203.0.113.10"
@@ -111,24 +111,13 @@ STORIES = {
 }
 
 
-def write(name: str, folder: Path) -> Path:
-    path = folder / f"{name}.pcapng"
-    with PcapngWriter(str(path)) as w:
-        w.add_interface("ntr-lan")
-        w.add_interface("ntr-wan")
-        for t, iface, frame in STORIES[name]():
-            data = bytes(frame)
-            if name == "offload-checksums" and frame[IP].src == H2:
-                data = bytes(offloaded(frame))
-            w.write(T0 + t, iface, data)
-    return path
-
-
-def main(argv):
-    folder = Path(argv[0]) if argv else Path(__file__).resolve().parent
-    for name in STORIES:
-        print(write(name, folder))
+def frame_bytes(name, frame):
+    """What r receives: h2's frames in offload-checksums as its veth leaves them."""
+    if name == "offload-checksums" and frame[IP].src == H2:
+        return bytes(offloaded(frame))
+    return bytes(frame)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    write_captures(sys.argv[1:], Path(__file__).resolve().parent, STORIES,
+                   ("ntr-lan", "ntr-wan"), T0, frame_bytes)

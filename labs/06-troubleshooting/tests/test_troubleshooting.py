@@ -1,38 +1,17 @@
 """Lab 06's public tests: each scenario's fix on the recorded traffic (offline) and in the
 live lab (the grader applies the broken set-up and the fix itself, then sends traffic
-from the hosts; r's kernel is the reference), and the written diagnoses."""
-import importlib.util
-import sys
+from the hosts; r's kernel is the reference), and the written diagnoses
+(nattrack.labs.scenarios numbers them: 6.1-6.6 offline, 6.7-6.12 live, 6.13 the diagnoses)."""
 from pathlib import Path
 
-from nattrack.labs.checks import explain
-from nattrack.labs.testing import test
+from nattrack.labs.scenarios import load_lab_module, scenario_tests, student_fix
 
-_LAB = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("nattrack_lab06_scenarios", _LAB / "scenarios.py")
-S = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault(_spec.name, S)
-_spec.loader.exec_module(S)
-
-
-def _text(ctx, name):
-    try:
-        return ctx.read(name)
-    except AssertionError:                  # "your submission has no NAME"
-        return None
-
-
-def student_fix(ctx, name):
-    """The submission's NAME.toml and NAME.rules, checked (never executed)."""
-    toml = ctx.read(f"{name}.toml")
-    try:
-        return S.fix_from_texts(name, toml, _text(ctx, f"{name}.rules"))
-    except S.KnobError as exc:
-        raise AssertionError(str(exc)) from None
+S = load_lab_module(Path(__file__).resolve().parent.parent / "scenarios.py",
+                    "nattrack_lab06_scenarios")
 
 
 def offline(ctx, name):
-    cfg = S.effective(name, student_fix(ctx, name))
+    cfg = S.effective(name, student_fix(ctx, S, name))
     problems = S.check_offline(name, S.replay(name, cfg))
     assert not problems, f"{name} (recorded traffic): " + "; ".join(problems)
 
@@ -41,40 +20,9 @@ def live(ctx, name):
     lab = ctx.live
     topo = lab.status().get("topo")
     assert topo == "trouble", f"the live lab runs {topo!r}: lab 06 needs `nattrack lab up --topo trouble --mode kernel`"
-    S.apply_live(lab, S.effective(name, student_fix(ctx, name)))
+    S.apply_live(lab, S.effective(name, student_fix(ctx, S, name)))
     problems = S.check_live(lab, name)
     assert not problems, f"{name} (live): " + "; ".join(problems)
 
 
-def _make(number, name, mode):
-    what = "recorded traffic through the engine" if mode == "offline" else "live lab, kernel as reference"
-    fn = (lambda ctx: offline(ctx, name)) if mode == "offline" else (lambda ctx: live(ctx, name))
-    fn.__name__ = f"{mode}_{name.replace('-', '_')}"
-    return test(points=2, number=number, name=f"{name}: fixed ({what})", mode=mode,
-                timeout=45)(fn)
-
-
-for _i, _name in enumerate(S.SCENARIOS):
-    _t = _make(f"6.{_i + 1}", _name, "offline")
-    globals()[_t.__name__] = _t
-    _t = _make(f"6.{_i + 7}", _name, "live")
-    globals()[_t.__name__] = _t
-del _t, _i, _name
-
-
-@test(points=3, number="6.13", name="Each fix comes with a diagnosis (what was wrong, what showed it)",
-      mode="any")
-def diagnoses(ctx):
-    missing = []
-    for name in S.SCENARIOS:
-        toml = _text(ctx, f"{name}.toml") or ""
-        try:
-            diag = S.load_toml(toml, name).get("diagnosis", "")
-        except S.KnobError:
-            diag = ""
-        if "TODO" in diag or len(str(diag).split()) < 25:
-            missing.append(name)
-    score, why = explain(len(S.SCENARIOS), [f"{name}: no diagnosis of 25 words or more "
-                                             f"(without TODO)" for name in missing])
-    assert score > 0, why
-    return score, why
+scenario_tests(globals(), 6, offline, live, S.SCENARIOS, S.SCENARIOS, timeout=45)

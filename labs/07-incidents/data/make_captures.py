@@ -11,7 +11,7 @@ from pathlib import Path
 
 from scapy.all import IP, TCP, UDP, Ether
 
-from nattrack.packet.pcapio import PcapngWriter
+from nattrack.labs.scenarios import write_captures
 
 T0 = 1767225600.0          # 2026-01-01 00:00:00 UTC
 PUB, SRV = "203.0.113.1", "203.0.113.10"
@@ -181,21 +181,5 @@ STORIES = {"stale-udp": stale_udp, "table-full": table_full, "new-rule": new_rul
            "ftp-helper": ftp_helper}
 
 
-def write(name: str, folder: Path) -> Path:
-    path = folder / f"{name}.pcapng"
-    with PcapngWriter(str(path)) as w:
-        for iface in R_MAC:
-            w.add_interface(iface)
-        for t, iface, pkt in sorted(STORIES[name](), key=lambda x: x[0]):
-            w.write(T0 + t, iface, bytes(pkt))
-    return path
-
-
-def main(argv):
-    folder = Path(argv[0]) if argv else Path(__file__).resolve().parent
-    for name in STORIES:
-        print(write(name, folder))
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    write_captures(sys.argv[1:], Path(__file__).resolve().parent, STORIES, tuple(R_MAC), T0)
