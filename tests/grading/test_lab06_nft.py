@@ -9,15 +9,15 @@ each scenario's broken rules in nft (scenarios/NAME.nft) and the healthy ones
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-from nattrack.grading.runner import Grader
+from nattrack.labs.scenarios import load_lab_module
 from nattrack.netfilter.rulesfile import load_rules, parse_rules
+
+from .test_labs_grade import check_lab
 
 LAB = Path(__file__).resolve().parents[2] / "labs" / "06-troubleshooting"
 ROOT = os.geteuid() == 0
@@ -25,27 +25,11 @@ CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 def _scenarios():
-    spec = importlib.util.spec_from_file_location("nattrack_lab06_scenarios", LAB / "scenarios.py")
-    mod = sys.modules.get(spec.name)
-    if mod is None:
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-    return mod
+    return load_lab_module(LAB / "scenarios.py", "nattrack_lab06_scenarios")
 
 
 def _check(mode: str) -> None:
-    with Grader(LAB, mode=mode) as g:
-        ran = {t.spec.number for t in g.tests if mode == "live" or t.spec.mode != "live"}
-        sol = g.grade(LAB / "solution/nft")
-        stu = g.grade(LAB / "student/nft")
-        todos = {str(n) for todo in g.lab.todos for n in todo.get("tests", [])}
-    bad = [f"{t.number} {t.name}: {t.output[:300]}" for t in sol.tests
-           if t.number in ran and not t.passed]
-    assert not bad, f"solution/nft ({mode}) fails:\n" + "\n".join(bad)
-    assert sol.total == sol.max_total > 0
-    failed = {t.number for t in stu.tests if t.number in ran and not t.passed}
-    assert failed == todos & ran, (sorted(failed), sorted(todos & ran))
+    check_lab(LAB, mode, "nft")
 
 
 def test_the_nft_variant_has_every_file_in_nft():

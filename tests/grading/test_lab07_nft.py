@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from nattrack.grading.runner import Grader
 from nattrack.labs.scenarios import load_lab_module
 from nattrack.netfilter.rulesfile import parse_rules
+
+from .test_labs_grade import check_lab
 
 LAB = Path(__file__).resolve().parents[2] / "labs" / "07-incidents"
 ROOT = os.geteuid() == 0
@@ -27,17 +28,7 @@ def _scenarios():
 
 
 def _check(mode: str) -> None:
-    with Grader(LAB, mode=mode) as g:
-        ran = {t.spec.number for t in g.tests if mode == "live" or t.spec.mode != "live"}
-        sol = g.grade(LAB / "solution/nft")
-        stu = g.grade(LAB / "student/nft")
-        todos = {str(n) for todo in g.lab.todos for n in todo.get("tests", [])}
-    bad = [f"{t.number} {t.name}: {t.output[:300]}" for t in sol.tests
-           if t.number in ran and not t.passed]
-    assert not bad, f"solution/nft ({mode}) fails:\n" + "\n".join(bad)
-    assert sol.total == sol.max_total > 0
-    failed = {t.number for t in stu.tests if t.number in ran and not t.passed}
-    assert failed == todos & ran, (sorted(failed), sorted(todos & ran))
+    check_lab(LAB, mode, "nft")
 
 
 def test_the_nft_variant_has_every_file_in_nft():
