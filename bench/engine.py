@@ -34,7 +34,7 @@ import tracemalloc
 from nattrack.conntrack.core import NF_INET_PRE_ROUTING, ConntrackTable, tune_gc
 from nattrack.conntrack.proto_tcp import TCP_CONNTRACK_ESTABLISHED
 from nattrack.netfilter.rulesfile import parse_rules, to_nft
-from nattrack.netfilter.stack import Router
+from nattrack.ipv4.stack import Router
 from nattrack.packet.checksum import checksum, pseudo_header_sum
 from nattrack.packet.ipv4 import Packet
 from nattrack.packet.pcapio import ip_offset, read_capture

@@ -48,7 +48,7 @@ COMMIT
 STAMPED_ROUTER = r"""
 import atexit, json, select, sys, time
 from nattrack.router import batch, dataplane
-from nattrack.netfilter.stack import Router, Sent, Verdict
+from nattrack.ipv4.stack import Router, Sent, Verdict
 from nattrack.packet.ipv4 import Packet
 out_path, bypass = sys.argv[1], sys.argv[2] == "relay"
 sys.argv = ["nattrack.router"] + sys.argv[3:]

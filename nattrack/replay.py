@@ -17,7 +17,7 @@ from .conntrack.core import ConntrackTable
 from .conntrack.profile import get_profile
 from .netfilter import rulesfile
 from .netfilter.ruleset import Ruleset
-from .netfilter.stack import Router, Verdict
+from .ipv4.stack import Router, Verdict
 from .packet.ipv4 import Packet
 from .packet.pcapio import CaptureReader, PcapngWriter, ip_offset, merge_captures
 

@@ -5,7 +5,7 @@ The lab is the reference's experiment set-up (docs kernel-conntrack.md, conventi
 private hosts 10.0.0.2 / 10.0.0.3 behind a router (eth0 10.0.0.1/24, eth1 203.0.113.1/24)
 that masquerades everything leaving eth1, and a public server 203.0.113.2.
 
-``Lab`` drives a :class:`nattrack.netfilter.stack.Router` with scapy-built packets on a
+``Lab`` drives a :class:`nattrack.ipv4.stack.Router` with scapy-built packets on a
 :class:`nattrack.replay.ManualClock`, records ``conntrack -E`` lines with
 :func:`nattrack.replay.event_recorder` and runs the gc worker the way ``nattrack replay``
 does (``table.run_gc_until`` before every packet and when time moves on).
@@ -23,7 +23,7 @@ from scapy.packet import Raw
 
 from nattrack.conntrack.show import format_conn
 from nattrack.netfilter.rulesfile import parse_rules
-from nattrack.netfilter.stack import Router, Verdict
+from nattrack.ipv4.stack import Router, Verdict
 from nattrack.packet.ipv4 import Packet
 from nattrack.replay import ManualClock, event_recorder
 

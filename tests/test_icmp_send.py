@@ -6,7 +6,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 
 from nattrack.conntrack.conn import CTINFO_NAMES
 from nattrack.netfilter.rulesfile import parse_rules
-from nattrack.netfilter.stack import Router
+from nattrack.ipv4.stack import Router
 from nattrack.packet.ipv4 import Packet
 
 RULES = ("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"

@@ -12,7 +12,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 
 from nattrack.conntrack.conn import CTINFO_NAMES
 from nattrack.netfilter.rulesfile import parse_rules
-from nattrack.netfilter.stack import Router
+from nattrack.ipv4.stack import Router
 from nattrack.packet.ipv4 import Packet
 from nattrack.replay import ManualClock, event_recorder, parse_listen_args
 
@@ -240,7 +240,7 @@ def test_replay_cli_answers_from_the_router_and_takes_listen(tmp_path, capsys):
 
 
 def test_a_syn_flood_on_an_open_port_is_remembered_only_so_far():
-    from nattrack.netfilter import stack
+    from nattrack.ipv4 import stack
     box = Box(listen={"tcp": {22}})
     for port in range(1024, 1024 + stack.ACCEPTED_MAX + 1):
         box.send("wan", IP(src=PUB, dst=RTR_PUB) / TCP(sport=port, dport=22, flags="S", seq=1))

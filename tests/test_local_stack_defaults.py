@@ -13,7 +13,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 
 from nattrack.lab import RULES_DIR
-from nattrack.netfilter.stack import Router
+from nattrack.ipv4.stack import Router
 from nattrack.notebook import scenarios as sc
 from nattrack.notebook.replay import Engine, simulation
 from nattrack.notebook.session import PacketPair

@@ -13,7 +13,7 @@ from nattrack.lab import LabError
 from nattrack.netfilter.nfttrace import handles, listed_rule, trace_receive
 from nattrack.netfilter.ruleset import Ruleset
 from nattrack.netfilter.rulesfile import parse_rules
-from nattrack.netfilter.stack import Router
+from nattrack.ipv4.stack import Router
 from nattrack.packet.ipv4 import Packet
 
 RULES = """\

@@ -229,7 +229,7 @@ def replay(name: str, cfg: Config, capture: Path | None = None) -> Outcome:
     host behind the user-space bridge whether its checksums arrive finished."""
     from nattrack.conntrack import show
     from nattrack.netfilter.rulesfile import parse_rules
-    from nattrack.netfilter.stack import Router
+    from nattrack.ipv4.stack import Router
     from nattrack.packet.ipv4 import Packet
 
     clock_now = [0.0]

@@ -174,7 +174,7 @@ def replay(name: str, fix: Config | None, capture: Path | None = None,
     run on two CPUs of r at once (nattrack.conntrack.cpus.race), confirmed in capture order."""
     from nattrack.conntrack.cpus import race
     from nattrack.netfilter.rulesfile import parse_rules
-    from nattrack.netfilter.stack import Router
+    from nattrack.ipv4.stack import Router
     from nattrack.packet.ipv4 import Packet
 
     broken, meta = scenario(name, syntax)

@@ -29,7 +29,7 @@ from .core import NF_DROP, ConntrackTable
 
 
 class VerdictLike(Protocol):
-    """What the router's receive() returns (netfilter.stack.Verdict, a layer above)."""
+    """What the router's receive() returns (ipv4.stack.Verdict, a layer above)."""
     steps: list[tuple[str, str]] | None
 
     @property
@@ -37,7 +37,7 @@ class VerdictLike(Protocol):
 
 
 class RouterLike(Protocol):
-    """The router race() drives (netfilter.stack.Router): its table and its receive path."""
+    """The router race() drives (ipv4.stack.Router): its table and its receive path."""
     ct: ConntrackTable
 
     def receive(self, pkt: Packet, trace: bool = False) -> VerdictLike: ...

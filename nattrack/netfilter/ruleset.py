@@ -231,7 +231,7 @@ class Ruleset:
         return f"<Ruleset {self.filename} tables={list(self.tables)} rules={n}>"
 
 
-# The (type, chain) pairs the engine asks for: nat/core.py and stack.py.
+# The (type, chain) pairs the engine asks for: nat/core.py and ipv4/stack.py.
 _HOOK_KINDS = {("nat", c) for c in BUILTIN_CHAINS["nat"]} | {
     ("filter", c) for c in BUILTIN_CHAINS["filter"]}
 

@@ -15,7 +15,7 @@ from ..conntrack.tuple import IPPROTO_ICMP, get_tuple
 from ..lab import RULES_DIR
 from ..nat.bysource import nat_forced
 from ..netfilter.rulesfile import parse_rules
-from ..netfilter.stack import Router
+from ..ipv4.stack import Router
 from ..packet.ipv4 import ICMP_QUERY_TYPES, Packet
 from ..replay import ManualClock
 from . import scenarios as sc

@@ -11,7 +11,7 @@
    service's DNAT rule names the new one, but the client's entry keeps the old
    translation, and every datagram refreshes it; ``conntrack -D`` ends it.
 
-Both run on a :class:`~nattrack.netfilter.stack.Router` with a :class:`ManualClock`:
+Both run on a :class:`~nattrack.ipv4.stack.Router` with a :class:`ManualClock`:
 no lab, no root, the same every time (a race needs two CPUs within microseconds, which
 lab 07 stages live).  The node is lab 07's (topologies/incidents.py): pods h1 10.0.0.10
 and h2 10.0.0.11 on ntr-lan, backends on ntr-svc (10.1.0.0/24), srv 203.0.113.10 on
@@ -188,7 +188,7 @@ class RaceRun:
 
 
 def _router(rules: str, profile: str, seed: int, clock: ManualClock):
-    from ..netfilter.stack import Router
+    from ..ipv4.stack import Router
     if profile not in PROFILES:
         raise SessionError(f"kernel {profile!r}: one of {', '.join(PROFILE_NAMES)}")
     return Router(dict(IFACES), dict(ROUTES), load_rules(rules), {}, clock, seed=seed,

@@ -6,7 +6,7 @@ kernel's table and events; ``<scenario>.pcapng`` the same frames for Wireshark.
 
 The kernel's side is shown as recorded.  The tracker's side is computed again: the
 recorded ingress datagrams go through the engine (:class:`.engine.Engine`: a
-:class:`~nattrack.netfilter.stack.Router` on a :class:`~nattrack.replay.ManualClock`) at
+:class:`~nattrack.ipv4.stack.Router` on a :class:`~nattrack.replay.ManualClock`) at
 their recorded times, each bound to the
 NAT choice the kernel made (``nat_forced(table)``, as the shadow tracker does), so
 ``advance()`` makes timeouts run down and the gc worker reap for real.  The tests check

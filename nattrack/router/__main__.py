@@ -36,7 +36,7 @@ from ..conntrack.profile import get_profile
 from ..conntrack.sysctl import DEFAULTS, PREFIX, SysctlError, Sysctl
 from ..netfilter.rulesfile import load_rules
 from ..netfilter.xtables import RulesError
-from ..netfilter.stack import Router
+from ..ipv4.stack import Router
 from ..replay import parse_iface_args, parse_kv_args, parse_listen_args
 from .control import Control, ControlError
 from .dataplane import PythonDataplane

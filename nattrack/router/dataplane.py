@@ -40,7 +40,8 @@ from ..conntrack.core import tune_gc
 from ..conntrack.tuple import int2ip, ip2int
 from ..netfilter.nfttrace import installed_nft, trace_receive
 from ..netfilter.ruleset import Ruleset
-from ..netfilter.stack import Router, Sent, Verdict, inet_make_mask
+from ..ipv4.route import inet_make_mask
+from ..ipv4.stack import Router, Sent, Verdict
 from ..packet.ipv4 import Packet
 from ..packet.pcapio import PcapngWriter
 from .batch import RxBatch, SingleRx, SingleTx, TxBatch, mmsg_problem

@@ -77,7 +77,7 @@ from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_PROT
                                int2ip, invert_tuple)
 from ..nat.bysource import nat_forced
 from ..netfilter.rulesfile import is_nft, to_iptables_restore, to_nft
-from ..netfilter.stack import Router
+from ..ipv4.stack import Router
 from ..packet.ipv4 import ICMP_ERROR_TYPES, ICMP_QUERY_TYPES, Packet
 from .batch import SOCKADDR_LL_ROOM, RxBatch, SingleRx, mmsg_problem
 from .dataplane import BATCH, PACKET_OUTGOING, RX_BATCH, RX_SLOT, VNET_F_NEEDS_CSUM, Dataplane, Port

@@ -26,7 +26,7 @@ from scapy.layers.inet import IP, UDP
 from nattrack.conntrack.cpus import race
 from nattrack.conntrack.profile import running_profile
 from nattrack.netfilter.rulesfile import parse_rules
-from nattrack.netfilter.stack import Router
+from nattrack.ipv4.stack import Router
 from nattrack.packet.ipv4 import Packet
 from nattrack.replay import ManualClock
 

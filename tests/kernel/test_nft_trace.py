@@ -32,7 +32,7 @@ from nattrack.conntrack.profile import PROFILES, running_profile
 from nattrack.netfilter.nfttrace import nft_form, nft_version, trace_receive
 from nattrack.netfilter.ruleset import Ruleset
 from nattrack.netfilter.rulesfile import parse_rules, to_nft
-from nattrack.netfilter.stack import Router
+from nattrack.ipv4.stack import Router
 from nattrack.packet.ipv4 import Packet
 
 from .harness import (

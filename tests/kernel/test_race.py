@@ -30,7 +30,7 @@ from nattrack.conntrack.cpus import INSERT_FAILED, INSERTED, MERGED, NAT_CLASH, 
 from nattrack.conntrack.profile import running_profile
 from nattrack.netfilter.ruleset import Ruleset
 from nattrack.netfilter.rulesfile import parse_rules
-from nattrack.netfilter.stack import Router
+from nattrack.ipv4.stack import Router
 from nattrack.packet.ipv4 import Packet
 from nattrack.replay import ManualClock, event_recorder
 
