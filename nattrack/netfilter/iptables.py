@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import re
 import socket
+from typing import Any
 
 from ..nat.range import (NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PERSISTENT, NF_NAT_RANGE_PROTO_RANDOM,
                          NF_NAT_RANGE_PROTO_RANDOM_FULLY, NF_NAT_RANGE_PROTO_SPECIFIED, NatRange)
@@ -320,7 +321,7 @@ class _Parser:
             for rule in rules:
                 hooks = NAT_HOOKS.get(rule.target)
                 bad = sorted(reach[chain] - set(hooks)) if hooks else []
-                if bad:
+                if hooks and bad:
                     raise self.error(f"{rule.target} in chain {chain} reached from {bad[0]}: "
                                      f"{rule.target} is only valid in nat "
                                      f"{', '.join(hooks)}", rule.target, rule.line)
@@ -367,10 +368,10 @@ class _RuleParser:
     def __init__(self, parser: _Parser, table: _TableState, chain: str, tokens: list[str],
                  text: str) -> None:
         self.p, self.t, self.chain, self.tokens, self.text = parser, table, chain, tokens, text
-        self.f: dict = {}                    # src, dst, iif, oif, proto, proto_invert
+        self.f: dict[str, Any] = {}          # src, dst, iif, oif, proto, proto_invert
         self.modules: list[_ModuleState] = []
         self.target: str | None = None
-        self.target_opts: dict[str, object] = {}
+        self.target_opts: dict[str, Any] = {}
         self.i = 0
 
     def error(self, message: str, token: str | None = None) -> RulesError:
@@ -387,7 +388,7 @@ class _RuleParser:
         opts = ["-s", "-d", "-i", "-o", "-p", "-m", "-j"]
         for m in self.modules:
             opts += [o for o in _MODULE_OPTS[m.name] if o.startswith("--") and o not in opts]
-        proto_mod = _PROTO_MODULE.get(self.f.get("proto"))
+        proto_mod = _PROTO_MODULE.get(self.f.get("proto", 0))
         if proto_mod:
             opts += [o for o in _MODULE_OPTS[proto_mod] if o not in opts]
         if self.target in _TARGET_OPTS:
@@ -416,6 +417,7 @@ class _RuleParser:
             elif owner == "target":
                 self.target_option(tok, opt)
             else:
+                assert isinstance(owner, _ModuleState)
                 self.module_option(owner, tok, opt, invert)
             invert = False
         if invert:
@@ -428,7 +430,7 @@ class _RuleParser:
         for m in reversed(self.modules):
             if tok in _MODULE_OPTS[m.name]:
                 return m, _MODULE_OPTS[m.name][tok]
-        proto_mod = _PROTO_MODULE.get(self.f.get("proto"))
+        proto_mod = _PROTO_MODULE.get(self.f.get("proto", 0))
         if proto_mod and tok in _MODULE_OPTS[proto_mod]:
             # iptables loads the protocol's match implicitly (-p tcp --dport 22).
             m = self.load_module(proto_mod, tok)
@@ -656,7 +658,7 @@ class _RuleParser:
             self.target_opts[opt] = True
             return
         arg = self.next_arg(tok)
-        proto = self.f.get("proto")
+        proto = self.f.get("proto", 0)
         proto_ok = proto in (IPPROTO_TCP, IPPROTO_UDP) and not self.f.get("proto_invert")
         if opt == "--to-ports":
             ips, ports = None, arg

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from ..conntrack.conn import ctstate_bit
 from ..conntrack.tuple import int2ip
 from ..nat.range import (NF_NAT_RANGE_PERSISTENT, NF_NAT_RANGE_PROTO_RANDOM,
                          NF_NAT_RANGE_PROTO_RANDOM_FULLY, NF_NAT_RANGE_PROTO_SPECIFIED, NatRange)
 from ..packet.ipv4 import IPPROTO_TCP
+
+if TYPE_CHECKING:
+    from ..packet.ipv4 import Packet
 
 __all__ = [
     "RulesError", "AddrMatch", "IfaceMatch", "PortRange", "TcpUdpMatch", "IcmpMatch",
@@ -158,7 +161,8 @@ class CommentMatch:
 
 
 Match = TcpUdpMatch | IcmpMatch | StateMatch | CommentMatch
-Predicate = Callable[[object, "int | None", "str | None", "str | None"], bool]
+Predicate = Callable[["Packet", "int | None", "str | None", "str | None"], bool]
+M = TypeVar("M", TcpUdpMatch, IcmpMatch, StateMatch, CommentMatch)
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,7 @@ class Rule:
         object.__setattr__(self, "_preds", _compile(self))
 
     # Convenience views of the matches.
-    def _first(self, kind: type) -> Match | None:
+    def _first(self, kind: type[M]) -> M | None:
         return next((m for m in self.matches if isinstance(m, kind)), None)
 
     @property
@@ -238,9 +242,9 @@ class Rule:
     def __str__(self) -> str:
         """The rule as iptables-save (1.8, nf_tables) prints it."""
         out = [f"-A {self.chain}"]
-        for opt, m in (("-s", self.src), ("-d", self.dst), ("-i", self.iif), ("-o", self.oif)):
-            if m is not None:
-                out.append(f"{'! ' if m.invert else ''}{opt} {m}")
+        for opt, ip in (("-s", self.src), ("-d", self.dst), ("-i", self.iif), ("-o", self.oif)):
+            if ip is not None:
+                out.append(f"{'! ' if ip.invert else ''}{opt} {ip}")
         if self.proto:
             out.append(f"{'! ' if self.proto_invert else ''}-p {proto_name(self.proto)}")
         for m in self.matches:
@@ -352,9 +356,9 @@ def _ports_pred(m: TcpUdpMatch) -> Predicate:
     # tcp_mt()/udp_mt(): a non-first fragment never matches (the inversion
     # applies to the port test only); a truncated header sets hotdrop.
     sp, dp = m.sport, m.dport
-    if sp is None and dp is None:
-        return lambda p, c, i, o: p.l4ok and not p.frag
     if dp is None:
+        if sp is None:
+            return lambda p, c, i, o: p.l4ok and not p.frag
         slo, shi, sinv = sp.lo, sp.hi, sp.invert
         return lambda p, c, i, o: p.l4ok and not p.frag and (slo <= p.sport <= shi) != sinv
     dlo, dhi, dinv = dp.lo, dp.hi, dp.invert
