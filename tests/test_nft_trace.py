@@ -74,6 +74,21 @@ def test_a_packet_through_a_jump_to_its_verdict():
     ]
 
 
+def test_a_protocol_without_transport_fields_is_named_as_nft_names_it():
+    """``ip protocol gre``: for a protocol nft shows no header fields of, the name from
+    /etc/protocols (nft's getprotobynumber()), then the transport header raw."""
+    import struct
+    from nattrack.packet.checksum import checksum
+    gre = b"\x00\x00\x08\x00"
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(gre), 1, 0, 64, 47, 0,
+                      ip2int("10.0.0.2").to_bytes(4, "big"), ip2int("203.0.113.2").to_bytes(4, "big"))
+    hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
+    router = Router(IFACES, {"default": "wan"}, ruleset=parse_rules(RULES))
+    v, lines = trace_receive(router, Packet.parse(bytearray(hdr + gre), iif="lan"), trace_id=1)
+    assert v.dropped == "filter FORWARD"
+    assert lines[0].endswith(" ip ttl 63 ip id 1 ip protocol gre ip length 24 @th,0,32 0x800 ")
+
+
 def test_a_drop_by_a_set_and_a_drop_by_the_policy():
     router = Router(IFACES, {"default": "wan"}, ruleset=parse_rules(RULES))
     p = _udp(4000, 7)

@@ -52,6 +52,7 @@ from .nft import (
     rule_text,
 )
 from .ruleset import Ruleset
+from .xtables import proto_name
 
 __all__ = ["NftTrace", "TracedRuleset", "handles", "installed_nft", "listed_rule",
            "nft_version", "trace_receive"]
@@ -166,13 +167,6 @@ def _transport(proto: int, th: bytes, nft: tuple[int, int] = NFT_1_0) -> list[st
     return None
 
 
-def _proto_name(num: int) -> str:
-    try:
-        return socket.getprotobynumber(num)
-    except OSError:
-        return str(num)
-
-
 def packet_fields(pkt, iif: str | None, oif: str | None,
                   ether: tuple[str, str] | None = None, nft: tuple[int, int] = NFT_1_0) -> str:
     """What follows ``packet:``: the devices, the link header when the packet came in on
@@ -192,7 +186,7 @@ def packet_fields(pkt, iif: str | None, oif: str | None,
     th = b"" if pkt.frag else bytes(buf[pkt.l4:off + min(tot_len, pkt.ihl + TRANSPORT_HSIZE)])
     fields = _transport(pkt.proto, th, nft)
     if fields is None:
-        out.append(f"ip protocol {_proto_name(pkt.proto)}")
+        out.append(f"ip protocol {proto_name(pkt.proto)}")
     out.append(f"ip length {tot_len}")
     if fields is None:
         fields = [_raw("th", 0, th)] if th else []
