@@ -42,7 +42,8 @@ MODULES = (
 )
 GROUP = "nattrack_engine__mypyc"          # mypyc's shared library for the whole group
 PACKAGE_DIR = Path(__file__).resolve().parent
-BUILD_DIR = Path(sys.prefix) / "nattrack-compiled"
+# One build per virtualenv (its interpreter); NATTRACK_COMPILED_DIR points elsewhere (the tests).
+BUILD_DIR = Path(os.environ.get("NATTRACK_COMPILED_DIR") or Path(sys.prefix) / "nattrack-compiled")
 STAMP = BUILD_DIR / "stamp.json"
 EXT_SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 

@@ -25,7 +25,8 @@ done
 # Packages without a command of their own, then one package per command of commands.txt
 # (its `tests` rows only with --tests).  Bookworm and trixie ship all of them under the
 # same names; a rename would be handled here by VERSION_CODENAME (/etc/os-release).
-APT_PACKAGES=(python3 python3-venv python3-pip mininet)
+# gcc, libc6-dev, python3-dev: scripts/build-compiled compiles the engine with mypyc (C extensions).
+APT_PACKAGES=(python3 python3-venv python3-pip mininet gcc libc6-dev python3-dev)
 COMMANDS=()
 while read -r cmd pkg scope _; do
     [[ -z "$cmd" || "$cmd" == \#* ]] && continue
@@ -92,17 +93,20 @@ fi
 
 VENV=.venv
 stamp="$VENV/.nattrack-installed"
-extra=notebooks
-((TESTS)) && extra=test                  # the test extra includes the notebooks one
+extra=notebooks,build                   # build: mypy's mypyc and setuptools, for scripts/build-compiled
+((TESTS)) && extra=test,build            # the test extra includes the notebooks one
 want="$extra $(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [[ ! -x "$VENV/bin/python" ]]; then
     echo "==> creating virtualenv $VENV"
     /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
 # A test install satisfies a plain one; a plain install never downgrades a test one.
-if [[ ! -f "$stamp" || ( "$(cat "$stamp")" != "$want" && "$(cat "$stamp")" != "test ${want#* }" ) ]]; then
+if [[ ! -f "$stamp" || ( "$(cat "$stamp")" != "$want" && "$(cat "$stamp")" != "test,build ${want#* }" ) ]]; then
     echo "==> installing nattrack ($extra) into $VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check -e ".[$extra]"
     echo "$want" > "$stamp"
 fi
+# The engine's hot modules compiled with mypyc, rebuilt only when their source changed; if it
+# cannot be built, one line says why and the pure-Python engine runs (NATTRACK_PURE=1 forces it).
+"$VENV/bin/python" scripts/build-compiled
 probe

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+import nattrack
+
 from . import GROUP, Paths, router_available
 from .cleanup import leftovers
 
@@ -82,6 +84,7 @@ def check_python(rep: Report) -> None:
     if not router_available():
         rep.note("the router process (nattrack.router) is missing: lab up works in kernel "
                  "mode only")
+    rep.note(f"engine build: {nattrack.BUILD}")
 
 
 def check_kernel(rep: Report) -> None:
