@@ -8,7 +8,9 @@ built once: per frame the caller only copies bytes and reads or writes a length.
 
 * :class:`RxBatch` -- ``recv(sock)`` reads as many frames as are waiting, up to its
   slot count, and never waits (``MSG_DONTWAIT``): a lone frame comes back at once.
-  Frame ``i`` is ``view[i * slot : i * slot + length(i)]``.
+  Frame ``i`` is ``view[i * slot : i * slot + length(i)]``; ``pkttype(i)`` and
+  ``ifindex(i)`` are what its ``struct sockaddr_ll`` says (a socket bound to every
+  interface, like kernel mode's shadow, tells them apart by the index).
 * :class:`TxBatch` -- ``add(hdr, data)`` copies one frame into the next slot;
   ``flush(sock)`` sends them all (sendmmsg), skipping and counting a frame the
   kernel refuses, as a failed ``send()`` would be.
@@ -28,6 +30,7 @@ import socket
 
 MSG_DONTWAIT = 0x40
 MAX_BATCH = 1024                 # UIO_MAXIOV: the most messages one recvmmsg/sendmmsg takes
+SLL_IFINDEX = 4                  # offsetof(struct sockaddr_ll, sll_ifindex), an int
 SLL_PKTTYPE = 10                 # offsetof(struct sockaddr_ll, sll_pkttype)
 SOCKADDR_LL_ROOM = 32            # sizeof(struct sockaddr_ll) is 20; room to spare
 
@@ -109,6 +112,7 @@ class RxBatch:
             h.msg_name, h.msg_namelen = names + i * SOCKADDR_LL_ROOM, SOCKADDR_LL_ROOM
             h.msg_iov, h.msg_iovlen = ctypes.addressof(self._iov[i]), 1
         self._lens = memoryview(self._msgs).cast("B").cast("I")
+        self._ints = memoryview(self._names).cast("B").cast("i")      # for sll_ifindex
         self._msgs_at = ctypes.addressof(self._msgs)
 
     def recv(self, sock: socket.socket) -> int:
@@ -132,6 +136,10 @@ class RxBatch:
     def pkttype(self, i: int) -> int:
         """sll_pkttype of frame ``i`` (PACKET_OUTGOING = 4 marks our own sends)."""
         return self._names[i * SOCKADDR_LL_ROOM + SLL_PKTTYPE][0]
+
+    def ifindex(self, i: int) -> int:
+        """sll_ifindex of frame ``i``: the interface it came in by (or went out of)."""
+        return self._ints[(i * SOCKADDR_LL_ROOM + SLL_IFINDEX) // 4]
 
 
 class TxBatch:
@@ -198,13 +206,16 @@ class SingleRx:
         self.view = memoryview(bytearray(slot))
         self._len = 0
         self._pkttype = 0
+        self._ifname = ""
+        self._indexes: dict[str, int] = {}       # recvfrom names the interface: no ioctl per frame
 
     def recv(self, sock: socket.socket) -> int:
         try:
             self._len, addr = sock.recvfrom_into(self.view)
         except (BlockingIOError, InterruptedError):
             return 0
-        self._pkttype = addr[2] if addr else 0       # (a Unix socket has no address)
+        # (ifname, proto, pkttype, hatype, addr); a Unix socket has no address
+        self._ifname, self._pkttype = (addr[0], addr[2]) if addr else ("", 0)
         return 1
 
     def length(self, i: int) -> int:
@@ -212,6 +223,14 @@ class SingleRx:
 
     def pkttype(self, i: int) -> int:
         return self._pkttype
+
+    def ifindex(self, i: int) -> int:
+        if not self._ifname:
+            return 0
+        index = self._indexes.get(self._ifname)
+        if index is None:
+            index = self._indexes[self._ifname] = socket.if_nametoindex(self._ifname)
+        return index
 
 
 class SingleTx:

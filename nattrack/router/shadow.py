@@ -79,7 +79,7 @@ from ..nat.bysource import nat_forced
 from ..netfilter.rulesfile import is_nft, to_iptables_restore, to_nft
 from ..ipv4.stack import Router
 from ..packet.ipv4 import ICMP_ERROR_TYPES, ICMP_QUERY_TYPES, Packet
-from .batch import SOCKADDR_LL_ROOM, RxBatch, SingleRx, mmsg_problem
+from .batch import RxBatch, SingleRx, mmsg_problem
 from .dataplane import BATCH, PACKET_OUTGOING, RX_BATCH, RX_SLOT, VNET_F_NEEDS_CSUM, Dataplane, Port
 from .quiet import (VNET_LEN, NamespaceChanges, empty_table, finish_checksum, packet_drops,
                     packet_socket, run)
@@ -126,41 +126,6 @@ def dnat_possible(rs) -> bool:
     if rs.syntax == "nft":
         return any(rs.tables[t][c] for _p, t, c in rs.hooks.get(("nat", "PREROUTING"), ()))
     return bool(rs.tables.get("nat", {}).get("PREROUTING"))
-
-
-class ShadowRx(RxBatch):
-    """An RxBatch that also says by which interface each frame came (``sll_ifindex``,
-    4 bytes into its ``struct sockaddr_ll``): the shadow's one socket is bound to all."""
-
-    def __init__(self, count: int, slot: int) -> None:
-        super().__init__(count, slot)
-        self._ifindexes = memoryview(self._names).cast("B").cast("i")
-
-    def ifindex(self, i: int) -> int:
-        return self._ifindexes[i * (SOCKADDR_LL_ROOM // 4) + 1]
-
-
-class ShadowSingleRx(SingleRx):
-    """ShadowRx's interface, one recvfrom per call (no recvmmsg, or NATTRACK_NO_BATCH=1)."""
-
-    def __init__(self, count: int, slot: int) -> None:
-        super().__init__(count, slot)
-        self._ifindex = 0
-        self._indexes: dict[str, int] = {}       # recvfrom names the interface: no ioctl per frame
-
-    def recv(self, sock: socket.socket) -> int:
-        try:
-            self._len, (ifname, _proto, self._pkttype, *_rest) = sock.recvfrom_into(self.view)
-        except (BlockingIOError, InterruptedError):
-            return 0
-        index = self._indexes.get(ifname)
-        if index is None:
-            index = self._indexes[ifname] = socket.if_nametoindex(ifname)
-        self._ifindex = index
-        return 1
-
-    def ifindex(self, i: int) -> int:
-        return self._ifindex
 
 
 class Held:
@@ -238,7 +203,7 @@ class ShadowDataplane(Dataplane):
         why = "NATTRACK_NO_BATCH=1" if os.environ.get("NATTRACK_NO_BATCH") == "1" else mmsg_problem(self.sock)
         if why:
             log.info("kernel mode: the shadow reads one frame per system call (no recvmmsg): %s", why)
-        self._rx = (ShadowSingleRx if why else ShadowRx)(RX_BATCH, RX_SLOT)
+        self._rx = (SingleRx if why else RxBatch)(RX_BATCH, RX_SLOT)
         self._port_by_index = {port.ifindex: port for port in self.ports.values()}
         run(["conntrack", "-F"], check=False)              # both tables start empty
         ch.sysctl("net.ipv4.ip_forward", 1)

@@ -15,7 +15,8 @@ import subprocess
 
 import pytest
 
-from .conftest import MASQ_RULES, PYTHON, ROOT, RouterProc, Server
+from .burst import BURST, server  # noqa: F401 -- the fixture, used by name
+from .conftest import MASQ_RULES, PYTHON, ROOT, RouterProc
 from .netns import SERVER, sh
 
 NS = f"ntl{os.getpid()}x900-v"
@@ -39,7 +40,7 @@ def frame(seq, size=60):
     return HDR + struct.pack("!I", seq) + bytes(size - 18)
 
 def drain(rx, sock, want, limit=5.0):
-    # (calls, [(seq, length, pkttype)...]) until `want` test frames came
+    # (calls, [(seq, length, pkttype, ifindex)...]) until `want` test frames came
     got, calls, deadline = [], [], time.monotonic() + limit
     while len(got) < want and time.monotonic() < deadline:
         n = rx.recv(sock)
@@ -51,7 +52,8 @@ def drain(rx, sock, want, limit=5.0):
             off, size = i * rx.slot, rx.length(i)
             f = rx.view[off + VNET_LEN:off + size]
             if bytes(f[12:14]) == b"\x88\xb5":
-                got.append((struct.unpack("!I", f[14:18])[0], size - VNET_LEN, rx.pkttype(i)))
+                got.append((struct.unpack("!I", f[14:18])[0], size - VNET_LEN, rx.pkttype(i),
+                            rx.ifindex(i)))
     return calls, got
 
 out = {"problem": batch.mmsg_problem(a)}
@@ -61,7 +63,9 @@ for i in range(150):
 time.sleep(0.05)
 rx = Rx(64, 65536 + VNET_LEN)
 calls, got = drain(rx, b, 150)
-out["burst"] = {"calls": calls, "seqs": [g[0] for g in got], "lens": sorted({g[1] for g in got})}
+out["burst"] = {"calls": calls, "seqs": [g[0] for g in got], "lens": sorted({g[1] for g in got}),
+                "ifindexes": sorted({g[3] for g in got})}
+out["index"] = {"va": socket.if_nametoindex("va"), "vb": socket.if_nametoindex("vb")}
 # 2. nothing waiting: recv answers 0 at once
 t = time.monotonic()
 out["empty"] = {"got": rx.recv(b), "seconds": time.monotonic() - t}
@@ -90,6 +94,7 @@ out["refusal_seqs"] = [g[0] for g in got]
 # 5. another socket on va sees what a sent as PACKET_OUTGOING (4): the router skips those
 calls, got = drain(rx, watch, 1, limit=1.0)
 out["outgoing_pkttypes"] = sorted({g[2] for g in got})
+out["outgoing_ifindexes"] = sorted({g[3] for g in got})
 print(json.dumps(out))
 """
 
@@ -118,6 +123,7 @@ def test_frames_in_batches_on_a_veth_pair(veth_ns, kind):
     burst = out["burst"]
     assert burst["seqs"] == list(range(150))          # all of them, in order
     assert burst["lens"] == [60]
+    assert burst["ifindexes"] == [out["index"]["vb"]]  # sll_ifindex: the frames came in by vb
     if kind == "batch":
         assert max(burst["calls"]) == 64 and len(burst["calls"]) <= 4   # 64 per call at most
     else:
@@ -132,39 +138,16 @@ def test_frames_in_batches_on_a_veth_pair(veth_ns, kind):
     assert out["refusal"] == [2, 1]
     assert out["refusal_seqs"] == [2000, 2002]
     assert out["outgoing_pkttypes"] == [4]
+    assert out["outgoing_ifindexes"] == [out["index"]["va"]]
 
 
 # --- the router, batched and not ---------------------------------------------------------------
 
 RULES = MASQ_RULES.format(masq_opts="")
 
-BURST = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(3)
-s.connect((sys.argv[1], 5000))
-n = int(sys.argv[2])
-for i in range(n):
-    s.send(b"%06d" % i)
-seen = set()
-try:
-    while len(seen) < n:
-        seen.add(int(s.recv(100)))
-except socket.timeout:
-    pass
-print(len(seen))
-"""
-
-
-@pytest.fixture(scope="module")
-def server(topo, workdir):
-    s = Server(topo, workdir)
-    yield s
-    s.close()
-
-
+@pytest.mark.usefixtures("server")
 @pytest.mark.parametrize("no_batch", ["0", "1"])
-def test_router_forwards_with_and_without_batches(topo, workdir, server, monkeypatch, no_batch):
+def test_router_forwards_with_and_without_batches(topo, workdir, monkeypatch, no_batch):
     monkeypatch.setenv("NATTRACK_NO_BATCH", no_batch)
     r = RouterProc(topo, workdir, "python", RULES)
     try:

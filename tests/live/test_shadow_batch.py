@@ -1,5 +1,5 @@
-"""Kernel mode's shadow reads its packet socket in batches (recvmmsg, ShadowRx) and, with
-``NATTRACK_NO_BATCH=1``, one frame per call (ShadowSingleRx): either way it must see
+"""Kernel mode's shadow reads its packet socket in batches (recvmmsg, RxBatch) and, with
+``NATTRACK_NO_BATCH=1``, one frame per call (SingleRx): either way it must see
 every frame the kernel forwards, by the right interface, and keep its table equal to
 the kernel's.  A burst of UDP makes the socket hold many frames at once; a connection
 to a closed port of the router makes the kernel send a RST of its own (an egress copy
@@ -11,29 +11,13 @@ import time
 
 import pytest
 
-from .conftest import MASQ_RULES, PYTHON, RouterProc, Server, kernel_conntrack, table_lines
+from .burst import BURST, server  # noqa: F401 -- the fixture, used by name
+from .conftest import MASQ_RULES, PYTHON, RouterProc, kernel_conntrack, table_lines
 from .netns import ROUTER_LAN, SERVER
 from .test_router_kernel import assert_same_tables
 
 RULES = MASQ_RULES.format(masq_opts=" --random-fully")
 COUNT = 300
-
-BURST = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(3)
-s.connect((sys.argv[1], 5000))
-n = int(sys.argv[2])
-for i in range(n):
-    s.send(b"%06d" % i)
-seen = set()
-try:
-    while len(seen) < n:
-        seen.add(int(s.recv(100)))
-except socket.timeout:
-    pass
-print(len(seen))
-"""
 
 CLOSED_PORT = r"""
 import socket, sys
@@ -44,15 +28,9 @@ except ConnectionRefusedError:
 """
 
 
-@pytest.fixture(scope="module")
-def server(topo, workdir):
-    s = Server(topo, workdir)
-    yield s
-    s.close()
-
-
+@pytest.mark.usefixtures("server")
 @pytest.mark.parametrize("no_batch", ["0", "1"])
-def test_the_shadow_keeps_up_with_and_without_batches(topo, workdir, server, monkeypatch, no_batch):
+def test_the_shadow_keeps_up_with_and_without_batches(topo, workdir, monkeypatch, no_batch):
     monkeypatch.setenv("NATTRACK_NO_BATCH", no_batch)
     r = RouterProc(topo, workdir, "kernel", RULES)
     try:
