@@ -18,10 +18,12 @@ import socket
 import struct
 from typing import TYPE_CHECKING, NamedTuple
 
+# The protocol numbers (packet/ipv4.py's), re-exported: conntrack and nat take them from here.
+from ..packet.ipv4 import IPPROTO_ICMP as IPPROTO_ICMP, IPPROTO_TCP as IPPROTO_TCP
+from ..packet.ipv4 import IPPROTO_UDP as IPPROTO_UDP
+
 if TYPE_CHECKING:
     from ..packet.ipv4 import Packet
-
-IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP = 1, 6, 17
 
 # nf_conntrack_proto_icmp.c: invmap[] -- the only ICMP types that have an answer.
 ICMP_INVMAP = {8: 0, 0: 8, 13: 14, 14: 13, 15: 16, 16: 15, 17: 18, 18: 17}
