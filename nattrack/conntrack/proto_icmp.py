@@ -9,12 +9,11 @@ the flow they quote through the inverted embedded tuple.
 from __future__ import annotations
 
 from .conn import IP_CT_DIR_REPLY, IP_CT_RELATED, IP_CT_RELATED_REPLY
-from ..packet.ipv4 import ICMP_ERROR_TYPES
+from ..packet.ipv4 import ICMP_ERROR_TYPES, NR_ICMP_TYPES
 from .tuple import ICMP_REQUEST_TYPES, Tuple, get_tuple, invert_tuple
 from .uapi import NF_ACCEPT
 
 INVALID = 0                              # the tracker's verdict (NF_ACCEPT: uapi.py)
-NR_ICMP_TYPES = 18
 
 
 def icmp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: bool) -> int:

@@ -15,13 +15,12 @@ import struct
 
 from ..conntrack.conn import HZ
 from ..packet.checksum import checksum
-from ..packet.ipv4 import IPPROTO_ICMP, Packet
+from ..packet.ipv4 import IPPROTO_ICMP, NR_ICMP_TYPES, Packet
 
 ICMP_ECHOREPLY, ICMP_ECHO = 0, 8
 ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED = 3, 11
 ICMP_NET_UNREACH, ICMP_PROT_UNREACH, ICMP_PORT_UNREACH = 0, 2, 3
 ICMP_FRAG_NEEDED, ICMP_EXC_TTL = 4, 0
-NR_ICMP_TYPES = 18
 XRLIM_BURST_FACTOR = 6                              # inet_peer_xrlim_allow()
 IPTOS_PREC_INTERNETCONTROL = 0xC0
 ICMP_SYSCTL_DEFAULTS = {                            # net.ipv4.*, their kernel defaults

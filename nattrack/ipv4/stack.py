@@ -39,11 +39,11 @@ from ..nat import ftp as _nat_ftp  # noqa: F401 -- registers nf_nat_ftp (as load
 from ..nat.core import nf_nat_ipv4_fn
 from ..nat.masquerade import masq_device_down, masq_inet_addr_removed
 from ..packet.defrag import Defrag, refragment
-from ..packet.ipv4 import (ICMP_ERROR_TYPES, IPPROTO_TCP, IPPROTO_UDP, TH_ACK, TH_FIN, TH_RST, TH_SYN,
-                           Packet)
+from ..packet.ipv4 import (ICMP_ERROR_TYPES, IPPROTO_TCP, IPPROTO_UDP, NR_ICMP_TYPES, TH_ACK, TH_FIN,
+                           TH_RST, TH_SYN, Packet)
 from .icmp import (ICMP_DEST_UNREACH, ICMP_EXC_TTL, ICMP_FRAG_NEEDED, ICMP_NET_UNREACH,
-                   ICMP_PORT_UNREACH, ICMP_PROT_UNREACH, ICMP_TIME_EXCEEDED, NR_ICMP_TYPES,
-                   IcmpRateLimit, icmp_echo, icmp_error)
+                   ICMP_PORT_UNREACH, ICMP_PROT_UNREACH, ICMP_TIME_EXCEEDED, IcmpRateLimit, icmp_echo,
+                   icmp_error)
 from .route import Interface, Route, fib_lookup, inet_make_mask, inet_select_addr, is_broadcast, parse_cidr
 from .tcp_ipv4 import tcp_v4_send_reset, tcp_v4_send_synack
 

@@ -33,6 +33,7 @@ _U32 = struct.Struct("!I")
 # requests and replies; and the error types, which quote a datagram (icmp_pointers[].error).
 ICMP_QUERY_TYPES = frozenset((0, 8, 13, 14, 15, 16, 17, 18))
 ICMP_ERROR_TYPES = frozenset((3, 4, 5, 11, 12))
+NR_ICMP_TYPES = 18                  # include/uapi/linux/icmp.h: the highest type known
 
 
 class Packet:
