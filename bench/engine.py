@@ -6,6 +6,11 @@ Run from the repository root::
     .venv/bin/python -m bench.engine --quick    # smaller sizes, under a minute
     .venv/bin/python -m bench.engine --json     # the same figures as one JSON object
     .venv/bin/python -m bench.engine --profile  # plus cProfile hotspots of the hot paths
+    .venv/bin/python -m bench.engine --one-build  # only the build this process runs
+
+Both builds are measured in the same run: this process runs the compiled engine (when
+scripts/setup.sh built it), then the whole benchmark again in a child with NATTRACK_PURE=1,
+and the report ends with the two side by side.
 
 It prints figures next to their targets and never fails on a missed target:
 it is a measuring instrument, not a test.  Progress goes to stderr.  See
@@ -31,9 +36,11 @@ import sys
 import time
 import tracemalloc
 
+import nattrack
 from nattrack.conntrack.core import NF_INET_PRE_ROUTING, ConntrackTable, tune_gc
 from nattrack.conntrack.proto_tcp import TCP_CONNTRACK_ESTABLISHED
 from nattrack.netfilter.rulesfile import parse_rules, to_nft
+from nattrack.nat.bysource import nat_net
 from nattrack.ipv4.stack import Router
 from nattrack.packet.checksum import checksum, pseudo_header_sum
 from nattrack.packet.ipv4 import Packet
@@ -548,10 +555,11 @@ def deep_size_estimate(table: ConntrackTable, sample: int = 20000) -> dict:
             own(ct.counters, "protocol state")
     m = len(conns) or 1
     per = {k: v / m for k, v in parts.items()}
-    keys = [k for k in table.nat_bysource.keys()][:sample]
-    per["nat_bysource keys"] = sum(rsz(k) for k in keys) / max(1, len(keys)) * len(table.nat_bysource) / max(1, n)
+    bysource = nat_net(table).bysource
+    keys = [k for k in bysource.keys()][:sample]
+    per["nat_bysource keys"] = sum(rsz(k) for k in keys) / max(1, len(keys)) * len(bysource) / max(1, n)
     per["hash dict (2 keys/entry)"] = sys.getsizeof(table.hash) / max(1, n)
-    per["nat_bysource dict"] = sys.getsizeof(table.nat_bysource) / max(1, n)
+    per["nat_bysource dict"] = sys.getsizeof(bysource) / max(1, n)
     blist = sys.getsizeof(table.buckets) + sum(rsz(b) for b in table.buckets if b is not None)
     per["bucket lists"] = blist / max(1, n)
     per = {k: round(v, 1) for k, v in per.items()}
@@ -804,6 +812,46 @@ def run_child(kind: str, *args) -> dict:
     return json.loads(proc.stdout)
 
 
+def pure_build_run(args) -> dict:
+    """The whole benchmark again on the pure Python (NATTRACK_PURE=1), as JSON."""
+    progress("the same on the pure-Python build (NATTRACK_PURE=1), in a child process")
+    cmd = [sys.executable, "-m", "bench.engine", "--one-build", "--json", "--no-kernel"]
+    cmd += ["--quick"] * args.quick + ["--profile"] * args.profile
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                          env=dict(os.environ, NATTRACK_PURE="1"))
+    if proc.returncode != 0:
+        return {"error": f"the pure build's run exited with {proc.returncode}"}
+    return json.loads(proc.stdout)
+
+
+def both_builds(data: dict, pure: dict | None) -> list[str]:
+    """The summary's figures of this build beside the pure build's, with their ratio."""
+    L = ["", f"Both builds, same run (this one: {data['header']['build']})"]
+    if pure is None:
+        L.append("  the compiled build is not running here: the figures above are the pure Python's")
+        return L
+    if "error" in pure:
+        L.append(f"  pure build: {pure['error']}")
+        return L
+    theirs = {s["metric"]: s["measured"] for s in pure["summary"]}
+    L.append(f"  {'figure':<34}{'compiled':>14}{'pure':>14}{'compiled/pure':>15}")
+    for s in data["summary"]:
+        ours, other = s["measured"], theirs.get(s["metric"])
+        ratio = f"{ours / other:.2f}x" if ours and other else "n/a"
+        shown = [f"{v:,.1f}" if isinstance(v, float) and v < 100 else f"{v:,.0f}" if v is not None else "n/a"
+                 for v in (ours, other)]
+        L.append(f"  {s['metric']:<34}{shown[0]:>14}{shown[1]:>14}{ratio:>15}")
+    f1, p1 = data["figures"]["1"], pure["figures"]["1"]
+    for name in ("parse", "ct_only", "receive_only", "full"):
+        L.append(f"  {'us per packet, ' + name:<34}{f1[name]['us_per_pkt']:>14.2f}"
+                 f"{p1[name]['us_per_pkt']:>14.2f}{f1[name]['us_per_pkt'] / p1[name]['us_per_pkt']:>14.2f}x")
+    if "profile" in p1:
+        L.append("")
+        L.append("cProfile of the pure build, figure 1 (full path), sorted by own time:")
+        L.extend("  " + x for x in p1["profile"])
+    return L
+
+
 # --- report ----------------------------------------------------------------------------------------
 
 def met(key: str, value) -> str:
@@ -831,7 +879,7 @@ def build_report(args, header: dict, f1: dict, f2: dict, big: dict, traced: dict
                         "target": fmt_target(key) if key else "-", "met": met(key, value) if key else "-"})
 
     L.append("nattrack engine benchmark" + (" (--quick)" if args.quick else ""))
-    for k in ("cpu", "python", "platform", "nattrack", "date"):
+    for k in ("cpu", "python", "platform", "nattrack", "build", "date"):
         L.append(f"  {k + ':':<10} {header[k]}")
     L.append("")
 
@@ -981,6 +1029,8 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", action="store_true", help="add cProfile hotspots of figures 1 and 2")
     ap.add_argument("--no-kernel", action="store_true",
                     help=f"skip the kernel's figure (it needs root and waits for {LIVE_LOCK})")
+    ap.add_argument("--one-build", action="store_true",
+                    help="measure only the build this process runs (no NATTRACK_PURE=1 child)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -994,7 +1044,7 @@ def main(argv=None) -> None:
         json.dump(out, sys.stdout)
         return
     header = {"cpu": cpu_model(), "python": f"{platform.python_implementation()} {sys.version.split()[0]}",
-              "platform": platform.platform(), "nattrack": f"git {git_rev()}",
+              "platform": platform.platform(), "nattrack": f"git {git_rev()}", "build": nattrack.BUILD,
               "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
     t0 = perf()
     f1 = bench_throughput(args.quick, args.profile)
@@ -1012,6 +1062,10 @@ def main(argv=None) -> None:
     f1["kernel"] = {"error": "not measured (--no-kernel)"} if args.no_kernel else kernel_router_cost(args.quick)
     header["elapsed_s"] = round(perf() - t0, 1)
     lines, data = build_report(args, header, f1, f2, big, traced)
+    if not args.one_build:
+        pure = pure_build_run(args) if nattrack.compiled_loaded() else None
+        lines += both_builds(data, pure)
+        data["pure"] = pure
     if args.json:
         print(json.dumps(data, indent=1, default=str))
     else:

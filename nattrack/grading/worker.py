@@ -332,7 +332,8 @@ class Worker:
                               jail=jail, cpu_seconds=self.cpu_seconds,
                               memory_mb=self.memory_mb, max_procs=self.max_procs,
                               uid=self.uid, gid=self.gid or self.uid, env={"PYTHONPATH": pkg,
-                                   "NATTRACK_MEMORY_MB": str(self.memory_mb)})
+                                   "NATTRACK_MEMORY_MB": str(self.memory_mb),
+                                   "NATTRACK_PURE": "1"})   # it plugs pieces in (nattrack/__init__.py)
         self.flooded = False
         self.err_total = 0
         self.err_tail = bytearray()
