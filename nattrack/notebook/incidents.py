@@ -642,9 +642,9 @@ def _entry(table, sport: int) -> dict | None:
 def race_timeline_svg(marks: list[dict], labels: list[str], horizon: float = 6.0) -> str:
     """Each CPU's query on a time axis: sent, dropped, answered, asked again; a hidden
     clash entry's second as a bar.  No ids (several notebooks share one page)."""
-    width, left, row = 640, 150, 34
+    width, left, right, row = 680, 150, 70, 34      # right: room for the last label
     height = 30 + row * len(labels) + 24
-    scale = (width - left - 20) / horizon
+    scale = (width - left - right) / horizon
 
     def x(t: float) -> float:
         return left + min(max(t, 0.0), horizon) * scale
@@ -653,7 +653,7 @@ def race_timeline_svg(marks: list[dict], labels: list[str], horizon: float = 6.0
     for i, label in enumerate(labels):
         y = 30 + i * row
         parts.append(f'<text x="4" y="{y + 4}" font-size="12">{esc(label)}</text>'
-                     f'<line x1="{left}" y1="{y}" x2="{width - 20}" y2="{y}" '
+                     f'<line x1="{left}" y1="{y}" x2="{width - right}" y2="{y}" '
                      f'stroke="{GREY}" stroke-dasharray="2,3"/>')
     for m in marks:
         y = 30 + m["lane"] * row
@@ -696,7 +696,7 @@ def race_timeline_svg(marks: list[dict], labels: list[str], horizon: float = 6.0
     ticks = "".join(f'<line x1="{x(t):.1f}" y1="{axis_y - 4}" x2="{x(t):.1f}" y2="{axis_y}" '
                     f'stroke="{GREY}"/><text x="{x(t):.1f}" y="{axis_y + 14}" font-size="10" '
                     f'text-anchor="middle">{t:g} s</text>' for t in range(int(horizon) + 1))
-    parts.append(f'<line x1="{left}" y1="{axis_y}" x2="{width - 20}" y2="{axis_y}" '
+    parts.append(f'<line x1="{left}" y1="{axis_y}" x2="{width - right}" y2="{axis_y}" '
                  f'stroke="{GREY}"/>{ticks}')
     answered = {m["lane"]: m["t"] for m in marks if m["kind"] == "answered"}
     state = {"view": "race-timeline", "lanes": len(labels),
