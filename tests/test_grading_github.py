@@ -25,7 +25,7 @@ import yaml
 from nattrack.grading.github import (report, results_from_gradescope, to_classroom50,
                                      to_markdown)
 from nattrack.grading.results import Results, TestResult, to_gradescope
-from nattrack.grading.runner import load_lab, variant_for
+from nattrack.grading.runner import load_lab
 from tests.grading.cli import nattrack, scratch
 from tests.grading.schemas import validate_gradescope, validate_junit
 
@@ -46,14 +46,14 @@ def _repo_name() -> str:
     info = load_lab(LAB)
     for i in range(100):
         name = f"lab99-{i}"
-        mine = variant_for(info, f"{OWNER}-{name}")["udp_timeout"]
-        if all(variant_for(info, other)["udp_timeout"] != mine for other in (name, OWNER)):
+        mine = info.variant_for(f"{OWNER}-{name}")["udp_timeout"]
+        if all(info.variant_for(other)["udp_timeout"] != mine for other in (name, OWNER)):
             return name
     raise AssertionError("no repository name with a distinct variant")
 
 
 NAME = _repo_name()
-UDP_TIMEOUT = variant_for(load_lab(LAB), f"{OWNER}-{NAME}")["udp_timeout"]
+UDP_TIMEOUT = load_lab(LAB).variant_for(f"{OWNER}-{NAME}")["udp_timeout"]
 
 
 def template(tmp: Path, kind: str = "github", lab: Path = LAB) -> Path:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from nattrack.grading.runner import GradeError, Grader, load_lab, variant_for
+from nattrack.grading.runner import GradeError, Grader, load_lab
+from nattrack.labs.manifest import Todo
 from tests.grading.cli import nattrack, scratch
 from tests.grading.schemas import Invalid, validate_gradescope, validate_junit, xsd_validate
 
@@ -41,7 +42,7 @@ def test_solution_full_marks_student_fails_its_todos(grader):
     sol = grader.grade(LAB / "solution")
     assert sol.total == sol.max_total == 11 and sol.failures == 0
     stu = by_number(grader.grade(LAB / "student"))
-    todo_tests = {n for todo in grader.lab.todos for n in todo["tests"]}
+    todo_tests = {n for todo in grader.lab.todos for n in todo.tests}
     failed = {n for n, t in stu.items() if not t.passed}
     assert failed == todo_tests | {"9.1"}
     assert stu["1.1"].output == ("tcp_states.next_state raised NotImplementedError: TODO 1: "
@@ -65,12 +66,12 @@ def test_tests_from_the_hidden_folder_are_hidden(grader):
 
 def test_variants_are_deterministic_and_differ(tmp):
     lab = load_lab(LAB)
-    assert variant_for(lab, None) == {}
-    a, b = variant_for(lab, "alice"), variant_for(lab, "alice")
+    assert lab.variant_for(None) == {}
+    a, b = lab.variant_for("alice"), lab.variant_for("alice")
     assert a == b and set(a) == {"udp_timeout", "port"}
     assert a["udp_timeout"] in (20, 25, 30, 45) and 20000 <= a["port"] <= 20990
     assert a["port"] % 10 == 0
-    assert len({tuple(variant_for(lab, f"s{i}").items()) for i in range(20)}) > 5
+    assert len({tuple(lab.variant_for(f"s{i}").items()) for i in range(20)}) > 5
     # the student id reaches ctx.variant: an answers.txt with the right value passes
     sub = tmp / "alice"
     shutil.copytree(LAB / "solution", sub)
@@ -81,7 +82,7 @@ def test_variants_are_deterministic_and_differ(tmp):
     res = json.loads((tmp / "out" / "alice" / "results.json").read_text())
     assert {t["number"]: t["status"] for t in res["tests"]}["3.1"] == "passed"
     assert f"udp_timeout={a['udp_timeout']}" in res["output"]
-    other = next(i for i in range(100) if variant_for(lab, f"x{i}")["udp_timeout"]
+    other = next(i for i in range(100) if lab.variant_for(f"x{i}")["udp_timeout"]
                  != a["udp_timeout"])
     r = nattrack("grade", LAB, sub, "--out", tmp / "out2", "--student-id", f"x{other}",
                  "--mode", "offline")
@@ -325,8 +326,8 @@ def test_hidden_tests_numbered_with_letters_load_and_grade_in_natural_order(tmp)
 
 def test_unmet_todos_blames_a_shared_test_on_the_todo_really_unmet():
     from nattrack.grading.check import unmet_todos
-    todos = [{"id": "TODO 1", "tests": ["4.1", "4.4"]}, {"id": "TODO 2", "tests": ["4.2", "4.4"]},
-             {"id": "TODO 3", "tests": ["4.3", "4.4"]}, {"id": "TODO 10", "tests": ["4.10"]}]
+    todos = [Todo("TODO 1", "", ("4.1", "4.4")), Todo("TODO 2", "", ("4.2", "4.4")),
+             Todo("TODO 3", "", ("4.3", "4.4")), Todo("TODO 10", "", ("4.10",))]
     # only TODO 3 undone: its own test and the shared replay fail
     assert unmet_todos(todos, {"4.3": "wrong sum", "4.4": "event #2 differs"}) == (
         {"TODO 3": "4.3"}, {})
@@ -350,7 +351,7 @@ def _functions(src: str) -> dict[str, str]:
             if isinstance(n, ast.FunctionDef)}
 
 
-def _with_todos_undone(lab_dir: Path, undone: list[dict], dest: Path) -> Path:
+def _with_todos_undone(lab_dir: Path, undone: list[Todo], dest: Path) -> Path:
     """The lab's solution with the functions ``undone`` TODOs name (``next_state()`` in
     their text) put back as the skeleton has them."""
     import re
@@ -360,7 +361,7 @@ def _with_todos_undone(lab_dir: Path, undone: list[dict], dest: Path) -> Path:
             (lab_dir / "student" / f).read_text())
         text = (dest / f).read_text()
         for todo in undone:
-            for name in re.findall(r"(\w+)\(\)", todo["text"]):
+            for name in re.findall(r"(\w+)\(\)", todo.text):
                 if name in sol and name in stub:
                     text = text.replace(sol[name], stub[name])
         (dest / f).write_text(text)
@@ -381,7 +382,7 @@ def test_lab_check_names_exactly_the_undone_todos(lab, tmp):
         lines: list[str] = []
         assert lab_check(str(lab_dir), str(sub), out=lines.append) == 1
         named = [l.split(" (lab")[0] for l in lines if " (lab " in l]
-        assert named == [t["id"] for t in undone], lines
+        assert named == [t.id for t in undone], lines
         assert f"{len(todos) - len(undone)} of {len(todos)} TODOs done" in lines[-2], lines
 
 

@@ -159,6 +159,10 @@ GOOD = textwrap.dedent("""\
     (lambda s: 'rules = "nowhere.rules"\n' + s, "rules file 'nowhere.rules' not found"),
     (lambda s: s.replace('tests = ["9.1"]', 'tests = [1]'), "test numbers as strings"),
     (lambda s: s.replace('title = "X"', 'title = '), "not valid TOML"),
+    (lambda s: s + '[variants]\nport = []\n', "variants.port: expected a list of values"),
+    (lambda s: s + '[variants]\nport = { min = 9, max = 1 }\n', "variants.port: expected"),
+    (lambda s: s + '[variants]\nport = { min = 1, max = 9, step = 0 }\n', "variants.port"),
+    (lambda s: s + '[variants]\nport = { min = 1, max = 9, stpe = 2 }\n', "variants.port"),
 ])
 def test_manifest_errors_are_one_line_naming_the_file(tmp_path, change, words):
     (tmp_path / "lab.toml").write_text(change(GOOD))
@@ -166,6 +170,17 @@ def test_manifest_errors_are_one_line_naming_the_file(tmp_path, change, words):
         manifest.load(tmp_path)
     msg = str(e.value)
     assert words in msg and str(tmp_path / "lab.toml") in msg and "\n" not in msg
+
+
+def test_variants_are_parsed_once_and_picked_from_the_student_id():
+    """The pick is a hash of slug, name and id: these values are what students were given."""
+    lab = manifest.load(REPO / "labs" / "01-observe")
+    assert [v.name for v in lab.variants] == ["udp_port", "udp_timeout"]
+    assert lab.variants[0].choices == range(20000, 39991, 10)
+    assert lab.variant_for("alice") == {"udp_port": 27930, "udp_timeout": 25}
+    assert lab.variant_for("bob") == {"udp_port": 27510, "udp_timeout": 40}
+    assert lab.variant_for(None) == {} and lab.label == "lab 1 (observe)"
+    assert manifest.load(REPO / "labs" / "04-snat").variant_for("s7") == {"client_port": 24209}
 
 
 def test_manifest_missing(tmp_path):

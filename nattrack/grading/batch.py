@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import multiprocessing.util
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from .runner import GradeError, Grader, load_lab
 __all__ = ["discover", "grade_all", "write_outputs"]
 
 
-def _has_files(folder: Path, files: list[str]) -> bool:
+def _has_files(folder: Path, files: Sequence[str]) -> bool:
     """Does ``folder`` hold one of ``files`` (a link counts: grading refuses it with its
     reason), at its top or one real folder down?  Never looks through a link."""
     if folder.is_symlink():
@@ -47,7 +48,7 @@ def _real_dir(p: Path) -> bool:
     return p.is_dir() and not p.is_symlink()
 
 
-def discover(paths, files: list[str],
+def discover(paths, files: Sequence[str],
              student_id: str | None = None) -> list[tuple[str, Path, str | None]]:
     """``[(name, folder, student id)]``: each path is a submission, or a class of them (one
     per subfolder, whose name is the student id).  A single submission has a student id
@@ -147,13 +148,13 @@ def grade_all(lab, paths, out, *, hidden=None, mode: str = "auto", student_id=No
         with open(log_path, "a", buffering=1) as log:
             with Grader(lab, hidden=hidden, mode=mode, log=lambda m: log.write(m + "\n"),
                         unsafe_no_jail=unsafe_no_jail) as g:
-                echo(f"grading {n} submission(s) of {info.name}, {g.mode} mode"
+                echo(f"grading {n} submission(s) of {info.label}, {g.mode} mode"
                      + (f" ({g.live_problem})" if g.live_problem and mode != "offline" else ""))
                 for i, (sid, folder, vid) in enumerate(subs):
                     finished(i, sid, g.grade(folder, student_id=vid))
     else:
         ctx = multiprocessing.get_context("fork")
-        echo(f"grading {n} submissions of {info.name} with {jobs} jobs")
+        echo(f"grading {n} submissions of {info.label} with {jobs} jobs")
         with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init,
                                  initargs=(lab, hidden, mode, str(log_path),
                                            unsafe_no_jail)) as pool:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from ..labs.manifest import Todo
 from ..labs.testing import number_key
 from .results import points
 from .runner import GradeError, Grader
@@ -54,10 +56,9 @@ def lab_check(lab: str | None = None, folder: str | None = None, live: bool = Fa
     failed = {n: t.output for n, t in by_number.items() if not t.passed}
     unmet, unexplained = unmet_todos(info.todos, failed)
     for todo in info.todos:
-        n = unmet.get(str(todo.get("id", "TODO")))
+        n = unmet.get(todo.id)
         if n is not None:
-            out(f"{todo.get('id', 'TODO')} (lab {info.number}): {todo.get('text', '')} -- "
-                f"{_first_line(failed[n])}")
+            out(f"{todo.id} (lab {info.number}): {todo.text} -- {_first_line(failed[n])}")
     for n, suspects in unexplained.items():
         also = f" (it exercises {', '.join(suspects)})" if suspects else ""
         out(f"test {n} (lab {info.number}): {by_number[n].name} -- {_first_line(failed[n])}"
@@ -75,7 +76,7 @@ def lab_check(lab: str | None = None, folder: str | None = None, live: bool = Fa
     return 0 if not failed else 1
 
 
-def unmet_todos(todos: list[dict], failed: dict[str, str]
+def unmet_todos(todos: Sequence[Todo], failed: dict[str, str]
                 ) -> tuple[dict[str, str], dict[str, list[str]]]:
     """Which ``[[todos]]`` the failed tests (number -> output) show unmet.
 
@@ -86,10 +87,9 @@ def unmet_todos(todos: list[dict], failed: dict[str, str]
     none of the others.  Returns ({TODO id: the failed test that shows it}, {failed test
     explained by no unmet TODO: the TODOs that list it}).
     """
-    ids = [str(t.get("id", "TODO")) for t in todos]
+    ids = [t.id for t in todos]
     order = sorted(failed, key=number_key)
-    listers = {n: [i for i, t in zip(ids, todos) if n in {str(x) for x in t.get("tests", [])}]
-               for n in order}
+    listers = {n: [t.id for t in todos if n in t.tests] for n in order}
     named = {n: [i for i in ids if re.search(rf"(?<!\w){re.escape(i)}(?!\w)", failed[n])]
              for n in order}
     unmet: dict[str, str] = {}

@@ -120,10 +120,10 @@ def _kit(dest: Path, lab_dir: Path, hidden: Path | None) -> Path:
         shutil.copytree(_REPO / "topologies", kit / "topologies", ignore=_ignore)
     shutil.copytree(info.dir, kit / "lab", ignore=lambda d, names: _ignore(d, names) + (
         ["solution", "student"] if Path(d) == info.dir else []))
-    raw = info.raw.get("rules")
-    if raw and info.rules and not (kit / "lab" / raw).exists():
-        (kit / raw).parent.mkdir(parents=True, exist_ok=True)         # examples/rules/...
-        shutil.copyfile(info.rules, kit / raw)
+    written = info.rules_as_written
+    if written and info.rules and not (kit / "lab" / written).exists():
+        (kit / written).parent.mkdir(parents=True, exist_ok=True)     # examples/rules/...
+        shutil.copyfile(info.rules, kit / written)
     if hidden is not None:
         if not Path(hidden).is_dir():
             raise GradeError(f"--hidden {hidden}: not a folder")
@@ -145,7 +145,7 @@ def gradescope_note(info, hidden: Path | None) -> str:
     live = [t for t in tests if t.mode == "live"]
     total = sum(t.points for t in offline)
     hidden_pts = sum(t.points for t in offline if t.visibility != "visible")
-    line = (f"on Gradescope {info.name} grades offline only: set the assignment's autograder "
+    line = (f"on Gradescope {info.label} grades offline only: set the assignment's autograder "
             f"points to {total:g} ({hidden_pts:g} of them in hidden tests)")
     if live:
         line += (f"; its {len(live)} live test(s) ({sum(t.points for t in live):g} points) "

@@ -1,6 +1,6 @@
 """The grader: a lab's tests (public and hidden) against one submission.
 
-:func:`load_lab` reads ``lab.toml``; :func:`load_tests` imports the lab's ``tests/`` and an
+:func:`load_lab` reads ``lab.toml`` (a :class:`~nattrack.labs.manifest.Lab`); :func:`load_tests` imports the lab's ``tests/`` and an
 instructor's hidden folder (trusted code, run in this process); :class:`Grader` runs them
 against a submission and returns :class:`~nattrack.grading.results.Results`.
 
@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,8 @@ from .results import Results, TestResult
 from .sandbox import sandbox_uid
 from .worker import SubmissionError, Worker, lab_view, package_copy
 
-__all__ = ["GradeError", "LabInfo", "load_lab", "load_tests", "Ctx", "Grader", "probe_live",
-           "variant_for", "SubmissionError"]
+__all__ = ["GradeError", "load_lab", "load_tests", "Ctx", "Grader", "probe_live",
+           "SubmissionError"]
 
 
 class GradeError(Exception):
@@ -53,47 +54,20 @@ class GradeError(Exception):
 
 # --- the lab ---------------------------------------------------------------------------------
 
-@dataclass
-class LabInfo:
-    dir: Path
-    raw: dict
-    manifest: Lab                          # the lab as nattrack.labs.manifest read it
-    number: int
-    slug: str
-    title: str
-    files: list[str]
-    todos: list[dict]
-    variants: dict
-    topology: str | None
-    mode: str
-    rules: Path | None
-
-    @property
-    def name(self) -> str:
-        return f"lab {self.number} ({self.slug})"
-
-
 def _repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def load_lab(lab_dir) -> LabInfo:
-    """The grader's view of a lab: lab.toml read and checked once, by labs.manifest.load()."""
-    lab_dir = Path(lab_dir).resolve()
-    toml = lab_dir / "lab.toml"
-    if not toml.is_file():
-        raise GradeError(f"{lab_dir}: no lab.toml here; give a lab folder such as labs/02-tcp-states")
+def load_lab(lab_dir) -> Lab:
+    """The lab, as labs.manifest.load() reads it; a wrong one is a GradeError (exit status 2)."""
     try:
         lab = load_manifest(lab_dir)
     except ManifestError as exc:               # one line already, naming the file
         raise GradeError(str(exc)) from None
-    raw = lab.doc
     if not lab.files:
-        raise GradeError(f"{toml}: `files` is empty: list what a submission consists of")
-    return LabInfo(dir=lab_dir, raw=raw, manifest=lab, number=lab.number, slug=lab.slug,
-                   title=lab.title, files=list(lab.files), todos=list(raw.get("todos", [])),
-                   variants=dict(raw.get("variants", {})), topology=raw.get("topology"),
-                   mode=lab.mode, rules=lab.rules)
+        raise GradeError(f"{lab.dir / 'lab.toml'}: `files` is empty: list what a submission "
+                         f"consists of")
+    return lab
 
 
 @dataclass
@@ -103,7 +77,7 @@ class LoadedTest:
     source: Path
 
 
-def load_tests(lab: LabInfo, hidden: Path | None = None) -> list[LoadedTest]:
+def load_tests(lab: Lab, hidden: Path | None = None) -> list[LoadedTest]:
     """The lab's public tests and the instructor's hidden ones, in number order.
 
     Tests from the hidden folder are never shown before the due date: a ``visible`` one
@@ -143,33 +117,6 @@ def load_tests(lab: LabInfo, hidden: Path | None = None) -> list[LoadedTest]:
     return sorted(out, key=lambda lt: number_key(lt.spec.number))
 
 
-# --- per-student variants -----------------------------------------------------------------------
-
-def variant_for(lab: LabInfo, student_id: str | None) -> dict:
-    """``ctx.variant``: each ``[variants]`` entry of lab.toml, chosen from the student id.
-
-    ``name = [a, b, c]`` picks one of the values; ``name = {min = M, max = N}`` an integer in
-    [M, N] (``step = S`` for multiples of S from M).  The choice is a hash of the lab's slug,
-    the name and the id, so it is the same on every machine and every run.  ``{}`` without
-    a student id.
-    """
-    if not student_id:
-        return {}
-    out = {}
-    for name, spec in lab.variants.items():
-        h = int.from_bytes(hashlib.sha256(f"{lab.slug}|{name}|{student_id}".encode()).digest()[:8],
-                           "big")
-        if isinstance(spec, list) and spec:
-            out[name] = spec[h % len(spec)]
-        elif isinstance(spec, dict) and "min" in spec and "max" in spec:
-            lo, hi, step = int(spec["min"]), int(spec["max"]), int(spec.get("step", 1))
-            out[name] = lo + step * (h % ((hi - lo) // step + 1))
-        else:
-            raise GradeError(f"{lab.dir / 'lab.toml'}: variants.{name}: expected a list of "
-                             f"values or {{min = M, max = N}}")
-    return out
-
-
 # --- the context --------------------------------------------------------------------------------
 
 class Ctx:
@@ -182,7 +129,7 @@ class Ctx:
         self._grader, self._sub, self.mode = grader, sub, mode
         self._deadline = deadline
         self.lab_dir = grader.lab.dir
-        self.manifest = grader.lab.manifest
+        self.manifest = grader.lab
         self.submission = sub.sub_copy          # the lab's files, found and copied
         self.variant = dict(sub.variant)
         self.student_id = sub.student_id
@@ -253,12 +200,10 @@ class Ctx:
 
 # --- the environment probe -------------------------------------------------------------------------
 
-def probe_live(lab: LabInfo) -> str | None:
-    """None when this machine can run the lab live, else why not (one line)."""
+def probe_live() -> str | None:
+    """None when this machine can run a lab live, else why not (one line)."""
     if os.geteuid() != 0:
         return "the grader is not root (live labs build network namespaces)"
-    if not lab.topology:
-        return f"{lab.name} has no topology"
     # Namespaces first: in a container that cannot make them (Gradescope), installing
     # Mininet would not help, and the reason must not say it would.
     from .sandbox import namespaces_problem
@@ -278,7 +223,7 @@ class SubmissionRun:
         self.grader = grader
         self.folder = folder
         self.student_id = student_id
-        self.variant = variant_for(grader.lab, student_id)
+        self.variant = grader.lab.variant_for(student_id)
         # One group of its own per submission: its worker processes and (live) its lab's
         # router run with it, and its folders are root's and that group's alone (0750), so
         # nothing of one student's is readable by another student's code.
@@ -338,7 +283,7 @@ class SubmissionRun:
         self._share(self.lab_run_dir)
         argv = [sys.executable, "-m", "nattrack.cli.main", "lab", "up", "--topo",
                 str(lab.topology), "--mode", lab.mode]
-        if lab.raw.get("pieces"):                 # else the submission is data the tests read
+        if lab.pieces:                            # else the submission is data the tests read
             argv += ["--plugin", f"{self.grader.lab_copy}={self.sub_copy}"]
         if lab.rules:
             argv += ["--rules", str(lab.rules)]
@@ -414,7 +359,7 @@ class SubmissionRun:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _copy_submission(src: Path, dest: Path, files: list[str]) -> list[str]:
+def _copy_submission(src: Path, dest: Path, files: Sequence[str]) -> list[str]:
     """The lab's files of a submission, found at its top or one folder down (a zip of a
     folder), copied into a folder the worker may read.  Nothing else is copied, and no
     symbolic link is ever followed (the grader is root: a link could pull in a solution or
@@ -477,13 +422,13 @@ class Grader:
                              f"would run as you and read all you can; run as root, make "
                              f"bwrap work, or pass --unsafe-no-jail")
         self.live_lock: str | None = None        # a file to flock around each live lab
-        live_problem = probe_live(self.lab) if mode != "offline" else "--mode offline"
+        live_problem = probe_live() if mode != "offline" else "--mode offline"
         if mode == "live" and live_problem:
             raise GradeError(f"--mode live: {live_problem}")
         self.live_problem = live_problem
         self.mode = "offline" if live_problem else "live"
         from .sandbox import bwrap_problem
-        if (hidden is not None and self.mode == "live" and self.lab.raw.get("pieces")
+        if (hidden is not None and self.mode == "live" and self.lab.pieces
                 and _others_can_read(Path(hidden))):
             # The live router imports the submission as an unprivileged user, outside the
             # jail: only permissions keep it from the hidden tests (a crash message could
@@ -498,7 +443,7 @@ class Grader:
         self._tmp = Path(tempfile.mkdtemp(prefix="nattrack-grader-"))
         os.chmod(self._tmp, 0o755)
         self.pkg = package_copy(self._tmp / "pkg")
-        self.lab_copy = lab_view(self.lab.dir, self._tmp / "lab", self.lab.raw.get("rules"),
+        self.lab_copy = lab_view(self.lab.dir, self._tmp / "lab", self.lab.rules_as_written,
                                  self.lab.rules)
 
     def close(self) -> None:
@@ -573,7 +518,7 @@ class Grader:
             run.close()
         order = {t.spec.number: i for i, t in enumerate(self.tests)}
         results.sort(key=lambda r: -1 if r.number == "0" else order.get(r.number, 0))
-        out = [f"{self.lab.name}: {self.lab.title}".rstrip(": ")]
+        out = [f"{self.lab.label}: {self.lab.title}".rstrip(": ")]
         if run.variant:
             out.append("Your variant: " + ", ".join(f"{k}={v}" for k, v in run.variant.items()))
         if missing:

@@ -82,9 +82,8 @@ def _jsonable(v, depth: int = 0):
 
 
 def _read_files(lab_dir: str) -> list[str]:
-    import tomllib
-    with open(os.path.join(lab_dir, "lab.toml"), "rb") as f:
-        return [str(x) for x in tomllib.load(f).get("files", [])]
+    from nattrack.labs.manifest import load
+    return list(load(lab_dir).files)
 
 
 class _Served:

@@ -1,13 +1,16 @@
 """A lab folder's ``lab.toml``, parsed and checked (docs/labs-format.md, "lab.toml").
 
 ``load(lab_dir)`` returns a :class:`Lab`; anything wrong is a :class:`ManifestError`
-whose message is one line naming the file, the key and what to write instead.
+whose message is one line naming the file, the key and what to write instead.  This is the
+one model of a lab: ``make run``, the router's ``--plugin``, the grader and ``lab check``
+all read the lab through it.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 MODES = ("python", "kernel")
@@ -34,6 +37,13 @@ class Todo:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One ``[variants]`` entry: ``name = [a, b, c]`` or ``name = {min, max, step}``."""
+    name: str
+    choices: tuple | range      # the values a student id picks one of
+
+
+@dataclass(frozen=True)
 class Lab:
     dir: Path
     number: int
@@ -41,16 +51,21 @@ class Lab:
     title: str
     topology: str
     mode: str
-    rules: Path | None
+    rules: Path | None          # the rules file, found
     files: tuple[str, ...]
     pieces: tuple[Piece, ...] = ()
     todos: tuple[Todo, ...] = ()
-    extra: dict = field(default_factory=dict)      # keys this module does not interpret
-    doc: dict = field(default_factory=dict)        # the whole file as read (the grader's view)
+    variants: tuple[Variant, ...] = ()
+    rules_as_written: str | None = None   # `rules` as lab.toml spells it: where a kit puts it
 
     @property
     def name(self) -> str:
         return f"{self.number:02d}-{self.slug}"
+
+    @property
+    def label(self) -> str:
+        """How messages name the lab: ``lab 2 (tcp-states)``."""
+        return f"lab {self.number} ({self.slug})"
 
     @property
     def tests_dir(self) -> Path:
@@ -63,6 +78,18 @@ class Lab:
     def todo_for(self, number: str) -> list[Todo]:
         """The TODOs a test number belongs to."""
         return [t for t in self.todos if number in t.tests]
+
+    def variant_for(self, student_id: str | None) -> dict:
+        """``ctx.variant``: one value of each ``[variants]`` entry, picked by a hash of the
+        slug, the entry's name and the student id (the same on every machine and run);
+        ``{}`` without a student id."""
+        if not student_id:
+            return {}
+        out = {}
+        for v in self.variants:
+            h = hashlib.sha256(f"{self.slug}|{v.name}|{student_id}".encode()).digest()[:8]
+            out[v.name] = v.choices[int.from_bytes(h, "big") % len(v.choices)]
+        return out
 
 
 def _want(doc: dict, key: str, typ, where: str, what: str):
@@ -141,10 +168,25 @@ def load(lab_dir: str | Path) -> Lab:
     if len(set(ids)) != len(ids):
         raise ManifestError(f"{where}: two [[todos]] share an id")
 
-    known = {"number", "slug", "title", "topology", "mode", "rules", "files", "pieces", "todos"}
-    extra = {k: v for k, v in doc.items() if k not in known}
+    variants = doc.get("variants", {})
+    if not isinstance(variants, dict):
+        raise ManifestError(f"{where}: `variants` must be a table, e.g. [variants]")
     return Lab(lab_dir, number, slug, title, topology, mode, rules_path, tuple(files),
-               tuple(pieces), tuple(todos), extra, doc)
+               tuple(pieces), tuple(todos),
+               tuple(_variant(name, spec, where) for name, spec in variants.items()), rules)
+
+
+def _variant(name: str, spec, where: str) -> Variant:
+    """``[a, b, c]``, or ``{min = M, max = N}`` (``step = S``: multiples of S from M)."""
+    if isinstance(spec, list) and spec:
+        return Variant(name, tuple(spec))
+    if isinstance(spec, dict) and set(spec) <= {"min", "max", "step"} and "min" in spec \
+            and "max" in spec:
+        lo, hi, step = spec["min"], spec["max"], spec.get("step", 1)
+        if all(type(n) is int for n in (lo, hi, step)) and step > 0 and lo <= hi:
+            return Variant(name, range(lo, hi + 1, step))
+    raise ManifestError(f"{where}: variants.{name}: expected a list of values or "
+                        f"{{min = M, max = N}} (integers, M <= N, step = S > 0)")
 
 
 def _resolve_rules(lab_dir: Path, rules: str, where: str) -> Path:
@@ -158,4 +200,4 @@ def _resolve_rules(lab_dir: Path, rules: str, where: str) -> Path:
                         f"or the repository, e.g. examples/rules/basic.rules)")
 
 
-__all__ = ["Lab", "Piece", "Todo", "ManifestError", "load"]
+__all__ = ["Lab", "Piece", "Todo", "Variant", "ManifestError", "load"]

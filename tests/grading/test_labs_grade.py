@@ -27,7 +27,7 @@ def check_lab(lab_dir: Path, mode: str, variant: str = "") -> None:
                if mode == "live" or t.spec.mode != "live"}
         sol = g.grade(lab_dir / "solution" / variant)
         stu = g.grade(lab_dir / "student" / variant)
-        todos = {str(n) for todo in g.lab.todos for n in todo.get("tests", [])}
+        todos = {str(n) for todo in g.lab.todos for n in todo.tests}
     bad = [f"{t.number} {t.name}: {t.output[:300]}" for t in sol.tests
            if t.number in ran and not t.passed]
     assert not bad, f"{lab_dir.name} solution ({mode}) fails:\n" + "\n".join(bad)
