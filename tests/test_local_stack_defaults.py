@@ -15,7 +15,7 @@ from scapy.layers.inet import IP, TCP
 from nattrack.lab import RULES_DIR
 from nattrack.ipv4.stack import Router
 from nattrack.notebook import scenarios as sc
-from nattrack.notebook.replay import Engine, simulation
+from nattrack.notebook.engine import Engine, simulation
 from nattrack.notebook.session import PacketPair
 from nattrack.router.__main__ import main as router_main
 

@@ -18,7 +18,7 @@ import pytest
 from nattrack.conntrack import show
 from nattrack.lab.craft import build, tcp_flags
 from nattrack.notebook import NOTEBOOKS, SessionError, open_session
-from nattrack.notebook.replay import RECORDINGS
+from nattrack.notebook.recorded import RECORDINGS
 from nattrack.packet.checksum import ones_sum, pseudo_header_sum
 from nattrack.packet.ipv4 import Packet
 from nattrack.packet.pcapio import CaptureReader

@@ -52,8 +52,8 @@ def open_session(notebook: str, mode: str = "auto", *, client=None,
             if mode == "live":
                 raise SessionError(str(exc)) from None
             why = str(exc)
-    from .replay import ReplaySession
-    s = ReplaySession(notebook, recordings=recordings)
+    from .recorded import RecordedSession
+    s = RecordedSession(notebook, recordings=recordings)
     s.why_not_live = why
     return s
 

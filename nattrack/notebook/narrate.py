@@ -325,10 +325,10 @@ def _flag_change(b: dict, a: dict, lead: str) -> str:
 def scripted(notebook: str, scenario: str) -> tuple[dict, ...] | None:
     """The facts of each step of the scripted run (the recording replayed, or the
     engine alone for a simulated scenario); None without a recording."""
-    from .replay import ReplaySession
+    from .recorded import RecordedSession
     from .session import SessionError
     try:
-        s = ReplaySession(notebook)
+        s = RecordedSession(notebook)
         scn = s.scenario(scenario)
         s._start(scn)
         s.current, s.next_index = scn, 0

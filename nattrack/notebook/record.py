@@ -3,7 +3,7 @@
 For every scenario: a fresh start (its rules file, its sysctls, its entries deleted from both tables),
 then each step as a live session performs it; written to
 ``<out>/<notebook>/<scenario>.json`` (packets before and after the router, both tables
-and both event streams after each step, timestamps; see :mod:`.replay`) and
+and both event streams after each step, timestamps; see :mod:`.recorded`) and
 ``<scenario>.pcapng`` (the frames the router saw on both sides, per interface).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 from ..lab import RULES_DIR
 from ..packet.pcapio import PcapngWriter
 from . import scenarios as sc
-from .replay import FORMAT, RECORDINGS
+from .recorded import FORMAT, RECORDINGS
 from .session import SessionError
 
 

@@ -12,7 +12,7 @@ events are ``conntrack -E`` lines.  The kernel's side comes from the router's ow
 conntrack (live) or from the recording (replay).
 
 This module is the interface only: the types and the :class:`Session` every backend
-implements.  ``open_session`` (the package) picks a backend: :mod:`.live` or :mod:`.replay`;
+implements.  ``open_session`` (the package) picks a backend: :mod:`.live` or :mod:`.recorded`;
 what both do to run a step is in :mod:`.steps` and :mod:`.engine`.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The replay backend: a recorded lab run, no lab needed.
+"""Recorded sessions (the notebooks' "replay" mode): a recorded lab run, no lab needed.
 
 ``notebooks/recordings/<notebook>/<scenario>.json`` (written by ``nattrack record``)
 holds, per step, the datagrams on both sides of the router, the tracker's and the
@@ -50,7 +50,7 @@ def load_recording(base: Path, notebook: str, scenario: str) -> dict:
     return rec
 
 
-class ReplaySession(Session):
+class RecordedSession(Session):
     mode = "replay"
 
     def __init__(self, notebook: str, recordings: str | os.PathLike | None = None) -> None:
