@@ -1041,6 +1041,7 @@ def main(argv=None) -> None:
             out = child_tcp(int(rest[0]))
         else:
             out = child_traced(int(rest[0]))
+        out["build"] = nattrack.BUILD
         json.dump(out, sys.stdout)
         return
     header = {"cpu": cpu_model(), "python": f"{platform.python_implementation()} {sys.version.split()[0]}",
@@ -1061,6 +1062,10 @@ def main(argv=None) -> None:
     progress("figure 1: the kernel's router path in network namespaces")
     f1["kernel"] = {"error": "not measured (--no-kernel)"} if args.no_kernel else kernel_router_cost(args.quick)
     header["elapsed_s"] = round(perf() - t0, 1)
+    # A source edited during the run makes a child fall back to the pure Python: say so.
+    others = {c.get("build") for c in (big, big.get("tcp", {}), traced) if c.get("build") != nattrack.BUILD}
+    if others - {None}:
+        header["build"] += f"; WARNING: child processes ran {', '.join(sorted(others - {None}))}"
     lines, data = build_report(args, header, f1, f2, big, traced)
     if not args.one_build:
         pure = pure_build_run(args) if nattrack.compiled_loaded() else None

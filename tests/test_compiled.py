@@ -125,7 +125,7 @@ def test_the_build_is_idempotent_and_falls_back_in_one_line(tmp_path):
     build, file = where("nattrack.packet.checksum", env)
     assert build.startswith("compiled") and file.startswith(str(tmp_path / "built"))
     again = run(BUILD, env)
-    assert again.returncode == 0 and again.stdout.startswith("==> compiled engine up to date"), again.stdout
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")     # setup.sh's second run is a no-op
 
     env = {"NATTRACK_COMPILED_DIR": str(tmp_path / "nocc"), "PATH": str(tmp_path / "empty")}
     r = run(BUILD + ["--force"], env)
