@@ -49,7 +49,7 @@ class Packet:
                  "win", "doff", "itype", "icode", "iif", "oif", "ts", "frag_sizes",
                  "embedded", "ct", "ctinfo")
     # The slots' types, for readers and mypy (annotations without values make no class attributes).
-    buf: bytearray
+    buf: bytearray | memoryview   # a memoryview: kernel mode's shadow parses a frame in its slot
     off: int
     ihl: int
     tot_len: int
@@ -81,7 +81,7 @@ class Packet:
     ctinfo: int | None
 
     @classmethod
-    def parse(cls, buf: bytearray, off: int = 0, iif: str | None = None, ts: float = 0.0,
+    def parse(cls, buf: bytearray | memoryview, off: int = 0, iif: str | None = None, ts: float = 0.0,
               embedded: bool = False) -> Packet | None:
         """Parse the IPv4 header at buf[off:]; None if ip_rcv() would drop it.
 

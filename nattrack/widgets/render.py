@@ -351,7 +351,7 @@ def conntrack_table_html(lines_or_dicts: Iterable[str | Mapping[str, Any]],
 
 # --------------------------------------------------------------------------- packets
 
-def _u16(buf: bytes | bytearray, at: int) -> int:
+def _u16(buf: bytes | bytearray | memoryview, at: int) -> int:
     return struct.unpack_from("!H", buf, at)[0]
 
 
