@@ -25,6 +25,11 @@ from ..lab import LabError
 from ..lab.ctargs import CtRequest, CtUsageError, line_matches, parse, router_filters
 
 FLUSHED = show.TOOL + "connection tracking table has been emptied."
+# conntrack-tools 1.4.7's lines for the expect table (checked on 6.18).
+EXPECT_LIST_SUMMARY = show.TOOL + "{n} expectations have been shown."
+EXPECT_EVENT_SUMMARY = show.TOOL + "{n} expectation events have been shown."
+EXPECT_FLUSHED = show.TOOL + "expectation table has been emptied."
+EXPECT_STATS = ("expect_new", "expect_create", "expect_delete")
 
 CONNTRACK_HELP = """\
 usage: nattrack conntrack COMMAND [FILTERS] [OPTIONS]
@@ -33,6 +38,8 @@ The live lab's connection table, as conntrack-tools shows it.
 
 commands:  -L list   -E events (Ctrl-C ends)   -S statistics   -C count
            -F flush  -D delete (with filters)
+           -L expect, -E expect, -C expect, -F expect, -S expect: the expectation table
+           (what helpers such as ftp expect; -E expect takes -o timestamp)
 filters:   -p PROTO   -s/--src ADDR   -d/--dst ADDR   (original direction)
            --sport PORT  --dport PORT  (after -p tcp|udp)   --state STATE (after -p tcp)
            -u/--status ASSURED|UNREPLIED|...   -r/--reply-src ADDR  -q/--reply-dst ADDR
@@ -66,6 +73,8 @@ def run_conntrack(req: CtRequest, api, out: TextIO | None = None,
     out, err = out or sys.stdout, err or sys.stderr
     if req.kernel:
         return _run_kernel(req, api, out, err)
+    if req.table == "expect":
+        return _run_expect(req, api, out, err)
     router = req.router
     filters = router_filters(req)
     cmd = req.command
@@ -116,7 +125,33 @@ def run_conntrack(req: CtRequest, api, out: TextIO | None = None,
     raise CtUsageError(f"unknown command {cmd!r}")
 
 
-def _print_events(events, render, out: TextIO, err: TextIO) -> int:
+def _run_expect(req: CtRequest, api, out: TextIO, err: TextIO) -> int:
+    """The Python tracker's expectation table, as ``conntrack ... expect`` shows it."""
+    router, cmd = req.router, req.command
+    if cmd == "L":
+        lines = api.expect_list(router=router)
+        out.write("".join(line + "\n" for line in lines))
+        err.write(EXPECT_LIST_SUMMARY.format(n=len(lines)) + "\n")
+        return 0
+    if cmd == "E":
+        events = api.expect_events(router=router, timestamp="timestamp" in req.output)
+        return _print_events(events, lambda line: line, out, err, EXPECT_EVENT_SUMMARY)
+    if cmd == "C":
+        out.write(show.format_count(api.router_call("count", {"table": "expect"}, router)) + "\n")
+        return 0
+    if cmd == "F":
+        api.router_call("flush", {"table": "expect"}, router)
+        err.write(EXPECT_FLUSHED + "\n")
+        return 0
+    if cmd == "S":                      # conntrack -S expect: cpu=N then the three counters
+        stats = api.stats(router=router)["expect"]
+        out.write("cpu=0   \t" + "".join(f"{n}={stats[n]} " for n in EXPECT_STATS) + "\n")
+        return 0
+    raise CtUsageError(f"-{cmd} expect: not a command of the expect table")
+
+
+def _print_events(events, render, out: TextIO, err: TextIO,
+                  summary: str = show.EVENT_SUMMARY) -> int:
     """Print a live event stream (``render`` gives the line, or None to skip) until it
     ends or Ctrl-C, then conntrack's summary on stderr."""
     n = 0
@@ -132,7 +167,7 @@ def _print_events(events, render, out: TextIO, err: TextIO) -> int:
         pass
     finally:
         events.close()
-    err.write(show.EVENT_SUMMARY.format(n=n) + "\n")
+    err.write(summary.format(n=n) + "\n")
     return 0
 
 
@@ -140,7 +175,9 @@ def _run_kernel(req: CtRequest, api, out: TextIO, err: TextIO) -> int:
     if req.json:
         raise CtUsageError("--json is for the Python tracker; the kernel's conntrack prints text")
     if req.command == "E":
-        return _print_events(api.kernel_events(req, router=req.router), lambda line: line, out, err)
+        summary = EXPECT_EVENT_SUMMARY if req.table == "expect" else show.EVENT_SUMMARY
+        return _print_events(api.kernel_events(req, router=req.router), lambda line: line, out,
+                             err, summary)
     res = api.kernel_conntrack(req, router=req.router)
     out.write(res["stdout"])
     err.write(res["stderr"])

@@ -101,6 +101,18 @@ class ConntrackAPI:
             if "trace" in msg:
                 yield msg["trace"]
 
+    # -- the Python tracker's expectations (conntrack ... expect) ------------------------
+    def expect_list(self, router: str | None = None) -> list[str]:
+        """``conntrack -L expect`` lines."""
+        return self.router_call("list", {"table": "expect"}, router)
+
+    def expect_events(self, router: str | None = None, timestamp: bool = False) -> Iterator[str]:
+        """``conntrack -E expect`` lines as they happen; close the generator to stop."""
+        for msg in self.router_stream("events", {"table": "expect", "timestamp": timestamp},
+                                      router):
+            if "event" in msg:
+                yield msg["event"]
+
     # -- the kernel ----------------------------------------------------------------------
     def kernel_list(self, filters: dict | None = None, router: str | None = None,
                     **kw) -> list[str]:

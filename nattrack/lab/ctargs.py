@@ -61,6 +61,7 @@ class CtRequest:
     kernel: bool = False
     json: bool = False
     router: str | None = None
+    table: str = "conntrack"                         # or "expect": conntrack -L expect
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,10 +160,12 @@ def parse(argv: list[str]) -> CtRequest:
                 raise CtUsageError(f"only one command at a time: {COMMAND_NAMES[req.command]} "
                                    f"and {opt}")
             req.command = cmd
-            if i < len(argv) and argv[i] in ("conntrack",):       # -L conntrack (the table)
+            if i < len(argv) and argv[i] in ("conntrack", "expect"):   # -L expect: the table
+                req.table = argv[i]
                 i += 1
-            elif i < len(argv) and argv[i] in ("expect", "dying", "unconfirmed"):
-                raise CtUsageError(f"table {argv[i]!r}: nattrack shows the conntrack table only")
+            elif i < len(argv) and argv[i] in ("dying", "unconfirmed"):
+                raise CtUsageError(f"table {argv[i]!r}: nattrack shows the conntrack and the "
+                                   f"expect table only")
         elif opt in _WITH_ARG:
             if eq:
                 value = inline
@@ -187,7 +190,22 @@ def parse(argv: list[str]) -> CtRequest:
             raise CtUsageError(f"unknown option `{tok}'")
     if not req.command:
         raise CtUsageError("no command given: one of -L -E -S -C -F -D")
+    _check_expect(req)
     return req
+
+
+def _check_expect(req: CtRequest) -> None:
+    """The expect table: -L -E -C -F -S, no filters (conntrack refuses -p and the others
+    there), -o timestamp with -E only."""
+    if req.table != "expect":
+        return
+    cmd = COMMAND_NAMES[req.command]
+    if req.command == "D":
+        raise CtUsageError("-D expect: nattrack deletes entries of the conntrack table only")
+    if req.filters or req.client_filters or req.event_mask or req.json:
+        raise CtUsageError(f"{cmd} expect takes no filters, -e or --json")
+    if [o for o in req.output if o != "timestamp"] or (req.output and req.command != "E"):
+        raise CtUsageError(f"{cmd} expect: only -E expect takes -o, and only -o timestamp")
 
 
 # --- the real tool, for the router's kernel --------------------------------------------------
@@ -218,12 +236,19 @@ def validate(req: dict) -> CtRequest:
         _set(out, "output", ",".join(map(str, req["output"])), "-o")
     if req.get("event_mask"):
         _set(out, "event_mask", ",".join(map(str, req["event_mask"])), "-e")
+    table = req.get("table") or "conntrack"
+    if table not in ("conntrack", "expect"):
+        raise CtUsageError('table must be "conntrack" or "expect"')
+    out.table = table
+    _check_expect(out)
     return out
 
 
 def kernel_argv(req: CtRequest) -> list[str]:
     """The fixed argv of the real ``conntrack`` for a validated request."""
     argv = ["conntrack", COMMAND_NAMES[req.command]]
+    if req.table == "expect":
+        argv.append("expect")
     f = req.filters
     if f.get("proto") is not None:
         argv += ["-p", str(f["proto"])]

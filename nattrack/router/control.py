@@ -9,25 +9,23 @@ tap only format and ``put_nowait`` into a bounded per-client queue (full:
 the item is dropped and counted), and the client's own handler thread writes.
 The event listener is registered on the table only while an ``events`` client
 exists, and ``receive(trace=True)`` is asked for only while a ``trace`` client
-exists and the packet matches its filters.
+exists and the packet matches its filters.  The transport (JSON lines on a Unix socket,
+one thread per client) is nattrack.lab.rpcserver's, shared with the lab service.
 """
 from __future__ import annotations
 
 import grp
-import json
 import logging
 import os
 import queue
-import select
-import socket
-import socketserver
-import threading
 import time
 from typing import Any, Callable
 
 from ..conntrack import show
+from ..lab.rpcserver import STREAMED, Client, Server, serve
 from ..conntrack.conn import IPCT_PROTOINFO, IPS_SEEN_REPLY, STATUS_NAMES, Conn
 from ..conntrack.core import get_tuple
+from ..conntrack.expect import Expectation, format_expect, format_expect_event
 from ..conntrack.proto_tcp import TCP_CONNTRACK_NAMES
 from ..conntrack.sysctl import SysctlError
 from ..conntrack.tuple import PORT_PROTOS, PROTO_NUMBERS, ip2int
@@ -40,6 +38,7 @@ log = logging.getLogger("nattrack.router")
 
 QUEUE_MAX = 10000
 FILTER_KEYS = ("proto", "src", "dst", "sport", "dport", "state", "status")
+TABLES = ("conntrack", "expect")            # conntrack -L [conntrack|expect]
 _STATUS_BITS = {name: bit for bit, name in STATUS_NAMES.items()}
 
 
@@ -175,9 +174,10 @@ class Stream:
 
 
 class EventSub(Stream):
-    def __init__(self, filters: Filters, timestamp: bool, as_json: bool) -> None:
+    def __init__(self, filters: Filters, timestamp: bool, as_json: bool,
+                 table: str = "conntrack") -> None:
         super().__init__()
-        self.filters, self.timestamp, self.json = filters, timestamp, as_json
+        self.filters, self.timestamp, self.json, self.table = filters, timestamp, as_json, table
 
 
 class Tracer(Stream):
@@ -199,71 +199,22 @@ class Tracer(Stream):
                 self.done = True
 
 
-# --- the server ---------------------------------------------------------------------------------
-
-class _Server(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    control: "Control"
-
-
-class _Handler(socketserver.StreamRequestHandler):
-    def handle(self) -> None:
-        ctl = self.server.control
-        while not ctl.closing:
-            try:
-                line = self.rfile.readline()
-            except OSError:
-                return
-            if not line:
-                return
-            if not line.strip():
-                continue
-            try:
-                req = json.loads(line)
-                if not isinstance(req, dict) or not isinstance(req.get("verb"), str):
-                    raise ControlError('a request is {"verb": "...", "args": {...}}')
-                verb, args = req["verb"], req.get("args") or {}
-                if not isinstance(args, dict):
-                    raise ControlError("args must be an object")
-            except (ValueError, ControlError) as exc:
-                self._send({"ok": False, "error": _one_line(exc)})
-                continue
-            if verb in ("events", "trace"):
-                ctl.stream(verb, args, self)
-                return
-            try:
-                result = ctl.call(verb, args)
-                self._send({"ok": True, "result": result})
-            except (ControlError, SysctlError) as exc:
-                self._send({"ok": False, "error": _one_line(exc)})
-            except Exception as exc:                   # noqa: BLE001 -- answer, log, go on
-                log.exception("control verb %s failed", verb)
-                self._send({"ok": False, "error": f"internal error: {_one_line(exc)}"})
-            if verb == "stop":
-                ctl.dp.stop()
-                return
-
-    def _send(self, obj: dict) -> None:
-        self.wfile.write((json.dumps(obj) + "\n").encode())
-
-    def client_gone(self) -> bool:
-        """True once the client has closed its end (what it sends meanwhile is ignored)."""
-        sock = self.connection
-        try:
-            r, _, _ = select.select([sock], [], [], 0)
-            if not r:
-                return False
-            return sock.recv(4096, socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
+def _group_gid() -> int | None:
+    try:
+        return grp.getgrnam("nattrack").gr_gid
+    except KeyError:
+        return None
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc) or exc.__class__.__name__
-    return " ".join(text.split())
+def _table(args: dict, filters: Filters | None = None, as_json: bool = False) -> str:
+    """The ``table`` argument: "conntrack" (the default) or "expect", which takes no
+    filters and no JSON (conntrack -L expect refuses -p and the rest)."""
+    table = args.get("table", "conntrack")
+    if table not in TABLES:
+        raise ControlError(f'table must be "conntrack" or "expect", not {table!r}')
+    if table == "expect" and ((filters is not None and not filters.empty) or as_json):
+        raise ControlError("the expect table takes no filters and no json")
+    return table
 
 
 class Control:
@@ -275,17 +226,9 @@ class Control:
         self.closing = False
         self.events: list[EventSub] = []
         self._listener_on = False
+        self._expect_listener_on = False
         self.events_dropped = 0
-        _claim_path(path)
-        self.server = _Server(path, _Handler)
-        self.server.control = self
-        os.chmod(path, 0o660)
-        try:
-            os.chown(path, 0, grp.getgrnam("nattrack").gr_gid)
-        except (KeyError, PermissionError):
-            pass
-        self.thread = threading.Thread(target=self.server.serve_forever, name="control",
-                                       kwargs={"poll_interval": 0.1}, daemon=True)
+        self.server = Server(path, self._serve, _group_gid(), "control", poll_interval=0.1)
         self.verbs: dict[str, Callable[[dict], Any]] = {
             "hello": self.v_hello, "list": self.v_list, "proc": self.v_proc, "stats": self.v_stats,
             "count": self.v_count, "flush": self.v_flush, "delete": self.v_delete,
@@ -294,7 +237,7 @@ class Control:
         }
 
     def start(self) -> None:
-        self.thread.start()
+        self.server.start()
 
     def close(self) -> None:
         self.closing = True
@@ -302,14 +245,23 @@ class Control:
             sub.done = True
         for tr in list(self.dp.tracers):
             tr.done = True
-        self.server.shutdown()
-        self.server.server_close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self.server.close()
 
     # --- dispatch ---------------------------------------------------------------------------
+
+    def _serve(self, client: Client) -> None:
+        """One connection: its requests until it closes; events and trace take it over,
+        and so does stop (answered, then the data path stops)."""
+        verbs = {**self.verbs, "events": lambda args: self.stream("events", args, client),
+                 "trace": lambda args: self.stream("trace", args, client),
+                 "stop": lambda args: self._stop(client)}
+        serve(client, verbs, (ControlError, SysctlError), stopping=lambda: self.closing,
+              logger=log)
+
+    def _stop(self, client: Client) -> object:
+        client.send({"ok": True, "result": self.v_stop({})})
+        self.dp.stop()
+        return STREAMED
 
     def call(self, verb: str, args: dict) -> Any:
         fn = self.verbs.get(verb)
@@ -332,12 +284,19 @@ class Control:
         fmt = args.get("format", "text")
         if fmt not in ("text", "json"):
             raise ControlError(f"format must be \"text\" or \"json\", not {fmt!r}")
+        table = _table(args, filters, fmt == "json")
         with self.dp.lock:
+            if table == "expect":
+                ct = self.dp.router.ct
+                now_j = ct.jiffies()
+                return [format_expect(exp, now_j, ct.hz) for exp in ct.expect]
             conns, now_j = self._matching(filters)
+            ct = self.dp.router.ct
             if fmt == "json":
-                return [show.conn_json(ct, now_j) for ct in conns]
-            return [show.format_conn(ct, now_j, extended=bool(args.get("extended")),
-                                     show_id=bool(args.get("show_id"))) for ct in conns]
+                return [show.conn_json(c, now_j, use=ct.use(c)) for c in conns]
+            return [show.format_conn(c, now_j, extended=bool(args.get("extended")),
+                                     show_id=bool(args.get("show_id")),
+                                     helper=ct.helper_name(c), use=ct.use(c)) for c in conns]
 
     def v_proc(self, args: dict) -> list:
         with self.dp.lock:
@@ -349,15 +308,20 @@ class Control:
             table = self.dp.router.ct
             router = self.dp.router_stats()
             router["events_dropped"] = self.events_dropped + sum(s.dropped for s in self.events)
-            return {"stats": dict(table.stats), "count": table.count, "router": router}
+            return {"stats": dict(table.stats), "count": table.count, "router": router,
+                    "expect": dict(table.expect.stats)}
 
     def v_count(self, args: dict) -> int:
+        table = _table(args)
         with self.dp.lock:
-            return self.dp.router.ct.count
+            ct = self.dp.router.ct
+            return len(ct.expect) if table == "expect" else ct.count
 
     def v_flush(self, args: dict) -> int:
+        table = _table(args)
         with self.dp.lock:
-            return self.dp.router.ct.flush()
+            ct = self.dp.router.ct
+            return ct.expect.flush() if table == "expect" else ct.flush()
 
     def v_delete(self, args: dict) -> int:
         filters = Filters(args.get("filters"))
@@ -455,11 +419,15 @@ class Control:
 
     # --- streams -------------------------------------------------------------------------------
 
-    def stream(self, verb: str, args: dict, handler: _Handler) -> None:
+    def stream(self, verb: str, args: dict, client: Client) -> object:
+        """``events`` or ``trace``: the client's connection carries the stream until it
+        closes (or the trace's count is reached)."""
         try:
             filters = Filters(args.get("filters"))
             if verb == "events":
-                sub: Stream = EventSub(filters, bool(args.get("timestamp")), bool(args.get("json")))
+                as_json = bool(args.get("json"))
+                sub: Stream = EventSub(filters, bool(args.get("timestamp")), as_json,
+                                       _table(args, filters, as_json))
             else:
                 count = args.get("count")
                 if count is not None:
@@ -468,49 +436,75 @@ class Control:
                         raise ControlError("count must be a positive number")
                 sub = Tracer(filters, count)
         except (ControlError, ValueError, TypeError) as exc:
-            handler._send({"ok": False, "error": _one_line(exc)})
-            return
+            client.error(exc)
+            return STREAMED
         with self.dp.lock:
             if verb == "events":
                 self.events.append(sub)
-                if not self._listener_on:
-                    self.dp.router.ct.listeners.append(self._on_event)
-                    self._listener_on = True
+                self._listen()
             else:
                 self.dp.tracers = [*self.dp.tracers, sub]
         try:
-            self._pump(sub, handler)
+            self._pump(sub, client)
         finally:
             with self.dp.lock:
                 if verb == "events":
                     self.events.remove(sub)
                     self.events_dropped += sub.dropped
-                    if not self.events and self._listener_on:
-                        self.dp.router.ct.listeners.remove(self._on_event)
-                        self._listener_on = False
+                    self._listen()
                 else:
                     sub.done = True
                     self.dp.tracers = [t for t in self.dp.tracers if t is not sub]
+        return STREAMED
 
-    def _pump(self, sub: Stream, handler: _Handler) -> None:
+    def _pump(self, sub: Stream, client: Client) -> None:
         last_check = time.monotonic()
         while not self.closing:
             try:
                 item = sub.q.get(timeout=0.2)
             except queue.Empty:
                 item = None
-            try:
-                if item is not None:
-                    handler._send(item)
-                elif sub.done:
-                    return                              # a finished trace: everything sent
-                now = time.monotonic()
-                if item is None or now - last_check > 0.5:
-                    last_check = now
-                    if handler.client_gone():
-                        return
-            except OSError:
-                return
+            if item is not None:
+                if not client.send(item):
+                    return
+            elif sub.done:
+                return                                  # a finished trace: everything sent
+            now = time.monotonic()
+            if item is None or now - last_check > 0.5:
+                last_check = now
+                if client.gone():
+                    return
+
+    def _listen(self) -> None:
+        """Listen on the conntrack and the expect table while a client streams its events
+        (under the lock); nothing is formatted for a table nobody watches."""
+        ct = self.dp.router.ct
+        want = {sub.table for sub in self.events}
+        if ("conntrack" in want) != self._listener_on:
+            if self._listener_on:
+                ct.listeners.remove(self._on_event)
+            else:
+                ct.listeners.append(self._on_event)
+            self._listener_on = not self._listener_on
+        if ("expect" in want) != self._expect_listener_on:
+            if self._expect_listener_on:
+                ct.expect.listeners.remove(self._on_expect_event)
+            else:
+                ct.expect.listeners.append(self._on_expect_event)
+            self._expect_listener_on = not self._expect_listener_on
+
+    def _on_expect_event(self, kind: str, exp: Expectation, now_j: int) -> None:
+        """The expect table's listener (data path thread, under the lock): ``conntrack -E
+        expect`` lines."""
+        table = self.dp.router.ct
+        line = format_expect_event(kind, exp, now_j, table.hz)
+        # conntrack-tools' event_exp_cb(): printf("[%-8ld.%-6ld]\t"), spaces, not zeros,
+        # pad the microseconds (-E's own prefix is show.format_timestamp()).
+        sec, usec = divmod(round(table.clock() * 1_000_000), 1_000_000)
+        stamp = f"[{sec:<8d}.{usec:<6d}]\t"
+        for sub in self.events:
+            if sub.table == "expect":
+                sub.put({"ok": True, "event": stamp + line if sub.timestamp else line})
 
     def _on_event(self, kind: str, ct: Conn, table, bits: int) -> None:
         """The table listener (data path thread, under the lock): format and enqueue."""
@@ -519,6 +513,8 @@ class Control:
         destroy_timeout = ct.remaining(now_j) if kind == "DESTROY" else None
         text = {}
         for sub in self.events:
+            if sub.table != "conntrack":
+                continue
             if not sub.filters.empty and not sub.filters.conn(ct):
                 continue
             if sub.json:
@@ -529,27 +525,10 @@ class Control:
                 if line is None:
                     line = text[sub.timestamp] = show.format_event(
                         kind, ct, now_j, ts=ts if sub.timestamp else None,
-                        destroy_timeout=destroy_timeout, protoinfo=bool(bits & IPCT_PROTOINFO))
+                        destroy_timeout=destroy_timeout, protoinfo=bool(bits & IPCT_PROTOINFO),
+                        helper=table.helper_name(ct))
                 item = {"ok": True, "event": line}
             sub.put(item)
-
-
-def _claim_path(path: str) -> None:
-    """Remove a stale socket file; refuse a path another router still answers on."""
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    if not os.path.exists(path):
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)
-        return
-    finally:
-        probe.close()
-    raise ControlError(f"{path}: another process is listening on this socket")
 
 
 __all__ = ["Control", "ControlError", "Filters", "Tracer", "EventSub"]
