@@ -25,7 +25,9 @@ Recording (:meth:`KernelLab.start_recording` / :meth:`KernelLab.stop_recording`,
 or :meth:`KernelLab.run_scenario`) runs, in the router namespace,
 ``conntrack -E -o timestamp`` and four ``tcpdump`` (r-priv / r-pub, ingress
 / egress), then lists the table (``conntrack -L``) and the statistics
-(``conntrack -S``) at the end and returns a :class:`Recording`.
+(``conntrack -S``) at the end and returns a :class:`Recording`.  When the rules
+attach a helper it also records ``conntrack -E expect -o timestamp`` and lists
+``conntrack -L expect`` at the end.
 
 Teardown (context exit, also after exceptions and KeyboardInterrupt, and at
 interpreter exit as a fallback) stops every process the lab started and
@@ -205,6 +207,10 @@ class Recording:
     # (table, chain, index) -> (packets, bytes) each rule counted during the scenario
     rule_counters: dict[tuple[str, str, int], tuple[int, int]] = dataclasses.field(
         default_factory=dict)
+    # Rules with a helper: `conntrack -E expect -o timestamp` lines and, at the end (right
+    # after `-L`), `conntrack -L expect` lines; None without a helper (not recorded).
+    expect_events: list[str] | None = None
+    expect_table: list[str] | None = None
 
     def frames(self, iface: str, direction: str) -> list[tuple[float, bytes]]:
         return read_pcap(self.pcaps[(iface, direction)])
@@ -457,6 +463,7 @@ class KernelLab:
                  quiet_hosts: bool = True, public_extra: Iterable[str] = (),
                  workdir: str | Path | None = None, keep_workdir: bool = True):
         self.rules_text = rules_text
+        self.helpers = "helper" in rules_text      # -j CT --helper / ct helper: record expect
         self.base_sysctls = dict(sysctls or {})
         self.quiet_hosts = quiet_hosts
         self.public_extra = tuple(public_extra)
@@ -618,7 +625,7 @@ class KernelLab:
         # with modules (Debian's): xt_CT's xt_ct_set_helper() loads only the conntrack half
         # (nf_conntrack_helper_try_module_get()), so without this FTP through NAT is never
         # rewritten.  Built in (this project's 6.18), it is a no-op.
-        if "helper" in self.rules_text and shutil.which("modprobe"):
+        if self.helpers and shutil.which("modprobe"):
             _run(["modprobe", "-q", "nf_nat_ftp"], check=False)
         # Router ruleset, and conntrack forced active whatever the ruleset says.
         if is_nft(self.rules_text):                 # issue 12: the nft form of a ruleset
@@ -763,6 +770,15 @@ class KernelLab:
                         stderr=open(ev_err, "wb"))
         rec["procs"].append(p)
         rec["events_proc"], rec["events_out"], rec["events_err"] = p, ev_out, ev_err
+        listeners = [p]
+        if self.helpers:
+            exp_out, exp_err = d / "expect-events.txt", d / "expect-events.err"
+            p = self._spawn("rtr", ["conntrack", "-E", "expect", "-o", "timestamp"],
+                            stdin=subprocess.DEVNULL, stdout=open(exp_out, "wb"),
+                            stderr=open(exp_err, "wb"))
+            rec["procs"].append(p)
+            rec["expect_out"], rec["expect_err"] = exp_out, exp_err
+            listeners.append(p)
         # Wait until every recorder listens.
         deadline = time.monotonic() + 10.0
         pending = list(rec["tcpdump_err"])
@@ -775,12 +791,13 @@ class KernelLab:
                 raise LabError("tcpdump did not start listening")
             if pending:
                 time.sleep(0.01)
-        while not self._netlink_listening(rec["events_proc"].pid):
-            if rec["events_proc"].poll() is not None:
-                raise LabError(f"conntrack -E exited: {ev_err.read_text(errors='replace')}")
-            if time.monotonic() > deadline:
-                raise LabError("conntrack -E did not start listening")
-            time.sleep(0.01)
+        for p in listeners:
+            while not self._netlink_listening(p.pid):
+                if p.poll() is not None:
+                    raise LabError(f"{' '.join(p.args[4:])} exited (status {p.returncode})")
+                if time.monotonic() > deadline:
+                    raise LabError(f"{' '.join(p.args[4:])} did not start listening")
+                time.sleep(0.01)
         rec["stats_before"] = self.stats()
         rec["counters_before"] = self.rule_counters()
         rec["started_at"] = time.time()
@@ -848,6 +865,7 @@ class KernelLab:
             time.sleep(settle)                      # let the last packets through
             listed_at = time.time()
             table_out = self.conntrack("-L")
+            expect_out = self.conntrack("-L", "expect") if self.helpers else None
             stats_after = self.stats()
             counters_after = self.rule_counters()
             time.sleep(0.2)                         # events of the listing (reaped entries)
@@ -873,6 +891,16 @@ class KernelLab:
                                 f"{m.group(1)} packets dropped by kernel")
         table = [line for line in table_out.splitlines()
                  if line.strip() and "flow entries have been shown" not in line]
+        expect_events = expect_table = None
+        if expect_out is not None:
+            expect_table = [line for line in expect_out.splitlines() if line.strip()]
+            expect_events = [line for line in rec["expect_out"].read_text(
+                errors="replace").splitlines() if line.strip()]
+            err = rec["expect_err"].read_text(errors="replace")
+            m = re.search(r"(\d+) expectation events have been shown", err)
+            if not m or int(m.group(1)) != len(expect_events):
+                problems.append(f"conntrack -E expect: {len(expect_events)} lines read but it "
+                                f"said: {err.strip()!r}")
         stats = {k: stats_after.get(k, 0) - rec["stats_before"].get(k, 0)
                  for k in set(stats_after) | set(rec["stats_before"])}
         before = rec["counters_before"]
@@ -882,7 +910,8 @@ class KernelLab:
                          listed_at=listed_at, stats=stats, stats_total=stats_after,
                          rules_text=self.rules_text, sysctls=dict(self.sysctls),
                          started_at=rec["started_at"], workdir=rec["dir"], log=rec["log"],
-                         problems=problems, rule_counters=counters)
+                         problems=problems, rule_counters=counters,
+                         expect_events=expect_events, expect_table=expect_table)
 
     def _stop_proc(self, p: subprocess.Popen, sig: int = signal.SIGTERM,
                    timeout: float = 3.0) -> None:

@@ -1647,6 +1647,37 @@ def _ftp_helper_masq() -> Scenario:
                     ("r-pub", r"tcp 203\.0\.113\.1:36150 > 203\.0\.113\.2:51210 \[S\]"))))
 
 
+def _ftp_expect_nat() -> Scenario:
+    """The expectation table through MASQUERADE (`conntrack -E expect`, `-L expect`): a
+    227 expects the client's data connection; EPRT evicts it (max_expected 1) and, NATed
+    to the router's address, stays expected when the scenario ends, to be listed."""
+    ctl = Tcp.masq(40000, 21)
+    steps = (*ctl.handshake(), ctl.s("PA", b"220 hi\r\n"), ctl.c("PA", b"USER anonymous\r\n"),
+             ctl.s("PA", b"331 pw\r\n"), ctl.c("PA", b"PASV\r\n"),
+             ctl.s("PA", b"227 Entering Passive Mode (203,0,113,2,200,10).\r\n"),
+             ctl.c("PA", b"EPRT |1|10.0.0.2|50002|\r\n"))
+    # EPRT left 3 bytes longer (|1|203.0.113.1|50002|): the server's ACK counts them.
+    steps += (ctl.s("PA", b"200 EPRT command successful.\r\n", ack=ctl.cnxt + 3), ctl.c("A"))
+    return Scenario(
+        "ftp_expect_nat",
+        "helpers + NAT, the expectation table: the 227 opens an expectation for the "
+        "client, the EPRT (rewritten to 203.0.113.1) evicts it and opens one for the "
+        "server's connection to the router's address, still there at the end",
+        FTP_MASQ, steps,
+        expect=Expect(
+            table=(r"sport=40000 dport=21 .* helper=ftp use=1$",), table_count=1,
+            egress=(("r-pub", r"tcp 203\.0\.113\.1:40000 > 203\.0\.113\.2:21 \[PA\] .* len=28 "),),
+            checks=(_expect_nat_lines,)))
+
+
+def _expect_nat_lines(rec) -> None:
+    kinds = [re.sub(r"^\[[\d.]+\]\t\s*", "", e).split(" ", 1)[0] for e in rec.expect_events]
+    assert kinds == ["[NEW]", "[DESTROY]", "[NEW]"], rec.expect_events
+    assert len(rec.expect_table) == 1 and re.search(
+        r"^\d+ proto=6 src=203\.0\.113\.2 dst=203\.0\.113\.1 sport=0 dport=50002 ",
+        rec.expect_table[0]), rec.expect_table
+
+
 def _ftp_helper_parsing() -> Scenario:
     """The helper's reading rules: the first line each way is not read; a segment that is
     only the start of a command is dropped; EPSV and EPRT; one expectation per master
@@ -1701,6 +1732,7 @@ SCENARIOS: list[Scenario] = [
     _tcp_rst_after_syn_same_direction(), _tcp_rst_out_of_window_both_ways(), _tcp_rst_below_maxack(),
     _udp_router_entry_holds_port(),
     _ftp_helper(), _ftp_no_helper(), _ftp_helper_nft(), _ftp_helper_masq(),
+    _ftp_expect_nat(),
     _ftp_helper_parsing(),
 ]
 BY_NAME = {s.name: s for s in SCENARIOS}

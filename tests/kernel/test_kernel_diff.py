@@ -17,10 +17,12 @@ Comparison rules (see :func:`compare`):
   ICMP ids: any) and in the same configured range, and kernel and engine values must
   correspond one to one per protocol; the kernel values are then renamed to the
   engine's before anything else is compared;
-* table: same set of entries; state, flags, reply tuple, mark, use equal; timeouts
-  within 1 s;
-* events: per connection the same sequence (kind, state, flags, reply tuple, timeout
-  within 1 s, or both without a timeout); timestamps are not compared;
+* table: same set of entries; state, flags, reply tuple, mark, helper, use equal;
+  timeouts within 1 s;
+* events: per connection the same sequence (kind, state, flags, reply tuple, helper,
+  timeout within 1 s, or both without a timeout); timestamps are not compared;
+* expectations (rules with a helper): ``conntrack -E expect`` and, at the end,
+  ``conntrack -L expect``: the same lines in the same order, timeouts within 1 s;
 * counters invalid, error, drop, insert_failed, early_drop equal; ``found`` too unless
   the kernel searched for a port;
 * egress: per interface the same frames in order (addresses, ports/ids, TCP
@@ -74,7 +76,7 @@ def _diff_params():
 SEED = 20240611
 
 
-def replay_recording(rec: Recording, pub_in=None, seed: int = SEED):
+def replay_recording(rec: Recording, pub_in=None, seed: int = SEED, on_packet=None):
     try:
         from nattrack.replay import parse_listen_args, replay_captures
     except ImportError as exc:
@@ -85,11 +87,11 @@ def replay_recording(rec: Recording, pub_in=None, seed: int = SEED):
                  ("r-pub", str(pub_in or rec.pcaps[("r-pub", "in")]))],
         ifaces=dict(IFACES), routes=dict(ROUTES),
         rules_text=rec.rules_text, sysctls=dict(rec.sysctls), now=rec.listed_at, seed=seed,
-        listen=parse_listen_args(rec.listen),
+        listen=parse_listen_args(rec.listen), on_packet=on_packet,
         kernel="running")        # where kernels differ, the engine follows this one's profile
 
 
-def run_engine(scenario, rec: Recording, tmp_path):
+def run_engine(scenario, rec: Recording, tmp_path, on_packet=None):
     """Replay the kernel's ingress captures through the engine.
 
     When the kernel drew NAT ports/ids at random, crafted replies from pub are addressed
@@ -99,14 +101,39 @@ def run_engine(scenario, rec: Recording, tmp_path):
     (destination port / echo-reply id of packets to the NAT address) and the second run
     is the one compared.
     """
-    res = replay_recording(rec)
+    res = replay_recording(rec, on_packet=on_packet)
     if not scenario.random_ports:
         return res
     first = compare(rec, res, random_ports=True)
     out = tmp_path / "r-pub-in.rewritten.pcap"
     n = rewrite_nat_replies(rec.pcaps[("r-pub", "in")], out, first.port_map,
                             IFACES["r-pub"].split("/")[0])
-    return replay_recording(rec, pub_in=out) if n else res
+    return replay_recording(rec, pub_in=out, on_packet=on_packet) if n else res
+
+
+class ExpectRecorder:
+    """The engine's ``conntrack -E expect`` lines and its ``-L expect`` at the end of a
+    replay.  Called as ``on_packet``: it hooks the router's table after its first packet
+    (no expectation can come before: a helper reads established connections only)."""
+
+    def __init__(self) -> None:
+        self.table = None
+        self.events: list[str] = []
+
+    def __call__(self, pkt, verdict, router) -> None:
+        if router.ct is self.table:
+            return
+        from nattrack.conntrack.expect import format_expect_event
+        self.table, self.events = router.ct, []           # a second replay starts afresh
+        hz = router.ct.hz
+        router.ct.expect.listeners.append(
+            lambda kind, exp, now_j: self.events.append(format_expect_event(kind, exp, now_j, hz)))
+
+    def listing(self) -> list[str]:
+        from nattrack.conntrack.expect import format_expect
+        if self.table is None:
+            return []
+        return [format_expect(e, self.table.jiffies(), self.table.hz) for e in self.table.expect]
 
 
 def rewrite_nat_replies(src, dst, port_map: dict, nat_addr: str) -> int:
@@ -148,8 +175,12 @@ def rewrite_nat_replies(src, dst, port_map: dict, nat_addr: str) -> int:
 @pytest.mark.parametrize("scenario", _diff_params())
 def test_engine_matches_kernel(scenario, kernel_runs, tmp_path):
     rec = kernel_runs.get(scenario.name)
-    res = run_engine(scenario, rec, tmp_path)
+    expect = ExpectRecorder() if rec.expect_events is not None else None
+    res = run_engine(scenario, rec, tmp_path, on_packet=expect)
     diff = compare(rec, res, random_ports=scenario.random_ports)
+    if expect is not None:
+        compare_expect(diff, "-E expect", rec.expect_events, expect.events)
+        compare_expect(diff, "-L expect", rec.expect_table, expect.listing())
     assert diff.ok, diff.render(scenario.name, scenario.description)
     assert engine_rule_counters(res) == rec.rule_counters, "per-rule packet/byte counters"
 
@@ -353,6 +384,8 @@ def _same_record(k: dict, e: dict, with_use: bool) -> list[str]:
         why.append(f"mark {k.get('mark')} vs {e.get('mark')}")
     if with_use and k.get("use") != e.get("use"):
         why.append(f"use {k.get('use')} vs {e.get('use')}")
+    if k["extras"].get("helper") != e["extras"].get("helper"):
+        why.append(f"helper {k['extras'].get('helper')} vs {e['extras'].get('helper')}")
     return why
 
 
@@ -411,7 +444,31 @@ def compare_events(diff: Diff, kevents: list[str], eevents: list[str]) -> None:
 
 
 def _short(line: str) -> str:
-    return re.sub(r"^\[\d+\.\d+\]\t", "", line)
+    """The line without its ``-o timestamp`` prefix (``-E expect`` pads it with spaces)."""
+    return re.sub(r"^\[\d+ *\.\d+ *\]\t", "", line)
+
+
+_EXPECT_LINE = re.compile(r"^\s*(?:\[(\w+)\] )?(\d+) (proto=.*)$")
+
+
+def compare_expect(diff: Diff, what: str, klines: list[str], elines: list[str]) -> None:
+    """``conntrack -E expect`` / ``-L expect`` lines, in order: the same kind and text,
+    the remaining time within TIMEOUT_SLACK (the tools print it first)."""
+    ks, es = [_short(x) for x in klines], list(elines)
+    bad = len(ks) != len(es)
+    rows = []
+    for i in range(max(len(ks), len(es))):
+        k, e = (ks[i] if i < len(ks) else None), (es[i] if i < len(es) else None)
+        km, em = (k and _EXPECT_LINE.match(k)), (e and _EXPECT_LINE.match(e))
+        same = bool(km and em and km.group(1) == em.group(1) and km.group(3) == em.group(3)
+                    and abs(int(km.group(2)) - int(em.group(2))) <= TIMEOUT_SLACK)
+        bad = bad or not same
+        rows.append((what, k or "(none)", e or "(none)", same))
+    if bad:
+        diff.problems.append(f"{what}: kernel {len(ks)} line(s), engine {len(es)}, "
+                             f"first difference at line "
+                             f"{next(i for i, r in enumerate(rows) if not r[3]) + 1}")
+        diff.event_rows += rows
 
 
 def compare_stats(diff: Diff, kstats: dict, estats: dict, with_found: bool) -> None:
@@ -578,3 +635,20 @@ def test_nat_ranges_and_classes():
     assert nat_ranges(MASQ) == []
     assert [port_class(17, p) for p in (1, 511, 512, 600, 1023, 1024, 65535)] == [
         "1-511", "1-511", "512-599", "600-1023", "600-1023", "1024-65535", "1024-65535"]
+
+
+def test_compare_expect_allows_a_second_and_nothing_else():
+    line = ("300 proto=6 src=203.0.113.2 dst=203.0.113.1 sport=0 dport=50002 "
+            "mask-src=255.255.255.255 mask-dst=255.255.255.255 sport=0 dport=65535 "
+            "master-src=10.0.0.2 master-dst=203.0.113.2 sport=40000 dport=21 class=0 helper=ftp")
+    kernel = [f"[1796577053.78357 ]\t    [NEW] {line}", f"[1796577054.1]\t[DESTROY] {line}"]
+    engine = [f"    [NEW] {line.replace('300 ', '299 ', 1)}", f"[DESTROY] {line}"]
+    diff = Diff()
+    compare_expect(diff, "-E expect", kernel, engine)
+    assert diff.ok, diff.problems
+    for wrong in ([engine[0]], [engine[0], engine[1].replace("dport=50002", "dport=50003")],
+                  [f"    [NEW] {line.replace('300 ', '298 ', 1)}", engine[1]],
+                  [engine[1], engine[0]]):
+        diff = Diff()
+        compare_expect(diff, "-E expect", kernel, wrong)
+        assert not diff.ok and "-E expect" in diff.render("x"), wrong
