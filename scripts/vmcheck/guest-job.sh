@@ -24,7 +24,7 @@ if ((setup_rc == 0)); then
         | tee /root/kernel-suite.log
     suite_rc=${PIPESTATUS[0]}
     # pytest's last line: "112 passed, 1 xfailed in 301.20s (0:05:01)"
-    summary=$(grep -E '(passed|failed|error|skipped)[^a-z].* in [0-9.]+s' /root/kernel-suite.log \
+    summary=$(grep -E '\b(passed|failed|errors?|skipped)\b.* in [0-9.]+s' /root/kernel-suite.log \
               | tail -n 1 | tr -d '=' | sed 's/^ *//; s/ *$//')
 fi
 t2=$(date +%s)
