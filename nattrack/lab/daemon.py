@@ -45,7 +45,6 @@ import select
 import shutil
 import signal
 import socket
-import socketserver
 import struct
 import subprocess
 import sys
@@ -59,11 +58,14 @@ from .api import ROUTER_STREAMS, ROUTER_VERBS, LocalLab
 from .cleanup import write_state
 from .ctargs import CtUsageError, kernel_argv, validate
 from .procs import kill_all
+from .rpcserver import STREAMED, Client, Server, serve
 
 SERVICE = "nattrack-lab"
 USER_CAPS = "+net_raw,+net_bind_service"
 CHUNK = 48 * 1024
 SAFE_ENV = ("TERM", "LANG", "LC_ALL", "LC_CTYPE", "COLUMNS", "LINES", "TZ")
+VERBS = ("hello", "status", "exec", "conntrack", "kernel_conntrack", "sysctl", "capture", "rules",
+         "down")
 
 
 def ensure_group() -> int | None:
@@ -95,53 +97,14 @@ def peer_groups(pid: int) -> set[int]:
 
 
 class Session:
-    """One client connection (a thread of the socket server)."""
+    """One client connection (a thread of the socket server), one request."""
 
-    def __init__(self, service: "LabService", conn: socket.socket) -> None:
-        self.svc, self.conn = service, conn
-        self.buf = b""
-        self.eof = False
-        self.wlock = threading.Lock()
-        self.pid, self.uid, self.gid = peer_creds(conn)
-
-    def send(self, obj: dict) -> bool:
-        data = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-        with self.wlock:
-            try:
-                self.conn.sendall(data)
-                return True
-            except OSError:
-                return False
-
-    def error(self, msg: str) -> None:
-        self.send({"ok": False, "error": " ".join(str(msg).split())})
-
-    def recv_line(self, timeout: float | None) -> bytes | None:
-        """The client's next line; None when nothing came within ``timeout``; b"" at EOF."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while b"\n" not in self.buf:
-            if self.eof:
-                return b""
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            r, _, _ = select.select([self.conn], [], [], left)
-            if not r:
-                return None
-            try:
-                data = self.conn.recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                self.eof = True
-                if not self.buf:
-                    return b""
-                line, self.buf = self.buf, b""
-                return line
-            self.buf += data
-            if len(self.buf) > (1 << 22):
-                self.eof = True
-                return b""
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line + b"\n"
+    def __init__(self, service: "LabService", client: Client) -> None:
+        self.svc, self.client = service, client
+        self.conn = client.sock
+        self.send, self.error = client.send, client.error
+        self.recv_line, self.gone = client.recv_line, client.gone
+        self.pid, self.uid, self.gid = peer_creds(self.conn)
 
     def authorized(self) -> bool:
         if self.uid == 0:
@@ -149,46 +112,12 @@ class Session:
         gid = self.svc.group_gid
         return gid is not None and (self.gid == gid or gid in peer_groups(self.pid))
 
-    def gone(self) -> bool:
-        if self.eof:
-            return True
-        try:
-            r, _, _ = select.select([self.conn], [], [], 0)
-            return bool(r) and self.conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return True
-
     def handle(self) -> None:
         if not self.authorized():
             self.error(f"permission denied: uid {self.uid} is not in group {GROUP}")
             return
-        line = self.recv_line(30.0)
-        if not line or not line.strip():
-            return
-        try:
-            req = json.loads(line)
-            verb, args = req["verb"], req.get("args") or {}
-            if not isinstance(verb, str) or not isinstance(args, dict):
-                raise ValueError
-        except (ValueError, KeyError, TypeError):
-            self.error('a request is one line {"verb": "...", "args": {...}}')
-            return
-        fn = getattr(self, f"v_{verb}", None)
-        if fn is None:
-            self.error(f"unknown verb {verb!r}: known are hello, status, exec, conntrack, "
-                       f"kernel_conntrack, sysctl, capture, rules, down")
-            return
-        try:
-            result = fn(args)
-            if result is not _STREAMED:
-                self.send({"ok": True, "result": result})
-        except (LabError, CtUsageError, ValueError) as exc:
-            self.error(str(exc))
-        except Exception as exc:                      # noqa: BLE001 -- answer, log, go on
-            traceback.print_exc()
-            self.error(f"internal error: {exc}")
+        serve(self.client, {verb: getattr(self, f"v_{verb}") for verb in VERBS},
+              (LabError, CtUsageError, ValueError), once=True, timeout=30.0)
 
     # -- verbs ---------------------------------------------------------------------------
 
@@ -202,7 +131,7 @@ class Session:
     def v_down(self, args):
         self.send({"ok": True, "result": {"stopping": os.getpid()}})
         self.svc.request_stop(f"down requested by uid {self.uid}")
-        return _STREAMED
+        return STREAMED
 
     def v_conntrack(self, args):
         verb, inner = args.get("verb"), args.get("args") or {}
@@ -214,7 +143,7 @@ class Session:
         if verb in ROUTER_STREAMS:
             r = self.svc.api._router(router)
             self._relay(r.control, verb, inner)
-            return _STREAMED
+            return STREAMED
         raise LabError(f"conntrack: unknown verb {verb!r}: known are "
                        f"{', '.join(ROUTER_VERBS + ROUTER_STREAMS)}")
 
@@ -235,11 +164,8 @@ class Session:
                     data = up.recv(65536)
                     if not data:
                         return
-                    with self.wlock:
-                        try:
-                            self.conn.sendall(data)
-                        except OSError:
-                            return
+                    if not self.client.write(data):
+                        return
         finally:
             up.close()
 
@@ -252,7 +178,7 @@ class Session:
                        stderr=subprocess.PIPE)
         self.send({"ok": True, "started": True})
         self._pump_lines(p)
-        return _STREAMED
+        return STREAMED
 
     def _pump_lines(self, p: subprocess.Popen) -> None:
         fd = p.stdout.fileno()
@@ -329,7 +255,7 @@ class Session:
         if shutil.which(argv[0], path=env["PATH"]) is None:
             self.send({"ok": False, "error": f"{node_name}: command not found: {argv[0]}",
                        "exit": 127})
-            return _STREAMED
+            return STREAMED
         cwd = args.get("cwd")
         if not (isinstance(cwd, str) and os.path.isdir(cwd)):
             cwd = "/"
@@ -343,7 +269,7 @@ class Session:
             self._run_exec(p, want_stdin, timeout)
         finally:
             self.svc.untrack(p)
-        return _STREAMED
+        return STREAMED
 
     def _run_exec(self, p: subprocess.Popen, want_stdin: bool, timeout) -> None:
         readers = []
@@ -453,10 +379,7 @@ class Session:
                 path.unlink()
             except OSError:
                 pass
-        return _STREAMED
-
-
-_STREAMED = object()
+        return STREAMED
 
 
 def _killpg(p: subprocess.Popen, sig: int) -> None:
@@ -469,16 +392,6 @@ def _killpg(p: subprocess.Popen, sig: int) -> None:
             pass
 
 
-class _Server(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
-    service: "LabService"
-
-
-class _Handler(socketserver.BaseRequestHandler):
-    def handle(self):
-        Session(self.server.service, self.request).handle()
-
-
 class LabService:
     def __init__(self, args) -> None:
         self.args = args
@@ -488,7 +401,7 @@ class LabService:
         self.stop_reason = ""
         self.labnet = None
         self.api: LocalLab | None = None
-        self.server: _Server | None = None
+        self.server: Server | None = None
         self.group_gid: int | None = None
         self.procs: set[subprocess.Popen] = set()
         self.plock = threading.Lock()
@@ -575,27 +488,15 @@ class LabService:
         return 0
 
     def _listen(self) -> None:
-        try:
-            self.paths.sock.unlink()
-        except FileNotFoundError:
-            pass
-        old = os.umask(0o177)
-        try:
-            self.server = _Server(str(self.paths.sock), _Handler)
-        finally:
-            os.umask(old)
-        self.server.service = self
-        os.chown(self.paths.sock, 0, self.group_gid if self.group_gid is not None else 0)
-        os.chmod(self.paths.sock, 0o660)
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
-                         name="lab-socket", daemon=True).start()
+        self.server = Server(self.paths.sock, lambda client: Session(self, client).handle(),
+                             self.group_gid, "lab-socket")
+        self.server.start()
 
     def _teardown(self) -> None:
         self.stopping.set()
         self.save(phase="stopping")
         if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+            self.server.close()
         try:
             self.paths.sock.unlink()
         except FileNotFoundError:
