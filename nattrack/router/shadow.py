@@ -71,6 +71,7 @@ import time
 from collections import deque
 
 from ..conntrack import show
+from ..conntrack.conn import IPS_SEQ_ADJUST
 from ..conntrack.core import get_tuple
 from ..conntrack.sysctl import PREFIX
 from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_PROTOS, PROTO_NAMES, Tuple,
@@ -92,6 +93,21 @@ RECENT_MAX = 8192               # ingress datagrams remembered until their copy 
 STALE_S = 0.5                   # a copy this late belongs to no datagram processed at once
 FORCE_TRACKING = ["PREROUTING", "-m", "conntrack", "!", "--ctstate", "UNTRACKED"]
 PACKET_HOST, PACKET_BROADCAST = 0, 1
+
+
+
+def load_nat_helpers(rules_text: str | None) -> None:
+    """Rules that attach a helper need its NAT half, nf_nat_ftp, a module of its own on a
+    modular kernel (Debian's): ``-j CT --helper`` / ``ct helper`` load only the conntrack
+    half (nf_conntrack_helper_try_module_get()), and FTP through NAT would leave the
+    private address in PORT unrewritten while the shadow rewrites it.  Built in (as on
+    this project's 6.18) or without modprobe, nothing to do."""
+    if rules_text and "helper" in rules_text:
+        try:
+            run(["modprobe", "-q", "nf_nat_ftp"], check=False)
+        except OSError:
+            pass
+
 
 # --- matching the ingress and egress copies of one datagram -------------------------------------
 
@@ -187,6 +203,7 @@ class ShadowDataplane(Dataplane):
         for dest, via in self.routes.items():
             iface, _, gw = via.partition(" via ")
             ch.ensure_route(dest, iface.strip(), gw.strip() or None)
+        load_nat_helpers(self.rules_text)
         if self.rules_text and is_nft(self.rules_text):
             ch.nft_load(self.rules_text, self.router.ruleset.tables)
         elif self.rules_text:
@@ -243,6 +260,7 @@ class ShadowDataplane(Dataplane):
         tables = super().replace_rules(new)
         rs = self.router.ruleset
         self.rules_text = to_nft(rs) if rs.syntax == "nft" else to_iptables_restore(rs)
+        load_nat_helpers(self.rules_text)
         self._dnat_possible = dnat_possible(rs)
         return tables
 
@@ -335,8 +353,12 @@ class ShadowDataplane(Dataplane):
             self._inflight(key, h)
             self.counters["held"] += 1
             return
+        v = self.receive(pkt)
+        if pkt.ct is not None and pkt.ct.status & IPS_SEQ_ADJUST and v.sent and v.sent[0].pkt:
+            # nf_nat_ftp lengthened a payload, nf_ct_seqadj moves this connection's sequence
+            # numbers: the kernel's copy carries them as the engine's output does.
+            key = nat_invariant_key(v.sent[0].pkt)
         self._inflight(key, now)
-        self.receive(pkt)
 
     def _seq_check(self, pkt: Packet, now: float) -> None:
         """A hole in one direction's TCP sequence numbers, while the socket is dropping
