@@ -38,7 +38,7 @@ from .profile import NEWEST, KernelProfile
 from .sysctl import Sysctl
 from .tuple import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, get_tuple, interned, invert_tuple
 # The verdicts and hooks (uapi.py), re-exported: nat, netfilter and the tests import them from here.
-from .uapi import NF_ACCEPT as NF_ACCEPT, NF_DROP as NF_DROP
+from .uapi import NF_ACCEPT as NF_ACCEPT, NF_DROP as NF_DROP, REPEAT
 from .uapi import (NF_INET_FORWARD as NF_INET_FORWARD, NF_INET_LOCAL_IN as NF_INET_LOCAL_IN,
                    NF_INET_LOCAL_OUT as NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING as NF_INET_POST_ROUTING,
                    NF_INET_PRE_ROUTING as NF_INET_PRE_ROUTING)
@@ -335,7 +335,7 @@ class ConntrackTable:
             else:
                 ctinfo = IP_CT_NEW
             ret = handler(self, ct, pkt, ctinfo, direction, prerouting)
-            if ret == proto_tcp.REPEAT:
+            if ret == REPEAT:
                 continue                   # a SYN reopened a closed connection: start over
             if ret <= 0:
                 self.stats["invalid"] += 1

@@ -11,9 +11,7 @@ from __future__ import annotations
 from .conn import IP_CT_DIR_REPLY, IP_CT_RELATED, IP_CT_RELATED_REPLY
 from ..packet.ipv4 import ICMP_ERROR_TYPES, NR_ICMP_TYPES
 from .tuple import ICMP_REQUEST_TYPES, Tuple, get_tuple, invert_tuple
-from .uapi import NF_ACCEPT
-
-INVALID = 0                              # the tracker's verdict (NF_ACCEPT: uapi.py)
+from .uapi import INVALID, NF_ACCEPT
 
 
 def icmp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: bool) -> int:

@@ -16,11 +16,13 @@ The table is data: the notebooks' state diagrams are drawn from it.
 """
 from __future__ import annotations
 
+import enum
+
 from ..packet.ipv4 import TH_ACK, TH_CWR, TH_ECE, TH_FIN, TH_PSH, TH_RST, TH_SYN, TH_URG
 from .conn import (IP_CT_DIR_ORIGINAL, IP_CT_DIR_REPLY, IPCT_ASSURED, IPCT_PROTOINFO,
                    IPS_ASSURED, IPS_CONFIRMED, IPS_FIXED_TIMEOUT, IPS_SEEN_REPLY)
 from .seqadj import seq_offset
-from .uapi import NF_ACCEPT
+from .uapi import INVALID, NF_ACCEPT, REPEAT
 
 # enum tcp_conntrack
 (TCP_CONNTRACK_NONE, TCP_CONNTRACK_SYN_SENT, TCP_CONNTRACK_SYN_RECV, TCP_CONNTRACK_ESTABLISHED,
@@ -196,9 +198,15 @@ TCP_VALID_FLAGS = frozenset((
     TH_FIN | TH_ACK | TH_URG, TH_ACK, TH_ACK | TH_URG,
 ))
 
-# Verdicts of tcp_packet / tcp_in_window
-INVALID, REPEAT = 0, -1                  # the tracker's own (NF_ACCEPT: uapi.py)
+# Verdicts of tcp_in_window (tcp_packet's own, NF_ACCEPT, INVALID and REPEAT: uapi.py)
 NFCT_TCP_IGNORE, NFCT_TCP_INVALID, NFCT_TCP_ACCEPT = 0, 1, 2
+
+
+class RstCheck(enum.Enum):
+    """What the TCP_CONNTRACK_CLOSE case of nf_conntrack_tcp_packet() decides for a RST."""
+    INVALID = "invalid rst"               # return -NF_ACCEPT
+    IN_WINDOW = "goto in_window"          # no window check
+    CHECK_WINDOW = "break"                # on to tcp_in_window()
 
 
 def get_conntrack_index(flags: int) -> int:
@@ -539,9 +547,9 @@ def tcp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: 
             new_state = TCP_CONNTRACK_ESTABLISHED
     elif new_state == TCP_CONNTRACK_CLOSE and index == TCP_RST_SET:
         rst, keep = _rst_check(ct, tcp, direction, old_state, pkt, sysctl)
-        if rst == INVALID:
+        if rst is RstCheck.INVALID:
             return INVALID
-        in_window = rst == "in_window"
+        in_window = rst is RstCheck.IN_WINDOW
         if keep:
             new_state = old_state
 
@@ -586,28 +594,28 @@ def tcp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: 
     return NF_ACCEPT
 
 
-def _rst_check(ct, tcp: TcpState, direction: int, old_state: int, pkt, sysctl):
-    """The RST special cases of tcp_packet().
+def _rst_check(ct, tcp: TcpState, direction: int, old_state: int, pkt,
+               sysctl) -> tuple[RstCheck, bool]:
+    """The RST special cases of tcp_packet() (its TCP_CONNTRACK_CLOSE case).
 
-    Returns (verdict, keep_state): verdict INVALID, "in_window" (skip the window
-    check) or None (go on to tcp_in_window); keep_state leaves the state as it
-    was so that a challenge ACK can still pass.
+    Returns (what to do, keep_state); keep_state leaves the state as it was so that a
+    challenge ACK can still pass.
     """
     if tcp_can_early_drop(tcp):
-        return "in_window", False          # closing: the tuple may be reused, skip checks
+        return RstCheck.IN_WINDOW, False   # closing: the tuple may be reused, skip checks
     peer = tcp.seen[1 - direction]
     seq = pkt.seq
     keep = False
     if peer.flags & IP_CT_TCP_FLAG_MAXACK_SET and tcp.last_index != TCP_SYN_SET:
         established = tcp.state == TCP_CONNTRACK_ESTABLISHED and ct.status & IPS_ASSURED
         if seq == 0 and not established:
-            return None, False             # most likely the answer to a SYN we let through
+            return RstCheck.CHECK_WINDOW, False   # most likely the answer to a SYN we let through
         if before(seq, peer.td_maxack) and not sysctl["nf_conntrack_tcp_ignore_invalid_rst"]:
-            return INVALID, False          # invalid rst
+            return RstCheck.INVALID, False
         if not established or seq == peer.td_maxack:
-            return None, False
+            return RstCheck.CHECK_WINDOW, False
         if tcp.last_index == TCP_ACK_SET and tcp.last_dir == direction and seq == tcp.last_end:
-            return None, False             # RST right after our own data: part of a train
+            return RstCheck.CHECK_WINDOW, False   # RST right after our own data: part of a train
         keep = True                        # not the exact sequence: allow a challenge ACK
     # The SYN case answers the other side's SYN only ("netfilter: conntrack: tcp: do not
     # force CLOSE on invalid-seq RST without direction check", stable June 2026: 6.12.93).
@@ -615,11 +623,11 @@ def _rst_check(ct, tcp: TcpState, direction: int, old_state: int, pkt, sysctl):
           and tcp.last_dir != direction)
          or (not ct.status & IPS_ASSURED and tcp.last_index == TCP_ACK_SET))
             and pkt.ack == tcp.last_end):
-        return "in_window", keep           # RST to a SYN or ACK we let through unsynced
+        return RstCheck.IN_WINDOW, keep    # RST to a SYN or ACK we let through unsynced
     if (old_state == TCP_CONNTRACK_SYN_SENT and tcp.last_index == TCP_ACK_SET
             and tcp.last_dir == IP_CT_DIR_REPLY and seq == tcp.last_ack):
-        return "in_window", keep           # reset in response to a challenge ACK
-    return None, keep
+        return RstCheck.IN_WINDOW, keep    # reset in response to a challenge ACK
+    return RstCheck.CHECK_WINDOW, keep
 
 
 def _choose_timeout(tcp: TcpState, new_state: int, index: int, sysctl) -> int:

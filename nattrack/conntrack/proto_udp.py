@@ -8,9 +8,8 @@ the 120-s stream timeout together with [ASSURED] (commit b7b1d02fc439).
 from __future__ import annotations
 
 from .conn import IPCT_ASSURED, IPS_ASSURED, IPS_CONFIRMED, IPS_NAT_CLASH, IPS_SEEN_REPLY, Conn
-from .uapi import NF_ACCEPT
+from .uapi import INVALID, NF_ACCEPT
 
-INVALID = 0                              # the tracker's verdict (NF_ACCEPT: uapi.py)
 STREAM_DELAY = 2          # seconds: stream_ts = now + 2 * HZ
 
 
