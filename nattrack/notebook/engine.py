@@ -53,7 +53,7 @@ class Engine:
         now_j = table.jiffies()
         self.events.append(show.format_event(
             kind, ct, now_j, destroy_timeout=ct.remaining(now_j) if kind == "DESTROY" else None,
-            protoinfo=bool(bits & IPCT_PROTOINFO)))
+            protoinfo=bool(bits & IPCT_PROTOINFO), helper=table.helper_name(ct)))
 
     def until(self, t: float) -> None:
         """Time passes until ``t``: the gc worker runs when the kernel's would."""
@@ -123,7 +123,7 @@ class Engine:
     def table(self) -> list[dict]:
         listing = list(self.router.ct.conns())         # reaps the expired, as a dump does
         now_j = self.router.ct.jiffies()
-        return [show.conn_json(ct, now_j) for ct in listing]
+        return [show.conn_json(ct, now_j, use=self.router.ct.use(ct)) for ct in listing]
 
 
 def simulation(scenario: sc.Scenario, t0: float, overrides: dict[str, int]) -> Engine:
