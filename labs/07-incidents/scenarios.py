@@ -44,7 +44,7 @@ SCENARIOS = ("stale-udp", "table-full", "new-rule", "invalid-rst", "snat-race", 
              "ftp-helper")
 # nf_conntrack_max is global and read-only inside a network namespace: a table-full
 # incident cannot be staged in the live lab without changing the whole machine.
-LIVE = ("stale-udp", "new-rule", "invalid-rst", "snat-race", "ftp-helper")
+LIVE = ("stale-udp", "new-rule", "invalid-rst", "snat-race", "ftp-helper", "dns-race")
 
 # topologies/incidents.py, as far as the knobs are concerned.
 ROUTER = "r"
@@ -484,6 +484,153 @@ def race_live(lab, base: int, rounds: int = RACE_ROUNDS) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
+# --- a lookup's A and AAAA queries racing on two CPUs of r (dns-race) ---------------------------
+
+# The resolver stand-in, run in be1: one instance on each port of argv[2:] (the service's
+# DNAT range).  It answers an A query at once and an AAAA query argv[1] seconds later, as
+# a recursive resolver that has the A record cached but asks its upstream for the AAAA.
+_RESOLVER = r"""
+import selectors, socket, sys, threading
+slow, sel = float(sys.argv[1]), selectors.DefaultSelector()
+for port in sys.argv[2:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", int(port)))
+    sel.register(s, selectors.EVENT_READ)
+print("ready", flush=True)
+while True:
+    for key, _ in sel.select():
+        s = key.fileobj
+        query, peer = s.recvfrom(2048)
+        qtype, _, name = query.decode(errors="replace").strip().partition(" ")
+        if qtype == "A?":
+            s.sendto(f"A {name} 192.0.2.80\n".encode(), peer)
+        elif qtype == "AAAA?":
+            threading.Timer(slow, s.sendto, (f"AAAA {name} 2001:db8::80\n".encode(), peer)).start()
+"""
+
+# The lookups' sockets, run in h1: one UDP socket on each port argv[1] .. argv[1]+argv[2]-1
+# (the raw senders' source ports) takes the answers; at the end of stdin it prints, per
+# port, how long after the A answer the AAAA answer came ("-": it did not).
+_ANSWERS = r"""
+import selectors, socket, sys, time
+first, count = int(sys.argv[1]), int(sys.argv[2])
+sel, got = selectors.DefaultSelector(), {}
+for port in range(first, first + count):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    sel.register(s, selectors.EVENT_READ, port)
+sel.register(sys.stdin, selectors.EVENT_READ, None)
+print("ready", flush=True)
+while True:
+    for key, _ in sel.select():
+        if key.data is None:
+            if not sys.stdin.readline():
+                for port in range(first, first + count):
+                    a, aaaa = got.get((port, "A")), got.get((port, "AAAA"))
+                    late = "-" if a is None or aaaa is None else f"{aaaa - a:.3f}"
+                    print(port, "-" if a is None else "A", late, flush=True)
+                sys.exit(0)
+            continue
+        word = key.fileobj.recv(2048).split(b" ")[0].decode(errors="replace")
+        got.setdefault((key.data, word), time.monotonic())
+"""
+DNS_INSTANCES = (5300, 5301)     # the resolver instances of dns-race.rules' DNAT range
+AAAA_DELAY = 1.5                 # seconds: past the one second of a losing clash entry
+LOOKUPS = 100                    # lookups per batch, ...
+LOOKUP_BATCHES = 3               # ... and batches: the budget for showing a loss
+
+
+@dataclass
+class Lookups:
+    """h1's lookups in the live lab: which lost an answer, and r's clash_resolve count."""
+    count: int = 0
+    lost: list = field(default_factory=list)      # (port, what was missing)
+    clash_resolve: int = 0
+
+
+def _ready(session, node: str, what: str) -> None:
+    """Wait for ``ready`` on a session's stdout; its error otherwise."""
+    out, err = b"", b""
+    for stream, data in session:
+        out += data if stream == "stdout" else b""
+        err += data if stream == "stderr" else b""
+        if b"ready" in out:
+            return
+    last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+    raise KnobError(f"{node}: {what} did not start ({last[0]})")
+
+
+def lookups_live(lab, base: int, rounds: int = LOOKUPS, pause: float = 0.02) -> Lookups:
+    """h1 looks a name up ``rounds`` times, each lookup from its own port (base + round):
+    its A and AAAA queries leave h1 in the same instant from two senders pinned to two
+    CPUs (a frame sent on a veth is processed by r on the sending CPU), as glibc sends
+    them from one socket; be1's resolver instances answer the AAAA queries AAAA_DELAY
+    late.  Returns which lookups lost an answer."""
+    import os
+    import shutil
+    import tempfile
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise KnobError(f"the race needs two CPUs; this process may use only CPU {cpus}")
+    iface, addr = HOSTS["h1"]
+    r_mac, mac = _mac(lab, ROUTER, LAN), _mac(lab, "h1", iface)
+    work = Path(tempfile.mkdtemp(prefix="nattrack-lab07-dns-"))
+    sessions = []
+    try:
+        work.chmod(0o755)
+        (work / "barrier").write_bytes(bytes(16))
+        for qtype in ("A", "AAAA"):
+            frames = [_udp_frame(mac, r_mac, addr, PUBLIC, base + i, 53,
+                                 f"{qtype}? www.example.\n".encode()) for i in range(rounds)]
+            (work / f"{qtype}.hex").write_text("\n".join(f.hex() for f in frames) + "\n")
+        resolver = lab.exec_session("be1", [sys.executable, "-c", _RESOLVER, str(AAAA_DELAY),
+                                            *map(str, DNS_INSTANCES)], timeout=120)
+        sessions.append(resolver)
+        _ready(resolver, "be1", "the resolver stand-in")
+        answers = lab.exec_session("h1", [sys.executable, "-c", _ANSWERS, str(base),
+                                          str(rounds)], stdin=True, timeout=120)
+        sessions.append(answers)
+        _ready(answers, "h1", "the lookups' sockets")
+        before = kernel_stat(lab, "clash_resolve")
+        senders = [lab.exec_session("h1", ["taskset", "-c", str(cpus[role]), sys.executable,
+                                           "-c", _SENDER, iface, str(role), str(work / "barrier"),
+                                           str(work / f"{qtype}.hex"), str(pause)], timeout=60)
+                   for role, qtype in enumerate(("A", "AAAA"))]
+        sessions += senders
+        for qtype, session in zip(("A", "AAAA"), senders):
+            if b"done" not in b"".join(data for stream, data in session if stream == "stdout"):
+                raise KnobError(f"h1: the sender of the {qtype} queries failed")
+        time.sleep(AAAA_DELAY + 0.5)
+        got = Lookups(rounds, clash_resolve=kernel_stat(lab, "clash_resolve") - before)
+        answers.close_stdin()
+        out = b"".join(data for stream, data in answers if stream == "stdout").decode()
+        for line in out.splitlines():
+            if len(line.split()) == 3:
+                port, a, late = line.split()
+                if a == "-" or late == "-":
+                    got.lost.append((int(port), "no answer" if a == "-" else "no AAAA answer"))
+        return got
+    finally:
+        for session in sessions:        # the lab service ends a command whose caller left
+            session.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def lookups_until_lost(lab, base: int) -> Lookups:
+    """Batches of LOOKUPS lookups until one loses an answer, at most LOOKUP_BATCHES (the
+    broken rules lost a sixth to a third of them in every batch measured; fixed rules
+    lose none however long they run)."""
+    total = Lookups()
+    for batch in range(LOOKUP_BATCHES):
+        got = lookups_live(lab, base + batch * LOOKUPS)
+        total.count += got.count
+        total.lost += got.lost
+        total.clash_resolve += got.clash_resolve
+        if total.lost:
+            break
+    return total
+
+
 # --- a segment out of the window (invalid-rst) -------------------------------------------------
 
 # srv's connection to the service, held open from a known port while be1 sends into it.
@@ -586,8 +733,8 @@ def _ask_all(lab, name: str) -> dict:
 def stage_live(lab, name: str, syntax: str = "iptables") -> dict:
     """Acts 1 and 2 in the running lab: healthy traffic, then the incident, the flows still
     running.  Returns what the flows got in the incident (None: no answer; snat-race: how
-    many first datagrams r's kernel lost in the racing rounds)."""
-    if name in ("snat-race", "invalid-rst", "ftp-helper"):
+    many first datagrams r's kernel lost in the racing rounds; dns-race: h1's lookups)."""
+    if name in ("snat-race", "invalid-rst", "ftp-helper", "dns-race"):
         broken, _meta = scenario(name, syntax)
         apply_live(lab, Config(rules=healthy()), fresh=True)
         apply_live(lab, broken)
@@ -595,6 +742,8 @@ def stage_live(lab, name: str, syntax: str = "iptables") -> dict:
             return {"leaked": out_of_window_live(lab)[0]}
         if name == "ftp-helper":
             return {"ftp": ftp_get_live(lab)}
+        if name == "dns-race":
+            return {"lookups": lookups_until_lost(lab, 40000)}
         return {"lost": race_live(lab, 20000)}
     if name not in LIVE:
         raise KnobError(f"{name}: offline only (nf_conntrack_max is global and read-only in "
@@ -620,6 +769,18 @@ def check_live(lab, name: str, fix: Config, syntax: str = "iptables") -> list[st
         if not got:
             return ["h1's active FTP download from srv still fails after the fix (srv's "
                     f"server: {said or 'no reply'})"]
+        return []
+    if name == "dns-race":
+        before, after = staged["lookups"], lookups_until_lost(lab, 50000)
+        if not before.lost:
+            raise KnobError(f"the incident did not happen: none of h1's {before.count} lookups "
+                            f"lost an answer with scenarios/dns-race.rules (are r's two CPUs "
+                            f"busy with other work?)")
+        if after.lost:
+            port, missing = after.lost[0]
+            return [f"after the fix {len(after.lost)} of h1's {after.count} lookups still "
+                    f"lost an answer (port {port}: {missing}; glibc would wait 5 s and ask "
+                    f"again; {len(before.lost)} of {before.count} before the fix)"]
         return []
     if name == "snat-race":
         lost = race_live(lab, 30000)
@@ -691,6 +852,10 @@ def _command(args) -> int:
             elif key == "ftp":
                 print(f"  h1's active FTP download from srv: "
                       f"{'done' if seen[0] else 'failed'} (srv's server: {seen[1]})")
+            elif key == "lookups":
+                print(f"  {len(seen.lost)} of h1's {seen.count} lookups lost their AAAA answer "
+                      f"(glibc's resolver would wait 5 s, then ask again); conntrack -S: "
+                      f"clash_resolve +{seen.clash_resolve}")
             elif key == "lost":
                 print(f"  {seen} of {RACE_ROUNDS} racing first datagrams lost at confirm "
                       f"(insert_failed)")
