@@ -125,18 +125,17 @@ class FtpServer:
         p = self.proc
         if p is None:
             return ""
-        self._signal(signal.SIGTERM)               # the listener and its sessions
+        self._signal(p, signal.SIGTERM)            # the listener and its sessions
         try:
             _, err = p.communicate(timeout=5)
         except subprocess.TimeoutExpired:
-            self._signal(signal.SIGKILL)
+            self._signal(p, signal.SIGKILL)
             _, err = p.communicate()
-        self._signal(signal.SIGKILL)               # sessions still finishing a transfer
+        self._signal(p, signal.SIGKILL)            # sessions still finishing a transfer
         return (err or b"").decode(errors="replace")
 
-    def _signal(self, sig: int) -> None:
+    def _signal(self, p: subprocess.Popen, sig: int) -> None:
         """The whole group when vsftpd leads one (see the module's note), else vsftpd."""
-        p = self.proc
         try:
             if self.group:
                 os.killpg(p.pid, sig)
