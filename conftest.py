@@ -55,7 +55,7 @@ def _checkout_reachable_by_unprivileged_users():
 
 # --- tests that need the pure-Python engine in this process ---------------------------------
 # A student's plugin replaces engine pieces by name, which compiled modules never see (their
-# calls are bound at build time; labs/plugin.py refuses to install over them).  When this
+# calls are bound at build time; exercises/plugin.py refuses to install over them).  When this
 # process runs the compiled engine, these files run in a child pytest with NATTRACK_PURE=1
 # at the end of the session, and count as this session's.
 PURE_ENGINE_FILES = ("tests/test_labs_plugin.py",)

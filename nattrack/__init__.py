@@ -10,7 +10,7 @@ of the .py files, unless:
 
 * ``NATTRACK_PURE=1`` is set;
 * the command line installs a student's plugin (``--plugin``: ``nattrack replay`` and the
-  router): labs/plugin.py replaces engine functions by name, and compiled modules call
+  router): exercises/plugin.py replaces engine functions by name, and compiled modules call
   each other directly, so a replaced piece would silently never run;
 * there is no build for this interpreter, or any compiled module's .py changed since it
   was built (all or nothing: compiled modules are bound to each other's build).

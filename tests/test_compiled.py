@@ -74,7 +74,7 @@ def test_a_plugin_refuses_the_compiled_engine_in_its_process():
     """Compiled modules call each other directly: a replaced piece would silently not run,
     so install() over them fails with one line (in a fresh interpreter: this one may be pure)."""
     code = ("import nattrack.conntrack.core\n"
-            "from nattrack.labs import plugin\n"
+            "from nattrack.exercises import plugin\n"
             f"try:\n    plugin.install({str(LAB4)!r}, {str(LAB4 / 'solution')!r})\n"
             "except plugin.PluginError as e:\n    print(e, plugin.installed())\n")
     r = run([sys.executable, "-c", code])

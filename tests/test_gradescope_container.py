@@ -35,7 +35,7 @@ OFFLINE_POINTS = 14 + 2                        # lab 2's offline tests + the hid
 
 HIDDEN_TEST = f'''\
 # {SECRET}: this file's source must never reach anyone but the teacher.
-from nattrack.labs.testing import test
+from nattrack.exercises.testing import test
 
 
 @test(points=2, number="9.1", name="Hidden: a FIN, then the last ACK", visibility="hidden")

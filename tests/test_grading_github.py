@@ -281,7 +281,7 @@ def test_the_score_step_fails_when_grading_did_not_run(tmp):
 
 
 LIVE_TEST = """\
-from nattrack.labs.testing import test
+from nattrack.exercises.testing import test
 
 
 @test(points=2, number="5.1", name="Live: h1 pings the server through the router",

@@ -19,7 +19,7 @@ ROOT = os.geteuid() == 0
 CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 LIVE_TESTS = """\
-from nattrack.labs.testing import test
+from nattrack.exercises.testing import test
 
 
 @test(points=3, number="5.1", name="Live: a ping from h1 is tracked and NATed", mode="live",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nattrack.grading.runner import GradeError, Grader, load_lab
-from nattrack.labs.manifest import Todo
+from nattrack.exercises.manifest import Todo
 from tests.grading.cli import nattrack, scratch
 from tests.grading.schemas import Invalid, validate_gradescope, validate_junit, xsd_validate
 
@@ -139,7 +139,7 @@ def test_offline_mode_reports_live_tests_as_not_run(tmp):
     lab = tmp / "lab"
     shutil.copytree(LAB, lab)
     (lab / "tests" / "test_live.py").write_text(
-        "from nattrack.labs.testing import test\n\n"
+        "from nattrack.exercises.testing import test\n\n"
         "@test(points=5, number='5.1', name='Live: a ping', mode='live')\n"
         "def ping(ctx):\n"
         "    assert ctx.live.exec('h1', ['ping', '-c1', '203.0.113.10']).returncode == 0\n")
@@ -166,7 +166,7 @@ def test_a_test_that_breaks_is_the_instructors_problem(tmp):
     lab = tmp / "lab"
     shutil.copytree(LAB, lab)
     (lab / "tests" / "test_buggy.py").write_text(
-        "from nattrack.labs.testing import test\n\n"
+        "from nattrack.exercises.testing import test\n\n"
         "@test(points=1, number='6.1', name='buggy')\n"
         "def buggy(ctx):\n"
         "    return {}['missing']\n\n"
@@ -203,7 +203,7 @@ def test_misuse_is_exit_2_with_one_line(tmp):
     bad = tmp / "badlab"
     shutil.copytree(LAB, bad)
     (bad / "tests" / "test_dup.py").write_text(
-        "from nattrack.labs.testing import test\n\n"
+        "from nattrack.exercises.testing import test\n\n"
         "@test(points=1, number='1.1', name='dup')\n"
         "def dup(ctx):\n    pass\n")
     with pytest.raises(GradeError, match="test number 1.1 is also used"):
@@ -281,7 +281,7 @@ def test_without_bwrap_the_sandbox_still_holds(monkeypatch):
 # --- test numbers: any text, natural order -------------------------------------------------------
 
 def test_number_key_sorts_naturally_and_never_compares_int_with_str():
-    from nattrack.labs.testing import number_key
+    from nattrack.exercises.testing import number_key
     numbers = ["H.10", "2.10", "h.2", "10", "2.9", "H.1", "2", "1.1a", "1.1", "", "x²", "2.9.1"]
     assert sorted(numbers, key=number_key) == [
         "", "1.1", "1.1a", "2", "2.9", "2.9.1", "2.10", "10", "H.1", "h.2", "H.10", "x²"]
@@ -289,7 +289,7 @@ def test_number_key_sorts_naturally_and_never_compares_int_with_str():
 
 
 HIDDEN_NUMBERS = """\
-from nattrack.labs.testing import test
+from nattrack.exercises.testing import test
 
 @test(points=1, number="H.1", name="hidden H.1", visibility="hidden", mode="offline")
 def h1(ctx):
@@ -387,8 +387,8 @@ def test_lab_check_names_exactly_the_undone_todos(lab, tmp):
 
 
 HIDDEN_PARTIAL = """\
-from nattrack.labs.checks import partial_credit
-from nattrack.labs.testing import test
+from nattrack.exercises.checks import partial_credit
+from nattrack.exercises.testing import test
 
 @test(points=2, number="H.1", name="hidden partial", visibility="hidden", mode="offline")
 def hidden_partial(ctx):

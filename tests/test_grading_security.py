@@ -163,7 +163,7 @@ def test_probe_counts_only_visible_live_tests(tmp):
     hidden = tmp / "hidden"
     hidden.mkdir(mode=0o700)
     (hidden / "test_live_hidden.py").write_text(
-        "from nattrack.labs.testing import test\n\n"
+        "from nattrack.exercises.testing import test\n\n"
         "@test(points=2, number='8.1', name='hidden live one', mode='live')\n"
         "def a(ctx):\n    pass\n\n"
         "@test(points=2, number='8.2', name='hidden live two', mode='live')\n"
@@ -171,7 +171,7 @@ def test_probe_counts_only_visible_live_tests(tmp):
     lab = tmp / "lab"
     shutil.copytree(LAB, lab)
     (lab / "tests" / "test_live_visible.py").write_text(
-        "from nattrack.labs.testing import test\n\n"
+        "from nattrack.exercises.testing import test\n\n"
         "@test(points=1, number='7.1', name='visible live', mode='live')\n"
         "def c(ctx):\n    pass\n")
     with Grader(lab, hidden=hidden, mode="offline") as g:

@@ -1,4 +1,4 @@
-"""Labs 2-5 and the plug-in mechanism (nattrack.labs.manifest, nattrack.labs.plugin).
+"""Labs 2-5 and the plug-in mechanism (nattrack.exercises.manifest, nattrack.exercises.plugin).
 
 Offline: manifests and their errors, install/uninstall restoring the reference engine,
 every lab's offline tests through a small in-process context (the solution scores full
@@ -21,8 +21,8 @@ import pytest
 from nattrack.cli.main import main as cli
 from nattrack.conntrack import core as ct_core, proto_icmp, proto_tcp, proto_udp
 from nattrack.conntrack import tuple as ct_tuple
-from nattrack.labs import manifest, plugin
-from nattrack.labs.testing import collect
+from nattrack.exercises import manifest, plugin
+from nattrack.exercises.testing import collect
 from nattrack.nat import core as nat_core
 from nattrack.packet import ipv4
 

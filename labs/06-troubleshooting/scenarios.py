@@ -14,7 +14,7 @@ Every scenario starts from the healthy baseline, applies its own ``[break]`` kno
 (``scenarios/NAME.toml``, rules ``scenarios/NAME.rules``), then the student's
 ``NAME.toml`` and ``NAME.rules`` (a submission's files; the rules only when given).
 Nothing a student writes is executed (the mechanism, shared with lab 07, is
-nattrack.labs.scenarios): the rules are parsed by nattrack's own parser first (an option
+nattrack.exercises.scenarios): the rules are parsed by nattrack's own parser first (an option
 it does not know is an error naming the line) and loaded with ``iptables-restore`` (nft
 syntax: ``nft -f``); every other knob is checked against a short list and applied as an argv.
 
@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nattrack.labs.scenarios import (KnobError, check_diagnosis, check_keys, check_rules,
+from nattrack.exercises.scenarios import (KnobError, check_diagnosis, check_keys, check_rules,
                                      check_sysctls, command_line, flush_tables, frames,
                                      kernel_stat, lab_client, load_rules_live, load_toml, recorded,
                                      require_root, run, run_command, scenario_files, sent_view,

@@ -30,8 +30,8 @@ def _plugin_arg(plugin: str | None, mode: str) -> str | None:
     """``LAB_DIR=SUBMISSION_DIR`` checked and made absolute (the service runs in /)."""
     if not plugin:
         return None
-    from ..labs.manifest import load
-    from ..labs.plugin import parse_spec
+    from ..exercises.manifest import load
+    from ..exercises.plugin import parse_spec
     if mode != "python":
         raise LabError("--plugin runs a lab submission in the router: python mode only")
     lab_dir, sub = parse_spec(plugin)

@@ -28,7 +28,7 @@ def cmd_replay(args) -> int:
     sysctls = parse_kv_args(args.sysctl, "--sysctl")
     printer = StepPrinter(sys.stdout) if args.steps else None
     if args.plugin:
-        from ..labs.plugin import install_spec
+        from ..exercises.plugin import install_spec
         install_spec(args.plugin)
     res = replay_captures(parse_source_args(args.capture), ifaces, routes, sysctls=sysctls,
                           now=args.now, seed=args.seed, rules_path=args.rules,

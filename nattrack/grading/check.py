@@ -18,8 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..labs.manifest import Todo
-from ..labs.testing import number_key
+from ..exercises.manifest import Todo
+from ..exercises.testing import number_key
 from .results import points
 from .runner import GradeError, Grader
 

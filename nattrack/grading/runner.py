@@ -1,6 +1,6 @@
 """The grader: a lab's tests (public and hidden) against one submission.
 
-:func:`load_lab` reads ``lab.toml`` (a :class:`~nattrack.labs.manifest.Lab`); :func:`load_tests` imports the lab's ``tests/`` and an
+:func:`load_lab` reads ``lab.toml`` (a :class:`~nattrack.exercises.manifest.Lab`); :func:`load_tests` imports the lab's ``tests/`` and an
 instructor's hidden folder (trusted code, run in this process); :class:`Grader` runs them
 against a submission and returns :class:`~nattrack.grading.results.Results`.
 
@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..labs.manifest import Lab, ManifestError, load as load_manifest
-from ..labs.testing import TestSpec, collect, number_key
+from ..exercises.manifest import Lab, ManifestError, load as load_manifest
+from ..exercises.testing import TestSpec, collect, number_key
 from .results import Results, TestResult
 from .sandbox import sandbox_uid
 from .worker import SubmissionError, Worker, lab_view, package_copy

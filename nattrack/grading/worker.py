@@ -82,14 +82,14 @@ def _jsonable(v, depth: int = 0):
 
 
 def _read_files(lab_dir: str) -> list[str]:
-    from nattrack.labs.manifest import load
+    from nattrack.exercises.manifest import load
     return list(load(lab_dir).files)
 
 
 class _Served:
     def __init__(self, lab_dir: str, sub: str) -> None:
         import importlib
-        from nattrack.labs.plugin import PluginError, check_own_code
+        from nattrack.exercises.plugin import PluginError, check_own_code
         self.lab_dir, self.sub = lab_dir, sub
         self.modules: dict[str, object] = {}
         self.errors: dict[str, str] = {}
@@ -144,7 +144,7 @@ class _Served:
             return {"ok": False, "error": "; ".join(self.errors.values())}
         try:
             if not self.plugged:
-                from nattrack.labs import manifest, plugin
+                from nattrack.exercises import manifest, plugin
                 plugin.install(manifest.load(self.lab_dir), self.sub)
                 self.plugged = True
             from nattrack.grading.replayjson import replay_json

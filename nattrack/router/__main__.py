@@ -13,7 +13,7 @@ Exit status: 0 after a clean stop, 2 for bad arguments, 1 when the namespace
 could not be prepared.
 
 With ``--plugin`` (python mode, root) a student's pieces replace the engine's
-(:mod:`nattrack.labs.plugin`): the process prepares the namespace, opens its packet
+(:mod:`nattrack.exercises.plugin`): the process prepares the namespace, opens its packet
 sockets and the control socket as root, then forks; the child gives up root for good
 (:func:`drop_privileges`) *before* it imports the submission, and forwards; the parent
 stays root only to wait for it, pass signals on, and put the namespace back.
@@ -129,8 +129,8 @@ def drop_privileges(user: str) -> None:
 
 def _check_plugin(args):
     """The lab's manifest (read as root, trusted) and a submission folder the user can read."""
-    from ..labs.manifest import load
-    from ..labs.plugin import parse_spec
+    from ..exercises.manifest import load
+    from ..exercises.plugin import parse_spec
     if args.mode != "python":
         raise ValueError("--plugin works in python mode only (kernel mode's tracker is a shadow)")
     lab_dir, sub = parse_spec(args.plugin)
@@ -264,7 +264,7 @@ def _run_plugin(args, plugin, dp, control) -> tuple[int, str | None]:
     """Fork: the child drops root, plugs the submission in and forwards; the parent waits,
     passes SIGTERM/SIGINT on, and returns the child's status and, if the submission could
     not be plugged in, its one-line reason (main() then cleans up as root)."""
-    from ..labs.plugin import PluginError, install
+    from ..exercises.plugin import PluginError, install
     lab, sub = plugin
     sys.stdout.flush()
     sys.stderr.flush()

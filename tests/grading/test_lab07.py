@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nattrack.labs.scenarios import load_lab_module
+from nattrack.exercises.scenarios import load_lab_module
 
 LAB = Path(__file__).resolve().parents[2] / "labs" / "07-incidents"
 S = load_lab_module(LAB / "scenarios.py", "nattrack_lab07_scenarios")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nattrack.labs.scenarios import load_lab_module
+from nattrack.exercises.scenarios import load_lab_module
 from nattrack.netfilter.rulesfile import parse_rules
 
 from .test_labs_grade import check_lab

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from nattrack.conntrack.show import parse_conntrack_line
 from nattrack.conntrack.sysctl import DEFAULTS
-from nattrack.labs.checks import explain
-from nattrack.labs.testing import test
+from nattrack.exercises.checks import explain
+from nattrack.exercises.testing import test
 
 H1, SRV, PUBLIC = "10.0.0.10", "203.0.113.10", "203.0.113.1"
 RECORDED_PORT = 40000                # h1's UDP source port in data/observe.pcapng

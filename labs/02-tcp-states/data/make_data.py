@@ -4,7 +4,7 @@ Run from the repository: .venv/bin/python labs/02-tcp-states/data/make_data.py
 """
 import os
 
-from nattrack.labs.story import H1, H2, Story, TcpConn
+from nattrack.exercises.story import H1, H2, Story, TcpConn
 
 st = Story()
 

@@ -2,8 +2,8 @@
 import sys
 import time
 
-from nattrack.labs.checks import partial_credit, same_replay
-from nattrack.labs.testing import test
+from nattrack.exercises.checks import partial_credit, same_replay
+from nattrack.exercises.testing import test
 
 STATES = ["NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT",
           "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2"]

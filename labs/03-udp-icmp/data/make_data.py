@@ -12,7 +12,7 @@ import os
 
 from scapy.all import raw
 
-from nattrack.labs.story import (H1, H2, ICMP, IP, ROUTER_WAN, SERVER, TCP, Story, udp_back,
+from nattrack.exercises.story import (H1, H2, ICMP, IP, ROUTER_WAN, SERVER, TCP, Story, udp_back,
                                  udp_out)
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -1,8 +1,8 @@
 """Lab 3 public tests: UDP timeouts and ASSURED, ICMP queries, ICMP errors as RELATED."""
 import time
 
-from nattrack.labs.checks import partial_credit, same_replay
-from nattrack.labs.testing import test
+from nattrack.exercises.checks import partial_credit, same_replay
+from nattrack.exercises.testing import test
 
 IFACES = {"ntr-lan": "10.0.0.1/24", "ntr-wan": "203.0.113.1/24"}
 ROUTES = {"default": "ntr-wan"}

@@ -5,7 +5,7 @@ Run from the repository: .venv/bin/python labs/04-snat/data/make_data.py
 """
 import os
 
-from nattrack.labs.story import H1, H2, H3, ROUTER_WAN, SERVER, Story, TcpConn, udp_back, udp_out
+from nattrack.exercises.story import H1, H2, H3, ROUTER_WAN, SERVER, Story, TcpConn, udp_back, udp_out
 
 st = Story()
 # h1 keeps its port; h2 wants the same one towards the same server: it must move.
@@ -29,7 +29,7 @@ c.out(3.03, "FA")
 c.back(3.04, "FA")
 c.out(3.05, "A")
 # A ping: the ICMP id is rewritten like a port when it clashes.
-from nattrack.labs.story import ICMP, IP  # noqa: E402
+from nattrack.exercises.story import ICMP, IP  # noqa: E402
 st.lan(4.0, IP(src=H1, dst=SERVER) / ICMP(type=8, id=77, seq=1))
 st.lan(4.1, IP(src=H2, dst=SERVER) / ICMP(type=8, id=77, seq=1))
 st.wan(4.2, IP(src=SERVER, dst=ROUTER_WAN) / ICMP(type=0, id=77, seq=1))

@@ -2,8 +2,8 @@
 import random
 import time
 
-from nattrack.labs.checks import partial_credit, same_replay
-from nattrack.labs.testing import test
+from nattrack.exercises.checks import partial_credit, same_replay
+from nattrack.exercises.testing import test
 
 IFACES = {"ntr-lan": "10.0.0.1/24", "ntr-wan": "203.0.113.1/24"}
 

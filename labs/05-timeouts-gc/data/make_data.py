@@ -8,7 +8,7 @@ Run from the repository: .venv/bin/python labs/05-timeouts-gc/data/make_data.py
 """
 import os
 
-from nattrack.labs.story import (H1, H2, ICMP, IP, ROUTER_WAN, SERVER, Story, TcpConn, udp_back,
+from nattrack.exercises.story import (H1, H2, ICMP, IP, ROUTER_WAN, SERVER, Story, TcpConn, udp_back,
                                  udp_out)
 
 HERE = os.path.dirname(os.path.abspath(__file__))

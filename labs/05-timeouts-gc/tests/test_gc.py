@@ -1,8 +1,8 @@
 """Lab 5 public tests: the gc worker's scan and schedule, a full table, early drop."""
 import time
 
-from nattrack.labs.checks import partial_credit, same_replay
-from nattrack.labs.testing import test
+from nattrack.exercises.checks import partial_credit, same_replay
+from nattrack.exercises.testing import test
 
 IFACES = {"ntr-lan": "10.0.0.1/24", "ntr-wan": "203.0.113.1/24"}
 HZ = 250

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from scapy.all import ICMP, IP, TCP, UDP, Ether, raw
 
-from nattrack.labs.scenarios import write_captures
+from nattrack.exercises.scenarios import write_captures
 from nattrack.packet.checksum import ones_sum, pseudo_header_sum
 
 T0 = 1767225600.0          # 2026-01-01 00:00:00 UTC

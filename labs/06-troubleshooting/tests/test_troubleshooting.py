@@ -1,10 +1,10 @@
 """Lab 06's public tests: each scenario's fix on the recorded traffic (offline) and in the
 live lab (the grader applies the broken set-up and the fix itself, then sends traffic
 from the hosts; r's kernel is the reference), and the written diagnoses
-(nattrack.labs.scenarios numbers them: 6.1-6.6 offline, 6.7-6.12 live, 6.13 the diagnoses)."""
+(nattrack.exercises.scenarios numbers them: 6.1-6.6 offline, 6.7-6.12 live, 6.13 the diagnoses)."""
 from pathlib import Path
 
-from nattrack.labs.scenarios import load_lab_module, scenario_tests, student_fix
+from nattrack.exercises.scenarios import load_lab_module, scenario_tests, student_fix
 
 S = load_lab_module(Path(__file__).resolve().parent.parent / "scenarios.py",
                     "nattrack_lab06_scenarios")

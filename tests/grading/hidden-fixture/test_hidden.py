@@ -1,5 +1,5 @@
 # HIDDEN-SENTINEL-5c1e9b: this file's content must never reach a student.
-from nattrack.labs.testing import test
+from nattrack.exercises.testing import test
 
 
 @test(points=3, number="9.1", name="HIDDEN-SENTINEL-5c1e9b close after FIN", visibility="hidden")

@@ -1,4 +1,4 @@
-from nattrack.labs.testing import test
+from nattrack.exercises.testing import test
 
 
 @test(points=2, number="1.1", name="A SYN opens SYN_SENT", mode="offline")

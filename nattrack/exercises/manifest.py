@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODES = ("python", "kernel")
-# The [[pieces]] kinds: one adapter each in nattrack.labs.plugin.ADAPTERS (which checks it).
+# The [[pieces]] kinds: one adapter each in nattrack.exercises.plugin.ADAPTERS (which checks it).
 PIECE_KINDS = ("tcp_state_table", "udp", "icmp", "snat_port", "checksum", "gc_worker", "early_drop")
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -26,7 +26,7 @@ class ManifestError(ValueError):
 @dataclass(frozen=True)
 class Piece:
     module: str                 # the submission's module (``module.py`` in its folder)
-    kind: str                   # the adapter nattrack.labs.plugin plugs it in with
+    kind: str                   # the adapter nattrack.exercises.plugin plugs it in with
 
 
 @dataclass(frozen=True)

@@ -542,7 +542,7 @@ ADAPTERS: dict[str, Callable[[_Student], None]] = {
     "early_drop": adapt_early_drop,
 }
 if ADAPTERS.keys() != set(PIECE_KINDS):
-    raise ImportError("nattrack.labs: manifest.PIECE_KINDS and plugin.ADAPTERS must name the same kinds")
+    raise ImportError("nattrack.exercises: manifest.PIECE_KINDS and plugin.ADAPTERS must name the same kinds")
 
 
 # --- the entry points ----------------------------------------------------------------------------
@@ -550,7 +550,7 @@ if ADAPTERS.keys() != set(PIECE_KINDS):
 def install(lab, submission_dir: str | Path) -> None:
     """Import the submission's modules and plug every piece of ``lab`` into the engine.
 
-    ``lab`` is a :class:`~nattrack.labs.manifest.Lab` or a lab folder.  On any error
+    ``lab`` is a :class:`~nattrack.exercises.manifest.Lab` or a lab folder.  On any error
     nothing stays installed and :class:`PluginError` says what is wrong.
     """
     if not isinstance(lab, Lab):
