@@ -30,6 +30,7 @@ from contextlib import contextmanager
 import pytest
 
 from nattrack.lab.ftp import FtpServer
+from kernel.harness import KernelLab
 from nattrack.lab.topo import tbf_cmd
 
 from .conftest import MASQ_RULES, PYTHON, RouterProc
@@ -255,7 +256,11 @@ def test_kernel_router_and_its_shadow_agree_on_ftp(topo, workdir, ftpd):
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         events = r.stream("events", {"table": "expect"})
         try:
-            time.sleep(0.5)                      # both subscriptions in place
+            deadline = time.monotonic() + 10
+            while not KernelLab._netlink_listening(kernel_events.pid):   # conntrack -E is
+                assert time.monotonic() < deadline and kernel_events.poll() is None  # listening
+                time.sleep(0.02)
+            time.sleep(0.3)                      # and the router's subscription is in place
             ports = download_four_ways(topo, workdir, ftpd)
             shadow_events = [m["event"] for m in events.read(8, timeout=5)]
         finally:
