@@ -90,3 +90,60 @@ def test_a_fix_in_nft_syntax():
         assert problems(name, "", (LAB / "scenarios" / f"{name}.nft").read_text()), name
     with pytest.raises(S.KnobError, match="new-rule.rules:"):
         S.fix_from_texts("new-rule", "", "table ip nat {\n chain x { nonsense }\n}\n")
+
+
+def _free_port_pair():
+    """A free UDP port whose next one is free too (the lookups' sockets take a range)."""
+    import socket
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+            a.bind(("0.0.0.0", 0))
+            port = a.getsockname()[1]
+            try:
+                b.bind(("0.0.0.0", port + 1))
+            except OSError:
+                continue
+            return port
+
+
+def test_dns_race_stand_ins_on_loopback():
+    """dns-race live: the resolver stand-in answers A at once and AAAA AAAA_DELAY late, from
+    the port asked; the lookups' sockets report, per port, the AAAA answer's lateness or
+    '-' when it never came."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    instance = _free_port_pair()
+    resolver = subprocess.Popen([sys.executable, "-c", S._RESOLVER, "0.3", str(instance)],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert resolver.stdout.readline().strip() == "ready"
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.settimeout(2)
+        got = {}
+        t0 = time.monotonic()
+        for q in ("AAAA", "A"):
+            client.sendto(f"{q}? www.example.\n".encode(), ("127.0.0.1", instance))
+        for _ in range(2):
+            data, peer = client.recvfrom(100)
+            got[data.split()[0].decode()] = (time.monotonic() - t0, peer[1])
+        assert got["A"][0] < 0.25 <= 0.3 <= got["AAAA"][0], got
+        assert got["A"][1] == got["AAAA"][1] == instance
+    finally:
+        resolver.kill()
+        resolver.wait()
+    first = _free_port_pair()
+    answers = subprocess.Popen([sys.executable, "-c", S._ANSWERS, str(first), "2"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert answers.stdout.readline().strip() == "ready"
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.sendto(b"A www.example. 192.0.2.80\n", ("127.0.0.1", first))
+    server.sendto(b"AAAA www.example. 2001:db8::80\n", ("127.0.0.1", first))
+    server.sendto(b"A www.example. 192.0.2.80\n", ("127.0.0.1", first + 1))
+    time.sleep(0.2)
+    out, _ = answers.communicate("", timeout=5)
+    lines = [line.split() for line in out.splitlines()]
+    assert lines[0][:2] == [str(first), "A"] and float(lines[0][2]) < 0.2, lines
+    assert lines[1] == [str(first + 1), "A", "-"], lines
