@@ -43,7 +43,7 @@ class SysctlError(ValueError):
     pass
 
 
-class Sysctl(dict):
+class Sysctl(dict[str, int]):
     """The settings of one tracker: a dict keyed by the short kernel name.
 
     ``set("net.netfilter.nf_conntrack_udp_timeout", "10")`` and
