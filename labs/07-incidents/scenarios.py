@@ -509,30 +509,32 @@ while True:
 """
 
 # The lookups' sockets, run in h1: one UDP socket on each port argv[1] .. argv[1]+argv[2]-1
-# (the raw senders' source ports) takes the answers; at the end of stdin it prints, per
-# port, how long after the A answer the AAAA answer came ("-": it did not).
+# (the raw senders' source ports) takes the answers.  At the end of stdin it waits up to
+# argv[3] seconds more for answers still missing (a busy machine delays them; a lost one
+# never comes), then prints, per port, how long after the A answer the AAAA answer came
+# ("-": it did not).
 _ANSWERS = r"""
 import selectors, socket, sys, time
-first, count = int(sys.argv[1]), int(sys.argv[2])
-sel, got = selectors.DefaultSelector(), {}
+first, count, grace = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+sel, got, deadline = selectors.DefaultSelector(), {}, None
 for port in range(first, first + count):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("0.0.0.0", port))
     sel.register(s, selectors.EVENT_READ, port)
 sel.register(sys.stdin, selectors.EVENT_READ, None)
 print("ready", flush=True)
-while True:
-    for key, _ in sel.select():
-        if key.data is None:
-            if not sys.stdin.readline():
-                for port in range(first, first + count):
-                    a, aaaa = got.get((port, "A")), got.get((port, "AAAA"))
-                    late = "-" if a is None or aaaa is None else f"{aaaa - a:.3f}"
-                    print(port, "-" if a is None else "A", late, flush=True)
-                sys.exit(0)
-            continue
-        word = key.fileobj.recv(2048).split(b" ")[0].decode(errors="replace")
-        got.setdefault((key.data, word), time.monotonic())
+while deadline is None or (time.monotonic() < deadline and len(got) < 2 * count):
+    for key, _ in sel.select(None if deadline is None else 0.1):
+        if key.data is not None:
+            word = key.fileobj.recv(2048).split(b" ")[0].decode(errors="replace")
+            got.setdefault((key.data, word), time.monotonic())
+        elif not sys.stdin.readline():
+            sel.unregister(sys.stdin)
+            deadline = time.monotonic() + grace
+for port in range(first, first + count):
+    a, aaaa = got.get((port, "A")), got.get((port, "AAAA"))
+    late = "-" if a is None or aaaa is None else f"{aaaa - a:.3f}"
+    print(port, "-" if a is None else "A", late, flush=True)
 """
 DNS_INSTANCES = (5300, 5301)     # the resolver instances of dns-race.rules' DNAT range
 AAAA_DELAY = 1.5                 # seconds: past the one second of a losing clash entry
@@ -588,7 +590,8 @@ def lookups_live(lab, base: int, rounds: int = LOOKUPS, pause: float = 0.02) -> 
         sessions.append(resolver)
         _ready(resolver, "be1", "the resolver stand-in")
         answers = lab.exec_session("h1", [sys.executable, "-c", _ANSWERS, str(base),
-                                          str(rounds)], stdin=True, timeout=120)
+                                          str(rounds), str(AAAA_DELAY + 2)],
+                                   stdin=True, timeout=120)
         sessions.append(answers)
         _ready(answers, "h1", "the lookups' sockets")
         before = kernel_stat(lab, "clash_resolve")
@@ -600,7 +603,7 @@ def lookups_live(lab, base: int, rounds: int = LOOKUPS, pause: float = 0.02) -> 
         for qtype, session in zip(("A", "AAAA"), senders):
             if b"done" not in b"".join(data for stream, data in session if stream == "stdout"):
                 raise KnobError(f"h1: the sender of the {qtype} queries failed")
-        time.sleep(AAAA_DELAY + 0.5)
+        time.sleep(0.3)
         got = Lookups(rounds, clash_resolve=kernel_stat(lab, "clash_resolve") - before)
         answers.close_stdin()
         out = b"".join(data for stream, data in answers if stream == "stdout").decode()

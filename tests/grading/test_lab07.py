@@ -135,7 +135,7 @@ def test_dns_race_stand_ins_on_loopback():
         resolver.kill()
         resolver.wait()
     first = _free_port_pair()
-    answers = subprocess.Popen([sys.executable, "-c", S._ANSWERS, str(first), "2"],
+    answers = subprocess.Popen([sys.executable, "-c", S._ANSWERS, str(first), "2", "0.5"],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert answers.stdout.readline().strip() == "ready"
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
