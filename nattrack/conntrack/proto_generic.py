@@ -6,9 +6,17 @@ the 600-s generic timeout, and the entry is never ASSURED.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .uapi import NF_ACCEPT
 
+if TYPE_CHECKING:
+    from ..packet.ipv4 import Packet
+    from .conn import Conn
+    from .core import ConntrackTable
 
-def generic_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: bool) -> int:
+
+def generic_packet(table: ConntrackTable, ct: Conn, pkt: Packet, ctinfo: int, direction: int,
+                   hook_is_prerouting: bool) -> int:
     table.refresh(ct, table.sysctl["nf_conntrack_generic_timeout"], pkt, direction)
     return NF_ACCEPT

@@ -6,8 +6,15 @@ the PPTP helper the keys of the tuple are 0, as gre_pkt_to_tuple() sets them.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .conn import IPCT_ASSURED, IPS_ASSURED, IPS_CONFIRMED, IPS_NAT_CLASH, IPS_SEEN_REPLY
 from .uapi import NF_ACCEPT
+
+if TYPE_CHECKING:
+    from ..packet.ipv4 import Packet
+    from .conn import Conn
+    from .core import ConntrackTable
 
 IPPROTO_GRE = 47
 
@@ -20,7 +27,8 @@ class GreState:
         self.timeout, self.stream_timeout = timeout, stream_timeout
 
 
-def gre_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: bool) -> int:
+def gre_packet(table: ConntrackTable, ct: Conn, pkt: Packet, ctinfo: int, direction: int,
+               hook_is_prerouting: bool) -> int:
     if not ct.status & IPS_CONFIRMED:
         s = table.sysctl
         ct.proto = GreState(s["nf_conntrack_gre_timeout"], s["nf_conntrack_gre_timeout_stream"])

@@ -8,13 +8,21 @@ the flow they quote through the inverted embedded tuple.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .conn import IP_CT_DIR_REPLY, IP_CT_RELATED, IP_CT_RELATED_REPLY
 from ..packet.ipv4 import ICMP_ERROR_TYPES, NR_ICMP_TYPES
 from .tuple import ICMP_REQUEST_TYPES, Tuple, get_tuple, invert_tuple
 from .uapi import INVALID, NF_ACCEPT
 
+if TYPE_CHECKING:
+    from ..packet.ipv4 import Packet
+    from .conn import Conn
+    from .core import ConntrackTable
 
-def icmp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: bool) -> int:
+
+def icmp_packet(table: ConntrackTable, ct: Conn, pkt: Packet, ctinfo: int, direction: int,
+                hook_is_prerouting: bool) -> int:
     """nf_conntrack_icmp_packet(): only requests may open an entry; refresh to 30 s."""
     if ct.orig.dport >> 8 not in ICMP_REQUEST_TYPES:
         return INVALID                     # "can't create new conn with type"
@@ -39,7 +47,8 @@ def related_ctinfo(direction: int, outer_dst: int, entry_dst: int) -> int | None
     return IP_CT_RELATED_REPLY if direction == IP_CT_DIR_REPLY else IP_CT_RELATED
 
 
-def icmp_error(table, pkt, hook_is_prerouting: bool):
+def icmp_error(table: ConntrackTable, pkt: Packet,
+               hook_is_prerouting: bool) -> tuple[str, Conn | None, int | None]:
     """nf_conntrack_icmpv4_error() + nf_conntrack_inet_error().
 
     error_lookup() and related_ctinfo() are its two decisions (lab 3 replaces them).

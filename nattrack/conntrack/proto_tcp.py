@@ -17,12 +17,18 @@ The table is data: the notebooks' state diagrams are drawn from it.
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING, Mapping
 
 from ..packet.ipv4 import TH_ACK, TH_CWR, TH_ECE, TH_FIN, TH_PSH, TH_RST, TH_SYN, TH_URG
 from .conn import (IP_CT_DIR_ORIGINAL, IP_CT_DIR_REPLY, IPCT_ASSURED, IPCT_PROTOINFO,
                    IPS_ASSURED, IPS_CONFIRMED, IPS_FIXED_TIMEOUT, IPS_SEEN_REPLY)
 from .seqadj import seq_offset
 from .uapi import INVALID, NF_ACCEPT, REPEAT
+
+if TYPE_CHECKING:
+    from ..packet.ipv4 import Packet
+    from .conn import Conn
+    from .core import ConntrackTable
 
 # enum tcp_conntrack
 (TCP_CONNTRACK_NONE, TCP_CONNTRACK_SYN_SENT, TCP_CONNTRACK_SYN_RECV, TCP_CONNTRACK_ESTABLISHED,
@@ -261,14 +267,14 @@ class TcpState:
         self.retrans = 0
 
 
-def segment_seq_plus_len(pkt) -> int:
+def segment_seq_plus_len(pkt: Packet) -> int:
     """seq + data length + SYN + FIN: the sequence number after this segment."""
     f = pkt.tcpflags
     data_len = pkt.l4len - pkt.doff                  # pkt.payload_len of a TCP segment
     return (pkt.seq + data_len + (1 if f & TH_SYN else 0) + (1 if f & TH_FIN else 0)) & 0xFFFFFFFF
 
 
-def tcp_options(pkt, seen: TcpSeen) -> None:
+def tcp_options(pkt: Packet, seen: TcpSeen) -> None:
     """tcp_options(): window scale and SACK-permitted from a SYN's options."""
     seen.td_scale = 0
     seen.flags &= IP_CT_TCP_FLAG_BE_LIBERAL
@@ -282,7 +288,7 @@ def tcp_options(pkt, seen: TcpSeen) -> None:
         seen.flags |= IP_CT_TCP_FLAG_SACK_PERM
 
 
-def tcp_error(pkt, hook_is_prerouting: bool, sysctl) -> str | None:
+def tcp_error(pkt: Packet, hook_is_prerouting: bool, sysctl: Mapping[str, int]) -> str | None:
     """tcp_error(): why the packet is INVALID before any state is looked at, or None."""
     if not pkt.l4ok:
         return "truncated packet"
@@ -293,7 +299,7 @@ def tcp_error(pkt, hook_is_prerouting: bool, sysctl) -> str | None:
     return None
 
 
-def tcp_new(ct, pkt, sysctl) -> bool:
+def tcp_new(ct: Conn, pkt: Packet, sysctl: Mapping[str, int]) -> bool:
     """tcp_new(): set up window data from the first packet; False if it cannot open."""
     index = get_conntrack_index(pkt.tcpflags)
     new_state = TCP_CONNTRACKS[0][index][TCP_CONNTRACK_NONE]
@@ -317,7 +323,7 @@ def tcp_new(ct, pkt, sysctl) -> bool:
     return True
 
 
-def _tcp_init_sender(sender: TcpSeen, receiver: TcpSeen, pkt, end: int, win: int) -> None:
+def _tcp_init_sender(sender: TcpSeen, receiver: TcpSeen, pkt: Packet, end: int, win: int) -> None:
     """tcp_init_sender(): a SYN-ACK (or a reply-side SYN) initialises its direction."""
     sender.td_end = sender.td_maxend = end
     sender.td_maxwin = win or 1
@@ -327,14 +333,14 @@ def _tcp_init_sender(sender: TcpSeen, receiver: TcpSeen, pkt, end: int, win: int
         sender.td_scale = receiver.td_scale = 0
 
 
-def _liberal(sender: TcpSeen, sysctl, verdict: int) -> int:
+def _liberal(sender: TcpSeen, sysctl: Mapping[str, int], verdict: int) -> int:
     """nf_tcp_log_invalid(): with be_liberal every window failure is accepted."""
     if sender.flags & IP_CT_TCP_FLAG_BE_LIBERAL or sysctl["nf_conntrack_tcp_be_liberal"]:
         return NFCT_TCP_ACCEPT
     return verdict
 
 
-def tcp_in_window(tcp: TcpState, direction: int, index: int, pkt, sysctl,
+def tcp_in_window(tcp: TcpState, direction: int, index: int, pkt: Packet, sysctl: Mapping[str, int],
                   receiver_offset: int = 0) -> int:
     """tcp_in_window(): the four sequence/ack checks (Rooij) and window bookkeeping;
     ``receiver_offset``: what a helper's NAT moved the receiver's bytes by (seqadj.py)."""
@@ -452,13 +458,14 @@ def tcp_can_early_drop(tcp: TcpState) -> bool:
 SYN_SENT2_TIMEOUT = 120      # tcp_timeouts[TCP_CONNTRACK_SYN_SENT2]: no sysctl changes it
 
 
-def state_timeout(sysctl, state: int) -> int:
+def state_timeout(sysctl: Mapping[str, int], state: int) -> int:
     if state == TCP_CONNTRACK_SYN_SENT2:
         return SYN_SENT2_TIMEOUT
     return sysctl[TIMEOUT_SYSCTL[state]]
 
 
-def _handle_invalid(ct, tcp: TcpState, direction: int, index: int, table, now_j: int) -> None:
+def _handle_invalid(ct: Conn, tcp: TcpState, direction: int, index: int, table: ConntrackTable,
+                    now_j: int) -> None:
     """nf_tcp_handle_invalid(): out-of-window FIN/RST both ways shortens an ASSURED entry."""
     if not ct.status & IPS_ASSURED or ct.status & IPS_FIXED_TIMEOUT:
         return
@@ -476,7 +483,8 @@ def _handle_invalid(ct, tcp: TcpState, direction: int, index: int, table, now_j:
         tcp.last_index, tcp.last_dir = index, direction
 
 
-def tcp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: bool) -> int:
+def tcp_packet(table: ConntrackTable, ct: Conn, pkt: Packet, ctinfo: int, direction: int,
+               hook_is_prerouting: bool) -> int:
     """nf_conntrack_tcp_packet(): NF_ACCEPT, INVALID, or REPEAT (kill and look up again).
 
     ``table`` is the ConntrackTable: it supplies the settings, the clock and
@@ -594,8 +602,8 @@ def tcp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: 
     return NF_ACCEPT
 
 
-def _rst_check(ct, tcp: TcpState, direction: int, old_state: int, pkt,
-               sysctl) -> tuple[RstCheck, bool]:
+def _rst_check(ct: Conn, tcp: TcpState, direction: int, old_state: int, pkt: Packet,
+               sysctl: Mapping[str, int]) -> tuple[RstCheck, bool]:
     """The RST special cases of tcp_packet() (its TCP_CONNTRACK_CLOSE case).
 
     Returns (what to do, keep_state); keep_state leaves the state as it was so that a
@@ -630,7 +638,7 @@ def _rst_check(ct, tcp: TcpState, direction: int, old_state: int, pkt,
     return RstCheck.CHECK_WINDOW, keep
 
 
-def _choose_timeout(tcp: TcpState, new_state: int, index: int, sysctl) -> int:
+def _choose_timeout(tcp: TcpState, new_state: int, index: int, sysctl: Mapping[str, int]) -> int:
     """The timeout for an accepted packet (first match wins, reference §3.5)."""
     t = state_timeout(sysctl, new_state)
     retrans = state_timeout(sysctl, TCP_CONNTRACK_RETRANS)

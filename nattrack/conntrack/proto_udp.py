@@ -7,13 +7,19 @@ the 120-s stream timeout together with [ASSURED] (commit b7b1d02fc439).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Mapping
+
 from .conn import IPCT_ASSURED, IPS_ASSURED, IPS_CONFIRMED, IPS_NAT_CLASH, IPS_SEEN_REPLY, Conn
 from .uapi import INVALID, NF_ACCEPT
+
+if TYPE_CHECKING:
+    from ..packet.ipv4 import Packet
+    from .core import ConntrackTable
 
 STREAM_DELAY = 2          # seconds: stream_ts = now + 2 * HZ
 
 
-def udp_error(pkt, hook_is_prerouting: bool, sysctl) -> str | None:
+def udp_error(pkt: Packet, hook_is_prerouting: bool, sysctl: Mapping[str, int]) -> str | None:
     """udp_error(): header present, length field sane, checksum (PRE_ROUTING only)."""
     if not pkt.l4ok:
         return "truncated/malformed packet"
@@ -31,7 +37,8 @@ def udp_timeout_choice(ct: Conn, now_j: int) -> tuple[str, bool]:
     return "nf_conntrack_udp_timeout", False
 
 
-def udp_packet(table, ct, pkt, ctinfo: int, direction: int, hook_is_prerouting: bool) -> int:
+def udp_packet(table: ConntrackTable, ct: Conn, pkt: Packet, ctinfo: int, direction: int,
+               hook_is_prerouting: bool) -> int:
     """nf_conntrack_udp_packet(): refresh to 30 s, or 120 s + ASSURED for a stream
     (udp_timeout_choice(), which lab 3 replaces)."""
     sysctl = table.sysctl
