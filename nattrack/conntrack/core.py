@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import gc
 import random
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from . import proto_generic, proto_gre, proto_icmp, proto_tcp, proto_udp, seqadj
 from .expect import ExpectTable
-from .helper_ftp import HELPERS
+from .helper_ftp import HELPERS, FtpMaster
 from .conn import (HZ, IP_CT_ESTABLISHED, IP_CT_ESTABLISHED_REPLY, IP_CT_NEW, IP_CT_RELATED,
                    IP_CT_RELATED_REPLY,
                    IPCT_DESTROY, IPCT_NEW, IPCT_RELATED, IPS_ASSURED, IPS_CONFIRMED, IPS_DYING,
@@ -42,6 +42,9 @@ from .uapi import NF_ACCEPT as NF_ACCEPT, NF_DROP as NF_DROP, REPEAT
 from .uapi import (NF_INET_FORWARD as NF_INET_FORWARD, NF_INET_LOCAL_IN as NF_INET_LOCAL_IN,
                    NF_INET_LOCAL_OUT as NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING as NF_INET_POST_ROUTING,
                    NF_INET_PRE_ROUTING as NF_INET_PRE_ROUTING)
+
+if TYPE_CHECKING:
+    from ..packet.ipv4 import Packet
 
 HOOK_NAMES = ["PRE_ROUTING", "LOCAL_IN", "FORWARD", "LOCAL_OUT", "POST_ROUTING"]
 
@@ -72,9 +75,10 @@ PROTO_HANDLERS = {
 
 # listener(kind "NEW" | "UPDATE" | "DESTROY", ct, table, event bits)
 EventListener = Callable[[str, Conn, "ConntrackTable", int], None]
+_Side = TypeVar("_Side")                 # what a side table keeps per entry
 
 
-def _forget_unconfirmed(side: dict) -> None:
+def _forget_unconfirmed(side: dict[Conn, _Side]) -> None:
     """Drop what a side table holds for entries never confirmed: their packets were dropped
     (one packet is in flight at a time), and nothing else would ever free them."""
     for ct in [c for c in side if not c.status & IPS_CONFIRMED]:
@@ -160,7 +164,7 @@ class ConntrackTable:
     ``clock`` returns seconds (a float); replay and tests pass a settable one.
     """
 
-    def __init__(self, clock: Callable[[], float], sysctl: Sysctl | dict | None = None,
+    def __init__(self, clock: Callable[[], float], sysctl: Mapping[str, int | str] | None = None,
                  seed: int | None = None, profile: KernelProfile | None = None) -> None:
         self.clock = clock
         self.now_j = 0      # the clock in jiffies as conntrack_in read it for this packet
@@ -183,9 +187,9 @@ class ConntrackTable:
         # Helpers and expectations (expect.py, helper_ftp.py): kept beside the entries, so
         # an entry without a helper costs nothing.
         self.expect = ExpectTable(self)
-        self.helpers: dict[Conn, object] = {}      # entry -> its helper's state (nfct_help)
+        self.helpers: dict[Conn, FtpMaster] = {}      # entry -> its helper's state (nfct_help)
         self.masters: dict[Conn, Conn] = {}        # expected entry -> its master (ct->master)
-        self.seqadj: dict[Conn, tuple] = {}        # entry -> its nf_conn_seqadj (seqadj.py)
+        self.seqadj: dict[Conn, tuple[seqadj.SeqAdj, seqadj.SeqAdj]] = {}        # entry -> its nf_conn_seqadj (seqadj.py)
         # gc_worker state
         self.gc_next_bucket = 0
         self.gc_next_run: int | None = None     # jiffies; None until the clock is first read
@@ -205,7 +209,7 @@ class ConntrackTable:
     def is_expired(self, ct: Conn) -> bool:
         return ct.is_expired(self.jiffies())
 
-    def refresh(self, ct: Conn, seconds: int, pkt=None, direction: int = 0) -> None:
+    def refresh(self, ct: Conn, seconds: int, pkt: Packet | None = None, direction: int = 0) -> None:
         """__nf_ct_refresh_acct(): the deadline becomes now + seconds (replaces, may
         shorten), and the packet is counted (nf_conntrack_acct).  Called for the packet
         conntrack_in() is tracking: "now" is the clock it read (``now_j``)."""
@@ -216,7 +220,7 @@ class ConntrackTable:
             self.acct(ct, pkt, direction)
 
     @staticmethod
-    def acct(ct: Conn, pkt, direction: int) -> None:
+    def acct(ct: Conn, pkt: Packet, direction: int) -> None:
         """nf_ct_acct_update(): packets and bytes (IP total length) per direction."""
         if ct.counters is not None:
             c = 2 * direction
@@ -283,7 +287,7 @@ class ConntrackTable:
 
     # --- the packet path ------------------------------------------------------------------
 
-    def conntrack_in(self, pkt, hook: int) -> int:
+    def conntrack_in(self, pkt: Packet, hook: int) -> int:
         """nf_conntrack_in(): attach a conntrack and ctinfo to pkt (pkt.ct, pkt.ctinfo).
 
         Returns NF_ACCEPT or NF_DROP.  An INVALID packet is accepted with
@@ -315,13 +319,14 @@ class ConntrackTable:
                 self.kill(ct)                      # an expired entry met is reaped
                 ct = None
             if ct is None:
-                ct = self.init_conntrack(t, pkt)
-                if ct is None:
+                new = self.init_conntrack(t, pkt)
+                if new is None:
                     self.stats["invalid"] += 1
                     return NF_ACCEPT
-                if ct is NF_DROP:
+                if not isinstance(new, Conn):      # NF_DROP: the table is full
                     self.stats["drop"] += 1
                     return NF_DROP
+                ct = new
                 direction = 0
             else:
                 direction = 0 if ct.orig == t else 1
@@ -347,7 +352,7 @@ class ConntrackTable:
         pkt.ct, pkt.ctinfo = ct, ctinfo
         return NF_ACCEPT
 
-    def init_conntrack(self, t: Tuple, pkt):
+    def init_conntrack(self, t: Tuple, pkt: Packet) -> Conn | int | None:
         """init_conntrack(): a new, unconfirmed entry; None if no reply tuple exists,
         NF_DROP if the table is full and nothing could be evicted."""
         t = interned(t)
@@ -394,11 +399,12 @@ class ConntrackTable:
         info = self.helpers.get(ct) if self.helpers else None
         return info.name if info is not None else None
 
-    def confirm(self, pkt) -> int:
+    def confirm(self, pkt: Packet) -> int:
         """nf_conntrack_confirm() at POST_ROUTING / LOCAL_IN: insert a new entry, deliver events."""
         ct = pkt.ct
         if ct is None:
             return NF_ACCEPT
+        assert pkt.ctinfo is not None      # conntrack_in sets pkt.ct and pkt.ctinfo together
         if self.helpers and pkt.ctinfo != IP_CT_RELATED_REPLY:
             info = self.helpers.get(ct)    # nf_confirm(): the helper sees the packet first
             if info is not None and info.help(self, ct, pkt, pkt.ctinfo) != NF_ACCEPT:
@@ -440,7 +446,7 @@ class ConntrackTable:
             return None
         return other
 
-    def resolve_clash(self, pkt, winner: Conn) -> int:
+    def resolve_clash(self, pkt: Packet, winner: Conn) -> int:
         """nf_ct_resolve_clash() (nf_conntrack_core.c, 6.18): pkt's new entry lost the race
         to ``winner``, confirmed on another CPU since pkt's conntrack_in.
 
@@ -485,9 +491,10 @@ class ConntrackTable:
         pkt.ct = None
         return NF_DROP
 
-    def _adopt(self, pkt, winner: Conn) -> int:
+    def _adopt(self, pkt: Packet, winner: Conn) -> int:
         """The merge of __nf_ct_resolve_clash(): pkt goes on with the winner's entry."""
         loser = pkt.ct
+        assert pkt.ctinfo is not None      # confirm() has checked: set with pkt.ct
         if winner.counters is not None and loser.counters is not None:
             c = 2 * (pkt.ctinfo >= IP_CT_ESTABLISHED_REPLY)
             winner.counters[c] += 1                 # nf_ct_acct_merge(): one packet, its bytes

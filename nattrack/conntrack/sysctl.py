@@ -6,6 +6,8 @@ seconds as the sysctl files show them.
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 PREFIX = "net.netfilter."
 
 DEFAULTS: dict[str, int] = {
@@ -51,7 +53,7 @@ class Sysctl(dict[str, int]):
     error that lists what exists.
     """
 
-    def __init__(self, overrides: dict[str, int | str] | None = None) -> None:
+    def __init__(self, overrides: Mapping[str, int | str] | None = None) -> None:
         super().__init__(DEFAULTS)
         for key, value in (overrides or {}).items():
             self.set(key, value)
