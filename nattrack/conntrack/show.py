@@ -245,8 +245,7 @@ def format_event(kind: str, ct: Conn, now: int, *, ts: float | None = None,
 
 # --------------------------------------------------------------------------- JSON
 
-def _counters_json(ct: Conn) -> dict[str, dict[str, int]]:
-    c = ct.counters
+def _counters_json(c: list[int]) -> dict[str, dict[str, int]]:
     return {"orig": {"packets": c[0], "bytes": c[1]}, "reply": {"packets": c[2], "bytes": c[3]}}
 
 
@@ -266,7 +265,7 @@ def conn_json(ct: Conn, now: int, *, zone: int = 0, use: int = 1) -> dict[str, A
     d = _json(ct, None if offloaded else remaining(ct, now), None if offloaded else state_name(ct))
     d.update(zone=zone, use=use, id=ct.id)
     if ct.counters is not None:
-        d["counters"] = _counters_json(ct)
+        d["counters"] = _counters_json(ct.counters)
     return d
 
 
@@ -278,7 +277,7 @@ def event_json(kind: str, ct: Conn, now: int, *, ts: float | None = None,
     d = {"event": kind, "ts": ts, **_json(ct, timeout, state_name(ct))}
     d.update(zone=zone, id=ct.id)
     if kind == "DESTROY" and ct.counters is not None:
-        d["counters"] = _counters_json(ct)
+        d["counters"] = _counters_json(ct.counters)
     if userspace_portid is not None:
         d["userspace_portid"] = userspace_portid
     return d
