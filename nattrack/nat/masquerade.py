@@ -8,8 +8,13 @@ Plain SNAT (--to-source) entries are never flushed this way.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-def masq_device_down(table, ifname: str) -> int:
+if TYPE_CHECKING:
+    from ..conntrack.core import ConntrackTable
+
+
+def masq_device_down(table: ConntrackTable, ifname: str) -> int:
     """nf_nat_masquerade's NETDEV_DOWN: kill what was masqueraded out of ``ifname``."""
     doomed = [ct for ct in table.conns(reap=False) if ct.nat_oif == ifname]
     for ct in doomed:
@@ -17,7 +22,7 @@ def masq_device_down(table, ifname: str) -> int:
     return len(doomed)
 
 
-def masq_inet_addr_removed(table, ifname: str, addr: int) -> int:
+def masq_inet_addr_removed(table: ConntrackTable, ifname: str, addr: int) -> int:
     """masq_inet_event(NETDEV_DOWN for an address): kill masqueraded entries whose
     reply goes back to the removed address; other addresses' flows stay."""
     doomed = [ct for ct in table.conns(reap=False) if ct.nat_oif == ifname and ct.reply.dst == addr]

@@ -8,16 +8,21 @@ packet changed is recomputed in full.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
 from ..conntrack.conn import IPS_NAT_DONE_MASK, IPS_NAT_MASK, IPS_DST_NAT, IPS_SRC_NAT, ctinfo_dir
 from ..conntrack.tuple import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Tuple, invert_tuple
 from ..packet.ipv4 import ICMP_QUERY_TYPES
 
+if TYPE_CHECKING:
+    from ..conntrack.conn import Conn
+    from ..packet.ipv4 import Packet
+
 MANIP_SRC, MANIP_DST = 0, 1
 ICMP_REDIRECT = 5
 
 
-def l4proto_manip_pkt(pkt, target: Tuple, manip: int) -> None:
+def l4proto_manip_pkt(pkt: Packet, target: Tuple, manip: int) -> None:
     """tcp/udp_manip_pkt: the port of the manipulated side; icmp_manip_pkt: the query id."""
     proto = target.proto
     if proto in (IPPROTO_TCP, IPPROTO_UDP):
@@ -29,7 +34,7 @@ def l4proto_manip_pkt(pkt, target: Tuple, manip: int) -> None:
         pkt.set_port(True, target.sport)       # the id is the same for both manip types
 
 
-def nf_nat_ipv4_manip_pkt(pkt, target: Tuple, manip: int) -> None:
+def nf_nat_ipv4_manip_pkt(pkt: Packet, target: Tuple, manip: int) -> None:
     """nf_nat_ipv4_manip_pkt(): write target's source (SRC) or destination (DST)."""
     l4proto_manip_pkt(pkt, target, manip)
     if manip == MANIP_SRC:
@@ -38,7 +43,7 @@ def nf_nat_ipv4_manip_pkt(pkt, target: Tuple, manip: int) -> None:
         pkt.set_addr(False, target.dst)
 
 
-def nf_nat_manip_to_inverse(pkt, other: Tuple, manip: int) -> None:
+def nf_nat_manip_to_inverse(pkt: Packet, other: Tuple, manip: int) -> None:
     """nf_nat_ipv4_manip_pkt(pkt, invert_tuple(other), manip), read off ``other`` without
     building the inverse: nf_ct_invert_tuple() swaps the halves, except that an ICMP id
     stays the source key."""
@@ -57,7 +62,7 @@ def nf_nat_manip_to_inverse(pkt, other: Tuple, manip: int) -> None:
         pkt.set_addr(False, other.src)
 
 
-def nf_nat_icmp_reply_translation(pkt, ct, ctinfo: int, hook: int, manip: int) -> bool:
+def nf_nat_icmp_reply_translation(pkt: Packet, ct: Conn, ctinfo: int, hook: int, manip: int) -> bool:
     """nf_nat_icmp_reply_translation(): translate an ICMP error about a NATed flow.
 
     The quoted packet travelled the other way, so it gets the opposite
@@ -82,6 +87,7 @@ def nf_nat_icmp_reply_translation(pkt, ct, ctinfo: int, hook: int, manip: int) -
     nf_nat_ipv4_manip_pkt(inner, ct.tuple(1 - direction), 1 - manip)
     pkt.recompute_icmp_checksum()
     target = invert_tuple(ct.tuple(1 - direction))
+    assert target is not None          # an entry's tuples invert: init_conntrack checked
     target = target._replace(proto=IPPROTO_ICMP)
     nf_nat_ipv4_manip_pkt(pkt, target, manip)
     return True
