@@ -14,7 +14,7 @@ An incident is a story in three acts, the same live and offline:
    after it must show the fix worked.
 
 Nothing a student writes is executed (the mechanism, shared with lab 06, is
-nattrack.labs.scenarios): rules are parsed by nattrack's parser first and loaded with
+nattrack.exercises.scenarios): rules are parsed by nattrack's parser first and loaded with
 ``iptables-restore`` or ``nft -f``; every other knob is checked and applied as an argv.
 
 Command line (the lab's Makefile uses it)::
@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nattrack.labs.scenarios import (KnobError, View, check_diagnosis, check_keys, check_rules,
+from nattrack.exercises.scenarios import (KnobError, View, check_diagnosis, check_keys, check_rules,
                                      check_sysctls, command_line, flush_tables, frames,
                                      kernel_stat, lab_client, load_rules_live, load_toml, recorded,
                                      require_root, run, run_command, scenario_files, sent_view,

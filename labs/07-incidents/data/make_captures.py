@@ -11,7 +11,7 @@ from pathlib import Path
 
 from scapy.all import IP, TCP, UDP, Ether
 
-from nattrack.labs.scenarios import write_captures
+from nattrack.exercises.scenarios import write_captures
 
 T0 = 1767225600.0          # 2026-01-01 00:00:00 UTC
 PUB, SRV = "203.0.113.1", "203.0.113.10"

@@ -1,11 +1,11 @@
 """Lab 07's public tests: each incident's fix on the recorded traffic (offline) and, where
 the live lab can stage it, in the live lab (the grader stages the incident and applies
 the fix itself, then sends traffic from the hosts; r's kernel is the reference), and the
-written diagnoses (nattrack.labs.scenarios numbers them: 7.1-7.7 offline, 7.8-7.13 live,
+written diagnoses (nattrack.exercises.scenarios numbers them: 7.1-7.7 offline, 7.8-7.13 live,
 7.14 the diagnoses)."""
 from pathlib import Path
 
-from nattrack.labs.scenarios import load_lab_module, scenario_tests, student_fix
+from nattrack.exercises.scenarios import load_lab_module, scenario_tests, student_fix
 
 S = load_lab_module(Path(__file__).resolve().parent.parent / "scenarios.py",
                     "nattrack_lab07_scenarios")
