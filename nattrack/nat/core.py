@@ -21,6 +21,8 @@ SNAT/MASQUERADE and un-DNAT of replies at POST_ROUTING / LOCAL_IN (SRC manip).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable, Protocol
+
 from ..conntrack.conn import (IP_CT_DIR_ORIGINAL, IP_CT_IS_REPLY, IP_CT_NEW, IP_CT_RELATED,
                               IP_CT_RELATED_REPLY, IPS_DST_NAT, IPS_DST_NAT_DONE, IPS_DYING,
                               IPS_FIXED_TIMEOUT, IPS_NAT_MASK, IPS_SEQ_ADJUST, IPS_SRC_NAT, IPS_SRC_NAT_DONE,
@@ -34,6 +36,10 @@ from .proto import nf_nat_icmp_reply_translation, nf_nat_ipv4_manip_pkt, nf_nat_
 from .range import (NF_NAT_RANGE_MAP_IPS, NF_NAT_RANGE_PERSISTENT, NF_NAT_RANGE_PROTO_RANDOM,
                     NF_NAT_RANGE_PROTO_RANDOM_FULLY, NF_NAT_RANGE_PROTO_SPECIFIED, NatRange)
 
+if TYPE_CHECKING:
+    from ..conntrack.core import ConntrackTable
+    from ..packet.ipv4 import Packet
+
 NF_NAT_MANIP_SRC, NF_NAT_MANIP_DST = 0, 1
 NF_NAT_RANGE_PROTO_RANDOM_ALL = NF_NAT_RANGE_PROTO_RANDOM | NF_NAT_RANGE_PROTO_RANDOM_FULLY
 NF_NAT_MAX_ATTEMPTS = 128
@@ -43,6 +49,20 @@ ALLOW_CLASH = (IPPROTO_ICMP, IPPROTO_UDP, 136)              # l4proto->allow_cla
 # The iptables nat chain that each hook runs.
 NAT_CHAIN = {NF_INET_PRE_ROUTING: "PREROUTING", NF_INET_LOCAL_OUT: "OUTPUT",
              NF_INET_POST_ROUTING: "POSTROUTING", NF_INET_LOCAL_IN: "INPUT"}
+
+
+class NatRule(Protocol):
+    """What the NAT hook reads of the rule the nat chain chose (nattrack.netfilter's Rule)."""
+    @property
+    def target(self) -> str: ...
+    @property
+    def nat_range(self) -> NatRange | None: ...
+
+
+class NatRules(Protocol):
+    """The rule set as the NAT hook asks it (nattrack.netfilter, a layer above this one)."""
+    def first_match(self, table: str, chain: str, pkt: Packet, ctinfo: int | None,
+                    iif: str | None, oif: str | None) -> NatRule | None: ...
 
 
 def hook2manip(hook: int) -> int:
@@ -124,13 +144,13 @@ def nf_in_range(t: Tuple, rng: NatRange) -> bool:
 
 # --- uniqueness ------------------------------------------------------------------------
 
-def nf_nat_used_tuple(table, t: Tuple, ct: Conn) -> bool:
+def nf_nat_used_tuple(table: ConntrackTable, t: Tuple, ct: Conn) -> bool:
     """nf_nat_used_tuple(): would the reply to t collide with another entry?"""
     reply = invert_tuple(t)
     return reply is None or table.tuple_taken(reply, ct)
 
 
-def nf_nat_used_tuple_new(table, t: Tuple, ct: Conn) -> bool:
+def nf_nat_used_tuple_new(table: ConntrackTable, t: Tuple, ct: Conn) -> bool:
     """nf_nat_used_tuple_new(): like used_tuple, but for protocols that allow clash
     resolution an un-NATed flow that is our exact reverse is no clash (two first
     packets crossing each other)."""
@@ -138,7 +158,8 @@ def nf_nat_used_tuple_new(table, t: Tuple, ct: Conn) -> bool:
         return False
     if t.proto not in ALLOW_CLASH:
         return True
-    found = table.find(t) or table.find(invert_tuple(t))
+    reply = invert_tuple(t)
+    found = table.find(t) or (table.find(reply) if reply is not None else None)
     if found is None:
         return False                     # the clashing entry went away
     other = found[0]
@@ -147,10 +168,11 @@ def nf_nat_used_tuple_new(table, t: Tuple, ct: Conn) -> bool:
     return other.orig != ct.reply
 
 
-def _nf_nat_used_tuple_harder(table, t: Tuple, ct: Conn, attempts_left: int) -> bool:
+def _nf_nat_used_tuple_harder(table: ConntrackTable, t: Tuple, ct: Conn, attempts_left: int) -> bool:
     """nf_nat_used_tuple_harder(): in the last tries for a new TCP SYN, evict a
     SNATed entry in TIME_WAIT or later whose sequence numbers the new SYN is past."""
     reply = invert_tuple(t)
+    assert reply is not None             # a NAT candidate inverts as the entry it is for does
     if (attempts_left > NF_NAT_HARDER_THRESH or t.proto != IPPROTO_TCP
             or ct.proto is None or ct.proto.state != TCP_CONNTRACK_SYN_SENT
             # 4589725502871e (v6.5): before it, a used port is simply taken
@@ -173,7 +195,7 @@ def _nf_nat_used_tuple_harder(table, t: Tuple, ct: Conn, attempts_left: int) -> 
 
 # --- choosing the new tuple ---------------------------------------------------------------
 
-def find_appropriate_src(table, t: Tuple, rng: NatRange) -> Tuple | None:
+def find_appropriate_src(table: ConntrackTable, t: Tuple, rng: NatRange) -> Tuple | None:
     """find_appropriate_src(): reuse the mapping of another flow from the same source
     address, port and protocol (endpoint-independent mapping)."""
     for other in nat_net(table).same_source(t):
@@ -201,7 +223,7 @@ def find_best_ips_proto(t: Tuple, rng: NatRange, manip: int) -> Tuple:
     return t._replace(src=chosen) if manip == NF_NAT_MANIP_SRC else t._replace(dst=chosen)
 
 
-def nf_nat_l4proto_unique_tuple(table, t: Tuple, rng: NatRange, manip: int, ct: Conn) -> Tuple:
+def nf_nat_l4proto_unique_tuple(table: ConntrackTable, t: Tuple, rng: NatRange, manip: int, ct: Conn) -> Tuple:
     """nf_nat_l4proto_unique_tuple(): search a free port or ICMP id.
 
     At most 248 candidates (rounds of 128, 64, 32, 16, 8 from fresh random
@@ -270,7 +292,7 @@ def range_point(t: Tuple, rng: NatRange, manip: int) -> Tuple:
     return t._replace(dst=rng.min_ip, dport=rng.min_port) if port else t._replace(dst=rng.min_ip)
 
 
-def get_unique_tuple(table, orig: Tuple, rng: NatRange, ct: Conn, manip: int) -> Tuple:
+def get_unique_tuple(table: ConntrackTable, orig: Tuple, rng: NatRange, ct: Conn, manip: int) -> Tuple:
     """get_unique_tuple(): the tuple this connection will have after NAT."""
     random_all = rng.flags & NF_NAT_RANGE_PROTO_RANDOM_ALL
     if manip == NF_NAT_MANIP_SRC and not random_all:
@@ -285,7 +307,7 @@ def get_unique_tuple(table, orig: Tuple, rng: NatRange, ct: Conn, manip: int) ->
     return nat_port_choice(table, t, rng, manip, ct)     # 4. and 5. the port
 
 
-def nat_port_choice(table, t: Tuple, rng: NatRange, manip: int, ct: Conn) -> Tuple:
+def nat_port_choice(table: ConntrackTable, t: Tuple, rng: NatRange, manip: int, ct: Conn) -> Tuple:
     """get_unique_tuple()'s last steps, once the address is chosen (lab 4 replaces them):
     keep the port (or ICMP id) if it is free and in the range, else search one
     (nf_nat_l4proto_unique_tuple()); with a random flag always search."""
@@ -299,7 +321,7 @@ def nat_port_choice(table, t: Tuple, rng: NatRange, manip: int, ct: Conn) -> Tup
     return nf_nat_l4proto_unique_tuple(table, t, rng, manip, ct)   # 5. search
 
 
-def nf_nat_setup_info(table, ct: Conn, rng: NatRange, manip: int) -> int:
+def nf_nat_setup_info(table: ConntrackTable, ct: Conn, rng: NatRange, manip: int) -> int:
     """nf_nat_setup_info(): bind an unconfirmed entry; only its reply tuple changes.
 
     A connection in ``nat_forced(table)`` (kernel mode) is bound to the kernel's choice, a
@@ -311,13 +333,16 @@ def nf_nat_setup_info(table, ct: Conn, rng: NatRange, manip: int) -> int:
         return NF_ACCEPT
     net = nat_net(table)
     curr = invert_tuple(ct.reply)
+    assert curr is not None              # an entry's tuples invert: init_conntrack checked
     k = net.forced.get(ct.orig) if net.forced else None
     if k is not None:
         new = range_point(curr, forced_range(k, manip), manip)
     else:
         new = get_unique_tuple(table, curr, rng, ct, manip)
     if new != curr:
-        ct.reply = invert_tuple(new)                     # nf_conntrack_alter_reply()
+        reply = invert_tuple(new)
+        assert reply is not None         # new differs from curr in addresses and ports only
+        ct.reply = reply                                 # nf_conntrack_alter_reply()
         ct.status |= IPS_SRC_NAT if manip == NF_NAT_MANIP_SRC else IPS_DST_NAT
     if manip == NF_NAT_MANIP_SRC:
         net.add(ct)                                      # into nf_nat_bysource
@@ -327,7 +352,7 @@ def nf_nat_setup_info(table, ct: Conn, rng: NatRange, manip: int) -> int:
     return NF_ACCEPT
 
 
-def nf_nat_alloc_null_binding(table, ct: Conn, hook: int) -> int:
+def nf_nat_alloc_null_binding(table: ConntrackTable, ct: Conn, hook: int) -> int:
     """__nf_nat_alloc_null_binding(): map to the current address, ports free to move."""
     manip = hook2manip(hook)
     if manip == NF_NAT_MANIP_DST and ct.orig.proto != IPPROTO_ICMP and not ct.is_confirmed():
@@ -341,7 +366,7 @@ def nf_nat_alloc_null_binding(table, ct: Conn, hook: int) -> int:
     return nf_nat_setup_info(table, ct, NatRange(ip, ip, 0, 0, NF_NAT_RANGE_MAP_IPS), manip)
 
 
-def nf_nat_masquerade_ipv4(table, ct: Conn, rng: NatRange, oif: str, newsrc: int | None) -> int:
+def nf_nat_masquerade_ipv4(table: ConntrackTable, ct: Conn, rng: NatRange, oif: str | None, newsrc: int | None) -> int:
     """nf_nat_masquerade_ipv4(): SNAT to the output interface's address, remembering the interface."""
     if ct.orig.src == 0:
         return NF_ACCEPT                 # locally generated from 0.0.0.0: not masqueraded
@@ -355,7 +380,7 @@ def nf_nat_masquerade_ipv4(table, ct: Conn, rng: NatRange, oif: str, newsrc: int
 
 # --- per packet -------------------------------------------------------------------------
 
-def nf_nat_packet(ct: Conn, ctinfo: int, hook: int, pkt) -> int:
+def nf_nat_packet(ct: Conn, ctinfo: int, hook: int, pkt: Packet) -> int:
     """nf_nat_packet(): rewrite pkt to look like the inverse of the other direction."""
     manip = HOOK2MANIP[hook]
     statusbit = IPS_SRC_NAT if manip == NF_NAT_MANIP_SRC else IPS_DST_NAT
@@ -369,7 +394,8 @@ def nf_nat_packet(ct: Conn, ctinfo: int, hook: int, pkt) -> int:
     return NF_ACCEPT
 
 
-def nf_nat_ipv4_fn(table, ruleset, pkt, hook: int, oif: str | None, masq_source) -> int:
+def nf_nat_ipv4_fn(table: ConntrackTable, ruleset: NatRules | None, pkt: Packet, hook: int, oif: str | None,
+                   masq_source: Callable[[str | None, int], int | None]) -> int:
     """nf_nat_ipv4_fn() + nf_nat_inet_fn(): the NAT hook.
 
     ``masq_source(oif, daddr)`` answers which address MASQUERADE uses
@@ -378,13 +404,14 @@ def nf_nat_ipv4_fn(table, ruleset, pkt, hook: int, oif: str | None, masq_source)
     ct, ctinfo = pkt.ct, pkt.ctinfo
     if ct is None:
         return NF_ACCEPT                 # INVALID packets are never translated
+    assert ctinfo is not None            # conntrack_in sets pkt.ct and pkt.ctinfo together
     if ctinfo in (IP_CT_RELATED, IP_CT_RELATED_REPLY) and pkt.proto == IPPROTO_ICMP:
         return NF_ACCEPT if nf_nat_icmp_reply_translation(pkt, ct, ctinfo, hook, hook2manip(hook)) else NF_DROP
     manip = HOOK2MANIP[hook]
     if ctinfo in (IP_CT_NEW, IP_CT_RELATED, IP_CT_RELATED_REPLY) and not nf_nat_initialized(ct, manip):
         # The first packet in this direction of manipulation: the rules decide, once.
         rule = ruleset.first_match("nat", NAT_CHAIN[hook], pkt, ctinfo, pkt.iif, oif) if ruleset else None
-        if rule is not None:
+        if rule is not None and rule.nat_range is not None:   # an ACCEPT maps nothing: null binding
             if rule.target == "MASQUERADE":
                 verdict = nf_nat_masquerade_ipv4(table, ct, rule.nat_range, oif, masq_source(oif, pkt.dst))
             else:
