@@ -103,6 +103,10 @@ def _ecn_bit(tos: int) -> int:
     return 1 << (tos & 3)
 
 
+# A queue's key: ip4_frag_match()'s saddr, daddr, protocol and id.
+_Key = tuple[int, int, int, int]
+
+
 class Defrag:
     """IPv4 fragment reassembly with kernel sysctl names, defaults and SNMP counters."""
 
@@ -114,8 +118,8 @@ class Defrag:
         self.evict = evict
         self.mem = 0
         self.stats = dict.fromkeys(STAT_NAMES, 0)
-        self._queues: dict[tuple[int, int, int, int], _Queue] = {}   # in LRU order
-        self._timers: list[tuple[float, int, tuple, _Queue]] = []
+        self._queues: dict[_Key, _Queue] = {}   # in LRU order
+        self._timers: list[tuple[float, int, _Key, _Queue]] = []
         self._seq = 0
         self._expired: list[Packet] = []
 
@@ -124,13 +128,13 @@ class Defrag:
 
     # --- queue lifetime ----------------------------------------------------------------
 
-    def _kill(self, key: tuple, q: _Queue) -> None:
+    def _kill(self, key: _Key, q: _Queue) -> None:
         """inet_frag_kill(): unhash the queue and release its memory."""
         if self._queues.get(key) is q:
             del self._queues[key]
             self.mem -= q.mem
 
-    def _fail(self, key: tuple, q: _Queue) -> None:
+    def _fail(self, key: _Key, q: _Queue) -> None:
         self._kill(key, q)
         self.stats["ReasmFails"] += 1
 
@@ -172,10 +176,10 @@ class Defrag:
             if not self.evict:                # inet_frag_find() returns NULL
                 self.stats["ReasmFails"] += 1
                 return None
-            for key, q in list(self._queues.items()):    # inet_frag_evictor()
+            for old_key, old_q in list(self._queues.items()):    # inet_frag_evictor()
                 if self.mem <= self.ipfrag_low_thresh:
                     break
-                self._fail(key, q)
+                self._fail(old_key, old_q)
         key = (pkt.src, pkt.dst, pkt.proto, pkt.ipid)
         q = self._queues.pop(key, None)
         if q is None:                         # inet_frag_create(): timer starts now
@@ -185,7 +189,7 @@ class Defrag:
         self._queues[key] = q                 # most recently used last
         return self._queue(key, q, pkt)
 
-    def _queue(self, key: tuple, q: _Queue, pkt: Packet) -> Packet | None:
+    def _queue(self, key: _Key, q: _Queue, pkt: Packet) -> Packet | None:
         """ip_frag_queue()."""
         buf, off, ihl = pkt.buf, pkt.off, pkt.ihl
         offset = pkt.frag
@@ -230,10 +234,11 @@ class Defrag:
             return self._reasm(key, q, pkt)
         return None
 
-    def _reasm(self, key: tuple, q: _Queue, pkt: Packet) -> Packet | None:
+    def _reasm(self, key: _Key, q: _Queue, pkt: Packet) -> Packet | None:
         """ip_frag_reasm(): glue the fragments under the first one's header."""
         self._kill(key, q)
         first = q.first
+        assert first is not None              # _queue() reassembles only once it is in
         ecn = q.ecn
         if ecn & 1 and ecn != 1:              # ip_frag_ecn_table: Not-ECT mixed with ECT/CE
             self.stats["ReasmFails"] += 1
