@@ -16,6 +16,7 @@ reading stops there and CaptureReader.truncated is set.
 from __future__ import annotations
 
 import heapq
+import io
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -38,7 +39,8 @@ _IDB, _OPB, _SPB, _EPB = 1, 2, 3, 6
 MAX_BLOCK = 16 * 1024 * 1024   # Wireshark's limit for one pcapng block
 MAX_RECORD = 262144            # libpcap's largest snapshot length
 
-PathOrFile = str | os.PathLike | BinaryIO
+PathOrFile = str | os.PathLike[str] | BinaryIO
+CaptureSource = str | os.PathLike[str] | io.BufferedIOBase    # a reader needs readinto()
 
 
 class CaptureError(ValueError):
@@ -92,10 +94,11 @@ class CaptureReader:
     The header is checked on construction, so a bad file fails early.
     """
 
-    def __init__(self, source: PathOrFile, iface: str | None = None):
+    def __init__(self, source: CaptureSource, iface: str | None = None):
         if isinstance(source, (str, os.PathLike)):
             self.name = os.fspath(source)
-            self._f: BinaryIO = open(source, "rb", buffering=1 << 16)
+            # what open(source, "rb", buffering=1 << 16) builds, typed as a reader with readinto()
+            self._f: io.BufferedIOBase = io.BufferedReader(io.FileIO(source, "rb"), 1 << 16)
             self._own = True
         else:
             self.name = getattr(source, "name", "<stream>")
@@ -150,7 +153,7 @@ class CaptureReader:
     def __enter__(self) -> CaptureReader:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __iter__(self) -> Iterator[Frame]:
@@ -224,8 +227,8 @@ class CaptureReader:
             btype, blen = struct.unpack(e + "II", head)
             self._check_len(blen, at, minimum=12)
             if btype not in (_IDB, _EPB, _SPB, _OPB):
-                body = self._read(blen - 8)
-                self._check_trailer(body, blen, e, at)
+                skipped = self._read(blen - 8)
+                self._check_trailer(skipped, blen, e, at)
                 continue
             body = self._readinto(blen - 8)
             self._check_trailer(body, blen, e, at)
@@ -260,11 +263,11 @@ class CaptureReader:
         if blen < minimum or blen % 4 or blen > MAX_BLOCK:
             raise self._error(f"bad block length {blen}", at)
 
-    def _check_trailer(self, body, blen: int, e: str, at: int) -> None:
+    def _check_trailer(self, body: bytes | bytearray, blen: int, e: str, at: int) -> None:
         if struct.unpack_from(e + "I", body, len(body) - 4)[0] != blen:
             raise self._error("block trailer length does not match header", at)
 
-    def _idb(self, body, e: str, at: int, n: int) -> tuple[int, str, float, float]:
+    def _idb(self, body: bytes | bytearray, e: str, at: int, n: int) -> tuple[int, str, float, float]:
         if len(body) < 12:
             raise self._error("short interface description block", at)
         linktype, _res, _snap = struct.unpack_from(e + "HHI", body)
@@ -289,12 +292,12 @@ class CaptureReader:
         return linktype, name or self.iface or f"if{n}", unit, tsoff
 
 
-def read_capture(path: PathOrFile, iface: str | None = None) -> Iterator[Frame]:
+def read_capture(path: CaptureSource, iface: str | None = None) -> Iterator[Frame]:
     """The frames of a pcap or pcapng file (see CaptureReader)."""
     return iter(CaptureReader(path, iface))
 
 
-def merge_captures(sources: Iterable[tuple[str | None, PathOrFile] | CaptureReader]) -> Iterator[Frame]:
+def merge_captures(sources: Iterable[tuple[str | None, CaptureSource] | CaptureReader]) -> Iterator[Frame]:
     """Frames of several captures (``(iface, path)`` pairs or readers) in time order.
 
     heapq.merge is stable: equal timestamps keep the order of ``sources``, then
@@ -354,7 +357,7 @@ class PcapngWriter:
     def __enter__(self) -> PcapngWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
