@@ -132,10 +132,10 @@ class Router:
                 self.routes.append(Route(addr & inet_make_mask(plen), plen, name))
         for dest, via in (routes or {}).items():
             net, plen = (0, 0) if dest == "default" else parse_cidr(dest)
-            iface, _, gw = via.partition(" via ")
-            if iface not in self.ifaces:
-                raise ValueError(f"route {dest}: unknown interface {iface!r}")
-            self.routes.append(Route(net & inet_make_mask(plen), plen, iface, ip2int(gw) if gw else None))
+            dev, _, gw = via.partition(" via ")
+            if dev not in self.ifaces:
+                raise ValueError(f"route {dest}: unknown interface {dev!r}")
+            self.routes.append(Route(net & inet_make_mask(plen), plen, dev, ip2int(gw) if gw else None))
         self.routes.sort(key=lambda r: -r.plen)
         self.local = {addr for i in self.ifaces.values() for addr, _ in i.addrs}
 
@@ -182,7 +182,7 @@ class Router:
                 or self._is_broadcast(pkt.dst)):
             return
         rst = tcp_v4_send_reset(pkt, tos=0)
-        if pkt.ct is not None:
+        if pkt.ct is not None and pkt.ctinfo is not None:     # set together by conntrack_in
             rst.ct = pkt.ct
             rst.ctinfo = IP_CT_RELATED if pkt.ctinfo >= IP_CT_IS_REPLY else IP_CT_RELATED_REPLY
         if step:
@@ -197,15 +197,16 @@ class Router:
     def receive(self, pkt: Packet, trace: bool = False) -> Verdict:
         """A datagram arrived on ``pkt.iif``: run it through the router."""
         v = Verdict(trace)
-        step = v.steps.append if trace else None
+        step = v.steps.append if v.steps is not None else None      # a list when trace
         if step:
             step(("received", f"on {pkt.iif}: {pkt.summary()}"))
         if pkt.mf or pkt.frag:
-            pkt = self.defrag.add(pkt, self.clock())
-            if pkt is None:
+            whole = self.defrag.add(pkt, self.clock())
+            if whole is None:
                 if step:
                     step(("defrag", "fragment queued"))
                 return v
+            pkt = whole
         rs = self.ruleset
         helper = ""
         if rs is not None and ("raw", "PREROUTING") in rs.hooks:
@@ -442,7 +443,7 @@ class Router:
             limit.global_consume(self._rng)
         err = icmp_error(skb_in, type_, code, info, saddr, self.ifaces[back.iface].mtu,
                          self._rng.getrandbits(16))
-        if skb_in.ct is not None:                     # nf_ct_attach() -> nf_conntrack_attach()
+        if skb_in.ct is not None and skb_in.ctinfo is not None:   # nf_ct_attach() -> nf_conntrack_attach()
             err.ct = skb_in.ct
             err.ctinfo = IP_CT_RELATED if skb_in.ctinfo >= IP_CT_IS_REPLY else IP_CT_RELATED_REPLY
         self.counters["icmp_errors_sent"] += 1
@@ -488,7 +489,7 @@ class Router:
 
 def parse_listen(listen: dict[str, Iterable[int]] | None) -> dict[int, frozenset[int]]:
     """``{"tcp": {22}, "udp": {53}}`` -> {6: {22}, 17: {53}}; a clear error for anything else."""
-    out = {proto: frozenset() for proto in LISTEN_PROTOCOLS.values()}
+    out: dict[int, frozenset[int]] = {proto: frozenset() for proto in LISTEN_PROTOCOLS.values()}
     for name, ports in (listen or {}).items():
         if name not in LISTEN_PROTOCOLS:
             raise ValueError(f"listen: unknown protocol {name!r} (known: tcp, udp)")
