@@ -152,7 +152,7 @@ def replay_captures(sources: Iterable[tuple[str | None, str]], ifaces: dict[str,
 def checksums_ok(datagram: bytes) -> bool:
     """Do the IPv4 header checksum and (unfragmented) the L4 checksum verify?"""
     p = Packet.parse(bytearray(datagram), 0)          # None: bad header checksum
-    return p is not None and (p.frag or p.mf or not p.l4ok or p.l4_checksum_ok())
+    return p is not None and (bool(p.frag) or p.mf or not p.l4ok or p.l4_checksum_ok())
 
 
 def parse_kv_args(items: Iterable[str] | None, what: str) -> dict[str, str]:
@@ -198,7 +198,7 @@ def parse_listen_args(items: Iterable[str]) -> dict[str, set[int]]:
 
 def parse_source_args(items: Iterable[str]) -> list[tuple[str | None, str]]:
     """A capture is ``PATH`` (pcapng: interface names inside) or ``IFACE=PATH``."""
-    out = []
+    out: list[tuple[str | None, str]] = []
     for item in items:
         iface, sep, path = item.partition("=")
         if sep and not os.path.exists(item):

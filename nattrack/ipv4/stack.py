@@ -27,7 +27,7 @@ drive this same class.
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from ..conntrack.conn import (CTINFO_NAMES, IP_CT_IS_REPLY, IP_CT_RELATED, IP_CT_RELATED_REPLY,
                               IP_CT_UNTRACKED)
@@ -103,7 +103,7 @@ class Router:
                  seed: int | None = None, ip_forward: bool = True,
                  icmp: dict[str, int] | None = None,
                  local_stack: bool = True,
-                 listen: dict[str, Iterable[int]] | None = None,
+                 listen: Mapping[str, Iterable[int]] | None = None,
                  profile=None) -> None:
         self.clock = clock or (lambda: 0.0)
         if listen and not local_stack:
@@ -487,7 +487,7 @@ class Router:
         self.defrag.expire(self.clock())
 
 
-def parse_listen(listen: dict[str, Iterable[int]] | None) -> dict[int, frozenset[int]]:
+def parse_listen(listen: Mapping[str, Iterable[int]] | None) -> dict[int, frozenset[int]]:
     """``{"tcp": {22}, "udp": {53}}`` -> {6: {22}, 17: {53}}; a clear error for anything else."""
     out: dict[int, frozenset[int]] = {proto: frozenset() for proto in LISTEN_PROTOCOLS.values()}
     for name, ports in (listen or {}).items():
