@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..conntrack.conn import (IPS_ASSURED, IPS_CONFIRMED, IPS_DST_NAT, IPS_DYING,
@@ -507,7 +508,7 @@ class _Parser(_Tokens):
 
     def set_elements(self, opener: _Tok) -> list[_Tok]:
         """The tokens of ``{ a, b, ... }`` after the ``{``."""
-        out = []
+        out: list[_Tok] = []
         while True:
             self.skip_nl()
             tok = self.next()
@@ -535,10 +536,10 @@ class _Parser(_Tokens):
             raise self.error(f"no table {fam.value} {name.value} (add it first)", name)
         t = self.table_header()
         if what.value == "chain":
-            name = self.chain_name(t)
+            chain = self.chain_name(t)
             if self.peek().value == "{":
                 self.next()
-                self.chain_body(t, name)
+                self.chain_body(t, chain)
             return
         tok = self.word("a chain name")
         if tok.value not in t.chains:
@@ -697,7 +698,7 @@ class _RuleBuilder(_Tokens):
         self.toks = toks + [_Tok("eof", "end of the rule", line)]
         self.i = 0
         self.f: dict = {}
-        self.ports: dict[str, PortRange] = {}
+        self.ports: dict[str, PortRange | None] = {}   # "_any": a port match of 0-65535
         self.l4: str | None = None       # "tcp"/"udp"/"icmp" from a header match
         self.icmp: IcmpMatch | None = None
         self.states: list[StateMatch] = []
@@ -743,8 +744,8 @@ class _RuleBuilder(_Tokens):
                 raise self.error("empty set", tok)
             return tuple(sorted(set(els))), None, tok
         if tok.kind == "word" and tok.value.startswith("@"):
-            els, name = self.p.resolve_set(self.t, tok, key)
-            return els, name, tok
+            named, name = self.p.resolve_set(self.t, tok, key)
+            return named, name, tok
         if tok.kind == "word" and tok.value.startswith("$"):
             raise self.error(f"variables ({tok.value}) are not supported: write the value", tok)
         if tok.kind not in ("word", "str"):
@@ -1233,14 +1234,14 @@ def _quote(s: str) -> str:
     return f'"{s}"'
 
 
-def rule_text(rule: Rule, family: str = "ip", counts: tuple[int, int] | None = None) -> str:
+def rule_text(rule: Rule, family: str = "ip", counts: Sequence[int] | None = None) -> str:
     """One rule in nft syntax (the statements, without 'add rule'); ``counts`` (packets,
     bytes) go after its ``counter`` as `nft list ruleset` prints them."""
     out = []
     neg = lambda inv: "!= " if inv else ""    # noqa: E731
-    for kw, m in (("iifname", rule.iif), ("oifname", rule.oif)):
-        if m is not None:
-            out.append(f"{kw} {neg(m.invert)}{_quote(m.name + ('*' if m.wildcard else ''))}")
+    for kw, im in (("iifname", rule.iif), ("oifname", rule.oif)):
+        if im is not None:
+            out.append(f"{kw} {neg(im.invert)}{_quote(im.name + ('*' if im.wildcard else ''))}")
     for kw, a in (("ip saddr", rule.src), ("ip daddr", rule.dst)):
         if a is not None:
             bits = bin(a.mask).count("1")
@@ -1249,9 +1250,9 @@ def rule_text(rule: Rule, family: str = "ip", counts: tuple[int, int] | None = N
             out.append(f"{kw} {neg(a.invert)}{a}" if bits < 32 else
                        f"{kw} {neg(a.invert)}{int2ip(a.net)}")
     sets = [m for m in rule.matches if isinstance(m, SetMatch)]
-    for m in sets:
-        if m.key.startswith("ip "):
-            out.append(f"{m.key} {neg(m.invert)}{_set_text(m)}")
+    for sm in sets:
+        if sm.key.startswith("ip "):
+            out.append(f"{sm.key} {neg(sm.invert)}{_set_text(sm)}")
     implied = rule.reject_with == "tcp-reset" or any(
         isinstance(m, (TcpUdpMatch, IcmpMatch, TcpFlagsMatch))
         or isinstance(m, SetMatch) and m.key.split()[0] in ("tcp", "udp", "icmp")
@@ -1302,6 +1303,7 @@ def rule_text(rule: Rule, family: str = "ip", counts: tuple[int, int] | None = N
         out.append(f"ct helper set {_quote(rule.helper)}")
     t, nr = rule.target, rule.nat_range
     if t in ("SNAT", "DNAT", "MASQUERADE"):
+        assert nr is not None           # both parsers give every NAT target a range
         stmt = t.lower() + (" ip" if family == "inet" and t != "MASQUERADE" else "")
         if nr.flags & (NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED):
             stmt += f" to {nr}"
