@@ -98,7 +98,7 @@ class Router:
     engine follows where kernels differ (default: the newest).
     """
 
-    def __init__(self, ifaces: dict[str, str | list[str]], routes: dict[str, str] | None = None,
+    def __init__(self, ifaces: Mapping[str, str | list[str]], routes: dict[str, str] | None = None,
                  ruleset=None, sysctl: dict | None = None, clock: Callable[[], float] | None = None,
                  seed: int | None = None, ip_forward: bool = True,
                  icmp: dict[str, int] | None = None,

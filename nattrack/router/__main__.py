@@ -39,7 +39,7 @@ from ..netfilter.xtables import RulesError
 from ..ipv4.stack import Router
 from ..replay import parse_iface_args, parse_kv_args, parse_listen_args
 from .control import Control, ControlError
-from .dataplane import PythonDataplane
+from .dataplane import Dataplane, PythonDataplane
 from .quiet import SetupError
 
 log = logging.getLogger("nattrack.router")
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.mode == "python":
-        dp = PythonDataplane(router, ifaces)
+        dp: Dataplane = PythonDataplane(router, ifaces)
     else:
         from .shadow import ShadowDataplane
         dp = ShadowDataplane(router, ifaces, rules_text, kernel_sysctls, routes)

@@ -157,7 +157,8 @@ class TxBatch:
             self._iov[i].iov_base = base + i * slot
             h = self._msgs[i].msg_hdr
             h.msg_iov, h.msg_iovlen = ctypes.addressof(self._iov[i]), 1
-        self._iov_lens = memoryview(self._iov).cast("B").cast("N")
+        # size_t ("N") is missing from typeshed's memoryview.cast() formats
+        self._iov_lens = memoryview(self._iov).cast("B").cast("N")  # type: ignore[call-overload]
         self._msgs_at = ctypes.addressof(self._msgs)
         self._msg_size = ctypes.sizeof(MMsgHdr)
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from ..conntrack import show
 from ..lab.rpcserver import STREAMED, Client, Server, serve
 from ..conntrack.conn import IPCT_PROTOINFO, IPS_SEEN_REPLY, STATUS_NAMES, Conn
-from ..conntrack.core import get_tuple
+from ..conntrack.tuple import get_tuple
 from ..conntrack.expect import Expectation, format_expect, format_expect_event
 from ..conntrack.proto_tcp import TCP_CONNTRACK_NAMES
 from ..conntrack.sysctl import SysctlError
@@ -439,7 +439,7 @@ class Control:
             client.error(exc)
             return STREAMED
         with self.dp.lock:
-            if verb == "events":
+            if isinstance(sub, EventSub):        # verb "events"
                 self.events.append(sub)
                 self._listen()
             else:
@@ -448,7 +448,7 @@ class Control:
             self._pump(sub, client)
         finally:
             with self.dp.lock:
-                if verb == "events":
+                if isinstance(sub, EventSub):    # verb "events"
                     self.events.remove(sub)
                     self.events_dropped += sub.dropped
                     self._listen()
@@ -511,7 +511,7 @@ class Control:
         now_j = table.jiffies()
         ts = table.clock()
         destroy_timeout = ct.remaining(now_j) if kind == "DESTROY" else None
-        text = {}
+        text: dict[bool, str] = {}           # the line, with and without a timestamp
         for sub in self.events:
             if sub.table != "conntrack":
                 continue

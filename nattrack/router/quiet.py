@@ -18,7 +18,7 @@ import logging
 import socket
 import struct
 import subprocess
-from typing import Iterable
+from typing import Iterable, Literal
 
 from ..packet.checksum import checksum
 
@@ -63,11 +63,17 @@ def iface_info(name: str) -> tuple[int, bytes, int]:
     return ifindex, bytes(mac), mtu
 
 
+# One journal entry, by kind: a sysctl's (path, old value), a command to run, an
+# iptables-restore input, the nft tables to delete.
+_Undo = (tuple[Literal["sysctl"], tuple[str, str]] | tuple[Literal["cmd"], list[str]]
+         | tuple[Literal["restore"], str] | tuple[Literal["nft"], set[str]])
+
+
 class NamespaceChanges:
     """A journal of changes to this network namespace, undone in reverse order."""
 
     def __init__(self) -> None:
-        self._undo: list[tuple[str, object]] = []
+        self._undo: list[_Undo] = []
         self._nft_journaled = False
         self._nft_tables: set[str] = set()            # "FAMILY NAME" of what nft_load loaded
 
@@ -147,18 +153,19 @@ class NamespaceChanges:
         """Take every change back, newest first; returns the problems met (never raises)."""
         problems = []
         while self._undo:
-            kind, what = self._undo.pop()
+            entry = self._undo.pop()
+            kind = entry[0]
             try:
-                if kind == "sysctl":
-                    path, old = what
+                if entry[0] == "sysctl":
+                    path, old = entry[1]
                     with open(path, "w") as f:
                         f.write(old + "\n")
-                elif kind == "cmd":
-                    run(what)
-                elif kind == "restore":
-                    run(["iptables-restore", "-w"], input=what)
-                elif kind == "nft":
-                    run(["nft", "-f", "-"], input=_nft_delete(sorted(what)))
+                elif entry[0] == "cmd":
+                    run(entry[1])
+                elif entry[0] == "restore":
+                    run(["iptables-restore", "-w"], input=entry[1])
+                elif entry[0] == "nft":
+                    run(["nft", "-f", "-"], input=_nft_delete(sorted(entry[1])))
             except Exception as exc:          # noqa: BLE001 -- keep undoing the rest
                 problems.append(f"undo {kind}: {exc}")
                 log.warning("undo %s failed: %s", kind, exc)
