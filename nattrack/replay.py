@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from .conntrack import show
 from .conntrack.conn import IPCT_PROTOINFO, Conn
@@ -74,9 +74,9 @@ def load_rules(rules_text: str | None, path: str | None = None) -> Ruleset | Non
     return None
 
 
-def replay_captures(sources: Iterable[tuple[str | None, str]], ifaces: dict[str, str | list[str]],
+def replay_captures(sources: Iterable[tuple[str | None, str]], ifaces: Mapping[str, str | list[str]],
                     routes: dict[str, str] | None = None, rules_text: str | None = None,
-                    sysctls: dict[str, str | int] | None = None, now: float | None = None,
+                    sysctls: Mapping[str, str | int] | None = None, now: float | None = None,
                     seed: int | None = None, rules_path: str | None = None,
                     on_packet: Callable[[Packet, Verdict, Router], None] | None = None,
                     write: str | None = None, verify_egress: bool = False,

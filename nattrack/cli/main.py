@@ -42,17 +42,18 @@ def cmd_replay(args) -> int:
             print(line)
     show_all = not (args.events or args.list or args.stats or args.proc)
     if args.json:
-        out = {}
+        out: dict[str, object] = {}
         if args.events or show_all:
             out["events"] = res.events_json
         if args.list or show_all:
             out["table"] = res.table_json
         if args.stats or show_all:
             out["stats"] = res.stats
-        out["packets"] = {"replayed": res.packets, "not_ipv4": res.skipped,
-                          "ip_header_errors": res.ip_hdr_errors, "dropped": res.dropped}
+        packets = {"replayed": res.packets, "not_ipv4": res.skipped,
+                   "ip_header_errors": res.ip_hdr_errors, "dropped": res.dropped}
         if args.plugin:
-            out["packets"]["bad_checksums_out"] = res.bad_checksums
+            packets["bad_checksums_out"] = res.bad_checksums
+        out["packets"] = packets
         json.dump(out, sys.stdout, indent=2)
         print()
         return 0

@@ -82,6 +82,7 @@ def _replayed_listing(args) -> str:
     for name in res.truncated:
         print(f"nattrack: warning: {name} ends in a truncated record; replayed what was "
               "complete", file=sys.stderr)
+    assert res.ruleset is not None          # loaded from rules_path
     return write_nft(res.ruleset, counters=True)
 
 

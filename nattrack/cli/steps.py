@@ -10,7 +10,7 @@ class StepPrinter:
     def __init__(self, out) -> None:
         self.out = out
         self.n = 0
-        self.t0 = None
+        self.t0: float | None = None
 
     def __call__(self, pkt: Packet, verdict, router) -> None:
         self.n += 1

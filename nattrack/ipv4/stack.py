@@ -99,7 +99,7 @@ class Router:
     """
 
     def __init__(self, ifaces: Mapping[str, str | list[str]], routes: dict[str, str] | None = None,
-                 ruleset=None, sysctl: dict | None = None, clock: Callable[[], float] | None = None,
+                 ruleset=None, sysctl: Mapping[str, int | str] | None = None, clock: Callable[[], float] | None = None,
                  seed: int | None = None, ip_forward: bool = True,
                  icmp: dict[str, int] | None = None,
                  local_stack: bool = True,
