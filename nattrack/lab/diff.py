@@ -32,6 +32,12 @@ class Row:
     problems: list[str] = field(default_factory=list)
     missed: int = 0                      # packets of this flow the shadow knows it missed
 
+    def either(self) -> dict:
+        """The flow's entry on either side: a row exists because one side lists it."""
+        side = self.python or self.kernel
+        assert side is not None
+        return side
+
     @property
     def agree(self) -> bool:
         return not self.problems
@@ -162,7 +168,7 @@ def format_rows(rows: list[Row]) -> list[str]:
     """Side by side: the flow, what python has, what the kernel has; then one line per
     disagreement; then a summary line."""
     heads = ("FLOW (original direction)", "PYTHON", "KERNEL")
-    cells = [(flow_text(r.python or r.kernel), side_text(r.python), side_text(r.kernel))
+    cells = [(flow_text(r.either()), side_text(r.python), side_text(r.kernel))
              for r in rows]
     w0 = max([len(heads[0])] + [len(c[0]) for c in cells])
     w1 = max([len(heads[1])] + [len(c[1]) for c in cells])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Iterable
+from typing import Iterable, TypeGuard
 
 from . import MARKER_ENV
 
@@ -63,7 +63,7 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
-def alive(pid: int | None) -> bool:
+def alive(pid: int | None) -> TypeGuard[int]:      # alive: a pid, not None
     if not pid:
         return False
     try:
@@ -80,7 +80,9 @@ def lab_processes(owns_marker, netns: Iterable[int] = ()) -> list[int]:
     process or a Mininet node shell.  Strangers are never swept."""
     me = os.getpid()
     spaces = {n for n in netns if n} - host_netns()
-    found, by_ns, confirmed = [], {}, set()
+    found: list[int] = []
+    by_ns: dict[int | None, list[int]] = {}
+    confirmed = set()
     for pid in pids():
         if pid in (me, 1):
             continue

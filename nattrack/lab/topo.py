@@ -490,13 +490,14 @@ class NatTopo(Topo):
     def link(self, a: str, role_a: str | None, b: str, role_b: str | None,
              cidr1: str | None = None, cidr2: str | None = None) -> None:
         """Link two nodes by interface role (None on a switch: its next port)."""
-        ends = []
+        ends: list[tuple[str, str | None]] = []
         for node, role, cidr in ((a, role_a, cidr1), (b, role_b, cidr2)):
             info = self.nodes_info[node]
             if info["kind"] == "switch":
                 self._switch_ports[node] += 1
                 ends.append((iface_name(node, f"eth{self._switch_ports[node]}"), None))
                 continue
+            assert role is not None, f"{node} is not a switch: its link end needs a role"
             ifname = iface_name(node, role)
             cidr = cidr or info["ifroles"].get(role)
             info["ifaces"][ifname] = cidr
