@@ -11,6 +11,7 @@ Filters are conntrack-tools' names as keyword arguments: ``proto``, ``src``,
 """
 from __future__ import annotations
 
+import builtins            # builtins.list in annotations: ConntrackAPI.list is a method
 import subprocess
 from typing import Any, Iterator
 
@@ -57,11 +58,11 @@ class ConntrackAPI:
         return self.router_call("list", {"filters": _filters(filters, kw), "format": "text",
                                          "extended": extended, "show_id": show_id}, router)
 
-    def list_json(self, filters: dict | None = None, router: str | None = None, **kw) -> list[dict]:
+    def list_json(self, filters: dict | None = None, router: str | None = None, **kw) -> builtins.list[dict]:
         return self.router_call("list", {"filters": _filters(filters, kw), "format": "json"},
                                 router)
 
-    def proc(self, router: str | None = None) -> list[str]:
+    def proc(self, router: str | None = None) -> builtins.list[str]:
         """``/proc/net/nf_conntrack`` lines."""
         return self.router_call("proc", {}, router)
 
@@ -94,7 +95,7 @@ class ConntrackAPI:
               router: str | None = None, **kw) -> Iterator[dict]:
         """Each matching packet's path through the hooks: {"ts", "steps", "before",
         "after", "dropped"}."""
-        args = {"filters": _filters(filters, kw)}
+        args: dict[str, object] = {"filters": _filters(filters, kw)}
         if count is not None:
             args["count"] = count
         for msg in self.router_stream("trace", args, router):
@@ -102,7 +103,7 @@ class ConntrackAPI:
                 yield msg["trace"]
 
     # -- the Python tracker's expectations (conntrack ... expect) ------------------------
-    def expect_list(self, router: str | None = None) -> list[str]:
+    def expect_list(self, router: str | None = None) -> builtins.list[str]:
         """``conntrack -L expect`` lines."""
         return self.router_call("list", {"table": "expect"}, router)
 
@@ -115,7 +116,7 @@ class ConntrackAPI:
 
     # -- the kernel ----------------------------------------------------------------------
     def kernel_list(self, filters: dict | None = None, router: str | None = None,
-                    **kw) -> list[str]:
+                    **kw) -> builtins.list[str]:
         """The router kernel's ``conntrack -L`` lines."""
         req = CtRequest(command="L", filters=_filters(filters, kw))
         res = self.kernel_conntrack(req, router)

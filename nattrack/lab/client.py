@@ -43,7 +43,7 @@ class ExecResult(subprocess.CompletedProcess):
 class ExecSession:
     """A command running in a node: stream its output, feed its stdin, signal it."""
 
-    def __init__(self, conn: rpc.Conn, pid: int) -> None:
+    def __init__(self, conn: rpc.Conn, pid: int | None) -> None:
         self.conn, self.pid = conn, pid
         self.returncode: int | None = None
         self.timed_out = False
@@ -186,9 +186,9 @@ class LabClient(ConntrackAPI):
                     on_output(name, data)
         finally:
             s.close()
-        o, e = bytes(out["stdout"]), bytes(out["stderr"])
-        if text:
-            o, e = o.decode(errors="replace"), e.decode(errors="replace")
+        ob, eb = bytes(out["stdout"]), bytes(out["stderr"])
+        o, e = (ob.decode(errors="replace"), eb.decode(errors="replace")) if text else (ob, eb)
+        assert s.returncode is not None     # the iteration above ends at the exit message
         res = ExecResult(list(argv), s.returncode, o, e)
         res.timed_out = s.timed_out
         if check and res.returncode:

@@ -20,6 +20,7 @@ MAX_LINE = 16 * 1024 * 1024
 
 class RemoteError(LabError):
     """The other side answered ``ok: false``."""
+    exit: int | None = None        # exec: the exit status it reported (127: no such command)
 
 
 class Timeout(LabError):
