@@ -51,6 +51,7 @@ import sys
 import threading
 import time
 import traceback
+from typing import TYPE_CHECKING
 
 from . import GROUP, MARKER_ENV, LabError, Paths, REPO_ROOT
 from . import rpc
@@ -59,6 +60,9 @@ from .cleanup import write_state
 from .ctargs import CtUsageError, kernel_argv, validate
 from .procs import kill_all
 from .rpcserver import STREAMED, Client, Server, serve
+
+if TYPE_CHECKING:
+    from .net import LabNet                 # imported when run() starts: it needs Mininet
 
 SERVICE = "nattrack-lab"
 USER_CAPS = "+net_raw,+net_bind_service"
@@ -181,11 +185,13 @@ class Session:
         return STREAMED
 
     def _pump_lines(self, p: subprocess.Popen) -> None:
+        assert p.stdout is not None                 # started with stdout=PIPE
         fd = p.stdout.fileno()
+        watched: list[int | socket.socket] = [fd, self.conn]
         buf = b""
         try:
             while not self.svc.stopping.is_set():
-                r, _, _ = select.select([fd, self.conn], [], [], 1.0)
+                r, _, _ = select.select(watched, [], [], 1.0)
                 if self.conn in r and self.gone():
                     return
                 if fd in r:
@@ -399,7 +405,7 @@ class LabService:
         self.lab_id = args.id
         self.stopping = threading.Event()
         self.stop_reason = ""
-        self.labnet = None
+        self.labnet: LabNet | None = None
         self.api: LocalLab | None = None
         self.server: Server | None = None
         self.group_gid: int | None = None
@@ -431,6 +437,7 @@ class LabService:
         self.stopping.set()
 
     def status(self) -> dict:
+        assert self.labnet is not None              # asked once run() has built the lab
         d = self.labnet.describe()
         d.update(pid=os.getpid(), id=self.lab_id, run_dir=str(self.paths.dir),
                  socket=str(self.paths.sock), service=SERVICE)
@@ -458,14 +465,15 @@ class LabService:
         try:
             self.group_gid = ensure_group()
             sysctls = dict(kv.split("=", 1) for kv in self.args.sysctl or [])
-            self.labnet = LabNet(self.args.topo, mode=self.args.mode, rules=self.args.rules,
-                                 sysctls=sysctls, paths=self.paths,
-                                 progress=lambda m: print(f"lab: {m}", flush=True),
-                                 on_record=self.on_record, plugin=self.args.plugin,
-                                 run_as=self.args.run_as, rate=self.args.rate,
-                                 listen=self.args.listen, kernel=self.args.kernel)
-            self.labnet.start()
-            self.api = LocalLab(self.labnet)
+            self.labnet = labnet = LabNet(
+                self.args.topo, mode=self.args.mode, rules=self.args.rules,
+                sysctls=sysctls, paths=self.paths,
+                progress=lambda m: print(f"lab: {m}", flush=True),
+                on_record=self.on_record, plugin=self.args.plugin,
+                run_as=self.args.run_as, rate=self.args.rate,
+                listen=self.args.listen, kernel=self.args.kernel)
+            labnet.start()
+            self.api = LocalLab(labnet)
             self._listen()
         except BaseException as exc:             # noqa: BLE001 -- report, clean, exit
             msg = str(exc) if isinstance(exc, LabError) else f"{type(exc).__name__}: {exc}"
@@ -474,13 +482,14 @@ class LabService:
             self.notify({"ok": False, "error": " ".join(msg.split())})
             self._teardown()
             return 1
-        self.save(phase="running", started=self.labnet.started, record=self.labnet.record())
+        self.save(phase="running", started=labnet.started, record=labnet.record())
         self.notify({"ok": True, "status": self.status()})
         print(f"lab: serving on {self.paths.sock}", flush=True)
+        reported: set[str] = set()                 # routers whose exit was told
         while not self.stopping.wait(0.5):
-            for name, r in self.labnet.routers.items():
-                if not r.alive() and not getattr(r, "_reported", False):
-                    r._reported = True
+            for name, r in labnet.routers.items():
+                if not r.alive() and name not in reported:
+                    reported.add(name)
                     print(f"lab: the router process in {name} exited "
                           f"(status {r.proc.returncode if r.proc else '?'})", flush=True)
         print(f"lab: stopping ({self.stop_reason})", flush=True)

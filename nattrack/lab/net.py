@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import subprocess
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from . import LabError, Paths, mininet_available, node_env, python_for_nodes
 from .procs import host_netns, kill_all, netns_inode, processes_in_netns
 from .topo import LabBridge, NatRouter, NatTopo, RouterProcess
 from .topologies import get_topology
+
+if TYPE_CHECKING:
+    from mininet.net import Mininet
 
 
 class LabNet:
@@ -42,10 +45,10 @@ class LabNet:
                                 run_as=run_as, rate=rate, listen=listen, kernel=kernel)
             except ValueError as exc:                # a bad mode, rate ...: one line
                 raise LabError(str(exc)) from None
-        self.net = None
+        self.net: Mininet | None = None
         self.services: dict[str, subprocess.Popen] = {}
         self.netns: dict[str, int] = {}
-        self.started = None
+        self.started: float | None = None
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -78,6 +81,7 @@ class LabNet:
     def _build(self) -> None:
         """Mininet's build(), recording each node's namespace as soon as it exists."""
         net = self.net
+        assert net is not None                      # start() made it
         orig_add_host, orig_add_switch = net.addHost, net.addSwitch
 
         def add_host(name, cls=None, **params):
@@ -126,6 +130,7 @@ class LabNet:
 
     def _wait_bridges(self, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
+        assert self.net is not None                 # start() made it
         for sw in self.net.switches:
             if isinstance(sw, LabBridge):
                 while not sw.ports_forwarding() and time.monotonic() < deadline:
@@ -149,7 +154,8 @@ class LabNet:
             if line != "ready":
                 raise LabError(f"the services on {name} did not start "
                                f"(see {self.paths.dir / f'service-{name}.log'})")
-            p.stdout.close()
+            if p.stdout is not None:
+                p.stdout.close()
 
     def _probe(self, timeout: float) -> None:
         if not self.topo.probe_pair:
@@ -183,7 +189,7 @@ class LabNet:
                 p.kill()
                 p.wait()
         self.services.clear()
-        shells = {n.pid for n in (net.hosts + net.switches)} if net else set()
+        shells: set[int] = {n.pid for n in (net.hosts + net.switches)} if net else set()
         kill_all(processes_in_netns(self.netns.values(), exclude=shells))
         if net is not None:
             try:
@@ -221,16 +227,19 @@ class LabNet:
 
     def record(self) -> dict:
         """What a force cleanup needs: node PIDs, namespaces, router and service PIDs."""
-        rec = {"nodes": {}, "netns": sorted(set(self.netns.values())), "routers": {},
-               "services": {}}
+        nodes: dict[str, dict[str, int | None]] = {}
+        routers: dict[str, dict[str, object]] = {}
+        services: dict[str, int] = {}
+        rec = {"nodes": nodes, "netns": sorted(set(self.netns.values())), "routers": routers,
+               "services": services}
         if self.net is not None:
             for n in self.net.hosts + self.net.switches:
-                rec["nodes"][n.name] = {"pid": n.pid, "netns": self.netns.get(n.name)}
+                nodes[n.name] = {"pid": n.pid, "netns": self.netns.get(n.name)}
         for name, r in self.routers.items():
-            rec["routers"][name] = {"pid": r.pid, "control": str(r.control), "log": str(r.log),
-                                    "kernel_fallback": r.kernel_fallback}
+            routers[name] = {"pid": r.pid, "control": str(r.control), "log": str(r.log),
+                             "kernel_fallback": r.kernel_fallback}
         for name, p in self.services.items():
-            rec["services"][name] = p.pid
+            services[name] = p.pid
         return rec
 
     def _record(self) -> None:
