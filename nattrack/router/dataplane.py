@@ -70,6 +70,32 @@ ERRORS_LOGGED = 10
 _ARP = struct.Struct("!6s6s2sHHBBH6s4s6s4s")
 
 
+class NetRatelimit:
+    """net_ratelimit() (net/core/utils.c): at most ``burst`` messages every ``interval``
+    seconds; the rest are counted and reported as "net_ratelimit: N callbacks suppressed"
+    when the next interval opens, as ___ratelimit() does."""
+
+    def __init__(self, interval: float = 5.0, burst: int = 10) -> None:
+        self.interval, self.burst = interval, burst
+        self.begin: float | None = None
+        self.printed = self.missed = 0
+
+    def lines(self, messages: list[str], now: float) -> list[str]:
+        """The lines to print of ``messages`` (printk'd since the last call) at ``now``."""
+        out: list[str] = []
+        for text in messages:
+            if self.begin is None or now - self.begin >= self.interval:
+                if self.missed:
+                    out.append(f"net_ratelimit: {self.missed} callbacks suppressed")
+                self.begin, self.printed, self.missed = now, 0, 0
+            if self.printed < self.burst:
+                self.printed += 1
+                out.append(text)
+            else:
+                self.missed += 1
+        return out
+
+
 class Capture:
     """The ``capture`` verb's pcapng: every frame in and out, per interface name."""
 
@@ -119,6 +145,7 @@ class Dataplane:
     """What both modes share: the engine, its lock, the loop, counters and taps."""
 
     mode = "?"
+    printk_prefix = "kernel"          # what the router's log calls the engine's printk lines
 
     def __init__(self, router: Router, ifaces: dict[str, list[str]],
                  changes: NamespaceChanges | None = None) -> None:
@@ -143,6 +170,7 @@ class Dataplane:
         self._errors_logged = 0
         self._gc_count = 0
         self._gc_at = 0.0
+        self.ratelimit = NetRatelimit()
 
     # --- set-up / tear-down -----------------------------------------------------------------
 
@@ -217,8 +245,10 @@ class Dataplane:
                         self.frame_error(exc)
 
     def periodic(self, now: float) -> None:
-        """Every ~100 ms: the conntrack gc worker, fragment expiry, gc tuning, drop counts."""
+        """Every ~100 ms: the conntrack gc worker, fragment expiry, the engine's printk lines,
+        gc tuning, drop counts."""
         self.router.housekeeping()
+        self._printk(now)
         count = self.router.ct.count
         if count > self._gc_count + max(1000, self._gc_count // 4) and now - self._gc_at >= 3:
             tune_gc()
@@ -226,6 +256,17 @@ class Dataplane:
         for port in self.ports.values():
             if port.sock is not None:
                 self.counters["socket_drops"] += packet_drops(port.sock)
+
+    def _printk(self, now: float) -> None:
+        """The engine's printk lines ("nf_conntrack: table full, dropping packet") go to the
+        router's log, rate-limited like the kernel's ("kernel:" in python mode, where the engine
+        is the kernel; "shadow:" beside the real one); the engine's list is emptied, so a flood
+        of drops cannot grow it."""
+        messages = self.router.ct.log
+        if messages:
+            for line in self.ratelimit.lines(messages, now):
+                log.warning("%s: %s", self.printk_prefix, line)
+            messages.clear()
 
     def frame_error(self, exc: BaseException) -> None:
         self.counters["router_errors"] += 1

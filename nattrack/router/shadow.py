@@ -165,6 +165,7 @@ class ShadowDataplane(Dataplane):
     """Kernel mode: sniff, shadow, and learn the kernel's NAT choices."""
 
     mode = "kernel"
+    printk_prefix = "shadow"          # the kernel prints its own lines (dmesg)
 
     def __init__(self, router: Router, ifaces: dict[str, list[str]], rules_text: str | None,
                  kernel_sysctls: dict[str, str], routes: dict[str, str] | None = None,
