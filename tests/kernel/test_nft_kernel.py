@@ -29,7 +29,8 @@ from .test_kernel_diff import compare
 _CT_HELPER = ("-j CT --helper in the raw table has no nft translation (iptables-translate "
               "refuses it too); ftp_helper_nft is the same exchange written in nft")
 NOT_IN_NFT: dict[str, str] = {name: _CT_HELPER for name in
-                              ("ftp_helper", "ftp_helper_masq", "ftp_helper_parsing")}
+                              ("ftp_helper", "ftp_helper_masq", "ftp_helper_parsing",
+                               "ftp_expect_nat")}
 
 
 def _listed_ruleset(lab: KernelLab) -> Ruleset:
