@@ -435,6 +435,10 @@ def test_setup_on_a_fresh_debian(suite, tmp_path, capsys):
                         "mininet.net, scapy.all, jupyterlab, playwright; "
                         "print(*sys.version_info[:2])"], cwd=CHECKOUT).stdout.split()
             assert tuple(map(int, py)) == SUITES[suite]
+            # The compiled engine built with this Debian's gcc and Python, and is the one used.
+            build = c.run([".venv/bin/python", "-c", "import nattrack; print(nattrack.BUILD)"],
+                          cwd=CHECKOUT).stdout.strip()
+            assert build.startswith("compiled"), f"{suite}: {build}\n{first.stdout[-2000:]}"
             c.run([".venv/bin/nattrack", "replay", "--help"], cwd=CHECKOUT)
             t2 = time.monotonic()
             again = c.run(["scripts/setup.sh", "--tests"], cwd=CHECKOUT, env=env)
