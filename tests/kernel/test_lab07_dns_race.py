@@ -38,6 +38,9 @@ ROUNDS = 16
 PAUSE = 1.0                     # seconds between rounds: each round's slow answer comes alone
 SLOW = 1.5                      # the AAAA answer's delay: past the clash entry's one second
 MAX_BATCHES = 4
+# Every round's entry must still be there when the batch ends and `conntrack -L` is read: a
+# loaded machine stretches a batch past the 30 s an answered UDP entry lives by default.
+UDP_TIMEOUTS = {"nf_conntrack_udp_timeout": 300, "nf_conntrack_udp_timeout_stream": 300}
 BASE = 31000
 
 # race.py's backend, with the AAAA answer held back SLOW seconds (a timer thread each).
@@ -78,7 +81,8 @@ def runs(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(R, "_RESPONDER", RESPONDER)
     try:
-        with KernelLab(dns_rules(), workdir=tmp_path_factory.mktemp("dnsrace")) as lab:
+        with KernelLab(dns_rules(), workdir=tmp_path_factory.mktemp("dnsrace"),
+                       sysctls={f"net.netfilter.{k}": str(v) for k, v in UDP_TIMEOUTS.items()}) as lab:
             for batch in range(MAX_BATCHES):
                 run = R.run_race(lab, "udp-random", ROUNDS, BASE + batch * ROUNDS, pause=PAUSE)
                 run.rounds = run.rounds[:-1]   # the last slow answer may outlive the recording
@@ -117,7 +121,8 @@ def engine_round(r: R.Round) -> dict[str, tuple[str, int]]:
     seconds later; what reached the client, as race.Round.answered."""
     clock = ManualClock(1000.0)
     router = Router(dict(IFACES), dict(ROUTES), parse_rules(dns_rules()),
-                    {"nf_conntrack_buckets": 1024}, clock, seed=7, profile=running_profile())
+                    {"nf_conntrack_buckets": 1024, **UDP_TIMEOUTS}, clock, seed=7,
+                    profile=running_profile())
     frames = R.frames_for("udp-random", 1, r.sport)
     pkts = [Packet.parse(bytearray(f[0][14:]), 0, iif="r-pub", ts=clock()) for f in frames]
     first = R.PAYLOADS.index(r.winner or "A?")
