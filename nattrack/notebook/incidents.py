@@ -880,17 +880,8 @@ class _Panel:
         self.status = w.HTML(value="")
         self.explain = w.HTML(value="")
         self.log = w.HTML(value="")
-        self.buttons = []
-        for step, title in self.steps:
-            b = w.Button(description=step, tooltip=title, layout=w.Layout(width="auto"))
-            b.on_click(lambda _b, s=step: self._click(self.run, s))
-            self.buttons.append(b)
-        self.next_button = w.Button(description="next step ▶", button_style="primary",
-                                    layout=w.Layout(width="auto"))
-        self.next_button.on_click(lambda _b: self._click(self.run))
-        self.reset_button = w.Button(description="reset", button_style="warning",
-                                     layout=w.Layout(width="auto"))
-        self.reset_button.on_click(lambda _b: self._click(self.reset))
+        from ..widgets import step_buttons           # ipywidgets only when a panel is made
+        self.buttons, self.next_button, self.reset_button = step_buttons(self, self.steps)
 
     def _repr_mimebundle_(self, **kw):
         return self.widget._repr_mimebundle_(**kw)

@@ -31,7 +31,7 @@ from ..conntrack.tuple import Tuple, invert_tuple
 from ..lab import LabError
 from ..packet.ipv4 import ICMP_ERROR_TYPES
 from ..widgets import (ComparisonView, ConntrackTableView, EventLogView, ModeBanner, PacketView,
-                       StateDiagramView, TimelineView, Updater, grading_mode)
+                       StateDiagramView, TimelineView, Updater, grading_mode, step_buttons)
 from ..widgets.render import _wrap, esc
 from . import narrate as nar
 from . import scenarios as sc
@@ -274,18 +274,8 @@ class Stepper:
 
         self.explain = widgets.HTML(value=self._explain_html(None))
         self.status = widgets.HTML(value="")
-        self.buttons = []
-        for st in self.scenario.steps:
-            b = widgets.Button(description=st.name, tooltip=st.title,
-                               layout=widgets.Layout(width="auto"))
-            b.on_click(lambda _b, name=st.name: self._click(self.run, name))
-            self.buttons.append(b)
-        self.next_button = widgets.Button(description="next step ▶", button_style="primary",
-                                          layout=widgets.Layout(width="auto"))
-        self.next_button.on_click(lambda _b: self._click(self.run))
-        self.reset_button = widgets.Button(description="reset", button_style="warning",
-                                           layout=widgets.Layout(width="auto"))
-        self.reset_button.on_click(lambda _b: self._click(self.reset))
+        self.buttons, self.next_button, self.reset_button = step_buttons(
+            self, [(st.name, st.title) for st in self.scenario.steps])
         self.picker = widgets.Dropdown(options=[], description="packet",
                                        layout=widgets.Layout(width="98%"))
         self.picker.observe(self._pick, names="value")

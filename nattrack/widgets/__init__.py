@@ -18,14 +18,14 @@ from .render import (conntrack_table_html, event_log_html, kernel_comparison_htm
 
 _VIEWS = ("ConntrackTableView", "StateDiagramView", "PacketView", "TimelineView",
           "EventLogView", "ComparisonView", "ModeBanner", "Updater", "grading_mode",
-          "stop_all", "MIN_INTERVAL")
+          "stop_all", "MIN_INTERVAL", "step_buttons")
 
 __all__ = ["state_diagram_svg", "tcp_transitions", "flag_index", "table_cell", "timeline_svg",
            "timeline_entries_from_table", "conntrack_table_html", "packet_before_after_html",
            "event_log_html", "kernel_comparison_html", "mode_banner_html", "widget_state",
            "ConntrackTableView", "StateDiagramView", "PacketView", "TimelineView",
            "EventLogView", "ComparisonView", "ModeBanner", "Updater", "grading_mode",
-           "stop_all", "MIN_INTERVAL"]
+           "stop_all", "MIN_INTERVAL", "step_buttons"]
 
 
 def __getattr__(name: str):

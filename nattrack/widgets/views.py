@@ -193,6 +193,25 @@ def _stamp(markup: str, **extra: Any) -> str:
 
 # --------------------------------------------------------------------------- the views
 
+def step_buttons(panel: Any, steps: Iterable[tuple[str, str]]) -> tuple[list, Any, Any]:
+    """A stepping panel's controls: one button per step (name, tooltip), "next step" and
+    "reset".  Each click calls ``panel._click(panel.run, name)``, ``panel._click(panel.run)``
+    or ``panel._click(panel.reset)``, looked up when clicked (the panel's wrapper turns an
+    error into one line)."""
+    buttons = []
+    for name, title in steps:
+        b = widgets.Button(description=name, tooltip=title, layout=widgets.Layout(width="auto"))
+        b.on_click(lambda _b, name=name: panel._click(panel.run, name))
+        buttons.append(b)
+    next_button = widgets.Button(description="next step ▶", button_style="primary",
+                                 layout=widgets.Layout(width="auto"))
+    next_button.on_click(lambda _b: panel._click(panel.run))
+    reset_button = widgets.Button(description="reset", button_style="warning",
+                                  layout=widgets.Layout(width="auto"))
+    reset_button.on_click(lambda _b: panel._click(panel.reset))
+    return buttons, next_button, reset_button
+
+
 class ConntrackTableView(_View):
     """The connection table (``conntrack -L`` lines or conn_json dicts); rows new since
     the last render are green, changed cells yellow, highlighted rows outlined."""
