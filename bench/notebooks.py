@@ -2,7 +2,7 @@
 
 Run from the repository root, as root (it builds the classroom lab)::
 
-    sudo .venv/bin/python -m bench.notebooks                     # all five, about 3 minutes
+    sudo .venv/bin/python -m bench.notebooks                     # every notebook, about 3 minutes
     sudo .venv/bin/python -m bench.notebooks --only 01-tcp-states
     sudo .venv/bin/python -m bench.notebooks --json
 
