@@ -669,7 +669,9 @@ def out_of_window_live(lab) -> tuple[list[str], int]:
         for stream, data in it:                   # wait until tcpdump listens
             if stream == "stderr" and b"listening on" in data:
                 break
-        hold = lab.exec_session("srv", [sys.executable, "-c", _HOLD, "4", str(port)], timeout=20)
+        # Held well past the test (closing the session kills it): on a loaded machine hping3
+        # may take seconds to start, and a connection gone by then shows no fault at all.
+        hold = lab.exec_session("srv", [sys.executable, "-c", _HOLD, "30", str(port)], timeout=40)
         up, err = b"", b""
         for stream, data in hold:
             up += data if stream == "stdout" else b""
