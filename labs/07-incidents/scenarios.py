@@ -644,7 +644,7 @@ s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", int(sys.argv[2])))
 s.settimeout(5)
 s.connect(("203.0.113.1", 80))
-print("up", flush=True)
+print("ready", flush=True)
 time.sleep(float(sys.argv[1]))
 """
 
@@ -672,15 +672,7 @@ def out_of_window_live(lab) -> tuple[list[str], int]:
         # Held well past the test (closing the session kills it): on a loaded machine hping3
         # may take seconds to start, and a connection gone by then shows no fault at all.
         hold = lab.exec_session("srv", [sys.executable, "-c", _HOLD, "30", str(port)], timeout=40)
-        up, err = b"", b""
-        for stream, data in hold:
-            up += data if stream == "stdout" else b""
-            err += data if stream == "stderr" else b""
-            if b"up" in up:
-                break
-        if b"up" not in up:
-            last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise KnobError(f"srv could not connect to the service 203.0.113.1:80 ({last[0]})")
+        _ready(hold, "srv", "a connection to the service 203.0.113.1:80")
         run(lab, "be1", ["hping3", "-c", "3", "-i", "u200000", "-A", "-s", "80", "-k",
                          "-p", str(port), "-M", str(OUT_OF_WINDOW_SEQ), "-L", "1",
                          HOSTS["srv"][1]],
