@@ -28,6 +28,7 @@ Command line (the lab's Makefile uses it)::
 from __future__ import annotations
 
 import ipaddress
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -649,21 +650,25 @@ time.sleep(float(sys.argv[1]))
 """
 
 
-OUT_OF_WINDOW_SEQ = 3000000000
+# A quarter of the sequence space past be1's initial sequence number: beyond the right edge
+# of any window srv can offer ("SEQ is over upper bound", INVALID), whatever the ISN.  A fixed
+# number such as 3,000,000,000 lands *below* the window for half the ISNs, and the kernel
+# ignores such a segment ("SEQ is under lower bound", NFCT_TCP_IGNORE: accepted, un-NATed).
+OUT_OF_WINDOW = 1 << 30
 
 
 def out_of_window_live(lab) -> tuple[list[str], int]:
     """srv holds a connection to 203.0.113.1:80 (be1:80) from a port of its own; be1 sends
-    an ACK into it with a sequence number far outside the window (hping3).  Returns (what
-    left r towards srv from the backends' network, how many segments from be1's port 80
-    r received: 0 means the test itself did not happen)."""
+    an ACK with 8 bytes into it, its sequence number a quarter of the sequence space past
+    be1's ISN (read from its SYN-ACK), far outside the window (hping3).  Returns (what left
+    r towards srv from the backends' network, how many of those segments r received: 0
+    means the test itself did not happen)."""
     import random
     port = random.randint(40000, 59999)     # not one a connection of an earlier round holds
-    dump = lab.exec_session(ROUTER, ["tcpdump", "-nn", "-l", "-i", "any",
-                                     f"tcp and src port 80 and dst port {port} and "
-                                     f"tcp[4:4] = {OUT_OF_WINDOW_SEQ}"], timeout=30)
+    dump = lab.exec_session(ROUTER, ["tcpdump", "-S", "-nn", "-l", "-i", "any",
+                                     f"tcp and src port 80 and dst port {port}"], timeout=30)
     hold = None
-    lines: list[str] = []
+    out = b""
     try:
         it = iter(dump)
         for stream, data in it:                   # wait until tcpdump listens
@@ -673,20 +678,28 @@ def out_of_window_live(lab) -> tuple[list[str], int]:
         # may take seconds to start, and a connection gone by then shows no fault at all.
         hold = lab.exec_session("srv", [sys.executable, "-c", _HOLD, "30", str(port)], timeout=40)
         _ready(hold, "srv", "a connection to the service 203.0.113.1:80")
-        run(lab, "be1", ["hping3", "-c", "3", "-i", "u200000", "-A", "-s", "80", "-k",
-                         "-p", str(port), "-M", str(OUT_OF_WINDOW_SEQ), "-L", "1",
-                         HOSTS["srv"][1]],
+        isn = None
+        for stream, data in it:                   # be1's SYN-ACK, as r received it
+            out += data if stream == "stdout" else b""
+            isn = re.search(rb"Flags \[S\.\], seq (\d+),", out)
+            if isn:
+                break
+        if isn is None:
+            raise KnobError("r saw no SYN-ACK from be1:80 for srv's connection")
+        seq = (int(isn.group(1)) + OUT_OF_WINDOW) % (1 << 32)
+        run(lab, "be1", ["hping3", "-c", "3", "-i", "u200000", "-A", "-d", "8", "-s", "80",
+                         "-k", "-p", str(port), "-M", str(seq), "-L", "1", HOSTS["srv"][1]],
             ok=(0, 1))                       # 1: no answer, which is the point
         time.sleep(0.5)
         dump.signal("INT")
         for stream, data in it:
-            if stream == "stdout":
-                lines += data.decode(errors="replace").splitlines()
+            out += data if stream == "stdout" else b""
     finally:
         dump.close()
         if hold is not None:
             hold.close()
-    lines = [line for line in lines if line.strip()]
+    lines = [line for line in out.decode(errors="replace").splitlines()
+             if f" seq {seq}:" in line]
     received = [line for line in lines if f" {SVC} In " in f" {line} "]
     leaked = [line for line in lines if f" {WAN} Out " in f" {line} "
               and f"{HOSTS['be1'][1]}.80 >" in line]

@@ -1671,7 +1671,7 @@ def _ftp_expect_nat() -> Scenario:
 
 
 def _expect_nat_lines(rec) -> None:
-    kinds = [re.sub(r"^\[[\d.]+\]\t\s*", "", e).split(" ", 1)[0] for e in rec.expect_events]
+    kinds = [re.sub(r"^\[[\d. ]+\]\t\s*", "", e).split(" ", 1)[0] for e in rec.expect_events]
     assert kinds == ["[NEW]", "[DESTROY]", "[NEW]"], rec.expect_events
     assert len(rec.expect_table) == 1 and re.search(
         r"^\d+ proto=6 src=203\.0\.113\.2 dst=203\.0\.113\.1 sport=0 dport=50002 ",
