@@ -39,6 +39,16 @@ def unprivileged(ctx):
     st = ctx.live.status()
     router = st["routers"]["r"]
     assert router.get("alive", True), "the router process is not running"
+    assert st["mode"] == "python"
+
+
+@test(points=1, number="5.3", name="Live: a test that needs the kernel forwarding gets it",
+      mode="live", lab_mode="kernel", timeout=60)
+def kernel_mode(ctx):
+    lab = ctx.live
+    assert lab.status()["mode"] == "kernel"
+    r = lab.exec("h1", ["ping", "-c", "1", "-W", "2", "203.0.113.10"], timeout=10)
+    assert r.returncode == 0, f"ping through the kernel failed (status {r.returncode})"
 
 """
 
@@ -78,6 +88,8 @@ def test_live_grading_runs_the_lab_and_cleans_up(lab_copy):
     assert sol["0"]["output"].startswith("Grading mode: live and offline")
     assert sol["5.1"]["status"] == "passed", sol["5.1"]["output"]
     assert sol["5.2"]["status"] == "passed", sol["5.2"]["output"]
+    # 5.3 needs the lab's router in kernel mode: the grader ran it last, in a lab of its own
+    assert sol["5.3"]["status"] == "passed", sol["5.3"]["output"]
     assert all(t["status"] == "passed" for t in sol.values()), \
         {n: t["output"] for n, t in sol.items() if t["status"] != "passed"}
     stu = {t["number"]: t for t in json.loads((out / "student" / "results.json")
@@ -85,7 +97,7 @@ def test_live_grading_runs_the_lab_and_cleans_up(lab_copy):
     # the ping passes through the router, then the submission's next_state() fails
     assert stu["5.1"]["status"] == "failed"
     assert "NotImplementedError: TODO 1" in stu["5.1"]["output"]
-    assert stu["5.2"]["status"] == "passed"
+    assert stu["5.2"]["status"] == "passed" and stu["5.3"]["status"] == "passed"
     for sid in ("solution", "student"):              # one student's results: the teacher's
         assert (out / sid).stat().st_mode & 0o777 == 0o700
     # the labs are gone: no process of theirs, no run dir, no temp files

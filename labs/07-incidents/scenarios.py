@@ -37,15 +37,19 @@ from pathlib import Path
 from nattrack.exercises.scenarios import (KnobError, View, check_diagnosis, check_keys, check_rules,
                                      check_sysctls, command_line, flush_tables, frames,
                                      kernel_stat, lab_client, load_rules_live, load_toml, recorded,
-                                     require_root, run, run_command, scenario_files, sent_view,
-                                     set_sysctls_live, submission_texts, table_list, udp_ask)
+                                     python_mode, require_root, run, run_command, scenario_files,
+                                     sent_view, set_sysctls_live, submission_texts, table_list,
+                                     udp_ask)
 
 LAB = Path(__file__).resolve().parent
 SCENARIOS = ("stale-udp", "table-full", "new-rule", "invalid-rst", "snat-race", "dns-race",
              "ftp-helper")
-# nf_conntrack_max is global and read-only inside a network namespace: a table-full
-# incident cannot be staged in the live lab without changing the whole machine.
-LIVE = ("stale-udp", "new-rule", "invalid-rst", "snat-race", "ftp-helper", "dns-race")
+LIVE = ("stale-udp", "new-rule", "invalid-rst", "snat-race", "ftp-helper", "dns-race",
+        "table-full")
+# The kernel's nf_conntrack_max is one number for the whole machine, read-only inside a
+# network namespace: table-full is staged with nattrack's router forwarding (python mode),
+# whose table has a limit of its own.  Every other incident: kernel mode (lab.toml).
+LIVE_MODES = {"table-full": "python"}
 
 # topologies/incidents.py, as far as the knobs are concerned.
 ROUTER = "r"
@@ -377,6 +381,7 @@ def apply_live(lab, cfg: Config, fresh: bool = False) -> None:
     every host up and empties the kernel's table: an incident keeps its entries."""
     require_root(lab, ROUTER, "staging an incident")
     if fresh:
+        stop_fillers(lab)
         for node, (iface, _addr) in HOSTS.items():
             run(lab, node, ["ip", "link", "set", iface, "up"])
             if node in GATEWAY:         # a link taken down lost its default route
@@ -389,6 +394,9 @@ def apply_live(lab, cfg: Config, fresh: bool = False) -> None:
     for host in cfg.down:
         run(lab, host, ["ip", "link", "set", HOSTS[host][0], "down"])
     for item in cfg.delete:
+        if python_mode(lab):                      # nattrack's table is the one that counts
+            lab.delete(dict(item), router=ROUTER)
+            continue
         argv = ["conntrack", "-D", "-p", item["proto"]]
         for key, opt in (("src", "--orig-src"), ("dst", "--orig-dst"),
                          ("sport", "--orig-port-src"), ("dport", "--orig-port-dst")):
@@ -706,6 +714,78 @@ def out_of_window_live(lab) -> tuple[list[str], int]:
     return leaked, len(received)
 
 
+# --- a table full of idle connections (table-full) ---------------------------------------------
+
+FILL_MARK = "nattrack-lab07-fill"        # in the fillers' argv: pkill -f finds them
+# h1 opens connections to srv's echo service until one gets no answer (the table is full),
+# one line echoed on each, so that each entry is ESTABLISHED and ASSURED (early_drop may
+# evict only entries that are not); a child of its own session holds them open and idle for
+# argv[1] seconds after the script has said how many it opened.
+_FILL = r"""
+import os, socket, sys, time
+hold, host, most = float(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+socks = []
+for _ in range(most):
+    try:
+        s = socket.create_connection((host, 7), timeout=2)
+        s.settimeout(2)
+        s.sendall(b"x\n")
+        if not s.recv(16):
+            break
+    except OSError:
+        break
+    socks.append(s)
+if os.fork() == 0:
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    time.sleep(hold)
+    os._exit(0)
+print("ready", len(socks), flush=True)
+"""
+FILL_MOST = 200                          # more than a table of 32 holds, far less than 65536
+FILL_HOLD = 600                          # seconds: `make run` leaves the incident on that long
+
+
+def stop_fillers(lab) -> None:
+    """End h1's idle connections of an earlier table-full, if any (their FINs cross r
+    before the caller empties the tables)."""
+    if run(lab, "h1", ["pkill", "-f", FILL_MARK], ok=(0, 1)).returncode == 0:
+        time.sleep(1)
+
+
+def fill_live(lab) -> int:
+    """h1 fills r's table with idle connections to srv's echo service (kept open
+    FILL_HOLD s); how many it opened."""
+    res = run(lab, "h1", [sys.executable, "-c", _FILL, str(FILL_HOLD), HOSTS["srv"][1],
+                          str(FILL_MOST), FILL_MARK])
+    words = res.stdout.split()
+    return int(words[1]) if words[:1] == ["ready"] else 0
+
+
+def new_connection_live(lab) -> str | None:
+    """h1 fetches http://srv/ with a new connection (curl, 3 s): None when srv answered,
+    else what curl said."""
+    res = lab.exec("h1", ["curl", "-sS", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}",
+                          f"http://{HOSTS['srv'][1]}/"], timeout=20)
+    if res.returncode == 0 and res.stdout.strip() == "200":
+        return None
+    return (res.stderr.strip().splitlines() or [f"HTTP {res.stdout.strip()}"])[-1]
+
+
+def table_full_live(lab) -> dict:
+    """Act 2 of table-full: h1 fills the table, then tries a new connection.  Returns how
+    many idle connections it holds, what its new connection got and r's drop counter."""
+    if not python_mode(lab):
+        raise KnobError("table-full runs live with nattrack's router forwarding: the "
+                        "kernel's nf_conntrack_max is one number for the whole machine. "
+                        "Start the lab with `sudo make run INCIDENT=table-full` (python mode)")
+    held = fill_live(lab)
+    said = new_connection_live(lab)
+    return {"fill": (held, said, lab.stats(ROUTER)["stats"].get("drop", 0))}
+
+
 # --- active FTP from h1 to srv's vsftpd (ftp-helper) ------------------------------------------
 
 FTP_FILE = b"hello from srv\n" * 64
@@ -755,9 +835,13 @@ def stage_live(lab, name: str, syntax: str = "iptables") -> dict:
         if name == "dns-race":
             return {"lookups": lookups_until_lost(lab, 40000)}
         return {"lost": race_live(lab, 20000)}
+    if name == "table-full":
+        broken, _meta = scenario(name, syntax)
+        apply_live(lab, Config(rules=healthy()), fresh=True)
+        apply_live(lab, broken)
+        return table_full_live(lab)
     if name not in LIVE:
-        raise KnobError(f"{name}: offline only (nf_conntrack_max is global and read-only in "
-                        f"the lab's namespaces): make replay INCIDENT={name}")
+        raise KnobError(f"{name}: offline only: make replay INCIDENT={name}")
     broken, _meta = scenario(name, syntax)
     apply_live(lab, Config(rules=healthy()), fresh=True)
     before = _ask_all(lab, name)
@@ -773,6 +857,11 @@ def check_live(lab, name: str, fix: Config, syntax: str = "iptables") -> list[st
     """All three acts in the running lab; what is still wrong after the fix, one sentence
     each (empty: fixed)."""
     staged = stage_live(lab, name, syntax)
+    if name == "table-full":
+        try:
+            return _table_full_fixed(lab, staged["fill"], fix)
+        finally:
+            stop_fillers(lab)
     apply_live(lab, fix)
     if name == "ftp-helper":
         got, said = ftp_get_live(lab)
@@ -823,6 +912,24 @@ def check_live(lab, name: str, fix: Config, syntax: str = "iptables") -> list[st
     return problems
 
 
+def _table_full_fixed(lab, fill: tuple[int, str | None, int], fix: Config) -> list[str]:
+    held, said, drops = fill
+    if said is None:
+        raise KnobError(f"the incident did not happen: h1's new connection got through "
+                        f"beside its {held} idle ones (is nf_conntrack_max 32?)")
+    apply_live(lab, fix)
+    said = new_connection_live(lab)
+    if said is None:
+        return []
+    stats = lab.stats(ROUTER)
+    why = ("; a new timeout applies to an entry from its next packet on, and idle entries "
+           "send none" if any("timeout" in key for key in fix.sysctl) else "")
+    return [f"after the fix h1's new connection to srv:80 still gets no answer ({said}) "
+            f"while its {held} idle connections are open: r's table holds {stats['count']} "
+            f"entries, conntrack -S drop={stats['stats'].get('drop', 0)} ({drops} before "
+            f"the fix){why}"]
+
+
 # --- command line -------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -833,7 +940,8 @@ def main(argv: list[str] | None = None) -> int:
 def _command(args) -> int:
     if args.cmd == "list":
         for name in SCENARIOS:
-            where = "live and offline" if name in LIVE else "offline"
+            where = ("live (python mode) and offline" if LIVE_MODES.get(name) == "python"
+                     else "live and offline" if name in LIVE else "offline")
             print(f"{name:12} {scenario(name)[1].get('title', '')} ({where})")
         return 0
     meta = scenario(args.name)[1]
@@ -866,6 +974,10 @@ def _command(args) -> int:
                 print(f"  {len(seen.lost)} of h1's {seen.count} lookups lost their AAAA answer "
                       f"(glibc's resolver would wait 5 s, then ask again); conntrack -S: "
                       f"clash_resolve +{seen.clash_resolve}")
+            elif key == "fill":
+                held, said, drops = seen
+                print(f"  h1 holds {held} idle connections to srv; its new connection to "
+                      f"srv:80: {said or 'answered'} (conntrack -S: drop={drops})")
             elif key == "lost":
                 print(f"  {seen} of {RACE_ROUNDS} racing first datagrams lost at confirm "
                       f"(insert_failed)")

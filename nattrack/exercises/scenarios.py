@@ -183,13 +183,26 @@ def require_root(lab, router: str, what: str) -> None:
         raise KnobError(f"{what} changes the lab's nodes: run it as root (sudo)")
 
 
+def python_mode(lab) -> bool:
+    """Whether the live lab's router is nattrack's (python mode: the engine forwards, its
+    table, rules and settings are the ones that count) rather than the kernel's."""
+    return lab.status().get("mode") == "python"
+
+
 def load_rules_live(lab, router: str, rules: str, force_tracking: list[str]) -> None:
     """Replace the router's whole rule set, whichever syntax held it before
     (iptables-restore refuses a table nft made): nft with ``nft -f``, iptables-save text
     with ``iptables-restore``; conntrack stays forced on, as the lab's router keeps it
     (``force_tracking``: its mangle rule, nattrack.router.shadow.FORCE_TRACKING, which
-    the lab's script passes: the router is a layer above this one)."""
+    the lab's script passes: the router is a layer above this one).  In python mode the
+    rules go to nattrack's router instead (its ``rules`` verb, as iptables-restore)."""
     from nattrack.netfilter.rulesfile import is_nft
+    if python_mode(lab):
+        try:
+            lab.load_rules("rules", router, text=rules)
+        except Exception as exc:            # noqa: BLE001 -- the router's own one line
+            raise KnobError(f"{router}: the rules were refused: {exc}") from None
+        return
     run(lab, router, ["nft", "flush", "ruleset"])
     if is_nft(rules):
         run(lab, router, ["nft", "-f", "-"], input=rules)
@@ -209,7 +222,14 @@ def set_sysctls_live(lab, router: str, sysctls: dict, touched: set[str],
     values = {k: DEFAULTS[k.rpartition(".")[2]] for k in touched if restore
               and k.rpartition(".")[2] in DEFAULTS}
     values.update(sysctls)
+    python = python_mode(lab)
     for key, value in values.items():
+        if python:                          # nattrack's table has limits of its own
+            try:
+                lab.sysctl(key, value, router=router)
+            except Exception as exc:        # noqa: BLE001 -- the router's own one line
+                raise KnobError(f"sysctl {key}={value}: {exc}") from None
+            continue
         res = lab.exec(router, ["sysctl", "-qw", f"{key}={value}"], timeout=20)
         if res.returncode != 0:
             raise KnobError(f"sysctl {key}={value} cannot be set in the live lab's namespace "
@@ -225,7 +245,8 @@ def kernel_stat(lab, name: str) -> int:
 
 
 def flush_tables(lab) -> None:
-    """Empty the router kernel's conntrack table and the shadow tracker's."""
+    """Empty the router kernel's conntrack table and the shadow tracker's (in python mode:
+    nattrack's table, the one that forwards)."""
     lab.kernel_conntrack({"command": "F"})
     try:
         lab.flush()
@@ -282,10 +303,13 @@ def student_fix(ctx, lab: ModuleType, name: str):
 
 
 def scenario_tests(namespace: dict, lab: int, offline, live, offline_names: tuple[str, ...],
-                   live_names: tuple[str, ...], timeout: float) -> None:
+                   live_names: tuple[str, ...], timeout: float,
+                   live_modes: dict[str, str] | None = None) -> None:
     """Register a lab's tests in its test module's ``namespace``: each scenario's fix on the
     recorded traffic (``offline(ctx, NAME)``: LAB.1, LAB.2, ...), then in the live lab
-    (``live(ctx, NAME)``, numbered on), 2 points each; last, the diagnoses (3 points)."""
+    (``live(ctx, NAME)``, numbered on), 2 points each; last, the diagnoses (3 points).
+    ``live_modes``: the router mode a scenario's live test needs, where it is not the
+    lab's own (lab 07's table-full: python)."""
     from .testing import test
 
     def one(check, name):
@@ -296,8 +320,12 @@ def scenario_tests(namespace: dict, lab: int, offline, live, offline_names: tupl
     for number, (name, mode, what, check) in enumerate(cases, 1):
         fn = one(check, name)
         fn.__name__ = f"{mode}_{name.replace('-', '_')}"
+        lab_mode = (live_modes or {}).get(name, "") if mode == "live" else ""
+        if lab_mode:
+            what = f"live lab, {lab_mode} mode"
         namespace[fn.__name__] = test(points=2, number=f"{lab}.{number}", mode=mode,
-                                      name=f"{name}: fixed ({what})", timeout=timeout)(fn)
+                                      name=f"{name}: fixed ({what})", timeout=timeout,
+                                      lab_mode=lab_mode)(fn)
 
     def diagnoses_written(ctx):
         return diagnoses(ctx, offline_names)

@@ -36,7 +36,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..exercises.manifest import Lab, ManifestError, load as load_manifest
 from ..exercises.testing import TestSpec, collect, number_key
@@ -125,8 +125,10 @@ class Ctx:
     CALL_TIMEOUT = 5.0
     REPLAY_TIMEOUT = 30.0
 
-    def __init__(self, grader: "Grader", sub: "SubmissionRun", mode: str, deadline: float) -> None:
+    def __init__(self, grader: "Grader", sub: "SubmissionRun", mode: str, deadline: float,
+                 lab_mode: str = "") -> None:
         self._grader, self._sub, self.mode = grader, sub, mode
+        self._lab_mode = lab_mode
         self._deadline = deadline
         self.lab_dir = grader.lab.dir
         self.manifest = grader.lab
@@ -195,7 +197,7 @@ class Ctx:
     def live(self):
         if self.mode != "live":
             raise RuntimeError("ctx.live exists in live mode only (mode='live' tests)")
-        return self._sub.live_client()
+        return self._sub.live_client(self._lab_mode)
 
 
 # --- the environment probe -------------------------------------------------------------------------
@@ -238,9 +240,10 @@ class SubmissionRun:
                              inbox=self.inbox, uid=grader.uid, gid=self.gid,
                              unsafe_no_jail=grader.unsafe_no_jail)
         self.lab_run_dir: Path | None = None
-        self._lock = None
+        self.lab_mode = ""                        # the running lab's router mode
+        self._lock: IO[str] | None = None
         self._client = None
-        self.live_error: str | None = None
+        self.live_errors: dict[str, str] = {}     # router mode -> why its lab did not start
 
     def _share(self, folder: Path) -> None:
         """``folder``: root's and this submission's group's only (0750), as root; else the
@@ -262,18 +265,24 @@ class SubmissionRun:
         return self.worker.inbox_path(name)
 
     # -- live -----------------------------------------------------------------------------
-    def live_client(self):
+    def live_client(self, mode: str = ""):
+        """The running lab's client, its router in ``mode`` (default: lab.toml's); a lab
+        in the other mode is stopped first (the grader runs one test mode's tests together)."""
+        mode = mode or self.grader.lab.mode
+        if self._client is not None and self.lab_mode != mode:
+            self.stop_lab()
         if self._client is None:
-            if self.live_error:
-                raise SubmissionError(self.live_error)
+            if mode in self.live_errors:
+                raise SubmissionError(self.live_errors[mode])
             try:
-                self._client = self._start_lab()
+                self._client = self._start_lab(mode)
+                self.lab_mode = mode
             except SubmissionError as exc:
-                self.live_error = str(exc)
+                self.live_errors[mode] = str(exc)
                 raise
         return self._client
 
-    def _start_lab(self):
+    def _start_lab(self, mode: str):
         """``nattrack lab up`` (root) whose router runs the submission after dropping root;
         it gets the lab's public copy (lab.toml, data, rules), never the lab folder itself
         (solution/, tests) nor the hidden tests."""
@@ -282,7 +291,7 @@ class SubmissionRun:
         self.lab_run_dir = Path(tempfile.mkdtemp(prefix="ntgrade-lab-"))
         self._share(self.lab_run_dir)
         argv = [sys.executable, "-m", "nattrack.cli.main", "lab", "up", "--topo",
-                str(lab.topology), "--mode", lab.mode]
+                str(lab.topology), "--mode", mode]
         if lab.pieces:                            # else the submission is data the tests read
             argv += ["--plugin", f"{self.grader.lab_copy}={self.sub_copy}"]
         if lab.rules:
@@ -496,16 +505,20 @@ class Grader:
             for t in self.tests:
                 live = t.spec.mode == "live" or (t.spec.mode == "any" and self.mode == "live")
                 plan.append((t, "live" if live else "offline"))
-            plan.sort(key=lambda tm: (tm[0].spec.visibility != "visible", tm[1] == "live"))
+            # ... and the live tests of the lab's own router mode before those of the other
+            plan.sort(key=lambda tm: (tm[0].spec.visibility != "visible", tm[1] == "live",
+                                      tm[0].spec.lab_mode not in ("", self.lab.mode)))
             group = None
             for t, m in plan:
                 if m == "live" and self.mode != "live":
                     results.append(_not_run(t.spec, self.live_problem))
                     continue
-                if (t.spec.mode == "live" and self.mode == "live" and run.lab_run_dir is None
-                        and run.live_error is None):
+                want = t.spec.lab_mode or self.lab.mode
+                if (t.spec.mode == "live" and self.mode == "live"
+                        and (run.lab_run_dir is None or run.lab_mode != want)
+                        and want not in run.live_errors):
                     try:                        # the lab starts outside any test's timer
-                        run.live_client()
+                        run.live_client(want)
                     except SubmissionError:
                         pass                    # each live test reports it
                 g = t.spec.visibility == "visible"
@@ -540,7 +553,7 @@ class Grader:
                 run.worker.start()
             except SubmissionError:
                 pass                       # the test's first call reports why
-        ctx = Ctx(self, run, mode, time.monotonic() + spec.timeout)
+        ctx = Ctx(self, run, mode, time.monotonic() + spec.timeout, spec.lab_mode)
         box: dict = {}
 
         def body():

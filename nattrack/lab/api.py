@@ -188,12 +188,19 @@ class LocalLab(ConntrackAPI):
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         return _lines_until_closed(p)
 
-    def load_rules(self, name, router=None) -> dict:
+    def load_rules(self, name, router=None, text: str | None = None) -> dict:
         """Load ``examples/rules/NAME`` into a running router as iptables-restore does
         (an nft file: as ``nft -f`` does, the whole rule set replaced) (the router's
         ``rules`` verb; kernel mode: the kernel's tables too).  Nothing
         restarts: the connection tables, their NAT bindings, event streams and captures
-        go on; established flows keep their NAT.  Only shipped files, by name."""
+        go on; established flows keep their NAT.  Only shipped files, by name; or, with
+        ``text`` (the service lets only root send it), that text, NAME only naming it."""
+        if text is not None:
+            res = rpc.request(self._router(router).control, "rules",
+                              {"text": text, "name": str(name or "<rules>")},
+                              timeout=30, what="router control socket")
+            return {"router": self.labnet.router(router).node.name, "rules": name,
+                    "tables": res["tables"], "entries": res["entries"]}
         path = shipped_rules(name)
         r = self.labnet.router(router)
         if r.kernel_fallback:

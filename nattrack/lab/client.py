@@ -126,9 +126,13 @@ class LabClient(ConntrackAPI):
     def nodes(self) -> dict:
         return self.status()["nodes"]
 
-    def load_rules(self, name: str, router: str | None = None) -> dict:
-        """Load ``examples/rules/NAME`` into the router (kernel and tracker start over)."""
-        return self.call("rules", {"name": name, "router": router}, timeout=60)
+    def load_rules(self, name: str, router: str | None = None, text: str | None = None) -> dict:
+        """Load ``examples/rules/NAME`` into the router (kernel and tracker start over);
+        with ``text`` (root only), those rules, NAME naming them."""
+        args = {"name": name, "router": router}
+        if text is not None:
+            args["text"] = text
+        return self.call("rules", args, timeout=60)
 
     def down(self) -> dict:
         return self.call("down")

@@ -29,7 +29,9 @@ Verbs (a fixed set; no shell strings anywhere):
                    the file names are replaced at once (kernel mode: the kernel's
                    too), nothing restarts; the connection tables, their NAT
                    bindings, event streams and captures go on.  Answers {router,
-                   rules, pid, tables, entries}; a bad file: one line, old rules kept
+                   rules, pid, tables, entries}; a bad file: one line, old rules kept.
+                   Root may send ``text`` instead (any rules, as iptables-restore
+                   in the node would take them; lab 07's table-full in python mode)
 ``down``           answer, then stop everything and exit
 =================  ===============================================================
 """
@@ -222,6 +224,15 @@ class Session:
                                    router=args.get("router"))
 
     def v_rules(self, args):
+        text = args.get("text")
+        if text is not None:
+            # any rules at all: what root could load into the kernel with iptables-restore
+            if self.uid != 0:
+                raise LabError("rules: loading rules text needs root (sudo); others load "
+                               "a file of examples/rules/ by name")
+            if not isinstance(text, str):
+                raise LabError("rules: text must be the rules file's content")
+            return self.svc.api.load_rules(args.get("name"), args.get("router"), text=text)
         result = self.svc.api.load_rules(args.get("name"), args.get("router"))
         self.svc.save(record=self.svc.labnet.record())
         return result

@@ -70,12 +70,25 @@ def test_bad_knobs_are_one_line_errors(toml, rules, message):
     assert message in text and "\n" not in text, text
 
 
-def test_replay_command_line(capsys):
+def test_replay_command_line(capsys, tmp_path, monkeypatch):
     assert S.main(["replay", "stale-udp", "--dir", str(LAB / "solution")]) == 0
     out = capsys.readouterr().out
     assert "> 10.1.0.12.7" in out and out.rstrip().endswith("fixed on the recorded traffic")
+    monkeypatch.setenv("NATTRACK_RUN_DIR", str(tmp_path))         # no lab runs there
     assert S.main(["break", "table-full"]) == 1
-    assert "offline only" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("scenarios.py: ") and err.count("\n") == 1, err
+
+
+def test_every_incident_runs_live_and_table_full_in_python_mode():
+    assert set(S.LIVE) == set(S.SCENARIOS)
+    assert S.LIVE_MODES == {"table-full": "python"}
+    tests = load_lab_module(LAB / "tests" / "test_incidents.py", "nattrack_lab07_public_tests")
+    specs = {v.nattrack_test.number: v.nattrack_test for v in vars(tests).values()
+             if hasattr(v, "nattrack_test")}
+    assert specs["7.14"].name.startswith("table-full") and specs["7.14"].lab_mode == "python"
+    assert specs["7.15"].mode == "any"
+    assert {s.lab_mode for n, s in specs.items() if n != "7.14"} == {""}
 
 
 def test_a_fix_in_nft_syntax():

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from .conftest import REPO, lab_leftovers
+from .conftest import REPO, lab_leftovers, readable_package_copy
 
 pytestmark = pytest.mark.needs_root
 NOBODY = 65534
@@ -133,6 +133,14 @@ def test_unprivileged_clients(basic_lab):
     assert L.returncode == 0 and "flow entries have been shown" in L.stderr
     up = basic_lab.cli("lab", "up", user=NOBODY, groups=str(gid))
     assert "needs root" in _one_error_line(up)
+    # rules as text (any rules at all) are root's; others load shipped files by name
+    code = ("import sys; from nattrack.lab.client import LabClient; "
+            "LabClient(sys.argv[1]).load_rules('mine', text='*nat\\nCOMMIT\\n')")
+    text = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                           f"--groups={gid}", "--", "/usr/bin/python3", "-c", code,
+                           str(basic_lab.sock)], capture_output=True, text=True, timeout=60,
+                          cwd="/", env=dict(basic_lab.env, PYTHONPATH=str(readable_package_copy())))
+    assert text.returncode != 0 and "loading rules text needs root" in text.stderr, text.stderr
 
 
 def test_python_client_api(basic_lab):
@@ -179,6 +187,13 @@ def test_rules_reload_through_the_service_restarts_nothing(basic_lab):
         assert 20000 <= nat_port <= 20009, entry(5002)
         with pytest.raises(Exception, match="no such file in examples/rules/"):
             c.load_rules("no-such-rules")
+        # root may send the rules themselves: the nat table swapped back in, 5001 kept
+        basic = (REPO / "examples" / "rules" / "basic.rules").read_text()
+        res = c.load_rules("basic, as text", text=basic)
+        assert res["tables"] == ["nat"], res
+        assert entry(5001) == old
+        c.exec("h1", [a.format(5003) if "{}" in a else a for a in udp])
+        assert int(re.findall(r"dport=(\d+)", entry(5003))[1]) == 5003, entry(5003)
         assert c.status()["routers"]["r"]["pid"] == pid
         time.sleep(0.3)
     finally:
