@@ -188,9 +188,10 @@ def _run_kernel(req: CtRequest, api, out: TextIO, err: TextIO) -> int:
 
 def run_diff(api, router: str | None = None, tolerance: int = 2,
              out: TextIO | None = None) -> int:
-    from ..lab.diff import format_rows
+    from ..lab.diff import format_expect_rows, format_rows
     out = out or sys.stdout
     rows = api.diff(router=router, tolerance=tolerance)
+    expected = api.diff_expect(router=router, tolerance=tolerance)
     try:
         mode = api.router_hello(router=router).get("mode")
     except LabError:
@@ -199,9 +200,9 @@ def run_diff(api, router: str | None = None, tolerance: int = 2,
         out.write("note: python mode: nattrack forwards and the router's kernel stays out of "
                   "the data path, so the kernel's table stays empty; `lab up --mode kernel` "
                   "compares the two trackers on the same packets\n")
-    for line in format_rows(rows):
+    for line in format_rows(rows) + format_expect_rows(expected):
         out.write(line + "\n")
-    return 0 if all(r.agree for r in rows) else 1
+    return 0 if all(r.agree for r in rows + expected) else 1
 
 
 # --- trace ---------------------------------------------------------------------------------

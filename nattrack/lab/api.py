@@ -130,6 +130,14 @@ class ConntrackAPI:
         python, kernel = self.list(router=router), self.kernel_list(router=router)
         return diff_tables(python, kernel, tolerance=tolerance, missed=self.missed(router))
 
+    def diff_expect(self, router: str | None = None, tolerance: int = 2):
+        """The two expect tables, paired by tuple (see nattrack.lab.diff.diff_expect)."""
+        from .diff import diff_expect
+        res = self.kernel_conntrack(CtRequest(command="L", table="expect"), router)
+        if res["rc"] != 0:
+            raise LabError(f"conntrack -L expect failed in the router: {res['stderr'].strip()}")
+        return diff_expect(self.expect_list(router), res["stdout"].splitlines(), tolerance)
+
     def missed(self, router: str | None = None) -> dict | None:
         """What the kernel-mode shadow knows it missed (per flow, socket drops); None in
         python mode, where the tracker is the data path."""

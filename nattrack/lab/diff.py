@@ -2,7 +2,9 @@
 
 Entries are paired by their original tuple (what both trackers saw first);
 each pair is compared field by field and every disagreement gets one line that
-says what differs and what usually causes it.  The two tables are read one after
+says what differs and what usually causes it.  Expectations (``conntrack -L
+expect``: what a helper such as FTP's waits for) are paired by their tuple the same
+way (:func:`diff_expect`).  The two tables are read one after
 the other, so remaining timeouts may differ by a second or two without meaning
 anything (``tolerance``).
 
@@ -162,6 +164,59 @@ def diff_tables(python_lines: list[str], kernel_lines: list[str],
             row.problems.append(drops_text(drops))
         rows.append(row)
     return rows
+
+
+def parse_expect_line(line: str) -> dict:
+    """A ``conntrack -L expect`` line: its remaining time, its tuple (the text up to
+    ``mask-src=``) and everything after (mask, master, class, helper, flags)."""
+    timeout, _, rest = line.strip().partition(" ")
+    tuple_text, sep, tail = rest.partition(" mask-src=")
+    if not timeout.isdigit() or not sep:
+        raise ValueError(f"not a conntrack -L expect line: {line.strip()!r}")
+    return {"timeout": int(timeout), "tuple": tuple_text, "rest": "mask-src=" + tail}
+
+
+def diff_expect(python_lines: list[str], kernel_lines: list[str],
+                tolerance: int = 2) -> list[Row]:
+    """Pair the two expect tables by tuple; one line per disagreement."""
+    py = {e["tuple"]: e for e in map(parse_expect_line, filter(str.strip, python_lines))}
+    kern = {e["tuple"]: e for e in map(parse_expect_line, filter(str.strip, kernel_lines))}
+    rows = []
+    for key in list(py) + [k for k in kern if k not in py]:
+        a, b = py.get(key), kern.get(key)
+        row = Row((key,), a, b)
+        if b is None:
+            row.problems.append("only in python: the kernel expects no such connection (its "
+                                "helper did not read the announcement, or the data "
+                                "connection already came)")
+        elif a is None:
+            row.problems.append("only in the kernel: nattrack expects no such connection")
+        else:
+            if a["rest"] != b["rest"]:
+                row.problems.append(f"mask, master or helper differ: python {a['rest']}, "
+                                    f"kernel {b['rest']}")
+            if abs(a["timeout"] - b["timeout"]) > tolerance:
+                row.problems.append(f"timeout differs by {abs(a['timeout'] - b['timeout'])} "
+                                    f"s: python {a['timeout']}, kernel {b['timeout']}")
+        rows.append(row)
+    return rows
+
+
+def format_expect_rows(rows: list[Row]) -> list[str]:
+    """The expectations side by side (remaining time on each side), as format_rows()."""
+    if not rows:
+        return []
+    cells = [(r.key[0], "-" if r.python is None else f"{r.python['timeout']}s",
+              "-" if r.kernel is None else f"{r.kernel['timeout']}s") for r in rows]
+    w0 = max(len("EXPECTATION (tuple)"), *(len(c[0]) for c in cells))
+    w1 = max(len("PYTHON"), *(len(c[1]) for c in cells))
+    out = [f"{'EXPECTATION (tuple)':<{w0}}  {'PYTHON':<{w1}}  KERNEL"]
+    for r, c in zip(rows, cells):
+        out.append(f"{c[0]:<{w0}}  {c[1]:<{w1}}  {c[2]}")
+        out += [f"  ! {prob}" for prob in r.problems]
+    same = sum(1 for r in rows if r.agree)
+    out.append(f"{len(rows)} expectation(s): {same} agree, {len(rows) - same} differ")
+    return out
 
 
 def format_rows(rows: list[Row]) -> list[str]:

@@ -159,13 +159,17 @@ class LabBridge(Switch):
 def kernel_load_command(path: str) -> str:
     """The shell command that loads a rules file into the kernel of the node it runs in:
     ``iptables-restore`` for the iptables-save syntax; ``nft -f`` for nft syntax, after a
-    ``flush ruleset`` in the same transaction (the file replaces the whole rule set)."""
+    ``flush ruleset`` in the same transaction (the file replaces the whole rule set).
+    Rules that attach a helper load nf_nat_ftp first, as the shadow router does
+    (nattrack.router.shadow.load_nat_helpers: a modular kernel loads only the helper's
+    conntrack half by itself)."""
     with open(path, encoding="utf-8", errors="replace") as f:
-        nft = is_nft(f.read())
+        text = f.read()
     quoted = shlex.quote(path)
-    if nft:
-        return f"{{ echo 'flush ruleset'; cat {quoted}; }} | nft -f -"
-    return f"iptables-restore -w < {quoted}"
+    first = "modprobe -q nf_nat_ftp 2>/dev/null; " if "helper" in text else ""
+    if is_nft(text):
+        return f"{first}{{ echo 'flush ruleset'; cat {quoted}; }} | nft -f -"
+    return f"{first}iptables-restore -w < {quoted}"
 
 
 @dataclass

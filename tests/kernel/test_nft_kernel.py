@@ -260,6 +260,15 @@ def test_kernel_load_command_loads_either_syntax(tmp_path):
         bad.write_text("table ip t {\n\tchain c {\n\t\tbogus\n\t}\n}\n")
         p = lab.exec("rtr", "sh", "-c", kernel_load_command(str(bad)), check=False)
         assert p.returncode != 0 and "table inet demo" in _nft_tables(lab)   # all or nothing
+        # a helper rule: nf_nat_ftp first (a modular kernel loads only the conntrack half)
+        helper = tmp_path / "ftp.rules"
+        helper.write_text("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                          "-A PREROUTING -p tcp --dport 21 -j CT --helper ftp\nCOMMIT\n")
+        command = kernel_load_command(str(helper))
+        assert command.startswith("modprobe -q nf_nat_ftp")
+        assert not kernel_load_command(str(ipt_file)).startswith("modprobe")
+        lab.exec("rtr", "sh", "-c", command)
+        assert "--helper ftp" in lab.exec("rtr", "iptables-save", "-t", "raw").stdout
 
 
 # --- reject: the kernel's answers, and the engine's, for the same packets ------------------------

@@ -93,3 +93,27 @@ def test_without_losses_a_state_difference_is_a_transition_difference():
     rows = diff_tables([PY], [kernel], missed={"socket_drops": 0, "flows": []})
     assert "(the trackers took different transitions on the same packets)" in rows[0].problems[0]
     assert len(rows[0].problems) == 2                   # state and timeout, no loss note
+
+
+# An expectation as 6.18's conntrack -L expect printed it (tests/kernel ftp_expect_nat)
+EXP = ("300 proto=6 src=203.0.113.2 dst=203.0.113.1 sport=0 dport=50002 "
+       "mask-src=255.255.255.255 mask-dst=255.255.255.255 sport=0 dport=65535 "
+       "master-src=10.0.0.2 master-dst=203.0.113.2 sport=40000 dport=21 class=0 helper=ftp")
+
+
+def test_expectations_are_paired_by_tuple_and_explained():
+    from nattrack.lab.diff import diff_expect, format_expect_rows
+    rows = diff_expect([EXP.replace("300 ", "299 ", 1)], [EXP])
+    assert [r.agree for r in rows] == [True]
+    out = format_expect_rows(rows)
+    assert out[0].split() == ["EXPECTATION", "(tuple)", "PYTHON", "KERNEL"]
+    assert out[1].startswith("proto=6 src=203.0.113.2 dst=203.0.113.1 sport=0 dport=50002")
+    assert out[1].split()[-2:] == ["299s", "300s"]
+    assert out[-1] == "1 expectation(s): 1 agree, 0 differ"
+    other = EXP.replace("dport=50002", "dport=50003")
+    rows = diff_expect([EXP.replace("sport=40000", "sport=40001"), other], [EXP])
+    problems = {r.key[0].split()[-1]: r.problems for r in rows}
+    assert problems["dport=50002"][0].startswith("mask, master or helper differ")
+    assert problems["dport=50003"][0].startswith("only in python")
+    assert diff_expect([], [EXP])[0].problems[0].startswith("only in the kernel")
+    assert format_expect_rows([]) == []

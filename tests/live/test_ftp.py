@@ -30,6 +30,7 @@ from contextlib import contextmanager
 import pytest
 
 from nattrack.lab.ftp import FtpServer
+from nattrack.lab.diff import diff_expect, format_expect_rows
 from kernel.harness import KernelLab
 from nattrack.lab.topo import tbf_cmd
 
@@ -280,7 +281,10 @@ def test_kernel_router_and_its_shadow_agree_on_ftp(topo, workdir, ftpd):
                 time.sleep(0.2)                  # the announcement has reached the shadow
                 listed = r.call("list", {"table": "expect"})
                 assert len(listed) == 1
-                same_lines(listed, kernel_lines(topo, "-L", "expect"))
+                kernel_expect = kernel_lines(topo, "-L", "expect")
+                same_lines(listed, kernel_expect)
+                rows = diff_expect(listed, kernel_expect)          # what `nattrack diff` shows
+                assert [row.agree for row in rows] == [True], format_expect_rows(rows)
             finally:
                 finish(p)
         time.sleep(0.3)
