@@ -393,8 +393,9 @@ def apply_live(lab, cfg: Config, fresh: bool = False) -> None:
     set_sysctls_live(lab, ROUTER, cfg.sysctl, _touched, restore=fresh)
     for host in cfg.down:
         run(lab, host, ["ip", "link", "set", HOSTS[host][0], "down"])
+    python = bool(cfg.delete) and python_mode(lab)
     for item in cfg.delete:
-        if python_mode(lab):                      # nattrack's table is the one that counts
+        if python:                                # nattrack's table is the one that counts
             lab.delete(dict(item), router=ROUTER)
             continue
         argv = ["conntrack", "-D", "-p", item["proto"]]
@@ -826,10 +827,12 @@ def stage_live(lab, name: str, syntax: str = "iptables") -> dict:
     """Acts 1 and 2 in the running lab: healthy traffic, then the incident, the flows still
     running.  Returns what the flows got in the incident (None: no answer; snat-race: how
     many first datagrams r's kernel lost in the racing rounds; dns-race: h1's lookups)."""
-    if name in ("snat-race", "invalid-rst", "ftp-helper", "dns-race"):
+    if name in ("snat-race", "invalid-rst", "ftp-helper", "dns-race", "table-full"):
         broken, _meta = scenario(name, syntax)
         apply_live(lab, Config(rules=healthy()), fresh=True)
         apply_live(lab, broken)
+        if name == "table-full":
+            return table_full_live(lab)
         if name == "invalid-rst":
             return {"leaked": out_of_window_live(lab)[0]}
         if name == "ftp-helper":
@@ -837,13 +840,6 @@ def stage_live(lab, name: str, syntax: str = "iptables") -> dict:
         if name == "dns-race":
             return {"lookups": lookups_until_lost(lab, 40000)}
         return {"lost": race_live(lab, 20000)}
-    if name == "table-full":
-        broken, _meta = scenario(name, syntax)
-        apply_live(lab, Config(rules=healthy()), fresh=True)
-        apply_live(lab, broken)
-        return table_full_live(lab)
-    if name not in LIVE:
-        raise KnobError(f"{name}: offline only: make replay INCIDENT={name}")
     broken, _meta = scenario(name, syntax)
     apply_live(lab, Config(rules=healthy()), fresh=True)
     before = _ask_all(lab, name)

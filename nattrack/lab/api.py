@@ -203,26 +203,25 @@ class LocalLab(ConntrackAPI):
         restarts: the connection tables, their NAT bindings, event streams and captures
         go on; established flows keep their NAT.  Only shipped files, by name; or, with
         ``text`` (the service lets only root send it), that text, NAME only naming it."""
-        if text is not None:
-            res = rpc.request(self._router(router).control, "rules",
-                              {"text": text, "name": str(name or "<rules>")},
-                              timeout=30, what="router control socket")
-            return {"router": self.labnet.router(router).node.name, "rules": name,
-                    "tables": res["tables"], "entries": res["entries"]}
-        path = shipped_rules(name)
         r = self.labnet.router(router)
-        if r.kernel_fallback:
-            from .topo import kernel_load_command
-            out = r.node.cmd(kernel_load_command(str(path)) + " && echo __rules_ok__")
-            if "__rules_ok__" not in out:
-                raise LabError(f"the kernel refused {path.name}: {' '.join(out.split())[:200]}")
-            r.spec.rules = str(path)
-            return {"router": r.node.name, "rules": path.name, "pid": None}
+        path = None
+        if text is None:
+            path = shipped_rules(name)
+            if r.kernel_fallback:
+                from .topo import kernel_load_command
+                out = r.node.cmd(kernel_load_command(str(path)) + " && echo __rules_ok__")
+                if "__rules_ok__" not in out:
+                    raise LabError(f"the kernel refused {path.name}: "
+                                   f"{' '.join(out.split())[:200]}")
+                r.spec.rules = str(path)
+                return {"router": r.node.name, "rules": path.name, "pid": None}
+            text, name = path.read_text(encoding="utf-8"), path.name
         res = rpc.request(self._router(router).control, "rules",
-                          {"text": path.read_text(encoding="utf-8"), "name": path.name},
+                          {"text": text, "name": str(name or "<rules>")},
                           timeout=30, what="router control socket")
-        r.spec.rules = str(path)                   # status shows it; a restart keeps it
-        return {"router": r.node.name, "rules": path.name, "pid": r.pid,
+        if path is not None:
+            r.spec.rules = str(path)               # status shows it; a restart keeps it
+        return {"router": r.node.name, "rules": name, "pid": r.pid,
                 "tables": res["tables"], "entries": res["entries"]}
 
     def sysctl(self, key, value=None, kernel=False, router=None):

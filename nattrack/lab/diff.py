@@ -124,6 +124,11 @@ def drops_text(drops: int) -> str:
             f"(it cannot tell whose); the difference may come from that")
 
 
+def _paired(py: dict, kern: dict) -> list:
+    """Every key of either side: python's in its order, then the kernel's others."""
+    return list(py) + [k for k in kern if k not in py]
+
+
 def diff_tables(python_lines: list[str], kernel_lines: list[str],
                 tolerance: int = 2, missed: dict | None = None) -> list[Row]:
     """Pair the two tables' entries and explain each disagreement.  ``missed`` is the
@@ -146,7 +151,7 @@ def diff_tables(python_lines: list[str], kernel_lines: list[str],
             p = parse_conntrack_line(line)
             kern[_key(p)] = p
     rows = []
-    for key in list(py) + [k for k in kern if k not in py]:
+    for key in _paired(py, kern):
         a, b = py.get(key), kern.get(key)
         row = Row(key, a, b, missed=per_flow.get(key, 0))
         lossy = bool(row.missed or drops)
@@ -182,7 +187,7 @@ def diff_expect(python_lines: list[str], kernel_lines: list[str],
     py = {e["tuple"]: e for e in map(parse_expect_line, filter(str.strip, python_lines))}
     kern = {e["tuple"]: e for e in map(parse_expect_line, filter(str.strip, kernel_lines))}
     rows = []
-    for key in list(py) + [k for k in kern if k not in py]:
+    for key in _paired(py, kern):
         a, b = py.get(key), kern.get(key)
         row = Row((key,), a, b)
         if b is None:
@@ -208,30 +213,30 @@ def format_expect_rows(rows: list[Row]) -> list[str]:
         return []
     cells = [(r.key[0], "-" if r.python is None else f"{r.python['timeout']}s",
               "-" if r.kernel is None else f"{r.kernel['timeout']}s") for r in rows]
-    w0 = max(len("EXPECTATION (tuple)"), *(len(c[0]) for c in cells))
-    w1 = max(len("PYTHON"), *(len(c[1]) for c in cells))
-    out = [f"{'EXPECTATION (tuple)':<{w0}}  {'PYTHON':<{w1}}  KERNEL"]
-    for r, c in zip(rows, cells):
-        out.append(f"{c[0]:<{w0}}  {c[1]:<{w1}}  {c[2]}")
-        out += [f"  ! {prob}" for prob in r.problems]
+    out = _side_by_side(("EXPECTATION (tuple)", "PYTHON", "KERNEL"), cells, rows)
     same = sum(1 for r in rows if r.agree)
     out.append(f"{len(rows)} expectation(s): {same} agree, {len(rows) - same} differ")
+    return out
+
+
+def _side_by_side(heads: tuple[str, str, str], cells: list[tuple[str, str, str]],
+                  rows: list[Row]) -> list[str]:
+    """The header and one line per row, in columns, each row's problems under it."""
+    w0 = max([len(heads[0])] + [len(c[0]) for c in cells])
+    w1 = max([len(heads[1])] + [len(c[1]) for c in cells])
+    out = [f"{heads[0]:<{w0}}  {heads[1]:<{w1}}  {heads[2]}".rstrip()]
+    for r, c in zip(rows, cells):
+        out.append(f"{c[0]:<{w0}}  {c[1]:<{w1}}  {c[2]}".rstrip())
+        out += [f"  ! {prob}" for prob in r.problems]
     return out
 
 
 def format_rows(rows: list[Row]) -> list[str]:
     """Side by side: the flow, what python has, what the kernel has; then one line per
     disagreement; then a summary line."""
-    heads = ("FLOW (original direction)", "PYTHON", "KERNEL")
     cells = [(flow_text(r.either()), side_text(r.python), side_text(r.kernel))
              for r in rows]
-    w0 = max([len(heads[0])] + [len(c[0]) for c in cells])
-    w1 = max([len(heads[1])] + [len(c[1]) for c in cells])
-    out = [f"{heads[0]:<{w0}}  {heads[1]:<{w1}}  {heads[2]}".rstrip()]
-    for r, c in zip(rows, cells):
-        out.append(f"{c[0]:<{w0}}  {c[1]:<{w1}}  {c[2]}".rstrip())
-        for prob in r.problems:
-            out.append(f"  ! {prob}")
+    out = _side_by_side(("FLOW (original direction)", "PYTHON", "KERNEL"), cells, rows)
     same = sum(1 for r in rows if r.agree)
     lost = sum(1 for r in rows if not r.agree and r.missed)
     tail = f" ({lost} where the shadow missed packets)" if lost else ""
