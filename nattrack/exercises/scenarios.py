@@ -196,7 +196,7 @@ def load_rules_live(lab, router: str, rules: str, force_tracking: list[str]) -> 
     (``force_tracking``: its mangle rule, nattrack.router.shadow.FORCE_TRACKING, which
     the lab's script passes: the router is a layer above this one).  In python mode the
     rules go to nattrack's router instead (its ``rules`` verb, as iptables-restore)."""
-    from nattrack.netfilter.rulesfile import is_nft
+    from nattrack.netfilter.rulesfile import is_nft, nat_helper_modules
     if python_mode(lab):
         try:
             lab.load_rules("rules", router, text=rules)
@@ -209,8 +209,8 @@ def load_rules_live(lab, router: str, rules: str, force_tracking: list[str]) -> 
     else:
         run(lab, router, ["iptables-restore", "-w"], input=rules)
     run(lab, router, ["iptables", "-w", "-t", "mangle", "-A", *force_tracking])
-    if "helper" in rules:       # a modular kernel loads nf_nat_ftp only when asked
-        run(lab, router, ["modprobe", "-q", "nf_nat_ftp"], ok=(0, 1))
+    for module in nat_helper_modules(rules):      # a modular kernel loads them only when asked
+        run(lab, router, ["modprobe", "-q", module], ok=(0, 1))
 
 
 def set_sysctls_live(lab, router: str, sysctls: dict, touched: set[str],

@@ -41,7 +41,7 @@ from mininet.node import Host, Node, Switch
 from mininet.topo import Topo
 
 from ..conntrack.profile import get_profile
-from ..netfilter.rulesfile import is_nft
+from ..netfilter.rulesfile import is_nft, nat_helper_modules
 from . import (IFACE_PREFIX, RULES_DIR, LabError, Paths, node_env, python_for_nodes,
                router_available)
 
@@ -160,13 +160,12 @@ def kernel_load_command(path: str) -> str:
     """The shell command that loads a rules file into the kernel of the node it runs in:
     ``iptables-restore`` for the iptables-save syntax; ``nft -f`` for nft syntax, after a
     ``flush ruleset`` in the same transaction (the file replaces the whole rule set).
-    Rules that attach a helper load nf_nat_ftp first, as the shadow router does
-    (nattrack.router.shadow.load_nat_helpers: a modular kernel loads only the helper's
-    conntrack half by itself)."""
+    Rules that attach a helper load its NAT module first (nat_helper_modules()), as the
+    shadow router does."""
     with open(path, encoding="utf-8", errors="replace") as f:
         text = f.read()
     quoted = shlex.quote(path)
-    first = "modprobe -q nf_nat_ftp 2>/dev/null; " if "helper" in text else ""
+    first = "".join(f"modprobe -q {m} 2>/dev/null; " for m in nat_helper_modules(text))
     if is_nft(text):
         return f"{first}{{ echo 'flush ruleset'; cat {quoted}; }} | nft -f -"
     return f"{first}iptables-restore -w < {quoted}"

@@ -13,7 +13,8 @@ from .iptables import parse_iptables, write_iptables
 from .nft import parse_nft, to_iptables, write_nft
 from .ruleset import Ruleset
 
-__all__ = ["is_nft", "parse_rules", "load_rules", "to_nft", "to_iptables_restore"]
+__all__ = ["is_nft", "nat_helper_modules", "parse_rules", "load_rules", "to_nft",
+           "to_iptables_restore"]
 
 
 def is_nft(text: str) -> bool:
@@ -29,6 +30,15 @@ def is_nft(text: str) -> bool:
             continue
         return words[0] in ("table", "add", "define") or words[:2] == ["flush", "ruleset"]
     return False
+
+
+def nat_helper_modules(text: str) -> list[str]:
+    """The kernel modules a rules text needs loaded by hand: a rule that attaches a helper
+    (``-j CT --helper``, ``ct helper``) makes the kernel load only the helper's conntrack
+    half (nf_conntrack_helper_try_module_get()); on a modular kernel (Debian's) its NAT
+    half, nf_nat_ftp, must be asked for, or FTP through NAT keeps the private address in
+    PORT.  Built in (as on this project's 6.18), loading it is a no-op."""
+    return ["nf_nat_ftp"] if "helper" in text else []
 
 
 def parse_rules(text: str, filename: str = "<rules>") -> Ruleset:

@@ -77,7 +77,7 @@ from ..conntrack.sysctl import PREFIX
 from ..conntrack.tuple import (IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, PORT_PROTOS, PROTO_NAMES, Tuple,
                                int2ip, invert_tuple)
 from ..nat.bysource import nat_forced
-from ..netfilter.rulesfile import is_nft, to_iptables_restore, to_nft
+from ..netfilter.rulesfile import is_nft, nat_helper_modules, to_iptables_restore, to_nft
 from ..ipv4.stack import Router
 from ..packet.ipv4 import ICMP_ERROR_TYPES, ICMP_QUERY_TYPES, Packet
 from .batch import RxBatch, SingleRx, mmsg_problem
@@ -97,14 +97,12 @@ PACKET_HOST, PACKET_BROADCAST = 0, 1
 
 
 def load_nat_helpers(rules_text: str | None) -> None:
-    """Rules that attach a helper need its NAT half, nf_nat_ftp, a module of its own on a
-    modular kernel (Debian's): ``-j CT --helper`` / ``ct helper`` load only the conntrack
-    half (nf_conntrack_helper_try_module_get()), and FTP through NAT would leave the
-    private address in PORT unrewritten while the shadow rewrites it.  Built in (as on
-    this project's 6.18) or without modprobe, nothing to do."""
-    if rules_text and "helper" in rules_text:
+    """Load what rules that attach a helper need (nat_helper_modules(): nf_nat_ftp), or
+    the kernel would leave the private address in PORT unrewritten while the shadow
+    rewrites it.  Without modprobe, nothing to do."""
+    for module in nat_helper_modules(rules_text or ""):
         try:
-            run(["modprobe", "-q", "nf_nat_ftp"], check=False)
+            run(["modprobe", "-q", module], check=False)
         except OSError:
             pass
 
